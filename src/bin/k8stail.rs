@@ -1,0 +1,20 @@
+//! k8stail: stream a logging-operator flow to the terminal.
+
+use clap::Parser;
+use log_socket::cli::{self, Cli};
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut out = std::io::stdout().lock();
+    match cli::run(cli, &mut out).await {
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`k8stail taps | head`): nothing left to say.
+        Err(log_socket::Error::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("k8stail: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! The `k8stail` command line.
+
+use crate::crd::FlowTap;
+use crate::kubeclient::{self, explain};
+use crate::{Error, Result};
+use clap::{Args, Parser, Subcommand};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams};
+use kube::ResourceExt;
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Watch, live in a terminal, exactly what a logging-operator Flow emits.
+#[derive(Parser, Debug)]
+#[command(name = "k8stail", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub kube: KubeArgs,
+
+    #[command(subcommand)]
+    pub command: TailCommand,
+}
+
+/// Which cluster to talk to; the same kubeconfig loading as kubectl.
+#[derive(Args, Debug, Clone)]
+pub struct KubeArgs {
+    /// kubeconfig file (default: KUBECONFIG, then ~/.kube/config).
+    #[arg(long, global = true, env = "K8STAIL_KUBECONFIG", value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// kubeconfig context to use.
+    #[arg(long, global = true, env = "K8STAIL_CONTEXT", value_name = "NAME")]
+    pub context: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TailCommand {
+    /// List FlowTaps: which flows are tapped, by how many listeners, and in which phase.
+    Taps(TapsArgs),
+}
+
+/// Arguments of `k8stail taps`.
+#[derive(Args, Debug)]
+pub struct TapsArgs {
+    /// Namespace to list (default: the kubeconfig context's namespace).
+    #[arg(short, long, value_name = "NAMESPACE", conflicts_with = "all_namespaces")]
+    pub namespace: Option<String>,
+
+    /// List FlowTaps in all namespaces.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+}
+
+/// Run `k8stail` with parsed arguments, writing to `out`.
+pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
+    match cli.command {
+        TailCommand::Taps(args) => taps(&cli.kube, &args, out).await,
+    }
+}
+
+async fn taps(kube: &KubeArgs, args: &TapsArgs, out: &mut dyn Write) -> Result<()> {
+    let config = kubeclient::config(kube.kubeconfig.as_deref(), kube.context.as_deref()).await?;
+    let default_ns = config.default_namespace.clone();
+    let client = kube::Client::try_from(config).map_err(|e| Error::KubeConfig(e.to_string()))?;
+    let api: Api<FlowTap> = if args.all_namespaces {
+        Api::all(client)
+    } else {
+        Api::namespaced(client, args.namespace.as_deref().unwrap_or(&default_ns))
+    };
+    let list = api.list(&ListParams::default()).await.map_err(|e| match e {
+        kube::Error::Api(ref s) if s.code == 404 => Error::CrdMissing,
+        e => explain(e, "you need `list` on flowtaps.logsocket.dev to list taps"),
+    })?;
+    let mut rows = vec![];
+    for tap in &list.items {
+        let status = tap.status.clone().unwrap_or_default();
+        rows.push(vec![
+            tap.namespace().unwrap_or_default(),
+            tap.name_any(),
+            tap.spec.flow_ref.kind.to_string(),
+            tap.spec.flow_ref.name.clone(),
+            status.listeners.to_string(),
+            tap.spec.persistent.to_string(),
+            status.phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "-".into()),
+            tap.creation_timestamp()
+                .map(|t| age(t.0, Timestamp::now()))
+                .unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    if rows.is_empty() {
+        // Like kubectl: the note goes to stderr so piped output stays empty.
+        eprintln!("No FlowTaps found.");
+        return Ok(());
+    }
+    let header = [
+        "NAMESPACE",
+        "NAME",
+        "FLOW KIND",
+        "FLOW",
+        "LISTENERS",
+        "PERSISTENT",
+        "PHASE",
+        "AGE",
+    ];
+    write_table(out, &header, &rows).map_err(Error::Output)
+}
+
+fn write_table(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| -> String {
+        let last = cells.len() - 1;
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i == last {
+                s.push_str(cell);
+            } else {
+                s.push_str(&format!("{cell:<w$}   "));
+            }
+        }
+        s.push('\n');
+        s
+    };
+    out.write_all(line(header.to_vec()).as_bytes())?;
+    for row in rows {
+        out.write_all(line(row.iter().map(String::as_str).collect()).as_bytes())?;
+    }
+    out.flush()
+}
+
+/// Age in kubectl's short form: `45s`, `3m`, `5h`, `2d`.
+pub fn age(since: Timestamp, now: Timestamp) -> String {
+    let secs = (now.as_second() - since.as_second()).max(0);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 2 * 3600 => format!("{}m", s / 60),
+        s if s < 48 * 3600 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn age_is_printed_in_the_largest_readable_unit() {
+        let t0 = Timestamp::from_second(1_000_000).unwrap();
+        let at = |s: i64| Timestamp::from_second(1_000_000 + s).unwrap();
+        assert_eq!(age(t0, at(5)), "5s");
+        assert_eq!(age(t0, at(119)), "119s");
+        assert_eq!(age(t0, at(600)), "10m");
+        assert_eq!(age(t0, at(3 * 3600)), "3h");
+        assert_eq!(age(t0, at(3 * 86400)), "3d");
+        assert_eq!(age(at(10), t0), "0s", "clock skew never gives a negative age");
+    }
+}

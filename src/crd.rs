@@ -1,0 +1,273 @@
+//! The `FlowTap` custom resource (`logsocket.dev/v1alpha1`).
+//!
+//! A FlowTap is the one inspectable truth about a tap on a logging-operator Flow or ClusterFlow:
+//! who listens, which Output was generated for it, and whether records flow. Listeners create
+//! ephemeral taps; taps written by hand (GitOps) set `persistent: true`.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, CustomResourceExt};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// API group of the FlowTap resource.
+pub const GROUP: &str = "logsocket.dev";
+
+/// Desired state of a FlowTap: which flow to tap, and how records travel to the relay.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "logsocket.dev",
+    version = "v1alpha1",
+    kind = "FlowTap",
+    plural = "flowtaps",
+    shortname = "ftap",
+    namespaced,
+    status = "FlowTapStatus",
+    doc = "A live tap on a logging-operator Flow or ClusterFlow. log-socket turns it into an http Output (ClusterOutput) pointing at its relay and appends that output to the flow, so `k8stail` can stream exactly what the flow emits.",
+    printcolumn(name = "Flow Kind", type_ = "string", json_path = ".spec.flowRef.kind"),
+    printcolumn(name = "Flow", type_ = "string", json_path = ".spec.flowRef.name"),
+    printcolumn(name = "Listeners", type_ = "integer", json_path = ".status.listeners"),
+    printcolumn(name = "Persistent", type_ = "boolean", json_path = ".spec.persistent"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowTapSpec {
+    /// The Flow or ClusterFlow whose output this tap streams. A tap on a Flow lives in the
+    /// Flow's namespace; a tap on a ClusterFlow lives in the logging control namespace,
+    /// next to the ClusterFlow.
+    pub flow_ref: FlowRef,
+
+    /// Keep this tap, and the output it generated, when no listener is connected.
+    /// Taps declared in git (GitOps) set this to true and are never garbage-collected;
+    /// taps created by k8stail leave it false and are removed a short while after the last
+    /// listener leaves.
+    #[serde(default)]
+    pub persistent: bool,
+
+    /// How many recent records the relay keeps for listeners that join late or reconnect.
+    #[serde(default)]
+    pub replay: ReplaySpec,
+
+    /// Buffering of the generated fluentd http output. The defaults favour latency: records
+    /// are flushed about once a second from a small memory-bounded buffer, and a stuck tap
+    /// drops its oldest chunk rather than slowing the flow's other outputs.
+    #[serde(default)]
+    pub buffer: BufferSpec,
+}
+
+/// Reference to the tapped flow.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowRef {
+    /// Kind of the tapped flow: `Flow` (namespaced, gets an Output) or `ClusterFlow`
+    /// (gets a ClusterOutput).
+    pub kind: FlowKind,
+
+    /// Name of the Flow or ClusterFlow, in the namespace of this FlowTap.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Kind of a logging-operator flow.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum FlowKind {
+    /// `logging.banzaicloud.io/v1beta1` Flow: records of one namespace.
+    Flow,
+    /// `logging.banzaicloud.io/v1beta1` ClusterFlow: records of many namespaces.
+    ClusterFlow,
+}
+
+impl FlowKind {
+    /// Lower-case form used in URL paths (`/flow/...`, `/clusterflow/...`).
+    pub fn path_segment(self) -> &'static str {
+        match self {
+            FlowKind::Flow => "flow",
+            FlowKind::ClusterFlow => "clusterflow",
+        }
+    }
+
+    /// Kind of the logging-operator output generated for a tap on this kind of flow.
+    pub fn output_kind(self) -> OutputKind {
+        match self {
+            FlowKind::Flow => OutputKind::Output,
+            FlowKind::ClusterFlow => OutputKind::ClusterOutput,
+        }
+    }
+}
+
+impl fmt::Display for FlowKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FlowKind::Flow => "Flow",
+            FlowKind::ClusterFlow => "ClusterFlow",
+        })
+    }
+}
+
+/// Kind of a logging-operator output.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum OutputKind {
+    /// Namespaced `Output`, referenced from a Flow's `localOutputRefs`.
+    Output,
+    /// `ClusterOutput` in the control namespace, referenced from a ClusterFlow's `globalOutputRefs`.
+    ClusterOutput,
+}
+
+/// Records kept for late joiners and reconnecting listeners.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplaySpec {
+    /// Number of most recent records kept in memory by the relay. A listener that connects
+    /// with `--tail N` or reconnects within this window sees no gap. 0 disables replay.
+    #[serde(default = "default_replay_records")]
+    #[schemars(range(min = 0, max = 100_000))]
+    pub records: u32,
+}
+
+fn default_replay_records() -> u32 {
+    1000
+}
+
+impl Default for ReplaySpec {
+    fn default() -> Self {
+        Self {
+            records: default_replay_records(),
+        }
+    }
+}
+
+/// Buffer settings rendered into the generated fluentd http output.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BufferSpec {
+    /// How often fluentd sends buffered records to the relay (fluentd time, e.g. `1s`, `500ms`).
+    /// Lower is livelier; higher sends fewer, larger requests.
+    #[serde(default = "default_flush_interval")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(ms|s|m|h)?$"))]
+    pub flush_interval: String,
+
+    /// Largest single request body fluentd sends (fluentd size, e.g. `1m`, `512k`).
+    #[serde(default = "default_chunk_limit_size")]
+    #[schemars(regex(pattern = r"^[0-9]+[kmgKMG]?$"))]
+    pub chunk_limit_size: String,
+
+    /// Memory the tap's buffer may use in fluentd in total; when it is full (relay
+    /// unreachable) the oldest chunk is dropped so the flow's other outputs are not slowed.
+    #[serde(default = "default_total_limit_size")]
+    #[schemars(regex(pattern = r"^[0-9]+[kmgKMG]?$"))]
+    pub total_limit_size: String,
+
+    /// How many times fluentd retries a failed request before it drops the chunk.
+    /// A tap never retries forever.
+    #[serde(default = "default_retry_max_times")]
+    #[schemars(range(min = 0, max = 100))]
+    pub retry_max_times: u32,
+}
+
+fn default_flush_interval() -> String {
+    "1s".into()
+}
+fn default_chunk_limit_size() -> String {
+    "1m".into()
+}
+fn default_total_limit_size() -> String {
+    "8m".into()
+}
+fn default_retry_max_times() -> u32 {
+    5
+}
+
+impl Default for BufferSpec {
+    fn default() -> Self {
+        Self {
+            flush_interval: default_flush_interval(),
+            chunk_limit_size: default_chunk_limit_size(),
+            total_limit_size: default_total_limit_size(),
+            retry_max_times: default_retry_max_times(),
+        }
+    }
+}
+
+/// Observed state of a FlowTap, written by log-socket.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowTapStatus {
+    /// Summary of the tap's life cycle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+
+    /// Detailed, machine-readable state (types `OutputReady`, `FlowPatched`, `Receiving`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// Number of listeners connected to the tap, over all relay instances.
+    #[serde(default)]
+    pub listeners: u32,
+
+    /// Who listens to this tap.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["id"]))]
+    pub sessions: Vec<Session>,
+
+    /// The output generated for this tap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<OutputRef>,
+
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// When the relay last received a record for this tap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_record_time: Option<Time>,
+}
+
+/// Life-cycle phase of a FlowTap.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    /// Accepted; the output or the flow patch is not in place yet.
+    Pending,
+    /// Output created and appended to the flow; records can flow.
+    Active,
+    /// Something is wrong (flow missing, output rejected); see the conditions.
+    Failed,
+    /// Being removed: the flow is restored before the output is deleted.
+    Terminating,
+}
+
+/// One listener connected to the tap.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Session {
+    /// Unique id of the listener's connection.
+    pub id: String,
+    /// Kubernetes user name of the listener, as authenticated by TokenReview.
+    pub user: String,
+    /// When the listener connected.
+    pub since: Time,
+    /// The relay instance (pod) holding the connection.
+    pub relay: String,
+    /// Last time the relay confirmed the session is alive; sessions of a relay that stopped
+    /// renewing expire, so a crashed relay never pins a tap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_time: Option<Time>,
+}
+
+/// Reference to the generated logging-operator output.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OutputRef {
+    /// `Output` or `ClusterOutput`.
+    pub kind: OutputKind,
+    /// Name of the output, in the namespace of the FlowTap.
+    pub name: String,
+}
+
+/// The FlowTap CustomResourceDefinition as YAML, exactly as committed in `crds/flowtap.yaml`.
+pub fn crd_yaml() -> String {
+    let crd = FlowTap::crd();
+    let body = serde_yaml::to_string(&crd).expect("a CRD always serializes to YAML");
+    format!("# Generated by `log-socket crd` from src/crd.rs; do not edit.\n---\n{body}")
+}

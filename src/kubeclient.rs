@@ -1,0 +1,44 @@
+//! Building a Kubernetes client from a kubeconfig file, a context, or the pod's service account.
+
+use crate::{Error, Result};
+use kube::config::{Config, KubeConfigOptions, Kubeconfig};
+use std::path::Path;
+
+/// Client configuration from, in order: an explicit kubeconfig file; `KUBECONFIG` or
+/// `~/.kube/config`; the in-cluster service account. `context` picks a kubeconfig context.
+pub async fn config(kubeconfig: Option<&Path>, context: Option<&str>) -> Result<Config> {
+    let options = KubeConfigOptions {
+        context: context.map(str::to_owned),
+        ..Default::default()
+    };
+    match kubeconfig {
+        Some(path) => {
+            let file =
+                Kubeconfig::read_from(path).map_err(|e| Error::KubeConfig(format!("{}: {e}", path.display())))?;
+            Config::from_custom_kubeconfig(file, &options)
+                .await
+                .map_err(|e| Error::KubeConfig(format!("{}: {e}", path.display())))
+        }
+        None if context.is_some() => Config::from_kubeconfig(&options)
+            .await
+            .map_err(|e| Error::KubeConfig(e.to_string())),
+        None => Config::infer().await.map_err(|e| Error::KubeConfig(e.to_string())),
+    }
+}
+
+/// A client for [`config`].
+pub async fn client(kubeconfig: Option<&Path>, context: Option<&str>) -> Result<kube::Client> {
+    let config = config(kubeconfig, context).await?;
+    kube::Client::try_from(config).map_err(|e| Error::KubeConfig(e.to_string()))
+}
+
+/// Map an API error on `what` into a message that says which permission is missing.
+pub fn explain(err: kube::Error, what: &str) -> Error {
+    match &err {
+        kube::Error::Api(status) if status.code == 403 => Error::Forbidden {
+            what: what.to_owned(),
+            hint: format!("the API server said: {}", status.message),
+        },
+        _ => Error::Kube(err),
+    }
+}

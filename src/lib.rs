@@ -1,0 +1,64 @@
+//! log-socket: watch, live in a terminal, exactly what a logging-operator Flow emits.
+//!
+//! The library holds everything; `src/bin/log-socket.rs` (the in-cluster service) and
+//! `src/bin/k8stail.rs` (the CLI) are thin wrappers around it.
+
+pub mod cli;
+pub mod config;
+pub mod crd;
+pub mod health;
+pub mod kubeclient;
+pub mod logging;
+pub mod service;
+
+/// Every error log-socket reports. Messages are written for the person running the command:
+/// they say what went wrong and what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A call to the Kubernetes API failed.
+    #[error("Kubernetes API request failed: {0}")]
+    Kube(#[from] kube::Error),
+
+    /// No usable kubeconfig or in-cluster configuration.
+    #[error("cannot load Kubernetes credentials: {0} (set --kubeconfig or KUBECONFIG, or run in a pod with a service account)")]
+    KubeConfig(String),
+
+    /// The FlowTap CRD is missing from the cluster.
+    #[error("the FlowTap CRD (flowtaps.logsocket.dev) is not installed in this cluster: install it with `log-socket crd | kubectl apply -f -` or `kubectl apply -f crds/flowtap.yaml`")]
+    CrdMissing,
+
+    /// The API server refused a request for lack of permission.
+    #[error("permission denied: {what}; {hint}")]
+    Forbidden { what: String, hint: String },
+
+    /// A listening socket could not be opened.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Writing to stdout failed (other than the reader going away).
+    #[error("cannot write output: {0}")]
+    Output(#[source] std::io::Error),
+}
+
+/// Result with log-socket's [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Set up `tracing` output on stderr.
+pub fn init_tracing(level: &str, format: config::LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    // RUST_LOG wins over the configured level so a developer can turn on one module's debug logs.
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        config::LogFormat::Json => builder.json().init(),
+        config::LogFormat::Text => builder.init(),
+    }
+}

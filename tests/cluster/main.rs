@@ -1,0 +1,11 @@
+//! Integration tests against a real kube-apiserver + etcd (one per test binary, started on
+//! first use; see tests/support). Each test works in its own namespace.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod control_plane;
+mod flowtap_crd;
+mod k8stail_taps;
+mod logging_models;
+mod service;

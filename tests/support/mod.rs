@@ -1,0 +1,182 @@
+//! Test support shared by the integration tests: one real control plane per test binary,
+//! a namespace per test, real ServiceAccount tokens, kubectl.
+#![allow(dead_code)] // each test binary uses a different part of it
+
+pub mod control_plane;
+
+use control_plane::ControlPlane;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::api::{Api, ObjectMeta, PostParams};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// Root of the repository.
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The CRDs every test cluster gets: FlowTap (as committed) and logging-operator's.
+pub fn crd_files() -> Vec<PathBuf> {
+    let mut files = vec![repo().join("crds/flowtap.yaml")];
+    let lo = repo().join("tests/fixtures/logging-operator");
+    for kind in ["flows", "clusterflows", "outputs", "clusteroutputs"] {
+        files.push(lo.join(format!("logging.banzaicloud.io_{kind}.yaml")));
+    }
+    files
+}
+
+static ENV: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
+
+/// The control plane shared by this test binary, started (and the CRDs installed) on first use.
+pub fn env() -> &'static ControlPlane {
+    let result = ENV.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        // This thread starts the processes and then stays parked: the children are bound to it
+        // with PR_SET_PDEATHSIG, which fires when the *thread* that forked them ends.
+        std::thread::Builder::new()
+            .name("control-plane".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let result = rt.block_on(async {
+                    let cp = match ControlPlane::from_env() {
+                        Some(cp) => cp,
+                        None => control_plane::start(Path::new(env!("CARGO_TARGET_TMPDIR")))?,
+                    };
+                    cp.wait_ready(Duration::from_secs(90)).await?;
+                    cp.install_crds(&crd_files()).await?;
+                    Ok(cp)
+                });
+                let _ = tx.send(result);
+                loop {
+                    std::thread::park();
+                }
+            })
+            .expect("spawn control-plane thread");
+        rx.recv().unwrap_or_else(|_| Err("control-plane thread died".into()))
+    });
+    match result {
+        Ok(cp) => cp,
+        Err(e) => panic!("test control plane unavailable: {e}"),
+    }
+}
+
+/// An admin client for the shared control plane, on the calling test's runtime.
+pub async fn client() -> kube::Client {
+    env().client().await
+}
+
+static NAMESPACES: AtomicU32 = AtomicU32::new(0);
+
+/// Create a fresh namespace for one test; its name starts with `prefix`.
+pub async fn namespace(client: &kube::Client, prefix: &str) -> String {
+    let n = NAMESPACES.fetch_add(1, Ordering::SeqCst);
+    let name = format!("{prefix}-{}-{n}", std::process::id());
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
+    name
+}
+
+/// Create a ServiceAccount and return a real token for it (TokenRequest, like `kubectl create token`).
+pub async fn service_account_token(client: &kube::Client, ns: &str, name: &str) -> String {
+    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let sa = ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    api.create(&PostParams::default(), &sa)
+        .await
+        .unwrap_or_else(|e| panic!("create service account {ns}/{name}: {e}"));
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let response = api
+        .create_token_request(name, &PostParams::default(), &request)
+        .await
+        .unwrap_or_else(|e| panic!("token request for {ns}/{name}: {e}"));
+    response.status.expect("token request answered with a status").token
+}
+
+/// A kubeconfig for the shared cluster that authenticates with `token` instead of the admin's.
+pub fn kubeconfig_with_token(token: &str, path: &Path) -> PathBuf {
+    let admin = std::fs::read_to_string(&env().kubeconfig).expect("admin kubeconfig");
+    let mut value: serde_yaml::Value = serde_yaml::from_str(&admin).expect("kubeconfig is YAML");
+    let users = value["users"].as_sequence_mut().expect("kubeconfig has users");
+    for user in users {
+        user["user"] = serde_yaml::from_str(&format!("{{token: \"{token}\"}}")).unwrap();
+    }
+    std::fs::write(path, serde_yaml::to_string(&value).unwrap()).expect("write kubeconfig");
+    path.to_owned()
+}
+
+/// Run the real kubectl against the shared cluster; returns (success, stdout, stderr).
+pub fn kubectl(args: &[&str]) -> (bool, String, String) {
+    kubectl_with(&env().kubeconfig, args, None)
+}
+
+/// Run kubectl with a given kubeconfig, optionally feeding `stdin`.
+pub fn kubectl_with(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let kubectl = control_plane::kubectl_path(env().assets.as_deref());
+    let mut child = Command::new(&kubectl)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run {}: {e} (run `make test-env` to get kubectl)", kubectl.display()));
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().expect("kubectl finished");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A scratch directory for one test, removed with the control plane's data directory.
+pub fn tempdir(name: &str) -> PathBuf {
+    let base = env()
+        .run_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
+    let dir = base.join(format!("{name}-{}", NAMESPACES.fetch_add(1, Ordering::SeqCst)));
+    std::fs::create_dir_all(&dir).expect("create test directory");
+    dir
+}
+
+/// Path of a built binary of this package (`log-socket`, `k8stail`).
+pub fn bin(name: &str) -> PathBuf {
+    match name {
+        "log-socket" => PathBuf::from(env!("CARGO_BIN_EXE_log-socket")),
+        "k8stail" => PathBuf::from(env!("CARGO_BIN_EXE_k8stail")),
+        other => panic!("no binary {other}"),
+    }
+}

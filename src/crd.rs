@@ -14,6 +14,8 @@ use std::fmt;
 pub const GROUP: &str = "logsocket.dev";
 
 /// Desired state of a FlowTap: which flow to tap, and how records travel to the relay.
+// Several printcolumn(...) entries share `type_ = "string"`, which clippy mistakes for a repeat.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "logsocket.dev",

@@ -22,8 +22,10 @@ pub async fn run(
 ) -> Result<()> {
     let ready = Readiness::default();
     let tap_count = check_cluster_access(&client).await?;
-    let addr = health_listener.local_addr().ok();
-    tracing::info!(health = ?addr, flowtaps = tap_count, "log-socket ready");
+    match health_listener.local_addr() {
+        Ok(addr) => tracing::info!(health = %addr, flowtaps = tap_count, "log-socket ready"),
+        Err(_) => tracing::info!(flowtaps = tap_count, "log-socket ready"),
+    }
     ready.set(true);
     warp::serve(health::routes(ready))
         .incoming(health_listener)

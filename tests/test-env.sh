@@ -39,6 +39,7 @@ ensure_kubectl() {
 # deb_extract PACKAGE PATH-IN-PACKAGE DEST: copy one file out of a Debian package without installing it.
 deb_extract() {
   local d; d=$(mktemp -d "${TMPDIR:-/tmp}/log-socket-deb.XXXXXX")
+  chmod 755 "$d" # apt downloads as the _apt user when it can
   if ! (cd "$d" && apt-get download "$1" >&2); then
     apt-get update -q >&2
     (cd "$d" && apt-get download "$1" >&2)

@@ -35,8 +35,6 @@ pub struct ControlPlane {
     pub assets: Option<PathBuf>,
     /// Data directory (logs, certificates) of a control plane started here.
     pub run_dir: Option<PathBuf>,
-    /// Whether the cluster is the one started here (false with `LOG_SOCKET_TEST_KUBECONFIG`).
-    pub owned: bool,
 }
 
 static APISERVER_PID: AtomicI32 = AtomicI32::new(0);
@@ -250,7 +248,6 @@ pub fn start(base: &Path) -> Result<ControlPlane, String> {
         kubeconfig,
         assets: Some(assets),
         run_dir: Some(run),
-        owned: true,
     })
 }
 
@@ -261,7 +258,6 @@ impl ControlPlane {
             kubeconfig: PathBuf::from(k),
             assets: assets_dir().ok(),
             run_dir: None,
-            owned: false,
         })
     }
 

@@ -13,7 +13,7 @@ demo: test-env ## Run log-socket against a local real control plane (Ctrl-C stop
 
 test: test-env ## Run every test (unit, CLI, and against the real kube-apiserver)
 	@if [ -z "$$LOG_SOCKET_TEST_KUBECONFIG" ]; then export KUBEBUILDER_ASSETS="$$(tests/test-env.sh)"; fi; \
-	$(CARGO) test --all-targets
+	$(CARGO) test
 
 test-env: ## Get kube-apiserver, etcd and kubectl for the tests (built from Debian source once, then cached)
 	@if [ -z "$$LOG_SOCKET_TEST_KUBECONFIG" ]; then tests/test-env.sh >/dev/null; fi

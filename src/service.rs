@@ -77,3 +77,65 @@ pub async fn shutdown_signal() {
         _ = term => {},
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The API server answers the tests in tests/cluster never give (the CRD is always installed
+    //! there), scripted with kube's tower-test mock.
+    use super::*;
+    use http::{Request, Response};
+    use kube::client::Body;
+    use serde_json::json;
+
+    async fn answer_list_with(code: u16, body: serde_json::Value) -> Result<usize> {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        let server = tokio::spawn(async move {
+            let (request, send) = handle.next_request().await.expect("one request");
+            assert_eq!(request.uri().path(), "/apis/logsocket.dev/v1alpha1/flowtaps");
+            let response = Response::builder()
+                .status(code)
+                .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                .unwrap();
+            send.send_response(response);
+        });
+        let result = check_cluster_access(&client).await;
+        server.await.unwrap();
+        result
+    }
+
+    fn status(code: u16, reason: &str, message: &str) -> serde_json::Value {
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+               "code": code, "reason": reason, "message": message})
+    }
+
+    #[tokio::test]
+    async fn a_cluster_without_the_crd_gets_the_install_command() {
+        let err = answer_list_with(
+            404,
+            status(404, "NotFound", "the server could not find the requested resource"),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, Error::CrdMissing), "{err}");
+        assert!(err.to_string().contains("kubectl apply -f crds/flowtap.yaml"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_cluster_with_taps_reports_how_many() {
+        let list = json!({"apiVersion": "logsocket.dev/v1alpha1", "kind": "FlowTapList", "metadata": {},
+            "items": [{"apiVersion": "logsocket.dev/v1alpha1", "kind": "FlowTap",
+                       "metadata": {"name": "a", "namespace": "default"},
+                       "spec": {"flowRef": {"kind": "Flow", "name": "web"}}}]});
+        assert_eq!(answer_list_with(200, list).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn other_api_failures_are_reported_as_such() {
+        let err = answer_list_with(500, status(500, "InternalError", "etcd is down"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Kube(_)), "{err}");
+        assert!(err.to_string().contains("etcd is down"), "{err}");
+    }
+}

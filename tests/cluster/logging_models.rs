@@ -1,23 +1,10 @@
 //! The partially typed logging-operator models keep every field they do not model.
 
 use crate::support;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
+use crate::support::{create_cluster_flow, create_flow, create_logging, logging_api as raw_api};
+use kube::api::{Api, PostParams};
 use log_socket::logging::{ClusterFlow, ClusterOutput, Flow, HttpOutput, Output};
-use serde_json::{json, Value};
-
-fn raw_api(client: &kube::Client, ns: &str, kind: &str) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk("logging.banzaicloud.io", "v1beta1", kind);
-    let plural = format!("{}s", kind.to_lowercase());
-    Api::namespaced_with(client.clone(), ns, &ApiResource::from_gvk_with_plural(&gvk, &plural))
-}
-
-async fn create_raw(client: &kube::Client, ns: &str, kind: &str, obj: Value) -> DynamicObject {
-    let obj: DynamicObject = serde_json::from_value(obj).unwrap();
-    raw_api(client, ns, kind)
-        .create(&PostParams::default(), &obj)
-        .await
-        .unwrap_or_else(|e| panic!("create {kind}: {e}"))
-}
+use serde_json::json;
 
 #[tokio::test]
 async fn a_flow_read_modified_and_replaced_keeps_fields_the_model_does_not_know() {
@@ -30,10 +17,9 @@ async fn a_flow_read_modified_and_replaced_keeps_fields_the_model_does_not_know(
         "localOutputRefs": ["loki"],
         "globalOutputRefs": ["archive"],
     });
-    create_raw(
+    create_logging(
         &client,
         &ns,
-        "Flow",
         json!({
             "apiVersion": "logging.banzaicloud.io/v1beta1", "kind": "Flow",
             "metadata": {"name": "flow1", "labels": {"team": "shop"}, "annotations": {"note": "keep me"}},
@@ -65,16 +51,7 @@ async fn a_flow_read_modified_and_replaced_keeps_fields_the_model_does_not_know(
 async fn a_stale_flow_update_is_refused_rather_than_overwriting_a_concurrent_change() {
     let client = support::client().await;
     let ns = support::namespace(&client, "flow-rv").await;
-    create_raw(
-        &client,
-        &ns,
-        "Flow",
-        json!({
-            "apiVersion": "logging.banzaicloud.io/v1beta1", "kind": "Flow",
-            "metadata": {"name": "f"}, "spec": {"localOutputRefs": ["a"]},
-        }),
-    )
-    .await;
+    create_flow(&client, &ns, "f", json!({"localOutputRefs": ["a"]})).await;
     let flows: Api<Flow> = Api::namespaced(client.clone(), &ns);
     let mut first = flows.get("f").await.unwrap();
     let mut second = first.clone();
@@ -97,16 +74,7 @@ async fn cluster_flows_and_outputs_round_trip_with_unknown_fields() {
         "filters": [{"dedot": {"de_dot_separator": "_", "de_dot_nested": true}}],
         "globalOutputRefs": ["archive"],
     });
-    create_raw(
-        &client,
-        &ns,
-        "ClusterFlow",
-        json!({
-            "apiVersion": "logging.banzaicloud.io/v1beta1", "kind": "ClusterFlow",
-            "metadata": {"name": "all"}, "spec": cf_spec.clone(),
-        }),
-    )
-    .await;
+    create_cluster_flow(&client, &ns, "all", cf_spec.clone()).await;
     let cfs: Api<ClusterFlow> = Api::namespaced(client.clone(), &ns);
     let mut cf = cfs.get("all").await.unwrap();
     cf.spec
@@ -130,10 +98,9 @@ async fn cluster_flows_and_outputs_round_trip_with_unknown_fields() {
         "tls_ca_cert_path": {"mountFrom": {"secretKeyRef": {"name": "ca", "key": "ca.crt"}}},
         "buffer": {"tags": "[]", "flush_mode": "interval", "flush_interval": "1s"},
     });
-    create_raw(
+    create_logging(
         &client,
         &ns,
-        "ClusterOutput",
         json!({
             "apiVersion": "logging.banzaicloud.io/v1beta1", "kind": "ClusterOutput",
             "metadata": {"name": "archive"}, "spec": {"protected": true, "http": http.clone()},
@@ -154,10 +121,9 @@ async fn cluster_flows_and_outputs_round_trip_with_unknown_fields() {
 
     // An Output with a plugin the model does not type at all survives too.
     let loki = json!({"loki": {"url": "http://loki:3100", "configure_kubernetes_labels": true}});
-    create_raw(
+    create_logging(
         &client,
         &ns,
-        "Output",
         json!({
             "apiVersion": "logging.banzaicloud.io/v1beta1", "kind": "Output",
             "metadata": {"name": "loki"}, "spec": loki.clone(),

@@ -7,7 +7,7 @@ pub mod control_plane;
 use control_plane::ControlPlane;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ObjectMeta, PostParams};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
@@ -159,6 +159,49 @@ pub fn kubectl_with(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> (b
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Untyped access to a logging-operator kind (`Flow`, `ClusterFlow`, `Output`, `ClusterOutput`),
+/// to read back exactly what the API server stores.
+pub fn logging_api(client: &kube::Client, ns: &str, kind: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("logging.banzaicloud.io", "v1beta1", kind);
+    let plural = format!("{}s", kind.to_lowercase());
+    Api::namespaced_with(client.clone(), ns, &ApiResource::from_gvk_with_plural(&gvk, &plural))
+}
+
+/// Create a logging-operator object from its JSON form (`apiVersion`, `kind`, `metadata`, `spec`).
+pub async fn create_logging(client: &kube::Client, ns: &str, obj: serde_json::Value) -> DynamicObject {
+    let kind = obj["kind"].as_str().expect("object has a kind").to_owned();
+    let obj: DynamicObject = serde_json::from_value(obj).expect("a valid object");
+    logging_api(client, ns, &kind)
+        .create(&PostParams::default(), &obj)
+        .await
+        .unwrap_or_else(|e| panic!("create {kind}: {e}"))
+}
+
+/// Create a Flow with the given spec.
+pub async fn create_flow(client: &kube::Client, ns: &str, name: &str, spec: serde_json::Value) -> DynamicObject {
+    create_logging(client, ns, logging_object("Flow", name, spec)).await
+}
+
+/// Create a ClusterFlow with the given spec (in `ns`, the logging control namespace).
+pub async fn create_cluster_flow(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> DynamicObject {
+    create_logging(client, ns, logging_object("ClusterFlow", name, spec)).await
+}
+
+/// The JSON form of a logging-operator object.
+pub fn logging_object(kind: &str, name: &str, spec: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "logging.banzaicloud.io/v1beta1",
+        "kind": kind,
+        "metadata": {"name": name},
+        "spec": spec,
+    })
 }
 
 /// A scratch directory for one test, removed with the control plane's data directory.

@@ -39,6 +39,99 @@ pub struct ServiceConfig {
     #[serde(skip)]
     pub config: Option<PathBuf>,
 
+    /// Run without Kubernetes: listeners authenticate with --token-file, taps exist while
+    /// listeners are connected, and every authenticated listener sees every record.
+    #[arg(long, env = "LOG_SOCKET_STANDALONE")]
+    pub standalone: bool,
+
+    /// Address fluentd POSTs records to.
+    #[arg(
+        long,
+        env = "LOG_SOCKET_INGEST_ADDR",
+        default_value = "0.0.0.0:10000",
+        value_name = "ADDR"
+    )]
+    pub ingest_addr: SocketAddr,
+
+    /// Address listeners connect to (WebSocket) and `/metrics` is served on.
+    #[arg(
+        long,
+        env = "LOG_SOCKET_API_ADDR",
+        default_value = "0.0.0.0:10001",
+        value_name = "ADDR"
+    )]
+    pub api_addr: SocketAddr,
+
+    /// Listener tokens for standalone mode, in the Kubernetes static token format:
+    /// `token,user[,uid[,"group1,group2"]]` per line.
+    #[arg(long, env = "LOG_SOCKET_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// File holding `username:password`, the HTTP Basic credentials fluentd must send to ingest
+    /// (its http output's `auth`).
+    #[arg(long, env = "LOG_SOCKET_INGEST_CREDENTIALS", value_name = "FILE")]
+    pub ingest_credentials: Option<PathBuf>,
+
+    /// Accept records from anyone who can reach the ingest port. Only for isolated test setups.
+    #[arg(long, env = "LOG_SOCKET_INGEST_INSECURE")]
+    pub ingest_insecure: bool,
+
+    /// Largest ingest request body, in bytes, after decompression (larger: 413).
+    #[arg(long, env = "LOG_SOCKET_MAX_BODY_BYTES", default_value_t = 16 << 20, value_name = "BYTES")]
+    pub max_body_bytes: usize,
+
+    /// Ingest requests processed at once; more are answered 503 so fluentd retries.
+    #[arg(
+        long,
+        env = "LOG_SOCKET_MAX_CONCURRENT_INGEST",
+        default_value_t = 64,
+        value_name = "N"
+    )]
+    pub max_concurrent_ingest: usize,
+
+    /// Records queued per listener; a slower listener loses the oldest and is told how many.
+    #[arg(long, env = "LOG_SOCKET_LISTENER_QUEUE", default_value_t = 10_000, value_name = "N")]
+    pub listener_queue: usize,
+
+    /// Records each tap keeps for `tail` and resume.
+    #[arg(long, env = "LOG_SOCKET_REPLAY_RECORDS", default_value_t = 1000, value_name = "N")]
+    pub replay_records: usize,
+
+    /// Memory each tap's replay buffer may use, in bytes.
+    #[arg(long, env = "LOG_SOCKET_REPLAY_BYTES", default_value_t = 8 << 20, value_name = "BYTES")]
+    pub replay_bytes: usize,
+
+    /// How long a tap without listeners is kept, so a reconnecting listener can resume.
+    #[arg(long, env = "LOG_SOCKET_TAP_LINGER", default_value = "60s", value_name = "DURATION")]
+    pub tap_linger: HumanDuration,
+
+    /// Interval of WebSocket pings to listeners.
+    #[arg(
+        long,
+        env = "LOG_SOCKET_PING_INTERVAL",
+        default_value = "20s",
+        value_name = "DURATION"
+    )]
+    pub ping_interval: HumanDuration,
+
+    /// A listener that sends nothing (not even a pong) for this long is disconnected.
+    #[arg(
+        long,
+        env = "LOG_SOCKET_IDLE_TIMEOUT",
+        default_value = "60s",
+        value_name = "DURATION"
+    )]
+    pub idle_timeout: HumanDuration,
+
+    /// A listener whose socket does not take a write within this time is disconnected.
+    #[arg(
+        long,
+        env = "LOG_SOCKET_WRITE_TIMEOUT",
+        default_value = "10s",
+        value_name = "DURATION"
+    )]
+    pub write_timeout: HumanDuration,
+
     /// Address of the health endpoints (`/healthz`, `/readyz`); the only unauthenticated port.
     #[arg(
         long,
@@ -68,6 +161,48 @@ pub struct ServiceConfig {
     #[arg(long)]
     #[serde(skip)]
     pub print_config: bool,
+}
+
+/// A duration written like `500ms`, `10s`, `5m`, `1h`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HumanDuration(pub std::time::Duration);
+
+impl std::str::FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (n, unit) = s.split_at(split);
+        let n: u64 = n
+            .parse()
+            .map_err(|_| format!("{s:?} is not a duration like 500ms, 10s, 5m or 1h"))?;
+        let ms = match unit {
+            "ms" => n,
+            "s" => n * 1000,
+            "m" => n * 60_000,
+            "h" => n * 3_600_000,
+            _ => return Err(format!("{s:?} is not a duration like 500ms, 10s, 5m or 1h")),
+        };
+        Ok(HumanDuration(std::time::Duration::from_millis(ms)))
+    }
+}
+
+impl std::fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.0.as_millis();
+        match ms {
+            ms if ms % 3_600_000 == 0 && ms > 0 => write!(f, "{}h", ms / 3_600_000),
+            ms if ms % 60_000 == 0 && ms > 0 => write!(f, "{}m", ms / 60_000),
+            ms if ms % 1000 == 0 => write!(f, "{}s", ms / 1000),
+            ms => write!(f, "{ms}ms"),
+        }
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 /// Format of the service's own log lines.
@@ -186,6 +321,23 @@ fn file_defaults(path: &std::path::Path, run: &mut clap::Command) -> Result<Vec<
 }
 
 impl ServiceConfig {
+    /// Relay tunables from these settings.
+    pub fn relay(&self) -> crate::relay::RelayConfig {
+        crate::relay::RelayConfig {
+            max_body_bytes: self.max_body_bytes,
+            max_concurrent_ingest: self.max_concurrent_ingest.max(1),
+            listener_queue: self.listener_queue.max(1),
+            replay: crate::relay::tap::ReplayLimits {
+                records: self.replay_records,
+                bytes: self.replay_bytes,
+            },
+            tap_linger: self.tap_linger.0,
+            ping_interval: self.ping_interval.0,
+            idle_timeout: self.idle_timeout.0,
+            write_timeout: self.write_timeout.0,
+        }
+    }
+
     /// The effective settings as YAML, for `--print-config`.
     pub fn to_yaml(&self) -> String {
         serde_yaml::to_string(self).expect("settings always serialize")

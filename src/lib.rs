@@ -3,12 +3,15 @@
 //! The library holds everything; `src/bin/log-socket.rs` (the in-cluster service) and
 //! `src/bin/k8stail.rs` (the CLI) are thin wrappers around it.
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod crd;
 pub mod health;
 pub mod kubeclient;
 pub mod logging;
+pub mod metrics;
+pub mod relay;
 pub mod service;
 
 /// Every error log-socket reports. Messages are written for the person running the command:
@@ -38,6 +41,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+
+    /// Settings that cannot work together or a file they name is unusable.
+    #[error("{0}")]
+    Config(String),
 
     /// Writing to stdout failed (other than the reader going away).
     #[error("cannot write output: {0}")]

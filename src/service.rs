@@ -7,9 +7,12 @@
 use crate::crd::FlowTap;
 use crate::health::{self, Readiness};
 use crate::kubeclient::explain;
+use crate::relay::server::{self, Parts, Sockets};
+use crate::relay::Relay;
 use crate::{Error, Result};
 use kube::api::{Api, ListParams};
 use std::future::Future;
+use std::sync::Arc;
 use tokio::net::TcpListener;
 
 /// Run the service on an already bound health listener until `shutdown` completes.
@@ -32,6 +35,44 @@ pub async fn run(
         .graceful(shutdown)
         .run()
         .await;
+    tracing::info!("log-socket stopped");
+    Ok(())
+}
+
+/// Run the relay without Kubernetes (standalone mode) until `shutdown` completes.
+pub async fn run_standalone(
+    health_listener: TcpListener,
+    sockets: Sockets,
+    relay: Arc<Relay>,
+    parts: Parts,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let ready = Readiness::default();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await.map(|_| ());
+    };
+    tracing::info!(
+        ingest = %sockets.ingest.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        api = %sockets.api.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        health = %health_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        ingest_auth = ?parts.ingest_auth,
+        "log-socket relay ready (standalone)"
+    );
+    ready.set(true);
+    let health = tokio::spawn(
+        warp::serve(health::routes(ready.clone()))
+            .incoming(health_listener)
+            .graceful(stopped(rx.clone()))
+            .run(),
+    );
+    let relay_done = tokio::spawn(server::serve(relay, sockets, parts, stopped(rx)));
+    shutdown.await;
+    tracing::info!("shutting down: finishing ingest, then closing listeners");
+    ready.set(false);
+    let _ = tx.send(true);
+    let _ = relay_done.await;
+    let _ = health.await;
     tracing::info!("log-socket stopped");
     Ok(())
 }

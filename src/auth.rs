@@ -1,0 +1,229 @@
+//! Who a listener is, what it may see, and who may send records.
+//!
+//! The relay only knows the traits; standalone mode plugs in [`StaticTokens`] and [`AllowAll`],
+//! cluster mode TokenReview and RBAC policies.
+
+use crate::relay::record::Meta;
+use futures::future::BoxFuture;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// An authenticated listener.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    pub username: String,
+    pub groups: Vec<String>,
+}
+
+/// Why a token was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The token is not valid (401).
+    #[error("{0}")]
+    Rejected(String),
+    /// Authentication could not be done right now (503).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Turns a bearer token into an [`Identity`].
+pub trait Authenticator: Send + Sync {
+    fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Identity, AuthError>>;
+}
+
+/// Decides, per record, whether a listener may see it.
+pub trait Authorizer: Send + Sync {
+    fn allows(&self, who: &Identity, record: &Meta) -> bool;
+}
+
+/// Every authenticated listener sees every record (standalone mode, where there is no cluster
+/// RBAC to consult).
+pub struct AllowAll;
+
+impl Authorizer for AllowAll {
+    fn allows(&self, _: &Identity, _: &Meta) -> bool {
+        true
+    }
+}
+
+/// Tokens from a file in the Kubernetes static token format: `token,user,uid,"group1,group2"`
+/// per line (uid and groups optional; `#` starts a comment).
+#[derive(Debug, Default)]
+pub struct StaticTokens {
+    tokens: HashMap<String, Identity>,
+}
+
+impl StaticTokens {
+    /// Read a token file; errors name the file and line, never the token.
+    pub fn load(path: &Path) -> Result<StaticTokens, String> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("token file {}: {e}", path.display()))
+    }
+
+    /// Parse the token file format.
+    pub fn parse(text: &str) -> Result<StaticTokens, String> {
+        let mut tokens = HashMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let fields = split_csv(line);
+            let (token, user) = match (fields.first(), fields.get(1)) {
+                (Some(t), Some(u)) if !t.is_empty() && !u.is_empty() => (t.clone(), u.clone()),
+                _ => return Err(format!("line {}: expected token,user[,uid[,\"group1,group2\"]]", i + 1)),
+            };
+            let groups = fields
+                .get(3)
+                .map(|g| {
+                    g.split(',')
+                        .map(str::trim)
+                        .filter(|g| !g.is_empty())
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default();
+            if tokens.insert(token, Identity { username: user, groups }).is_some() {
+                return Err(format!("line {}: duplicate token", i + 1));
+            }
+        }
+        if tokens.is_empty() {
+            return Err("no tokens".into());
+        }
+        Ok(StaticTokens { tokens })
+    }
+}
+
+fn split_csv(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut quoted = false;
+    for c in line.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => fields.push(String::new()),
+            c => fields.last_mut().unwrap().push(c),
+        }
+    }
+    fields.iter().map(|f| f.trim().to_owned()).collect()
+}
+
+impl Authenticator for StaticTokens {
+    fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Identity, AuthError>> {
+        let found = self
+            .tokens
+            .iter()
+            .find(|(known, _)| constant_time_eq(known.as_bytes(), token.as_bytes()))
+            .map(|(_, id)| id.clone());
+        Box::pin(async move { found.ok_or_else(|| AuthError::Rejected("invalid token".into())) })
+    }
+}
+
+/// Compare secrets without an early exit that would leak how much of a guess was right.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Who may POST records to the ingest port.
+#[derive(Clone)]
+pub enum IngestAuth {
+    /// HTTP Basic credentials, as fluentd's http output `auth` sends them.
+    Basic { username: String, password: String },
+    /// No check at all: only for trusted networks, and the service warns at start.
+    Insecure,
+}
+
+impl std::fmt::Debug for IngestAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // Never print the password.
+            IngestAuth::Basic { username, .. } => write!(f, "Basic({username})"),
+            IngestAuth::Insecure => f.write_str("Insecure"),
+        }
+    }
+}
+
+impl IngestAuth {
+    /// Read `username:password` (one line) from a file, e.g. a mounted Secret.
+    pub fn load(path: &Path) -> Result<IngestAuth, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read ingest credentials {}: {e}", path.display()))?;
+        let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
+        match line.split_once(':') {
+            Some((u, p)) if !u.is_empty() && !p.is_empty() => Ok(IngestAuth::Basic {
+                username: u.to_owned(),
+                password: p.to_owned(),
+            }),
+            _ => Err(format!(
+                "ingest credentials {}: expected one line username:password",
+                path.display()
+            )),
+        }
+    }
+
+    /// Check an `Authorization` header value.
+    pub fn check(&self, authorization: Option<&str>) -> bool {
+        match self {
+            IngestAuth::Insecure => true,
+            IngestAuth::Basic { username, password } => {
+                let expected = format!("{username}:{password}");
+                authorization
+                    .and_then(|h| h.strip_prefix("Basic ").or_else(|| h.strip_prefix("basic ")))
+                    .and_then(|b64| base64_decode(b64.trim()))
+                    .is_some_and(|given| constant_time_eq(&given, expected.as_bytes()))
+            }
+        }
+    }
+}
+
+/// Standard base64 decoding, just enough for Basic auth.
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let s = s.trim_end_matches('=');
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut buf, mut bits) = (0u32, 0u32);
+    for c in s.bytes() {
+        let v = ALPHABET.iter().position(|&a| a == c)? as u32;
+        buf = (buf << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buf >> bits) as u8);
+            buf &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_kubernetes_static_token_format_is_read_with_groups() {
+        let t = StaticTokens::parse("# comment\nabc,alice,1,\"dev,ops\"\ndef,bob\n").unwrap();
+        let alice = t.authenticate("abc").await.unwrap();
+        assert_eq!(alice.username, "alice");
+        assert_eq!(alice.groups, ["dev", "ops"]);
+        assert!(t.authenticate("ab").await.is_err());
+        assert!(StaticTokens::parse("lonely\n").unwrap_err().contains("line 1"));
+        assert!(StaticTokens::parse("a,x\na,y\n").unwrap_err().contains("duplicate"));
+    }
+
+    #[test]
+    fn basic_credentials_are_checked_exactly() {
+        let auth = IngestAuth::Basic {
+            username: "fluentd".into(),
+            password: "s3cret".into(),
+        };
+        // base64("fluentd:s3cret")
+        assert!(auth.check(Some("Basic Zmx1ZW50ZDpzM2NyZXQ=")));
+        assert!(!auth.check(Some("Basic Zmx1ZW50ZDpzM2NyZXQx")));
+        assert!(!auth.check(Some("Bearer Zmx1ZW50ZDpzM2NyZXQ=")));
+        assert!(!auth.check(None));
+        assert_eq!(format!("{auth:?}"), "Basic(fluentd)", "the password is never printed");
+    }
+}

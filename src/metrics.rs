@@ -1,0 +1,133 @@
+//! Prometheus metrics of the relay (`/metrics` on the API port, authenticated).
+//!
+//! Labels name taps (kind, namespace, name) and reasons, never users: usernames would leak who
+//! watches what and grow without bound.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Labels of per-tap series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TapLabels {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl From<&crate::relay::TapKey> for TapLabels {
+    fn from(key: &crate::relay::TapKey) -> Self {
+        TapLabels {
+            kind: key.kind.path_segment().to_owned(),
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+        }
+    }
+}
+
+/// Why records did not reach a listener.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum DropReason {
+    slow_client,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    pub reason: DropReason,
+}
+
+/// Kinds of errors counted.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub kind: String,
+}
+
+/// Ingest responses by status code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub code: u16,
+}
+
+/// All metrics of one relay.
+pub struct Metrics {
+    registry: Registry,
+    pub ingested_records: Family<TapLabels, Counter>,
+    pub ingested_bytes: Family<TapLabels, Counter>,
+    pub ingest_requests: Family<CodeLabels, Counter>,
+    pub ingest_duration: Histogram,
+    pub sent_records: Family<TapLabels, Counter>,
+    pub dropped_records: Family<DropLabels, Counter>,
+    pub denied_records: Counter,
+    pub listeners: Gauge,
+    pub errors: Family<ErrorLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("log_socket");
+        let m = Metrics {
+            ingested_records: Family::default(),
+            ingested_bytes: Family::default(),
+            ingest_requests: Family::default(),
+            ingest_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            sent_records: Family::default(),
+            dropped_records: Family::default(),
+            denied_records: Counter::default(),
+            listeners: Gauge::default(),
+            errors: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "ingested_records",
+            "Records accepted at ingest",
+            m.ingested_records.clone(),
+        );
+        registry.register(
+            "ingested_bytes",
+            "Record bytes accepted at ingest",
+            m.ingested_bytes.clone(),
+        );
+        registry.register(
+            "ingest_requests",
+            "Ingest requests by response code",
+            m.ingest_requests.clone(),
+        );
+        registry.register(
+            "ingest_request_duration_seconds",
+            "Time to process an ingest request",
+            m.ingest_duration.clone(),
+        );
+        registry.register("sent_records", "Records sent to listeners", m.sent_records.clone());
+        registry.register(
+            "dropped_records",
+            "Records a listener did not get, by reason",
+            m.dropped_records.clone(),
+        );
+        registry.register(
+            "denied_records",
+            "Records withheld from listeners by authorization",
+            m.denied_records.clone(),
+        );
+        registry.register("listeners", "Connected listeners", m.listeners.clone());
+        registry.register("errors", "Errors by kind", m.errors.clone());
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Count an error of `kind`.
+    pub fn error(&self, kind: &str) {
+        self.errors.get_or_create(&ErrorLabels { kind: kind.to_owned() }).inc();
+    }
+}

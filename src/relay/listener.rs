@@ -1,0 +1,238 @@
+//! One WebSocket listener's side of a tap: its filters, its authorization, and its bounded
+//! queue. Publishing never waits for a listener: when the queue is full the oldest record is
+//! dropped and counted, and the listener is told how many it lost.
+
+use super::record::Meta;
+use super::tap::Entry;
+use crate::auth::{Authorizer, Identity};
+use regex::{Regex, RegexBuilder};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
+
+/// Record filters a listener asks for (query options), evaluated at the relay so filtered-out
+/// records never cross the network.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    /// Keep records whose message matches.
+    pub grep: Option<Regex>,
+    /// Drop records whose message matches.
+    pub exclude: Option<Regex>,
+    /// Keep records whose pod name matches.
+    pub pod: Option<Regex>,
+    /// Keep records whose container name matches.
+    pub container: Option<Regex>,
+    /// Keep records of this namespace only.
+    pub namespace: Option<String>,
+}
+
+impl Filter {
+    /// Compile a user-supplied pattern with limits, so a hostile regex cannot exhaust memory.
+    pub fn pattern(what: &str, pattern: &str) -> Result<Regex, String> {
+        RegexBuilder::new(pattern)
+            .size_limit(1 << 20)
+            .dfa_size_limit(1 << 20)
+            .build()
+            .map_err(|e| format!("invalid {what} pattern: {e}"))
+    }
+
+    /// Whether a record passes every filter.
+    pub fn matches(&self, meta: &Meta) -> bool {
+        let message = meta.message.as_deref().unwrap_or("");
+        let opt_match = |re: &Option<Regex>, value: Option<&str>| match re {
+            Some(re) => value.is_some_and(|v| re.is_match(v)),
+            None => true,
+        };
+        self.namespace
+            .as_ref()
+            .is_none_or(|ns| meta.namespace.as_deref() == Some(ns.as_str()))
+            && opt_match(&self.pod, meta.pod.as_deref())
+            && opt_match(&self.container, meta.container.as_deref())
+            && self.grep.as_ref().is_none_or(|re| re.is_match(message))
+            && self.exclude.as_ref().is_none_or(|re| !re.is_match(message))
+    }
+}
+
+/// What a listener's task takes from its queue in one go.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Records to send, oldest first.
+    pub records: Vec<Arc<Entry>>,
+    /// Records dropped (queue full) since the last batch, all older than `records`.
+    pub dropped: u64,
+    /// Records withheld since the last batch, by (namespace, pod).
+    pub denied: BTreeMap<(String, String), u64>,
+}
+
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Arc<Entry>>,
+    dropped: u64,
+    denied: BTreeMap<(String, String), u64>,
+}
+
+/// A listener attached to a tap.
+pub struct Listener {
+    pub id: u64,
+    pub identity: Identity,
+    filter: Filter,
+    authorizer: Arc<dyn Authorizer>,
+    capacity: usize,
+    queue: Mutex<Queue>,
+    notify: Notify,
+}
+
+/// What happened to one record offered to a listener.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Offer {
+    /// Not wanted by the listener's filters.
+    Filtered,
+    /// The listener may not see it; counted for a `denied` notice.
+    Denied,
+    /// Queued.
+    Queued,
+    /// Queued, and the oldest queued record was dropped to make room.
+    QueuedDroppingOldest,
+}
+
+impl Listener {
+    pub fn new(id: u64, identity: Identity, filter: Filter, authorizer: Arc<dyn Authorizer>, capacity: usize) -> Self {
+        Listener {
+            id,
+            identity,
+            filter,
+            authorizer,
+            capacity: capacity.max(1),
+            queue: Mutex::new(Queue::default()),
+            notify: Notify::new(),
+        }
+    }
+
+    /// Whether the record passes the listener's filters (no authorization, no side effects).
+    pub fn wants(&self, meta: &Meta) -> bool {
+        self.filter.matches(meta)
+    }
+
+    /// Whether the listener wants the record and may see it; counts a denial if not allowed.
+    pub fn admit(&self, meta: &Meta) -> Option<bool> {
+        if !self.filter.matches(meta) {
+            return None;
+        }
+        if self.authorizer.allows(&self.identity, meta) {
+            Some(true)
+        } else {
+            let key = (
+                meta.namespace.clone().unwrap_or_default(),
+                meta.pod.clone().unwrap_or_default(),
+            );
+            *self.queue.lock().unwrap().denied.entry(key).or_default() += 1;
+            Some(false)
+        }
+    }
+
+    /// Offer a live record; never blocks on the listener.
+    pub fn offer(&self, entry: &Arc<Entry>) -> Offer {
+        match self.admit(&entry.meta) {
+            None => Offer::Filtered,
+            Some(false) => {
+                self.notify.notify_one();
+                Offer::Denied
+            }
+            Some(true) => {
+                let dropped = {
+                    let mut q = self.queue.lock().unwrap();
+                    let dropped = if q.items.len() >= self.capacity {
+                        q.items.pop_front();
+                        q.dropped += 1;
+                        true
+                    } else {
+                        false
+                    };
+                    q.items.push_back(entry.clone());
+                    dropped
+                };
+                self.notify.notify_one();
+                if dropped {
+                    Offer::QueuedDroppingOldest
+                } else {
+                    Offer::Queued
+                }
+            }
+        }
+    }
+
+    /// Take everything queued.
+    pub fn take(&self) -> Batch {
+        let mut q = self.queue.lock().unwrap();
+        Batch {
+            records: q.items.drain(..).collect(),
+            dropped: std::mem::take(&mut q.dropped),
+            denied: std::mem::take(&mut q.denied),
+        }
+    }
+
+    /// Completes when something was offered since the last call.
+    pub async fn ready(&self) {
+        self.notify.notified().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::AllowAll;
+
+    fn entry(seq: u64, pod: &str, msg: &str) -> Arc<Entry> {
+        Arc::new(Entry {
+            seq,
+            meta: Meta {
+                namespace: Some("shop".into()),
+                pod: Some(pod.into()),
+                message: Some(msg.into()),
+                ..Default::default()
+            },
+            frame: format!("{seq}").into(),
+        })
+    }
+
+    fn listener(filter: Filter, capacity: usize) -> Listener {
+        Listener::new(1, Identity::default(), filter, Arc::new(AllowAll), capacity)
+    }
+
+    #[test]
+    fn a_full_queue_drops_the_oldest_and_counts_it() {
+        let l = listener(Filter::default(), 3);
+        for seq in 1..=5 {
+            l.offer(&entry(seq, "web", "x"));
+        }
+        let batch = l.take();
+        assert_eq!(batch.records.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4, 5]);
+        assert_eq!(batch.dropped, 2);
+        assert_eq!(l.take().dropped, 0, "a drop is reported once");
+    }
+
+    #[test]
+    fn filters_select_by_namespace_pod_container_and_message() {
+        let f = Filter {
+            grep: Some(Filter::pattern("grep", "error|warn").unwrap()),
+            exclude: Some(Filter::pattern("exclude", "healthz").unwrap()),
+            pod: Some(Filter::pattern("pod", "^web-").unwrap()),
+            namespace: Some("shop".into()),
+            ..Default::default()
+        };
+        let l = listener(f, 10);
+        assert_eq!(l.offer(&entry(1, "web-1", "error: boom")), Offer::Queued);
+        assert_eq!(l.offer(&entry(2, "web-1", "info: fine")), Offer::Filtered);
+        assert_eq!(l.offer(&entry(3, "web-1", "warn: GET /healthz")), Offer::Filtered);
+        assert_eq!(l.offer(&entry(4, "db-1", "error: boom")), Offer::Filtered);
+        let mut other_ns = (*entry(5, "web-1", "error")).clone();
+        other_ns.meta.namespace = Some("other".into());
+        assert_eq!(l.offer(&Arc::new(other_ns)), Offer::Filtered);
+    }
+
+    #[test]
+    fn an_invalid_pattern_is_reported_with_its_option() {
+        let err = Filter::pattern("grep", "(unclosed").unwrap_err();
+        assert!(err.starts_with("invalid grep pattern"), "{err}");
+    }
+}

@@ -1,0 +1,217 @@
+//! The relay: records in from fluentd (ingest), out to WebSocket listeners (API), per tap.
+//!
+//! Kubernetes-facing parts plug in through [`crate::auth::Authenticator`] (who is the listener),
+//! [`crate::auth::Authorizer`] (may they see this record) and [`Sessions`] (listener
+//! registration, e.g. refcounting a FlowTap); standalone mode uses static tokens and no
+//! registration.
+
+pub mod listener;
+pub mod protocol;
+pub mod record;
+pub mod server;
+pub mod tap;
+
+use crate::crd::FlowKind;
+use crate::metrics::Metrics;
+use futures::future::BoxFuture;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tap::{ReplayLimits, Tap};
+
+/// Which flow a tap follows: the path segment `/{flow|clusterflow}/{namespace}/{name}`.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct TapKey {
+    pub kind: FlowKind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl TapKey {
+    /// Parse path segments, refusing anything that cannot name a Kubernetes object.
+    pub fn parse(kind: &str, namespace: &str, name: &str) -> Result<TapKey, String> {
+        let kind = match kind {
+            "flow" => FlowKind::Flow,
+            "clusterflow" => FlowKind::ClusterFlow,
+            other => return Err(format!("unknown flow kind {other:?}; use flow or clusterflow")),
+        };
+        for (what, value) in [("namespace", namespace), ("name", name)] {
+            let ok = !value.is_empty()
+                && value.len() <= 253
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+            if !ok {
+                return Err(format!("invalid {what} {value:?}: not a Kubernetes object name"));
+            }
+        }
+        Ok(TapKey {
+            kind,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for TapKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.kind.path_segment(), self.namespace, self.name)
+    }
+}
+
+/// Tunables of the relay.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Largest ingest body accepted, after decompression.
+    pub max_body_bytes: usize,
+    /// Ingest requests processed at once; more get 503 so fluentd retries.
+    pub max_concurrent_ingest: usize,
+    /// Records queued per listener; beyond it the oldest are dropped and the listener told.
+    pub listener_queue: usize,
+    /// Replay buffer of each tap.
+    pub replay: ReplayLimits,
+    /// How long a tap without listeners is kept (for reconnects) before it is removed.
+    pub tap_linger: Duration,
+    /// Interval of WebSocket pings to listeners.
+    pub ping_interval: Duration,
+    /// A listener silent (no pong, no message) this long is disconnected.
+    pub idle_timeout: Duration,
+    /// A write to a listener that takes longer than this disconnects it.
+    pub write_timeout: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            max_body_bytes: 16 << 20,
+            max_concurrent_ingest: 64,
+            listener_queue: 10_000,
+            replay: ReplayLimits {
+                records: 1000,
+                bytes: 8 << 20,
+            },
+            tap_linger: Duration::from_secs(60),
+            ping_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A listener about to join or leaving a tap, for [`Sessions`].
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub id: u64,
+    pub tap: TapKey,
+    pub user: String,
+}
+
+/// Why a listener may not join.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// Not allowed (403), with what is missing.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Temporarily impossible (503).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Listener registration: in cluster mode this creates or refcounts the FlowTap.
+pub trait Sessions: Send + Sync {
+    /// A listener is joining; refuse with an error to keep it out.
+    fn joined<'a>(&'a self, session: &'a SessionInfo) -> BoxFuture<'a, Result<(), JoinError>>;
+    /// A listener left (always called after a successful `joined`).
+    fn left<'a>(&'a self, session: &'a SessionInfo) -> BoxFuture<'a, ()>;
+}
+
+/// Standalone mode: taps exist while listeners are connected; nothing to register.
+pub struct NoSessions;
+
+impl Sessions for NoSessions {
+    fn joined<'a>(&'a self, _: &'a SessionInfo) -> BoxFuture<'a, Result<(), JoinError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn left<'a>(&'a self, _: &'a SessionInfo) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// The taps of this relay instance.
+pub struct Relay {
+    pub config: RelayConfig,
+    pub metrics: Metrics,
+    taps: RwLock<HashMap<TapKey, Arc<Tap>>>,
+    next_id: AtomicU64,
+}
+
+impl Relay {
+    pub fn new(config: RelayConfig) -> Relay {
+        Relay {
+            config,
+            metrics: Metrics::default(),
+            taps: RwLock::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// The tap of `key`, if one is open.
+    pub fn tap(&self, key: &TapKey) -> Option<Arc<Tap>> {
+        self.taps.read().unwrap().get(key).cloned()
+    }
+
+    /// The tap of `key`, opening it if needed.
+    pub fn open_tap(&self, key: &TapKey) -> Arc<Tap> {
+        if let Some(tap) = self.tap(key) {
+            return tap;
+        }
+        let mut taps = self.taps.write().unwrap();
+        taps.entry(key.clone())
+            .or_insert_with(|| {
+                tracing::info!(tap = %key, "tap opened");
+                Arc::new(Tap::new(key.clone(), self.config.replay, self.next_id()))
+            })
+            .clone()
+    }
+
+    /// A process-unique id (listeners, tap epochs).
+    pub fn next_id(&self) -> u64 {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // Mixed with the start time so ids (and tap epochs) differ across restarts.
+        n ^ start_nonce()
+    }
+
+    /// Remove taps that have had no listener for longer than the linger period.
+    pub fn reap(&self, now: Instant) -> usize {
+        let linger = self.config.tap_linger;
+        let mut taps = self.taps.write().unwrap();
+        let before = taps.len();
+        taps.retain(|key, tap| {
+            let keep = tap.idle_for(now).is_none_or(|idle| idle < linger);
+            if !keep {
+                tracing::info!(tap = %key, "tap closed: no listener for {linger:?}");
+            }
+            keep
+        });
+        before - taps.len()
+    }
+
+    /// Number of open taps.
+    pub fn tap_count(&self) -> usize {
+        self.taps.read().unwrap().len()
+    }
+}
+
+fn start_nonce() -> u64 {
+    use std::sync::OnceLock;
+    static NONCE: OnceLock<u64> = OnceLock::new();
+    *NONCE.get_or_init(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        // Only the high bits: low bits stay a readable counter.
+        (t.as_nanos() as u64 ^ u64::from(std::process::id())) << 20
+    })
+}

@@ -1,0 +1,337 @@
+//! A tap: the records of one flow, numbered, kept in a bounded replay buffer, and offered to
+//! each attached listener. Attaching snapshots the replay buffer and registers the listener under
+//! one lock, so a listener never sees a gap or a duplicate between replay and live records.
+
+use super::listener::{Batch, Listener, Offer};
+use super::protocol;
+use super::record::{Meta, Record};
+use super::TapKey;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// Bounds of a tap's replay buffer: whichever is reached first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayLimits {
+    pub records: usize,
+    pub bytes: usize,
+}
+
+/// A numbered record with its WebSocket frame, serialised once and shared by all listeners.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub seq: u64,
+    pub meta: Meta,
+    pub frame: Utf8Bytes,
+}
+
+/// Where a new listener starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// New records only.
+    Live,
+    /// The last N buffered records (that pass the filters), then live.
+    Tail(usize),
+    /// Everything after `seq`, when it was read from the tap with this `epoch` (if given).
+    After { seq: u64, epoch: Option<u64> },
+}
+
+/// Records a listener asked for but cannot have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gap {
+    /// `count` records after the requested sequence number are no longer buffered.
+    OutOfReplay { count: u64 },
+    /// The tap was restarted (relay restart or tap re-created): earlier numbering is void.
+    TapRestarted,
+}
+
+/// Result of attaching a listener.
+#[derive(Debug)]
+pub struct Attached {
+    /// Buffered records to send first.
+    pub backlog: Vec<Arc<Entry>>,
+    pub gap: Option<Gap>,
+    /// Sequence number of the newest record of the tap so far (0: none yet).
+    pub last_seq: u64,
+    /// Oldest buffered sequence number (0: buffer empty).
+    pub first_seq: u64,
+}
+
+struct Inner {
+    next_seq: u64,
+    replay: VecDeque<Arc<Entry>>,
+    replay_bytes: usize,
+    listeners: Vec<Arc<Listener>>,
+    idle_since: Option<Instant>,
+}
+
+/// The records of one flow.
+pub struct Tap {
+    pub key: TapKey,
+    /// Identifies this incarnation of the tap, so a resume can tell its sequence numbers apart.
+    pub epoch: u64,
+    limits: ReplayLimits,
+    inner: Mutex<Inner>,
+}
+
+/// Counts from one `publish`, for metrics.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Published {
+    pub records: u64,
+    pub bytes: u64,
+    pub dropped: u64,
+    pub denied: u64,
+}
+
+impl Tap {
+    pub fn new(key: TapKey, limits: ReplayLimits, epoch: u64) -> Tap {
+        Tap {
+            key,
+            epoch,
+            limits,
+            inner: Mutex::new(Inner {
+                next_seq: 1,
+                replay: VecDeque::new(),
+                replay_bytes: 0,
+                listeners: Vec::new(),
+                idle_since: Some(Instant::now()),
+            }),
+        }
+    }
+
+    /// Number, buffer and hand out a batch of records. Never waits for a listener.
+    pub fn publish(&self, records: Vec<Record>) -> Published {
+        let mut out = Published::default();
+        let mut inner = self.inner.lock().unwrap();
+        for record in records {
+            let seq = inner.next_seq;
+            inner.next_seq += 1;
+            out.records += 1;
+            out.bytes += record.raw.len() as u64;
+            let entry = Arc::new(Entry {
+                seq,
+                frame: protocol::record_frame(seq, &record.raw),
+                meta: record.meta,
+            });
+            for listener in &inner.listeners {
+                match listener.offer(&entry) {
+                    Offer::QueuedDroppingOldest => out.dropped += 1,
+                    Offer::Denied => out.denied += 1,
+                    Offer::Queued | Offer::Filtered => {}
+                }
+            }
+            if self.limits.records > 0 {
+                inner.replay_bytes += entry.frame.len();
+                inner.replay.push_back(entry);
+                while inner.replay.len() > self.limits.records || inner.replay_bytes > self.limits.bytes {
+                    match inner.replay.pop_front() {
+                        Some(old) => inner.replay_bytes -= old.frame.len(),
+                        None => break,
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Attach a listener, returning the buffered records it should get first.
+    pub fn attach(&self, listener: Arc<Listener>, start: Start) -> Attached {
+        let mut inner = self.inner.lock().unwrap();
+        let last_seq = inner.next_seq - 1;
+        let first_seq = inner.replay.front().map_or(0, |e| e.seq);
+        let (candidates, gap): (Vec<&Arc<Entry>>, Option<Gap>) = match start {
+            Start::Live => (vec![], None),
+            Start::Tail(n) => {
+                let mut picked: Vec<&Arc<Entry>> = inner
+                    .replay
+                    .iter()
+                    .rev()
+                    .filter(|e| listener.wants(&e.meta))
+                    .take(n)
+                    .collect();
+                picked.reverse();
+                (picked, None)
+            }
+            Start::After { seq, epoch } => {
+                let restarted = epoch.is_some_and(|e| e != self.epoch) || seq > last_seq;
+                if restarted {
+                    (inner.replay.iter().collect(), Some(Gap::TapRestarted))
+                } else {
+                    let oldest_available = if first_seq == 0 { inner.next_seq } else { first_seq };
+                    let gap = (seq + 1 < oldest_available).then(|| Gap::OutOfReplay {
+                        count: oldest_available - seq - 1,
+                    });
+                    (inner.replay.iter().filter(|e| e.seq > seq).collect(), gap)
+                }
+            }
+        };
+        let backlog = candidates
+            .into_iter()
+            .filter(|e| listener.admit(&e.meta) == Some(true))
+            .cloned()
+            .collect();
+        inner.listeners.push(listener);
+        inner.idle_since = None;
+        Attached {
+            backlog,
+            gap,
+            last_seq,
+            first_seq,
+        }
+    }
+
+    /// Detach a listener; returns what was still queued for it (for accounting).
+    pub fn detach(&self, id: u64) -> Option<Batch> {
+        let mut inner = self.inner.lock().unwrap();
+        let pos = inner.listeners.iter().position(|l| l.id == id)?;
+        let listener = inner.listeners.swap_remove(pos);
+        if inner.listeners.is_empty() {
+            inner.idle_since = Some(Instant::now());
+        }
+        Some(listener.take())
+    }
+
+    /// How long the tap has had no listener, if it has none.
+    pub fn idle_for(&self, now: Instant) -> Option<std::time::Duration> {
+        self.inner
+            .lock()
+            .unwrap()
+            .idle_since
+            .map(|since| now.saturating_duration_since(since))
+    }
+
+    /// Number of attached listeners.
+    pub fn listener_count(&self) -> usize {
+        self.inner.lock().unwrap().listeners.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{AllowAll, Identity};
+    use crate::crd::FlowKind;
+    use crate::relay::listener::Filter;
+    use bytes::Bytes;
+
+    fn tap(records: usize) -> Tap {
+        let key = TapKey {
+            kind: FlowKind::Flow,
+            namespace: "shop".into(),
+            name: "web".into(),
+        };
+        Tap::new(
+            key,
+            ReplayLimits {
+                records,
+                bytes: 1 << 20,
+            },
+            7,
+        )
+    }
+
+    fn records(n: usize) -> Vec<Record> {
+        (0..n)
+            .map(|i| Record {
+                raw: Bytes::from(format!("{{\"message\":\"m{i}\"}}")),
+                meta: Meta::default(),
+            })
+            .collect()
+    }
+
+    fn listener(id: u64) -> Arc<Listener> {
+        Arc::new(Listener::new(
+            id,
+            Identity::default(),
+            Filter::default(),
+            Arc::new(AllowAll),
+            100,
+        ))
+    }
+
+    fn seqs(entries: &[Arc<Entry>]) -> Vec<u64> {
+        entries.iter().map(|e| e.seq).collect()
+    }
+
+    #[test]
+    fn records_are_numbered_and_the_replay_buffer_keeps_the_newest() {
+        let t = tap(3);
+        t.publish(records(5));
+        let a = t.attach(listener(1), Start::Tail(10));
+        assert_eq!(seqs(&a.backlog), [3, 4, 5]);
+        assert_eq!((a.first_seq, a.last_seq), (3, 5));
+    }
+
+    #[test]
+    fn resuming_inside_the_buffer_has_no_gap_and_no_duplicate() {
+        let t = tap(10);
+        t.publish(records(6));
+        let l = listener(1);
+        let a = t.attach(l.clone(), Start::After { seq: 4, epoch: Some(7) });
+        assert_eq!(seqs(&a.backlog), [5, 6]);
+        assert_eq!(a.gap, None);
+        t.publish(records(2));
+        assert_eq!(seqs(&l.take().records), [7, 8]);
+    }
+
+    #[test]
+    fn resuming_before_the_buffer_reports_how_many_records_are_gone() {
+        let t = tap(3);
+        t.publish(records(10));
+        let a = t.attach(listener(1), Start::After { seq: 2, epoch: None });
+        assert_eq!(a.gap, Some(Gap::OutOfReplay { count: 5 }));
+        assert_eq!(seqs(&a.backlog), [8, 9, 10]);
+    }
+
+    #[test]
+    fn resuming_with_another_epoch_or_a_future_seq_means_the_tap_restarted() {
+        let t = tap(3);
+        t.publish(records(2));
+        let a = t.attach(
+            listener(1),
+            Start::After {
+                seq: 1,
+                epoch: Some(99),
+            },
+        );
+        assert_eq!(a.gap, Some(Gap::TapRestarted));
+        assert_eq!(seqs(&a.backlog), [1, 2]);
+        let a = t.attach(listener(2), Start::After { seq: 50, epoch: None });
+        assert_eq!(a.gap, Some(Gap::TapRestarted));
+    }
+
+    #[test]
+    fn a_detached_listener_gets_nothing_more_and_the_tap_becomes_idle() {
+        let t = tap(3);
+        let l = listener(1);
+        t.attach(l.clone(), Start::Live);
+        assert!(t.idle_for(Instant::now()).is_none());
+        t.detach(1).unwrap();
+        t.publish(records(1));
+        assert!(l.take().records.is_empty());
+        assert!(t.idle_for(Instant::now()).is_some());
+    }
+
+    #[test]
+    fn the_replay_buffer_is_bounded_by_bytes_too() {
+        let key = TapKey {
+            kind: FlowKind::Flow,
+            namespace: "a".into(),
+            name: "b".into(),
+        };
+        let t = Tap::new(
+            key,
+            ReplayLimits {
+                records: 1000,
+                bytes: 200,
+            },
+            1,
+        );
+        t.publish(records(100));
+        let a = t.attach(listener(1), Start::Tail(1000));
+        let bytes: usize = a.backlog.iter().map(|e| e.frame.len()).sum();
+        assert!(bytes <= 200 && !a.backlog.is_empty(), "{bytes}");
+        assert_eq!(a.backlog.last().unwrap().seq, 100);
+    }
+}

@@ -1,0 +1,619 @@
+//! The relay over real sockets: fluentd-style HTTP POSTs in, tokio-tungstenite WebSocket
+//! listeners out. No cluster needed. No timing assertions: waits are upper bounds on hangs.
+
+use futures::{SinkExt, StreamExt};
+use log_socket::auth::{AllowAll, Authorizer, Identity, IngestAuth, StaticTokens};
+use log_socket::relay::record::Meta;
+use log_socket::relay::server::{self, Parts, Sockets};
+use log_socket::relay::{NoSessions, Relay, RelayConfig};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+type Ws = WebSocketStream<TcpStream>;
+
+const WAIT: Duration = Duration::from_secs(20);
+// base64("fluentd:s3cret")
+const INGEST_AUTH: &str = "Basic Zmx1ZW50ZDpzM2NyZXQ=";
+
+struct TestRelay {
+    ingest: SocketAddr,
+    api: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+async fn start_with(config: RelayConfig, authorizer: Arc<dyn Authorizer>) -> TestRelay {
+    let ingest = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (ingest_addr, api_addr) = (ingest.local_addr().unwrap(), api.local_addr().unwrap());
+    let parts = Parts {
+        authenticator: Arc::new(StaticTokens::parse("tok-alice,alice\ntok-bob,bob\n").unwrap()),
+        authorizer,
+        sessions: Arc::new(NoSessions),
+        ingest_auth: IngestAuth::Basic {
+            username: "fluentd".into(),
+            password: "s3cret".into(),
+        },
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let relay = Arc::new(Relay::new(config));
+    let done = tokio::spawn(server::serve(relay, Sockets { ingest, api }, parts, async {
+        let _ = stopped.await;
+    }));
+    TestRelay {
+        ingest: ingest_addr,
+        api: api_addr,
+        stop: Some(stop),
+        done,
+    }
+}
+
+async fn start() -> TestRelay {
+    start_with(RelayConfig::default(), Arc::new(AllowAll)).await
+}
+
+/// A raw HTTP/1.1 request, as fluentd's Net::HTTP would send it; returns (status, body).
+async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+        .await
+        .expect("response")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+async fn post(r: &TestRelay, path: &str, body: &str) -> (u16, String) {
+    request(
+        r.ingest,
+        "POST",
+        path,
+        &[("Authorization", INGEST_AUTH), ("Content-Type", "application/json")],
+        body.as_bytes(),
+    )
+    .await
+}
+
+fn record(pod: &str, message: &str) -> Value {
+    json!({
+        "time": "2025-03-14T09:26:53.589793238Z", "stream": "stdout", "logtag": "F",
+        "message": message,
+        "kubernetes": {"pod_name": pod, "namespace_name": "shop", "container_name": "app",
+                       "labels": {"app": "web"}},
+    })
+}
+
+fn array(records: &[Value]) -> String {
+    serde_json::to_string(records).unwrap()
+}
+
+async fn connect(r: &TestRelay, path: &str, token: &str) -> Ws {
+    try_connect(r, path, token)
+        .await
+        .unwrap_or_else(|e| panic!("connect {path}: {e}"))
+        .0
+}
+
+/// Connect and read the `status` frame.
+async fn try_connect(r: &TestRelay, path: &str, token: &str) -> Result<(Ws, Value), String> {
+    let mut req = format!("ws://{}{path}", r.api).into_client_request().unwrap();
+    req.headers_mut().insert("x-authorization", token.parse().unwrap());
+    req.headers_mut()
+        .insert("sec-websocket-protocol", "logsocket.v1".parse().unwrap());
+    let stream = TcpStream::connect(r.api).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, stream)
+        .await
+        .map_err(|e| match e {
+            tokio_tungstenite::tungstenite::Error::Http(resp) => format!(
+                "{} {}",
+                resp.status().as_u16(),
+                String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default())
+            ),
+            e => e.to_string(),
+        })?;
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "logsocket.v1");
+    let status = next(&mut ws).await;
+    assert_eq!(status["type"], "status", "{status}");
+    assert_eq!(status["state"], "listening", "{status}");
+    Ok((ws, status))
+}
+
+/// Next JSON frame (pings are answered by tungstenite and skipped).
+async fn next(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("open")
+            .unwrap();
+        match msg {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            Message::Close(c) => {
+                return json!({"type": "closed", "frame": c.map(|c| (u16::from(c.code), c.reason.to_string()))})
+            }
+            _ => continue,
+        }
+    }
+}
+
+/// Collect record frames until one whose message is `marker` arrives.
+async fn records_until(ws: &mut Ws, marker: &str) -> Vec<Value> {
+    let mut out = vec![];
+    loop {
+        let f = next(ws).await;
+        if f["type"] == "record" && f["record"]["message"] == marker {
+            return out;
+        }
+        out.push(f);
+    }
+}
+
+/// Post a marker record to a tap and return what arrived before it.
+async fn drain(r: &TestRelay, ws: &mut Ws, path: &str) -> Vec<Value> {
+    let marker = format!("marker-{}", rand_suffix());
+    assert_eq!(post(r, path, &array(&[record("m", &marker)])).await.0, 200);
+    records_until(ws, &marker).await
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn messages(frames: &[Value]) -> Vec<String> {
+    frames
+        .iter()
+        .filter(|f| f["type"] == "record")
+        .map(|f| f["record"]["message"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn records_of_a_flow_reach_only_that_flows_listeners() {
+    let r = start().await;
+    let mut web = connect(&r, "/flow/shop/web", "tok-alice").await;
+    let mut db = connect(&r, "/flow/shop/db", "tok-bob").await;
+    let mut cluster_web = connect(&r, "/clusterflow/shop/web", "tok-bob").await;
+    let mut web2 = connect(&r, "/flow/shop/web", "tok-bob").await;
+
+    let (code, body) = post(
+        &r,
+        "/flow/shop/web",
+        &array(&[record("web-1", "one"), record("web-1", "two")]),
+    )
+    .await;
+    assert_eq!((code, body.as_str()), (200, "accepted 2 records\n"));
+
+    assert_eq!(post(&r, "/flow/shop/web", &array(&[record("m", "end")])).await.0, 200);
+    for ws in [&mut web, &mut web2] {
+        let got = records_until(ws, "end").await;
+        assert_eq!(messages(&got), ["one", "two"]);
+        assert_eq!(got[0]["seq"], 1);
+        assert_eq!(got[1]["seq"], 2);
+    }
+    assert!(
+        drain(&r, &mut db, "/flow/shop/db").await.is_empty(),
+        "another flow's listener got nothing"
+    );
+    assert!(
+        drain(&r, &mut cluster_web, "/clusterflow/shop/web").await.is_empty(),
+        "a ClusterFlow of the same name is another tap"
+    );
+}
+
+#[tokio::test]
+async fn every_body_format_fluentd_sends_is_accepted_and_forwarded_byte_for_byte() {
+    use std::io::Write;
+    let r = start().await;
+    let mut ws = connect(&r, "/flow/shop/web", "tok-alice").await;
+    let rec = |m: &str| serde_json::to_string(&record("web-1", m)).unwrap();
+
+    // json_array true with fluentd's default add_newline: `[{..}\n,{..}\n]`
+    assert_eq!(
+        post(&r, "/flow/shop/web", &format!("[{}\n,{}\n]", rec("a1"), rec("a2")))
+            .await
+            .0,
+        200
+    );
+    // json_array true, add_newline false
+    assert_eq!(
+        post(&r, "/flow/shop/web", &format!("[{},{}]", rec("b1"), rec("b2")))
+            .await
+            .0,
+        200
+    );
+    // json_array false: NDJSON
+    assert_eq!(
+        post(&r, "/flow/shop/web", &format!("{}\n{}\n", rec("c1"), rec("c2")))
+            .await
+            .0,
+        200
+    );
+    // a single object
+    assert_eq!(post(&r, "/flow/shop/web", &rec("d1")).await.0, 200);
+    // compress gzip
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(format!("[{},{}]", rec("e1"), rec("e2")).as_bytes())
+        .unwrap();
+    let gz = enc.finish().unwrap();
+    let headers = [("Authorization", INGEST_AUTH), ("Content-Encoding", "gzip")];
+    assert_eq!(request(r.ingest, "POST", "/flow/shop/web", &headers, &gz).await.0, 200);
+
+    let got = drain(&r, &mut ws, "/flow/shop/web").await;
+    assert_eq!(messages(&got), ["a1", "a2", "b1", "b2", "c1", "c2", "d1", "e1", "e2"]);
+    let seqs: Vec<u64> = got.iter().map(|f| f["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=9).collect::<Vec<_>>());
+    assert_eq!(got[0]["record"], record("web-1", "a1"), "the record arrives as sent");
+}
+
+#[tokio::test]
+async fn bad_ingest_requests_get_a_clear_4xx_and_forward_nothing() {
+    let r = start_with(
+        RelayConfig {
+            max_body_bytes: 4096,
+            ..Default::default()
+        },
+        Arc::new(AllowAll),
+    )
+    .await;
+    let mut ws = connect(&r, "/flow/shop/web", "tok-alice").await;
+    let good = array(&[record("web-1", "fine")]);
+
+    let (code, body) = request(r.ingest, "POST", "/flow/shop/web", &[], good.as_bytes()).await;
+    assert_eq!(code, 401, "{body}");
+    let (code, _) = request(
+        r.ingest,
+        "POST",
+        "/flow/shop/web",
+        &[("Authorization", "Basic Zmx1ZW50ZDp3cm9uZw==")],
+        good.as_bytes(),
+    )
+    .await;
+    assert_eq!(code, 401);
+
+    let (code, body) = post(&r, "/deployment/shop/web", &good).await;
+    assert_eq!(code, 404);
+    assert!(body.contains("unknown flow kind"), "{body}");
+    let (code, body) = post(&r, "/flow/shop/nobody-listens", &good).await;
+    assert_eq!(code, 404);
+    assert_eq!(body, "no tap open for flow/shop/nobody-listens: nobody is listening\n");
+    let (code, _) = post(&r, "/flow/shop", &good).await;
+    assert_eq!(code, 404);
+
+    // A batch with one bad element is refused whole: a fluentd retry will not duplicate.
+    let bad_batch = format!(
+        "[{},42]",
+        serde_json::to_string(&record("web-1", "must not arrive")).unwrap()
+    );
+    let (code, body) = post(&r, "/flow/shop/web", &bad_batch).await;
+    assert_eq!(
+        (code, body.as_str()),
+        (400, "element 1: expected a JSON object (one log record)\n")
+    );
+    let (code, body) = post(&r, "/flow/shop/web", "{\"message\": \"x\"}\n{\"message\": oops}\n").await;
+    assert_eq!(code, 400);
+    assert!(body.starts_with("line 2: malformed JSON"), "{body}");
+
+    let big = array(&vec![record("web-1", &"x".repeat(100)); 40]);
+    let (code, body) = post(&r, "/flow/shop/web", &big).await;
+    assert_eq!((code, body.as_str()), (413, "body larger than 4096 bytes\n"));
+
+    let headers = [("Authorization", INGEST_AUTH), ("Content-Encoding", "br")];
+    let (code, body) = request(r.ingest, "POST", "/flow/shop/web", &headers, good.as_bytes()).await;
+    assert_eq!(code, 415);
+    assert!(body.contains("unsupported Content-Encoding \"br\""), "{body}");
+
+    assert!(
+        drain(&r, &mut ws, "/flow/shop/web").await.is_empty(),
+        "nothing from refused requests"
+    );
+}
+
+#[tokio::test]
+async fn listeners_must_authenticate_and_speak_websocket() {
+    let r = start().await;
+    let err = try_connect(&r, "/flow/shop/web", "wrong").await.unwrap_err();
+    assert!(err.starts_with("401 unauthenticated"), "{err}");
+
+    let (code, body) = request(r.api, "GET", "/flow/shop/web", &[], b"").await;
+    assert_eq!(code, 401);
+    assert!(body.contains("X-Authorization"), "{body}");
+
+    let (code, body) = request(
+        r.api,
+        "GET",
+        "/flow/shop/web",
+        &[("Authorization", "Bearer tok-alice")],
+        b"",
+    )
+    .await;
+    assert_eq!(code, 426, "{body}");
+    assert!(body.contains("logsocket.v1"), "{body}");
+
+    let (code, body) = request(
+        r.api,
+        "GET",
+        "/flow/shop/web?follow=1",
+        &[("X-Authorization", "tok-alice")],
+        b"",
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert!(body.contains("unknown query option \"follow\""), "{body}");
+
+    let (code, _) = request(r.api, "GET", "/metrics", &[], b"").await;
+    assert_eq!(code, 401, "metrics need a token too");
+}
+
+#[tokio::test]
+async fn tail_and_resume_give_no_gap_and_no_duplicate() {
+    let r = start_with(
+        RelayConfig {
+            replay: log_socket::relay::tap::ReplayLimits {
+                records: 5,
+                bytes: 1 << 20,
+            },
+            ..Default::default()
+        },
+        Arc::new(AllowAll),
+    )
+    .await;
+    // The tap exists while someone listens.
+    let mut first = connect(&r, "/flow/shop/web", "tok-alice").await;
+    let batch: Vec<Value> = (1..=8).map(|i| record("web-1", &format!("m{i}"))).collect();
+    assert_eq!(post(&r, "/flow/shop/web", &array(&batch)).await.0, 200);
+    let seen = records_until(&mut first, "m8").await;
+    assert_eq!(messages(&seen), ["m1", "m2", "m3", "m4", "m5", "m6", "m7"]);
+
+    let anonymous = tokio_tungstenite::connect_async(format!("ws://{}/flow/shop/web?tail=2", r.api)).await;
+    assert!(anonymous.is_err(), "no token, no stream");
+    let (mut ws, status) = try_connect(&r, "/flow/shop/web?tail=2", "tok-bob").await.unwrap();
+    assert_eq!(
+        (status["lastSeq"].as_u64(), status["firstSeq"].as_u64()),
+        (Some(8), Some(4))
+    );
+    let epoch = status["epoch"].as_u64().unwrap();
+    assert_eq!(messages(&[next(&mut ws).await, next(&mut ws).await]), ["m7", "m8"]);
+
+    // Resume after 6 with the right epoch: 7, 8, then live 9. No gap, no duplicate.
+    let mut resumed = connect(&r, &format!("/flow/shop/web?after=6&epoch={epoch}"), "tok-bob").await;
+    assert_eq!(
+        post(&r, "/flow/shop/web", &array(&[record("web-1", "m9")])).await.0,
+        200
+    );
+    let frames = [
+        next(&mut resumed).await,
+        next(&mut resumed).await,
+        next(&mut resumed).await,
+    ];
+    assert_eq!(messages(&frames), ["m7", "m8", "m9"]);
+    assert_eq!(
+        frames.iter().map(|f| f["seq"].as_u64().unwrap()).collect::<Vec<_>>(),
+        [7, 8, 9]
+    );
+
+    // Resume from before the buffer: told exactly how many are gone, then the rest.
+    let mut late = connect(&r, &format!("/flow/shop/web?after=1&epoch={epoch}"), "tok-bob").await;
+    let gap = next(&mut late).await;
+    assert_eq!(gap, json!({"type": "dropped", "count": 3, "reason": "out_of_replay"}));
+    assert_eq!(next(&mut late).await["seq"], 5);
+
+    // Resume with another epoch (the relay restarted): told so, and given what there is.
+    let mut other = connect(&r, &format!("/flow/shop/web?after=3&epoch={}", epoch + 1), "tok-bob").await;
+    assert_eq!(
+        next(&mut other).await,
+        json!({"type": "dropped", "count": null, "reason": "tap_restarted"})
+    );
+    assert_eq!(next(&mut other).await["seq"], 5);
+}
+
+#[tokio::test]
+async fn filters_are_applied_at_the_relay() {
+    let r = start().await;
+    let mut ws = connect(&r, "/flow/shop/web?grep=error&exclude=healthz&pod=%5Eweb-", "tok-alice").await;
+    let batch = [
+        record("web-1", "error: payment failed"),
+        record("web-1", "info: all good"),
+        record("db-0", "error: disk full"),
+        record("web-2", "error: GET /healthz"),
+        record("web-2", "error: timeout"),
+    ];
+    assert_eq!(post(&r, "/flow/shop/web", &array(&batch)).await.0, 200);
+    // The marker does not match the filters, so post one that does to end the wait.
+    assert_eq!(
+        post(&r, "/flow/shop/web", &array(&[record("web-9", "error: end")]))
+            .await
+            .0,
+        200
+    );
+    let got = records_until(&mut ws, "error: end").await;
+    assert_eq!(messages(&got), ["error: payment failed", "error: timeout"]);
+}
+
+/// Denies records of pods whose name starts with "secret".
+struct DenySecretPods;
+impl Authorizer for DenySecretPods {
+    fn allows(&self, _: &Identity, record: &Meta) -> bool {
+        !record.pod.as_deref().unwrap_or("").starts_with("secret")
+    }
+}
+
+#[tokio::test]
+async fn denied_records_are_replaced_by_an_aggregated_notice_without_content() {
+    let r = start_with(RelayConfig::default(), Arc::new(DenySecretPods)).await;
+    let mut ws = connect(&r, "/flow/shop/web", "tok-alice").await;
+    let mut batch: Vec<Value> = (0..50).map(|i| record("secret-0", &format!("password={i}"))).collect();
+    batch.push(record("web-1", "visible"));
+    assert_eq!(post(&r, "/flow/shop/web", &array(&batch)).await.0, 200);
+
+    let mut frames = vec![];
+    while frames.iter().filter(|f: &&Value| f["type"] == "denied").count() == 0 {
+        frames.push(next(&mut ws).await);
+    }
+    let text = serde_json::to_string(&frames).unwrap();
+    assert!(!text.contains("password"), "no byte of denied content: {text}");
+    assert_eq!(messages(&frames), ["visible"]);
+    let denied: Vec<&Value> = frames.iter().filter(|f| f["type"] == "denied").collect();
+    assert_eq!(denied.len(), 1, "one notice for 50 records: {text}");
+    assert_eq!(
+        *denied[0],
+        json!({"type": "denied", "namespace": "shop", "pod": "secret-0", "count": 50})
+    );
+}
+
+#[tokio::test]
+async fn a_slow_listener_loses_the_oldest_records_and_is_told_while_a_fast_one_gets_everything() {
+    let r = start_with(
+        RelayConfig {
+            listener_queue: 50,
+            write_timeout: Duration::from_secs(120),
+            idle_timeout: Duration::from_secs(120),
+            ..Default::default()
+        },
+        Arc::new(AllowAll),
+    )
+    .await;
+    // A small receive buffer on the slow side, so its socket fills up quickly.
+    let slow_socket = tokio::net::TcpSocket::new_v4().unwrap();
+    slow_socket.set_recv_buffer_size(4096).unwrap();
+    let stream = slow_socket.connect(r.api).await.unwrap();
+    let mut req = format!("ws://{}/flow/shop/web", r.api).into_client_request().unwrap();
+    req.headers_mut().insert("x-authorization", "tok-bob".parse().unwrap());
+    let (mut slow, _) = tokio_tungstenite::client_async(req, stream).await.unwrap();
+    let mut fast = connect(&r, "/flow/shop/web", "tok-alice").await;
+
+    const BATCHES: usize = 40;
+    const PER_BATCH: usize = 50;
+    let total = (BATCHES * PER_BATCH) as u64;
+    let fast_reader = tokio::spawn(async move {
+        let mut expected = 1;
+        while expected <= total {
+            let f = next(&mut fast).await;
+            assert_eq!(f["type"], "record", "the fast listener loses nothing: {f}");
+            assert_eq!(f["seq"], expected, "in order, no gap");
+            expected += 1;
+        }
+    });
+    let big = "x".repeat(8 << 10);
+    for b in 0..BATCHES {
+        let batch: Vec<Value> = (0..PER_BATCH)
+            .map(|i| record("web-1", &format!("{b}-{i} {big}")))
+            .collect();
+        assert_eq!(
+            post(&r, "/flow/shop/web", &array(&batch)).await.0,
+            200,
+            "ingest never waits for a listener"
+        );
+    }
+    tokio::time::timeout(WAIT * 3, fast_reader)
+        .await
+        .expect("fast listener done")
+        .unwrap();
+
+    // Now the slow one reads: every record is either received or counted in a dropped notice.
+    let (mut received, mut dropped, mut last_seq) = (0u64, 0u64, 0u64);
+    let _ = next(&mut slow).await; // status
+    while received + dropped < total {
+        let f = next(&mut slow).await;
+        match f["type"].as_str() {
+            Some("record") => {
+                let seq = f["seq"].as_u64().unwrap();
+                assert!(seq > last_seq, "in order");
+                last_seq = seq;
+                received += 1;
+            }
+            Some("dropped") => {
+                assert_eq!(f["reason"], "slow_client");
+                dropped += f["count"].as_u64().unwrap();
+            }
+            other => panic!("unexpected frame {other:?}: {f}"),
+        }
+    }
+    assert!(dropped > 0, "the slow listener was told it lost records");
+    assert_eq!(received + dropped, total);
+    assert_eq!(last_seq, total, "it still gets the newest records");
+    let _ = slow.close(None).await;
+}
+
+#[tokio::test]
+async fn shutdown_delivers_what_was_accepted_then_closes_with_going_away() {
+    let mut r = start().await;
+    let mut ws = connect(&r, "/flow/shop/web", "tok-alice").await;
+    assert_eq!(
+        post(&r, "/flow/shop/web", &array(&[record("web-1", "last words")]))
+            .await
+            .0,
+        200
+    );
+    r.stop.take().unwrap().send(()).unwrap();
+    let mut frames = vec![];
+    loop {
+        let f = next(&mut ws).await;
+        let closed = f["type"] == "closed";
+        frames.push(f);
+        if closed {
+            break;
+        }
+    }
+    assert_eq!(messages(&frames), ["last words"]);
+    assert_eq!(frames.last().unwrap()["frame"], json!([1001, "relay shutting down"]));
+    tokio::time::timeout(WAIT, r.done)
+        .await
+        .expect("serve returns")
+        .unwrap();
+    assert!(TcpStream::connect(r.ingest).await.is_err(), "ingest port closed");
+}
+
+#[tokio::test]
+async fn metrics_count_ingest_and_delivery_without_naming_users() {
+    let r = start().await;
+    let mut ws = connect(&r, "/flow/shop/web", "tok-alice").await;
+    assert_eq!(
+        post(
+            &r,
+            "/flow/shop/web",
+            &array(&[record("web-1", "a"), record("web-1", "b")])
+        )
+        .await
+        .0,
+        200
+    );
+    drain(&r, &mut ws, "/flow/shop/web").await;
+    let (code, body) = request(r.api, "GET", "/metrics", &[("Authorization", "Bearer tok-bob")], b"").await;
+    assert_eq!(code, 200);
+    assert!(
+        body.contains(r#"log_socket_ingested_records_total{kind="flow",namespace="shop",name="web"} 3"#),
+        "{body}"
+    );
+    assert!(
+        body.contains(r#"log_socket_ingest_requests_total{code="200"} 2"#),
+        "{body}"
+    );
+    assert!(body.contains("log_socket_listeners 1"), "{body}");
+    assert!(!body.contains("alice"), "no user names in metrics");
+}

@@ -1,7 +1,7 @@
 //! The relay over real sockets: fluentd-style HTTP POSTs in, tokio-tungstenite WebSocket
 //! listeners out. No cluster needed. No timing assertions: waits are upper bounds on hangs.
 
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use log_socket::auth::{AllowAll, Authorizer, Identity, IngestAuth, StaticTokens};
 use log_socket::relay::record::Meta;
 use log_socket::relay::server::{self, Parts, Sockets};

@@ -132,3 +132,130 @@ fn a_missing_or_malformed_config_file_is_named_in_the_error() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("must be a YAML mapping"), "{stderr}");
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn standalone_mode_refuses_to_start_without_listener_tokens() {
+    let out = log_socket(
+        &[
+            "run",
+            "--standalone",
+            "--ingest-insecure",
+            "--health-addr",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("standalone mode needs --token-file"), "{stderr}");
+}
+
+#[test]
+fn standalone_mode_refuses_an_open_ingest_port_unless_asked() {
+    let tokens = config_file("tokens-open.csv", "t0k,alice\n");
+    let out = log_socket(&["run", "--standalone", "--token-file", tokens.to_str().unwrap()], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--ingest-credentials FILE"), "{stderr}");
+    assert!(stderr.contains("--ingest-insecure"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_standalone_service_relays_records_and_stops_cleanly_on_sigterm() {
+    use futures::StreamExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+
+    let tokens = config_file("tokens.csv", "listener-secret-token,alice,1,\"dev\"\n");
+    let creds = config_file("ingest.txt", "fluentd:ingest-secret-password\n");
+    let (ingest, api, health) = (free_port(), free_port(), free_port());
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_log-socket"))
+        .args(["run", "--standalone", "--log-level", "debug"])
+        .arg("--token-file")
+        .arg(&tokens)
+        .arg("--ingest-credentials")
+        .arg(&creds)
+        .args(["--ingest-addr", &format!("127.0.0.1:{ingest}")])
+        .args(["--api-addr", &format!("127.0.0.1:{api}")])
+        .args(["--health-addr", &format!("127.0.0.1:{health}")])
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    let mut ws = None;
+    for _ in 0..200 {
+        let mut req = format!("ws://127.0.0.1:{api}/flow/shop/web")
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("x-authorization", "listener-secret-token".parse().unwrap());
+        if let Ok((s, _)) = tokio_tungstenite::connect_async(req).await {
+            ws = Some(s);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut ws = ws.expect("the service accepts listeners");
+    async fn next<S: futures::Stream<Item = Result<Message, E>> + Unpin, E: std::fmt::Debug>(ws: &mut S) -> Message {
+        tokio::time::timeout(std::time::Duration::from_secs(20), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+    }
+    assert!(matches!(next(&mut ws).await, Message::Text(t) if t.as_str().contains("\"listening\"")));
+
+    // base64("fluentd:ingest-secret-password")
+    let body = br#"[{"message":"hello from fluentd","kubernetes":{"pod_name":"web-1","namespace_name":"shop"}}]"#;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", ingest)).await.unwrap();
+    let head = format!(
+        "POST /flow/shop/web HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         Authorization: Basic Zmx1ZW50ZDppbmdlc3Qtc2VjcmV0LXBhc3N3b3Jk\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+
+    match next(&mut ws).await {
+        Message::Text(t) => assert!(t.as_str().contains("hello from fluentd"), "{}", t.as_str()),
+        other => panic!("expected a record, got {other:?}"),
+    }
+
+    // SAFETY: signalling our own child process.
+    unsafe {
+        libc::kill(child.id().unwrap() as i32, libc::SIGTERM);
+    }
+    match next(&mut ws).await {
+        Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1001),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    let status = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).await.unwrap();
+    assert!(stderr.contains("listener connected"), "{stderr}");
+    assert!(
+        !stderr.contains("listener-secret-token"),
+        "tokens never appear in logs: {stderr}"
+    );
+    assert!(
+        !stderr.contains("ingest-secret-password"),
+        "passwords never appear in logs: {stderr}"
+    );
+}

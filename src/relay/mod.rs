@@ -171,16 +171,19 @@ impl Relay {
         taps.entry(key.clone())
             .or_insert_with(|| {
                 tracing::info!(tap = %key, "tap opened");
-                Arc::new(Tap::new(key.clone(), self.config.replay, self.next_id()))
+                Arc::new(Tap::new(
+                    key.clone(),
+                    self.config.replay,
+                    self.next_id() ^ start_nonce(),
+                ))
             })
             .clone()
     }
 
-    /// A process-unique id (listeners, tap epochs).
+    /// A process-unique id (listeners; tap epochs mix in the start time so they also differ
+    /// across restarts).
     pub fn next_id(&self) -> u64 {
-        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        // Mixed with the start time so ids (and tap epochs) differ across restarts.
-        n ^ start_nonce()
+        self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Remove taps that have had no listener for longer than the linger period.

@@ -31,9 +31,27 @@ pub trait Authenticator: Send + Sync {
     fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Identity, AuthError>>;
 }
 
+/// A per-record authorization decision that could be made without waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    Deny,
+    /// Not known yet (e.g. not cached): call [`Authorizer::resolve`].
+    Ask,
+}
+
 /// Decides, per record, whether a listener may see it.
+///
+/// `decide` runs for every record and must not wait; policies that ask the API server answer
+/// `Ask` on a cache miss, and the listener's own task then awaits `resolve` (so a slow API
+/// server delays only that listener, never ingest).
 pub trait Authorizer: Send + Sync {
-    fn allows(&self, who: &Identity, record: &Meta) -> bool;
+    fn decide(&self, who: &Identity, record: &Meta) -> Decision;
+
+    fn resolve<'a>(&'a self, who: &'a Identity, record: &'a Meta) -> BoxFuture<'a, bool> {
+        let allowed = self.decide(who, record) == Decision::Allow;
+        Box::pin(async move { allowed })
+    }
 }
 
 /// Every authenticated listener sees every record (standalone mode, where there is no cluster
@@ -41,8 +59,8 @@ pub trait Authorizer: Send + Sync {
 pub struct AllowAll;
 
 impl Authorizer for AllowAll {
-    fn allows(&self, _: &Identity, _: &Meta) -> bool {
-        true
+    fn decide(&self, _: &Identity, _: &Meta) -> Decision {
+        Decision::Allow
     }
 }
 

@@ -2,7 +2,7 @@
 //! listeners out. No cluster needed. No timing assertions: waits are upper bounds on hangs.
 
 use futures::StreamExt;
-use log_socket::auth::{AllowAll, Authorizer, Identity, IngestAuth, StaticTokens};
+use log_socket::auth::{AllowAll, Authorizer, Decision, Identity, IngestAuth, StaticTokens};
 use log_socket::relay::record::Meta;
 use log_socket::relay::server::{self, Parts, Sockets};
 use log_socket::relay::{NoSessions, Relay, RelayConfig};
@@ -458,8 +458,12 @@ async fn filters_are_applied_at_the_relay() {
 /// Denies records of pods whose name starts with "secret".
 struct DenySecretPods;
 impl Authorizer for DenySecretPods {
-    fn allows(&self, _: &Identity, record: &Meta) -> bool {
-        !record.pod.as_deref().unwrap_or("").starts_with("secret")
+    fn decide(&self, _: &Identity, record: &Meta) -> Decision {
+        if record.pod.as_deref().unwrap_or("").starts_with("secret") {
+            Decision::Deny
+        } else {
+            Decision::Allow
+        }
     }
 }
 

@@ -4,9 +4,9 @@
 
 use super::record::Meta;
 use super::tap::Entry;
-use crate::auth::{Authorizer, Identity};
+use crate::auth::Identity;
 use regex::{Regex, RegexBuilder};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
@@ -60,15 +60,12 @@ pub struct Batch {
     pub records: Vec<Arc<Entry>>,
     /// Records dropped (queue full) since the last batch, all older than `records`.
     pub dropped: u64,
-    /// Records withheld since the last batch, by (namespace, pod).
-    pub denied: BTreeMap<(String, String), u64>,
 }
 
 #[derive(Default)]
 struct Queue {
     items: VecDeque<Arc<Entry>>,
     dropped: u64,
-    denied: BTreeMap<(String, String), u64>,
 }
 
 /// A listener attached to a tap.
@@ -76,7 +73,6 @@ pub struct Listener {
     pub id: u64,
     pub identity: Identity,
     filter: Filter,
-    authorizer: Arc<dyn Authorizer>,
     capacity: usize,
     queue: Mutex<Queue>,
     notify: Notify,
@@ -87,8 +83,6 @@ pub struct Listener {
 pub enum Offer {
     /// Not wanted by the listener's filters.
     Filtered,
-    /// The listener may not see it; counted for a `denied` notice.
-    Denied,
     /// Queued.
     Queued,
     /// Queued, and the oldest queued record was dropped to make room.
@@ -96,12 +90,11 @@ pub enum Offer {
 }
 
 impl Listener {
-    pub fn new(id: u64, identity: Identity, filter: Filter, authorizer: Arc<dyn Authorizer>, capacity: usize) -> Self {
+    pub fn new(id: u64, identity: Identity, filter: Filter, capacity: usize) -> Self {
         Listener {
             id,
             identity,
             filter,
-            authorizer,
             capacity: capacity.max(1),
             queue: Mutex::new(Queue::default()),
             notify: Notify::new(),
@@ -113,32 +106,12 @@ impl Listener {
         self.filter.matches(meta)
     }
 
-    /// Whether the listener wants the record and may see it; counts a denial if not allowed.
-    pub fn admit(&self, meta: &Meta) -> Option<bool> {
-        if !self.filter.matches(meta) {
-            return None;
-        }
-        if self.authorizer.allows(&self.identity, meta) {
-            Some(true)
-        } else {
-            let key = (
-                meta.namespace.clone().unwrap_or_default(),
-                meta.pod.clone().unwrap_or_default(),
-            );
-            *self.queue.lock().unwrap().denied.entry(key).or_default() += 1;
-            Some(false)
-        }
-    }
-
-    /// Offer a live record; never blocks on the listener.
+    /// Offer a live record; never blocks on the listener. Authorization happens in the
+    /// listener's task, which may have to ask the API server.
     pub fn offer(&self, entry: &Arc<Entry>) -> Offer {
-        match self.admit(&entry.meta) {
-            None => Offer::Filtered,
-            Some(false) => {
-                self.notify.notify_one();
-                Offer::Denied
-            }
-            Some(true) => {
+        match self.wants(&entry.meta) {
+            false => Offer::Filtered,
+            true => {
                 let dropped = {
                     let mut q = self.queue.lock().unwrap();
                     let dropped = if q.items.len() >= self.capacity {
@@ -167,7 +140,6 @@ impl Listener {
         Batch {
             records: q.items.drain(..).collect(),
             dropped: std::mem::take(&mut q.dropped),
-            denied: std::mem::take(&mut q.denied),
         }
     }
 
@@ -180,7 +152,6 @@ impl Listener {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::AllowAll;
 
     fn entry(seq: u64, pod: &str, msg: &str) -> Arc<Entry> {
         Arc::new(Entry {
@@ -196,7 +167,7 @@ mod tests {
     }
 
     fn listener(filter: Filter, capacity: usize) -> Listener {
-        Listener::new(1, Identity::default(), filter, Arc::new(AllowAll), capacity)
+        Listener::new(1, Identity::default(), filter, capacity)
     }
 
     #[test]

@@ -4,9 +4,9 @@
 use super::listener::{Filter as RecordFilter, Listener};
 use super::protocol::{self, close, SUBPROTOCOL};
 use super::record::{self, BodyError};
-use super::tap::{Start, Tap};
+use super::tap::{Entry, Start, Tap};
 use super::{JoinError, Relay, SessionInfo, Sessions, TapKey};
-use crate::auth::{AuthError, Authenticator, Authorizer, Identity, IngestAuth};
+use crate::auth::{AuthError, Authenticator, Authorizer, Decision, Identity, IngestAuth};
 use crate::metrics::{CodeLabels, DropLabels, DropReason, TapLabels};
 use bytes::{Buf, BytesMut};
 use futures::{SinkExt, Stream, StreamExt};
@@ -194,7 +194,6 @@ where
             reason: DropReason::slow_client,
         })
         .inc_by(published.dropped);
-    metrics.denied_records.inc_by(published.denied);
     text(StatusCode::OK, format!("accepted {} records", published.records))
 }
 
@@ -366,7 +365,6 @@ async fn listen(
         session.id,
         identity,
         options.filter,
-        state.authorizer.clone(),
         state.relay.config.listener_queue,
     ));
     let accept = derive_accept_key(ws_key.as_bytes());
@@ -429,8 +427,10 @@ where
     if let Some(gap) = &attached.gap {
         first.push(Message::Text(protocol::gap(gap)));
     }
-    let replayed = attached.backlog.len() as u64;
-    first.extend(attached.backlog.into_iter().map(|e| Message::Text(e.frame.clone())));
+    let mut denied: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let backlog = authorize(state, &listener.identity, attached.backlog, &mut denied).await;
+    let replayed = backlog.len() as u64;
+    first.extend(backlog);
 
     let mut end = match send_all(&mut tx, first, cfg.write_timeout).await {
         Ok(()) => {
@@ -440,7 +440,6 @@ where
         Err(()) => Some(End::WriteFailed),
     };
 
-    let mut denied: BTreeMap<(String, String), u64> = BTreeMap::new();
     let mut last_heard = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_ping = Instant::now();
@@ -448,15 +447,13 @@ where
         tokio::select! {
             _ = listener.ready() => {
                 let batch = listener.take();
-                for (k, n) in batch.denied {
-                    *denied.entry(k).or_default() += n;
-                }
                 let mut out = Vec::with_capacity(batch.records.len() + 1);
                 if batch.dropped > 0 {
                     out.push(Message::Text(protocol::dropped(Some(batch.dropped), "slow_client")));
                 }
-                let n = batch.records.len() as u64;
-                out.extend(batch.records.into_iter().map(|e| Message::Text(e.frame.clone())));
+                let records = authorize(state, &listener.identity, batch.records, &mut denied).await;
+                let n = records.len() as u64;
+                out.extend(records);
                 match send_all(&mut tx, out, cfg.write_timeout).await {
                     Ok(()) => {
                         sent.inc_by(n);
@@ -501,13 +498,8 @@ where
         End::Shutdown => {
             // Deliver what ingest accepted before the shutdown, then say goodbye.
             let batch = listener.take();
-            let n = batch.records.len() as u64;
-            let msgs: Vec<Message> = batch
-                .records
-                .into_iter()
-                .map(|e| Message::Text(e.frame.clone()))
-                .collect();
-            sent.inc_by(n);
+            let msgs = authorize(state, &listener.identity, batch.records, &mut denied).await;
+            sent.inc_by(msgs.len() as u64);
             Some((msgs, close::GOING_AWAY, "relay shutting down"))
         }
         End::Idle => Some((
@@ -543,6 +535,36 @@ where
         metrics.error("listener_write_failed");
     }
     tracing::info!(tap = %tap.key, listener = listener.id, "listener disconnected");
+}
+
+/// The frames of the records `who` may see; the others are counted in `denied` by pod.
+async fn authorize(
+    state: &State,
+    who: &Identity,
+    entries: Vec<Arc<Entry>>,
+    denied: &mut BTreeMap<(String, String), u64>,
+) -> Vec<Message> {
+    let mut out = Vec::with_capacity(entries.len());
+    let mut n_denied = 0;
+    for e in entries {
+        let allowed = match state.authorizer.decide(who, &e.meta) {
+            Decision::Allow => true,
+            Decision::Deny => false,
+            Decision::Ask => state.authorizer.resolve(who, &e.meta).await,
+        };
+        if allowed {
+            out.push(Message::Text(e.frame.clone()));
+        } else {
+            n_denied += 1;
+            let key = (
+                e.meta.namespace.clone().unwrap_or_default(),
+                e.meta.pod.clone().unwrap_or_default(),
+            );
+            *denied.entry(key).or_default() += 1;
+        }
+    }
+    state.relay.metrics.denied_records.inc_by(n_denied);
+    out
 }
 
 /// Completes once the flag is true (or its sender is gone).

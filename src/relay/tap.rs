@@ -81,7 +81,6 @@ pub struct Published {
     pub records: u64,
     pub bytes: u64,
     pub dropped: u64,
-    pub denied: u64,
 }
 
 impl Tap {
@@ -117,7 +116,6 @@ impl Tap {
             for listener in &inner.listeners {
                 match listener.offer(&entry) {
                     Offer::QueuedDroppingOldest => out.dropped += 1,
-                    Offer::Denied => out.denied += 1,
                     Offer::Queued | Offer::Filtered => {}
                 }
             }
@@ -168,7 +166,7 @@ impl Tap {
         };
         let backlog = candidates
             .into_iter()
-            .filter(|e| listener.admit(&e.meta) == Some(true))
+            .filter(|e| listener.wants(&e.meta))
             .cloned()
             .collect();
         inner.listeners.push(listener);
@@ -210,7 +208,7 @@ impl Tap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{AllowAll, Identity};
+    use crate::auth::Identity;
     use crate::crd::FlowKind;
     use crate::relay::listener::Filter;
     use bytes::Bytes;
@@ -241,13 +239,7 @@ mod tests {
     }
 
     fn listener(id: u64) -> Arc<Listener> {
-        Arc::new(Listener::new(
-            id,
-            Identity::default(),
-            Filter::default(),
-            Arc::new(AllowAll),
-            100,
-        ))
+        Arc::new(Listener::new(id, Identity::default(), Filter::default(), 100))
     }
 
     fn seqs(entries: &[Arc<Entry>]) -> Vec<u64> {

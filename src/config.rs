@@ -132,6 +132,43 @@ pub struct ServiceConfig {
     )]
     pub write_timeout: HumanDuration,
 
+    /// Audiences a listener's token must be valid for (TokenReview), comma-separated; empty:
+    /// the API server's own.
+    #[arg(
+        long,
+        env = "LOG_SOCKET_TOKEN_AUDIENCES",
+        value_delimiter = ',',
+        value_name = "AUDIENCE"
+    )]
+    pub token_audiences: Vec<String>,
+
+    /// How long a TokenReview answer is reused (keyed by a hash of the token); 0s disables.
+    #[arg(
+        long,
+        env = "LOG_SOCKET_TOKEN_CACHE_TTL",
+        default_value = "10s",
+        value_name = "DURATION"
+    )]
+    pub token_cache_ttl: HumanDuration,
+
+    /// Which records a listener may read: `labels` (pod labels rbac/...), `kubernetes` (may
+    /// `get pods/log` in the record's namespace), or `labels-or-kubernetes`.
+    #[arg(long, env = "LOG_SOCKET_RECORD_POLICY", value_enum, default_value_t = RecordPolicy::Labels)]
+    pub record_policy: RecordPolicy,
+
+    /// How long a `pods/log` SubjectAccessReview answer is reused per user and namespace.
+    #[arg(
+        long,
+        env = "LOG_SOCKET_AUTHZ_CACHE_TTL",
+        default_value = "30s",
+        value_name = "DURATION"
+    )]
+    pub authz_cache_ttl: HumanDuration,
+
+    /// Require listeners to be allowed to `get` the Flow/ClusterFlow they tap.
+    #[arg(long, env = "LOG_SOCKET_TAP_PERMISSION_CHECK", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub tap_permission_check: bool,
+
     /// Address of the health endpoints (`/healthz`, `/readyz`); the only unauthenticated port.
     #[arg(
         long,
@@ -203,6 +240,18 @@ impl Serialize for HumanDuration {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
     }
+}
+
+/// Per-record authorization policy (cluster mode).
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecordPolicy {
+    /// Pod labels `rbac/<namespace>_<serviceaccount>`, `rbac/group.<group>`, `rbac/policy`.
+    Labels,
+    /// Kubernetes RBAC: `get pods/log` in the record's namespace.
+    Kubernetes,
+    /// Either of the two.
+    LabelsOrKubernetes,
 }
 
 /// Format of the service's own log lines.

@@ -8,9 +8,11 @@ pub mod cli;
 pub mod config;
 pub mod crd;
 pub mod health;
+pub mod kubeauth;
 pub mod kubeclient;
 pub mod logging;
 pub mod metrics;
+pub mod rbac;
 pub mod relay;
 pub mod service;
 

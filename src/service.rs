@@ -1,8 +1,7 @@
 //! The `log-socket run` service.
 //!
-//! For now it verifies its access to the cluster (the FlowTap CRD is installed and readable)
-//! and serves the health endpoints until shutdown; the relay and the FlowTap controller plug in
-//! here.
+//! Serves the health endpoints and the relay; in cluster mode it first verifies its access to
+//! the cluster (the FlowTap CRD is installed and readable).
 
 use crate::crd::FlowTap;
 use crate::health::{self, Readiness};
@@ -15,32 +14,11 @@ use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
-/// Run the service on an already bound health listener until `shutdown` completes.
+/// Serve health, ingest and listeners until `shutdown` completes, then stop in order: ingest
+/// finishes what is in flight, listeners get it and a close frame, health goes last.
 ///
-/// Taking a bound listener (rather than an address) lets tests bind port 0.
+/// Taking bound listeners (rather than addresses) lets tests bind port 0.
 pub async fn run(
-    health_listener: TcpListener,
-    client: kube::Client,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<()> {
-    let ready = Readiness::default();
-    let tap_count = check_cluster_access(&client).await?;
-    match health_listener.local_addr() {
-        Ok(addr) => tracing::info!(health = %addr, flowtaps = tap_count, "log-socket ready"),
-        Err(_) => tracing::info!(flowtaps = tap_count, "log-socket ready"),
-    }
-    ready.set(true);
-    warp::serve(health::routes(ready))
-        .incoming(health_listener)
-        .graceful(shutdown)
-        .run()
-        .await;
-    tracing::info!("log-socket stopped");
-    Ok(())
-}
-
-/// Run the relay without Kubernetes (standalone mode) until `shutdown` completes.
-pub async fn run_standalone(
     health_listener: TcpListener,
     sockets: Sockets,
     relay: Arc<Relay>,
@@ -57,7 +35,7 @@ pub async fn run_standalone(
         api = %sockets.api.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         health = %health_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         ingest_auth = ?parts.ingest_auth,
-        "log-socket relay ready (standalone)"
+        "log-socket ready"
     );
     ready.set(true);
     let health = tokio::spawn(

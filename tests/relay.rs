@@ -1,196 +1,32 @@
 //! The relay over real sockets: fluentd-style HTTP POSTs in, tokio-tungstenite WebSocket
 //! listeners out. No cluster needed. No timing assertions: waits are upper bounds on hangs.
 
-use futures::StreamExt;
-use log_socket::auth::{AllowAll, Authorizer, Decision, Identity, IngestAuth, StaticTokens};
+#[path = "support/wire.rs"]
+mod wire;
+
+use log_socket::auth::{AllowAll, Authorizer, Decision, Identity, StaticTokens};
 use log_socket::relay::record::Meta;
-use log_socket::relay::server::{self, Parts, Sockets};
-use log_socket::relay::{NoSessions, Relay, RelayConfig};
+use log_socket::relay::server::Parts;
+use log_socket::relay::{NoSessions, RelayConfig};
 use serde_json::{json, Value};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
-
-type Ws = WebSocketStream<TcpStream>;
-
-const WAIT: Duration = Duration::from_secs(20);
-// base64("fluentd:s3cret")
-const INGEST_AUTH: &str = "Basic Zmx1ZW50ZDpzM2NyZXQ=";
-
-struct TestRelay {
-    ingest: SocketAddr,
-    api: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<()>,
-}
+use wire::*;
 
 async fn start_with(config: RelayConfig, authorizer: Arc<dyn Authorizer>) -> TestRelay {
-    let ingest = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (ingest_addr, api_addr) = (ingest.local_addr().unwrap(), api.local_addr().unwrap());
     let parts = Parts {
         authenticator: Arc::new(StaticTokens::parse("tok-alice,alice\ntok-bob,bob\n").unwrap()),
         authorizer,
         sessions: Arc::new(NoSessions),
-        ingest_auth: IngestAuth::Basic {
-            username: "fluentd".into(),
-            password: "s3cret".into(),
-        },
+        ingest_auth: ingest_auth(),
     };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let relay = Arc::new(Relay::new(config));
-    let done = tokio::spawn(server::serve(relay, Sockets { ingest, api }, parts, async {
-        let _ = stopped.await;
-    }));
-    TestRelay {
-        ingest: ingest_addr,
-        api: api_addr,
-        stop: Some(stop),
-        done,
-    }
+    start_relay(config, parts).await
 }
 
 async fn start() -> TestRelay {
     start_with(RelayConfig::default(), Arc::new(AllowAll)).await
-}
-
-/// A raw HTTP/1.1 request, as fluentd's Net::HTTP would send it; returns (status, body).
-async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(body).await.unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
-        .await
-        .expect("response")
-        .unwrap();
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (code, body)
-}
-
-async fn post(r: &TestRelay, path: &str, body: &str) -> (u16, String) {
-    request(
-        r.ingest,
-        "POST",
-        path,
-        &[("Authorization", INGEST_AUTH), ("Content-Type", "application/json")],
-        body.as_bytes(),
-    )
-    .await
-}
-
-fn record(pod: &str, message: &str) -> Value {
-    json!({
-        "time": "2025-03-14T09:26:53.589793238Z", "stream": "stdout", "logtag": "F",
-        "message": message,
-        "kubernetes": {"pod_name": pod, "namespace_name": "shop", "container_name": "app",
-                       "labels": {"app": "web"}},
-    })
-}
-
-fn array(records: &[Value]) -> String {
-    serde_json::to_string(records).unwrap()
-}
-
-async fn connect(r: &TestRelay, path: &str, token: &str) -> Ws {
-    try_connect(r, path, token)
-        .await
-        .unwrap_or_else(|e| panic!("connect {path}: {e}"))
-        .0
-}
-
-/// Connect and read the `status` frame.
-async fn try_connect(r: &TestRelay, path: &str, token: &str) -> Result<(Ws, Value), String> {
-    let mut req = format!("ws://{}{path}", r.api).into_client_request().unwrap();
-    req.headers_mut().insert("x-authorization", token.parse().unwrap());
-    req.headers_mut()
-        .insert("sec-websocket-protocol", "logsocket.v1".parse().unwrap());
-    let stream = TcpStream::connect(r.api).await.unwrap();
-    let (mut ws, resp) = tokio_tungstenite::client_async(req, stream)
-        .await
-        .map_err(|e| match e {
-            tokio_tungstenite::tungstenite::Error::Http(resp) => format!(
-                "{} {}",
-                resp.status().as_u16(),
-                String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default())
-            ),
-            e => e.to_string(),
-        })?;
-    assert_eq!(resp.headers()["sec-websocket-protocol"], "logsocket.v1");
-    let status = next(&mut ws).await;
-    assert_eq!(status["type"], "status", "{status}");
-    assert_eq!(status["state"], "listening", "{status}");
-    Ok((ws, status))
-}
-
-/// Next JSON frame (pings are answered by tungstenite and skipped).
-async fn next(ws: &mut Ws) -> Value {
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("a frame in time")
-            .expect("open")
-            .unwrap();
-        match msg {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
-            Message::Close(c) => {
-                return json!({"type": "closed", "frame": c.map(|c| (u16::from(c.code), c.reason.to_string()))})
-            }
-            _ => continue,
-        }
-    }
-}
-
-/// Collect record frames until one whose message is `marker` arrives.
-async fn records_until(ws: &mut Ws, marker: &str) -> Vec<Value> {
-    let mut out = vec![];
-    loop {
-        let f = next(ws).await;
-        if f["type"] == "record" && f["record"]["message"] == marker {
-            return out;
-        }
-        out.push(f);
-    }
-}
-
-/// Post a marker record to a tap and return what arrived before it.
-async fn drain(r: &TestRelay, ws: &mut Ws, path: &str) -> Vec<Value> {
-    let marker = format!("marker-{}", rand_suffix());
-    assert_eq!(post(r, path, &array(&[record("m", &marker)])).await.0, 200);
-    records_until(ws, &marker).await
-}
-
-fn rand_suffix() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
-}
-
-fn messages(frames: &[Value]) -> Vec<String> {
-    frames
-        .iter()
-        .filter(|f| f["type"] == "record")
-        .map(|f| f["record"]["message"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 #[tokio::test]

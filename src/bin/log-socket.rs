@@ -32,50 +32,74 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cfg: &config::ServiceConfig) -> log_socket::Result<()> {
-    if cfg.standalone {
-        return standalone(cfg).await;
-    }
-    let client = log_socket::kubeclient::client(cfg.kubeconfig.as_deref(), cfg.context.as_deref()).await?;
-    let health = log_socket::service::bind(cfg.health_addr).await?;
-    log_socket::service::run(health, client, log_socket::service::shutdown_signal()).await
-}
-
-async fn standalone(cfg: &config::ServiceConfig) -> log_socket::Result<()> {
-    use log_socket::auth::{AllowAll, IngestAuth, StaticTokens};
-    use log_socket::relay::server::{Parts, Sockets};
-    use log_socket::relay::{NoSessions, Relay};
+    use log_socket::auth::{AllowAll, StaticTokens};
+    use log_socket::config::RecordPolicy;
+    use log_socket::kubeauth::{KubeSessions, LabelsOrKubernetes, PodLogAccess, TokenReviewAuthenticator};
+    use log_socket::rbac::LabelPolicy;
+    use log_socket::relay::server::Parts;
+    use log_socket::relay::NoSessions;
     use log_socket::Error;
     use std::sync::Arc;
 
-    let Some(token_file) = &cfg.token_file else {
-        return Err(Error::Config(
-            "standalone mode needs --token-file FILE (lines of token,user): listeners must authenticate".into(),
-        ));
-    };
-    let tokens = StaticTokens::load(token_file).map_err(Error::Config)?;
-    let ingest_auth = match (&cfg.ingest_credentials, cfg.ingest_insecure) {
-        (Some(path), _) => IngestAuth::load(path).map_err(Error::Config)?,
-        (None, true) => {
-            tracing::warn!("--ingest-insecure: anyone who reaches the ingest port can inject records");
-            IngestAuth::Insecure
-        }
-        (None, false) => {
+    let ingest_auth = ingest_auth(cfg)?;
+    let parts = if cfg.standalone {
+        let Some(token_file) = &cfg.token_file else {
             return Err(Error::Config(
-                "ingest needs credentials: --ingest-credentials FILE (username:password, sent by fluentd's http output `auth`), or --ingest-insecure for an isolated test setup".into(),
-            ))
+                "standalone mode needs --token-file FILE (lines of token,user): listeners must authenticate".into(),
+            ));
+        };
+        Parts {
+            authenticator: Arc::new(StaticTokens::load(token_file).map_err(Error::Config)?),
+            authorizer: Arc::new(AllowAll),
+            sessions: Arc::new(NoSessions),
+            ingest_auth,
+        }
+    } else {
+        let client = log_socket::kubeclient::client(cfg.kubeconfig.as_deref(), cfg.context.as_deref()).await?;
+        log_socket::service::check_cluster_access(&client).await?;
+        let pod_log = || PodLogAccess::new(client.clone(), cfg.authz_cache_ttl.0);
+        let authorizer: Arc<dyn log_socket::auth::Authorizer> = match cfg.record_policy {
+            RecordPolicy::Labels => Arc::new(LabelPolicy::default()),
+            RecordPolicy::Kubernetes => Arc::new(pod_log()),
+            RecordPolicy::LabelsOrKubernetes => Arc::new(LabelsOrKubernetes {
+                labels: LabelPolicy::default(),
+                kubernetes: pod_log(),
+            }),
+        };
+        Parts {
+            authenticator: Arc::new(TokenReviewAuthenticator::new(
+                client.clone(),
+                cfg.token_audiences.clone(),
+                cfg.token_cache_ttl.0,
+            )),
+            authorizer,
+            sessions: Arc::new(KubeSessions {
+                client,
+                check_tap_permission: cfg.tap_permission_check,
+            }),
+            ingest_auth,
         }
     };
     let health = log_socket::service::bind(cfg.health_addr).await?;
-    let sockets = Sockets {
+    let sockets = log_socket::relay::server::Sockets {
         ingest: log_socket::service::bind(cfg.ingest_addr).await?,
         api: log_socket::service::bind(cfg.api_addr).await?,
     };
-    let parts = Parts {
-        authenticator: Arc::new(tokens),
-        authorizer: Arc::new(AllowAll),
-        sessions: Arc::new(NoSessions),
-        ingest_auth,
-    };
-    let relay = Arc::new(Relay::new(cfg.relay()));
-    log_socket::service::run_standalone(health, sockets, relay, parts, log_socket::service::shutdown_signal()).await
+    let relay = Arc::new(log_socket::relay::Relay::new(cfg.relay()));
+    log_socket::service::run(health, sockets, relay, parts, log_socket::service::shutdown_signal()).await
+}
+
+fn ingest_auth(cfg: &config::ServiceConfig) -> log_socket::Result<log_socket::auth::IngestAuth> {
+    use log_socket::auth::IngestAuth;
+    use log_socket::Error;
+    match (&cfg.ingest_credentials, cfg.ingest_insecure) {
+        (Some(path), _) => IngestAuth::load(path).map_err(Error::Config),
+        (None, true) => {
+            tracing::warn!("--ingest-insecure: anyone who reaches the ingest port can inject records");
+            Ok(IngestAuth::Insecure)
+        }
+        (None, false) => Err(Error::Config(
+            "ingest needs credentials: --ingest-credentials FILE (username:password, sent by fluentd's http output `auth`), or --ingest-insecure for an isolated test setup".into(),
+        )),
+    }
 }

@@ -105,7 +105,7 @@ impl Default for RelayConfig {
 pub struct SessionInfo {
     pub id: u64,
     pub tap: TapKey,
-    pub user: String,
+    pub identity: crate::auth::Identity,
 }
 
 /// Why a listener may not join.

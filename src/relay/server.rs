@@ -352,7 +352,7 @@ async fn listen(
     let session = SessionInfo {
         id: state.relay.next_id(),
         tap: key.clone(),
-        user: identity.username.clone(),
+        identity: identity.clone(),
     };
     if let Err(e) = state.sessions.joined(&session).await {
         return match e {

@@ -3,7 +3,11 @@
 
 #[path = "../support/mod.rs"]
 mod support;
+#[path = "../support/wire.rs"]
+#[allow(dead_code)]
+mod wire;
 
+mod auth;
 mod control_plane;
 mod flowtap_crd;
 mod k8stail_taps;

@@ -1,56 +1,11 @@
-//! The `log-socket run` service against the real API server.
+//! The `log-socket run` binary in cluster mode against the real API server.
 
 use crate::support;
+use futures::StreamExt;
 use std::time::Duration;
-
-async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    let code = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-    (code, body)
-}
-
-#[tokio::test]
-async fn the_service_serves_health_until_shutdown_then_returns() {
-    let client = support::client().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let service = tokio::spawn(log_socket::service::run(listener, client, async {
-        let _ = stopped.await;
-    }));
-
-    let mut ready = (0, String::new());
-    for _ in 0..100 {
-        if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(2), tokio::spawn(get(addr, "/readyz"))).await {
-            ready = r;
-            if ready.0 == 200 {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(ready, (200, "ready\n".to_string()));
-    assert_eq!(get(addr, "/healthz").await, (200, "ok\n".to_string()));
-    assert_eq!(
-        get(addr, "/metrics").await.0,
-        404,
-        "nothing else is served unauthenticated"
-    );
-
-    stop.send(()).unwrap();
-    let result = tokio::time::timeout(Duration::from_secs(10), service)
-        .await
-        .expect("service stops after shutdown")
-        .unwrap();
-    assert!(result.is_ok(), "{result:?}");
-}
+use tokio::io::AsyncReadExt;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn the_service_binary_refuses_to_start_without_permission_and_says_which() {
@@ -61,7 +16,13 @@ async fn the_service_binary_refuses_to_start_without_permission_and_says_which()
     let kubeconfig = support::kubeconfig_with_token(&token, &dir.join("kubeconfig"));
 
     let out = tokio::process::Command::new(support::bin("log-socket"))
-        .args(["run", "--health-addr", "127.0.0.1:0", "--kubeconfig"])
+        .args([
+            "run",
+            "--ingest-insecure",
+            "--health-addr",
+            "127.0.0.1:0",
+            "--kubeconfig",
+        ])
         .arg(&kubeconfig)
         .env_remove("RUST_LOG")
         .output()
@@ -74,38 +35,96 @@ async fn the_service_binary_refuses_to_start_without_permission_and_says_which()
     assert!(!stderr.contains(&token), "the token never appears in the logs");
 }
 
-#[tokio::test]
-async fn the_service_binary_stops_cleanly_on_sigterm() {
-    let env = support::env();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
+        .port()
+}
+
+#[tokio::test]
+async fn the_service_relays_to_a_service_account_and_stops_cleanly_on_sigterm() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "svc-run").await;
+    let token = support::service_account_token(&client, &ns, "alice").await;
+    support::grant(&client, &ns, "alice", support::may_tap_flows()).await;
+    let dir = support::tempdir("svc-run");
+    let creds = dir.join("ingest-credentials");
+    std::fs::write(&creds, "fluentd:s3cret\n").unwrap();
+
+    let (ingest, api, health) = (free_port(), free_port(), free_port());
     let mut child = tokio::process::Command::new(support::bin("log-socket"))
-        .args(["run", "--health-addr", &format!("127.0.0.1:{port}"), "--kubeconfig"])
-        .arg(&env.kubeconfig)
+        .args(["run", "--log-level", "debug", "--kubeconfig"])
+        .arg(&support::env().kubeconfig)
+        .arg("--ingest-credentials")
+        .arg(&creds)
+        .args(["--ingest-addr", &format!("127.0.0.1:{ingest}")])
+        .args(["--api-addr", &format!("127.0.0.1:{api}")])
+        .args(["--health-addr", &format!("127.0.0.1:{health}")])
+        .env_remove("RUST_LOG")
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut up = false;
+    let health_addr = std::net::SocketAddr::from(([127, 0, 0, 1], health));
+    let mut ready = false;
     for _ in 0..200 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() && get(addr, "/readyz").await.0 == 200 {
-            up = true;
+        if tokio::net::TcpStream::connect(health_addr).await.is_ok()
+            && crate::wire::request(health_addr, "GET", "/readyz", &[], b"").await.0 == 200
+        {
+            ready = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(up, "service became ready");
-    // SAFETY: signalling our own child.
+    assert!(ready, "service became ready");
+
+    let mut req = format!("ws://127.0.0.1:{api}/flow/{ns}/web")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert("x-authorization", token.parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("a real ServiceAccount token is accepted");
+    let mut next = async || -> Message {
+        tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+    };
+    assert!(matches!(next().await, Message::Text(t) if t.as_str().contains("\"listening\"")));
+
+    let record = serde_json::json!([{"message": "hello alice",
+        "kubernetes": {"namespace_name": ns, "pod_name": "web-1", "labels": {"rbac/policy": "allow"}}}]);
+    let ingest_addr = std::net::SocketAddr::from(([127, 0, 0, 1], ingest));
+    let (code, body) = crate::wire::request(
+        ingest_addr,
+        "POST",
+        &format!("/flow/{ns}/web"),
+        &[("Authorization", crate::wire::INGEST_AUTH)],
+        record.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert!(matches!(next().await, Message::Text(t) if t.as_str().contains("hello alice")));
+
+    // SAFETY: signalling our own child process.
     unsafe {
         libc::kill(child.id().unwrap() as i32, libc::SIGTERM);
     }
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+    assert!(matches!(next().await, Message::Close(Some(f)) if u16::from(f.code) == 1001));
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
         .await
-        .expect("exits after SIGTERM")
+        .unwrap()
         .unwrap();
     assert!(status.success(), "{status:?}");
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).await.unwrap();
+    assert!(stderr.contains("listener connected"), "{stderr}");
+    assert!(
+        !stderr.contains(&token),
+        "the token never appears in the logs: {stderr}"
+    );
 }

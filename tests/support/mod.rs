@@ -204,6 +204,35 @@ pub fn logging_object(kind: &str, name: &str, spec: serde_json::Value) -> serde_
     })
 }
 
+/// Grant a ServiceAccount the rules, with a Role and RoleBinding in `ns`.
+pub async fn grant(client: &kube::Client, ns: &str, sa: &str, rules: serde_json::Value) {
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let name = format!("{sa}-{}", NAMESPACES.fetch_add(1, Ordering::SeqCst));
+    let role: Role = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name}, "rules": rules,
+    }))
+    .unwrap();
+    Api::<Role>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap_or_else(|e| panic!("create role {ns}/{name}: {e}"));
+    let binding: RoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}],
+    }))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap_or_else(|e| panic!("create rolebinding {ns}/{name}: {e}"));
+}
+
+/// Rules allowing `get` on Flows and ClusterFlows (what tapping needs).
+pub fn may_tap_flows() -> serde_json::Value {
+    serde_json::json!([{"apiGroups": ["logging.banzaicloud.io"], "resources": ["flows", "clusterflows"], "verbs": ["get"]}])
+}
+
 /// A scratch directory for one test, removed with the control plane's data directory.
 pub fn tempdir(name: &str) -> PathBuf {
     let base = env()

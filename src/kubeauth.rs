@@ -1,0 +1,259 @@
+//! Authentication and authorization against the Kubernetes API: TokenReview for listeners,
+//! SubjectAccessReview for `pods/log` access (record policy `kubernetes`) and for the right to
+//! tap a flow.
+
+use crate::auth::{AuthError, Authenticator, Authorizer, Decision, Identity};
+use crate::rbac::LabelPolicy;
+use crate::relay::record::Meta;
+use crate::relay::{JoinError, SessionInfo, Sessions};
+use futures::future::BoxFuture;
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
+use kube::api::{Api, PostParams};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Entries kept per cache before expired ones are swept.
+const CACHE_SWEEP_AT: usize = 10_000;
+
+struct Cache<K, V> {
+    ttl: Duration,
+    map: Mutex<HashMap<K, (V, Instant)>>,
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> Cache<K, V> {
+    fn new(ttl: Duration) -> Self {
+        Cache {
+            ttl,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+    fn get(&self, k: &K) -> Option<V> {
+        let map = self.map.lock().unwrap();
+        map.get(k)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map(|(v, _)| v.clone())
+    }
+    fn put(&self, k: K, v: V) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut map = self.map.lock().unwrap();
+        if map.len() >= CACHE_SWEEP_AT {
+            let ttl = self.ttl;
+            map.retain(|_, (_, at)| at.elapsed() < ttl);
+            if map.len() >= CACHE_SWEEP_AT {
+                map.clear();
+            }
+        }
+        map.insert(k, (v, Instant::now()));
+    }
+}
+
+/// Listener authentication with a Kubernetes TokenReview, cached by SHA-256 of the token (the
+/// token itself is never stored, logged or put in an error).
+pub struct TokenReviewAuthenticator {
+    client: kube::Client,
+    audiences: Vec<String>,
+    cache: Cache<[u8; 32], Result<Identity, String>>,
+}
+
+impl TokenReviewAuthenticator {
+    pub fn new(client: kube::Client, audiences: Vec<String>, ttl: Duration) -> Self {
+        TokenReviewAuthenticator {
+            client,
+            audiences,
+            cache: Cache::new(ttl),
+        }
+    }
+}
+
+fn token_hash(token: &str) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    digest.as_ref().try_into().expect("SHA-256 is 32 bytes")
+}
+
+impl Authenticator for TokenReviewAuthenticator {
+    fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Identity, AuthError>> {
+        Box::pin(async move {
+            let key = token_hash(token);
+            if let Some(cached) = self.cache.get(&key) {
+                return cached.map_err(AuthError::Rejected);
+            }
+            let review = TokenReview {
+                spec: TokenReviewSpec {
+                    token: Some(token.to_owned()),
+                    audiences: (!self.audiences.is_empty()).then(|| self.audiences.clone()),
+                },
+                ..Default::default()
+            };
+            let answer = Api::<TokenReview>::all(self.client.clone())
+                .create(&PostParams::default(), &review)
+                .await
+                .map_err(|e| AuthError::Unavailable(format!("TokenReview failed: {}", api_reason(&e))))?;
+            let status = answer.status.unwrap_or_default();
+            let result = match (status.authenticated, status.user) {
+                (Some(true), Some(user)) => Ok(Identity {
+                    username: user.username.unwrap_or_default(),
+                    groups: user.groups.unwrap_or_default(),
+                }),
+                _ => Err(status
+                    .error
+                    .filter(|e| !e.is_empty())
+                    .unwrap_or_else(|| "the API server did not accept the token".into())),
+            };
+            self.cache.put(key, result.clone());
+            result.map_err(AuthError::Rejected)
+        })
+    }
+}
+
+/// A short reason for an API error, without request details.
+fn api_reason(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("{} ({})", s.message, s.code),
+        other => other.to_string(),
+    }
+}
+
+async fn access_review(client: &kube::Client, who: &Identity, attrs: ResourceAttributes) -> Result<bool, String> {
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(who.username.clone()),
+            groups: Some(who.groups.clone()),
+            resource_attributes: Some(attrs),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<SubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .map(|r| r.status.is_some_and(|s| s.allowed))
+        .map_err(|e| format!("SubjectAccessReview failed: {}", api_reason(&e)))
+}
+
+/// Record policy `kubernetes`: a listener sees a record if it may `get pods/log` in the record's
+/// namespace. Decisions are cached per user and namespace; an API failure denies (and is not
+/// cached).
+pub struct PodLogAccess {
+    client: kube::Client,
+    cache: Cache<(String, String), bool>,
+}
+
+impl PodLogAccess {
+    pub fn new(client: kube::Client, ttl: Duration) -> Self {
+        PodLogAccess {
+            client,
+            cache: Cache::new(ttl),
+        }
+    }
+}
+
+impl Authorizer for PodLogAccess {
+    fn decide(&self, who: &Identity, record: &Meta) -> Decision {
+        let Some(ns) = &record.namespace else {
+            return Decision::Deny;
+        };
+        match self.cache.get(&(who.username.clone(), ns.clone())) {
+            Some(true) => Decision::Allow,
+            Some(false) => Decision::Deny,
+            None => Decision::Ask,
+        }
+    }
+
+    fn resolve<'a>(&'a self, who: &'a Identity, record: &'a Meta) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            let Some(ns) = record.namespace.clone() else {
+                return false;
+            };
+            if let Some(known) = self.cache.get(&(who.username.clone(), ns.clone())) {
+                return known;
+            }
+            let attrs = ResourceAttributes {
+                namespace: Some(ns.clone()),
+                verb: Some("get".into()),
+                resource: Some("pods".into()),
+                subresource: Some("log".into()),
+                ..Default::default()
+            };
+            match access_review(&self.client, who, attrs).await {
+                Ok(allowed) => {
+                    self.cache.put((who.username.clone(), ns), allowed);
+                    allowed
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "record denied: authorization unavailable");
+                    false
+                }
+            }
+        })
+    }
+}
+
+/// Record policy `labels-or-kubernetes`: allowed by the labels, or else by `pods/log` access.
+pub struct LabelsOrKubernetes {
+    pub labels: LabelPolicy,
+    pub kubernetes: PodLogAccess,
+}
+
+impl Authorizer for LabelsOrKubernetes {
+    fn decide(&self, who: &Identity, record: &Meta) -> Decision {
+        match self.labels.decide(who, record) {
+            Decision::Allow => Decision::Allow,
+            _ => self.kubernetes.decide(who, record),
+        }
+    }
+
+    fn resolve<'a>(&'a self, who: &'a Identity, record: &'a Meta) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            self.labels.decide(who, record) == Decision::Allow || self.kubernetes.resolve(who, record).await
+        })
+    }
+}
+
+/// Cluster-mode listener registration: checks the listener may `get` the tapped Flow or
+/// ClusterFlow before it may make the service tap it.
+pub struct KubeSessions {
+    pub client: kube::Client,
+    /// Whether to check the tap permission at all.
+    pub check_tap_permission: bool,
+}
+
+impl Sessions for KubeSessions {
+    fn joined<'a>(&'a self, session: &'a SessionInfo) -> BoxFuture<'a, Result<(), JoinError>> {
+        Box::pin(async move {
+            if !self.check_tap_permission {
+                return Ok(());
+            }
+            let resource = match session.tap.kind {
+                crate::crd::FlowKind::Flow => "flows",
+                crate::crd::FlowKind::ClusterFlow => "clusterflows",
+            };
+            let attrs = ResourceAttributes {
+                group: Some(crate::logging::GROUP.into()),
+                resource: Some(resource.into()),
+                verb: Some("get".into()),
+                namespace: Some(session.tap.namespace.clone()),
+                name: Some(session.tap.name.clone()),
+                ..Default::default()
+            };
+            match access_review(&self.client, &session.identity, attrs).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(JoinError::Forbidden(format!(
+                    "{} may not get {resource}.{} {:?} in namespace {:?}; tapping a flow needs that permission",
+                    session.identity.username,
+                    crate::logging::GROUP,
+                    session.tap.name,
+                    session.tap.namespace
+                ))),
+                Err(e) => Err(JoinError::Unavailable(e)),
+            }
+        })
+    }
+
+    fn left<'a>(&'a self, _: &'a SessionInfo) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+}

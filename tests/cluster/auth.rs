@@ -1,0 +1,221 @@
+//! Listener authentication and record authorization against the real API server, with real
+//! ServiceAccount tokens and RBAC.
+
+use crate::support;
+use crate::wire::*;
+use log_socket::auth::Authorizer;
+use log_socket::kubeauth::{KubeSessions, PodLogAccess, TokenReviewAuthenticator};
+use log_socket::rbac::LabelPolicy;
+use log_socket::relay::server::Parts;
+use log_socket::relay::RelayConfig;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+async fn cluster_relay(client: &kube::Client, authorizer: Arc<dyn Authorizer>) -> TestRelay {
+    let parts = Parts {
+        authenticator: Arc::new(TokenReviewAuthenticator::new(
+            client.clone(),
+            vec![],
+            Duration::from_secs(10),
+        )),
+        authorizer,
+        sessions: Arc::new(KubeSessions {
+            client: client.clone(),
+            check_tap_permission: true,
+        }),
+        ingest_auth: ingest_auth(),
+    };
+    start_relay(RelayConfig::default(), parts).await
+}
+
+fn labelled(ns: &str, pod: &str, message: &str, labels: Value) -> Value {
+    json!({"message": message, "kubernetes": {"namespace_name": ns, "pod_name": pod, "labels": labels}})
+}
+
+/// Frames until the record with `marker`, as (records' messages, denied notices).
+async fn split(ws: &mut Ws, marker: &str) -> (Vec<String>, Vec<Value>) {
+    let frames = records_until(ws, marker).await;
+    let denied = frames.iter().filter(|f| f["type"] == "denied").cloned().collect();
+    (messages(&frames), denied)
+}
+
+#[tokio::test]
+async fn label_policy_gives_each_service_account_exactly_its_records() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "labels").await;
+    let alice = support::service_account_token(&client, &ns, "alice").await;
+    let bob = support::service_account_token(&client, &ns, "bob").await;
+    for sa in ["alice", "bob"] {
+        support::grant(&client, &ns, sa, support::may_tap_flows()).await;
+    }
+    let r = cluster_relay(&client, Arc::new(LabelPolicy::default())).await;
+    let tap = format!("/flow/{ns}/web");
+    let mut a = connect(&r, &tap, &alice).await;
+    let mut b = connect(&r, &tap, &bob).await;
+
+    let group = format!("rbac/group.system_serviceaccounts_{ns}");
+    let batch = [
+        labelled(
+            &ns,
+            "a-pod",
+            "for alice",
+            json!({format!("rbac/{ns}_alice"): "allow", "rbac/policy": "deny"}),
+        ),
+        labelled(&ns, "all-pod", "for all", json!({"rbac/policy": "allow"})),
+        labelled(&ns, "secret-pod", "for nobody", json!({"app": "db"})),
+        labelled(
+            &ns,
+            "b-pod",
+            "for bob, de-dotted",
+            json!({format!("rbac_{ns}_bob"): "allow"}),
+        ),
+        labelled(&ns, "ns-pod", "for the namespace's accounts", json!({group: "allow"})),
+        labelled(
+            &ns,
+            "odd-pod",
+            "odd value ignored",
+            json!({format!("rbac/{ns}_alice"): "maybe", "rbac/policy": "allow"}),
+        ),
+        labelled(&ns, "all-pod", "end", json!({"rbac/policy": "allow"})),
+    ];
+    let (code, body) = post(&r, &tap, &array(&batch)).await;
+    assert_eq!(code, 200, "{body}");
+
+    let (seen, denied) = split(&mut a, "end").await;
+    assert_eq!(
+        seen,
+        [
+            "for alice",
+            "for all",
+            "for the namespace's accounts",
+            "odd value ignored"
+        ]
+    );
+    let (seen_b, _) = split(&mut b, "end").await;
+    assert_eq!(
+        seen_b,
+        [
+            "for all",
+            "for bob, de-dotted",
+            "for the namespace's accounts",
+            "odd value ignored"
+        ]
+    );
+
+    // Denials arrive aggregated within a second, naming pods, never content.
+    let mut denied = denied;
+    while denied.len() < 2 {
+        let f = next(&mut a).await;
+        if f["type"] == "denied" {
+            denied.push(f);
+        }
+    }
+    let mut pods: Vec<&str> = denied.iter().map(|d| d["pod"].as_str().unwrap()).collect();
+    pods.sort();
+    assert_eq!(pods, ["b-pod", "secret-pod"]);
+    assert!(denied.iter().all(|d| d["count"] == 1 && d.get("message").is_none()));
+}
+
+#[tokio::test]
+async fn kubernetes_policy_follows_pods_log_rbac_per_namespace() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "sar").await;
+    let logs_ns = support::namespace(&client, "sar-logs").await;
+    let alice = support::service_account_token(&client, &ns, "alice").await;
+    let bob = support::service_account_token(&client, &ns, "bob").await;
+    for sa in ["alice", "bob"] {
+        support::grant(&client, &ns, sa, support::may_tap_flows()).await;
+    }
+    // alice may read pod logs in logs_ns; bob may not.
+    let rules = json!([{"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]}]);
+    {
+        use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+        use kube::api::{Api, PostParams};
+        let role: Role = serde_json::from_value(json!({"metadata": {"name": "logs"}, "rules": rules})).unwrap();
+        Api::<Role>::namespaced(client.clone(), &logs_ns)
+            .create(&PostParams::default(), &role)
+            .await
+            .unwrap();
+        let binding: RoleBinding = serde_json::from_value(json!({
+            "metadata": {"name": "logs"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "logs"},
+            "subjects": [{"kind": "ServiceAccount", "name": "alice", "namespace": ns}],
+        }))
+        .unwrap();
+        Api::<RoleBinding>::namespaced(client.clone(), &logs_ns)
+            .create(&PostParams::default(), &binding)
+            .await
+            .unwrap();
+    }
+    let r = cluster_relay(
+        &client,
+        Arc::new(PodLogAccess::new(client.clone(), Duration::from_secs(30))),
+    )
+    .await;
+    let tap = format!("/clusterflow/{ns}/all");
+    let mut a = connect(&r, &tap, &alice).await;
+    let mut b = connect(&r, &tap, &bob).await;
+
+    let batch = [
+        labelled(&logs_ns, "web-1", "readable by alice", json!({"rbac/policy": "deny"})),
+        labelled(&ns, "web-2", "nobody's", json!({"rbac/policy": "allow"})),
+    ];
+    assert_eq!(post(&r, &tap, &array(&batch)).await.0, 200);
+    // The marker must be readable by both to end the wait: bob cannot read anything, so wait
+    // for alice's marker and for bob's denials instead.
+    assert_eq!(
+        post(&r, &tap, &array(&[labelled(&logs_ns, "web-1", "end", json!({}))]))
+            .await
+            .0,
+        200
+    );
+    let (seen, _) = split(&mut a, "end").await;
+    assert_eq!(seen, ["readable by alice"], "labels play no part in this policy");
+
+    let mut denied = 0;
+    while denied < 3 {
+        let f = next(&mut b).await;
+        assert_ne!(f["type"], "record", "bob may read nothing: {f}");
+        if f["type"] == "denied" {
+            denied += f["count"].as_u64().unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn tapping_a_flow_needs_get_on_it_and_the_refusal_says_so() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "tap-perm").await;
+    let carol = support::service_account_token(&client, &ns, "carol").await;
+    let r = cluster_relay(&client, Arc::new(LabelPolicy::default())).await;
+
+    let err = try_connect(&r, &format!("/flow/{ns}/web"), &carol).await.unwrap_err();
+    assert!(err.starts_with("403 forbidden"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "system:serviceaccount:{ns}:carol may not get flows.logging.banzaicloud.io \"web\" in namespace \"{ns}\""
+        )),
+        "{err}"
+    );
+
+    support::grant(&client, &ns, "carol", support::may_tap_flows()).await;
+    // RBAC changes take effect at once in the API server; the relay does not cache this check.
+    connect(&r, &format!("/flow/{ns}/web"), &carol).await;
+}
+
+#[tokio::test]
+async fn only_tokens_the_api_server_accepts_get_in() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "tokens").await;
+    let valid = support::service_account_token(&client, &ns, "dave").await;
+    let r = cluster_relay(&client, Arc::new(LabelPolicy::default())).await;
+
+    let forged = format!("{}x", &valid[..valid.len() - 1]);
+    let err = try_connect(&r, &format!("/flow/{ns}/web"), &forged).await.unwrap_err();
+    assert!(err.starts_with("401 unauthenticated"), "{err}");
+    assert!(!err.contains(&forged), "the reply does not echo the token");
+
+    let (code, body) = request(r.api, "GET", &format!("/flow/{ns}/web"), &[], b"").await;
+    assert_eq!(code, 401, "{body}");
+}

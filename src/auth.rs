@@ -190,21 +190,29 @@ impl IngestAuth {
                 let expected = format!("{username}:{password}");
                 authorization
                     .and_then(|h| h.strip_prefix("Basic ").or_else(|| h.strip_prefix("basic ")))
-                    .and_then(|b64| base64_decode(b64.trim()))
+                    .and_then(|b64| base64_decode(b64.trim(), false))
                     .is_some_and(|given| constant_time_eq(&given, expected.as_bytes()))
             }
         }
     }
 }
 
-/// Standard base64 decoding, just enough for Basic auth.
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let s = s.trim_end_matches('=');
+/// Base64 decoding (standard alphabet, or URL-safe with `url`), padding optional; just enough
+/// for Basic auth and tokens offered as WebSocket subprotocols.
+pub(crate) fn base64_decode(s: &str, url: bool) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(s.len() * 3 / 4);
     let (mut buf, mut bits) = (0u32, 0u32);
-    for c in s.bytes() {
-        let v = ALPHABET.iter().position(|&a| a == c)? as u32;
+    for c in s.trim_end_matches('=').bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' if !url => 62,
+            b'/' if !url => 63,
+            b'-' if url => 62,
+            b'_' if url => 63,
+            _ => return None,
+        } as u32;
         buf = (buf << 6) | v;
         bits += 6;
         if bits >= 8 {

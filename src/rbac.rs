@@ -45,12 +45,11 @@ pub struct LabelPolicy {
 impl LabelPolicy {
     fn lookup(&self, labels: &BTreeMap<String, String>, key: &str) -> Option<bool> {
         let dedotted = key.replace('.', "_");
-        let candidates = [
-            format!("rbac/{key}"),
-            format!("rbac_{key}"),
-            format!("rbac/{dedotted}"),
-            format!("rbac_{dedotted}"),
-        ];
+        let mut candidates = vec![format!("rbac/{key}"), format!("rbac_{key}")];
+        if dedotted != key {
+            candidates.push(format!("rbac/{dedotted}"));
+            candidates.push(format!("rbac_{dedotted}"));
+        }
         for candidate in &candidates {
             match labels.get(candidate).map(String::as_str) {
                 Some("allow") => return Some(true),

@@ -230,11 +230,25 @@ fn token(headers: &HeaderMap) -> Option<String> {
     if let Some(t) = get("x-authorization").filter(|t| !t.is_empty()) {
         return Some(t.strip_prefix("Bearer ").unwrap_or(t).trim().to_owned());
     }
-    get("authorization")
+    if let Some(t) = get("authorization")
         .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
         .map(|t| t.trim().to_owned())
         .filter(|t| !t.is_empty())
+    {
+        return Some(t);
+    }
+    // Browsers cannot set headers on a WebSocket: they offer the token as a subprotocol.
+    get("sec-websocket-protocol")?
+        .split(',')
+        .filter_map(|p| p.trim().strip_prefix(TOKEN_SUBPROTOCOL_PREFIX))
+        .find_map(|b64| crate::auth::base64_decode(b64, true))
+        .and_then(|t| String::from_utf8(t).ok())
+        .filter(|t| !t.is_empty())
 }
+
+/// Subprotocol entry carrying a token: this prefix, then the token in unpadded base64url
+/// (the same scheme as the API server's `base64url.bearer.authorization.k8s.io.`).
+pub const TOKEN_SUBPROTOCOL_PREFIX: &str = "base64url.bearer.logsocket.dev.";
 
 async fn authenticate(headers: &HeaderMap, state: &State) -> Result<Identity, Reply> {
     let Some(token) = token(headers) else {
@@ -341,7 +355,7 @@ async fn listen(
     let offered: Vec<&str> = header("sec-websocket-protocol")
         .split(',')
         .map(str::trim)
-        .filter(|p| !p.is_empty())
+        .filter(|p| !p.is_empty() && !p.starts_with(TOKEN_SUBPROTOCOL_PREFIX))
         .collect();
     if !offered.is_empty() && !offered.contains(&SUBPROTOCOL) {
         return text(

@@ -27,6 +27,23 @@ pub enum Command {
     Run(Box<ServiceConfig>),
     /// Print the FlowTap CustomResourceDefinition as YAML (apply it with `kubectl apply -f -`).
     Crd,
+    /// Create a CA, a server certificate and a client certificate (for fluentd) as PEM files.
+    Certs(CertsArgs),
+}
+
+/// Arguments of `log-socket certs`.
+#[derive(Args, Debug, Clone)]
+pub struct CertsArgs {
+    /// Directory to write ca.crt, ca.key, server.crt, server.key, client.crt, client.key to.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// DNS name of the service in the server certificate (repeatable), e.g.
+    /// log-socket.log-socket.svc; localhost and 127.0.0.1 are always added.
+    #[arg(long = "dns", value_name = "NAME", required = true)]
+    pub dns: Vec<String>,
+    /// Validity in days.
+    #[arg(long, default_value_t = 365, value_name = "DAYS")]
+    pub days: u32,
 }
 
 /// Settings of `log-socket run`.
@@ -71,6 +88,51 @@ pub struct ServiceConfig {
     /// (its http output's `auth`).
     #[arg(long, env = "LOG_SOCKET_INGEST_CREDENTIALS", value_name = "FILE")]
     pub ingest_credentials: Option<PathBuf>,
+
+    /// PEM certificate (chain) to serve ingest over TLS; goes with --ingest-tls-key.
+    #[arg(
+        long,
+        env = "LOG_SOCKET_INGEST_TLS_CERT",
+        value_name = "FILE",
+        requires = "ingest_tls_key"
+    )]
+    pub ingest_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --ingest-tls-cert.
+    #[arg(
+        long,
+        env = "LOG_SOCKET_INGEST_TLS_KEY",
+        value_name = "FILE",
+        requires = "ingest_tls_cert"
+    )]
+    pub ingest_tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s): ingest then requires a client certificate signed by it (mTLS, what
+    /// fluentd's `tls_client_cert_path`/`tls_private_key_path` present). Needs ingest TLS.
+    #[arg(
+        long,
+        env = "LOG_SOCKET_INGEST_CLIENT_CA",
+        value_name = "FILE",
+        requires = "ingest_tls_cert"
+    )]
+    pub ingest_client_ca: Option<PathBuf>,
+
+    /// PEM certificate (chain) to serve the listener API over TLS (wss://); goes with --api-tls-key.
+    #[arg(long, env = "LOG_SOCKET_API_TLS_CERT", value_name = "FILE", requires = "api_tls_key")]
+    pub api_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --api-tls-cert.
+    #[arg(long, env = "LOG_SOCKET_API_TLS_KEY", value_name = "FILE", requires = "api_tls_cert")]
+    pub api_tls_key: Option<PathBuf>,
+
+    /// How often TLS files are checked; changed files are loaded for new connections.
+    #[arg(
+        long,
+        env = "LOG_SOCKET_TLS_RELOAD_INTERVAL",
+        default_value = "10s",
+        value_name = "DURATION"
+    )]
+    pub tls_reload_interval: HumanDuration,
 
     /// Accept records from anyone who can reach the ingest port. Only for isolated test setups.
     #[arg(long, env = "LOG_SOCKET_INGEST_INSECURE")]

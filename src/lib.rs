@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod rbac;
 pub mod relay;
 pub mod service;
+pub mod tls;
 
 /// Every error log-socket reports. Messages are written for the person running the command:
 /// they say what went wrong and what to do about it.
@@ -55,6 +56,13 @@ pub enum Error {
 
 /// Result with log-socket's [`Error`] as the default error type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Completes once the flag is true (or its sender is gone): the shutdown signal shared by the
+/// servers of one process.
+pub async fn until_true(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    // The watch::Ref guard is dropped right here; it must not live across an await.
+    let _ = rx.wait_for(|s| *s).await.map(|_| ());
+}
 
 /// Set up `tracing` output on stderr.
 pub fn init_tracing(level: &str, format: config::LogFormat) {

@@ -27,9 +27,7 @@ pub async fn run(
 ) -> Result<()> {
     let ready = Readiness::default();
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await.map(|_| ());
-    };
+    let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move { crate::until_true(&mut rx).await };
     tracing::info!(
         ingest = %sockets.ingest.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         api = %sockets.api.local_addr().map(|a| a.to_string()).unwrap_or_default(),

@@ -259,3 +259,59 @@ async fn the_standalone_service_relays_records_and_stops_cleanly_on_sigterm() {
         "passwords never appear in logs: {stderr}"
     );
 }
+
+#[test]
+fn certs_writes_a_ca_and_server_and_client_certificates_with_private_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("certs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = log_socket(
+        &[
+            "certs",
+            "--out",
+            dir.to_str().unwrap(),
+            "--dns",
+            "log-socket.logging.svc",
+        ],
+        &[],
+    );
+    let listed = stdout(&out);
+    for f in [
+        "ca.crt",
+        "ca.key",
+        "server.crt",
+        "server.key",
+        "client.crt",
+        "client.key",
+    ] {
+        let path = dir.join(f);
+        assert!(listed.contains(path.to_str().unwrap()), "{listed}");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f} is private");
+    }
+    assert!(std::fs::read_to_string(dir.join("server.crt"))
+        .unwrap()
+        .starts_with("-----BEGIN CERTIFICATE-----"));
+
+    let again = log_socket(&["certs", "--out", dir.to_str().unwrap(), "--dns", "x"], &[]);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("exists; choose an empty directory"), "{stderr}");
+}
+
+#[test]
+fn a_client_ca_without_ingest_tls_is_refused_before_anything_starts() {
+    let out = log_socket(
+        &[
+            "run",
+            "--standalone",
+            "--ingest-client-ca",
+            "/tmp/ca.crt",
+            "--print-config",
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--ingest-tls-cert"), "{stderr}");
+}

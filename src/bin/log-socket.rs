@@ -14,6 +14,18 @@ async fn main() -> ExitCode {
             print!("{}", log_socket::crd::crd_yaml());
             ExitCode::SUCCESS
         }
+        Command::Certs(args) => match log_socket::tls::generate(&args.out, &args.dns, args.days) {
+            Ok(paths) => {
+                for p in paths {
+                    println!("{}", p.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("log-socket certs: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run(cfg) => {
             if cfg.print_config {
                 print!("{}", cfg.to_yaml());
@@ -81,9 +93,25 @@ async fn run(cfg: &config::ServiceConfig) -> log_socket::Result<()> {
         }
     };
     let health = log_socket::service::bind(cfg.health_addr).await?;
+    let tls =
+        |cert: &Option<std::path::PathBuf>, key: &Option<std::path::PathBuf>, ca: &Option<std::path::PathBuf>| match (
+            cert, key,
+        ) {
+            (Some(cert), Some(key)) => log_socket::tls::ReloadingConfig::load(log_socket::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: ca.clone(),
+            })
+            .map(Some)
+            .map_err(Error::Config),
+            _ => Ok(None),
+        };
     let sockets = log_socket::relay::server::Sockets {
         ingest: log_socket::service::bind(cfg.ingest_addr).await?,
         api: log_socket::service::bind(cfg.api_addr).await?,
+        ingest_tls: tls(&cfg.ingest_tls_cert, &cfg.ingest_tls_key, &cfg.ingest_client_ca)?,
+        api_tls: tls(&cfg.api_tls_cert, &cfg.api_tls_key, &None)?,
+        tls_reload_interval: cfg.tls_reload_interval.0,
     };
     let relay = Arc::new(log_socket::relay::Relay::new(cfg.relay()));
     log_socket::service::run(health, sockets, relay, parts, log_socket::service::shutdown_signal()).await
@@ -92,14 +120,20 @@ async fn run(cfg: &config::ServiceConfig) -> log_socket::Result<()> {
 fn ingest_auth(cfg: &config::ServiceConfig) -> log_socket::Result<log_socket::auth::IngestAuth> {
     use log_socket::auth::IngestAuth;
     use log_socket::Error;
-    match (&cfg.ingest_credentials, cfg.ingest_insecure) {
-        (Some(path), _) => IngestAuth::load(path).map_err(Error::Config),
-        (None, true) => {
-            tracing::warn!("--ingest-insecure: anyone who reaches the ingest port can inject records");
-            Ok(IngestAuth::Insecure)
-        }
-        (None, false) => Err(Error::Config(
-            "ingest needs credentials: --ingest-credentials FILE (username:password, sent by fluentd's http output `auth`), or --ingest-insecure for an isolated test setup".into(),
-        )),
+    let mut auth = match &cfg.ingest_credentials {
+        Some(path) => IngestAuth::load_basic(path).map_err(Error::Config)?,
+        None => IngestAuth::insecure(),
+    };
+    if cfg.ingest_client_ca.is_some() {
+        auth = auth.and_client_cert();
     }
+    if auth.is_open() {
+        if !cfg.ingest_insecure {
+            return Err(Error::Config(
+                "ingest needs client identity: --ingest-credentials FILE (username:password, sent by fluentd's http output `auth`) and/or --ingest-client-ca FILE (mTLS), or --ingest-insecure for an isolated test setup".into(),
+            ));
+        }
+        tracing::warn!("--ingest-insecure: anyone who reaches the ingest port can inject records");
+    }
+    Ok(auth)
 }

@@ -8,6 +8,8 @@ use super::tap::{Entry, Start, Tap};
 use super::{JoinError, Relay, SessionInfo, Sessions, TapKey};
 use crate::auth::{AuthError, Authenticator, Authorizer, Decision, Identity, IngestAuth};
 use crate::metrics::{CodeLabels, DropLabels, DropReason, TapLabels};
+use crate::tls::{PeerCertificate, ReloadingConfig};
+use crate::until_true;
 use bytes::{Buf, BytesMut};
 use futures::{SinkExt, Stream, StreamExt};
 use hyper::upgrade::OnUpgrade;
@@ -61,6 +63,7 @@ pub fn ingest_routes(state: Arc<State>) -> impl Filter<Extract = (Reply,), Error
     let ingest = warp::post()
         .and(warp::path!(String / String / String))
         .and(warp::header::optional::<String>("authorization"))
+        .and(warp::ext::optional::<PeerCertificate>())
         .and(warp::header::optional::<String>("content-encoding"))
         .and(warp::header::optional::<u64>("content-length"))
         .and(warp::body::stream())
@@ -82,6 +85,7 @@ async fn ingest<S, B>(
     namespace: String,
     name: String,
     authorization: Option<String>,
+    peer: Option<PeerCertificate>,
     encoding: Option<String>,
     length: Option<u64>,
     body: S,
@@ -92,7 +96,13 @@ where
     B: Buf,
 {
     let started = Instant::now();
-    let reply = ingest_inner(&kind, &namespace, &name, authorization, encoding, length, body, &state).await;
+    let request = IngestRequest {
+        authorization,
+        client_cert_verified: peer.is_some_and(|p| p.0),
+        encoding,
+        length,
+    };
+    let reply = ingest_inner(&kind, &namespace, &name, request, body, &state).await;
     let m = &state.relay.metrics;
     m.ingest_duration.observe(started.elapsed().as_secs_f64());
     m.ingest_requests
@@ -103,14 +113,19 @@ where
     reply
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What an ingest request says about itself, besides its path and body.
+struct IngestRequest {
+    authorization: Option<String>,
+    client_cert_verified: bool,
+    encoding: Option<String>,
+    length: Option<u64>,
+}
+
 async fn ingest_inner<S, B>(
     kind: &str,
     namespace: &str,
     name: &str,
-    authorization: Option<String>,
-    encoding: Option<String>,
-    length: Option<u64>,
+    request: IngestRequest,
     mut body: S,
     state: &State,
 ) -> Reply
@@ -119,11 +134,17 @@ where
     B: Buf,
 {
     let metrics = &state.relay.metrics;
-    if !state.ingest_auth.check(authorization.as_deref()) {
+    let IngestRequest {
+        authorization,
+        client_cert_verified,
+        encoding,
+        length,
+    } = request;
+    if !state.ingest_auth.check(authorization.as_deref(), client_cert_verified) {
         metrics.error("ingest_unauthorized");
         let mut reply = text(
             StatusCode::UNAUTHORIZED,
-            "unauthorized: send the ingest credentials (HTTP Basic)",
+            format!("unauthorized: this ingest port requires {:?}", state.ingest_auth),
         );
         reply
             .headers_mut()
@@ -581,12 +602,6 @@ async fn authorize(
     out
 }
 
-/// Completes once the flag is true (or its sender is gone).
-async fn until_true(rx: &mut watch::Receiver<bool>) {
-    // The watch::Ref guard is dropped right here; it must not live across an await.
-    let _ = rx.wait_for(|s| *s).await.map(|_| ());
-}
-
 async fn send_all<T>(tx: &mut T, msgs: Vec<Message>, timeout: Duration) -> Result<(), ()>
 where
     T: futures::Sink<Message> + Unpin,
@@ -603,10 +618,46 @@ where
     tokio::time::timeout(timeout, write).await.map_err(|_| ())?
 }
 
-/// Bound sockets of the relay.
+/// Bound sockets of the relay, each with optional TLS.
 pub struct Sockets {
     pub ingest: TcpListener,
     pub api: TcpListener,
+    pub ingest_tls: Option<Arc<ReloadingConfig>>,
+    pub api_tls: Option<Arc<ReloadingConfig>>,
+    /// How often TLS files are checked for changes.
+    pub tls_reload_interval: Duration,
+}
+
+impl Sockets {
+    /// Plain-text sockets (tests, or TLS terminated elsewhere).
+    pub fn plain(ingest: TcpListener, api: TcpListener) -> Sockets {
+        Sockets {
+            ingest,
+            api,
+            ingest_tls: None,
+            api_tls: None,
+            tls_reload_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serve `routes` on `socket`, over TLS when configured, until `stop` flips.
+async fn serve_port(
+    socket: TcpListener,
+    tls: Option<Arc<ReloadingConfig>>,
+    reload_interval: Duration,
+    routes: warp::filters::BoxedFilter<(Reply,)>,
+    stop: watch::Receiver<bool>,
+) {
+    let stopped = |mut rx: watch::Receiver<bool>| async move { until_true(&mut rx).await };
+    match tls {
+        None => warp::serve(routes).incoming(socket).graceful(stopped(stop)).run().await,
+        Some(config) => {
+            let watcher = tokio::spawn(config.clone().watch(reload_interval, stopped(stop.clone())));
+            crate::tls::serve(socket, config, routes, stopped(stop)).await;
+            let _ = watcher.await;
+        }
+    }
 }
 
 /// The pluggable parts of a relay.
@@ -643,8 +694,6 @@ pub async fn serve(
         shutdown.await;
         let _ = trigger_tx.send(true);
     });
-    let stopped = |mut rx: watch::Receiver<bool>| async move { until_true(&mut rx).await };
-
     let reaper = {
         let relay = relay.clone();
         let mut stop = trigger_rx.clone();
@@ -659,15 +708,20 @@ pub async fn serve(
         })
     };
 
-    let ingest = warp::serve(ingest_routes(state.clone()))
-        .incoming(sockets.ingest)
-        .graceful(stopped(trigger_rx.clone()))
-        .run();
-    let api = warp::serve(api_routes(state.clone()))
-        .incoming(sockets.api)
-        .graceful(stopped(trigger_rx.clone()))
-        .run();
-    let api = tokio::spawn(api);
+    let ingest = serve_port(
+        sockets.ingest,
+        sockets.ingest_tls,
+        sockets.tls_reload_interval,
+        ingest_routes(state.clone()).boxed(),
+        trigger_rx.clone(),
+    );
+    let api = tokio::spawn(serve_port(
+        sockets.api,
+        sockets.api_tls,
+        sockets.tls_reload_interval,
+        api_routes(state.clone()).boxed(),
+        trigger_rx.clone(),
+    ));
     ingest.await;
     // Ingest has drained: everything accepted is queued for listeners. Now let them go.
     let _ = stop_tx.send(true);

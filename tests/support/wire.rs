@@ -34,7 +34,7 @@ pub async fn start_relay(config: RelayConfig, parts: Parts) -> TestRelay {
     let (ingest_addr, api_addr) = (ingest.local_addr().unwrap(), api.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let relay = Arc::new(Relay::new(config));
-    let done = tokio::spawn(server::serve(relay, Sockets { ingest, api }, parts, async {
+    let done = tokio::spawn(server::serve(relay, Sockets::plain(ingest, api), parts, async {
         let _ = stopped.await;
     }));
     TestRelay {
@@ -47,10 +47,7 @@ pub async fn start_relay(config: RelayConfig, parts: Parts) -> TestRelay {
 
 /// The ingest credentials test relays expect (`INGEST_AUTH` sends them).
 pub fn ingest_auth() -> IngestAuth {
-    IngestAuth::Basic {
-        username: "fluentd".into(),
-        password: "s3cret".into(),
-    }
+    IngestAuth::basic("fluentd", "s3cret")
 }
 
 /// A raw HTTP/1.1 request, as fluentd's Net::HTTP would send it; returns (status, body).
@@ -61,7 +58,18 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
+    let s = TcpStream::connect(addr).await.unwrap();
+    request_on(s, method, path, headers, body).await
+}
+
+/// A raw HTTP/1.1 request on an open connection (e.g. a TLS stream).
+pub async fn request_on<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut s: S,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()

@@ -59,10 +59,29 @@ async fn run() -> Result<(), String> {
     let kubeconfig = base.join("kubeconfig");
     std::fs::copy(&cp.kubeconfig, &kubeconfig).map_err(|e| e.to_string())?;
 
+    // Ingest credentials for this run only, as a Secret would provide them in a cluster.
+    let credentials = base.join("ingest-credentials");
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    std::fs::write(&credentials, format!("fluentd:demo-{}-{nanos}\n", std::process::id()))
+        .map_err(|e| e.to_string())?;
+
     let service_bin = sibling_binary("log-socket")?;
     let mut service = tokio::process::Command::new(&service_bin)
-        .args(["run", "--health-addr", "127.0.0.1:10002", "--kubeconfig"])
+        .args(["run", "--kubeconfig"])
         .arg(&kubeconfig)
+        .arg("--ingest-credentials")
+        .arg(&credentials)
+        .args([
+            "--ingest-addr",
+            "127.0.0.1:10000",
+            "--api-addr",
+            "127.0.0.1:10001",
+            "--health-addr",
+            "127.0.0.1:10002",
+        ])
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("start {}: {e}", service_bin.display()))?;
@@ -97,6 +116,7 @@ async fn run() -> Result<(), String> {
     }
     control_plane::teardown();
     let _ = std::fs::remove_file(&kubeconfig);
+    let _ = std::fs::remove_file(&credentials);
     Ok(())
 }
 

@@ -9,6 +9,7 @@ mod wire;
 
 mod auth;
 mod control_plane;
+mod demo;
 mod flowtap_crd;
 mod k8stail_taps;
 mod logging_models;

@@ -204,28 +204,73 @@ pub fn logging_object(kind: &str, name: &str, spec: serde_json::Value) -> serde_
     })
 }
 
-/// Grant a ServiceAccount the rules, with a Role and RoleBinding in `ns`.
+/// Grant a ServiceAccount the rules, with a Role and RoleBinding in its namespace.
 pub async fn grant(client: &kube::Client, ns: &str, sa: &str, rules: serde_json::Value) {
+    grant_in(client, ns, ns, sa, rules).await
+}
+
+/// Grant the ServiceAccount `sa_ns/sa` the rules in namespace `role_ns`, and wait until the
+/// API server's authorizer applies them (its RBAC cache lags a moment behind writes).
+pub async fn grant_in(client: &kube::Client, role_ns: &str, sa_ns: &str, sa: &str, rules: serde_json::Value) {
+    use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
     use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
     let name = format!("{sa}-{}", NAMESPACES.fetch_add(1, Ordering::SeqCst));
     let role: Role = serde_json::from_value(serde_json::json!({
         "metadata": {"name": name}, "rules": rules,
     }))
     .unwrap();
-    Api::<Role>::namespaced(client.clone(), ns)
+    Api::<Role>::namespaced(client.clone(), role_ns)
         .create(&PostParams::default(), &role)
         .await
-        .unwrap_or_else(|e| panic!("create role {ns}/{name}: {e}"));
+        .unwrap_or_else(|e| panic!("create role {role_ns}/{name}: {e}"));
     let binding: RoleBinding = serde_json::from_value(serde_json::json!({
         "metadata": {"name": name},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-        "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}],
+        "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": sa_ns}],
     }))
     .unwrap();
-    Api::<RoleBinding>::namespaced(client.clone(), ns)
+    Api::<RoleBinding>::namespaced(client.clone(), role_ns)
         .create(&PostParams::default(), &binding)
         .await
-        .unwrap_or_else(|e| panic!("create rolebinding {ns}/{name}: {e}"));
+        .unwrap_or_else(|e| panic!("create rolebinding {role_ns}/{name}: {e}"));
+
+    let rule = &rules[0];
+    let resource = rule["resources"][0].as_str().unwrap_or_default();
+    let (resource, subresource) = match resource.split_once('/') {
+        Some((r, s)) => (r.to_owned(), Some(s.to_owned())),
+        None => (resource.to_owned(), None),
+    };
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(format!("system:serviceaccount:{sa_ns}:{sa}")),
+            groups: Some(vec![
+                "system:serviceaccounts".into(),
+                format!("system:serviceaccounts:{sa_ns}"),
+            ]),
+            resource_attributes: Some(ResourceAttributes {
+                namespace: Some(role_ns.to_owned()),
+                group: rule["apiGroups"][0].as_str().map(String::from),
+                resource: Some(resource),
+                subresource,
+                verb: rule["verbs"][0].as_str().map(String::from),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let api = Api::<SubjectAccessReview>::all(client.clone());
+    for _ in 0..300 {
+        let answer = api
+            .create(&PostParams::default(), &review)
+            .await
+            .expect("SubjectAccessReview");
+        if answer.status.is_some_and(|s| s.allowed) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the grant to {sa_ns}/{sa} in {role_ns} did not take effect within 30s");
 }
 
 /// Rules allowing `get` on Flows and ClusterFlows (what tapping needs).

@@ -257,3 +257,103 @@ impl Sessions for KubeSessions {
         Box::pin(async {})
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Answers the real API server of tests/cluster does not give on demand (failures), and
+    //! request counting for the cache, scripted with kube's tower-test mock.
+    use super::*;
+    use http::{Request, Response};
+    use kube::client::Body;
+    use serde_json::json;
+
+    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    fn mock() -> (kube::Client, Handle) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        (kube::Client::new(service, "default"), handle)
+    }
+
+    async fn answer(handle: &mut Handle, code: u16, body: serde_json::Value) -> serde_json::Value {
+        let (request, send) = handle.next_request().await.expect("a request");
+        assert_eq!(request.uri().path(), "/apis/authentication.k8s.io/v1/tokenreviews");
+        let sent = http_body_util::BodyExt::collect(request.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        send.send_response(
+            Response::builder()
+                .status(code)
+                .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                .unwrap(),
+        );
+        serde_json::from_slice(&sent).unwrap()
+    }
+
+    fn authenticated(user: &str) -> serde_json::Value {
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+               "spec": {}, "status": {"authenticated": true, "user": {"username": user, "groups": ["g"]}}})
+    }
+
+    #[tokio::test]
+    async fn a_token_is_reviewed_once_then_served_from_the_cache() {
+        let (client, mut handle) = mock();
+        let auth = TokenReviewAuthenticator::new(client, vec!["log-socket".into()], Duration::from_secs(60));
+        let server = tokio::spawn(async move {
+            let sent = answer(&mut handle, 201, authenticated("alice")).await;
+            assert_eq!(sent["spec"]["token"], "t0k");
+            assert_eq!(sent["spec"]["audiences"], json!(["log-socket"]));
+            handle
+        });
+        let first = auth.authenticate("t0k").await.unwrap();
+        let mut handle = server.await.unwrap();
+        assert_eq!(first.username, "alice");
+        assert_eq!(first.groups, ["g"]);
+        let again = auth.authenticate("t0k").await.unwrap();
+        assert_eq!(again, first);
+        handle.allow(0);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), handle.next_request())
+                .await
+                .is_err(),
+            "no second TokenReview"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_api_server_means_unavailable_and_is_not_cached() {
+        let (client, mut handle) = mock();
+        let auth = TokenReviewAuthenticator::new(client, vec![], Duration::from_secs(60));
+        let server = tokio::spawn(async move {
+            let failure = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                 "code": 500, "reason": "InternalError", "message": "etcd is down"});
+            answer(&mut handle, 500, failure).await;
+            answer(&mut handle, 201, authenticated("alice")).await;
+        });
+        match auth.authenticate("t0k").await {
+            Err(AuthError::Unavailable(why)) => {
+                assert!(why.contains("etcd is down"), "{why}");
+                assert!(!why.contains("t0k"), "the token is not in the error");
+            }
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+        assert_eq!(auth.authenticate("t0k").await.unwrap().username, "alice", "asked again");
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_rejected_token_says_why() {
+        let (client, mut handle) = mock();
+        let auth = TokenReviewAuthenticator::new(client, vec![], Duration::from_secs(60));
+        let server = tokio::spawn(async move {
+            let rejected = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {},
+                                  "status": {"authenticated": false, "error": "token has expired"}});
+            answer(&mut handle, 201, rejected).await;
+        });
+        match auth.authenticate("old").await {
+            Err(AuthError::Rejected(why)) => assert_eq!(why, "token has expired"),
+            other => panic!("expected Rejected, got {other:?}"),
+        }
+        server.await.unwrap();
+    }
+}

@@ -64,6 +64,7 @@ pub struct Metrics {
     pub denied_records: Counter,
     pub listeners: Gauge,
     pub errors: Family<ErrorLabels, Counter>,
+    pub invalid_rbac_labels: Counter,
 }
 
 impl Default for Metrics {
@@ -79,6 +80,7 @@ impl Default for Metrics {
             denied_records: Counter::default(),
             listeners: Gauge::default(),
             errors: Family::default(),
+            invalid_rbac_labels: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -114,6 +116,11 @@ impl Default for Metrics {
         );
         registry.register("listeners", "Connected listeners", m.listeners.clone());
         registry.register("errors", "Errors by kind", m.errors.clone());
+        registry.register(
+            "invalid_rbac_labels",
+            "rbac/ labels with a value other than allow or deny, ignored",
+            m.invalid_rbac_labels.clone(),
+        );
         Metrics { registry, ..m }
     }
 }

@@ -43,6 +43,13 @@ pub struct LabelPolicy {
 }
 
 impl LabelPolicy {
+    /// A policy counting ignored label values in `counter` (e.g. the relay's metric).
+    pub fn counting_into(counter: Counter) -> Self {
+        LabelPolicy {
+            invalid_values: counter,
+        }
+    }
+
     fn lookup(&self, labels: &BTreeMap<String, String>, key: &str) -> Option<bool> {
         let dedotted = key.replace('.', "_");
         let mut candidates = vec![format!("rbac/{key}"), format!("rbac_{key}")];

@@ -54,6 +54,7 @@ async fn run(cfg: &config::ServiceConfig) -> log_socket::Result<()> {
     use std::sync::Arc;
 
     let ingest_auth = ingest_auth(cfg)?;
+    let relay = Arc::new(log_socket::relay::Relay::new(cfg.relay()));
     let parts = if cfg.standalone {
         let Some(token_file) = &cfg.token_file else {
             return Err(Error::Config(
@@ -70,11 +71,12 @@ async fn run(cfg: &config::ServiceConfig) -> log_socket::Result<()> {
         let client = log_socket::kubeclient::client(cfg.kubeconfig.as_deref(), cfg.context.as_deref()).await?;
         log_socket::service::check_cluster_access(&client).await?;
         let pod_log = || PodLogAccess::new(client.clone(), cfg.authz_cache_ttl.0);
+        let labels = || LabelPolicy::counting_into(relay.metrics.invalid_rbac_labels.clone());
         let authorizer: Arc<dyn log_socket::auth::Authorizer> = match cfg.record_policy {
-            RecordPolicy::Labels => Arc::new(LabelPolicy::default()),
+            RecordPolicy::Labels => Arc::new(labels()),
             RecordPolicy::Kubernetes => Arc::new(pod_log()),
             RecordPolicy::LabelsOrKubernetes => Arc::new(LabelsOrKubernetes {
-                labels: LabelPolicy::default(),
+                labels: labels(),
                 kubernetes: pod_log(),
             }),
         };
@@ -113,7 +115,6 @@ async fn run(cfg: &config::ServiceConfig) -> log_socket::Result<()> {
         api_tls: tls(&cfg.api_tls_cert, &cfg.api_tls_key, &None)?,
         tls_reload_interval: cfg.tls_reload_interval.0,
     };
-    let relay = Arc::new(log_socket::relay::Relay::new(cfg.relay()));
     log_socket::service::run(health, sockets, relay, parts, log_socket::service::shutdown_signal()).await
 }
 

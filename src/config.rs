@@ -231,6 +231,42 @@ pub struct ServiceConfig {
     #[arg(long, env = "LOG_SOCKET_TAP_PERMISSION_CHECK", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub tap_permission_check: bool,
 
+    /// URL fluentd reaches this service's ingest port at; generated outputs POST to
+    /// URL/flow/NAMESPACE/NAME. Use https:// when ingest serves TLS.
+    #[arg(
+        long,
+        env = "LOG_SOCKET_INGEST_URL",
+        default_value = "http://log-socket.log-socket.svc:10000",
+        value_name = "URL"
+    )]
+    pub ingest_url: String,
+
+    /// Name of this relay instance in FlowTap sessions (default: $HOSTNAME, the pod name).
+    #[arg(long, env = "LOG_SOCKET_INSTANCE", value_name = "NAME")]
+    pub instance: Option<String>,
+
+    /// Sessions a relay stopped renewing (it crashed) are dropped after this long.
+    #[arg(long, env = "LOG_SOCKET_SESSION_TTL", default_value = "60s", value_name = "DURATION")]
+    pub session_ttl: HumanDuration,
+
+    /// Secret (in each tapped namespace) with keys `username` and `password`, referenced as the
+    /// generated outputs' `auth` (matching --ingest-credentials).
+    #[arg(long, env = "LOG_SOCKET_OUTPUT_AUTH_SECRET", value_name = "NAME")]
+    pub output_auth_secret: Option<String>,
+
+    /// Secret (in each tapped namespace) with `ca.crt`, `tls.crt` and `tls.key`, mounted as the
+    /// generated outputs' TLS client certificate (matching --ingest-client-ca).
+    #[arg(long, env = "LOG_SOCKET_OUTPUT_TLS_SECRET", value_name = "NAME")]
+    pub output_tls_secret: Option<String>,
+
+    /// Handle FlowTaps of this namespace only (a namespaced install); default: all namespaces.
+    #[arg(long, env = "LOG_SOCKET_WATCH_NAMESPACE", value_name = "NAMESPACE")]
+    pub watch_namespace: Option<String>,
+
+    /// Run the FlowTap controller in this process (cluster mode).
+    #[arg(long, env = "LOG_SOCKET_OPERATOR", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub operator: bool,
+
     /// Address of the health endpoints (`/healthz`, `/readyz`); the only unauthenticated port.
     #[arg(
         long,

@@ -221,35 +221,40 @@ pub struct KubeSessions {
     pub check_tap_permission: bool,
 }
 
+/// Check that the listener may `get` the Flow or ClusterFlow it wants to tap.
+pub async fn check_tap_permission(client: &kube::Client, session: &SessionInfo) -> Result<(), JoinError> {
+    let resource = match session.tap.kind {
+        crate::crd::FlowKind::Flow => "flows",
+        crate::crd::FlowKind::ClusterFlow => "clusterflows",
+    };
+    let attrs = ResourceAttributes {
+        group: Some(crate::logging::GROUP.into()),
+        resource: Some(resource.into()),
+        verb: Some("get".into()),
+        namespace: Some(session.tap.namespace.clone()),
+        name: Some(session.tap.name.clone()),
+        ..Default::default()
+    };
+    match access_review(client, &session.identity, attrs).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(JoinError::Forbidden(format!(
+            "{} may not get {resource}.{} {:?} in namespace {:?}; tapping a flow needs that permission",
+            session.identity.username,
+            crate::logging::GROUP,
+            session.tap.name,
+            session.tap.namespace
+        ))),
+        Err(e) => Err(JoinError::Unavailable(e)),
+    }
+}
+
 impl Sessions for KubeSessions {
     fn joined<'a>(&'a self, session: &'a SessionInfo) -> BoxFuture<'a, Result<(), JoinError>> {
         Box::pin(async move {
-            if !self.check_tap_permission {
-                return Ok(());
+            if self.check_tap_permission {
+                check_tap_permission(&self.client, session).await?;
             }
-            let resource = match session.tap.kind {
-                crate::crd::FlowKind::Flow => "flows",
-                crate::crd::FlowKind::ClusterFlow => "clusterflows",
-            };
-            let attrs = ResourceAttributes {
-                group: Some(crate::logging::GROUP.into()),
-                resource: Some(resource.into()),
-                verb: Some("get".into()),
-                namespace: Some(session.tap.namespace.clone()),
-                name: Some(session.tap.name.clone()),
-                ..Default::default()
-            };
-            match access_review(&self.client, &session.identity, attrs).await {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(JoinError::Forbidden(format!(
-                    "{} may not get {resource}.{} {:?} in namespace {:?}; tapping a flow needs that permission",
-                    session.identity.username,
-                    crate::logging::GROUP,
-                    session.tap.name,
-                    session.tap.namespace
-                ))),
-                Err(e) => Err(JoinError::Unavailable(e)),
-            }
+            Ok(())
         })
     }
 

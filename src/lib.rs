@@ -12,6 +12,7 @@ pub mod kubeauth;
 pub mod kubeclient;
 pub mod logging;
 pub mod metrics;
+pub mod operator;
 pub mod rbac;
 pub mod relay;
 pub mod service;
@@ -48,6 +49,10 @@ pub enum Error {
     /// Settings that cannot work together or a file they name is unusable.
     #[error("{0}")]
     Config(String),
+
+    /// A FlowTap could not be reconciled (retried).
+    #[error("reconcile failed: {0}")]
+    Reconcile(String),
 
     /// Writing to stdout failed (other than the reader going away).
     #[error("cannot write output: {0}")]

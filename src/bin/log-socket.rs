@@ -46,7 +46,8 @@ async fn main() -> ExitCode {
 async fn run(cfg: &config::ServiceConfig) -> log_socket::Result<()> {
     use log_socket::auth::{AllowAll, StaticTokens};
     use log_socket::config::RecordPolicy;
-    use log_socket::kubeauth::{KubeSessions, LabelsOrKubernetes, PodLogAccess, TokenReviewAuthenticator};
+    use log_socket::kubeauth::{LabelsOrKubernetes, PodLogAccess, TokenReviewAuthenticator};
+    use log_socket::operator::{controller, sessions::ClusterSessions, OperatorConfig};
     use log_socket::rbac::LabelPolicy;
     use log_socket::relay::server::Parts;
     use log_socket::relay::NoSessions;
@@ -54,6 +55,9 @@ async fn run(cfg: &config::ServiceConfig) -> log_socket::Result<()> {
     use std::sync::Arc;
 
     let ingest_auth = ingest_auth(cfg)?;
+    // Operator tasks (cluster mode) stop after the relay, so leaving listeners deregister first.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut background: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     let relay = Arc::new(log_socket::relay::Relay::new(cfg.relay()));
     let parts = if cfg.standalone {
         let Some(token_file) = &cfg.token_file else {
@@ -80,6 +84,38 @@ async fn run(cfg: &config::ServiceConfig) -> log_socket::Result<()> {
                 kubernetes: pod_log(),
             }),
         };
+        let operator = Arc::new(OperatorConfig {
+            instance: cfg
+                .instance
+                .clone()
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .unwrap_or_else(|| "log-socket".into()),
+            ingest_url: cfg.ingest_url.clone(),
+            linger: cfg.tap_linger.0,
+            session_ttl: cfg.session_ttl.0,
+            auth_secret: cfg.output_auth_secret.clone(),
+            tls_secret: cfg.output_tls_secret.clone(),
+            namespace: cfg.watch_namespace.clone(),
+        });
+        let sessions = Arc::new(ClusterSessions::new(
+            client.clone(),
+            operator.clone(),
+            cfg.tap_permission_check,
+        ));
+        let stopped = || {
+            let mut rx = stop_rx.clone();
+            async move { log_socket::until_true(&mut rx).await }
+        };
+        background.push(tokio::spawn(sessions.clone().renew(stopped())));
+        background.push(tokio::spawn(controller::track_taps(
+            client.clone(),
+            operator.clone(),
+            relay.clone(),
+            stopped(),
+        )));
+        if cfg.operator {
+            background.push(tokio::spawn(controller::run(client.clone(), operator, stopped())));
+        }
         Parts {
             authenticator: Arc::new(TokenReviewAuthenticator::new(
                 client.clone(),
@@ -87,10 +123,7 @@ async fn run(cfg: &config::ServiceConfig) -> log_socket::Result<()> {
                 cfg.token_cache_ttl.0,
             )),
             authorizer,
-            sessions: Arc::new(KubeSessions {
-                client,
-                check_tap_permission: cfg.tap_permission_check,
-            }),
+            sessions,
             ingest_auth,
         }
     };
@@ -115,7 +148,18 @@ async fn run(cfg: &config::ServiceConfig) -> log_socket::Result<()> {
         api_tls: tls(&cfg.api_tls_cert, &cfg.api_tls_key, &None)?,
         tls_reload_interval: cfg.tls_reload_interval.0,
     };
-    log_socket::service::run(health, sockets, relay, parts, log_socket::service::shutdown_signal()).await
+    let result = log_socket::service::run(health, sockets, relay, parts, log_socket::service::shutdown_signal()).await;
+    let _ = stop_tx.send(true);
+    for task in background {
+        // Bounded: a stuck API call must not keep a stopping pod alive.
+        if tokio::time::timeout(std::time::Duration::from_secs(10), task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("a background task did not stop in time");
+        }
+    }
+    result
 }
 
 fn ingest_auth(cfg: &config::ServiceConfig) -> log_socket::Result<log_socket::auth::IngestAuth> {

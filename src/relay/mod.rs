@@ -186,13 +186,23 @@ impl Relay {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Keep the tap of `key` open while a FlowTap exists for it, even with no listener
+    /// (`pinned`), or let it close normally again.
+    pub fn pin_tap(&self, key: &TapKey, pinned: bool) {
+        if pinned {
+            self.open_tap(key).set_pinned(true);
+        } else if let Some(tap) = self.tap(key) {
+            tap.set_pinned(false);
+        }
+    }
+
     /// Remove taps that have had no listener for longer than the linger period.
     pub fn reap(&self, now: Instant) -> usize {
         let linger = self.config.tap_linger;
         let mut taps = self.taps.write().unwrap();
         let before = taps.len();
         taps.retain(|key, tap| {
-            let keep = tap.idle_for(now).is_none_or(|idle| idle < linger);
+            let keep = tap.is_pinned() || tap.idle_for(now).is_none_or(|idle| idle < linger);
             if !keep {
                 tracing::info!(tap = %key, "tap closed: no listener for {linger:?}");
             }

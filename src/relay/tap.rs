@@ -72,6 +72,7 @@ pub struct Tap {
     /// Identifies this incarnation of the tap, so a resume can tell its sequence numbers apart.
     pub epoch: u64,
     limits: ReplayLimits,
+    pinned: std::sync::atomic::AtomicBool,
     inner: Mutex<Inner>,
 }
 
@@ -89,6 +90,7 @@ impl Tap {
             key,
             epoch,
             limits,
+            pinned: Default::default(),
             inner: Mutex::new(Inner {
                 next_seq: 1,
                 replay: VecDeque::new(),
@@ -197,6 +199,16 @@ impl Tap {
             .unwrap()
             .idle_since
             .map(|since| now.saturating_duration_since(since))
+    }
+
+    /// Keep the tap open without listeners (a FlowTap exists for it).
+    pub fn set_pinned(&self, pinned: bool) {
+        self.pinned.store(pinned, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the tap stays open without listeners.
+    pub fn is_pinned(&self) -> bool {
+        self.pinned.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Number of attached listeners.

@@ -13,4 +13,5 @@ mod demo;
 mod flowtap_crd;
 mod k8stail_taps;
 mod logging_models;
+mod operator;
 mod service;

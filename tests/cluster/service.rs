@@ -55,7 +55,7 @@ async fn the_service_relays_to_a_service_account_and_stops_cleanly_on_sigterm() 
 
     let (ingest, api, health) = (free_port(), free_port(), free_port());
     let mut child = tokio::process::Command::new(support::bin("log-socket"))
-        .args(["run", "--log-level", "debug", "--kubeconfig"])
+        .args(["run", "--log-level", "debug", "--watch-namespace", &ns, "--kubeconfig"])
         .arg(&support::env().kubeconfig)
         .arg("--ingest-credentials")
         .arg(&creds)

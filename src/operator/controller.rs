@@ -1,0 +1,620 @@
+//! The FlowTap controller: for each FlowTap, an http `Output` (Flow) or `ClusterOutput`
+//! (ClusterFlow) pointing at the relay, appended as the last output of the flow; removed again,
+//! flow first, when the tap goes. Ephemeral taps without listeners are deleted after the linger
+//! period; sessions of relays that stopped renewing expire.
+
+use super::{output_name, update_status, OperatorConfig, FINALIZER, MANAGED_BY};
+use crate::crd::{FlowKind, FlowTap, OutputKind, OutputRef, Phase};
+use crate::logging::{ClusterFlow, ClusterOutput, ClusterOutputSpec, Flow, Output, OutputSpec};
+use crate::relay::{Relay, TapKey};
+use crate::{Error, Result};
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{finalizer, Event};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What the reconciler needs.
+pub struct Context {
+    pub client: kube::Client,
+    pub config: Arc<OperatorConfig>,
+    pub recorder: Recorder,
+}
+
+/// Run the controller until `shutdown` completes.
+pub async fn run(
+    client: kube::Client,
+    config: Arc<OperatorConfig>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let reporter = Reporter {
+        controller: "log-socket".into(),
+        instance: Some(config.instance.clone()),
+    };
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client: client.clone(),
+        config,
+    });
+    let scoped = |ns: &Option<String>| -> (Api<Output>, Api<ClusterOutput>) {
+        match ns {
+            Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+            None => (Api::all(client.clone()), Api::all(client.clone())),
+        }
+    };
+    let (outputs, cluster_outputs) = scoped(&ctx.config.namespace);
+    let managed = || watcher::Config::default().labels("app.kubernetes.io/managed-by=log-socket");
+    Controller::new(ctx.config.taps(&client), watcher::Config::default())
+        .owns(outputs, managed())
+        .owns(cluster_outputs, managed())
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "FlowTap reconcile failed");
+            }
+        })
+        .await;
+}
+
+fn error_policy(tap: Arc<FlowTap>, error: &Error, _: Arc<Context>) -> Action {
+    tracing::warn!(tap = %tap.name_any(), error = %error, "will retry");
+    Action::requeue(Duration::from_secs(5))
+}
+
+async fn reconcile(tap: Arc<FlowTap>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = tap.namespace().unwrap_or_default();
+    let api: Api<FlowTap> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, FINALIZER, tap, |event| async {
+        match event {
+            Event::Apply(tap) => apply(&tap, &ctx).await,
+            Event::Cleanup(tap) => cleanup(&tap, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Reconcile(e.to_string()))
+}
+
+fn now() -> Timestamp {
+    Timestamp::from_second(Timestamp::now().as_second()).expect("now is a valid time")
+}
+
+fn age(t: &Time, now: Timestamp) -> Duration {
+    Duration::from_secs((now.as_second() - t.0.as_second()).max(0) as u64)
+}
+
+async fn apply(tap: &FlowTap, ctx: &Context) -> Result<Action> {
+    let name = tap.name_any();
+    let ns = tap.namespace().unwrap_or_default();
+    let api: Api<FlowTap> = Api::namespaced(ctx.client.clone(), &ns);
+    let cfg = &ctx.config;
+    let now = now();
+
+    // Sessions of relays that stopped renewing (crashed, partitioned) expire.
+    let expired = |s: &crate::crd::Session| age(s.renew_time.as_ref().unwrap_or(&s.since), now) > cfg.session_ttl;
+    let mut tap = tap.clone();
+    if tap.status.as_ref().is_some_and(|s| s.sessions.iter().any(expired)) {
+        match update_status(&api, &name, |status| {
+            let before = status.sessions.len();
+            status.sessions.retain(|s| !expired(s));
+            status.sessions.len() != before
+        })
+        .await?
+        {
+            Some(updated) => tap = updated,
+            None => return Ok(Action::await_change()),
+        }
+        tracing::info!(tap = %name, "expired sessions of relays that stopped renewing");
+    }
+    let status = tap.status.clone().unwrap_or_default();
+    let listening = !status.sessions.is_empty();
+
+    // An ephemeral tap nobody listens to goes after the linger period.
+    let idle_since = condition(&status.conditions, "Listening")
+        .filter(|c| c.status == "False")
+        .map(|c| c.last_transition_time.clone())
+        .or_else(|| {
+            if status.conditions.is_empty() {
+                tap.creation_timestamp()
+            } else {
+                None
+            }
+        });
+    if !tap.spec.persistent && !listening {
+        if let Some(since) = &idle_since {
+            let idle = age(since, now);
+            if idle >= cfg.linger {
+                tracing::info!(tap = %name, "deleting ephemeral FlowTap: no listener for {idle:?}");
+                api.delete(&name, &Default::default()).await?;
+                return Ok(Action::await_change());
+            }
+        }
+    }
+
+    let output = output_name(&name);
+    let output_state = ensure_output(&tap, &output, ctx).await?;
+    // Output first, then the flow: a flow naming a missing output blocks logging-operator.
+    let flow_state = match output_state {
+        OutputState::NameTaken => FlowState::Skipped,
+        _ => ensure_flow_ref(&tap, &output, ctx).await?,
+    };
+
+    let generation = tap.metadata.generation;
+    let mut conditions = status.conditions.clone();
+    let (ok, reason, message) = match &output_state {
+        OutputState::Ready => (true, "Created", "the output exists".to_owned()),
+        OutputState::Problems(p) => (
+            false,
+            "OutputProblems",
+            format!("logging-operator reports: {}", p.join("; ")),
+        ),
+        OutputState::NameTaken => (
+            false,
+            "NameTaken",
+            format!("an output named {output} exists and is not managed by log-socket"),
+        ),
+    };
+    set_condition(&mut conditions, "OutputReady", ok, reason, &message, now, generation);
+    let (ok, reason, message) = match &flow_state {
+        FlowState::Patched => (true, "Appended", format!("{output} is the last output of the flow")),
+        FlowState::Repaired => (
+            true,
+            "Repaired",
+            format!("{output} was missing from the flow and was appended again"),
+        ),
+        FlowState::Missing => (
+            false,
+            "FlowNotFound",
+            format!("{} {} does not exist", tap.spec.flow_ref.kind, tap.spec.flow_ref.name),
+        ),
+        FlowState::Skipped => (false, "OutputNotReady", "waiting for the output".to_owned()),
+    };
+    set_condition(&mut conditions, "FlowPatched", ok, reason, &message, now, generation);
+    let (l_reason, l_message) = if listening {
+        ("Listeners", format!("{} listener(s)", status.sessions.len()))
+    } else {
+        ("NoListeners", "nobody is listening".to_owned())
+    };
+    set_condition(
+        &mut conditions,
+        "Listening",
+        listening,
+        l_reason,
+        &l_message,
+        now,
+        generation,
+    );
+
+    let phase = match (&output_state, &flow_state) {
+        (OutputState::Ready, FlowState::Patched | FlowState::Repaired) => Phase::Active,
+        (OutputState::NameTaken, _) | (_, FlowState::Missing) => Phase::Failed,
+        _ => Phase::Pending,
+    };
+    let output_kind = tap.spec.flow_ref.kind.output_kind();
+    let patch = json!({"status": {
+        "phase": phase,
+        "conditions": conditions,
+        "output": OutputRef { kind: output_kind, name: output.clone() },
+        "observedGeneration": generation,
+    }});
+    let changed = status.phase != Some(phase)
+        || status.conditions != conditions
+        || status.observed_generation != generation
+        || status.output.as_ref().map(|o| &o.name) != Some(&output);
+    if changed {
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
+    if matches!(flow_state, FlowState::Repaired) {
+        publish(
+            ctx,
+            &tap,
+            EventType::Normal,
+            "FlowRepaired",
+            &format!("appended {output} to the flow again"),
+        )
+        .await;
+    }
+
+    // Come back for drift, session expiry and the linger deadline.
+    let mut next = Duration::from_secs(30).min(cfg.session_ttl / 2);
+    if !tap.spec.persistent && !listening {
+        let idle = idle_since.map(|s| age(&s, now)).unwrap_or_default();
+        next = next.min(cfg.linger.saturating_sub(idle) + Duration::from_secs(1));
+    }
+    Ok(Action::requeue(next.max(Duration::from_secs(1))))
+}
+
+async fn cleanup(tap: &FlowTap, ctx: &Context) -> Result<Action> {
+    let name = tap.name_any();
+    let output = output_name(&name);
+    // The flow first: a flow pointing at a missing output stops logging-operator's rendering.
+    ensure_flow_ref_removed(tap, &output, ctx).await?;
+    let ns = tap.namespace().unwrap_or_default();
+    let deleted = match tap.spec.flow_ref.kind {
+        FlowKind::Flow => delete_managed::<Output>(Api::namespaced(ctx.client.clone(), &ns), &output, tap).await?,
+        FlowKind::ClusterFlow => {
+            delete_managed::<ClusterOutput>(Api::namespaced(ctx.client.clone(), &ns), &output, tap).await?
+        }
+    };
+    if deleted {
+        tracing::info!(tap = %name, output = %output, "tap removed: flow restored, output deleted");
+    }
+    Ok(Action::await_change())
+}
+
+async fn publish(ctx: &Context, tap: &FlowTap, type_: EventType, reason: &str, note: &str) {
+    let event = KubeEvent {
+        type_,
+        reason: reason.into(),
+        note: Some(note.into()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &tap.object_ref(&())).await {
+        tracing::debug!(error = %e, "could not record an event");
+    }
+}
+
+fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+    generation: Option<i64>,
+) {
+    let status = if ok { "True" } else { "False" };
+    let transition = match condition(conditions, type_) {
+        Some(c) if c.status == status => c.last_transition_time.clone(),
+        _ => Time(now),
+    };
+    conditions.retain(|c| c.type_ != type_);
+    conditions.push(Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        last_transition_time: transition,
+        observed_generation: generation,
+    });
+    conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+}
+
+enum OutputState {
+    Ready,
+    Problems(Vec<String>),
+    NameTaken,
+}
+
+enum FlowState {
+    Patched,
+    Repaired,
+    Missing,
+    Skipped,
+}
+
+/// The http output a tap needs (see the logging-operator notes in the README).
+pub fn desired_output_spec(tap: &FlowTap, config: &OperatorConfig) -> Value {
+    let key = TapKey {
+        kind: tap.spec.flow_ref.kind,
+        namespace: tap.namespace().unwrap_or_default(),
+        name: tap.spec.flow_ref.name.clone(),
+    };
+    let b = &tap.spec.buffer;
+    let mut http = json!({
+        "endpoint": format!("{}/{key}", config.ingest_url.trim_end_matches('/')),
+        "json_array": true,
+        "format": {"type": "json", "add_newline": false},
+        "open_timeout": 5,
+        "read_timeout": 10,
+        "retryable_response_codes": [429, 502, 503, 504],
+        "buffer": {
+            "type": "memory",
+            // No chunk keys: flush on the interval instead of fluentd's 10-minute time chunks.
+            "tags": "[]",
+            "flush_mode": "interval",
+            "flush_interval": b.flush_interval,
+            "chunk_limit_size": b.chunk_limit_size,
+            "total_limit_size": b.total_limit_size,
+            "overflow_action": "drop_oldest_chunk",
+            "retry_forever": false,
+            "retry_max_times": b.retry_max_times,
+        },
+    });
+    if let Some(secret) = &config.auth_secret {
+        let value_from = |key: &str| json!({"valueFrom": {"secretKeyRef": {"name": secret, "key": key}}});
+        http["auth"] = json!({"username": value_from("username"), "password": value_from("password")});
+    }
+    if let Some(secret) = &config.tls_secret {
+        let mount_from = |key: &str| json!({"mountFrom": {"secretKeyRef": {"name": secret, "key": key}}});
+        http["tls_ca_cert_path"] = mount_from("ca.crt");
+        http["tls_client_cert_path"] = mount_from("tls.crt");
+        http["tls_private_key_path"] = mount_from("tls.key");
+    }
+    json!({ "http": http })
+}
+
+fn owner(tap: &FlowTap) -> OwnerReference {
+    OwnerReference {
+        api_version: "logsocket.dev/v1alpha1".into(),
+        kind: "FlowTap".into(),
+        name: tap.name_any(),
+        uid: tap.uid().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+fn is_ours(meta: &kube::api::ObjectMeta, tap: &FlowTap) -> bool {
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get(MANAGED_BY.0))
+        .map(String::as_str)
+        == Some(MANAGED_BY.1)
+        && meta
+            .owner_references
+            .as_ref()
+            .is_some_and(|o| o.iter().any(|o| Some(&o.uid) == tap.uid().as_ref()))
+}
+
+async fn ensure_output(tap: &FlowTap, name: &str, ctx: &Context) -> Result<OutputState> {
+    let ns = tap.namespace().unwrap_or_default();
+    let spec = desired_output_spec(tap, &ctx.config);
+    match tap.spec.flow_ref.kind.output_kind() {
+        OutputKind::Output => {
+            let spec: OutputSpec = serde_json::from_value(spec).expect("a valid output spec");
+            let mut obj = Output::new(name, spec);
+            ensure_managed(
+                Api::namespaced(ctx.client.clone(), &ns),
+                &mut obj,
+                tap,
+                ctx,
+                |o| &mut o.spec,
+                |o| o.status.as_ref().and_then(|s| s.problems.clone()),
+            )
+            .await
+        }
+        OutputKind::ClusterOutput => {
+            let output: OutputSpec = serde_json::from_value(spec).expect("a valid output spec");
+            let mut obj = ClusterOutput::new(
+                name,
+                ClusterOutputSpec {
+                    protected: None,
+                    output,
+                },
+            );
+            ensure_managed(
+                Api::namespaced(ctx.client.clone(), &ns),
+                &mut obj,
+                tap,
+                ctx,
+                |o| &mut o.spec,
+                |o| o.status.as_ref().and_then(|s| s.problems.clone()),
+            )
+            .await
+        }
+    }
+}
+
+/// Create `desired` if missing; repair its spec if someone changed it; refuse to touch an
+/// object of that name log-socket does not own.
+async fn ensure_managed<K, S>(
+    api: Api<K>,
+    desired: &mut K,
+    tap: &FlowTap,
+    ctx: &Context,
+    spec: impl Fn(&mut K) -> &mut S,
+    problems: impl Fn(&K) -> Option<Vec<String>>,
+) -> Result<OutputState>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + Debug,
+    S: Serialize + Clone + PartialEq,
+{
+    let name = desired.meta().name.clone().unwrap_or_default();
+    desired.meta_mut().labels = Some([(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned())].into());
+    desired.meta_mut().owner_references = Some(vec![owner(tap)]);
+    match api.get_opt(&name).await? {
+        None => {
+            api.create(&PostParams::default(), desired).await?;
+            tracing::info!(tap = %tap.name_any(), output = %name, "output created");
+            Ok(OutputState::Ready)
+        }
+        Some(mut existing) => {
+            if !is_ours(existing.meta(), tap) {
+                return Ok(OutputState::NameTaken);
+            }
+            let want = spec(desired).clone();
+            if *spec(&mut existing) != want {
+                *spec(&mut existing) = want;
+                api.replace(&name, &PostParams::default(), &existing).await?;
+                publish(
+                    ctx,
+                    tap,
+                    EventType::Normal,
+                    "OutputRepaired",
+                    &format!("{name} was changed and was restored"),
+                )
+                .await;
+                return Ok(OutputState::Ready);
+            }
+            match problems(&existing) {
+                Some(p) if !p.is_empty() => Ok(OutputState::Problems(p)),
+                _ => Ok(OutputState::Ready),
+            }
+        }
+    }
+}
+
+async fn delete_managed<K>(api: Api<K>, name: &str, tap: &FlowTap) -> Result<bool>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    match api.get_opt(name).await? {
+        Some(existing) if is_ours(existing.meta(), tap) => match api.delete(name, &Default::default()).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+            Err(e) => Err(e.into()),
+        },
+        _ => Ok(false),
+    }
+}
+
+async fn ensure_flow_ref(tap: &FlowTap, output: &str, ctx: &Context) -> Result<FlowState> {
+    let ns = tap.namespace().unwrap_or_default();
+    let flow = &tap.spec.flow_ref.name;
+    let was_patched = tap
+        .status
+        .as_ref()
+        .and_then(|s| condition(&s.conditions, "FlowPatched"))
+        .is_some_and(|c| c.status == "True");
+    let result = match tap.spec.flow_ref.kind {
+        FlowKind::Flow => {
+            edit_refs::<Flow>(
+                Api::namespaced(ctx.client.clone(), &ns),
+                flow,
+                |f| &mut f.spec.local_output_refs,
+                output,
+                true,
+            )
+            .await?
+        }
+        FlowKind::ClusterFlow => {
+            edit_refs::<ClusterFlow>(
+                Api::namespaced(ctx.client.clone(), &ns),
+                flow,
+                |f| &mut f.spec.global_output_refs,
+                output,
+                true,
+            )
+            .await?
+        }
+    };
+    Ok(match result {
+        None => FlowState::Missing,
+        Some(true) if was_patched => FlowState::Repaired,
+        Some(_) => FlowState::Patched,
+    })
+}
+
+async fn ensure_flow_ref_removed(tap: &FlowTap, output: &str, ctx: &Context) -> Result<()> {
+    let ns = tap.namespace().unwrap_or_default();
+    let flow = &tap.spec.flow_ref.name;
+    match tap.spec.flow_ref.kind {
+        FlowKind::Flow => {
+            edit_refs::<Flow>(
+                Api::namespaced(ctx.client.clone(), &ns),
+                flow,
+                |f| &mut f.spec.local_output_refs,
+                output,
+                false,
+            )
+            .await?
+        }
+        FlowKind::ClusterFlow => {
+            edit_refs::<ClusterFlow>(
+                Api::namespaced(ctx.client.clone(), &ns),
+                flow,
+                |f| &mut f.spec.global_output_refs,
+                output,
+                false,
+            )
+            .await?
+        }
+    };
+    Ok(())
+}
+
+/// Make `output` the last entry of the flow's list (`add`), or take it out. The lists are
+/// atomic, so this is a full replace guarded by resourceVersion, retried on conflict; fields
+/// log-socket does not model are kept. Returns `None` if the flow does not exist, else whether
+/// it changed anything.
+async fn edit_refs<K>(
+    api: Api<K>,
+    name: &str,
+    refs: impl Fn(&mut K) -> &mut Option<Vec<String>>,
+    output: &str,
+    add: bool,
+) -> Result<Option<bool>>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + Debug,
+{
+    for attempt in 0..20u64 {
+        let Some(mut flow) = api.get_opt(name).await? else {
+            return Ok(None);
+        };
+        let list = refs(&mut flow);
+        let current = list.clone().unwrap_or_default();
+        let mut wanted: Vec<String> = current.iter().filter(|r| *r != output).cloned().collect();
+        if add {
+            wanted.push(output.to_owned());
+        }
+        if wanted == current {
+            return Ok(Some(false));
+        }
+        // Leave no empty list behind where there was none.
+        *list = if wanted.is_empty() && !add { None } else { Some(wanted) };
+        match api.replace(name, &PostParams::default(), &flow).await {
+            Ok(_) => return Ok(Some(true)),
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                tokio::time::sleep(Duration::from_millis(10 * (attempt + 1))).await;
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(Error::Reconcile(format!("the flow {name} kept changing; will retry")))
+}
+
+/// Keep the relay's taps open for every FlowTap (so a persistent tap takes records, for late
+/// joiners, while nobody listens), until `shutdown` completes.
+pub async fn track_taps(
+    client: kube::Client,
+    config: Arc<OperatorConfig>,
+    relay: Arc<Relay>,
+    shutdown: impl Future<Output = ()>,
+) {
+    use kube::runtime::watcher::Event as W;
+    let stream = watcher::watcher(config.taps(&client), watcher::Config::default());
+    tokio::pin!(stream);
+    tokio::pin!(shutdown);
+    loop {
+        let event = tokio::select! {
+            e = stream.next() => match e { Some(e) => e, None => break },
+            _ = &mut shutdown => break,
+        };
+        match event {
+            Ok(W::Apply(tap)) | Ok(W::InitApply(tap)) => {
+                if let Some(key) = super::tap_key(&tap) {
+                    relay.pin_tap(&key, tap.metadata.deletion_timestamp.is_none());
+                }
+            }
+            Ok(W::Delete(tap)) => {
+                if let Some(key) = super::tap_key(&tap) {
+                    relay.pin_tap(&key, false);
+                }
+            }
+            Ok(W::Init) | Ok(W::InitDone) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "watching FlowTaps failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}

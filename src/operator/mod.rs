@@ -1,0 +1,125 @@
+//! The tap operator: listeners register on FlowTaps ([`sessions`]), and a kube-runtime
+//! controller turns each FlowTap into a logging-operator output appended to its flow
+//! ([`controller`]).
+
+pub mod controller;
+pub mod sessions;
+
+use crate::crd::{FlowKind, FlowTap, FlowTapStatus};
+use crate::relay::TapKey;
+use kube::api::{Api, PostParams};
+use std::time::Duration;
+
+/// Label on everything log-socket creates.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "log-socket");
+
+/// Finalizer that makes deletion restore the flow and remove the output.
+pub const FINALIZER: &str = "logsocket.dev/cleanup";
+
+/// Settings of the operator.
+#[derive(Debug, Clone)]
+pub struct OperatorConfig {
+    /// This relay instance (the pod name), recorded in the sessions it registers.
+    pub instance: String,
+    /// Base URL fluentd reaches ingest at, e.g. `http://log-socket.log-socket.svc:10000`.
+    pub ingest_url: String,
+    /// How long an ephemeral tap without listeners stays before it is deleted.
+    pub linger: Duration,
+    /// Sessions not renewed for this long are dropped (their relay is gone).
+    pub session_ttl: Duration,
+    /// Secret (in the tap's namespace) with `username` and `password` for the output's `auth`.
+    pub auth_secret: Option<String>,
+    /// Secret (in the tap's namespace) with `ca.crt`, `tls.crt`, `tls.key` for the output's TLS.
+    pub tls_secret: Option<String>,
+    /// Only FlowTaps of this namespace (a namespaced install); all namespaces when `None`.
+    pub namespace: Option<String>,
+}
+
+impl OperatorConfig {
+    /// FlowTaps in the operator's scope.
+    pub fn taps(&self, client: &kube::Client) -> Api<FlowTap> {
+        match &self.namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+}
+
+/// Name of the ephemeral FlowTap of a flow: `flow-NAME` or `clusterflow-NAME`, shortened with
+/// a hash when that would exceed the 253 characters of an object name.
+pub fn ephemeral_tap_name(kind: FlowKind, flow: &str) -> String {
+    bounded(&format!("{}-{flow}", kind.path_segment()), 253)
+}
+
+/// Name of the output generated for a FlowTap.
+pub fn output_name(tap: &str) -> String {
+    bounded(&format!("logsocket-{tap}"), 253)
+}
+
+fn bounded(name: &str, max: usize) -> String {
+    if name.len() <= max {
+        return name.to_owned();
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, name.as_bytes());
+    let hash: String = digest.as_ref()[..5].iter().map(|b| format!("{b:02x}")).collect();
+    let keep = max - hash.len() - 1;
+    format!("{}-{hash}", name[..keep].trim_end_matches(['-', '.']))
+}
+
+/// The relay tap a FlowTap feeds.
+pub fn tap_key(tap: &FlowTap) -> Option<TapKey> {
+    Some(TapKey {
+        kind: tap.spec.flow_ref.kind,
+        namespace: kube::ResourceExt::namespace(tap)?,
+        name: tap.spec.flow_ref.name.clone(),
+    })
+}
+
+/// Read-modify-write of a FlowTap's status, guarded by resourceVersion and retried on conflict
+/// (several relays and the controller write it). `change` returns false to leave it alone.
+/// Returns `None` when the FlowTap is gone.
+pub async fn update_status(
+    api: &Api<FlowTap>,
+    name: &str,
+    mut change: impl FnMut(&mut FlowTapStatus) -> bool,
+) -> Result<Option<FlowTap>, kube::Error> {
+    let mut attempt = 0;
+    loop {
+        let Some(mut tap) = api.get_opt(name).await? else {
+            return Ok(None);
+        };
+        let mut status = tap.status.clone().unwrap_or_default();
+        if !change(&mut status) {
+            return Ok(Some(tap));
+        }
+        status.listeners = status.sessions.len() as u32;
+        tap.status = Some(status);
+        match api.replace_status(name, &PostParams::default(), &tap).await {
+            Ok(tap) => return Ok(Some(tap)),
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt < 20 => {
+                attempt += 1;
+                // Spread retries of concurrent writers.
+                tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_deterministic_and_never_too_long() {
+        assert_eq!(ephemeral_tap_name(FlowKind::Flow, "web"), "flow-web");
+        assert_eq!(ephemeral_tap_name(FlowKind::ClusterFlow, "all"), "clusterflow-all");
+        assert_eq!(output_name("flow-web"), "logsocket-flow-web");
+        let long = "a".repeat(253);
+        let name = ephemeral_tap_name(FlowKind::Flow, &long);
+        assert_eq!(name.len(), 253);
+        assert_eq!(name, ephemeral_tap_name(FlowKind::Flow, &long), "stable");
+        assert_ne!(name, ephemeral_tap_name(FlowKind::Flow, &"a".repeat(252)));
+    }
+}

@@ -1,0 +1,467 @@
+//! The tap operator against the real API server: listeners refcount FlowTaps, the controller
+//! turns them into outputs appended to flows, and everything is restored when they go.
+
+use crate::support;
+use crate::wire::*;
+use kube::api::{Api, DynamicObject, ListParams, PostParams};
+use log_socket::crd::FlowTap;
+use log_socket::kubeauth::TokenReviewAuthenticator;
+use log_socket::operator::{controller, sessions::ClusterSessions, OperatorConfig};
+use log_socket::rbac::LabelPolicy;
+use log_socket::relay::server::Parts;
+use log_socket::relay::RelayConfig;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+const INGEST_URL: &str = "http://log-socket.test.svc:10000";
+const LINGER: Duration = Duration::from_secs(2);
+
+/// A relay with registration, plus the controller, both scoped to one test namespace.
+struct Harness {
+    relay: TestRelay,
+    client: kube::Client,
+    ns: String,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+async fn harness(prefix: &str) -> Harness {
+    let client = support::client().await;
+    let ns = support::namespace(&client, prefix).await;
+    harness_in(client, ns, true).await
+}
+
+async fn harness_in(client: kube::Client, ns: String, with_controller: bool) -> Harness {
+    let config = Arc::new(OperatorConfig {
+        instance: format!("relay-{ns}"),
+        ingest_url: INGEST_URL.into(),
+        linger: LINGER,
+        session_ttl: Duration::from_secs(6),
+        auth_secret: Some("log-socket-ingest".into()),
+        tls_secret: None,
+        namespace: Some(ns.clone()),
+    });
+    let sessions = Arc::new(ClusterSessions::new(client.clone(), config.clone(), true));
+    let parts = Parts {
+        authenticator: Arc::new(TokenReviewAuthenticator::new(
+            client.clone(),
+            vec![],
+            Duration::from_secs(10),
+        )),
+        authorizer: Arc::new(LabelPolicy::default()),
+        sessions: sessions.clone(),
+        ingest_auth: ingest_auth(),
+    };
+    let relay = start_relay(RelayConfig::default(), parts).await;
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = rx.clone();
+        async move { log_socket::until_true(&mut rx).await }
+    };
+    tokio::spawn(sessions.renew(stopped()));
+    if with_controller {
+        tokio::spawn(controller::run(client.clone(), config, stopped()));
+    }
+    Harness {
+        relay,
+        client,
+        ns,
+        stop,
+    }
+}
+
+/// A listener's token, allowed to tap flows in the namespace.
+async fn listener(h: &Harness, name: &str) -> String {
+    let token = support::service_account_token(&h.client, &h.ns, name).await;
+    support::grant(&h.client, &h.ns, name, support::may_tap_flows()).await;
+    token
+}
+
+/// Poll until `check` returns Some, or panic with `what` after 30 s.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    for _ in 0..300 {
+        if let Some(v) = check().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+async fn raw(h: &Harness, kind: &str, name: &str) -> Option<Value> {
+    support::logging_api(&h.client, &h.ns, kind)
+        .get_opt(name)
+        .await
+        .unwrap()
+        .map(|o: DynamicObject| serde_json::to_value(o).unwrap())
+}
+
+async fn tap(h: &Harness, name: &str) -> Option<FlowTap> {
+    Api::<FlowTap>::namespaced(h.client.clone(), &h.ns)
+        .get_opt(name)
+        .await
+        .unwrap()
+}
+
+async fn listeners(h: &Harness, name: &str) -> Option<u32> {
+    tap(h, name).await.map(|t| t.status.unwrap_or_default().listeners)
+}
+
+fn flow_spec() -> Value {
+    json!({
+        "match": [{"select": {"labels": {"app": "web"}}}],
+        "filters": [{"tag_normaliser": {}}],
+        "localOutputRefs": ["loki"],
+    })
+}
+
+#[tokio::test]
+async fn a_listener_taps_a_flow_and_the_flow_is_restored_exactly_after_the_last_one_leaves() {
+    let h = harness("op-flow").await;
+    support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    let before = raw(&h, "Flow", "web").await.unwrap()["spec"].clone();
+    let alice = listener(&h, "alice").await;
+    let bob = listener(&h, "bob").await;
+
+    let mut a = connect(&h.relay, &format!("/flow/{}/web", h.ns), &alice).await;
+    assert_eq!(
+        listeners(&h, "flow-web").await,
+        Some(1),
+        "the FlowTap exists with one listener"
+    );
+
+    let output = eventually("the Output", || async { raw(&h, "Output", "logsocket-flow-web").await }).await;
+    let http = &output["spec"]["http"];
+    assert_eq!(http["endpoint"], format!("{INGEST_URL}/flow/{}/web", h.ns));
+    assert_eq!(http["json_array"], true);
+    assert_eq!(http["format"], json!({"type": "json", "add_newline": false}));
+    assert_eq!(
+        (http["open_timeout"].clone(), http["read_timeout"].clone()),
+        (json!(5), json!(10))
+    );
+    assert_eq!(http["retryable_response_codes"], json!([429, 502, 503, 504]));
+    let buffer = &http["buffer"];
+    assert_eq!(buffer["type"], "memory");
+    assert_eq!(buffer["flush_interval"], "1s");
+    assert_eq!(buffer["overflow_action"], "drop_oldest_chunk");
+    assert_eq!(buffer["retry_forever"], false);
+    assert_eq!(
+        http["auth"]["password"],
+        json!({"valueFrom": {"secretKeyRef": {"name": "log-socket-ingest", "key": "password"}}})
+    );
+    assert_eq!(
+        output["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "log-socket"
+    );
+    assert_eq!(output["metadata"]["ownerReferences"][0]["kind"], "FlowTap");
+
+    let flow = eventually("the flow patched", || async {
+        let f = raw(&h, "Flow", "web").await.unwrap();
+        (f["spec"]["localOutputRefs"] == json!(["loki", "logsocket-flow-web"])).then_some(f)
+    })
+    .await;
+    assert_eq!(flow["spec"]["filters"], before["filters"], "other fields kept");
+    assert_eq!(flow["spec"]["match"], before["match"]);
+
+    eventually("phase Active", || async {
+        (tap(&h, "flow-web").await?.status?.phase == Some(log_socket::crd::Phase::Active)).then_some(())
+    })
+    .await;
+    let (ok, out, err) = support::kubectl(&["get", "flowtaps", "-n", &h.ns]);
+    assert!(ok, "{err}");
+    let row: Vec<&str> = out.lines().nth(1).expect("a row").split_whitespace().collect();
+    assert_eq!(&row[..6], ["flow-web", "Flow", "web", "1", "false", "Active"], "{out}");
+
+    // A second listener shares the tap: count 2, still one output.
+    let mut b = connect(&h.relay, &format!("/flow/{}/web", h.ns), &bob).await;
+    assert_eq!(listeners(&h, "flow-web").await, Some(2));
+    let outputs = support::logging_api(&h.client, &h.ns, "Output")
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert_eq!(outputs.items.len(), 1);
+
+    // Records flow to both.
+    let record = json!([{"message": "hi", "kubernetes": {"namespace_name": h.ns, "pod_name": "web-1",
+                                                          "labels": {"rbac/policy": "allow"}}}]);
+    assert_eq!(
+        post(&h.relay, &format!("/flow/{}/web", h.ns), &record.to_string())
+            .await
+            .0,
+        200
+    );
+    assert_eq!(next(&mut a).await["record"]["message"], "hi");
+    assert_eq!(next(&mut b).await["record"]["message"], "hi");
+
+    // Both leave: the count drops at once; after the linger the tap, the output and the ref go.
+    drop(a);
+    drop(b);
+    eventually("no listeners", || async {
+        (listeners(&h, "flow-web").await? == 0).then_some(())
+    })
+    .await;
+    eventually("the tap deleted", || async {
+        tap(&h, "flow-web").await.is_none().then_some(())
+    })
+    .await;
+    assert!(
+        raw(&h, "Output", "logsocket-flow-web").await.is_none(),
+        "output deleted"
+    );
+    assert_eq!(
+        raw(&h, "Flow", "web").await.unwrap()["spec"],
+        before,
+        "the flow is exactly as before"
+    );
+}
+
+#[tokio::test]
+async fn a_clusterflow_tap_gets_a_clusteroutput_in_the_global_refs() {
+    let h = harness("op-cf").await;
+    let spec = json!({"match": [{"select": {"namespaces": ["shop"]}}], "globalOutputRefs": ["archive"]});
+    support::create_cluster_flow(&h.client, &h.ns, "all", spec.clone()).await;
+    let alice = listener(&h, "alice").await;
+    let ws = connect(&h.relay, &format!("/clusterflow/{}/all", h.ns), &alice).await;
+
+    let co = eventually("the ClusterOutput", || async {
+        raw(&h, "ClusterOutput", "logsocket-clusterflow-all").await
+    })
+    .await;
+    assert_eq!(
+        co["spec"]["http"]["endpoint"],
+        format!("{INGEST_URL}/clusterflow/{}/all", h.ns)
+    );
+    eventually("the ClusterFlow patched", || async {
+        let f = raw(&h, "ClusterFlow", "all").await.unwrap();
+        (f["spec"]["globalOutputRefs"] == json!(["archive", "logsocket-clusterflow-all"])).then_some(())
+    })
+    .await;
+    drop(ws);
+    eventually("the tap deleted", || async {
+        tap(&h, "clusterflow-all").await.is_none().then_some(())
+    })
+    .await;
+    assert!(raw(&h, "ClusterOutput", "logsocket-clusterflow-all").await.is_none());
+    assert_eq!(raw(&h, "ClusterFlow", "all").await.unwrap()["spec"], spec);
+}
+
+#[tokio::test]
+async fn a_persistent_tap_from_yaml_stays_without_listeners_and_listeners_join_it() {
+    let h = harness("op-gitops").await;
+    support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    let yaml = format!(
+        "apiVersion: logsocket.dev/v1alpha1\nkind: FlowTap\nmetadata: {{name: web-tap, namespace: {}}}\n\
+         spec: {{flowRef: {{kind: Flow, name: web}}, persistent: true, buffer: {{flushInterval: 500ms}}}}\n",
+        h.ns
+    );
+    let (ok, _, err) = support::kubectl_with(&support::env().kubeconfig, &["apply", "-f", "-"], Some(&yaml));
+    assert!(ok, "{err}");
+    let output = eventually("the Output", || async { raw(&h, "Output", "logsocket-web-tap").await }).await;
+    assert_eq!(
+        output["spec"]["http"]["buffer"]["flush_interval"], "500ms",
+        "spec.buffer is rendered"
+    );
+    eventually("the flow patched", || async {
+        let f = raw(&h, "Flow", "web").await.unwrap();
+        (f["spec"]["localOutputRefs"] == json!(["loki", "logsocket-web-tap"])).then_some(())
+    })
+    .await;
+
+    tokio::time::sleep(LINGER * 2).await;
+    assert!(
+        tap(&h, "web-tap").await.is_some(),
+        "a persistent tap outlives the linger"
+    );
+
+    let alice = listener(&h, "alice").await;
+    let ws = connect(&h.relay, &format!("/flow/{}/web", h.ns), &alice).await;
+    assert_eq!(
+        listeners(&h, "web-tap").await,
+        Some(1),
+        "the listener joined the persistent tap"
+    );
+    assert!(tap(&h, "flow-web").await.is_none(), "no ephemeral tap beside it");
+    drop(ws);
+
+    // Deleting it (from git) restores the flow and removes the output.
+    let (ok, _, err) = support::kubectl(&["delete", "flowtap", "web-tap", "-n", &h.ns, "--wait=false"]);
+    assert!(ok, "{err}");
+    eventually("the tap gone", || async {
+        tap(&h, "web-tap").await.is_none().then_some(())
+    })
+    .await;
+    assert!(raw(&h, "Output", "logsocket-web-tap").await.is_none());
+    assert_eq!(
+        raw(&h, "Flow", "web").await.unwrap()["spec"]["localOutputRefs"],
+        json!(["loki"])
+    );
+}
+
+#[tokio::test]
+async fn concurrent_listeners_are_all_counted_and_all_removed() {
+    let h = harness("op-many").await;
+    support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    let token = listener(&h, "alice").await;
+    let path = format!("/flow/{}/web", h.ns);
+    let connects = (0..8).map(|_| connect(&h.relay, &path, &token));
+    let sockets = futures::future::join_all(connects).await;
+    let t = tap(&h, "flow-web").await.unwrap();
+    let status = t.status.unwrap();
+    assert_eq!(status.listeners, 8, "no session lost to a concurrent write");
+    let mut ids: Vec<&str> = status.sessions.iter().map(|s| s.id.as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 8);
+    assert!(status
+        .sessions
+        .iter()
+        .all(|s| s.user == format!("system:serviceaccount:{}:alice", h.ns)));
+    drop(sockets);
+    eventually("all sessions removed", || async {
+        (listeners(&h, "flow-web").await? == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_controller_repairs_a_removed_ref_and_keeps_concurrent_flow_edits() {
+    let h = harness("op-drift").await;
+    support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    let alice = listener(&h, "alice").await;
+    let _ws = connect(&h.relay, &format!("/flow/{}/web", h.ns), &alice).await;
+    eventually("the flow patched", || async {
+        let f = raw(&h, "Flow", "web").await.unwrap();
+        (f["spec"]["localOutputRefs"] == json!(["loki", "logsocket-flow-web"])).then_some(())
+    })
+    .await;
+
+    // Someone (a GitOps sync) rewrites the list without the tap, and adds an output of theirs.
+    let flows: Api<log_socket::logging::Flow> = Api::namespaced(h.client.clone(), &h.ns);
+    let mut f = flows.get("web").await.unwrap();
+    f.spec.local_output_refs = Some(vec!["loki".into(), "s3".into()]);
+    flows.replace("web", &PostParams::default(), &f).await.unwrap();
+
+    eventually("the ref repaired, last, with the user's change kept", || async {
+        let f = raw(&h, "Flow", "web").await.unwrap();
+        (f["spec"]["localOutputRefs"] == json!(["loki", "s3", "logsocket-flow-web"])).then_some(())
+    })
+    .await;
+    let events = Api::<DynamicObject>::namespaced_with(
+        h.client.clone(),
+        &h.ns,
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("events.k8s.io", "v1", "Event"),
+            "events",
+        ),
+    );
+    eventually("a FlowRepaired event", || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items
+            .iter()
+            .any(|e| e.data["reason"] == "FlowRepaired")
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sessions_of_a_relay_that_stopped_renewing_expire() {
+    let h = harness("op-expire").await;
+    support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    let api: Api<FlowTap> = Api::namespaced(h.client.clone(), &h.ns);
+    let tap: FlowTap = serde_json::from_value(json!({
+        "apiVersion": "logsocket.dev/v1alpha1", "kind": "FlowTap",
+        "metadata": {"name": "web-tap"}, "spec": {"flowRef": {"kind": "Flow", "name": "web"}, "persistent": true}
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &tap).await.unwrap();
+    // A crashed relay's session: renewed long ago.
+    let old = "2020-01-01T00:00:00Z";
+    let stale = json!({"status": {"listeners": 1, "sessions": [
+        {"id": "gone-relay/1", "user": "someone", "since": old, "relay": "gone-relay", "renewTime": old}]}});
+    api.patch_status("web-tap", &Default::default(), &kube::api::Patch::Merge(&stale))
+        .await
+        .unwrap();
+    eventually("the stale session expired", || async {
+        let s = api.get("web-tap").await.ok()?.status?;
+        (s.sessions.is_empty() && s.listeners == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_restart_between_creating_the_output_and_patching_the_flow_completes_the_tap() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "op-crash").await;
+    // First life: no controller; the tap and its output exist, the flow was never patched.
+    support::create_flow(&client, &ns, "web", flow_spec()).await;
+    let api: Api<FlowTap> = Api::namespaced(client.clone(), &ns);
+    let tap: FlowTap = serde_json::from_value(json!({
+        "apiVersion": "logsocket.dev/v1alpha1", "kind": "FlowTap",
+        "metadata": {"name": "web-tap", "finalizers": ["logsocket.dev/cleanup"]},
+        "spec": {"flowRef": {"kind": "Flow", "name": "web"}, "persistent": true}
+    }))
+    .unwrap();
+    let tap = api.create(&PostParams::default(), &tap).await.unwrap();
+    let output = json!({"apiVersion": "logging.banzaicloud.io/v1beta1", "kind": "Output",
+        "metadata": {"name": "logsocket-web-tap", "labels": {"app.kubernetes.io/managed-by": "log-socket"},
+                     "ownerReferences": [{"apiVersion": "logsocket.dev/v1alpha1", "kind": "FlowTap", "name": "web-tap",
+                                          "uid": tap.metadata.uid, "controller": true}]},
+        "spec": {"http": {"endpoint": "http://stale.example/flow/x/y"}}});
+    support::create_logging(&client, &ns, output).await;
+
+    // Second life: the controller finishes the job (and repairs the stale output).
+    let h = harness_in(client, ns, true).await;
+    eventually("the flow patched", || async {
+        let f = raw(&h, "Flow", "web").await.unwrap();
+        (f["spec"]["localOutputRefs"] == json!(["loki", "logsocket-web-tap"])).then_some(())
+    })
+    .await;
+    let out = raw(&h, "Output", "logsocket-web-tap").await.unwrap();
+    assert_eq!(
+        out["spec"]["http"]["endpoint"],
+        format!("{INGEST_URL}/flow/{}/web", h.ns)
+    );
+}
+
+#[tokio::test]
+async fn an_output_name_taken_by_someone_else_is_left_alone_and_reported() {
+    let h = harness("op-taken").await;
+    support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    let theirs = json!({"apiVersion": "logging.banzaicloud.io/v1beta1", "kind": "Output",
+        "metadata": {"name": "logsocket-web-tap"}, "spec": {"loki": {"url": "http://loki:3100"}}});
+    support::create_logging(&h.client, &h.ns, theirs).await;
+    let api: Api<FlowTap> = Api::namespaced(h.client.clone(), &h.ns);
+    let tap: FlowTap = serde_json::from_value(json!({
+        "apiVersion": "logsocket.dev/v1alpha1", "kind": "FlowTap",
+        "metadata": {"name": "web-tap"}, "spec": {"flowRef": {"kind": "Flow", "name": "web"}, "persistent": true}
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &tap).await.unwrap();
+    let status = eventually("phase Failed", || async {
+        let s = api.get("web-tap").await.ok()?.status?;
+        (s.phase == Some(log_socket::crd::Phase::Failed)).then_some(s)
+    })
+    .await;
+    let c = status.conditions.iter().find(|c| c.type_ == "OutputReady").unwrap();
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "NameTaken"));
+    assert!(
+        raw(&h, "Output", "logsocket-web-tap").await.unwrap()["spec"]["loki"].is_object(),
+        "untouched"
+    );
+    assert_eq!(
+        raw(&h, "Flow", "web").await.unwrap()["spec"]["localOutputRefs"],
+        json!(["loki"]),
+        "flow untouched"
+    );
+}

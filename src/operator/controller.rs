@@ -477,36 +477,12 @@ where
 }
 
 async fn ensure_flow_ref(tap: &FlowTap, output: &str, ctx: &Context) -> Result<FlowState> {
-    let ns = tap.namespace().unwrap_or_default();
-    let flow = &tap.spec.flow_ref.name;
     let was_patched = tap
         .status
         .as_ref()
         .and_then(|s| condition(&s.conditions, "FlowPatched"))
         .is_some_and(|c| c.status == "True");
-    let result = match tap.spec.flow_ref.kind {
-        FlowKind::Flow => {
-            edit_refs::<Flow>(
-                Api::namespaced(ctx.client.clone(), &ns),
-                flow,
-                |f| &mut f.spec.local_output_refs,
-                output,
-                true,
-            )
-            .await?
-        }
-        FlowKind::ClusterFlow => {
-            edit_refs::<ClusterFlow>(
-                Api::namespaced(ctx.client.clone(), &ns),
-                flow,
-                |f| &mut f.spec.global_output_refs,
-                output,
-                true,
-            )
-            .await?
-        }
-    };
-    Ok(match result {
+    Ok(match edit_flow_refs(tap, output, ctx, true).await? {
         None => FlowState::Missing,
         Some(true) if was_patched => FlowState::Repaired,
         Some(_) => FlowState::Patched,
@@ -514,31 +490,23 @@ async fn ensure_flow_ref(tap: &FlowTap, output: &str, ctx: &Context) -> Result<F
 }
 
 async fn ensure_flow_ref_removed(tap: &FlowTap, output: &str, ctx: &Context) -> Result<()> {
+    edit_flow_refs(tap, output, ctx, false).await.map(|_| ())
+}
+
+/// [`edit_refs`] on the tap's Flow (`localOutputRefs`) or ClusterFlow (`globalOutputRefs`).
+async fn edit_flow_refs(tap: &FlowTap, output: &str, ctx: &Context, add: bool) -> Result<Option<bool>> {
     let ns = tap.namespace().unwrap_or_default();
     let flow = &tap.spec.flow_ref.name;
     match tap.spec.flow_ref.kind {
         FlowKind::Flow => {
-            edit_refs::<Flow>(
-                Api::namespaced(ctx.client.clone(), &ns),
-                flow,
-                |f| &mut f.spec.local_output_refs,
-                output,
-                false,
-            )
-            .await?
+            let api = Api::<Flow>::namespaced(ctx.client.clone(), &ns);
+            edit_refs(api, flow, |f| &mut f.spec.local_output_refs, output, add).await
         }
         FlowKind::ClusterFlow => {
-            edit_refs::<ClusterFlow>(
-                Api::namespaced(ctx.client.clone(), &ns),
-                flow,
-                |f| &mut f.spec.global_output_refs,
-                output,
-                false,
-            )
-            .await?
+            let api = Api::<ClusterFlow>::namespaced(ctx.client.clone(), &ns);
+            edit_refs(api, flow, |f| &mut f.spec.global_output_refs, output, add).await
         }
-    };
-    Ok(())
+    }
 }
 
 /// Make `output` the last entry of the flow's list (`add`), or take it out. The lists are

@@ -143,11 +143,11 @@ async fn apply(tap: &FlowTap, ctx: &Context) -> Result<Action> {
     }
 
     let output = output_name(&name);
-    let output_state = ensure_output(&tap, &output, ctx).await?;
+    let (output_state, output_existed) = ensure_output(&tap, &output, ctx).await?;
     // Output first, then the flow: a flow naming a missing output blocks logging-operator.
     let flow_state = match output_state {
         OutputState::NameTaken => FlowState::Skipped,
-        _ => ensure_flow_ref(&tap, &output, ctx).await?,
+        _ => ensure_flow_ref(&tap, &output, ctx, output_existed).await?,
     };
 
     let generation = tap.metadata.generation;
@@ -263,7 +263,7 @@ async fn publish(ctx: &Context, tap: &FlowTap, type_: EventType, reason: &str, n
         secondary: None,
     };
     if let Err(e) = ctx.recorder.publish(&event, &tap.object_ref(&())).await {
-        tracing::debug!(error = %e, "could not record an event");
+        tracing::warn!(error = %e, reason, "could not record an event");
     }
 }
 
@@ -374,7 +374,7 @@ fn is_ours(meta: &kube::api::ObjectMeta, tap: &FlowTap) -> bool {
             .is_some_and(|o| o.iter().any(|o| Some(&o.uid) == tap.uid().as_ref()))
 }
 
-async fn ensure_output(tap: &FlowTap, name: &str, ctx: &Context) -> Result<OutputState> {
+async fn ensure_output(tap: &FlowTap, name: &str, ctx: &Context) -> Result<(OutputState, bool)> {
     let ns = tap.namespace().unwrap_or_default();
     let spec = desired_output_spec(tap, &ctx.config);
     match tap.spec.flow_ref.kind.output_kind() {
@@ -422,7 +422,7 @@ async fn ensure_managed<K, S>(
     ctx: &Context,
     spec: impl Fn(&mut K) -> &mut S,
     problems: impl Fn(&K) -> Option<Vec<String>>,
-) -> Result<OutputState>
+) -> Result<(OutputState, bool)>
 where
     K: Resource + Clone + Serialize + DeserializeOwned + Debug,
     S: Serialize + Clone + PartialEq,
@@ -434,11 +434,11 @@ where
         None => {
             api.create(&PostParams::default(), desired).await?;
             tracing::info!(tap = %tap.name_any(), output = %name, "output created");
-            Ok(OutputState::Ready)
+            Ok((OutputState::Ready, false))
         }
         Some(mut existing) => {
             if !is_ours(existing.meta(), tap) {
-                return Ok(OutputState::NameTaken);
+                return Ok((OutputState::NameTaken, true));
             }
             let want = spec(desired).clone();
             if *spec(&mut existing) != want {
@@ -452,11 +452,11 @@ where
                     &format!("{name} was changed and was restored"),
                 )
                 .await;
-                return Ok(OutputState::Ready);
+                return Ok((OutputState::Ready, true));
             }
             match problems(&existing) {
-                Some(p) if !p.is_empty() => Ok(OutputState::Problems(p)),
-                _ => Ok(OutputState::Ready),
+                Some(p) if !p.is_empty() => Ok((OutputState::Problems(p), true)),
+                _ => Ok((OutputState::Ready, true)),
             }
         }
     }
@@ -476,12 +476,10 @@ where
     }
 }
 
-async fn ensure_flow_ref(tap: &FlowTap, output: &str, ctx: &Context) -> Result<FlowState> {
-    let was_patched = tap
-        .status
-        .as_ref()
-        .and_then(|s| condition(&s.conditions, "FlowPatched"))
-        .is_some_and(|c| c.status == "True");
+/// `output_existed`: the output was there before this reconcile, so an append now repairs a
+/// flow that had lost its ref (read from the API, not from a possibly stale status).
+async fn ensure_flow_ref(tap: &FlowTap, output: &str, ctx: &Context, output_existed: bool) -> Result<FlowState> {
+    let was_patched = output_existed;
     Ok(match edit_flow_refs(tap, output, ctx, true).await? {
         None => FlowState::Missing,
         Some(true) if was_patched => FlowState::Repaired,

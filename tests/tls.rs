@@ -5,8 +5,8 @@
 mod wire;
 
 use log_socket::auth::{AllowAll, IngestAuth, StaticTokens};
-use log_socket::relay::server::{self, Parts, Sockets};
-use log_socket::relay::{NoSessions, Relay, RelayConfig};
+use log_socket::relay::server::Parts;
+use log_socket::relay::{NoSessions, RelayConfig};
 use log_socket::tls::{ReloadingConfig, TlsFiles};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -64,30 +64,24 @@ async fn tls_connect(
 }
 
 async fn start_tls(ingest_certs: &Path, api_certs: &Path) -> TestRelay {
-    let ingest = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (ingest_addr, api_addr) = (ingest.local_addr().unwrap(), api.local_addr().unwrap());
-    let sockets = Sockets {
-        ingest,
-        api,
-        ingest_tls: Some(
-            ReloadingConfig::load(TlsFiles {
-                cert: ingest_certs.join("server.crt"),
-                key: ingest_certs.join("server.key"),
-                client_ca: Some(ingest_certs.join("ca.crt")),
-            })
-            .unwrap(),
-        ),
-        api_tls: Some(
-            ReloadingConfig::load(TlsFiles {
-                cert: api_certs.join("server.crt"),
-                key: api_certs.join("server.key"),
-                client_ca: None,
-            })
-            .unwrap(),
-        ),
-        tls_reload_interval: Duration::from_millis(100),
-    };
+    let mut sockets = loopback_sockets().await;
+    sockets.ingest_tls = Some(
+        ReloadingConfig::load(TlsFiles {
+            cert: ingest_certs.join("server.crt"),
+            key: ingest_certs.join("server.key"),
+            client_ca: Some(ingest_certs.join("ca.crt")),
+        })
+        .unwrap(),
+    );
+    sockets.api_tls = Some(
+        ReloadingConfig::load(TlsFiles {
+            cert: api_certs.join("server.crt"),
+            key: api_certs.join("server.key"),
+            client_ca: None,
+        })
+        .unwrap(),
+    );
+    sockets.tls_reload_interval = Duration::from_millis(100);
     let parts = Parts {
         authenticator: Arc::new(StaticTokens::parse("tok-alice,alice\n").unwrap()),
         authorizer: Arc::new(AllowAll),
@@ -95,21 +89,7 @@ async fn start_tls(ingest_certs: &Path, api_certs: &Path) -> TestRelay {
         // mTLS alone identifies fluentd here.
         ingest_auth: IngestAuth::insecure().and_client_cert(),
     };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let done = tokio::spawn(server::serve(
-        Arc::new(Relay::new(RelayConfig::default())),
-        sockets,
-        parts,
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    TestRelay {
-        ingest: ingest_addr,
-        api: api_addr,
-        stop: Some(stop),
-        done,
-    }
+    start_relay_on(sockets, RelayConfig::default(), parts)
 }
 
 async fn wss(r: &TestRelay, ca: &Path, path: &str) -> tokio_tungstenite::WebSocketStream<TlsStream<TcpStream>> {

@@ -479,10 +479,9 @@ where
 /// `output_existed`: the output was there before this reconcile, so an append now repairs a
 /// flow that had lost its ref (read from the API, not from a possibly stale status).
 async fn ensure_flow_ref(tap: &FlowTap, output: &str, ctx: &Context, output_existed: bool) -> Result<FlowState> {
-    let was_patched = output_existed;
     Ok(match edit_flow_refs(tap, output, ctx, true).await? {
         None => FlowState::Missing,
-        Some(true) if was_patched => FlowState::Repaired,
+        Some(true) if output_existed => FlowState::Repaired,
         Some(_) => FlowState::Patched,
     })
 }

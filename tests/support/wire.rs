@@ -27,14 +27,24 @@ pub struct TestRelay {
     pub done: tokio::task::JoinHandle<()>,
 }
 
-/// Start a relay on loopback port 0 with these parts.
-pub async fn start_relay(config: RelayConfig, parts: Parts) -> TestRelay {
+/// Plain sockets on loopback port 0.
+pub async fn loopback_sockets() -> Sockets {
     let ingest = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (ingest_addr, api_addr) = (ingest.local_addr().unwrap(), api.local_addr().unwrap());
+    Sockets::plain(ingest, api)
+}
+
+/// Start a relay on loopback port 0 with these parts.
+pub async fn start_relay(config: RelayConfig, parts: Parts) -> TestRelay {
+    start_relay_on(loopback_sockets().await, config, parts)
+}
+
+/// Start a relay on these sockets (e.g. with TLS) with these parts.
+pub fn start_relay_on(sockets: Sockets, config: RelayConfig, parts: Parts) -> TestRelay {
+    let (ingest_addr, api_addr) = (sockets.ingest.local_addr().unwrap(), sockets.api.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let relay = Arc::new(Relay::new(config));
-    let done = tokio::spawn(server::serve(relay, Sockets::plain(ingest, api), parts, async {
+    let done = tokio::spawn(server::serve(relay, sockets, parts, async {
         let _ = stopped.await;
     }));
     TestRelay {

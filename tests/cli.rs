@@ -191,6 +191,13 @@ async fn the_standalone_service_relays_records_and_stops_cleanly_on_sigterm() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    // Read stderr while the service runs: a full pipe would block its logging and its exit.
+    let mut stderr_pipe = child.stderr.take().unwrap();
+    let stderr_task = tokio::spawn(async move {
+        let mut s = String::new();
+        let _ = stderr_pipe.read_to_string(&mut s).await;
+        s
+    });
 
     let mut ws = None;
     for _ in 0..200 {
@@ -242,13 +249,18 @@ async fn the_standalone_service_relays_records_and_stops_cleanly_on_sigterm() {
         Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1001),
         other => panic!("expected a close frame, got {other:?}"),
     }
-    let status = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "{status:?}");
-    let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).await.unwrap();
+    let status = match tokio::time::timeout(std::time::Duration::from_secs(20), child.wait()).await {
+        Ok(status) => status.unwrap(),
+        Err(_) => {
+            let _ = child.kill().await;
+            panic!(
+                "the service did not stop within 20 s of SIGTERM:\n{}",
+                stderr_task.await.unwrap()
+            );
+        }
+    };
+    let stderr = stderr_task.await.unwrap();
+    assert!(status.success(), "{status:?}\n{stderr}");
     assert!(stderr.contains("listener connected"), "{stderr}");
     assert!(
         !stderr.contains("listener-secret-token"),

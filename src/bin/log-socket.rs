@@ -150,12 +150,11 @@ async fn run(cfg: &config::ServiceConfig) -> log_socket::Result<()> {
     };
     let result = log_socket::service::run(health, sockets, relay, parts, log_socket::service::shutdown_signal()).await;
     let _ = stop_tx.send(true);
+    // One bound for all of them together: a stuck API call must not keep a stopping pod alive
+    // past its termination grace period.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     for task in background {
-        // Bounded: a stuck API call must not keep a stopping pod alive.
-        if tokio::time::timeout(std::time::Duration::from_secs(10), task)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout_at(deadline, task).await.is_err() {
             tracing::warn!("a background task did not stop in time");
         }
     }

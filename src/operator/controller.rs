@@ -568,6 +568,7 @@ pub async fn track_taps(
             Ok(W::Apply(tap)) | Ok(W::InitApply(tap)) => {
                 if let Some(key) = super::tap_key(&tap) {
                     relay.pin_tap(&key, tap.metadata.deletion_timestamp.is_none());
+                    relay.set_replay_records(&key, tap.spec.replay.records as usize);
                 }
             }
             Ok(W::Delete(tap)) => {

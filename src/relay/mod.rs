@@ -196,6 +196,14 @@ impl Relay {
         }
     }
 
+    /// Apply a FlowTap's replay size to the tap of `key`, bounded by the relay's own
+    /// `--replay-records`.
+    pub fn set_replay_records(&self, key: &TapKey, records: usize) {
+        if let Some(tap) = self.tap(key) {
+            tap.set_replay_records(records, self.config.replay.records);
+        }
+    }
+
     /// Remove taps that have had no listener for longer than the linger period.
     pub fn reap(&self, now: Instant) -> usize {
         let linger = self.config.tap_linger;

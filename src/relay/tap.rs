@@ -59,6 +59,7 @@ pub struct Attached {
 }
 
 struct Inner {
+    limits: ReplayLimits,
     next_seq: u64,
     replay: VecDeque<Arc<Entry>>,
     replay_bytes: usize,
@@ -66,12 +67,22 @@ struct Inner {
     idle_since: Option<Instant>,
 }
 
+impl Inner {
+    fn trim(&mut self) {
+        while self.replay.len() > self.limits.records || self.replay_bytes > self.limits.bytes {
+            match self.replay.pop_front() {
+                Some(old) => self.replay_bytes -= old.frame.len(),
+                None => break,
+            }
+        }
+    }
+}
+
 /// The records of one flow.
 pub struct Tap {
     pub key: TapKey,
     /// Identifies this incarnation of the tap, so a resume can tell its sequence numbers apart.
     pub epoch: u64,
-    limits: ReplayLimits,
     pinned: std::sync::atomic::AtomicBool,
     inner: Mutex<Inner>,
 }
@@ -89,9 +100,9 @@ impl Tap {
         Tap {
             key,
             epoch,
-            limits,
             pinned: Default::default(),
             inner: Mutex::new(Inner {
+                limits,
                 next_seq: 1,
                 replay: VecDeque::new(),
                 replay_bytes: 0,
@@ -121,18 +132,21 @@ impl Tap {
                     Offer::Queued | Offer::Filtered => {}
                 }
             }
-            if self.limits.records > 0 {
+            if inner.limits.records > 0 {
                 inner.replay_bytes += entry.frame.len();
                 inner.replay.push_back(entry);
-                while inner.replay.len() > self.limits.records || inner.replay_bytes > self.limits.bytes {
-                    match inner.replay.pop_front() {
-                        Some(old) => inner.replay_bytes -= old.frame.len(),
-                        None => break,
-                    }
-                }
+                inner.trim();
             }
         }
         out
+    }
+
+    /// Change how many records the replay buffer keeps (a FlowTap's `spec.replay.records`),
+    /// never above `cap` (the relay's own limit, which protects its memory).
+    pub fn set_replay_records(&self, records: usize, cap: usize) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.limits.records = records.min(cap);
+        inner.trim();
     }
 
     /// Attach a listener, returning the buffered records it should get first.
@@ -337,5 +351,19 @@ mod tests {
         let bytes: usize = a.backlog.iter().map(|e| e.frame.len()).sum();
         assert!(bytes <= 200 && !a.backlog.is_empty(), "{bytes}");
         assert_eq!(a.backlog.last().unwrap().seq, 100);
+    }
+
+    #[test]
+    fn a_flowtaps_replay_size_shrinks_the_buffer_at_once_and_never_exceeds_the_relays_cap() {
+        let t = tap(10);
+        t.publish(records(8));
+        t.set_replay_records(2, 10);
+        assert_eq!(seqs(&t.attach(listener(1), Start::Tail(100)).backlog), [7, 8]);
+        t.set_replay_records(50, 4);
+        t.publish(records(6));
+        assert_eq!(seqs(&t.attach(listener(2), Start::Tail(100)).backlog), [11, 12, 13, 14]);
+        t.set_replay_records(0, 4);
+        t.publish(records(1));
+        assert!(t.attach(listener(3), Start::Tail(100)).backlog.is_empty());
     }
 }

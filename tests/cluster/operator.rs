@@ -65,6 +65,12 @@ async fn harness_in(client: kube::Client, ns: String, with_controller: bool) -> 
         async move { log_socket::until_true(&mut rx).await }
     };
     tokio::spawn(sessions.renew(stopped()));
+    tokio::spawn(controller::track_taps(
+        client.clone(),
+        config.clone(),
+        relay.relay.clone(),
+        stopped(),
+    ));
     if with_controller {
         tokio::spawn(controller::run(client.clone(), config, stopped()));
     }
@@ -261,7 +267,8 @@ async fn a_persistent_tap_from_yaml_stays_without_listeners_and_listeners_join_i
     support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
     let yaml = format!(
         "apiVersion: logsocket.dev/v1alpha1\nkind: FlowTap\nmetadata: {{name: web-tap, namespace: {}}}\n\
-         spec: {{flowRef: {{kind: Flow, name: web}}, persistent: true, buffer: {{flushInterval: 500ms}}}}\n",
+         spec: {{flowRef: {{kind: Flow, name: web}}, persistent: true, replay: {{records: 2}},\n\
+         buffer: {{flushInterval: 500ms}}}}\n",
         h.ns
     );
     let (ok, _, err) = support::kubectl_with(&support::env().kubeconfig, &["apply", "-f", "-"], Some(&yaml));
@@ -283,8 +290,24 @@ async fn a_persistent_tap_from_yaml_stays_without_listeners_and_listeners_join_i
         "a persistent tap outlives the linger"
     );
 
+    // While nobody listens, the relay keeps the tap's newest `replay.records` for late joiners.
+    let path = format!("/flow/{}/web", h.ns);
+    let allowed = |m: &str| {
+        json!({"message": m, "kubernetes": {"pod_name": "web-1", "namespace_name": h.ns,
+                                   "labels": {"rbac/policy": "allow"}}})
+    };
+    let batch: Vec<Value> = (1..=5).map(|i| allowed(&format!("early-{i}"))).collect();
+    assert_eq!(post(&h.relay, &path, &array(&batch)).await.0, 200);
+
     let alice = listener(&h, "alice").await;
-    let ws = connect(&h.relay, &format!("/flow/{}/web", h.ns), &alice).await;
+    let mut ws = connect(&h.relay, &format!("{path}?tail=100"), &alice).await;
+    let marker = "after-join";
+    assert_eq!(post(&h.relay, &path, &array(&[allowed(marker)])).await.0, 200);
+    assert_eq!(
+        messages(&records_until(&mut ws, marker).await),
+        ["early-4", "early-5"],
+        "spec.replay.records bounds what a late joiner gets"
+    );
     assert_eq!(
         listeners(&h, "web-tap").await,
         Some(1),

@@ -23,6 +23,7 @@ pub const INGEST_AUTH: &str = "Basic Zmx1ZW50ZDpzM2NyZXQ=";
 pub struct TestRelay {
     pub ingest: SocketAddr,
     pub api: SocketAddr,
+    pub relay: Arc<Relay>,
     pub stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub done: tokio::task::JoinHandle<()>,
 }
@@ -44,12 +45,13 @@ pub fn start_relay_on(sockets: Sockets, config: RelayConfig, parts: Parts) -> Te
     let (ingest_addr, api_addr) = (sockets.ingest.local_addr().unwrap(), sockets.api.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let relay = Arc::new(Relay::new(config));
-    let done = tokio::spawn(server::serve(relay, sockets, parts, async {
+    let done = tokio::spawn(server::serve(relay.clone(), sockets, parts, async {
         let _ = stopped.await;
     }));
     TestRelay {
         ingest: ingest_addr,
         api: api_addr,
+        relay,
         stop: Some(stop),
         done,
     }

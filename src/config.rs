@@ -267,6 +267,40 @@ pub struct ServiceConfig {
     #[arg(long, env = "LOG_SOCKET_OPERATOR", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub operator: bool,
 
+    /// How the taps listeners create reach their flow: `patch` appends the tap's output to the
+    /// flow; `mirror` leaves the flow alone and feeds the tap from a managed sibling flow (for
+    /// flows a GitOps tool owns).
+    #[arg(long, env = "LOG_SOCKET_TAP_MODE", value_enum, default_value_t = TapModeArg::Patch)]
+    pub tap_mode: TapModeArg,
+
+    /// Let only one replica run the controller at a time, through a coordination.k8s.io Lease
+    /// (the relay runs in every replica). Turn off only when exactly one replica runs.
+    #[arg(long, env = "LOG_SOCKET_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub leader_election: bool,
+
+    /// Name of the leader-election Lease.
+    #[arg(
+        long,
+        env = "LOG_SOCKET_LEASE_NAME",
+        default_value = "log-socket",
+        value_name = "NAME"
+    )]
+    pub lease_name: String,
+
+    /// Namespace of the leader-election Lease (default: the pod's namespace, from
+    /// $POD_NAMESPACE or the service account, else --watch-namespace).
+    #[arg(long, env = "LOG_SOCKET_LEASE_NAMESPACE", value_name = "NAMESPACE")]
+    pub lease_namespace: Option<String>,
+
+    /// How long a leader that stopped renewing keeps the Lease before another replica takes over.
+    #[arg(
+        long,
+        env = "LOG_SOCKET_LEASE_DURATION",
+        default_value = "15s",
+        value_name = "DURATION"
+    )]
+    pub lease_duration: HumanDuration,
+
     /// Address of the health endpoints (`/healthz`, `/readyz`); the only unauthenticated port.
     #[arg(
         long,
@@ -350,6 +384,25 @@ pub enum RecordPolicy {
     Kubernetes,
     /// Either of the two.
     LabelsOrKubernetes,
+}
+
+/// Mode of the ephemeral taps listeners create (`spec.mode` of their FlowTap).
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TapModeArg {
+    /// Append the tap's output to the flow.
+    Patch,
+    /// Feed the tap from a managed sibling flow; the flow itself is not changed.
+    Mirror,
+}
+
+impl From<TapModeArg> for crate::crd::TapMode {
+    fn from(m: TapModeArg) -> Self {
+        match m {
+            TapModeArg::Patch => crate::crd::TapMode::Patch,
+            TapModeArg::Mirror => crate::crd::TapMode::Mirror,
+        }
+    }
 }
 
 /// Format of the service's own log lines.

@@ -47,6 +47,13 @@ pub struct FlowTapSpec {
     #[serde(default)]
     pub persistent: bool,
 
+    /// How the tap reaches the flow's records. `Patch` (default) appends the generated output
+    /// to the flow's own output refs. `Mirror` leaves the flow untouched and creates a sibling
+    /// flow (`logsocket-<tap name>`, same match and filters, kept in sync) whose only output is
+    /// the tap: use it when the flow is owned by a GitOps tool that must not see drift.
+    #[serde(default)]
+    pub mode: TapMode,
+
     /// How many recent records the relay keeps for listeners that join late or reconnect.
     #[serde(default)]
     pub replay: ReplaySpec,
@@ -105,6 +112,16 @@ impl fmt::Display for FlowKind {
             FlowKind::ClusterFlow => "ClusterFlow",
         })
     }
+}
+
+/// How a tap reaches a flow's records.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum TapMode {
+    /// Append the tap's output to the flow's output refs (last entry); restored on removal.
+    #[default]
+    Patch,
+    /// Leave the flow alone; a managed sibling flow with the same match and filters feeds the tap.
+    Mirror,
 }
 
 /// Kind of a logging-operator output.
@@ -233,7 +250,10 @@ pub enum Phase {
     Pending,
     /// Output created and appended to the flow; records can flow.
     Active,
-    /// Something is wrong (flow missing, output rejected); see the conditions.
+    /// In place, but logging-operator reports problems with the output or the flow; see the
+    /// conditions.
+    Degraded,
+    /// Cannot work as declared (flow missing, output name taken); see the conditions.
     Failed,
     /// Being removed: the flow is restored before the output is deleted.
     Terminating,

@@ -148,3 +148,20 @@ pub struct LoggingStatus {
     #[serde(flatten)]
     pub other: Other,
 }
+
+/// The logging-operator objects, which all report configuration problems in `status.problems`.
+pub trait HasStatus {
+    /// What logging-operator reports as wrong with this object (empty: nothing, or not yet seen).
+    fn problems(&self) -> Vec<String>;
+}
+
+macro_rules! has_status {
+    ($($kind:ty),*) => {$(
+        impl HasStatus for $kind {
+            fn problems(&self) -> Vec<String> {
+                self.status.as_ref().and_then(|s| s.problems.clone()).unwrap_or_default()
+            }
+        }
+    )*};
+}
+has_status!(Flow, ClusterFlow, Output, ClusterOutput);

@@ -96,6 +96,7 @@ async fn run(cfg: &config::ServiceConfig) -> log_socket::Result<()> {
             auth_secret: cfg.output_auth_secret.clone(),
             tls_secret: cfg.output_tls_secret.clone(),
             namespace: cfg.watch_namespace.clone(),
+            mode: cfg.tap_mode.into(),
         });
         let sessions = Arc::new(ClusterSessions::new(
             client.clone(),

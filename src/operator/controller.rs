@@ -4,8 +4,8 @@
 //! period; sessions of relays that stopped renewing expire.
 
 use super::{output_name, update_status, OperatorConfig, FINALIZER, MANAGED_BY};
-use crate::crd::{FlowKind, FlowTap, OutputKind, OutputRef, Phase};
-use crate::logging::{ClusterFlow, ClusterOutput, ClusterOutputSpec, Flow, Output, OutputSpec};
+use crate::crd::{FlowKind, FlowTap, OutputKind, OutputRef, Phase, TapMode};
+use crate::logging::{ClusterFlow, ClusterOutput, ClusterOutputSpec, Flow, HasStatus, Output, OutputSpec};
 use crate::relay::{Relay, TapKey};
 use crate::{Error, Result};
 use futures::StreamExt;
@@ -15,6 +15,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -47,17 +48,33 @@ pub async fn run(
         client: client.clone(),
         config,
     });
-    let scoped = |ns: &Option<String>| -> (Api<Output>, Api<ClusterOutput>) {
-        match ns {
-            Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
-            None => (Api::all(client.clone()), Api::all(client.clone())),
-        }
-    };
-    let (outputs, cluster_outputs) = scoped(&ctx.config.namespace);
+    let (outputs, cluster_outputs) = (
+        ctx.config.scoped::<Output>(&client),
+        ctx.config.scoped::<ClusterOutput>(&client),
+    );
+    match super::orphans::remove(&client, &ctx.config).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("removed {n} leftover(s) of FlowTaps that no longer exist"),
+        Err(e) => tracing::warn!(error = %e, "could not look for leftovers of deleted FlowTaps"),
+    }
     let managed = || watcher::Config::default().labels("app.kubernetes.io/managed-by=log-socket");
-    Controller::new(ctx.config.taps(&client), watcher::Config::default())
+    let controller = Controller::new(ctx.config.taps(&client), watcher::Config::default());
+    let (flows, cluster_flows) = (
+        ctx.config.scoped::<Flow>(&client),
+        ctx.config.scoped::<ClusterFlow>(&client),
+    );
+    // Flows are watched (not polled) so that a removed ref is repaired and a mirror follows
+    // its flow at once.
+    let (store, store2) = (controller.store(), controller.store());
+    controller
         .owns(outputs, managed())
         .owns(cluster_outputs, managed())
+        .watches(flows, watcher::Config::default(), move |f: Flow| {
+            taps_of(&store, FlowKind::Flow, &f.metadata)
+        })
+        .watches(cluster_flows, watcher::Config::default(), move |f: ClusterFlow| {
+            taps_of(&store2, FlowKind::ClusterFlow, &f.metadata)
+        })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -66,6 +83,28 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// The FlowTaps a change of this flow concerns: taps on it, and the tap owning it if it is a
+/// mirror.
+fn taps_of(store: &Store<FlowTap>, kind: FlowKind, flow: &kube::api::ObjectMeta) -> Vec<ObjectRef<FlowTap>> {
+    let owners: Vec<&str> = flow
+        .owner_references
+        .iter()
+        .flatten()
+        .filter(|o| o.kind == "FlowTap")
+        .map(|o| o.uid.as_str())
+        .collect();
+    store
+        .state()
+        .iter()
+        .filter(|t| t.metadata.namespace == flow.namespace)
+        .filter(|t| {
+            (t.spec.flow_ref.kind == kind && Some(&t.spec.flow_ref.name) == flow.name.as_ref())
+                || t.metadata.uid.as_deref().is_some_and(|u| owners.contains(&u))
+        })
+        .map(|t| ObjectRef::from_obj(&**t))
+        .collect()
 }
 
 fn error_policy(tap: Arc<FlowTap>, error: &Error, _: Arc<Context>) -> Action {
@@ -145,9 +184,19 @@ async fn apply(tap: &FlowTap, ctx: &Context) -> Result<Action> {
     let output = output_name(&name);
     let (output_state, output_existed) = ensure_output(&tap, &output, ctx).await?;
     // Output first, then the flow: a flow naming a missing output blocks logging-operator.
-    let flow_state = match output_state {
-        OutputState::NameTaken => FlowState::Skipped,
-        _ => ensure_flow_ref(&tap, &output, ctx, output_existed).await?,
+    let flow_state = match (&output_state, tap.spec.mode) {
+        (OutputState::NameTaken, _) => FlowState::Skipped,
+        (_, TapMode::Patch) => {
+            let state = ensure_flow_ref(&tap, &output, ctx, output_existed).await?;
+            remove_mirror(&tap, ctx).await?;
+            state
+        }
+        (_, TapMode::Mirror) => {
+            // The mirror first, so switching from Patch loses no record.
+            let state = ensure_mirror(&tap, &output, ctx).await?;
+            ensure_flow_ref_removed(&tap, &output, ctx).await?;
+            state
+        }
     };
 
     let generation = tap.metadata.generation;
@@ -173,6 +222,27 @@ async fn apply(tap: &FlowTap, ctx: &Context) -> Result<Action> {
             "Repaired",
             format!("{output} was missing from the flow and was appended again"),
         ),
+        FlowState::Mirrored => (
+            true,
+            "Mirrored",
+            format!(
+                "{} {output} copies the match and filters of {} and feeds the tap; {} is unchanged",
+                tap.spec.flow_ref.kind, tap.spec.flow_ref.name, tap.spec.flow_ref.name
+            ),
+        ),
+        FlowState::Problems(p) => (
+            false,
+            "FlowProblems",
+            format!("logging-operator reports: {}", p.join("; ")),
+        ),
+        FlowState::NameTaken(mirror) => (
+            false,
+            "NameTaken",
+            format!(
+                "a {} named {mirror} exists and is not managed by log-socket",
+                tap.spec.flow_ref.kind
+            ),
+        ),
         FlowState::Missing => (
             false,
             "FlowNotFound",
@@ -196,9 +266,25 @@ async fn apply(tap: &FlowTap, ctx: &Context) -> Result<Action> {
         generation,
     );
 
+    let (receiving, r_reason, r_message) = match &status.last_record_time {
+        None => (false, "NoRecordsYet", "no record has arrived yet".to_owned()),
+        Some(t) if age(t, now) <= RECEIVING_WINDOW => (true, "Records", "records are arriving".to_owned()),
+        Some(t) => (false, "Quiet", format!("no record for {}s", age(t, now).as_secs())),
+    };
+    set_condition(
+        &mut conditions,
+        "Receiving",
+        receiving,
+        r_reason,
+        &r_message,
+        now,
+        generation,
+    );
+
     let phase = match (&output_state, &flow_state) {
-        (OutputState::Ready, FlowState::Patched | FlowState::Repaired) => Phase::Active,
-        (OutputState::NameTaken, _) | (_, FlowState::Missing) => Phase::Failed,
+        (OutputState::NameTaken, _) | (_, FlowState::Missing | FlowState::NameTaken(_)) => Phase::Failed,
+        (OutputState::Problems(_), _) | (_, FlowState::Problems(_)) => Phase::Degraded,
+        (OutputState::Ready, FlowState::Patched | FlowState::Repaired | FlowState::Mirrored) => Phase::Active,
         _ => Phase::Pending,
     };
     let output_kind = tap.spec.flow_ref.kind.output_kind();
@@ -239,9 +325,20 @@ async fn apply(tap: &FlowTap, ctx: &Context) -> Result<Action> {
 async fn cleanup(tap: &FlowTap, ctx: &Context) -> Result<Action> {
     let name = tap.name_any();
     let output = output_name(&name);
-    // The flow first: a flow pointing at a missing output stops logging-operator's rendering.
-    ensure_flow_ref_removed(tap, &output, ctx).await?;
     let ns = tap.namespace().unwrap_or_default();
+    if tap.status.as_ref().and_then(|s| s.phase) != Some(Phase::Terminating) {
+        let api: Api<FlowTap> = Api::namespaced(ctx.client.clone(), &ns);
+        let patch = json!({"status": {"phase": Phase::Terminating}});
+        if let Err(e) = api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            tracing::debug!(tap = %name, error = %e, "could not mark the tap Terminating");
+        }
+    }
+    // The flows first: a flow pointing at a missing output stops logging-operator's rendering.
+    ensure_flow_ref_removed(tap, &output, ctx).await?;
+    remove_mirror(tap, ctx).await?;
     let deleted = match tap.spec.flow_ref.kind {
         FlowKind::Flow => delete_managed::<Output>(Api::namespaced(ctx.client.clone(), &ns), &output, tap).await?,
         FlowKind::ClusterFlow => {
@@ -306,9 +403,15 @@ enum OutputState {
 enum FlowState {
     Patched,
     Repaired,
+    Mirrored,
+    Problems(Vec<String>),
+    NameTaken(String),
     Missing,
     Skipped,
 }
+
+/// A tap whose last record is older than this is not `Receiving`.
+const RECEIVING_WINDOW: Duration = Duration::from_secs(120);
 
 /// The http output a tap needs (see the logging-operator notes in the README).
 pub fn desired_output_spec(tap: &FlowTap, config: &OperatorConfig) -> Value {
@@ -387,7 +490,7 @@ async fn ensure_output(tap: &FlowTap, name: &str, ctx: &Context) -> Result<(Outp
                 tap,
                 ctx,
                 |o| &mut o.spec,
-                |o| o.status.as_ref().and_then(|s| s.problems.clone()),
+                ("OutputRepaired", format!("{name} was changed and was restored")),
             )
             .await
         }
@@ -406,7 +509,7 @@ async fn ensure_output(tap: &FlowTap, name: &str, ctx: &Context) -> Result<(Outp
                 tap,
                 ctx,
                 |o| &mut o.spec,
-                |o| o.status.as_ref().and_then(|s| s.problems.clone()),
+                ("OutputRepaired", format!("{name} was changed and was restored")),
             )
             .await
         }
@@ -421,10 +524,11 @@ async fn ensure_managed<K, S>(
     tap: &FlowTap,
     ctx: &Context,
     spec: impl Fn(&mut K) -> &mut S,
-    problems: impl Fn(&K) -> Option<Vec<String>>,
+    (reason, note): (&str, String),
 ) -> Result<(OutputState, bool)>
 where
-    K: Resource + Clone + Serialize + DeserializeOwned + Debug,
+    K: Resource + HasStatus + Clone + Serialize + DeserializeOwned + Debug,
+    K::DynamicType: Default,
     S: Serialize + Clone + PartialEq,
 {
     let name = desired.meta().name.clone().unwrap_or_default();
@@ -433,7 +537,7 @@ where
     match api.get_opt(&name).await? {
         None => {
             api.create(&PostParams::default(), desired).await?;
-            tracing::info!(tap = %tap.name_any(), output = %name, "output created");
+            tracing::info!(tap = %tap.name_any(), kind = K::kind(&Default::default()).as_ref(), name = %name, "created");
             Ok((OutputState::Ready, false))
         }
         Some(mut existing) => {
@@ -444,18 +548,11 @@ where
             if *spec(&mut existing) != want {
                 *spec(&mut existing) = want;
                 api.replace(&name, &PostParams::default(), &existing).await?;
-                publish(
-                    ctx,
-                    tap,
-                    EventType::Normal,
-                    "OutputRepaired",
-                    &format!("{name} was changed and was restored"),
-                )
-                .await;
+                publish(ctx, tap, EventType::Normal, reason, &note).await;
                 return Ok((OutputState::Ready, true));
             }
-            match problems(&existing) {
-                Some(p) if !p.is_empty() => Ok((OutputState::Problems(p), true)),
+            match existing.problems() {
+                p if !p.is_empty() => Ok((OutputState::Problems(p), true)),
                 _ => Ok((OutputState::Ready, true)),
             }
         }
@@ -481,9 +578,64 @@ where
 async fn ensure_flow_ref(tap: &FlowTap, output: &str, ctx: &Context, output_existed: bool) -> Result<FlowState> {
     Ok(match edit_flow_refs(tap, output, ctx, true).await? {
         None => FlowState::Missing,
-        Some(true) if output_existed => FlowState::Repaired,
+        Some((true, _)) if output_existed => FlowState::Repaired,
+        Some((_, problems)) if !problems.is_empty() => FlowState::Problems(problems),
         Some(_) => FlowState::Patched,
     })
+}
+
+/// Mirror mode: a managed sibling of the tapped flow, with its spec (match, filters, ...) and
+/// the tap's output as its only output. Follows the flow; removed when the flow is gone.
+async fn ensure_mirror(tap: &FlowTap, output: &str, ctx: &Context) -> Result<FlowState> {
+    let ns = tap.namespace().unwrap_or_default();
+    let name = output_name(&tap.name_any());
+    let flow = &tap.spec.flow_ref.name;
+    let synced = || ("MirrorSynced", format!("{name} was brought in line with {flow}"));
+    let state = match tap.spec.flow_ref.kind {
+        FlowKind::Flow => {
+            let api = Api::<Flow>::namespaced(ctx.client.clone(), &ns);
+            let Some(original) = api.get_opt(flow).await? else {
+                delete_managed(api, &name, tap).await?;
+                return Ok(FlowState::Missing);
+            };
+            let mut spec = original.spec;
+            spec.local_output_refs = Some(vec![output.to_owned()]);
+            spec.global_output_refs = None;
+            let mut mirror = Flow::new(&name, spec);
+            ensure_managed(api, &mut mirror, tap, ctx, |f| &mut f.spec, synced()).await?
+        }
+        FlowKind::ClusterFlow => {
+            let api = Api::<ClusterFlow>::namespaced(ctx.client.clone(), &ns);
+            let Some(original) = api.get_opt(flow).await? else {
+                delete_managed(api, &name, tap).await?;
+                return Ok(FlowState::Missing);
+            };
+            let mut spec = original.spec;
+            spec.global_output_refs = Some(vec![output.to_owned()]);
+            let mut mirror = ClusterFlow::new(&name, spec);
+            ensure_managed(api, &mut mirror, tap, ctx, |f| &mut f.spec, synced()).await?
+        }
+    };
+    Ok(match state.0 {
+        OutputState::Ready => FlowState::Mirrored,
+        OutputState::Problems(p) => FlowState::Problems(p),
+        OutputState::NameTaken => FlowState::NameTaken(name),
+    })
+}
+
+async fn remove_mirror(tap: &FlowTap, ctx: &Context) -> Result<()> {
+    let ns = tap.namespace().unwrap_or_default();
+    let name = output_name(&tap.name_any());
+    let removed = match tap.spec.flow_ref.kind {
+        FlowKind::Flow => delete_managed::<Flow>(Api::namespaced(ctx.client.clone(), &ns), &name, tap).await?,
+        FlowKind::ClusterFlow => {
+            delete_managed::<ClusterFlow>(Api::namespaced(ctx.client.clone(), &ns), &name, tap).await?
+        }
+    };
+    if removed {
+        tracing::info!(tap = %tap.name_any(), mirror = %name, "mirror flow removed");
+    }
+    Ok(())
 }
 
 async fn ensure_flow_ref_removed(tap: &FlowTap, output: &str, ctx: &Context) -> Result<()> {
@@ -491,7 +643,7 @@ async fn ensure_flow_ref_removed(tap: &FlowTap, output: &str, ctx: &Context) -> 
 }
 
 /// [`edit_refs`] on the tap's Flow (`localOutputRefs`) or ClusterFlow (`globalOutputRefs`).
-async fn edit_flow_refs(tap: &FlowTap, output: &str, ctx: &Context, add: bool) -> Result<Option<bool>> {
+async fn edit_flow_refs(tap: &FlowTap, output: &str, ctx: &Context, add: bool) -> Result<Option<(bool, Vec<String>)>> {
     let ns = tap.namespace().unwrap_or_default();
     let flow = &tap.spec.flow_ref.name;
     match tap.spec.flow_ref.kind {
@@ -509,21 +661,22 @@ async fn edit_flow_refs(tap: &FlowTap, output: &str, ctx: &Context, add: bool) -
 /// Make `output` the last entry of the flow's list (`add`), or take it out. The lists are
 /// atomic, so this is a full replace guarded by resourceVersion, retried on conflict; fields
 /// log-socket does not model are kept. Returns `None` if the flow does not exist, else whether
-/// it changed anything.
-async fn edit_refs<K>(
+/// it changed anything and the problems logging-operator reports for the flow.
+pub(super) async fn edit_refs<K>(
     api: Api<K>,
     name: &str,
     refs: impl Fn(&mut K) -> &mut Option<Vec<String>>,
     output: &str,
     add: bool,
-) -> Result<Option<bool>>
+) -> Result<Option<(bool, Vec<String>)>>
 where
-    K: Resource + Clone + Serialize + DeserializeOwned + Debug,
+    K: Resource + HasStatus + Clone + Serialize + DeserializeOwned + Debug,
 {
     for attempt in 0..20u64 {
         let Some(mut flow) = api.get_opt(name).await? else {
             return Ok(None);
         };
+        let reported = flow.problems();
         let list = refs(&mut flow);
         let current = list.clone().unwrap_or_default();
         let mut wanted: Vec<String> = current.iter().filter(|r| *r != output).cloned().collect();
@@ -531,12 +684,12 @@ where
             wanted.push(output.to_owned());
         }
         if wanted == current {
-            return Ok(Some(false));
+            return Ok(Some((false, reported)));
         }
         // Leave no empty list behind where there was none.
         *list = if wanted.is_empty() && !add { None } else { Some(wanted) };
         match api.replace(name, &PostParams::default(), &flow).await {
-            Ok(_) => return Ok(Some(true)),
+            Ok(_) => return Ok(Some((true, reported))),
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 tokio::time::sleep(Duration::from_millis(10 * (attempt + 1))).await;
             }
@@ -548,7 +701,8 @@ where
 }
 
 /// Keep the relay's taps open for every FlowTap (so a persistent tap takes records, for late
-/// joiners, while nobody listens), until `shutdown` completes.
+/// joiners, while nobody listens), apply their replay size, and report when records last
+/// arrived (`status.lastRecordTime`, every third of the session TTL), until `shutdown` completes.
 pub async fn track_taps(
     client: kube::Client,
     config: Arc<OperatorConfig>,
@@ -556,24 +710,40 @@ pub async fn track_taps(
     shutdown: impl Future<Output = ()>,
 ) {
     use kube::runtime::watcher::Event as W;
+    use std::collections::HashMap;
     let stream = watcher::watcher(config.taps(&client), watcher::Config::default());
     tokio::pin!(stream);
     tokio::pin!(shutdown);
+    // (namespace, FlowTap name) -> its relay tap and the lastRecordTime it shows, in seconds.
+    let mut known: HashMap<(String, String), (TapKey, i64)> = HashMap::new();
+    let mut report = tokio::time::interval((config.session_ttl / 3).max(Duration::from_secs(1)));
     loop {
         let event = tokio::select! {
             e = stream.next() => match e { Some(e) => e, None => break },
+            _ = report.tick() => {
+                report_last_records(&client, &relay, &mut known).await;
+                continue;
+            }
             _ = &mut shutdown => break,
         };
         match event {
             Ok(W::Apply(tap)) | Ok(W::InitApply(tap)) => {
                 if let Some(key) = super::tap_key(&tap) {
-                    relay.pin_tap(&key, tap.metadata.deletion_timestamp.is_none());
+                    let live = tap.metadata.deletion_timestamp.is_none();
+                    relay.pin_tap(&key, live);
                     relay.set_replay_records(&key, tap.spec.replay.records as usize);
+                    let shown = tap
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.last_record_time.as_ref())
+                        .map_or(0, |t| t.0.as_second());
+                    known.insert((key.namespace.clone(), tap.name_any()), (key, shown));
                 }
             }
             Ok(W::Delete(tap)) => {
                 if let Some(key) = super::tap_key(&tap) {
                     relay.pin_tap(&key, false);
+                    known.remove(&(key.namespace, tap.name_any()));
                 }
             }
             Ok(W::Init) | Ok(W::InitDone) => {}
@@ -581,6 +751,36 @@ pub async fn track_taps(
                 tracing::warn!(error = %e, "watching FlowTaps failed; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
+        }
+    }
+}
+
+async fn report_last_records(
+    client: &kube::Client,
+    relay: &Relay,
+    known: &mut std::collections::HashMap<(String, String), (TapKey, i64)>,
+) {
+    for ((ns, name), (key, shown)) in known.iter_mut() {
+        let Some(last) = relay.tap(key).and_then(|t| t.last_record()) else {
+            continue;
+        };
+        let secs = last
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if secs <= *shown {
+            continue;
+        }
+        let Ok(time) = Timestamp::from_second(secs) else {
+            continue;
+        };
+        let api: Api<FlowTap> = Api::namespaced(client.clone(), ns);
+        let patch = json!({"status": {"lastRecordTime": Time(time)}});
+        match api
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => *shown = secs,
+            Err(e) => tracing::debug!(tap = %name, error = %e, "could not report the last record time"),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! ([`controller`]).
 
 pub mod controller;
+pub mod orphans;
 pub mod sessions;
 
 use crate::crd::{FlowKind, FlowTap, FlowTapStatus};
@@ -31,11 +32,25 @@ pub struct OperatorConfig {
     pub auth_secret: Option<String>,
     /// Secret (in the tap's namespace) with `ca.crt`, `tls.crt`, `tls.key` for the output's TLS.
     pub tls_secret: Option<String>,
+    /// Mode of the ephemeral taps listeners create.
+    pub mode: crate::crd::TapMode,
     /// Only FlowTaps of this namespace (a namespaced install); all namespaces when `None`.
     pub namespace: Option<String>,
 }
 
 impl OperatorConfig {
+    /// Objects of kind `K` in the operator's scope.
+    pub fn scoped<K>(&self, client: &kube::Client) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match &self.namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+
     /// FlowTaps in the operator's scope.
     pub fn taps(&self, client: &kube::Client) -> Api<FlowTap> {
         match &self.namespace {

@@ -68,6 +68,7 @@ impl ClusterSessions {
                     name: session.tap.name.clone(),
                 },
                 persistent: false,
+                mode: self.config.mode,
                 replay: Default::default(),
                 buffer: Default::default(),
             },

@@ -60,6 +60,7 @@ pub struct Attached {
 
 struct Inner {
     limits: ReplayLimits,
+    last_record: Option<std::time::SystemTime>,
     next_seq: u64,
     replay: VecDeque<Arc<Entry>>,
     replay_bytes: usize,
@@ -103,6 +104,7 @@ impl Tap {
             pinned: Default::default(),
             inner: Mutex::new(Inner {
                 limits,
+                last_record: None,
                 next_seq: 1,
                 replay: VecDeque::new(),
                 replay_bytes: 0,
@@ -116,6 +118,9 @@ impl Tap {
     pub fn publish(&self, records: Vec<Record>) -> Published {
         let mut out = Published::default();
         let mut inner = self.inner.lock().unwrap();
+        if !records.is_empty() {
+            inner.last_record = Some(std::time::SystemTime::now());
+        }
         for record in records {
             let seq = inner.next_seq;
             inner.next_seq += 1;
@@ -139,6 +144,11 @@ impl Tap {
             }
         }
         out
+    }
+
+    /// When the tap last received a record.
+    pub fn last_record(&self) -> Option<std::time::SystemTime> {
+        self.inner.lock().unwrap().last_record
     }
 
     /// Change how many records the replay buffer keeps (a FlowTap's `spec.replay.records`),

@@ -23,6 +23,7 @@ async fn the_generated_crd_is_accepted_and_fills_in_defaults() {
                 name: "flow1".into(),
             },
             persistent: true,
+            mode: Default::default(),
             replay: Default::default(),
             buffer: Default::default(),
         },

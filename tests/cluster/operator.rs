@@ -46,6 +46,7 @@ async fn harness_in(client: kube::Client, ns: String, with_controller: bool) -> 
         auth_secret: Some("log-socket-ingest".into()),
         tls_secret: None,
         namespace: Some(ns.clone()),
+        mode: Default::default(),
     });
     let sessions = Arc::new(ClusterSessions::new(client.clone(), config.clone(), true));
     let parts = Parts {
@@ -379,6 +380,11 @@ async fn the_controller_repairs_a_removed_ref_and_keeps_concurrent_flow_edits() 
         (f["spec"]["localOutputRefs"] == json!(["loki", "s3", "logsocket-flow-web"])).then_some(())
     })
     .await;
+    event(&h, "FlowRepaired").await;
+}
+
+/// Wait for an Event with this reason in the test namespace.
+async fn event(h: &Harness, reason: &str) {
     let events = Api::<DynamicObject>::namespaced_with(
         h.client.clone(),
         &h.ns,
@@ -387,14 +393,239 @@ async fn the_controller_repairs_a_removed_ref_and_keeps_concurrent_flow_edits() 
             "events",
         ),
     );
-    eventually("a FlowRepaired event", || async {
+    eventually(&format!("a {reason} event"), || async {
         let list = events.list(&ListParams::default()).await.ok()?;
-        list.items
-            .iter()
-            .any(|e| e.data["reason"] == "FlowRepaired")
+        list.items.iter().any(|e| e.data["reason"] == reason).then_some(())
+    })
+    .await;
+}
+
+/// Create a persistent FlowTap from JSON `spec`.
+async fn persistent_tap(h: &Harness, name: &str, spec: Value) -> FlowTap {
+    let tap: FlowTap = serde_json::from_value(json!({
+        "apiVersion": "logsocket.dev/v1alpha1", "kind": "FlowTap",
+        "metadata": {"name": name}, "spec": spec,
+    }))
+    .unwrap();
+    Api::<FlowTap>::namespaced(h.client.clone(), &h.ns)
+        .create(&PostParams::default(), &tap)
+        .await
+        .unwrap()
+}
+
+async fn status_when(
+    h: &Harness,
+    name: &str,
+    what: &str,
+    ok: impl Fn(&log_socket::crd::FlowTapStatus) -> bool,
+) -> log_socket::crd::FlowTapStatus {
+    eventually(what, || async {
+        let s = tap(h, name).await?.status?;
+        ok(&s).then_some(s)
+    })
+    .await
+}
+
+fn condition<'a>(s: &'a log_socket::crd::FlowTapStatus, type_: &str) -> (&'a str, &'a str) {
+    let c = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} in {s:?}"));
+    (c.status.as_str(), c.reason.as_str())
+}
+
+#[tokio::test]
+async fn a_mirror_tap_leaves_the_flow_untouched_and_follows_its_match_and_filters() {
+    let h = harness("op-mirror").await;
+    support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    let before = raw(&h, "Flow", "web").await.unwrap();
+    persistent_tap(
+        &h,
+        "web-tap",
+        json!({"flowRef": {"kind": "Flow", "name": "web"}, "persistent": true, "mode": "Mirror"}),
+    )
+    .await;
+
+    let mirror = eventually("the mirror flow", || async {
+        raw(&h, "Flow", "logsocket-web-tap").await
+    })
+    .await;
+    assert_eq!(mirror["spec"]["match"], before["spec"]["match"]);
+    assert_eq!(mirror["spec"]["filters"], before["spec"]["filters"]);
+    assert_eq!(
+        mirror["spec"]["localOutputRefs"],
+        json!(["logsocket-web-tap"]),
+        "only the tap"
+    );
+    assert_eq!(
+        mirror["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "log-socket"
+    );
+    assert_eq!(mirror["metadata"]["ownerReferences"][0]["kind"], "FlowTap");
+    assert!(raw(&h, "Output", "logsocket-web-tap").await.is_some());
+    let status = status_when(&h, "web-tap", "phase Active", |s| {
+        s.phase == Some(log_socket::crd::Phase::Active)
+    })
+    .await;
+    assert_eq!(condition(&status, "FlowPatched"), ("True", "Mirrored"));
+    assert_eq!(
+        raw(&h, "Flow", "web").await.unwrap()["metadata"]["resourceVersion"],
+        before["metadata"]["resourceVersion"],
+        "the original flow was never written"
+    );
+
+    // The user changes the flow's filters: the mirror follows.
+    let flows = support::logging_api(&h.client, &h.ns, "Flow");
+    let mut f = flows.get("web").await.unwrap();
+    f.data["spec"]["filters"] =
+        json!([{"tag_normaliser": {}}, {"grep": {"regexp": [{"key": "level", "pattern": "/error/"}]}}]);
+    let after = flows.replace("web", &PostParams::default(), &f).await.unwrap();
+    eventually("the mirror follows the new filters", || async {
+        let m = raw(&h, "Flow", "logsocket-web-tap").await?;
+        (m["spec"]["filters"] == after.data["spec"]["filters"]).then_some(())
+    })
+    .await;
+    event(&h, "MirrorSynced").await;
+
+    let (ok, _, err) = support::kubectl(&["delete", "flowtap", "web-tap", "-n", &h.ns, "--wait=false"]);
+    assert!(ok, "{err}");
+    eventually("the tap gone", || async {
+        tap(&h, "web-tap").await.is_none().then_some(())
+    })
+    .await;
+    assert!(raw(&h, "Flow", "logsocket-web-tap").await.is_none(), "mirror removed");
+    assert!(raw(&h, "Output", "logsocket-web-tap").await.is_none(), "output removed");
+    assert_eq!(
+        raw(&h, "Flow", "web").await.unwrap()["metadata"]["resourceVersion"],
+        after.metadata.resource_version.clone().unwrap(),
+        "the original flow was never written"
+    );
+}
+
+#[tokio::test]
+async fn leftovers_of_deleted_taps_are_removed_at_start_and_foreign_objects_are_kept() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "op-orphans").await;
+    let managed = json!({"app.kubernetes.io/managed-by": "log-socket"});
+    let gone_owner = json!([{"apiVersion": "logsocket.dev/v1alpha1", "kind": "FlowTap", "name": "old",
+                             "uid": "00000000-0000-0000-0000-000000000000", "controller": true}]);
+    let http = json!({"http": {"endpoint": "http://log-socket.test.svc:10000/flow/x/web"}});
+    let object = |kind: &str, name: &str, meta: Value, spec: Value| {
+        let mut o = support::logging_object(kind, name, spec);
+        o["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .extend(meta.as_object().unwrap().clone());
+        o
+    };
+    // Left by a tap that is gone: its output, a ref to it, a ref to an output already deleted,
+    // and a mirror flow.
+    support::create_logging(
+        &client,
+        &ns,
+        object(
+            "Output",
+            "logsocket-old",
+            json!({"labels": managed, "ownerReferences": gone_owner}),
+            http.clone(),
+        ),
+    )
+    .await;
+    support::create_logging(
+        &client,
+        &ns,
+        object(
+            "Flow",
+            "logsocket-old-mirror",
+            json!({"labels": managed, "ownerReferences": gone_owner}),
+            json!({"match": [{"select": {}}], "localOutputRefs": ["logsocket-old"]}),
+        ),
+    )
+    .await;
+    // Someone else's: an unlabelled output that happens to use our prefix.
+    support::create_logging(
+        &client,
+        &ns,
+        object("Output", "logsocket-theirs", json!({}), http.clone()),
+    )
+    .await;
+    let mut spec = flow_spec();
+    spec["localOutputRefs"] = json!(["loki", "logsocket-old", "logsocket-deleted", "logsocket-theirs"]);
+    support::create_flow(&client, &ns, "web", spec).await;
+
+    let h = harness_in(client, ns, true).await;
+    eventually("the leftover refs removed", || async {
+        let f = raw(&h, "Flow", "web").await.unwrap();
+        (f["spec"]["localOutputRefs"] == json!(["loki", "logsocket-theirs"])).then_some(())
+    })
+    .await;
+    eventually("the leftover output and mirror deleted", || async {
+        (raw(&h, "Output", "logsocket-old").await.is_none() && raw(&h, "Flow", "logsocket-old-mirror").await.is_none())
             .then_some(())
     })
     .await;
+    assert!(
+        raw(&h, "Output", "logsocket-theirs").await.is_some(),
+        "unlabelled objects are never deleted"
+    );
+    let f = raw(&h, "Flow", "web").await.unwrap();
+    assert_eq!(f["spec"]["match"], flow_spec()["match"], "the rest of the flow is kept");
+}
+
+#[tokio::test]
+async fn a_tap_reports_arriving_records_and_the_problems_logging_operator_finds() {
+    let h = harness("op-status").await;
+    support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    persistent_tap(
+        &h,
+        "web-tap",
+        json!({"flowRef": {"kind": "Flow", "name": "web"}, "persistent": true}),
+    )
+    .await;
+    let status = status_when(&h, "web-tap", "phase Active", |s| {
+        s.phase == Some(log_socket::crd::Phase::Active)
+    })
+    .await;
+    assert_eq!(condition(&status, "Receiving"), ("False", "NoRecordsYet"));
+    assert!(status.last_record_time.is_none());
+
+    let record = json!({"message": "m", "kubernetes": {"pod_name": "web-1", "namespace_name": h.ns}});
+    let path = format!("/flow/{}/web", h.ns);
+    eventually("the relay takes records for the tap", || async {
+        (post(&h.relay, &path, &array(std::slice::from_ref(&record))).await.0 == 200).then_some(())
+    })
+    .await;
+    let status = status_when(&h, "web-tap", "Receiving", |s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Receiving" && c.status == "True")
+    })
+    .await;
+    let last = status.last_record_time.expect("lastRecordTime is set").0;
+    assert!(
+        (k8s_openapi::jiff::Timestamp::now().as_second() - last.as_second()).abs() < 60,
+        "{last}"
+    );
+
+    // logging-operator finds a problem with the flow: the tap says so and is Degraded.
+    let flows = support::logging_api(&h.client, &h.ns, "Flow");
+    let mut f = flows.get("web").await.unwrap();
+    f.data["status"] =
+        json!({"active": true, "problems": ["dangling global output reference: nowhere"], "problemsCount": 1});
+    flows.replace_status("web", &PostParams::default(), &f).await.unwrap();
+    let status = status_when(&h, "web-tap", "phase Degraded", |s| {
+        s.phase == Some(log_socket::crd::Phase::Degraded)
+    })
+    .await;
+    assert_eq!(condition(&status, "FlowPatched"), ("False", "FlowProblems"));
+    let message = &status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "FlowPatched")
+        .unwrap()
+        .message;
+    assert!(message.contains("dangling global output reference"), "{message}");
 }
 
 #[tokio::test]

@@ -23,6 +23,7 @@ pub const INGEST_AUTH: &str = "Basic Zmx1ZW50ZDpzM2NyZXQ=";
 pub struct TestRelay {
     pub ingest: SocketAddr,
     pub api: SocketAddr,
+    #[allow(dead_code)] // read by the cluster tests only
     pub relay: Arc<Relay>,
     pub stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub done: tokio::task::JoinHandle<()>,

@@ -1,0 +1,134 @@
+//! Leftovers of FlowTaps that are gone without their cleanup having run (the finalizer was
+//! removed by hand, or the namespace's FlowTaps were force-deleted while log-socket was down):
+//! managed outputs and mirror flows whose owning FlowTap no longer exists, and flow refs to
+//! tap outputs that no longer exist. The controller removes them when it starts, flows first.
+//!
+//! Objects without the `app.kubernetes.io/managed-by: log-socket` label are never deleted; the
+//! only edit to a user's flow is taking out a `logsocket-*` ref naming an output that does not
+//! exist and that no FlowTap will create, which logging-operator would reject anyway.
+
+use super::controller::edit_refs;
+use super::{output_name, OperatorConfig, MANAGED_BY};
+use crate::logging::{ClusterFlow, ClusterOutput, Flow, HasStatus, Output};
+use crate::Result;
+use k8s_openapi::NamespaceResourceScope;
+use kube::api::{Api, ListParams};
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::HashSet;
+use std::fmt::Debug;
+
+/// Prefix of every output name log-socket generates.
+const PREFIX: &str = "logsocket-";
+
+/// Remove leftovers in the operator's scope; returns how many objects or refs were removed.
+pub async fn remove(client: &kube::Client, config: &OperatorConfig) -> Result<usize> {
+    let taps = config.taps(client).list(&ListParams::default()).await?.items;
+    let known = Known {
+        uids: taps.iter().filter_map(|t| t.uid()).collect(),
+        outputs: taps
+            .iter()
+            .map(|t| (t.namespace().unwrap_or_default(), output_name(&t.name_any())))
+            .collect(),
+    };
+    let mut removed = 0;
+    removed += sweep::<Flow, Output>(client, config, &known, |f| &mut f.spec.local_output_refs).await?;
+    removed += sweep::<ClusterFlow, ClusterOutput>(client, config, &known, |f| &mut f.spec.global_output_refs).await?;
+    Ok(removed)
+}
+
+struct Known {
+    /// UIDs of existing FlowTaps.
+    uids: HashSet<String>,
+    /// (namespace, output name) of every existing FlowTap.
+    outputs: HashSet<(String, String)>,
+}
+
+impl Known {
+    /// Managed by log-socket, and its owning FlowTap is gone.
+    fn orphaned(&self, meta: &kube::api::ObjectMeta) -> bool {
+        let managed = meta
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(MANAGED_BY.0))
+            .map(String::as_str)
+            == Some(MANAGED_BY.1);
+        let owners: Vec<&str> = meta
+            .owner_references
+            .iter()
+            .flatten()
+            .filter(|o| o.kind == "FlowTap")
+            .map(|o| o.uid.as_str())
+            .collect();
+        managed && !owners.iter().any(|u| self.uids.contains(*u))
+    }
+}
+
+/// One flow kind with its output kind: unhook orphaned outputs and dangling tap refs from the
+/// flows, delete orphaned mirror flows, then delete the orphaned outputs.
+async fn sweep<F, O>(
+    client: &kube::Client,
+    config: &OperatorConfig,
+    known: &Known,
+    refs: impl Fn(&mut F) -> &mut Option<Vec<String>> + Copy,
+) -> Result<usize>
+where
+    F: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
+    F: HasStatus,
+    O: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let outputs = config.scoped::<O>(client).list(&ListParams::default()).await?.items;
+    let existing: HashSet<(String, String)> = outputs
+        .iter()
+        .map(|o| (o.namespace().unwrap_or_default(), o.name_any()))
+        .collect();
+    let orphaned: Vec<&O> = outputs.iter().filter(|o| known.orphaned(o.meta())).collect();
+    let orphan_names: HashSet<(String, String)> = orphaned
+        .iter()
+        .map(|o| (o.namespace().unwrap_or_default(), o.name_any()))
+        .collect();
+    let mut removed = 0;
+
+    for mut flow in config.scoped::<F>(client).list(&ListParams::default()).await?.items {
+        let ns = flow.namespace().unwrap_or_default();
+        let api = Api::<F>::namespaced(client.clone(), &ns);
+        if known.orphaned(flow.meta()) {
+            // A mirror flow of a tap that is gone.
+            delete(&api, &flow.name_any()).await?;
+            removed += 1;
+            continue;
+        }
+        let stale: Vec<String> = refs(&mut flow)
+            .iter()
+            .flatten()
+            .filter(|r| {
+                let key = (ns.clone(), (*r).clone());
+                orphan_names.contains(&key)
+                    || (r.starts_with(PREFIX) && !existing.contains(&key) && !known.outputs.contains(&key))
+            })
+            .cloned()
+            .collect();
+        for output in stale {
+            if let Some((true, _)) = edit_refs(api.clone(), &flow.name_any(), refs, &output, false).await? {
+                tracing::info!(flow = %flow.name_any(), namespace = %ns, output = %output, "removed a leftover tap ref");
+                removed += 1;
+            }
+        }
+    }
+    for output in orphaned {
+        let api = Api::<O>::namespaced(client.clone(), &output.namespace().unwrap_or_default());
+        delete(&api, &output.name_any()).await?;
+        tracing::info!(output = %output.name_any(), "deleted the output of a FlowTap that is gone");
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+async fn delete<K: Resource + Clone + DeserializeOwned + Debug>(api: &Api<K>, name: &str) -> Result<()> {
+    match api.delete(name, &Default::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

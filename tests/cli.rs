@@ -327,3 +327,26 @@ fn a_client_ca_without_ingest_tls_is_refused_before_anything_starts() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--ingest-tls-cert"), "{stderr}");
 }
+
+#[test]
+fn every_flag_of_the_service_is_in_the_readme_configuration_table() {
+    let help = stdout(&log_socket(&["run", "--help"], &[]));
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    // Option lines start with `-x, --flag` or `--flag`; descriptions may mention other flags.
+    let flags: Vec<&str> = help
+        .lines()
+        .map(str::trim_start)
+        .filter(|l| l.starts_with('-'))
+        .filter_map(|l| {
+            l.split(|c: char| c.is_whitespace() || c == ',')
+                .find(|w| w.starts_with("--"))
+        })
+        .filter(|w| !matches!(*w, "--help" | "--version"))
+        .collect();
+    assert!(flags.len() > 30, "{help}");
+    let missing: Vec<&&str> = flags.iter().filter(|f| !readme.contains(&format!("| `{f}"))).collect();
+    assert!(
+        missing.is_empty(),
+        "flags without a row in the README table: {missing:?}"
+    );
+}

@@ -114,7 +114,31 @@ async fn run(cfg: &config::ServiceConfig) -> log_socket::Result<()> {
             relay.clone(),
             stopped(),
         )));
-        if cfg.operator {
+        if cfg.operator && cfg.leader_election {
+            let lease = log_socket::operator::lease::LeaseConfig {
+                namespace: cfg
+                    .lease_namespace
+                    .clone()
+                    .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|n| !n.is_empty()))
+                    .or_else(|| cfg.watch_namespace.clone())
+                    // The kubeconfig context's namespace, or the service account's in a pod.
+                    .unwrap_or_else(|| client.default_namespace().to_owned()),
+                name: cfg.lease_name.clone(),
+                holder: operator.instance.clone(),
+                duration: cfg.lease_duration.0,
+            };
+            let (client, operator) = (client.clone(), operator.clone());
+            background.push(tokio::spawn(log_socket::operator::lease::run_elected(
+                client.clone(),
+                lease,
+                stopped(),
+                move |mut stop| {
+                    controller::run(client.clone(), operator.clone(), async move {
+                        log_socket::until_true(&mut stop).await
+                    })
+                },
+            )));
+        } else if cfg.operator {
             background.push(tokio::spawn(controller::run(client.clone(), operator, stopped())));
         }
         Parts {

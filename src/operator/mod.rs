@@ -3,6 +3,7 @@
 //! ([`controller`]).
 
 pub mod controller;
+pub mod lease;
 pub mod orphans;
 pub mod sessions;
 

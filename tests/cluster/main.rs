@@ -12,6 +12,7 @@ mod control_plane;
 mod demo;
 mod flowtap_crd;
 mod k8stail_taps;
+mod leader;
 mod logging_models;
 mod operator;
 mod service;

@@ -1,0 +1,140 @@
+//! Leader election on a real Lease: of several replicas exactly one leads; a stopping leader
+//! hands over at once, a crashed one after the lease duration.
+
+use crate::support;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::Api;
+use log_socket::operator::lease::{run_elected, LeaseConfig};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A replica whose "controller" records that it leads while it runs.
+struct Replica {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct Leaders {
+    now: AtomicUsize,
+    most_at_once: AtomicUsize,
+    who: Mutex<Vec<String>>,
+}
+
+fn replica(client: &kube::Client, ns: &str, holder: &str, leaders: &Arc<Leaders>) -> Replica {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let config = LeaseConfig {
+        namespace: ns.into(),
+        name: "log-socket".into(),
+        holder: holder.into(),
+        duration: Duration::from_secs(3),
+    };
+    let (leaders, holder) = (leaders.clone(), holder.to_owned());
+    let task = tokio::spawn(run_elected(
+        client.clone(),
+        config,
+        async {
+            let _ = stopped.await;
+        },
+        move |mut stop| {
+            let (leaders, holder) = (leaders.clone(), holder.clone());
+            async move {
+                let n = leaders.now.fetch_add(1, Ordering::SeqCst) + 1;
+                leaders.most_at_once.fetch_max(n, Ordering::SeqCst);
+                leaders.who.lock().unwrap().push(holder);
+                log_socket::until_true(&mut stop).await;
+                leaders.now.fetch_sub(1, Ordering::SeqCst);
+            }
+        },
+    ));
+    Replica { stop, task }
+}
+
+async fn holder(client: &kube::Client, ns: &str) -> Option<String> {
+    Api::<Lease>::namespaced(client.clone(), ns)
+        .get_opt("log-socket")
+        .await
+        .unwrap()?
+        .spec?
+        .holder_identity
+}
+
+async fn until_led_by(client: &kube::Client, ns: &str, leaders: &Leaders, who: &str) {
+    for _ in 0..300 {
+        if holder(client, ns).await.as_deref() == Some(who)
+            && leaders.who.lock().unwrap().last().map(String::as_str) == Some(who)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{who} never led; lease holder {:?}", holder(client, ns).await);
+}
+
+#[tokio::test]
+async fn one_replica_leads_a_stopping_leader_hands_over_and_a_crashed_one_expires() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "lease").await;
+    let leaders = Arc::new(Leaders::default());
+    let a = replica(&client, &ns, "replica-a", &leaders);
+    until_led_by(&client, &ns, &leaders, "replica-a").await;
+    let b = replica(&client, &ns, "replica-b", &leaders);
+    let c = replica(&client, &ns, "replica-c", &leaders);
+    // Several renewal rounds with three replicas competing.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        holder(&client, &ns).await.as_deref(),
+        Some("replica-a"),
+        "the leader keeps renewing"
+    );
+    assert_eq!(leaders.now.load(Ordering::SeqCst), 1);
+
+    // A graceful stop releases the lease: one of the others takes over.
+    a.stop.send(()).unwrap();
+    a.task.await.unwrap();
+    for _ in 0..300 {
+        if matches!(holder(&client, &ns).await.as_deref(), Some("replica-b" | "replica-c")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let next = holder(&client, &ns).await.unwrap();
+    until_led_by(&client, &ns, &leaders, &next).await;
+
+    // A crash (no release): the other takes over once the lease expires.
+    let (crashed, survivor) = if next == "replica-b" { (b, c) } else { (c, b) };
+    crashed.task.abort();
+    let _ = crashed.task.await;
+    // Its controller dies with it (its stop channel is gone), without releasing the lease.
+    for _ in 0..100 {
+        if leaders.now.load(Ordering::SeqCst) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(leaders.now.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        holder(&client, &ns).await.as_deref(),
+        Some(next.as_str()),
+        "not released"
+    );
+    let other = if next == "replica-b" { "replica-c" } else { "replica-b" };
+    until_led_by(&client, &ns, &leaders, other).await;
+
+    survivor.stop.send(()).unwrap();
+    survivor.task.await.unwrap();
+    assert_eq!(
+        leaders.most_at_once.load(Ordering::SeqCst),
+        1,
+        "never two leaders at once"
+    );
+    assert_eq!(
+        leaders.who.lock().unwrap().len(),
+        3,
+        "{:?}",
+        leaders.who.lock().unwrap()
+    );
+    assert_eq!(holder(&client, &ns).await, None, "released on stop");
+    drop(crashed.stop);
+}

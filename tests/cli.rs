@@ -1,6 +1,10 @@
 //! Tests of the binaries that need no cluster: the committed CRD, configuration precedence,
 //! and clear errors for bad input.
 
+#[path = "support/wire.rs"]
+#[allow(dead_code)]
+mod wire;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -177,27 +181,18 @@ async fn the_standalone_service_relays_records_and_stops_cleanly_on_sigterm() {
     let tokens = config_file("tokens.csv", "listener-secret-token,alice,1,\"dev\"\n");
     let creds = config_file("ingest.txt", "fluentd:ingest-secret-password\n");
     let (ingest, api, health) = (free_port(), free_port(), free_port());
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_log-socket"))
-        .args(["run", "--standalone", "--log-level", "debug"])
-        .arg("--token-file")
-        .arg(&tokens)
-        .arg("--ingest-credentials")
-        .arg(&creds)
-        .args(["--ingest-addr", &format!("127.0.0.1:{ingest}")])
-        .args(["--api-addr", &format!("127.0.0.1:{api}")])
-        .args(["--health-addr", &format!("127.0.0.1:{health}")])
-        .env_remove("RUST_LOG")
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    // Read stderr while the service runs: a full pipe would block its logging and its exit.
-    let mut stderr_pipe = child.stderr.take().unwrap();
-    let stderr_task = tokio::spawn(async move {
-        let mut s = String::new();
-        let _ = stderr_pipe.read_to_string(&mut s).await;
-        s
-    });
+    let service = wire::Service::spawn(
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_log-socket"))
+            .args(["run", "--standalone", "--log-level", "debug"])
+            .arg("--token-file")
+            .arg(&tokens)
+            .arg("--ingest-credentials")
+            .arg(&creds)
+            .args(["--ingest-addr", &format!("127.0.0.1:{ingest}")])
+            .args(["--api-addr", &format!("127.0.0.1:{api}")])
+            .args(["--health-addr", &format!("127.0.0.1:{health}")])
+            .env_remove("RUST_LOG"),
+    );
 
     let mut ws = None;
     for _ in 0..200 {
@@ -241,26 +236,12 @@ async fn the_standalone_service_relays_records_and_stops_cleanly_on_sigterm() {
         other => panic!("expected a record, got {other:?}"),
     }
 
-    // SAFETY: signalling our own child process.
-    unsafe {
-        libc::kill(child.id().unwrap() as i32, libc::SIGTERM);
-    }
+    service.terminate();
     match next(&mut ws).await {
         Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1001),
         other => panic!("expected a close frame, got {other:?}"),
     }
-    let status = match tokio::time::timeout(std::time::Duration::from_secs(20), child.wait()).await {
-        Ok(status) => status.unwrap(),
-        Err(_) => {
-            let _ = child.kill().await;
-            panic!(
-                "the service did not stop within 20 s of SIGTERM:\n{}",
-                stderr_task.await.unwrap()
-            );
-        }
-    };
-    let stderr = stderr_task.await.unwrap();
-    assert!(status.success(), "{status:?}\n{stderr}");
+    let stderr = service.exited_cleanly().await;
     assert!(stderr.contains("listener connected"), "{stderr}");
     assert!(
         !stderr.contains("listener-secret-token"),

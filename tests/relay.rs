@@ -2,6 +2,7 @@
 //! listeners out. No cluster needed. No timing assertions: waits are upper bounds on hangs.
 
 #[path = "support/wire.rs"]
+#[allow(dead_code)]
 mod wire;
 
 use log_socket::auth::{AllowAll, Authorizer, Decision, Identity, StaticTokens};

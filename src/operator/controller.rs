@@ -88,13 +88,7 @@ pub async fn run(
 /// The FlowTaps a change of this flow concerns: taps on it, and the tap owning it if it is a
 /// mirror.
 fn taps_of(store: &Store<FlowTap>, kind: FlowKind, flow: &kube::api::ObjectMeta) -> Vec<ObjectRef<FlowTap>> {
-    let owners: Vec<&str> = flow
-        .owner_references
-        .iter()
-        .flatten()
-        .filter(|o| o.kind == "FlowTap")
-        .map(|o| o.uid.as_str())
-        .collect();
+    let owners = super::owning_tap_uids(flow);
     store
         .state()
         .iter()

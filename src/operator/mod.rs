@@ -82,6 +82,16 @@ fn bounded(name: &str, max: usize) -> String {
     format!("{}-{hash}", name[..keep].trim_end_matches(['-', '.']))
 }
 
+/// UIDs of the FlowTaps that own an object (through its ownerReferences).
+pub fn owning_tap_uids(meta: &kube::api::ObjectMeta) -> Vec<&str> {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .filter(|o| o.kind == "FlowTap")
+        .map(|o| o.uid.as_str())
+        .collect()
+}
+
 /// The relay tap a FlowTap feeds.
 pub fn tap_key(tap: &FlowTap) -> Option<TapKey> {
     Some(TapKey {

@@ -54,14 +54,7 @@ impl Known {
             .and_then(|l| l.get(MANAGED_BY.0))
             .map(String::as_str)
             == Some(MANAGED_BY.1);
-        let owners: Vec<&str> = meta
-            .owner_references
-            .iter()
-            .flatten()
-            .filter(|o| o.kind == "FlowTap")
-            .map(|o| o.uid.as_str())
-            .collect();
-        managed && !owners.iter().any(|u| self.uids.contains(*u))
+        managed && !super::owning_tap_uids(meta).iter().any(|u| self.uids.contains(*u))
     }
 }
 

@@ -3,7 +3,6 @@
 use crate::support;
 use futures::StreamExt;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -54,26 +53,17 @@ async fn the_service_relays_to_a_service_account_and_stops_cleanly_on_sigterm() 
     std::fs::write(&creds, "fluentd:s3cret\n").unwrap();
 
     let (ingest, api, health) = (free_port(), free_port(), free_port());
-    let mut child = tokio::process::Command::new(support::bin("log-socket"))
-        .args(["run", "--log-level", "debug", "--watch-namespace", &ns, "--kubeconfig"])
-        .arg(&support::env().kubeconfig)
-        .arg("--ingest-credentials")
-        .arg(&creds)
-        .args(["--ingest-addr", &format!("127.0.0.1:{ingest}")])
-        .args(["--api-addr", &format!("127.0.0.1:{api}")])
-        .args(["--health-addr", &format!("127.0.0.1:{health}")])
-        .env_remove("RUST_LOG")
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    // Read stderr while the service runs: a full pipe would block its logging and its exit.
-    let mut stderr_pipe = child.stderr.take().unwrap();
-    let stderr_task = tokio::spawn(async move {
-        let mut s = String::new();
-        let _ = stderr_pipe.read_to_string(&mut s).await;
-        s
-    });
+    let service = crate::wire::Service::spawn(
+        tokio::process::Command::new(support::bin("log-socket"))
+            .args(["run", "--log-level", "debug", "--watch-namespace", &ns, "--kubeconfig"])
+            .arg(&support::env().kubeconfig)
+            .arg("--ingest-credentials")
+            .arg(&creds)
+            .args(["--ingest-addr", &format!("127.0.0.1:{ingest}")])
+            .args(["--api-addr", &format!("127.0.0.1:{api}")])
+            .args(["--health-addr", &format!("127.0.0.1:{health}")])
+            .env_remove("RUST_LOG"),
+    );
     let health_addr = std::net::SocketAddr::from(([127, 0, 0, 1], health));
     let mut ready = false;
     for _ in 0..200 {
@@ -117,24 +107,14 @@ async fn the_service_relays_to_a_service_account_and_stops_cleanly_on_sigterm() 
     assert_eq!(code, 200, "{body}");
     assert!(matches!(next().await, Message::Text(t) if t.as_str().contains("hello alice")));
 
-    // SAFETY: signalling our own child process.
-    unsafe {
-        libc::kill(child.id().unwrap() as i32, libc::SIGTERM);
-    }
+    service.terminate();
     assert!(matches!(next().await, Message::Close(Some(f)) if u16::from(f.code) == 1001));
-    let status = match tokio::time::timeout(Duration::from_secs(20), child.wait()).await {
-        Ok(status) => status.unwrap(),
-        Err(_) => {
-            let _ = child.kill().await;
-            panic!(
-                "the service did not stop within 20 s of SIGTERM:\n{}",
-                stderr_task.await.unwrap()
-            );
-        }
-    };
-    let stderr = stderr_task.await.unwrap();
-    assert!(status.success(), "{status:?}\n{stderr}");
+    let stderr = service.exited_cleanly().await;
     assert!(stderr.contains("listener connected"), "{stderr}");
+    assert!(
+        stderr.contains("leading: running the controller"),
+        "the only replica wins the Lease: {stderr}"
+    );
     assert!(
         !stderr.contains(&token),
         "the token never appears in the logs: {stderr}"

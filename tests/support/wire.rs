@@ -23,7 +23,6 @@ pub const INGEST_AUTH: &str = "Basic Zmx1ZW50ZDpzM2NyZXQ=";
 pub struct TestRelay {
     pub ingest: SocketAddr,
     pub api: SocketAddr,
-    #[allow(dead_code)] // read by the cluster tests only
     pub relay: Arc<Relay>,
     pub stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub done: tokio::task::JoinHandle<()>,
@@ -212,4 +211,55 @@ pub fn messages(frames: &[Value]) -> Vec<String> {
         .filter(|f| f["type"] == "record")
         .map(|f| f["record"]["message"].as_str().unwrap().to_owned())
         .collect()
+}
+
+/// A `log-socket run` process under test. Its stderr is read while it runs: a full pipe would
+/// block its logging, and with it its exit.
+pub struct Service {
+    pub child: tokio::process::Child,
+    stderr: tokio::task::JoinHandle<String>,
+}
+
+impl Service {
+    /// Spawn `cmd` with stderr piped and collected.
+    pub fn spawn(cmd: &mut tokio::process::Command) -> Service {
+        let mut child = cmd
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the service");
+        let mut pipe = child.stderr.take().unwrap();
+        let stderr = tokio::spawn(async move {
+            let mut s = String::new();
+            let _ = pipe.read_to_string(&mut s).await;
+            s
+        });
+        Service { child, stderr }
+    }
+
+    /// Send SIGTERM, as Kubernetes does to stop a pod.
+    pub fn terminate(&self) {
+        // SAFETY: signalling our own child process.
+        unsafe {
+            libc::kill(self.child.id().unwrap() as i32, libc::SIGTERM);
+        }
+    }
+
+    /// Wait for the exit (at most 20 s, then kill it and fail with its log), and return that it
+    /// succeeded and what it logged.
+    pub async fn exited_cleanly(mut self) -> String {
+        let status = match tokio::time::timeout(WAIT, self.child.wait()).await {
+            Ok(status) => status.unwrap(),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                panic!(
+                    "the service did not stop within {WAIT:?}:\n{}",
+                    self.stderr.await.unwrap()
+                );
+            }
+        };
+        let stderr = self.stderr.await.unwrap();
+        assert!(status.success(), "{status:?}\n{stderr}");
+        stderr
+    }
 }

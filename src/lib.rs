@@ -54,6 +54,14 @@ pub enum Error {
     #[error("reconcile failed: {0}")]
     Reconcile(String),
 
+    /// The command line cannot work as given (exit code 2).
+    #[error("{0}")]
+    Usage(String),
+
+    /// A listener stream could not be opened or ended with an error.
+    #[error("{0}")]
+    Stream(String),
+
     /// Writing to stdout failed (other than the reader going away).
     #[error("cannot write output: {0}")]
     Output(#[source] std::io::Error),

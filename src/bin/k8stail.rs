@@ -10,8 +10,12 @@ async fn main() -> ExitCode {
     let mut out = std::io::stdout().lock();
     match cli::run(cli, &mut out).await {
         Ok(()) => ExitCode::SUCCESS,
-        // The reader went away (`k8stail taps | head`): nothing left to say.
+        // The reader went away (`k8stail ... | head`): nothing left to say.
         Err(log_socket::Error::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e @ log_socket::Error::Usage(_)) => {
+            eprintln!("k8stail: {e}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("k8stail: {e}");
             ExitCode::FAILURE

@@ -126,9 +126,19 @@ fn record(body: &Bytes, raw: &RawValue) -> Result<Record, String> {
     if !json.starts_with('{') {
         return Err("expected a JSON object (one log record)".into());
     }
+    let meta = meta_of(json)?;
+    // The raw value borrows from `body`'s UTF-8 view, so it is a sub-slice: share, do not copy.
+    Ok(Record {
+        raw: body.slice_ref(json.as_bytes()),
+        meta,
+    })
+}
+
+/// What the relay reads from one record's JSON (k8stail uses it to filter locally).
+pub fn meta_of(json: &str) -> Result<Meta, String> {
     let parsed: RawMeta<'_> = serde_json::from_str(json).map_err(|e| e.to_string())?;
     let k = parsed.kubernetes.unwrap_or_default();
-    let meta = Meta {
+    Ok(Meta {
         namespace: k.namespace_name.0.map(Cow::into_owned),
         pod: k.pod_name.0.map(Cow::into_owned),
         container: k.container_name.0.map(Cow::into_owned),
@@ -139,11 +149,6 @@ fn record(body: &Bytes, raw: &RawValue) -> Result<Record, String> {
             .filter_map(|(key, v)| v.0.map(|v| (key.into_owned(), v.into_owned())))
             .collect(),
         message: parsed.message.0.or(parsed.log.0).map(Cow::into_owned),
-    };
-    // The raw value borrows from `body`'s UTF-8 view, so it is a sub-slice: share, do not copy.
-    Ok(Record {
-        raw: body.slice_ref(json.as_bytes()),
-        meta,
     })
 }
 

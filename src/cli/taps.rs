@@ -1,43 +1,14 @@
-//! The `k8stail` command line.
+//! `k8stail taps`: the FlowTaps of a namespace or of the cluster, like `kubectl get flowtaps`.
 
+use super::KubeArgs;
 use crate::crd::FlowTap;
 use crate::kubeclient::{self, explain};
 use crate::{Error, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::Args;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams};
 use kube::ResourceExt;
 use std::io::Write;
-use std::path::PathBuf;
-
-/// Watch, live in a terminal, exactly what a logging-operator Flow emits.
-#[derive(Parser, Debug)]
-#[command(name = "k8stail", version, about, propagate_version = true)]
-pub struct Cli {
-    #[command(flatten)]
-    pub kube: KubeArgs,
-
-    #[command(subcommand)]
-    pub command: TailCommand,
-}
-
-/// Which cluster to talk to; the same kubeconfig loading as kubectl.
-#[derive(Args, Debug, Clone)]
-pub struct KubeArgs {
-    /// kubeconfig file (default: KUBECONFIG, then ~/.kube/config).
-    #[arg(long, global = true, env = "K8STAIL_KUBECONFIG", value_name = "FILE")]
-    pub kubeconfig: Option<PathBuf>,
-
-    /// kubeconfig context to use.
-    #[arg(long, global = true, env = "K8STAIL_CONTEXT", value_name = "NAME")]
-    pub context: Option<String>,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum TailCommand {
-    /// List FlowTaps: which flows are tapped, by how many listeners, and in which phase.
-    Taps(TapsArgs),
-}
 
 /// Arguments of `k8stail taps`.
 #[derive(Args, Debug)]
@@ -51,14 +22,7 @@ pub struct TapsArgs {
     pub all_namespaces: bool,
 }
 
-/// Run `k8stail` with parsed arguments, writing to `out`.
-pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
-    match cli.command {
-        TailCommand::Taps(args) => taps(&cli.kube, &args, out).await,
-    }
-}
-
-async fn taps(kube: &KubeArgs, args: &TapsArgs, out: &mut dyn Write) -> Result<()> {
+pub(super) async fn taps(kube: &KubeArgs, args: &TapsArgs, out: &mut dyn Write) -> Result<()> {
     let config = kubeclient::config(kube.kubeconfig.as_deref(), kube.context.as_deref()).await?;
     let default_ns = config.default_namespace.clone();
     let client = kube::Client::try_from(config).map_err(|e| Error::KubeConfig(e.to_string()))?;

@@ -1,0 +1,230 @@
+//! How k8stail prints a record: raw JSON, the whole frame, a pretty line, a template, or
+//! selected fields.
+
+use super::{ColorChoice, OutputFormat, TailArgs, Target};
+use crate::crd::FlowKind;
+use serde_json::value::RawValue;
+use serde_json::Value;
+use std::io::{self, Write};
+
+enum Format {
+    Raw,
+    Json,
+    Pretty,
+    Template(minijinja::Environment<'static>),
+    Fields(Vec<Vec<String>>),
+}
+
+/// Prints records to stdout.
+pub struct Renderer {
+    format: Format,
+    color: bool,
+    timestamps: bool,
+    /// Show the namespace beside the pod (a ClusterFlow spans namespaces).
+    namespaced: bool,
+    tap: String,
+}
+
+/// Pod colours: distinct, readable on dark and light terminals.
+const PALETTE: [&str; 6] = ["31", "32", "33", "34", "35", "36"];
+
+impl Renderer {
+    /// Build from the flags; an invalid template is refused here, before connecting.
+    pub fn new(args: &TailArgs, target: &Target, stdout_tty: bool) -> Result<Renderer, String> {
+        let format = if let Some(text) = &args.template {
+            let mut env = minijinja::Environment::new();
+            env.add_template_owned("record", text.clone())
+                .map_err(|e| format!("invalid --template: {e}"))?;
+            Format::Template(env)
+        } else if !args.field.is_empty() {
+            Format::Fields(
+                args.field
+                    .iter()
+                    .map(|f| f.split('.').map(str::to_owned).collect())
+                    .collect(),
+            )
+        } else {
+            match args.output {
+                Some(OutputFormat::Raw) => Format::Raw,
+                Some(OutputFormat::Json) => Format::Json,
+                Some(OutputFormat::Pretty) => Format::Pretty,
+                None if stdout_tty => Format::Pretty,
+                None => Format::Raw,
+            }
+        };
+        let color = match args.color {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => stdout_tty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        };
+        Ok(Renderer {
+            format,
+            color,
+            timestamps: args.timestamps,
+            namespaced: target.kind == FlowKind::ClusterFlow,
+            tap: target.to_string(),
+        })
+    }
+
+    /// Print one record. `frame` is the whole protocol frame, `record` the record's JSON.
+    pub fn record(&self, out: &mut dyn Write, frame: &str, seq: u64, record: &RawValue) -> io::Result<()> {
+        let mut line = String::new();
+        let parsed = || serde_json::from_str::<Value>(record.get()).unwrap_or(Value::Null);
+        if self.timestamps {
+            let value = parsed();
+            line.push_str(&timestamp(&value));
+            line.push(' ');
+        }
+        match &self.format {
+            Format::Raw => line.push_str(record.get()),
+            Format::Json => line.push_str(frame),
+            Format::Pretty => self.pretty(&mut line, &parsed()),
+            Format::Fields(paths) => {
+                let value = parsed();
+                let cells: Vec<String> = paths
+                    .iter()
+                    .map(|path| {
+                        let mut v = &value;
+                        for key in path {
+                            v = &v[key.as_str()];
+                        }
+                        plain(v)
+                    })
+                    .collect();
+                line.push_str(&cells.join(" "));
+            }
+            Format::Template(env) => {
+                let mut value = parsed();
+                if let Value::Object(map) = &mut value {
+                    map.insert("_seq".into(), seq.into());
+                    map.insert("_tap".into(), self.tap.clone().into());
+                }
+                let template = env.get_template("record").expect("added in new()");
+                match template.render(minijinja::value::Serde(&value)) {
+                    Ok(text) => line.push_str(&text),
+                    Err(e) => line.push_str(&format!("<template error: {e}>")),
+                }
+            }
+        }
+        line.push('\n');
+        out.write_all(line.as_bytes())
+    }
+
+    fn pretty(&self, line: &mut String, v: &Value) {
+        let k = &v["kubernetes"];
+        let pod = k["pod_name"].as_str().unwrap_or("-");
+        let container = k["container_name"].as_str().unwrap_or("-");
+        let who = if self.namespaced {
+            format!("{}/{pod}", k["namespace_name"].as_str().unwrap_or("-"))
+        } else {
+            pod.to_owned()
+        };
+        let message = v["message"]
+            .as_str()
+            .or_else(|| v["log"].as_str())
+            .map(|m| m.trim_end_matches(['\n', '\r']).to_owned())
+            .unwrap_or_else(|| v.to_string());
+        if self.color {
+            let c = PALETTE[fnv(pod) as usize % PALETTE.len()];
+            line.push_str(&format!("\x1b[{c}m{who}\x1b[0m \x1b[2m{container}\x1b[0m {message}"));
+        } else {
+            line.push_str(&format!("{who} {container} {message}"));
+        }
+    }
+}
+
+/// A value for `--field`: strings without quotes (or trailing newline), missing as `-`, the
+/// rest as JSON.
+fn plain(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.trim_end_matches(['\n', '\r']).to_owned(),
+        Value::Null => "-".into(),
+        v => v.to_string(),
+    }
+}
+
+/// The record's own time (`time`, `@timestamp`, `timestamp`), else now, RFC 3339.
+fn timestamp(v: &Value) -> String {
+    ["time", "@timestamp", "timestamp"]
+        .iter()
+        .find_map(|k| v[*k].as_str())
+        .map(str::to_owned)
+        .unwrap_or_else(|| k8s_openapi::jiff::Timestamp::now().to_string())
+}
+
+/// The record's time, if it has one that parses.
+pub fn record_time(record: &RawValue) -> Option<k8s_openapi::jiff::Timestamp> {
+    let v: Value = serde_json::from_str(record.get()).ok()?;
+    ["time", "@timestamp", "timestamp"]
+        .iter()
+        .find_map(|k| v[*k].as_str())
+        .and_then(|t| t.parse().ok())
+}
+
+fn fnv(s: &str) -> u32 {
+    s.bytes()
+        .fold(0x811c9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x01000193))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn renderer(args: &[&str], tty: bool) -> Renderer {
+        let cli = super::super::Cli::try_parse_from([&["k8stail", "shop/web"], args].concat()).unwrap();
+        let target = Target::parse("shop/web", false).unwrap();
+        Renderer::new(&cli.tail, &target, tty).unwrap()
+    }
+
+    fn show(r: &Renderer, record: &str) -> String {
+        let raw = RawValue::from_string(record.to_owned()).unwrap();
+        let frame = format!(r#"{{"type":"record","seq":7,"record":{record}}}"#);
+        let mut out = vec![];
+        r.record(&mut out, &frame, 7, &raw).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    const REC: &str = r#"{"time":"2025-03-14T09:26:53Z","message":"hello\n","n":1.50,"kubernetes":{"pod_name":"web-1","container_name":"app","namespace_name":"shop"}}"#;
+
+    #[test]
+    fn raw_is_the_record_byte_for_byte_and_the_default_off_a_terminal() {
+        assert_eq!(show(&renderer(&[], false), REC), format!("{REC}\n"));
+        assert!(show(&renderer(&["-o", "json"], false), REC).starts_with(r#"{"type":"record","seq":7"#));
+    }
+
+    #[test]
+    fn pretty_is_the_default_on_a_terminal_and_colours_only_when_asked() {
+        assert_eq!(show(&renderer(&["--color", "never"], true), REC), "web-1 app hello\n");
+        let coloured = show(&renderer(&["--color", "always"], true), REC);
+        assert!(coloured.contains("\x1b[") && coloured.contains("hello"), "{coloured:?}");
+        assert!(!show(&renderer(&["--color", "always", "-o", "raw"], true), REC).contains("\x1b["));
+    }
+
+    #[test]
+    fn templates_fields_and_timestamps_project_the_record() {
+        let t = renderer(
+            &[
+                "--template",
+                "{{ kubernetes.pod_name }}#{{ _seq }}: {{ message | trim }}",
+            ],
+            false,
+        );
+        assert_eq!(show(&t, REC), "web-1#7: hello\n");
+        let f = renderer(
+            &["--field", "kubernetes.pod_name", "--field", "n", "--field", "missing.x"],
+            false,
+        );
+        assert_eq!(show(&f, REC), "web-1 1.5 -\n");
+        let ts = renderer(&["--timestamps", "--field", "message"], false);
+        assert_eq!(show(&ts, REC), "2025-03-14T09:26:53Z hello\n");
+    }
+
+    #[test]
+    fn a_broken_template_is_refused_before_connecting() {
+        let cli = super::super::Cli::try_parse_from(["k8stail", "shop/web", "--template", "{{ oops"]).unwrap();
+        let target = Target::parse("shop/web", false).unwrap();
+        let err = Renderer::new(&cli.tail, &target, false).err().unwrap();
+        assert!(err.starts_with("invalid --template"), "{err}");
+    }
+}

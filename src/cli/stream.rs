@@ -1,0 +1,536 @@
+//! Following a flow: connect, print records, report gaps, reconnect with backoff resuming after
+//! the last record, and remember the position in `--resume-file`.
+
+use super::connect::{self, Refusal, Ws};
+use super::render::{self, Renderer};
+use super::{KubeArgs, TailArgs, Target};
+use crate::{Error, Result};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Where the stream stands: the tap incarnation and the last record seen of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+/// What `--resume-file` holds.
+#[derive(Debug, Serialize, Deserialize)]
+struct ResumeFile {
+    tap: String,
+    epoch: u64,
+    seq: u64,
+}
+
+#[derive(Deserialize)]
+struct Frame<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(default)]
+    seq: u64,
+    #[serde(borrow, default)]
+    record: Option<&'a RawValue>,
+    #[serde(default)]
+    epoch: u64,
+    #[serde(default)]
+    replayed: u64,
+    #[serde(default, rename = "lastSeq")]
+    last_seq: u64,
+    #[serde(default)]
+    tap: Option<String>,
+    #[serde(default)]
+    count: Option<u64>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    pod: Option<String>,
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// One-line notes on stderr; the transient status line only on a terminal.
+struct Notes {
+    tty: bool,
+    status_shown: bool,
+}
+
+impl Notes {
+    fn status(&mut self, text: &str) {
+        if self.tty {
+            eprint!("\r\x1b[2K{text}");
+            self.status_shown = true;
+        }
+    }
+
+    fn clear(&mut self) {
+        if self.status_shown {
+            eprint!("\r\x1b[2K");
+            self.status_shown = false;
+        }
+    }
+
+    fn note(&mut self, text: &str) {
+        self.clear();
+        eprintln!("k8stail: {text}");
+    }
+}
+
+/// How a connection ended.
+enum End {
+    /// Ctrl-C: closed by us.
+    Interrupted,
+    /// The relay closed normally (1000) or is going away (1001); reconnect.
+    Closed(String),
+    /// The network broke; reconnect.
+    Broken(String),
+    /// The relay reported an error; stop.
+    Failed(String),
+}
+
+/// Follow `target` until Ctrl-C, or until the stream cannot go on.
+pub async fn follow(
+    kube: &KubeArgs,
+    args: &TailArgs,
+    target: Target,
+    renderer: Renderer,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let mut notes = Notes {
+        tty: std::io::stderr().is_terminal(),
+        status_shown: false,
+    };
+    let (route, token) = connect::route(kube, args).await?;
+    let filters = filters(args);
+    let mut position = match &args.resume_file {
+        Some(path) => read_resume(path, &target, &mut notes)?,
+        None => None,
+    };
+    let since = args.since.map(|d| {
+        k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::try_from(d.0).unwrap_or_default()
+    });
+    let first_start = match (args.tail, since) {
+        (Some(n), _) => vec![("tail".to_owned(), n.to_string())],
+        // The relay keeps at most its replay buffer; ask for all of it and keep the recent ones.
+        (None, Some(_)) => vec![("tail".to_owned(), "1000000".to_owned())],
+        (None, None) => vec![],
+    };
+    let ctrl_c = interrupted();
+    tokio::pin!(ctrl_c);
+    let mut connected_once = false;
+    let mut backoff = Backoff::new(args.max_backoff.0);
+    loop {
+        let mut query = filters.clone();
+        match position {
+            Some(p) => {
+                query.push(("after".into(), p.seq.to_string()));
+                query.push(("epoch".into(), p.epoch.to_string()));
+            }
+            None if !connected_once => query.extend(first_start.iter().cloned()),
+            None => {}
+        }
+        let path = format!("{}{}", target.path(), encode_query(&query));
+        notes.status(&format!("connecting to {target} via {}…", route.describe()));
+        let attempt = tokio::select! {
+            r = route.connect(&path, &token) => r,
+            _ = &mut ctrl_c => { notes.clear(); return Ok(()); }
+        };
+        let ws = match attempt {
+            Ok(ws) => ws,
+            Err(Refusal::Final(reason)) => {
+                notes.clear();
+                return Err(Error::Stream(format!("{target}: {reason}")));
+            }
+            Err(Refusal::Transient(reason)) if !connected_once || args.no_reconnect => {
+                notes.clear();
+                return Err(Error::Stream(format!("{target}: {reason}")));
+            }
+            Err(Refusal::Transient(reason)) => {
+                let wait = backoff.next();
+                notes.status(&format!("{reason}; reconnecting in {:.1}s…", wait.as_secs_f32()));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => continue,
+                    _ = &mut ctrl_c => { notes.clear(); return Ok(()); }
+                }
+            }
+        };
+        connected_once = true;
+        let resume = args.resume_file.as_deref().map(|p| (p, &target));
+        let end = read(
+            ws,
+            &renderer,
+            out,
+            &mut position,
+            since,
+            &mut notes,
+            &mut backoff,
+            &mut ctrl_c,
+            resume,
+        )
+        .await;
+        if let (Some(path), Some(p)) = (&args.resume_file, position) {
+            write_resume(path, &target, p).map_err(Error::Stream)?;
+        }
+        match end? {
+            End::Interrupted => {
+                notes.clear();
+                return Ok(());
+            }
+            End::Failed(reason) => {
+                notes.clear();
+                return Err(Error::Stream(format!("{target}: the relay ended the stream: {reason}")));
+            }
+            End::Closed(reason) | End::Broken(reason) if args.no_reconnect => {
+                notes.note(&format!("{reason}; exiting (--no-reconnect)"));
+                return Ok(());
+            }
+            End::Closed(reason) | End::Broken(reason) => {
+                let wait = backoff.next();
+                notes.status(&format!("{reason}; reconnecting in {:.1}s…", wait.as_secs_f32()));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = &mut ctrl_c => { notes.clear(); return Ok(()); }
+                }
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn read(
+    mut ws: Ws,
+    renderer: &Renderer,
+    out: &mut dyn Write,
+    position: &mut Option<Position>,
+    since: Option<k8s_openapi::jiff::Timestamp>,
+    notes: &mut Notes,
+    backoff: &mut Backoff,
+    ctrl_c: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    resume: Option<(&Path, &Target)>,
+) -> Result<End> {
+    let mut save = tokio::time::interval(Duration::from_secs(1));
+    let mut saved = *position;
+    let mut epoch = 0;
+    let mut failure: Option<String> = None;
+    let mut waiting = true;
+    loop {
+        let message = tokio::select! {
+            m = ws.next() => m,
+            _ = save.tick() => {
+                if let (Some((path, target)), Some(p)) = (resume, *position) {
+                    if saved != Some(p) {
+                        write_resume(path, target, p).map_err(Error::Stream)?;
+                        saved = Some(p);
+                    }
+                }
+                continue;
+            }
+            _ = ctrl_c.as_mut() => {
+                let _ = ws.close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() })).await;
+                return Ok(End::Interrupted);
+            }
+        };
+        let text = match message {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Close(frame))) => {
+                let (code, reason) = frame
+                    .map(|f| (u16::from(f.code), f.reason.to_string()))
+                    .unwrap_or((1005, String::new()));
+                return Ok(match failure {
+                    Some(f) => End::Failed(f),
+                    None if code == 1000 || code == 1001 => End::Closed(format!(
+                        "the relay closed the stream ({code}{})",
+                        if reason.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" {reason}")
+                        }
+                    )),
+                    None => End::Failed(format!("closed with code {code} {reason}")),
+                });
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Ok(End::Broken(format!("connection lost: {e}"))),
+            None => return Ok(End::Broken("connection lost".into())),
+        };
+        let Ok(frame) = serde_json::from_str::<Frame<'_>>(text.as_str()) else {
+            notes.note(&format!(
+                "ignoring a frame that is not protocol JSON: {:.80}",
+                text.as_str()
+            ));
+            continue;
+        };
+        match frame.kind {
+            "record" => {
+                let Some(record) = frame.record else { continue };
+                if waiting {
+                    notes.clear();
+                    waiting = false;
+                }
+                *position = Some(Position { epoch, seq: frame.seq });
+                if since.is_some_and(|cutoff| render::record_time(record).is_some_and(|t| t < cutoff)) {
+                    continue;
+                }
+                renderer
+                    .record(out, text.as_str(), frame.seq, record)
+                    .map_err(Error::Output)?;
+            }
+            "status" => {
+                epoch = frame.epoch;
+                backoff.reset();
+                if position.is_some_and(|p| p.epoch != epoch) {
+                    // The relay answers with a `dropped tap_restarted` frame too; the position
+                    // now counts in the new numbering.
+                    *position = None;
+                }
+                if position.is_none() && frame.replayed == 0 {
+                    // Nothing buffered is coming: a reconnect resumes after what the tap had,
+                    // so records that arrive while disconnected are not skipped.
+                    *position = Some(Position {
+                        epoch,
+                        seq: frame.last_seq,
+                    });
+                }
+                notes.status(&format!(
+                    "listening to {}{}; waiting for records…",
+                    frame.tap.as_deref().unwrap_or_default(),
+                    if frame.replayed > 0 {
+                        format!(" ({} buffered)", frame.replayed)
+                    } else {
+                        String::new()
+                    }
+                ));
+            }
+            "dropped" => {
+                let what = match (frame.reason.as_deref(), frame.count) {
+                    (Some("slow_client"), Some(n)) => format!("{n} records dropped: this terminal did not keep up"),
+                    (Some("out_of_replay"), Some(n)) => {
+                        format!("{n} records were lost while disconnected (older than the relay's replay buffer)")
+                    }
+                    (Some("tap_restarted"), _) => {
+                        "the tap restarted (relay restart or tap re-created): records it received while k8stail was away may be missing".to_owned()
+                    }
+                    (reason, count) => format!(
+                        "{} records dropped ({})",
+                        count.map_or("some".into(), |n| n.to_string()),
+                        reason.unwrap_or("no reason given")
+                    ),
+                };
+                notes.note(&what);
+            }
+            "denied" => notes.note(&format!(
+                "{} records of pod {}/{} withheld: you may not read them",
+                frame.count.unwrap_or(0),
+                frame.namespace.as_deref().unwrap_or("-"),
+                frame.pod.as_deref().unwrap_or("-"),
+            )),
+            "error" => {
+                failure = Some(format!(
+                    "{}: {}",
+                    frame.code.as_deref().unwrap_or("error"),
+                    frame.message.as_deref().unwrap_or("")
+                ))
+            }
+            _ => {} // newer frame types are for newer clients
+        }
+    }
+}
+
+/// Ctrl-C, or SIGTERM: both end k8stail cleanly (close frame, resume file written).
+async fn interrupted() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+/// Filter flags as listener query options, evaluated at the relay.
+fn filters(args: &TailArgs) -> Vec<(String, String)> {
+    [
+        ("grep", &args.grep),
+        ("exclude", &args.exclude),
+        ("pod", &args.pod),
+        ("container", &args.container),
+        ("namespace", &args.namespace),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_owned(), v.clone())))
+    .collect()
+}
+
+fn encode_query(query: &[(String, String)]) -> String {
+    if query.is_empty() {
+        return String::new();
+    }
+    let encode = |s: &str| -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+                b => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    let pairs: Vec<String> = query.iter().map(|(k, v)| format!("{k}={}", encode(v))).collect();
+    format!("?{}", pairs.join("&"))
+}
+
+fn read_resume(path: &Path, target: &Target, notes: &mut Notes) -> Result<Option<Position>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(Error::Usage(format!(
+                "cannot read --resume-file {}: {e}",
+                path.display()
+            )))
+        }
+    };
+    let file: ResumeFile = serde_json::from_str(&text).map_err(|e| {
+        Error::Usage(format!(
+            "--resume-file {} is not a k8stail resume file ({e}); delete it to start fresh",
+            path.display()
+        ))
+    })?;
+    if file.tap != target.to_string() {
+        notes.note(&format!(
+            "--resume-file {} is for {}, not {target}; starting fresh",
+            path.display(),
+            file.tap
+        ));
+        return Ok(None);
+    }
+    Ok(Some(Position {
+        epoch: file.epoch,
+        seq: file.seq,
+    }))
+}
+
+fn write_resume(path: &Path, target: &Target, p: Position) -> Result<(), String> {
+    let file = ResumeFile {
+        tap: target.to_string(),
+        epoch: p.epoch,
+        seq: p.seq,
+    };
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(&file).expect("serialisable"))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("cannot write --resume-file {}: {e}", path.display()))
+}
+
+/// Capped exponential backoff with jitter, so many clients of a restarted relay do not
+/// reconnect in lockstep.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(250);
+
+    fn new(max: Duration) -> Self {
+        Backoff {
+            next: Self::FIRST,
+            max: max.max(Self::FIRST),
+        }
+    }
+
+    fn next(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        // 50% to 100% of the step.
+        let jitter = jitter_fraction();
+        base.mul_f64(0.5 + 0.5 * jitter)
+    }
+
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+fn jitter_fraction() -> f64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    let mixed = (u64::from(nanos) ^ u64::from(std::process::id())).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (mixed >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter_and_resets() {
+        let mut b = Backoff::new(Duration::from_secs(2));
+        let waits: Vec<Duration> = (0..6).map(|_| b.next()).collect();
+        let steps = [250, 500, 1000, 2000, 2000, 2000];
+        for (w, step) in waits.iter().zip(steps) {
+            let step = Duration::from_millis(step);
+            assert!(*w >= step / 2 && *w <= step, "{w:?} within half of {step:?}");
+        }
+        b.reset();
+        assert!(b.next() <= Duration::from_millis(250));
+    }
+
+    #[test]
+    fn filters_are_sent_as_escaped_query_options() {
+        let q = vec![
+            ("grep".to_owned(), "a b&c=d/é".to_owned()),
+            ("tail".to_owned(), "5".to_owned()),
+        ];
+        assert_eq!(encode_query(&q), "?grep=a%20b%26c%3Dd%2F%C3%A9&tail=5");
+        assert_eq!(encode_query(&[]), "");
+    }
+
+    #[test]
+    fn a_resume_file_round_trips_and_one_for_another_tap_is_ignored() {
+        let dir = std::env::temp_dir().join(format!("k8stail-resume-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pos");
+        let web = Target::parse("shop/web", false).unwrap();
+        let mut notes = Notes {
+            tty: false,
+            status_shown: false,
+        };
+        assert_eq!(
+            read_resume(&path, &web, &mut notes).unwrap(),
+            None,
+            "no file: start fresh"
+        );
+        write_resume(&path, &web, Position { epoch: 9, seq: 41 }).unwrap();
+        assert_eq!(
+            read_resume(&path, &web, &mut notes).unwrap(),
+            Some(Position { epoch: 9, seq: 41 })
+        );
+        let other = Target::parse("shop/api", false).unwrap();
+        assert_eq!(read_resume(&path, &other, &mut notes).unwrap(), None);
+        std::fs::write(&path, "garbage").unwrap();
+        assert!(matches!(read_resume(&path, &web, &mut notes), Err(Error::Usage(m)) if m.contains("delete it")));
+    }
+}

@@ -1,0 +1,456 @@
+//! The k8stail binary against a real relay over real sockets (`--server`): output formats,
+//! filters, reconnects without gaps, relay restarts, the resume file, exit codes, pipes.
+//! The path through the API server's service proxy is tested in tests/cluster/k8stail_proxy.rs.
+
+#[path = "support/wire.rs"]
+#[allow(dead_code)]
+mod wire;
+
+use log_socket::auth::{AllowAll, StaticTokens};
+use log_socket::relay::server::{Parts, Sockets};
+use log_socket::relay::{NoSessions, RelayConfig};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
+use tokio::net::TcpListener;
+use tokio::process::{Child, ChildStdout, Command};
+use wire::*;
+
+const TOKEN: &str = "tok-alice";
+
+fn parts() -> Parts {
+    Parts {
+        authenticator: Arc::new(StaticTokens::parse("tok-alice,alice\n").unwrap()),
+        authorizer: Arc::new(AllowAll),
+        sessions: Arc::new(NoSessions),
+        ingest_auth: ingest_auth(),
+    }
+}
+
+async fn relay() -> TestRelay {
+    start_relay(RelayConfig::default(), parts()).await
+}
+
+/// A relay on fixed addresses, so a restarted one is found at the same place.
+async fn relay_at(ingest: SocketAddr, api: SocketAddr) -> TestRelay {
+    let sockets = Sockets::plain(
+        TcpListener::bind(ingest).await.unwrap(),
+        TcpListener::bind(api).await.unwrap(),
+    );
+    start_relay_on(sockets, RelayConfig::default(), parts())
+}
+
+async fn stop(mut r: TestRelay) {
+    let _ = r.stop.take().unwrap().send(());
+    r.done.await.unwrap();
+}
+
+/// k8stail with the given arguments, stdout piped (so not a terminal), NO_COLOR unset.
+fn k8stail(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_k8stail"));
+    cmd.args(args)
+        .env_remove("NO_COLOR")
+        .env_remove("K8STAIL_TOKEN")
+        .env_remove("K8STAIL_SERVER")
+        .env("KUBECONFIG", "/nonexistent")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+struct Tail {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+fn follow(r: &TestRelay, extra: &[&str]) -> Tail {
+    let server = format!("http://{}", r.api);
+    let mut args = vec![
+        "--server",
+        server.as_str(),
+        "--token",
+        TOKEN,
+        "shop/web",
+        "--max-backoff",
+        "500ms",
+    ];
+    args.extend_from_slice(extra);
+    let mut child = k8stail(&args).spawn().unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    Tail { child, lines }
+}
+
+impl Tail {
+    async fn line(&mut self) -> String {
+        match tokio::time::timeout(WAIT, self.lines.next_line()).await {
+            Ok(Ok(Some(line))) => line,
+            other => {
+                let _ = self.child.start_kill();
+                let mut err = String::new();
+                let _ = self.child.stderr.take().unwrap().read_to_string(&mut err).await;
+                panic!("no line from k8stail ({other:?}); stderr:\n{err}")
+            }
+        }
+    }
+
+    /// Lines until one containing `marker` (excluded).
+    async fn until(&mut self, marker: &str) -> Vec<String> {
+        let mut out = vec![];
+        loop {
+            let line = self.line().await;
+            if line.contains(marker) {
+                return out;
+            }
+            out.push(line);
+        }
+    }
+
+    /// SIGINT, as Ctrl-C; returns the exit code and stderr.
+    async fn interrupt(mut self) -> (Option<i32>, String) {
+        // SAFETY: signalling our own child process.
+        unsafe {
+            libc::kill(self.child.id().unwrap() as i32, libc::SIGINT);
+        }
+        self.exit().await
+    }
+
+    async fn exit(mut self) -> (Option<i32>, String) {
+        let status = tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("k8stail exits")
+            .unwrap();
+        let mut err = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .await
+            .unwrap();
+        (status.code(), err)
+    }
+}
+
+fn rec(pod: &str, message: &str) -> Value {
+    json!({"message": message, "kubernetes": {"namespace_name": "shop", "pod_name": pod, "container_name": "app"}})
+}
+
+/// Post records once k8stail is attached (the relay answers 404 until a tap is open).
+async fn post_when_open(r: &TestRelay, records: &[Value]) {
+    for _ in 0..200 {
+        match post(r, "/flow/shop/web", &array(records)).await.0 {
+            200 => return,
+            404 => tokio::time::sleep(Duration::from_millis(25)).await,
+            code => panic!("ingest answered {code}"),
+        }
+    }
+    panic!("the tap never opened");
+}
+
+fn messages(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap_or_else(|_| panic!("not JSON: {l}"))["message"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn records_arrive_raw_when_piped_filtered_at_the_relay() {
+    let r = relay().await;
+    let mut tail = follow(&r, &["--grep", "^keep", "--pod", "web-"]);
+    post_when_open(
+        &r,
+        &[
+            rec("web-1", "keep 1"),
+            rec("web-1", "drop 2"),
+            rec("db-1", "keep 3"),
+            rec("web-2", "keep 4"),
+        ],
+    )
+    .await;
+    post(&r, "/flow/shop/web", &array(&[rec("web-1", "keep end")])).await;
+    let lines = tail.until("keep end").await;
+    assert_eq!(messages(&lines), ["keep 1", "keep 4"]);
+    let raw = &lines[0];
+    assert_eq!(
+        serde_json::from_str::<Value>(raw).unwrap(),
+        rec("web-1", "keep 1"),
+        "raw output is the record itself"
+    );
+    let (code, err) = tail.interrupt().await;
+    assert_eq!(code, Some(0), "Ctrl-C exits 0: {err}");
+    stop(r).await;
+}
+
+#[tokio::test]
+async fn tail_templates_fields_and_pretty_lines_shape_the_output() {
+    let r = relay().await;
+    // Something buffered for --tail.
+    let mut first = follow(&r, &[]);
+    post_when_open(&r, &[rec("web-1", "one"), rec("web-2", "two"), rec("web-1", "three")]).await;
+    first.until("three").await;
+
+    let mut tail = follow(
+        &r,
+        &[
+            "--tail",
+            "2",
+            "--template",
+            "{{ kubernetes.pod_name }}#{{ _seq }} {{ message }}",
+        ],
+    );
+    assert_eq!([tail.line().await, tail.line().await], ["web-2#2 two", "web-1#3 three"]);
+    let mut fields = follow(
+        &r,
+        &["--tail", "1", "--field", "kubernetes.pod_name", "--field", "message"],
+    );
+    assert_eq!(fields.line().await, "web-1 three");
+    let mut pretty = follow(&r, &["--tail", "1", "-o", "pretty"]);
+    assert_eq!(pretty.line().await, "web-1 app three", "no colour when piped");
+    let mut coloured = follow(&r, &["--tail", "1", "-o", "pretty", "--color", "always"]);
+    assert!(coloured.line().await.contains("\x1b["), "--color always");
+    for t in [first, tail, fields, pretty, coloured] {
+        assert_eq!(t.interrupt().await.0, Some(0));
+    }
+    stop(r).await;
+}
+
+/// A TCP forwarder whose connections the test can cut, as a flaky network would.
+struct Flaky {
+    addr: SocketAddr,
+    cut: tokio::sync::watch::Sender<u64>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn flaky(to: SocketAddr) -> Flaky {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (cut, cuts) = tokio::sync::watch::channel(0u64);
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut cuts = cuts.clone();
+            cuts.mark_unchanged();
+            tokio::spawn(async move {
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(to).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                    _ = cuts.changed() => {} // dropping both ends: a broken connection
+                }
+            });
+        }
+    });
+    Flaky { addr, cut, accepted }
+}
+
+#[tokio::test]
+async fn a_cut_connection_is_resumed_without_a_gap_or_a_duplicate() {
+    let r = relay().await;
+    let net = flaky(r.api).await;
+    let server = format!("http://{}", net.addr);
+    let mut child = k8stail(&[
+        "--server",
+        &server,
+        "--token",
+        TOKEN,
+        "shop/web",
+        "--max-backoff",
+        "300ms",
+    ])
+    .spawn()
+    .unwrap();
+    let mut tail = Tail {
+        lines: BufReader::new(child.stdout.take().unwrap()).lines(),
+        child,
+    };
+    post_when_open(&r, &[rec("web-1", "before 1"), rec("web-1", "before 2")]).await;
+    assert_eq!(
+        messages(&[tail.line().await, tail.line().await]),
+        ["before 1", "before 2"]
+    );
+
+    net.cut.send_modify(|n| *n += 1);
+    // While k8stail is away, the relay keeps the records in its replay buffer.
+    let during: Vec<Value> = (1..=5).map(|i| rec("web-1", &format!("during {i}"))).collect();
+    assert_eq!(post(&r, "/flow/shop/web", &array(&during)).await.0, 200);
+    post(&r, "/flow/shop/web", &array(&[rec("web-1", "after")])).await;
+    let lines = tail.until("after").await;
+    assert_eq!(
+        messages(&lines),
+        ["during 1", "during 2", "during 3", "during 4", "during 5"],
+        "every record once, in order"
+    );
+    assert_eq!(
+        net.accepted.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "k8stail reconnected once"
+    );
+    let (code, err) = tail.interrupt().await;
+    assert_eq!(code, Some(0));
+    assert!(!err.contains("lost"), "no gap reported: {err}");
+    stop(r).await;
+}
+
+#[tokio::test]
+async fn after_a_relay_restart_k8stail_says_so_and_goes_on() {
+    let r = relay().await;
+    let (ingest, api) = (r.ingest, r.api);
+    let mut tail = follow(&r, &[]);
+    post_when_open(&r, &[rec("web-1", "first life")]).await;
+    assert_eq!(messages(&[tail.line().await]), ["first life"]);
+
+    stop(r).await;
+    let r = relay_at(ingest, api).await;
+    post_when_open(&r, &[rec("web-1", "second life")]).await;
+    assert_eq!(messages(&[tail.line().await]), ["second life"]);
+    let (code, err) = tail.interrupt().await;
+    assert_eq!(code, Some(0));
+    assert!(err.contains("the tap restarted"), "the possible gap is reported: {err}");
+    stop(r).await;
+}
+
+#[tokio::test]
+async fn no_reconnect_exits_when_the_relay_goes_away() {
+    let r = relay().await;
+    let mut tail = follow(&r, &["--no-reconnect"]);
+    post_when_open(&r, &[rec("web-1", "hello")]).await;
+    tail.line().await;
+    stop(r).await;
+    let (code, err) = tail.exit().await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("1001") && err.contains("--no-reconnect"), "{err}");
+}
+
+#[tokio::test]
+async fn a_resume_file_continues_where_the_last_run_stopped() {
+    let r = relay().await;
+    let dir = std::env::temp_dir().join(format!("k8stail-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pos = dir.join("web.pos");
+    let _ = std::fs::remove_file(&pos);
+    let pos_arg = pos.to_str().unwrap();
+
+    let mut tail = follow(&r, &["--resume-file", pos_arg]);
+    post_when_open(&r, &[rec("web-1", "seen 1"), rec("web-1", "seen 2")]).await;
+    tail.until("seen 2").await;
+    assert_eq!(tail.interrupt().await.0, Some(0));
+    let saved: Value = serde_json::from_str(&std::fs::read_to_string(&pos).unwrap()).unwrap();
+    assert_eq!(
+        (saved["tap"].as_str(), saved["seq"].as_u64()),
+        (Some("flow/shop/web"), Some(2))
+    );
+
+    // Records while nobody runs k8stail (the tap lingers), then a second run.
+    assert_eq!(
+        post(&r, "/flow/shop/web", &array(&[rec("web-1", "missed 3")])).await.0,
+        200
+    );
+    let mut again = follow(&r, &["--resume-file", pos_arg]);
+    assert_eq!(messages(&[again.line().await]), ["missed 3"], "continues after seq 2");
+    assert_eq!(again.interrupt().await.0, Some(0));
+    stop(r).await;
+}
+
+#[tokio::test]
+async fn refusals_and_bad_arguments_exit_non_zero_with_the_reason() {
+    let r = relay().await;
+    let server = format!("http://{}", r.api);
+    let out = k8stail(&["--server", &server, "--token", "wrong", "shop/web"])
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("401") && err.contains("--token"), "{err}");
+
+    let out = k8stail(&["--server", &server, "--token", TOKEN, "web"])
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("NAMESPACE/NAME"), "{err}");
+
+    let out = k8stail(&["--server", &server, "--token", TOKEN, "shop/web", "--grep", "("])
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("400") && err.contains("grep"),
+        "the relay's reason is shown: {err}"
+    );
+
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let out = k8stail(&["--server", &format!("http://{closed}"), "--token", TOKEN, "shop/web"])
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot connect"), "{err}");
+    stop(r).await;
+}
+
+#[tokio::test]
+async fn piping_into_head_exits_quietly() {
+    let r = relay().await;
+    let server = format!("http://{}", r.api);
+    let script = format!(
+        "'{}' --server '{server}' --token {TOKEN} shop/web | head -n 1",
+        env!("CARGO_BIN_EXE_k8stail")
+    );
+    let mut child = Command::new("sh")
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let many: Vec<Value> = (0..50).map(|i| rec("web-1", &format!("m{i}"))).collect();
+    post_when_open(&r, &many).await;
+    // head exits after one line; k8stail's next write hits the closed pipe.
+    for _ in 0..20 {
+        let _ = post(&r, "/flow/shop/web", &array(&many)).await;
+        if tokio::time::timeout(Duration::from_millis(100), child.wait())
+            .await
+            .is_ok()
+        {
+            break;
+        }
+    }
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.is_empty(), "no error on a closed pipe: {err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    stop(r).await;
+}
+
+#[tokio::test]
+async fn completions_and_help_are_built_in() {
+    let out = k8stail(&["completions", "bash"]).output().await.unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("k8stail"));
+    let out = k8stail(&["--help"]).output().await.unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("Examples:") && help.contains("--resume-file"), "{help}");
+}

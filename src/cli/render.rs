@@ -11,7 +11,7 @@ enum Format {
     Raw,
     Json,
     Pretty,
-    Template(minijinja::Environment<'static>),
+    Template(Box<minijinja::Environment<'static>>),
     Fields(Vec<Vec<String>>),
 }
 
@@ -35,7 +35,7 @@ impl Renderer {
             let mut env = minijinja::Environment::new();
             env.add_template_owned("record", text.clone())
                 .map_err(|e| format!("invalid --template: {e}"))?;
-            Format::Template(env)
+            Format::Template(Box::new(env))
         } else if !args.field.is_empty() {
             Format::Fields(
                 args.field

@@ -111,7 +111,7 @@ impl Tail {
     }
 
     /// SIGINT, as Ctrl-C; returns the exit code and stderr.
-    async fn interrupt(mut self) -> (Option<i32>, String) {
+    async fn interrupt(self) -> (Option<i32>, String) {
         // SAFETY: signalling our own child process.
         unsafe {
             libc::kill(self.child.id().unwrap() as i32, libc::SIGINT);

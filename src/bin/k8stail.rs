@@ -7,6 +7,10 @@ use std::process::ExitCode;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Debug logs (of kube, hyper, rustls) only when asked for: RUST_LOG=debug k8stail ...
+    if std::env::var_os("RUST_LOG").is_some() {
+        log_socket::init_tracing("warn", log_socket::config::LogFormat::Text);
+    }
     let mut out = std::io::stdout().lock();
     match cli::run(cli, &mut out).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -83,7 +83,10 @@ pub async fn route(kube: &super::KubeArgs, args: &TailArgs) -> Result<(Route, St
         };
         return Ok((route, token));
     }
-    let config = kubeclient::config(kube.kubeconfig.as_deref(), kube.context.as_deref()).await?;
+    let mut config = kubeclient::config(kube.kubeconfig.as_deref(), kube.context.as_deref()).await?;
+    // k8stail retries with its own backoff and says why; kube's silent retries would hide a
+    // 503 ("no endpoints available") behind a hang.
+    config.default_retry = false;
     let token = match &args.token {
         Some(t) => t.clone(),
         None => kubeconfig_token(&config).await?,

@@ -11,6 +11,7 @@ mod auth;
 mod control_plane;
 mod demo;
 mod flowtap_crd;
+mod k8stail_proxy;
 mod k8stail_taps;
 mod leader;
 mod logging_models;

@@ -1,0 +1,206 @@
+//! k8stail through the real kube-apiserver's service proxy, with a kubeconfig whose credentials
+//! come from an exec plugin. The API server refuses to proxy to loopback addresses, so the relay
+//! listens on this machine's own non-loopback address, and a selector-less Service with manual
+//! Endpoints points there (through a never-started Pod whose status carries that address, which
+//! the API server checks).
+
+use crate::support;
+use crate::wire::*;
+use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use log_socket::kubeauth::TokenReviewAuthenticator;
+use log_socket::rbac::LabelPolicy;
+use log_socket::relay::server::{Parts, Sockets};
+use log_socket::relay::{NoSessions, RelayConfig};
+use serde_json::json;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+
+/// An IPv4 address of this machine that is not loopback or link-local.
+fn host_ip() -> Ipv4Addr {
+    let mut found = None;
+    // SAFETY: getifaddrs fills a list we only read and then free.
+    unsafe {
+        let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+        assert_eq!(libc::getifaddrs(&mut list), 0, "getifaddrs");
+        let mut cur = list;
+        while !cur.is_null() {
+            let addr = (*cur).ifa_addr;
+            if !addr.is_null() && i32::from((*addr).sa_family) == libc::AF_INET {
+                let sin = &*(addr as *const libc::sockaddr_in);
+                let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                if !ip.is_loopback() && !ip.is_link_local() && found.is_none() {
+                    found = Some(ip);
+                }
+            }
+            cur = (*cur).ifa_next;
+        }
+        libc::freeifaddrs(list);
+    }
+    found.expect("this test needs a non-loopback IPv4 address (the API server does not proxy to loopback)")
+}
+
+/// A kubeconfig whose user gets `token` from an exec plugin, as cloud CLIs do.
+fn exec_kubeconfig(token: &str, dir: &Path) -> PathBuf {
+    let plugin = dir.join("token-plugin.sh");
+    std::fs::write(
+        &plugin,
+        format!(
+            "#!/bin/sh\necho '{{\"apiVersion\":\"client.authentication.k8s.io/v1beta1\",\"kind\":\"ExecCredential\",\"status\":{{\"token\":\"{token}\"}}}}'\n"
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let admin = std::fs::read_to_string(&support::env().kubeconfig).unwrap();
+    let mut value: serde_yaml::Value = serde_yaml::from_str(&admin).unwrap();
+    for user in value["users"].as_sequence_mut().unwrap() {
+        user["user"] = serde_yaml::from_str(&format!(
+            "{{exec: {{apiVersion: client.authentication.k8s.io/v1beta1, command: {}, interactiveMode: Never}}}}",
+            plugin.display()
+        ))
+        .unwrap();
+    }
+    let path = dir.join("kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&value).unwrap()).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn k8stail_streams_through_the_api_server_service_proxy_with_exec_plugin_credentials() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "proxy").await;
+    let ip = host_ip();
+
+    // The relay, authenticating listeners with TokenReview, on the host's address.
+    let bind = |port| tokio::net::TcpListener::bind(SocketAddr::new(IpAddr::V4(ip), port));
+    let sockets = Sockets::plain(bind(0).await.unwrap(), bind(0).await.unwrap());
+    let parts = Parts {
+        authenticator: Arc::new(TokenReviewAuthenticator::new(
+            client.clone(),
+            vec![],
+            Duration::from_secs(10),
+        )),
+        authorizer: Arc::new(LabelPolicy::default()),
+        sessions: Arc::new(NoSessions),
+        ingest_auth: ingest_auth(),
+    };
+    let relay = start_relay_on(sockets, RelayConfig::default(), parts);
+
+    // What an install creates: a Service with a port named `api`, here with manual Endpoints.
+    let service: Service = serde_json::from_value(json!({
+        "metadata": {"name": "log-socket"},
+        "spec": {"ports": [{"name": "api", "port": 10001, "targetPort": relay.api.port()}]}
+    }))
+    .unwrap();
+    Api::<Service>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &service)
+        .await
+        .unwrap();
+    // The API server only proxies to an endpoint address backed by a Pod with that IP. No
+    // kubelet runs here, so the Pod never starts; its status carries the relay's address.
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    let _ = support::service_account_token(&client, &ns, "default").await;
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "log-socket-0", "labels": {"app": "log-socket"}},
+        "spec": {"automountServiceAccountToken": false, "containers": [{"name": "log-socket", "image": "log-socket"}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let status = json!({"status": {"podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}]}});
+    pods.patch_status("log-socket-0", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+    let endpoints: Endpoints = serde_json::from_value(json!({
+        "metadata": {"name": "log-socket"},
+        "subsets": [{
+            "addresses": [{"ip": ip.to_string(), "targetRef": {"kind": "Pod", "name": "log-socket-0", "namespace": ns}}],
+            "ports": [{"name": "api", "port": relay.api.port()}]
+        }]
+    }))
+    .unwrap();
+    Api::<Endpoints>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &endpoints)
+        .await
+        .unwrap();
+
+    let token = support::service_account_token(&client, &ns, "alice").await;
+    let mut rules = support::may_tap_flows();
+    rules.as_array_mut().unwrap().push(json!({
+        "apiGroups": [""], "resources": ["services/proxy"], "resourceNames": ["http:log-socket:api"], "verbs": ["get"]
+    }));
+    support::grant(&client, &ns, "alice", rules).await;
+    let dir = support::tempdir("k8stail-proxy");
+    let kubeconfig = exec_kubeconfig(&token, &dir);
+
+    let target = format!("{ns}/web");
+    let mut child = tokio::process::Command::new(support::bin("k8stail"))
+        .args([
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            &target,
+            "--service-namespace",
+            &ns,
+        ])
+        .env_remove("K8STAIL_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+
+    let record = json!([{"message": "through the proxy",
+        "kubernetes": {"namespace_name": ns, "pod_name": "web-1", "labels": {"rbac/policy": "allow"}}}]);
+    let mut posted = false;
+    for _ in 0..200 {
+        let (code, _) = post(&relay, &format!("/flow/{ns}/web"), &record.to_string()).await;
+        if code == 200 {
+            posted = true;
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            child.stderr.take().unwrap().read_to_string(&mut err).await.unwrap();
+            panic!("k8stail exited {status}: {err}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !posted {
+        let _ = child.start_kill();
+        let mut err = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut err).await.unwrap();
+        panic!("k8stail never attached through the proxy; stderr: {err}");
+    }
+    let line = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let got: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(got["message"], "through the proxy");
+    drop(child);
+
+    // Without `services/proxy`, the API server refuses and k8stail says what is missing.
+    let bob = support::service_account_token(&client, &ns, "bob").await;
+    support::grant(&client, &ns, "bob", support::may_tap_flows()).await;
+    let bob_dir = support::tempdir("k8stail-proxy-bob");
+    let out = tokio::process::Command::new(support::bin("k8stail"))
+        .args([
+            "--kubeconfig",
+            exec_kubeconfig(&bob, &bob_dir).to_str().unwrap(),
+            &target,
+            "--service-namespace",
+            &ns,
+        ])
+        .env_remove("K8STAIL_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("403") && err.contains("services/proxy"), "{err}");
+}

@@ -47,6 +47,12 @@ struct Frame<'a> {
     #[serde(default)]
     tap: Option<String>,
     #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    phase: Option<String>,
+    #[serde(default, rename = "flowTap")]
+    flow_tap: Option<String>,
+    #[serde(default)]
     count: Option<u64>,
     #[serde(default)]
     reason: Option<String>,
@@ -222,6 +228,8 @@ async fn read(
     let mut save = tokio::time::interval(Duration::from_secs(1));
     let mut saved = *position;
     let mut epoch = 0;
+    let mut tap_name = String::new();
+    let mut last_trouble: Option<String> = None;
     let mut failure: Option<String> = None;
     let mut waiting = true;
     loop {
@@ -286,8 +294,23 @@ async fn read(
                     .record(out, text.as_str(), frame.seq, record)
                     .map_err(Error::Output)?;
             }
+            "status" if frame.state.as_deref() == Some("tap") => {
+                let message = frame.message.clone().unwrap_or_default();
+                match frame.phase.as_deref() {
+                    Some(phase @ ("Failed" | "Degraded")) if last_trouble.as_ref() != Some(&message) => {
+                        notes.note(&format!(
+                            "FlowTap {} is {phase}: {message}",
+                            frame.flow_tap.as_deref().unwrap_or("-")
+                        ));
+                        last_trouble = Some(message);
+                    }
+                    _ if waiting => notes.status(&format!("{}: {message}…", frame.tap.as_deref().unwrap_or(&tap_name))),
+                    _ => {}
+                }
+            }
             "status" => {
                 epoch = frame.epoch;
+                tap_name = frame.tap.clone().unwrap_or_default();
                 backoff.reset();
                 if position.is_some_and(|p| p.epoch != epoch) {
                     // The relay answers with a `dropped tap_restarted` frame too; the position

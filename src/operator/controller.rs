@@ -726,6 +726,10 @@ pub async fn track_taps(
                     let live = tap.metadata.deletion_timestamp.is_none();
                     relay.pin_tap(&key, live);
                     relay.set_replay_records(&key, tap.spec.replay.records as usize);
+                    relay.announce(
+                        &key,
+                        crate::relay::protocol::tap_status(&tap.name_any(), tap.status.as_ref()),
+                    );
                     let shown = tap
                         .status
                         .as_ref()

@@ -9,6 +9,7 @@ use regex::{Regex, RegexBuilder};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Record filters a listener asks for (query options), evaluated at the relay so filtered-out
 /// records never cross the network.
@@ -60,12 +61,15 @@ pub struct Batch {
     pub records: Vec<Arc<Entry>>,
     /// Records dropped (queue full) since the last batch, all older than `records`.
     pub dropped: u64,
+    /// The newest tap status frame announced since the last batch (older ones are superseded).
+    pub status: Option<Utf8Bytes>,
 }
 
 #[derive(Default)]
 struct Queue {
     items: VecDeque<Arc<Entry>>,
     dropped: u64,
+    status: Option<Utf8Bytes>,
 }
 
 /// A listener attached to a tap.
@@ -140,7 +144,14 @@ impl Listener {
         Batch {
             records: q.items.drain(..).collect(),
             dropped: std::mem::take(&mut q.dropped),
+            status: q.status.take(),
         }
+    }
+
+    /// Tell the listener how its tap is doing (a `status` frame); replaces one not yet sent.
+    pub fn announce(&self, frame: Utf8Bytes) {
+        self.queue.lock().unwrap().status = Some(frame);
+        self.notify.notify_one();
     }
 
     /// Completes when something was offered since the last call.

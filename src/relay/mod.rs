@@ -196,6 +196,13 @@ impl Relay {
         }
     }
 
+    /// Announce a status frame to the listeners of `key` (and to those joining later).
+    pub fn announce(&self, key: &TapKey, frame: tokio_tungstenite::tungstenite::Utf8Bytes) {
+        if let Some(tap) = self.tap(key) {
+            tap.announce(frame);
+        }
+    }
+
     /// Apply a FlowTap's replay size to the tap of `key`, bounded by the relay's own
     /// `--replay-records`.
     pub fn set_replay_records(&self, key: &TapKey, records: usize) {

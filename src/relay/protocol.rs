@@ -45,6 +45,52 @@ pub fn status_listening(tap: &TapKey, epoch: u64, first_seq: u64, last_seq: u64,
     }))
 }
 
+/// `status` with `state: "tap"`: how the FlowTap behind the stream is doing, so a client can
+/// show a warming-up tap (output created, flow patched, fluentd reloading) instead of silence.
+pub fn tap_status(name: &str, status: Option<&crate::crd::FlowTapStatus>) -> Utf8Bytes {
+    let phase = status.and_then(|s| s.phase);
+    let conditions: serde_json::Map<String, serde_json::Value> = status
+        .map(|s| {
+            s.conditions
+                .iter()
+                .map(|c| (c.type_.clone(), json!(c.status == "True")))
+                .collect()
+        })
+        .unwrap_or_default();
+    let failing = |type_: &str| {
+        status.and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == type_ && c.status != "True")
+                .map(|c| format!("{}: {}", c.reason, c.message))
+        })
+    };
+    let is = |type_: &str| conditions.get(type_) == Some(&json!(true));
+    let message = match phase {
+        None => "tap created; waiting for the operator".to_owned(),
+        Some(_) if !is("OutputReady") => match failing("OutputReady") {
+            Some(why) => format!("output not ready ({why})"),
+            None => "creating the output".to_owned(),
+        },
+        Some(_) if !is("FlowPatched") => match failing("FlowPatched") {
+            Some(why) => format!("output ready; flow not patched ({why})"),
+            None => "output ready; patching the flow".to_owned(),
+        },
+        Some(_) if !is("Receiving") => {
+            "output ready, flow patched; waiting for fluentd to reload and send records".to_owned()
+        }
+        Some(_) => "records arriving".to_owned(),
+    };
+    frame(json!({
+        "type": "status",
+        "state": "tap",
+        "flowTap": name,
+        "phase": phase,
+        "conditions": conditions,
+        "message": message,
+    }))
+}
+
 /// `dropped`: records the listener will not get, and why.
 pub fn dropped(count: Option<u64>, reason: &str) -> Utf8Bytes {
     frame(json!({"type": "dropped", "count": count, "reason": reason}))
@@ -89,5 +135,48 @@ mod tests {
             "bytes untouched: {}",
             frame.as_str()
         );
+    }
+
+    #[test]
+    fn a_tap_status_frame_says_what_the_tap_waits_for() {
+        use crate::crd::{FlowTapStatus, Phase};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+        let cond = |t: &str, ok: bool, reason: &str| Condition {
+            type_: t.into(),
+            status: if ok { "True" } else { "False" }.into(),
+            reason: reason.into(),
+            message: format!("{reason} message"),
+            last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+            observed_generation: None,
+        };
+        let text = |s: Option<&FlowTapStatus>| -> serde_json::Value {
+            serde_json::from_str(tap_status("flow-web", s).as_str()).unwrap()
+        };
+        assert_eq!(text(None)["message"], "tap created; waiting for the operator");
+        let mut s = FlowTapStatus {
+            phase: Some(Phase::Failed),
+            conditions: vec![
+                cond("OutputReady", true, "Created"),
+                cond("FlowPatched", false, "FlowNotFound"),
+            ],
+            ..Default::default()
+        };
+        let v = text(Some(&s));
+        assert_eq!(v["phase"], "Failed");
+        assert_eq!(v["conditions"]["OutputReady"], true);
+        assert_eq!(
+            v["message"],
+            "output ready; flow not patched (FlowNotFound: FlowNotFound message)"
+        );
+        s.phase = Some(Phase::Active);
+        s.conditions = vec![
+            cond("OutputReady", true, "Created"),
+            cond("FlowPatched", true, "Appended"),
+            cond("Receiving", false, "NoRecordsYet"),
+        ];
+        assert!(text(Some(&s))["message"]
+            .as_str()
+            .unwrap()
+            .contains("waiting for fluentd"));
     }
 }

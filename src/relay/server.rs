@@ -462,6 +462,9 @@ where
     if let Some(gap) = &attached.gap {
         first.push(Message::Text(protocol::gap(gap)));
     }
+    if let Some(status) = attached.status {
+        first.push(Message::Text(status));
+    }
     let mut denied: BTreeMap<(String, String), u64> = BTreeMap::new();
     let backlog = authorize(state, &listener.identity, attached.backlog, &mut denied).await;
     let replayed = backlog.len() as u64;
@@ -482,7 +485,10 @@ where
         tokio::select! {
             _ = listener.ready() => {
                 let batch = listener.take();
-                let mut out = Vec::with_capacity(batch.records.len() + 1);
+                let mut out = Vec::with_capacity(batch.records.len() + 2);
+                if let Some(status) = batch.status {
+                    out.push(Message::Text(status));
+                }
                 if batch.dropped > 0 {
                     out.push(Message::Text(protocol::dropped(Some(batch.dropped), "slow_client")));
                 }

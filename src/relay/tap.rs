@@ -56,11 +56,15 @@ pub struct Attached {
     pub last_seq: u64,
     /// Oldest buffered sequence number (0: buffer empty).
     pub first_seq: u64,
+    /// The tap's current status frame, if one was announced.
+    pub status: Option<Utf8Bytes>,
 }
 
 struct Inner {
     limits: ReplayLimits,
     last_record: Option<std::time::SystemTime>,
+    /// The last status frame announced (how the FlowTap is doing), for listeners that join.
+    status: Option<Utf8Bytes>,
     next_seq: u64,
     replay: VecDeque<Arc<Entry>>,
     replay_bytes: usize,
@@ -105,6 +109,7 @@ impl Tap {
             inner: Mutex::new(Inner {
                 limits,
                 last_record: None,
+                status: None,
                 next_seq: 1,
                 replay: VecDeque::new(),
                 replay_bytes: 0,
@@ -144,6 +149,18 @@ impl Tap {
             }
         }
         out
+    }
+
+    /// Tell every listener, and later joiners, how the tap is doing.
+    pub fn announce(&self, frame: Utf8Bytes) {
+        let mut inner = self.inner.lock().unwrap();
+        if inner.status.as_ref() == Some(&frame) {
+            return;
+        }
+        for listener in &inner.listeners {
+            listener.announce(frame.clone());
+        }
+        inner.status = Some(frame);
     }
 
     /// When the tap last received a record.
@@ -202,6 +219,7 @@ impl Tap {
             gap,
             last_seq,
             first_seq,
+            status: inner.status.clone(),
         }
     }
 

@@ -719,3 +719,67 @@ async fn an_output_name_taken_by_someone_else_is_left_alone_and_reported() {
         "flow untouched"
     );
 }
+
+/// Frames until a tap `status` frame for which `done` holds; returns the tap status frames.
+async fn tap_statuses(ws: &mut Ws, done: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let mut seen = vec![];
+    loop {
+        let f = next_any(ws).await;
+        if f["type"] == "status" && f["state"] == "tap" {
+            seen.push(f.clone());
+            if done(&f) {
+                return seen;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_listener_is_told_how_its_tap_warms_up() {
+    let h = harness("op-warmup").await;
+    support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    let alice = listener(&h, "alice").await;
+    let path = format!("/flow/{}/web", h.ns);
+    let mut ws = connect(&h.relay, &path, &alice).await;
+    let seen = tap_statuses(&mut ws, |f| f["phase"] == "Active").await;
+    let last = seen.last().unwrap();
+    assert_eq!(last["flowTap"], "flow-web");
+    assert_eq!(last["conditions"]["OutputReady"], true);
+    assert_eq!(last["conditions"]["FlowPatched"], true);
+    assert!(
+        last["message"].as_str().unwrap().contains("waiting for fluentd"),
+        "{seen:?}"
+    );
+
+    let record = json!({"message": "m", "kubernetes": {"pod_name": "web-1", "namespace_name": h.ns,
+                        "labels": {"rbac/policy": "allow"}}});
+    assert_eq!(post(&h.relay, &path, &array(&[record])).await.0, 200);
+    let seen = tap_statuses(&mut ws, |f| f["conditions"]["Receiving"] == true).await;
+    assert_eq!(seen.last().unwrap()["message"], "records arriving");
+}
+
+#[tokio::test]
+async fn k8stail_reports_a_tap_that_cannot_work() {
+    let h = harness("op-failed").await;
+    // No Flow named web: the tap fails with FlowNotFound.
+    let alice = listener(&h, "alice").await;
+    let out = tokio::process::Command::new(support::bin("k8stail"))
+        .args(["--server", &format!("http://{}", h.relay.api), "--token", &alice])
+        .arg(format!("{}/web", h.ns))
+        .env("KUBECONFIG", "/nonexistent")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(out.stderr.unwrap()));
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("a note in time")
+        .unwrap()
+        .unwrap();
+    assert!(
+        line.starts_with("k8stail: FlowTap flow-web is Failed:") && line.contains("FlowNotFound"),
+        "{line}"
+    );
+}

@@ -161,8 +161,19 @@ pub async fn try_connect(r: &TestRelay, path: &str, token: &str) -> Result<(Ws, 
     Ok((ws, status))
 }
 
-/// Next JSON frame (pings are answered by tungstenite and skipped).
+/// Next JSON frame, except tap `status` frames (which come whenever the FlowTap changes; see
+/// [`next_any`]). Pings are answered by tungstenite and skipped.
 pub async fn next(ws: &mut Ws) -> Value {
+    loop {
+        let f = next_any(ws).await;
+        if !(f["type"] == "status" && f["state"] == "tap") {
+            return f;
+        }
+    }
+}
+
+/// Next JSON frame, whatever it is.
+pub async fn next_any(ws: &mut Ws) -> Value {
     loop {
         let msg = tokio::time::timeout(WAIT, ws.next())
             .await

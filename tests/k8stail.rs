@@ -454,3 +454,152 @@ async fn completions_and_help_are_built_in() {
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("Examples:") && help.contains("--resume-file"), "{help}");
 }
+
+#[tokio::test]
+async fn https_servers_are_verified_against_the_ca_file_and_skipping_that_warns() {
+    use log_socket::tls::{ReloadingConfig, TlsFiles};
+    let certs = std::env::temp_dir().join(format!("k8stail-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&certs);
+    log_socket::tls::generate(&certs, &["log-socket.test.svc".into()], 2).unwrap();
+    let mut sockets = loopback_sockets().await;
+    sockets.api_tls = Some(
+        ReloadingConfig::load(TlsFiles {
+            cert: certs.join("server.crt"),
+            key: certs.join("server.key"),
+            client_ca: None,
+        })
+        .unwrap(),
+    );
+    let r = start_relay_on(sockets, RelayConfig::default(), parts());
+    let server = format!("https://localhost:{}", r.api.port());
+    let ca = certs.join("ca.crt");
+
+    let mut verified = k8stail(&[
+        "--server",
+        &server,
+        "--ca-file",
+        ca.to_str().unwrap(),
+        "--token",
+        TOKEN,
+        "shop/web",
+    ])
+    .spawn()
+    .unwrap();
+    let mut lines = BufReader::new(verified.stdout.take().unwrap()).lines();
+    post_when_open(&r, &[rec("web-1", "over tls")]).await;
+    let line = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(messages(&[line]), ["over tls"]);
+    drop(verified);
+
+    let bundle = certs.join("empty-bundle.pem");
+    std::fs::write(&bundle, std::fs::read(certs.join("client.crt")).unwrap()).unwrap();
+    let out = k8stail(&[
+        "--server",
+        &server,
+        "--ca-file",
+        bundle.to_str().unwrap(),
+        "--token",
+        TOKEN,
+        "shop/web",
+    ])
+    .output()
+    .await
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("TLS with localhost") && err.contains("certificate"),
+        "{err}"
+    );
+
+    let mut insecure = k8stail(&[
+        "--server",
+        &server,
+        "--insecure-skip-tls-verify",
+        "--token",
+        TOKEN,
+        "shop/web",
+        "--tail", // the tap is already open: the record may be posted before this run attaches
+        "1",
+    ])
+    .spawn()
+    .unwrap();
+    let mut lines = BufReader::new(insecure.stdout.take().unwrap()).lines();
+    let mut errors = BufReader::new(insecure.stderr.take().unwrap()).lines();
+    let warning = tokio::time::timeout(WAIT, errors.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(warning.contains("WARNING: --insecure-skip-tls-verify"), "{warning}");
+    post_when_open(&r, &[rec("web-1", "unverified")]).await;
+    let mut got = vec![];
+    while got.last().map(String::as_str) != Some("unverified") {
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        got.extend(messages(&[line]));
+    }
+    drop(insecure);
+    stop(r).await;
+}
+
+/// k8stail on a pseudo-terminal (util-linux `script`), as a person runs it.
+async fn on_a_terminal(r: &TestRelay, no_color: bool) -> String {
+    let command = format!(
+        "'{}' --server http://{} --token {TOKEN} shop/web --tail 1",
+        env!("CARGO_BIN_EXE_k8stail"),
+        r.api
+    );
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &command, "/dev/null"])
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    if no_color {
+        cmd.env("NO_COLOR", "1");
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("on a tty") {
+        let n = tokio::time::timeout(WAIT, out.read(&mut buf))
+            .await
+            .expect("output in time")
+            .unwrap();
+        assert!(n > 0, "script ended: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[tokio::test]
+async fn a_terminal_gets_pretty_coloured_lines_unless_no_color_is_set() {
+    let r = relay().await;
+    let mut keep = follow(&r, &[]);
+    post_when_open(&r, &[rec("web-1", "on a tty")]).await;
+    keep.line().await;
+
+    let coloured = on_a_terminal(&r, false).await;
+    let line = coloured.lines().find(|l| l.contains("on a tty")).unwrap();
+    assert!(line.contains("web-1") && line.contains("app"), "pretty: {line:?}");
+    assert!(line.contains("\x1b[3"), "the pod name is coloured: {line:?}");
+    assert!(!line.contains('{'), "not JSON: {line:?}");
+
+    let plain = on_a_terminal(&r, true).await;
+    let line = plain.lines().find(|l| l.contains("on a tty")).unwrap();
+    assert!(
+        line.contains("web-1 app on a tty") && !line.contains("\x1b[3"),
+        "NO_COLOR: {line:?}"
+    );
+    assert_eq!(keep.interrupt().await.0, Some(0));
+    stop(r).await;
+}

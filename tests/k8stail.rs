@@ -603,3 +603,69 @@ async fn a_terminal_gets_pretty_coloured_lines_unless_no_color_is_set() {
     assert_eq!(keep.interrupt().await.0, Some(0));
     stop(r).await;
 }
+
+/// A relay of an older protocol revision: no filter options, three records per connection.
+async fn older_relay() -> SocketAddr {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+    use tokio_tungstenite::tungstenite::Message;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let check = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+                    let query = req.uri().query().unwrap_or_default();
+                    if let Some(option) = query
+                        .split('&')
+                        .map(|kv| kv.split('=').next().unwrap())
+                        .find(|k| !matches!(*k, "" | "tail" | "after" | "epoch"))
+                    {
+                        let body = format!("unknown query option {option:?}; supported: tail, after, epoch");
+                        return Err(http::Response::builder().status(400).body(Some(body)).unwrap());
+                    }
+                    resp.headers_mut()
+                        .insert("sec-websocket-protocol", "logsocket.v1".parse().unwrap());
+                    Ok(resp)
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, check).await else {
+                    return;
+                };
+                let frames = [
+                    json!({"type": "status", "state": "listening", "tap": "flow/shop/web", "epoch": 1, "firstSeq": 0, "lastSeq": 0, "replayed": 0}),
+                    json!({"type": "record", "seq": 1, "record": rec("web-1", "error one")}),
+                    json!({"type": "record", "seq": 2, "record": rec("web-1", "fine")}),
+                    json!({"type": "record", "seq": 3, "record": rec("db-1", "error three")}),
+                    json!({"type": "record", "seq": 4, "record": rec("web-2", "error four")}),
+                ];
+                for f in frames {
+                    let _ = ws.send(Message::Text(f.to_string().into())).await;
+                }
+                while let Some(Ok(_)) = futures::StreamExt::next(&mut ws).await {}
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn filters_an_older_relay_does_not_know_are_applied_by_k8stail() {
+    let addr = older_relay().await;
+    let server = format!("http://{addr}");
+    let mut child = k8stail(&[
+        "--server", &server, "--token", TOKEN, "shop/web", "--grep", "^error", "--pod", "^web-",
+    ])
+    .spawn()
+    .unwrap();
+    let mut tail = Tail {
+        lines: BufReader::new(child.stdout.take().unwrap()).lines(),
+        child,
+    };
+    assert_eq!(
+        messages(&[tail.line().await, tail.line().await]),
+        ["error one", "error four"]
+    );
+    let (code, err) = tail.interrupt().await;
+    assert_eq!(code, Some(0));
+    assert!(err.contains("k8stail filters them itself"), "{err}");
+}

@@ -4,6 +4,7 @@
 use super::connect::{self, Refusal, Ws};
 use super::render::{self, Renderer};
 use super::{KubeArgs, TailArgs, Target};
+use crate::relay::listener::Filter;
 use crate::{Error, Result};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -118,7 +119,9 @@ pub async fn follow(
         status_shown: false,
     };
     let (route, token) = connect::route(kube, args).await?;
-    let filters = filters(args);
+    let mut filters = filters(args);
+    // Set when the relay is older than the filter options: k8stail filters itself then.
+    let mut local: Option<Filter> = None;
     let mut position = match &args.resume_file {
         Some(path) => read_resume(path, &target, &mut notes)?,
         None => None,
@@ -154,6 +157,14 @@ pub async fn follow(
         };
         let ws = match attempt {
             Ok(ws) => ws,
+            Err(Refusal::Final(reason)) if reason.contains("unknown query option") && !filters.is_empty() => {
+                notes.note(
+                    "this relay does not filter records; k8stail filters them itself (they all cross the network)",
+                );
+                local = Some(local_filter(args)?);
+                filters.clear();
+                continue;
+            }
             Err(Refusal::Final(reason)) => {
                 notes.clear();
                 return Err(Error::Stream(format!("{target}: {reason}")));
@@ -178,7 +189,10 @@ pub async fn follow(
             &renderer,
             out,
             &mut position,
-            since,
+            Keep {
+                since,
+                local: local.as_ref(),
+            },
             &mut notes,
             &mut backoff,
             &mut ctrl_c,
@@ -219,7 +233,7 @@ async fn read(
     renderer: &Renderer,
     out: &mut dyn Write,
     position: &mut Option<Position>,
-    since: Option<k8s_openapi::jiff::Timestamp>,
+    keep: Keep<'_>,
     notes: &mut Notes,
     backoff: &mut Backoff,
     ctrl_c: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
@@ -287,7 +301,7 @@ async fn read(
                     waiting = false;
                 }
                 *position = Some(Position { epoch, seq: frame.seq });
-                if since.is_some_and(|cutoff| render::record_time(record).is_some_and(|t| t < cutoff)) {
+                if !keep.wants(record) {
                     continue;
                 }
                 renderer
@@ -390,6 +404,47 @@ async fn interrupted() {
         _ = ctrl_c => {}
         _ = term => {}
     }
+}
+
+/// Which records to print, beyond what the relay filtered.
+#[derive(Clone, Copy)]
+struct Keep<'a> {
+    /// `--since`: drop buffered records older than this.
+    since: Option<k8s_openapi::jiff::Timestamp>,
+    /// The filter flags, when the relay cannot apply them.
+    local: Option<&'a Filter>,
+}
+
+impl Keep<'_> {
+    fn wants(&self, record: &RawValue) -> bool {
+        if self
+            .since
+            .is_some_and(|cutoff| render::record_time(record).is_some_and(|t| t < cutoff))
+        {
+            return false;
+        }
+        match self.local {
+            Some(filter) => crate::relay::record::meta_of(record.get()).is_ok_and(|meta| filter.matches(&meta)),
+            None => true,
+        }
+    }
+}
+
+/// The filter flags as the relay would apply them.
+fn local_filter(args: &TailArgs) -> Result<Filter> {
+    let pattern = |what: &str, v: &Option<String>| {
+        v.as_deref()
+            .map(|p| Filter::pattern(what, p))
+            .transpose()
+            .map_err(Error::Usage)
+    };
+    Ok(Filter {
+        grep: pattern("grep", &args.grep)?,
+        exclude: pattern("exclude", &args.exclude)?,
+        pod: pattern("pod", &args.pod)?,
+        container: pattern("container", &args.container)?,
+        namespace: args.namespace.clone(),
+    })
 }
 
 /// Filter flags as listener query options, evaluated at the relay.

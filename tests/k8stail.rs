@@ -614,6 +614,8 @@ async fn older_relay() -> SocketAddr {
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(async move {
+                // The callback type is tungstenite's.
+                #[allow(clippy::result_large_err)]
                 let check = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
                     let query = req.uri().query().unwrap_or_default();
                     if let Some(option) = query

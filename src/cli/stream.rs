@@ -562,6 +562,7 @@ fn jitter_fraction() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
     #[test]
     fn backoff_doubles_up_to_the_cap_with_jitter_and_resets() {
@@ -574,6 +575,38 @@ mod tests {
         }
         b.reset();
         assert!(b.next() <= Duration::from_millis(250));
+    }
+
+    #[test]
+    fn since_drops_older_buffered_records_and_a_local_filter_applies_the_flags() {
+        let rec = |time: &str, pod: &str, msg: &str| {
+            RawValue::from_string(format!(
+                r#"{{"time":"{time}","message":"{msg}","kubernetes":{{"pod_name":"{pod}","namespace_name":"shop"}}}}"#
+            ))
+            .unwrap()
+        };
+        let since = Keep {
+            since: Some("2025-03-14T09:00:00Z".parse().unwrap()),
+            local: None,
+        };
+        assert!(!since.wants(&rec("2025-03-14T08:59:59Z", "web-1", "old")));
+        assert!(since.wants(&rec("2025-03-14T09:00:01Z", "web-1", "new")));
+        assert!(
+            since.wants(&RawValue::from_string("{}".into()).unwrap()),
+            "no time: kept"
+        );
+
+        let cli = super::super::Cli::try_parse_from(["k8stail", "shop/web", "--grep", "^err", "--pod", "web"]).unwrap();
+        let filter = local_filter(&cli.tail).unwrap();
+        let local = Keep {
+            since: None,
+            local: Some(&filter),
+        };
+        assert!(local.wants(&rec("t", "web-1", "error")));
+        assert!(!local.wants(&rec("t", "web-1", "fine")));
+        assert!(!local.wants(&rec("t", "db-1", "error")));
+        let bad = super::super::Cli::try_parse_from(["k8stail", "shop/web", "--grep", "("]).unwrap();
+        assert!(matches!(local_filter(&bad.tail), Err(Error::Usage(m)) if m.contains("grep")));
     }
 
     #[test]

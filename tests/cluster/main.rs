@@ -10,6 +10,7 @@ mod wire;
 mod auth;
 mod control_plane;
 mod demo;
+mod deploy;
 mod flowtap_crd;
 mod k8stail_proxy;
 mod k8stail_taps;

@@ -48,15 +48,22 @@ async fn the_service_relays_to_a_service_account_and_stops_cleanly_on_sigterm() 
     let ns = support::namespace(&client, "svc-run").await;
     let token = support::service_account_token(&client, &ns, "alice").await;
     support::grant(&client, &ns, "alice", support::may_tap_flows()).await;
+    support::create_flow(&client, &ns, "web", serde_json::json!({"localOutputRefs": ["loki"]})).await;
     let dir = support::tempdir("svc-run");
     let creds = dir.join("ingest-credentials");
     std::fs::write(&creds, "fluentd:s3cret\n").unwrap();
+    // The service runs as a ServiceAccount with exactly the shipped RBAC (config/rbac), so a
+    // missing verb fails here.
+    let service_token = support::service_account_token(&client, &ns, "log-socket").await;
+    support::grant_shipped_rbac(&client, &ns, "log-socket").await;
+    let service_kubeconfig = support::kubeconfig_with_token(&service_token, &dir.join("kubeconfig"));
 
     let (ingest, api, health) = (free_port(), free_port(), free_port());
     let service = crate::wire::Service::spawn(
         tokio::process::Command::new(support::bin("log-socket"))
             .args(["run", "--log-level", "debug", "--watch-namespace", &ns, "--kubeconfig"])
-            .arg(&support::env().kubeconfig)
+            .arg(&service_kubeconfig)
+            .args(["--output-auth-secret", "log-socket-ingest"])
             .arg("--ingest-credentials")
             .arg(&creds)
             .args(["--ingest-addr", &format!("127.0.0.1:{ingest}")])
@@ -112,6 +119,41 @@ async fn the_service_relays_to_a_service_account_and_stops_cleanly_on_sigterm() 
     .await;
     assert_eq!(code, 200, "{body}");
     assert!(matches!(next().await, Message::Text(t) if t.as_str().contains("hello alice")));
+
+    // With only the shipped RBAC, the operator takes the Lease, creates the output, patches the
+    // flow and reports the tap Active.
+    let taps: kube::Api<log_socket::crd::FlowTap> = kube::Api::namespaced(client.clone(), &ns);
+    let mut active = false;
+    for _ in 0..300 {
+        let phase = taps.get_opt("flow-web").await.unwrap().and_then(|t| t.status?.phase);
+        if phase == Some(log_socket::crd::Phase::Active) {
+            active = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(active, "the tap became Active under the shipped RBAC");
+    let flow = support::logging_api(&client, &ns, "Flow").get("web").await.unwrap();
+    assert_eq!(
+        flow.data["spec"]["localOutputRefs"],
+        serde_json::json!(["loki", "logsocket-flow-web"])
+    );
+    let output = support::logging_api(&client, &ns, "Output")
+        .get("logsocket-flow-web")
+        .await
+        .unwrap();
+    assert_eq!(
+        output.data["spec"]["http"]["auth"]["password"]["valueFrom"]["secretKeyRef"]["name"],
+        "log-socket-ingest"
+    );
+    let lease = kube::Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), &ns)
+        .get("log-socket")
+        .await
+        .unwrap();
+    assert!(
+        lease.spec.unwrap().holder_identity.is_some(),
+        "the service holds the Lease"
+    );
 
     service.terminate();
     assert!(matches!(next().await, Message::Close(Some(f)) if u16::from(f.code) == 1001));

@@ -297,3 +297,61 @@ pub fn bin(name: &str) -> PathBuf {
         other => panic!("no binary {other}"),
     }
 }
+
+/// Give the ServiceAccount `ns/sa` exactly the permissions the shipped manifests give the
+/// service (config/rbac): the ClusterRole's rules cluster-wide, the leader-election Role's in
+/// `ns`. Waits until the authorizer applies them.
+pub async fn grant_shipped_rbac(client: &kube::Client, ns: &str, sa: &str) {
+    use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    let rules = |file: &str| -> serde_json::Value {
+        let text = std::fs::read_to_string(repo().join("config/rbac").join(file)).expect("config/rbac");
+        let value: serde_json::Value = serde_yaml::from_str(&text).expect("YAML");
+        value["rules"].clone()
+    };
+    let name = format!("log-socket-{ns}");
+    let role: ClusterRole = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name}, "rules": rules("cluster_role.yaml"),
+    }))
+    .unwrap();
+    Api::<ClusterRole>::all(client.clone())
+        .create(&PostParams::default(), &role)
+        .await
+        .expect("create the shipped ClusterRole");
+    let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}],
+    }))
+    .unwrap();
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("bind the shipped ClusterRole");
+    grant(client, ns, sa, rules("leader_election_role.yaml")).await;
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(format!("system:serviceaccount:{ns}:{sa}")),
+            resource_attributes: Some(ResourceAttributes {
+                group: Some("authentication.k8s.io".into()),
+                resource: Some("tokenreviews".into()),
+                verb: Some("create".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let api = Api::<SubjectAccessReview>::all(client.clone());
+    for _ in 0..300 {
+        let answer = api
+            .create(&PostParams::default(), &review)
+            .await
+            .expect("SubjectAccessReview");
+        if answer.status.is_some_and(|s| s.allowed) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the shipped ClusterRole did not take effect for {ns}/{sa} within 30s");
+}

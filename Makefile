@@ -27,6 +27,7 @@ fmt: ## Format the code
 
 crds: ## Regenerate crds/flowtap.yaml from src/crd.rs
 	$(CARGO) run -q --bin log-socket -- crd > crds/flowtap.yaml
+	cp crds/flowtap.yaml config/helm/log-socket/crds/flowtap.yaml
 
 build: ## Release build of both binaries
 	$(CARGO) build --release --bins

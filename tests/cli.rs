@@ -41,12 +41,17 @@ fn config_file(name: &str, text: &str) -> PathBuf {
 }
 
 #[test]
-fn the_committed_crd_matches_the_rust_types() {
+fn the_committed_crds_match_the_rust_types() {
     let generated = stdout(&log_socket(&["crd"], &[]));
     let committed = std::fs::read_to_string(repo().join("crds/flowtap.yaml")).expect("crds/flowtap.yaml exists");
     assert!(
         generated == committed,
         "crds/flowtap.yaml is out of date with src/crd.rs; regenerate it with `make crds` and commit it"
+    );
+    let chart = std::fs::read_to_string(repo().join("config/helm/log-socket/crds/flowtap.yaml")).unwrap();
+    assert!(
+        generated == chart,
+        "the Helm chart's crds/flowtap.yaml is out of date; regenerate it with `make crds` and commit it"
     );
 }
 

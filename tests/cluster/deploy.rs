@@ -57,3 +57,115 @@ async fn the_kustomize_base_renders_and_the_api_server_accepts_it() {
         "{out}"
     );
 }
+
+/// Run the test helm (fetched by tests/test-env.sh) with its state in a scratch directory.
+fn helm(args: &[&str]) -> (bool, String, String) {
+    let helm = crate::support::control_plane::assets_dir()
+        .ok()
+        .map(|d| d.join("helm"))
+        .filter(|h| h.exists())
+        .unwrap_or_else(|| "helm".into());
+    let home = support::tempdir("helm-home");
+    let out = std::process::Command::new(&helm)
+        .args(args)
+        .env("HELM_CACHE_HOME", &home)
+        .env("HELM_CONFIG_HOME", &home)
+        .env("HELM_DATA_HOME", &home)
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e} (tests/test-env.sh fetches helm)", helm.display()));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn documents(rendered: &str) -> Vec<serde_json::Value> {
+    rendered
+        .split("\n---")
+        .filter_map(|doc| serde_yaml::from_str::<serde_json::Value>(doc).ok())
+        .filter(|v| v.is_object())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_helm_chart_lints_strictly_renders_and_the_api_server_accepts_it() {
+    support::env();
+    let chart = support::repo().join("config/helm/log-socket");
+    let chart = chart.to_str().unwrap();
+    let (ok, out, err) = helm(&["lint", "--strict", chart]);
+    assert!(ok, "helm lint --strict:\n{out}\n{err}");
+
+    let (ok, rendered, err) = helm(&[
+        "template",
+        "log-socket",
+        chart,
+        "--namespace",
+        "log-socket",
+        "--include-crds",
+    ]);
+    assert!(ok, "{err}");
+    let docs = documents(&rendered);
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    for kind in [
+        "CustomResourceDefinition",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Deployment",
+        "Service",
+        "NetworkPolicy",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+    }
+    // The chart grants exactly what the kustomize base grants.
+    let shipped: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(support::repo().join("config/rbac/cluster_role.yaml")).unwrap())
+            .unwrap();
+    let role = docs.iter().find(|d| d["kind"] == "ClusterRole").unwrap();
+    assert_eq!(
+        role["rules"], shipped["rules"],
+        "chart and config/rbac ClusterRoles differ"
+    );
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"].clone();
+    assert!(
+        args.as_array().unwrap().contains(&serde_json::json!(
+            "--ingest-url=http://log-socket.log-socket.svc:10000"
+        )),
+        "{args}"
+    );
+    install_namespace();
+    let out = dry_run(&rendered);
+    assert!(out.contains("deployment.apps/log-socket"), "{out}");
+
+    // Options render to valid objects too.
+    let (ok, rendered, err) = helm(&[
+        "template",
+        "tail",
+        chart,
+        "--namespace",
+        "log-socket",
+        "--set",
+        "tapMode=mirror,leaderElection=false,networkPolicy.enabled=false,watchNamespace=shop",
+        "--set",
+        "extraArgs={--replay-records=5000}",
+    ]);
+    assert!(ok, "{err}");
+    let docs = documents(&rendered);
+    assert!(!docs.iter().any(|d| d["kind"] == "NetworkPolicy" || d["kind"] == "Role"));
+    let args = docs.iter().find(|d| d["kind"] == "Deployment").unwrap()["spec"]["template"]["spec"]["containers"][0]
+        ["args"]
+        .to_string();
+    for flag in [
+        "--tap-mode=mirror",
+        "--leader-election=false",
+        "--watch-namespace=shop",
+        "--replay-records=5000",
+    ] {
+        assert!(args.contains(flag), "{flag} in {args}");
+    }
+    dry_run(&rendered);
+}

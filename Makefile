@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help demo test test-env lint fmt crds build clean-test-env
+.PHONY: help demo test test-env lint fmt crds build bench clean-test-env
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ fmt: ## Format the code
 crds: ## Regenerate crds/flowtap.yaml from src/crd.rs
 	$(CARGO) run -q --bin log-socket -- crd > crds/flowtap.yaml
 	cp crds/flowtap.yaml config/helm/log-socket/crds/flowtap.yaml
+
+bench: ## Relay benchmarks against raw loopback TCP and JSON parsing, printed as tables (see BENCHMARKS.md)
+	$(CARGO) bench --bench relay
 
 build: ## Release build of both binaries
 	$(CARGO) build --release --bins

@@ -409,7 +409,10 @@ async fn listen(
         let _guard = task_guard;
         match on_upgrade.await {
             Ok(upgraded) => {
+                // Listeners only send pongs and a close frame: a small read buffer (tungstenite
+                // reserves 128 KiB by default) keeps a thousand idle listeners cheap.
                 let config = WebSocketConfig::default()
+                    .read_buffer_size(4 << 10)
                     .max_message_size(Some(64 << 10))
                     .max_frame_size(Some(64 << 10));
                 let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;

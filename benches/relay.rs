@@ -1,0 +1,682 @@
+//! `make bench` (`cargo bench --bench relay`): the relay over real loopback sockets, measured
+//! against the physical limits of the same machine in the same run. Prints a table; asserts
+//! nothing about time. See BENCHMARKS.md for results and how to read them.
+//!
+//! Every workload runs the relay in this process (2 tokio worker threads share the machine with
+//! the load generator and the listeners, as on a 2-core node), posts fluentd-shaped batches over
+//! HTTP/1.1 keep-alive connections, and reads WebSocket frames as k8stail does, checking the
+//! sequence numbers so that nothing is lost silently.
+
+use futures::StreamExt;
+use log_socket::auth::{AllowAll, Authorizer, IngestAuth, StaticTokens};
+use log_socket::rbac::LabelPolicy;
+use log_socket::relay::server::{self, Parts, Sockets};
+use log_socket::relay::{NoSessions, Relay, RelayConfig};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+const TOKEN: &str = "bench-token";
+const AUTH: &str = "Basic Zmx1ZW50ZDpzM2NyZXQ="; // fluentd:s3cret
+const BATCH: usize = 500;
+
+struct Bench {
+    ingest: SocketAddr,
+    api: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+async fn relay(config: RelayConfig, authorizer: Arc<dyn Authorizer>) -> Bench {
+    let sockets = Sockets::plain(
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    );
+    let (ingest, api) = (sockets.ingest.local_addr().unwrap(), sockets.api.local_addr().unwrap());
+    let parts = Parts {
+        authenticator: Arc::new(StaticTokens::parse(&format!("{TOKEN},bench\n")).unwrap()),
+        authorizer,
+        sessions: Arc::new(NoSessions),
+        ingest_auth: IngestAuth::basic("fluentd", "s3cret"),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let done = tokio::spawn(server::serve(Arc::new(Relay::new(config)), sockets, parts, async {
+        let _ = stopped.await;
+    }));
+    Bench {
+        ingest,
+        api,
+        stop: Some(stop),
+        done,
+    }
+}
+
+impl Bench {
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let _ = self.done.await;
+    }
+}
+
+fn big_queues() -> RelayConfig {
+    RelayConfig {
+        listener_queue: 2_000_000,
+        ..RelayConfig::default()
+    }
+}
+
+/// A containerd-shaped record as fluentd emits it (about 0.6 KB), varied by `n`; `message`
+/// starts with the send time in nanoseconds for latency measurements.
+fn record(n: u64, sent_ns: u64, policy: &str) -> String {
+    let pod = format!("web-7d9c8b6f5-{:05x}", n % 37);
+    format!(
+        r#"{{"time":"2025-03-14T09:26:53.589793238Z","stream":"stdout","logtag":"F","message":"{sent_ns} GET /api/cart/{n} 200 12ms","kubernetes":{{"pod_name":"{pod}","namespace_name":"shop","pod_id":"0b6f7c1e-3c2a-4a57-9d0e-{:012x}","labels":{{"app":"web","pod-template-hash":"7d9c8b6f5","rbac/policy":"{policy}"}},"host":"worker-{}","pod_ip":"10.244.1.{}","container_name":"web","docker_id":"4f1c2a9e0b7d{:052x}","container_hash":"docker.io/library/nginx@sha256:0d17b565c37bcbd895e9d92315a05c1c3c9a29f762b011a10c54a66cd53c9b31","container_image":"docker.io/library/nginx:1.27"}},"kubernetes_namespace":{{"name":"shop","labels":{{"kubernetes.io/metadata.name":"shop"}}}}}}"#,
+        n % 37,
+        n % 3,
+        n % 250,
+        n % 37
+    )
+}
+
+fn batch(start: u64, len: usize, sent_ns: u64, deny_every_other: bool) -> Vec<u8> {
+    let mut body = String::with_capacity(len * 700);
+    body.push('[');
+    for i in 0..len as u64 {
+        if i > 0 {
+            body.push(',');
+        }
+        let policy = if deny_every_other && (start + i) % 2 == 1 {
+            "deny"
+        } else {
+            "allow"
+        };
+        body.push_str(&record(start + i, sent_ns, policy));
+    }
+    body.push(']');
+    body.into_bytes()
+}
+
+/// One keep-alive HTTP/1.1 connection to ingest.
+struct Poster {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Poster {
+    async fn new(addr: SocketAddr) -> Poster {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        Poster {
+            stream,
+            buf: vec![0; 4096],
+        }
+    }
+
+    async fn post(&mut self, path: &str, body: &[u8]) -> u16 {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nAuthorization: {AUTH}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        self.stream.write_all(head.as_bytes()).await.unwrap();
+        self.stream.write_all(body).await.unwrap();
+        // Read one response: headers, then Content-Length bytes.
+        let mut got = 0;
+        loop {
+            let n = self.stream.read(&mut self.buf[got..]).await.unwrap();
+            assert!(n > 0, "ingest closed the connection");
+            got += n;
+            let text = String::from_utf8_lossy(&self.buf[..got]);
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len: usize = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0);
+                if got >= end + 4 + len {
+                    return text[9..12].parse().unwrap();
+                }
+            }
+        }
+    }
+}
+
+/// What a listener saw.
+#[derive(Default, Debug)]
+struct Seen {
+    records: u64,
+    bytes: u64,
+    /// Sequence numbers that were skipped without a `dropped` frame announcing them.
+    silent_gaps: u64,
+    dropped: u64,
+    denied: u64,
+    latencies_ns: Vec<u64>,
+}
+
+fn now_ns(origin: Instant) -> u64 {
+    origin.elapsed().as_nanos() as u64
+}
+
+/// Connect a listener and read until `want` records (or `stop`), checking the numbering.
+async fn listen(
+    api: SocketAddr,
+    path: String,
+    want: u64,
+    origin: Instant,
+    measure_latency: bool,
+    slow: Option<Duration>,
+    ready: Arc<AtomicU64>,
+) -> Seen {
+    let mut req = format!("ws://{api}{path}").into_client_request().unwrap();
+    req.headers_mut().insert("x-authorization", TOKEN.parse().unwrap());
+    req.headers_mut()
+        .insert("sec-websocket-protocol", "logsocket.v1".parse().unwrap());
+    let stream = TcpStream::connect(api).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    // Idle listeners (no `want`) read little: a small buffer, so their RSS is the relay's.
+    let config = (want == u64::MAX)
+        .then(|| tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4 << 10));
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(req, stream, config)
+        .await
+        .unwrap();
+    ready.fetch_add(1, Ordering::SeqCst);
+    let mut seen = Seen::default();
+    let mut last_seq = 0u64;
+    // Skipped sequence numbers; at the end every one must be explained by a `dropped` or a
+    // `denied` notice (denials are aggregated once a second, so they may come later).
+    let mut skipped = 0u64;
+    while seen.records + seen.dropped < want {
+        let Some(Ok(msg)) = ws.next().await else { break };
+        let Message::Text(text) = msg else { continue };
+        let t = text.as_str();
+        if let Some(rest) = t.strip_prefix(r#"{"type":"record","seq":"#) {
+            let end = rest.find(',').unwrap();
+            let seq: u64 = rest[..end].parse().unwrap();
+            if last_seq != 0 {
+                skipped += seq - last_seq - 1;
+            }
+            last_seq = seq;
+            seen.records += 1;
+            seen.bytes += t.len() as u64;
+            if measure_latency {
+                let m = t.find(r#""message":""#).unwrap() + 11;
+                let sent: u64 = t[m..m + t[m..].find(' ').unwrap()].parse().unwrap();
+                seen.latencies_ns.push(now_ns(origin).saturating_sub(sent));
+            }
+            if let Some(pause) = slow {
+                tokio::time::sleep(pause).await;
+            }
+        } else if t.contains(r#""type":"dropped""#) {
+            let v: serde_json::Value = serde_json::from_str(t).unwrap();
+            seen.dropped += v["count"].as_u64().unwrap_or(0);
+        } else if t.contains(r#""type":"denied""#) {
+            let v: serde_json::Value = serde_json::from_str(t).unwrap();
+            seen.denied += v["count"].as_u64().unwrap_or(0);
+        }
+    }
+    // Denied records take sequence numbers too; wait for their (aggregated) notices.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while skipped > seen.dropped + seen.denied && Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains(r#""type":"denied""#) => {
+                let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                seen.denied += v["count"].as_u64().unwrap_or(0);
+            }
+            Ok(Some(Ok(_))) | Err(_) => {}
+            _ => break,
+        }
+    }
+    seen.silent_gaps = skipped.saturating_sub(seen.dropped + seen.denied);
+    seen
+}
+
+async fn wait_ready(ready: &AtomicU64, n: u64) {
+    while ready.load(Ordering::SeqCst) < n {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Attach happens right after the upgrade; give the relay a moment to register them all.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+struct Throughput {
+    records_per_s: f64,
+    mb_per_s: f64,
+    delivered_per_s: f64,
+    silent_gaps: u64,
+    dropped: u64,
+}
+
+/// Post `total` records to `flows` flows (round-robin), with `per_flow` listeners each, as fast
+/// as two keep-alive connections allow; time until every listener has every record.
+async fn throughput(
+    config: RelayConfig,
+    authorizer: Arc<dyn Authorizer>,
+    flows: usize,
+    per_flow: usize,
+    total: u64,
+    deny_half: bool,
+) -> Throughput {
+    let b = relay(config, authorizer).await;
+    let origin = Instant::now();
+    let ready = Arc::new(AtomicU64::new(0));
+    let per_flow_records = total / flows as u64;
+    let mut listeners = vec![];
+    for f in 0..flows {
+        for _ in 0..per_flow {
+            listeners.push(tokio::spawn(listen(
+                b.api,
+                format!("/flow/shop/web{f}"),
+                if deny_half {
+                    per_flow_records / 2
+                } else {
+                    per_flow_records
+                },
+                origin,
+                false,
+                None,
+                ready.clone(),
+            )));
+        }
+    }
+    wait_ready(&ready, (flows * per_flow) as u64).await;
+    let batches: Vec<Vec<u8>> = (0..(per_flow_records as usize).div_ceil(BATCH))
+        .map(|i| {
+            batch(
+                (i * BATCH) as u64,
+                BATCH.min(per_flow_records as usize - i * BATCH),
+                0,
+                deny_half,
+            )
+        })
+        .collect();
+    let body_bytes: u64 = batches.iter().map(|b| b.len() as u64).sum::<u64>() * flows as u64;
+    let start = Instant::now();
+    // Two keep-alive connections share the (flow, batch) jobs; each batch is numbered as a
+    // whole, so interleaving keeps every tap's numbering continuous.
+    let jobs: Arc<Vec<(usize, usize)>> = Arc::new(
+        (0..flows)
+            .flat_map(|f| (0..batches.len()).map(move |i| (f, i)))
+            .collect(),
+    );
+    let batches = Arc::new(batches);
+    let senders: Vec<_> = (0..2)
+        .map(|c| {
+            let (jobs, batches, ingest) = (jobs.clone(), batches.clone(), b.ingest);
+            tokio::spawn(async move {
+                let mut p = Poster::new(ingest).await;
+                for (f, i) in jobs.iter().skip(c).step_by(2) {
+                    assert_eq!(p.post(&format!("/flow/shop/web{f}"), &batches[*i]).await, 200);
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.await.unwrap();
+    }
+    let mut gaps = 0;
+    let mut dropped = 0;
+    for l in listeners {
+        let seen = l.await.unwrap();
+        gaps += seen.silent_gaps;
+        dropped += seen.dropped;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    b.stop().await;
+    Throughput {
+        records_per_s: total as f64 / secs,
+        mb_per_s: body_bytes as f64 / secs / 1e6,
+        delivered_per_s: (total * per_flow as u64) as f64 / secs,
+        silent_gaps: gaps,
+        dropped,
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1e6
+}
+
+/// Open-loop load at `rate` records/s for `secs`: batches are sent on a fixed schedule, and
+/// latency counts from the scheduled time, so a stalled relay cannot hide its stall
+/// (no coordinated omission). Returns (p50, p99, p999) in ms and records received.
+async fn latency(rate: u64, secs: u64, with_slow_listener: bool) -> (f64, f64, f64, u64, u64) {
+    let b = relay(RelayConfig::default(), Arc::new(AllowAll)).await;
+    let origin = Instant::now();
+    let ready = Arc::new(AtomicU64::new(0));
+    let total = rate * secs;
+    let fast = tokio::spawn(listen(
+        b.api,
+        "/flow/shop/web".into(),
+        total,
+        origin,
+        true,
+        None,
+        ready.clone(),
+    ));
+    let slow = with_slow_listener.then(|| {
+        // Reads at about 1 % of the offered rate.
+        let pause = Duration::from_nanos(1_000_000_000 / (rate / 100).max(1));
+        tokio::spawn(listen(
+            b.api,
+            "/flow/shop/web".into(),
+            u64::MAX,
+            origin,
+            false,
+            Some(pause),
+            ready.clone(),
+        ))
+    });
+    wait_ready(&ready, if with_slow_listener { 2 } else { 1 }).await;
+    // Batches of 100 (or fewer at low rates) every `interval`.
+    let per_batch = (rate / 100).clamp(1, 100);
+    let interval = Duration::from_nanos(1_000_000_000 * per_batch / rate);
+    let batches = total / per_batch;
+    let mut posters = vec![
+        Poster::new(b.ingest).await,
+        Poster::new(b.ingest).await,
+        Poster::new(b.ingest).await,
+        Poster::new(b.ingest).await,
+    ];
+    let (tx, rx) = async_channel(posters.len());
+    // Several connections, so one slow response does not delay the next scheduled batch.
+    let mut workers = vec![];
+    for mut p in posters.drain(..) {
+        let rx = rx.clone();
+        workers.push(tokio::spawn(async move {
+            while let Ok((n, scheduled_ns)) = rx.recv().await {
+                let body = batch(n * per_batch, per_batch as usize, scheduled_ns, false);
+                p.post("/flow/shop/web", &body).await;
+            }
+        }));
+    }
+    let start = Instant::now();
+    for n in 0..batches {
+        let due = start + interval * n as u32;
+        tokio::time::sleep_until(due.into()).await;
+        let scheduled = (due - origin).as_nanos() as u64;
+        tx.send((n, scheduled)).await.unwrap();
+    }
+    drop(tx);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let seen = fast.await.unwrap();
+    let rss = rss_kb();
+    if let Some(s) = slow {
+        s.abort();
+    }
+    b.stop().await;
+    let mut l = seen.latencies_ns;
+    l.sort_unstable();
+    (
+        percentile(&l, 0.5),
+        percentile(&l, 0.99),
+        percentile(&l, 0.999),
+        seen.records,
+        rss,
+    )
+}
+
+/// A small multi-consumer channel over tokio's mpsc (one receiver shared behind a mutex).
+fn async_channel(cap: usize) -> (tokio::sync::mpsc::Sender<(u64, u64)>, SharedRx) {
+    let (tx, rx) = tokio::sync::mpsc::channel(cap * 4);
+    (tx, SharedRx(Arc::new(tokio::sync::Mutex::new(rx))))
+}
+
+#[derive(Clone)]
+struct SharedRx(Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<(u64, u64)>>>);
+
+impl SharedRx {
+    async fn recv(&self) -> Result<(u64, u64), ()> {
+        self.0.lock().await.recv().await.ok_or(())
+    }
+}
+
+/// Resident memory of this process, in KiB.
+fn rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Raw loopback TCP: one sender writing 64 KiB chunks, one receiver reading. MB/s.
+async fn raw_tcp(bytes: u64) -> f64 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let rx = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 64 << 10];
+        let mut got = 0u64;
+        while got < bytes {
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got += n as u64;
+        }
+    });
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let chunk = vec![7u8; 64 << 10];
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while sent < bytes {
+        s.write_all(&chunk).await.unwrap();
+        sent += chunk.len() as u64;
+    }
+    rx.await.unwrap();
+    bytes as f64 / start.elapsed().as_secs_f64() / 1e6
+}
+
+/// serde_json parse of the same batches into values: records/s and MB/s on one core.
+fn json_parse(records: u64) -> (f64, f64) {
+    let body = batch(0, BATCH, 0, false);
+    let rounds = records / BATCH as u64;
+    let start = Instant::now();
+    let mut n = 0usize;
+    for _ in 0..rounds {
+        let v: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+        n += v.len();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    (n as f64 / secs, (body.len() as u64 * rounds) as f64 / secs / 1e6)
+}
+
+/// Idle listeners: RSS growth per listener.
+async fn idle_listeners(n: u64) -> (u64, u64) {
+    let b = relay(RelayConfig::default(), Arc::new(AllowAll)).await;
+    let before = rss_kb();
+    let ready = Arc::new(AtomicU64::new(0));
+    let origin = Instant::now();
+    let listeners: Vec<_> = (0..n)
+        .map(|i| {
+            tokio::spawn(listen(
+                b.api,
+                format!("/flow/shop/idle{}", i % 10),
+                u64::MAX,
+                origin,
+                false,
+                None,
+                ready.clone(),
+            ))
+        })
+        .collect();
+    wait_ready(&ready, n).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = rss_kb();
+    for l in listeners {
+        l.abort();
+    }
+    b.stop().await;
+    (before, after)
+}
+
+/// RSS with `taps` taps whose replay buffers are full.
+async fn full_replay(taps: u64) -> (u64, u64) {
+    let b = relay(RelayConfig::default(), Arc::new(AllowAll)).await;
+    let before = rss_kb();
+    let ready = Arc::new(AtomicU64::new(0));
+    let origin = Instant::now();
+    let mut ls = vec![];
+    for t in 0..taps {
+        ls.push(tokio::spawn(listen(
+            b.api,
+            format!("/flow/shop/r{t}"),
+            2000,
+            origin,
+            false,
+            None,
+            ready.clone(),
+        )));
+    }
+    wait_ready(&ready, taps).await;
+    let body = batch(0, BATCH, 0, false);
+    let mut p = Poster::new(b.ingest).await;
+    for t in 0..taps {
+        for _ in 0..4 {
+            p.post(&format!("/flow/shop/r{t}"), &body).await;
+        }
+    }
+    for l in ls {
+        l.await.unwrap();
+    }
+    let after = rss_kb();
+    b.stop().await;
+    (before, after)
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run());
+}
+
+async fn run() {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    println!("log-socket relay benchmark: {cpus} CPUs ({model}), 2 tokio workers, loopback\n");
+    let rec_len = record(1, 0, "allow").len();
+    println!("record: {rec_len} bytes (containerd-shaped), batches of {BATCH} as a JSON array\n");
+
+    // `cargo bench --bench relay -- latency memory` runs only those parts.
+    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let part = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
+
+    // 6. Memory, first, before the other workloads grow the heap.
+    if part("memory") {
+        let (before, after) = idle_listeners(1000).await;
+        println!(
+            "1000 idle listeners: RSS {:.0} → {:.0} MiB (+{:.1} KiB per listener, client side included)",
+            before as f64 / 1024.0,
+            after as f64 / 1024.0,
+            (after.saturating_sub(before)) as f64 / 1000.0
+        );
+        let (before, after) = full_replay(100).await;
+        println!(
+            "100 taps with full replay buffers (1000 records each, about 0.7 MB per tap): RSS {:.0} → {:.0} MiB\n",
+            before as f64 / 1024.0,
+            after as f64 / 1024.0
+        );
+    }
+    if !part("throughput") && !part("latency") {
+        return;
+    }
+
+    // 8. Reference figures.
+    let raw = raw_tcp(2 << 30).await;
+    let (parse_rps, parse_mbs) = json_parse(400_000);
+    println!("| reference | figure |\n|---|---|");
+    println!("| raw loopback TCP copy | {raw:.0} MB/s |");
+    println!("| serde_json parse of the records (1 core) | {parse_rps:.0} records/s, {parse_mbs:.0} MB/s |\n");
+
+    // 1, 2, 5. Throughput.
+    if part("throughput") {
+        println!("| workload | records/s in | MB/s in | records/s delivered | vs raw TCP | silent gaps | dropped |\n|---|---|---|---|---|---|---|");
+        let row = |name: &str, t: &Throughput| {
+            println!(
+                "| {name} | {:.0} | {:.1} | {:.0} | {:.1} % | {} | {} |",
+                t.records_per_s,
+                t.mb_per_s,
+                t.delivered_per_s,
+                100.0 * t.mb_per_s / raw,
+                t.silent_gaps,
+                t.dropped
+            )
+        };
+        let one = throughput(big_queues(), Arc::new(AllowAll), 1, 1, 400_000, false).await;
+        row("ingest → 1 listener", &one);
+        let mut many = vec![];
+        for (n, total) in [(10usize, 200_000u64), (100, 50_000), (1000, 10_000)] {
+            let t = throughput(big_queues(), Arc::new(AllowAll), 1, n, total, false).await;
+            row(&format!("ingest → {n} listeners, one flow"), &t);
+            many.push((n, t));
+        }
+        let spread = throughput(big_queues(), Arc::new(AllowAll), 100, 1, 200_000, false).await;
+        row("100 flows × 1 listener", &spread);
+        let rbac = throughput(big_queues(), Arc::new(LabelPolicy::default()), 1, 1, 400_000, true).await;
+        row("labels policy, half denied", &rbac);
+        println!();
+        for (n, t) in &many {
+            println!(
+                "cost of {n} listeners vs 1 (time per record in): {:.2}×",
+                one.records_per_s / t.records_per_s
+            );
+        }
+        println!(
+            "relay throughput as a share of raw loopback TCP: {:.1} %; of single-core JSON parsing: {:.1} %\n",
+            100.0 * one.mb_per_s / raw,
+            100.0 * one.records_per_s / parse_rps
+        );
+        let n100 = many
+            .iter()
+            .find(|(n, _)| *n == 100)
+            .map(|(_, t)| t.delivered_per_s)
+            .unwrap_or(0.0);
+        println!(
+            "bytes written to listeners with 100 listeners: {:.0} MB/s, {:.0} % of raw loopback TCP\n",
+            n100 * rec_len as f64 / 1e6,
+            100.0 * n100 * rec_len as f64 / 1e6 / raw
+        );
+    }
+
+    // 3, 4. Latency, open loop.
+    if part("latency") {
+        println!("| offered load | p50 ms | p99 ms | p99.9 ms | received | RSS MiB |\n|---|---|---|---|---|---|");
+        for rate in [10_000u64, 50_000, 200_000] {
+            let (p50, p99, p999, got, rss) = latency(rate, 5, false).await;
+            println!(
+                "| {rate} records/s | {p50:.2} | {p99:.2} | {p999:.2} | {got} | {:.0} |",
+                rss as f64 / 1024.0
+            );
+        }
+        let (p50, p99, p999, got, rss) = latency(50_000, 5, true).await;
+        println!(
+            "| 50000 records/s + a listener reading 1 % | {p50:.2} | {p99:.2} | {p999:.2} | {got} | {:.0} |\n",
+            rss as f64 / 1024.0
+        );
+    }
+}

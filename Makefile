@@ -31,8 +31,8 @@ crds: ## Regenerate crds/flowtap.yaml from src/crd.rs
 	$(CARGO) run -q --bin log-socket -- crd > crds/flowtap.yaml
 	cp crds/flowtap.yaml config/helm/log-socket/crds/flowtap.yaml
 
-bench: ## Relay benchmarks against raw loopback TCP and JSON parsing, printed as tables (see BENCHMARKS.md)
-	$(CARGO) bench --bench relay
+bench: test-env ## Relay and control-plane benchmarks, printed as tables (see BENCHMARKS.md)
+	@export KUBEBUILDER_ASSETS="$$(tests/test-env.sh)"; $(CARGO) bench --bench relay
 
 build: ## Release build of both binaries
 	$(CARGO) build --release --bins

@@ -7,6 +7,10 @@
 //! HTTP/1.1 keep-alive connections, and reads WebSocket frames as k8stail does, checking the
 //! sequence numbers so that nothing is lost silently.
 
+#[path = "../tests/support/control_plane.rs"]
+#[allow(dead_code)] // shared with the tests, which use more of it
+mod control_plane;
+
 use futures::StreamExt;
 use log_socket::auth::{AllowAll, Authorizer, IngestAuth, StaticTokens};
 use log_socket::rbac::LabelPolicy;
@@ -560,6 +564,10 @@ async fn full_replay(taps: u64) -> (u64, u64) {
 }
 
 fn main() {
+    // RUST_LOG=log_socket=debug shows what the relay and the controller do during a run.
+    if std::env::var_os("RUST_LOG").is_some() {
+        log_socket::init_tracing("warn", log_socket::config::LogFormat::Text);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -601,6 +609,13 @@ async fn run() {
             before as f64 / 1024.0,
             after as f64 / 1024.0
         );
+    }
+    // 7. The control plane, against the real API server (needs `make test-env`).
+    if part("control-plane") {
+        match control_plane_bench(5).await {
+            Ok(()) => {}
+            Err(e) => println!("control plane: skipped ({e})\n"),
+        }
     }
     if !part("throughput") && !part("latency") {
         return;
@@ -679,4 +694,171 @@ async fn run() {
             rss as f64 / 1024.0
         );
     }
+}
+
+/// Sum of `apiserver_request_total` (every request the API server answered).
+async fn api_requests(client: &kube::Client) -> f64 {
+    let req = http::Request::get("/metrics").body(Vec::new()).unwrap();
+    let text = client.request_text(req).await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Listener connect → FlowTap Active with its Output created and the Flow patched, and
+/// disconnect → Flow restored, `cycles` times; the API requests each cycle costs.
+async fn control_plane_bench(cycles: u32) -> Result<(), String> {
+    use kube::api::{Api, DynamicObject, PostParams};
+    use kube::core::{ApiResource, GroupVersionKind};
+    use log_socket::crd::{FlowTap, Phase};
+    use log_socket::kubeauth::TokenReviewAuthenticator;
+    use log_socket::operator::{controller, sessions::ClusterSessions, OperatorConfig};
+
+    let dir = std::env::temp_dir().join(format!("log-socket-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let cp = control_plane::start(&dir)?;
+    cp.wait_ready(Duration::from_secs(90)).await?;
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let lo = repo.join("tests/fixtures/logging-operator");
+    let mut crds = vec![repo.join("crds/flowtap.yaml")];
+    crds.extend(
+        ["flows", "clusterflows", "outputs", "clusteroutputs"]
+            .iter()
+            .map(|k| lo.join(format!("logging.banzaicloud.io_{k}.yaml"))),
+    );
+    cp.install_crds(&crds).await?;
+    let client = cp.client().await;
+    let flows = Api::<DynamicObject>::namespaced_with(
+        client.clone(),
+        "default",
+        &ApiResource::from_gvk(&GroupVersionKind::gvk("logging.banzaicloud.io", "v1beta1", "Flow")),
+    );
+    let flow: DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "logging.banzaicloud.io/v1beta1", "kind": "Flow",
+        "metadata": {"name": "web"}, "spec": {"match": [{"select": {}}], "localOutputRefs": ["loki"]}
+    }))
+    .unwrap();
+    // A CRD is served a moment after it is Established.
+    let mut created = Err(String::new());
+    for _ in 0..50 {
+        created = flows
+            .create(&PostParams::default(), &flow)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        if created.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    created?;
+    let kubeconfig: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&cp.kubeconfig).map_err(|e| e.to_string())?).unwrap();
+    let admin_token = kubeconfig["users"][0]["user"]["token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+
+    let config = Arc::new(OperatorConfig {
+        instance: "bench".into(),
+        ingest_url: "http://log-socket.bench.svc:10000".into(),
+        linger: Duration::ZERO,
+        session_ttl: Duration::from_secs(60),
+        auth_secret: None,
+        tls_secret: None,
+        namespace: Some("default".into()),
+        mode: Default::default(),
+    });
+    let sessions = Arc::new(ClusterSessions::new(client.clone(), config.clone(), true));
+    let parts = Parts {
+        authenticator: Arc::new(TokenReviewAuthenticator::new(
+            client.clone(),
+            vec![],
+            Duration::from_secs(10),
+        )),
+        authorizer: Arc::new(AllowAll),
+        sessions,
+        ingest_auth: IngestAuth::basic("fluentd", "s3cret"),
+    };
+    let sockets = Sockets::plain(
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    );
+    let api = sockets.api.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until = move || {
+        let mut rx = stopped.clone();
+        async move { log_socket::until_true(&mut rx).await }
+    };
+    tokio::spawn(server::serve(
+        Arc::new(Relay::new(RelayConfig::default())),
+        sockets,
+        parts,
+        until(),
+    ));
+    tokio::spawn(controller::run(client.clone(), config, until()));
+    let taps: Api<FlowTap> = Api::namespaced(client.clone(), "default");
+    let refs = |f: &DynamicObject| f.data["spec"]["localOutputRefs"].clone();
+
+    let (mut to_active, mut to_restored, mut requests) = (vec![], vec![], vec![]);
+    for _ in 0..cycles {
+        let before = api_requests(&client).await;
+        // GETs this loop makes itself, taken out of the count.
+        let mut own = 0.0;
+        let start = Instant::now();
+        let mut req = format!("ws://{api}/flow/default/web").into_client_request().unwrap();
+        req.headers_mut()
+            .insert("x-authorization", admin_token.parse().unwrap());
+        req.headers_mut()
+            .insert("sec-websocket-protocol", "logsocket.v1".parse().unwrap());
+        let (ws, _) = tokio_tungstenite::connect_async(req).await.map_err(|e| e.to_string())?;
+        loop {
+            own += 1.0;
+            let active = taps
+                .get_opt("flow-web")
+                .await
+                .ok()
+                .flatten()
+                .and_then(|t| t.status?.phase)
+                == Some(Phase::Active);
+            if active {
+                own += 1.0;
+                if refs(&flows.get("web").await.unwrap()).as_array().map_or(0, |a| a.len()) == 2 {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        to_active.push(start.elapsed());
+        let left = Instant::now();
+        drop(ws);
+        while taps.get_opt("flow-web").await.ok().flatten().is_some() {
+            own += 1.0;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        own += 2.0;
+        to_restored.push(left.elapsed());
+        assert_eq!(refs(&flows.get("web").await.unwrap()), serde_json::json!(["loki"]));
+        // Give the controller's last writes (finalizer, status) time to land in the count.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        requests.push(api_requests(&client).await - before - own);
+    }
+    let _ = stop.send(true);
+    control_plane::teardown();
+    let ms = |d: &[Duration]| {
+        let mut v: Vec<f64> = d.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        (v[v.len() / 2], v[v.len() - 1])
+    };
+    let (a50, amax) = ms(&to_active);
+    let (r50, rmax) = ms(&to_restored);
+    let total: f64 = requests.iter().sum::<f64>() / requests.len() as f64;
+    println!("| control plane ({cycles} cycles, real kube-apiserver) | median | max |\n|---|---|---|");
+    println!("| listener connect → FlowTap Active, Output created, Flow patched | {a50:.0} ms | {amax:.0} ms |");
+    println!("| last listener leaves (linger 0) → FlowTap gone, Flow restored | {r50:.0} ms | {rmax:.0} ms |");
+    println!(
+        "API requests per connect + disconnect cycle (relay sessions, controller, TokenReview, SubjectAccessReview; the bench's own polling taken out): {total:.0}\n"
+    );
+    Ok(())
 }

@@ -66,6 +66,53 @@ pub async fn check_cluster_access(client: &kube::Client) -> Result<usize> {
     }
 }
 
+/// Check logging-operator's four CRDs are served: the tap operator watches all of them, and
+/// without one its watches fail and retry (taps then take seconds instead of milliseconds).
+pub async fn check_logging_operator(client: &kube::Client, namespace: Option<&str>) -> Result<()> {
+    use crate::logging::{ClusterFlow, ClusterOutput, Flow, Output};
+    async fn served<K>(client: &kube::Client, namespace: Option<&str>) -> Result<bool>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = match namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        match api.list(&ListParams::default().limit(1)).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+            Err(e) => Err(explain(
+                e,
+                &format!(
+                    "log-socket must be allowed to list {}.logging.banzaicloud.io (see config/rbac)",
+                    K::plural(&())
+                ),
+            )),
+        }
+    }
+    let mut missing = vec![];
+    for (plural, ok) in [
+        ("flows", served::<Flow>(client, namespace).await?),
+        ("clusterflows", served::<ClusterFlow>(client, namespace).await?),
+        ("outputs", served::<Output>(client, namespace).await?),
+        ("clusteroutputs", served::<ClusterOutput>(client, namespace).await?),
+    ] {
+        if !ok {
+            missing.push(format!("{plural}.logging.banzaicloud.io"));
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "logging-operator's CRDs are not installed ({} missing): install logging-operator (https://kube-logging.dev) first, or run with --operator false for a relay without the tap operator",
+        missing.join(", ")
+    )))
+}
+
 /// Bind the health listener, naming the address in the error.
 pub async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener> {
     TcpListener::bind(addr)
@@ -154,5 +201,44 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, Error::Kube(_)), "{err}");
         assert!(err.to_string().contains("etcd is down"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn missing_logging_operator_crds_are_named_with_what_to_do() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        let server = tokio::spawn(async move {
+            for _ in 0..4 {
+                let (request, send) = handle.next_request().await.expect("a list request");
+                let path = request.uri().path().to_owned();
+                let (code, body) = if path.ends_with("/clusterflows") || path.ends_with("/clusteroutputs") {
+                    (
+                        404,
+                        status(404, "NotFound", "the server could not find the requested resource"),
+                    )
+                } else {
+                    (
+                        200,
+                        json!({"apiVersion": "logging.banzaicloud.io/v1beta1", "kind": "List", "metadata": {}, "items": []}),
+                    )
+                };
+                send.send_response(
+                    Response::builder()
+                        .status(code)
+                        .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                        .unwrap(),
+                );
+            }
+        });
+        let err = check_logging_operator(&client, None).await.unwrap_err().to_string();
+        server.await.unwrap();
+        assert!(
+            err.contains("clusterflows.logging.banzaicloud.io, clusteroutputs.logging.banzaicloud.io missing"),
+            "{err}"
+        );
+        assert!(
+            err.contains("install logging-operator") && err.contains("--operator false"),
+            "{err}"
+        );
     }
 }

@@ -74,6 +74,9 @@ async fn run(cfg: &config::ServiceConfig) -> log_socket::Result<()> {
     } else {
         let client = log_socket::kubeclient::client(cfg.kubeconfig.as_deref(), cfg.context.as_deref()).await?;
         log_socket::service::check_cluster_access(&client).await?;
+        if cfg.operator {
+            log_socket::service::check_logging_operator(&client, cfg.watch_namespace.as_deref()).await?;
+        }
         let pod_log = || PodLogAccess::new(client.clone(), cfg.authz_cache_ttl.0);
         let labels = || LabelPolicy::counting_into(relay.metrics.invalid_rbac_labels.clone());
         let authorizer: Arc<dyn log_socket::auth::Authorizer> = match cfg.record_policy {

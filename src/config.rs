@@ -194,6 +194,16 @@ pub struct ServiceConfig {
     )]
     pub write_timeout: HumanDuration,
 
+    /// An ingest request's body must arrive completely within this time, else 408 (a trickling
+    /// client cannot hold an ingest slot).
+    #[arg(
+        long,
+        env = "LOG_SOCKET_INGEST_BODY_TIMEOUT",
+        default_value = "30s",
+        value_name = "DURATION"
+    )]
+    pub ingest_body_timeout: HumanDuration,
+
     /// Audiences a listener's token must be valid for (TokenReview), comma-separated; empty:
     /// the API server's own.
     #[arg(
@@ -535,6 +545,7 @@ impl ServiceConfig {
             ping_interval: self.ping_interval.0,
             idle_timeout: self.idle_timeout.0,
             write_timeout: self.write_timeout.0,
+            ingest_body_timeout: self.ingest_body_timeout.0,
         }
     }
 

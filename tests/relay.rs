@@ -458,3 +458,38 @@ async fn metrics_count_ingest_and_delivery_without_naming_users() {
     assert!(body.contains("log_socket_listeners 1"), "{body}");
     assert!(!body.contains("alice"), "no user names in metrics");
 }
+
+#[tokio::test]
+async fn a_trickling_ingest_body_is_cut_off_and_frees_its_slot() {
+    let config = RelayConfig {
+        ingest_body_timeout: Duration::from_millis(300),
+        max_concurrent_ingest: 1,
+        ..RelayConfig::default()
+    };
+    let r = start_with(config, Arc::new(AllowAll)).await;
+    let mut ws = connect(&r, "/flow/shop/web", "tok-alice").await;
+
+    // Headers promise 1000 bytes; 10 arrive, then nothing (slowloris).
+    let mut slow = TcpStream::connect(r.ingest).await.unwrap();
+    let head = format!(
+        "POST /flow/shop/web HTTP/1.1\r\nHost: x\r\nAuthorization: {INGEST_AUTH}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n[{{\"a\":1}},"
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut slow, head.as_bytes())
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 1024];
+    let n = tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read(&mut slow, &mut answer))
+        .await
+        .expect("an answer, not a hang")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive within"), "{answer}");
+
+    // The only ingest slot is free again: a well-behaved request goes through.
+    assert_eq!(
+        post(&r, "/flow/shop/web", &array(&[record("web-1", "after")])).await.0,
+        200
+    );
+    assert_eq!(messages(&drain(&r, &mut ws, "/flow/shop/web").await), ["after"]);
+}

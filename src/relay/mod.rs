@@ -80,6 +80,8 @@ pub struct RelayConfig {
     pub idle_timeout: Duration,
     /// A write to a listener that takes longer than this disconnects it.
     pub write_timeout: Duration,
+    /// An ingest body must arrive completely within this time (408 otherwise).
+    pub ingest_body_timeout: Duration,
 }
 
 impl Default for RelayConfig {
@@ -96,6 +98,7 @@ impl Default for RelayConfig {
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(10),
+            ingest_body_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -174,7 +174,23 @@ where
         return text(StatusCode::PAYLOAD_TOO_LARGE, format!("body larger than {limit} bytes"));
     }
     let mut buf = BytesMut::with_capacity(length.unwrap_or(0).min(limit as u64) as usize);
-    while let Some(chunk) = body.next().await {
+    // A body that trickles in (slowloris) would hold an ingest slot forever: bound the whole read.
+    let deadline = tokio::time::Instant::now() + state.relay.config.ingest_body_timeout;
+    loop {
+        let chunk = match tokio::time::timeout_at(deadline, body.next()).await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(_) => {
+                metrics.error("ingest_body_timeout");
+                return text(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the body did not arrive within {:?}",
+                        state.relay.config.ingest_body_timeout
+                    ),
+                );
+            }
+        };
         let mut chunk = match chunk {
             Ok(c) => c,
             Err(e) => return text(StatusCode::BAD_REQUEST, format!("cannot read body: {e}")),

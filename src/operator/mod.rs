@@ -122,15 +122,26 @@ pub async fn update_status(
         tap.status = Some(status);
         match api.replace_status(name, &PostParams::default(), &tap).await {
             Ok(tap) => return Ok(Some(tap)),
-            Err(kube::Error::Api(s)) if s.code == 409 && attempt < 20 => {
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt < 40 => {
                 attempt += 1;
-                // Spread retries of concurrent writers.
-                tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
+                tokio::time::sleep(conflict_backoff(attempt)).await;
             }
             Err(kube::Error::Api(s)) if s.code == 404 => return Ok(None),
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Wait before retry `attempt` after a conflict: growing (10 ms × 1.5ⁿ, at most 250 ms) and
+/// jittered to 50–150 %, so concurrent writers (many listeners connecting at once, several
+/// relays, the controller) spread out instead of colliding again in lockstep.
+fn conflict_backoff(attempt: u64) -> Duration {
+    use ring::rand::SecureRandom;
+    let base = (10.0 * 1.5f64.powi(attempt.min(20) as i32)).min(250.0);
+    let mut byte = [0u8; 1];
+    let _ = ring::rand::SystemRandom::new().fill(&mut byte);
+    let jitter = 0.5 + f64::from(byte[0]) / 255.0;
+    Duration::from_micros((base * jitter * 1000.0) as u64)
 }
 
 #[cfg(test)]
@@ -147,5 +158,15 @@ mod tests {
         assert_eq!(name.len(), 253);
         assert_eq!(name, ephemeral_tap_name(FlowKind::Flow, &long), "stable");
         assert_ne!(name, ephemeral_tap_name(FlowKind::Flow, &"a".repeat(252)));
+    }
+
+    #[test]
+    fn conflict_retries_back_off_with_jitter_up_to_a_cap() {
+        for attempt in 1..40 {
+            let d = conflict_backoff(attempt);
+            assert!(d <= Duration::from_millis(375), "{attempt}: {d:?}");
+            assert!(d >= Duration::from_millis(7), "{attempt}: {d:?}");
+        }
+        assert!(conflict_backoff(30) > conflict_backoff(1) * 4, "grows");
     }
 }

@@ -783,3 +783,81 @@ async fn k8stail_reports_a_tap_that_cannot_work() {
         "{line}"
     );
 }
+
+#[tokio::test]
+async fn connect_and_disconnect_churn_leaves_no_tap_output_or_ref_behind() {
+    // `LOG_SOCKET_CHURN_CYCLES=1000 make test` for the long variant.
+    let cycles: usize = std::env::var("LOG_SOCKET_CHURN_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let h = harness("op-churn").await;
+    let flows = ["web0", "web1", "web2"];
+    for f in flows {
+        support::create_flow(&h.client, &h.ns, f, flow_spec()).await;
+    }
+    let alice = listener(&h, "alice").await;
+    let workers = 10;
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = vec![];
+    for w in 0..workers {
+        let (api, ns, token, done) = (h.relay.api, h.ns.clone(), alice.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = w;
+            while i < cycles {
+                let path = format!("/flow/{ns}/{}", flows[i % flows.len()]);
+                use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+                let mut req = format!("ws://{api}{path}").into_client_request().unwrap();
+                req.headers_mut().insert("x-authorization", token.parse().unwrap());
+                req.headers_mut()
+                    .insert("sec-websocket-protocol", "logsocket.v1".parse().unwrap());
+                let tcp = tokio::net::TcpStream::connect(api).await.unwrap();
+                let (mut ws, _) = tokio_tungstenite::client_async(req, tcp).await.expect("connect");
+                // Stay until attached, sometimes a little longer.
+                let _ = next_any(&mut ws).await;
+                if i % 7 == 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                drop(ws);
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                i += workers;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(done.load(std::sync::atomic::Ordering::SeqCst), cycles);
+
+    // After the linger, nothing is left: no FlowTap, no Output, every Flow as before.
+    let taps: Api<FlowTap> = Api::namespaced(h.client.clone(), &h.ns);
+    let outputs = support::logging_api(&h.client, &h.ns, "Output");
+    for _ in 0..600 {
+        let left_taps = taps.list(&ListParams::default()).await.unwrap().items.len();
+        let left_outputs = outputs.list(&ListParams::default()).await.unwrap().items.len();
+        if left_taps == 0 && left_outputs == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let left: Vec<String> = taps
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|t| format!("{} {:?}", kube::ResourceExt::name_any(t), t.status))
+        .collect();
+    assert!(left.is_empty(), "leaked FlowTaps: {left:?}");
+    assert!(
+        outputs.list(&ListParams::default()).await.unwrap().items.is_empty(),
+        "leaked Outputs"
+    );
+    for f in flows {
+        assert_eq!(
+            raw(&h, "Flow", f).await.unwrap()["spec"]["localOutputRefs"],
+            json!(["loki"]),
+            "{f} restored"
+        );
+    }
+}

@@ -457,6 +457,10 @@ async fn metrics_count_ingest_and_delivery_without_naming_users() {
     );
     assert!(body.contains("log_socket_listeners 1"), "{body}");
     assert!(!body.contains("alice"), "no user names in metrics");
+    assert!(
+        !body.contains("tok-alice") && !body.contains("tok-bob") && !body.contains("Zmx1ZW50ZDpzM2NyZXQ"),
+        "no tokens or ingest credentials in metrics"
+    );
 }
 
 #[tokio::test]

@@ -720,14 +720,7 @@ async fn control_plane_bench(cycles: u32) -> Result<(), String> {
     let cp = control_plane::start(&dir)?;
     cp.wait_ready(Duration::from_secs(90)).await?;
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let lo = repo.join("tests/fixtures/logging-operator");
-    let mut crds = vec![repo.join("crds/flowtap.yaml")];
-    crds.extend(
-        ["flows", "clusterflows", "outputs", "clusteroutputs"]
-            .iter()
-            .map(|k| lo.join(format!("logging.banzaicloud.io_{k}.yaml"))),
-    );
-    cp.install_crds(&crds).await?;
+    cp.install_crds(&control_plane::crd_files(repo)).await?;
     let client = cp.client().await;
     let flows = Api::<DynamicObject>::namespaced_with(
         client.clone(),

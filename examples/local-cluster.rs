@@ -40,14 +40,7 @@ async fn run() -> Result<(), String> {
     // Started from the main thread, which lives until the end: the processes die with it.
     let cp = control_plane::start(&base)?;
     cp.wait_ready(Duration::from_secs(90)).await?;
-    let lo = repo.join("tests/fixtures/logging-operator");
-    let mut crds = vec![repo.join("crds/flowtap.yaml")];
-    crds.extend(
-        ["flows", "clusterflows", "outputs", "clusteroutputs"]
-            .iter()
-            .map(|k| lo.join(format!("logging.banzaicloud.io_{k}.yaml"))),
-    );
-    cp.install_crds(&crds).await?;
+    cp.install_crds(&control_plane::crd_files(repo)).await?;
     let kubectl = control_plane::kubectl_path(cp.assets.as_deref());
     for example in ["examples/flow.yaml", "examples/flowtap-persistent.yaml"] {
         // stdout is k8stail's; what kubectl says goes to stderr.

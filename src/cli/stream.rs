@@ -135,7 +135,8 @@ pub async fn follow(
         (None, Some(_)) => vec![("tail".to_owned(), "1000000".to_owned())],
         (None, None) => vec![],
     };
-    let ctrl_c = interrupted();
+    // Ctrl-C or SIGTERM: both end k8stail cleanly (close frame, resume file written).
+    let ctrl_c = crate::service::shutdown_signal();
     tokio::pin!(ctrl_c);
     let mut connected_once = false;
     let mut backoff = Backoff::new(args.max_backoff.0);
@@ -381,28 +382,6 @@ async fn read(
             }
             _ => {} // newer frame types are for newer clients
         }
-    }
-}
-
-/// Ctrl-C, or SIGTERM: both end k8stail cleanly (close frame, resume file written).
-async fn interrupted() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
     }
 }
 

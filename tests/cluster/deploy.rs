@@ -3,6 +3,19 @@
 
 use crate::support;
 
+/// What both the kustomize base and the chart install (the base also creates its Namespace).
+const INSTALLED_KINDS: [&str; 9] = [
+    "CustomResourceDefinition",
+    "ServiceAccount",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Role",
+    "RoleBinding",
+    "Deployment",
+    "Service",
+    "NetworkPolicy",
+];
+
 /// Make sure the install namespace exists (server-side dry-run does not create it).
 fn install_namespace() {
     let (ok, out, err) = support::kubectl(&["get", "namespace", "log-socket", "--ignore-not-found", "-o", "name"]);
@@ -29,18 +42,7 @@ async fn the_kustomize_base_renders_and_the_api_server_accepts_it() {
     let base = support::repo().join("config/default");
     let (ok, rendered, err) = support::kubectl(&["kustomize", base.to_str().unwrap()]);
     assert!(ok, "{err}");
-    for kind in [
-        "Namespace",
-        "CustomResourceDefinition",
-        "ServiceAccount",
-        "ClusterRole",
-        "ClusterRoleBinding",
-        "Role",
-        "RoleBinding",
-        "Deployment",
-        "Service",
-        "NetworkPolicy",
-    ] {
+    for kind in std::iter::once("Namespace").chain(INSTALLED_KINDS) {
         assert!(
             rendered.contains(&format!("\nkind: {kind}\n")),
             "{kind} missing:\n{rendered}"
@@ -107,17 +109,7 @@ async fn the_helm_chart_lints_strictly_renders_and_the_api_server_accepts_it() {
     assert!(ok, "{err}");
     let docs = documents(&rendered);
     let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
-    for kind in [
-        "CustomResourceDefinition",
-        "ServiceAccount",
-        "ClusterRole",
-        "ClusterRoleBinding",
-        "Role",
-        "RoleBinding",
-        "Deployment",
-        "Service",
-        "NetworkPolicy",
-    ] {
+    for kind in INSTALLED_KINDS {
         assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
     }
     // The chart grants exactly what the kustomize base grants.

@@ -66,6 +66,17 @@ pub fn assets_dir() -> Result<PathBuf, String> {
 }
 
 /// The kubectl the tests use: the one in the assets directory, else the one on PATH.
+/// The CRDs a log-socket control plane needs: FlowTap (as committed) and logging-operator's four
+/// (the test copies, without the `default: ""` lines API server 1.20 rejects).
+pub fn crd_files(repo: &Path) -> Vec<PathBuf> {
+    let mut files = vec![repo.join("crds/flowtap.yaml")];
+    let lo = repo.join("tests/fixtures/logging-operator");
+    for kind in ["flows", "clusterflows", "outputs", "clusteroutputs"] {
+        files.push(lo.join(format!("logging.banzaicloud.io_{kind}.yaml")));
+    }
+    files
+}
+
 pub fn kubectl_path(assets: Option<&Path>) -> PathBuf {
     if let Some(k) = assets.map(|a| a.join("kubectl")).filter(|k| k.exists()) {
         return k;

@@ -20,12 +20,7 @@ pub fn repo() -> &'static Path {
 
 /// The CRDs every test cluster gets: FlowTap (as committed) and logging-operator's.
 pub fn crd_files() -> Vec<PathBuf> {
-    let mut files = vec![repo().join("crds/flowtap.yaml")];
-    let lo = repo().join("tests/fixtures/logging-operator");
-    for kind in ["flows", "clusterflows", "outputs", "clusteroutputs"] {
-        files.push(lo.join(format!("logging.banzaicloud.io_{kind}.yaml")));
-    }
-    files
+    control_plane::crd_files(repo())
 }
 
 static ENV: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
@@ -259,7 +254,16 @@ pub async fn grant_in(client: &kube::Client, role_ns: &str, sa_ns: &str, sa: &st
         },
         ..Default::default()
     };
-    let api = Api::<SubjectAccessReview>::all(client.clone());
+    wait_allowed(client, review, &format!("the grant to {sa_ns}/{sa} in {role_ns}")).await;
+}
+
+/// Ask the authorizer until it allows `review` (its RBAC cache lags a moment behind writes).
+async fn wait_allowed(
+    client: &kube::Client,
+    review: k8s_openapi::api::authorization::v1::SubjectAccessReview,
+    what: &str,
+) {
+    let api = Api::<k8s_openapi::api::authorization::v1::SubjectAccessReview>::all(client.clone());
     for _ in 0..300 {
         let answer = api
             .create(&PostParams::default(), &review)
@@ -270,7 +274,7 @@ pub async fn grant_in(client: &kube::Client, role_ns: &str, sa_ns: &str, sa: &st
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("the grant to {sa_ns}/{sa} in {role_ns} did not take effect within 30s");
+    panic!("{what} did not take effect within 30s");
 }
 
 /// Rules allowing `get` on Flows and ClusterFlows (what tapping needs).
@@ -342,16 +346,5 @@ pub async fn grant_shipped_rbac(client: &kube::Client, ns: &str, sa: &str) {
         },
         ..Default::default()
     };
-    let api = Api::<SubjectAccessReview>::all(client.clone());
-    for _ in 0..300 {
-        let answer = api
-            .create(&PostParams::default(), &review)
-            .await
-            .expect("SubjectAccessReview");
-        if answer.status.is_some_and(|s| s.allowed) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the shipped ClusterRole did not take effect for {ns}/{sa} within 30s");
+    wait_allowed(client, review, &format!("the shipped ClusterRole for {ns}/{sa}")).await;
 }

@@ -88,9 +88,10 @@ impl Authenticator for TokenReviewAuthenticator {
                 },
                 ..Default::default()
             };
-            let answer = Api::<TokenReview>::all(self.client.clone())
-                .create(&PostParams::default(), &review)
+            let (api, params) = (Api::<TokenReview>::all(self.client.clone()), PostParams::default());
+            let answer = tokio::time::timeout(API_TIMEOUT, api.create(&params, &review))
                 .await
+                .map_err(|_| AuthError::Unavailable(unanswered("TokenReview")))?
                 .map_err(|e| AuthError::Unavailable(format!("TokenReview failed: {}", api_reason(&e))))?;
             let status = answer.status.unwrap_or_default();
             let result = match (status.authenticated, status.user) {
@@ -127,11 +128,20 @@ async fn access_review(client: &kube::Client, who: &Identity, attrs: ResourceAtt
         },
         ..Default::default()
     };
-    Api::<SubjectAccessReview>::all(client.clone())
-        .create(&PostParams::default(), &review)
+    let (api, params) = (Api::<SubjectAccessReview>::all(client.clone()), PostParams::default());
+    tokio::time::timeout(API_TIMEOUT, api.create(&params, &review))
         .await
+        .map_err(|_| unanswered("SubjectAccessReview"))?
         .map(|r| r.status.is_some_and(|s| s.allowed))
         .map_err(|e| format!("SubjectAccessReview failed: {}", api_reason(&e)))
+}
+
+/// How long a listener's connect waits for the API server to review its token or permission;
+/// an API server that does not answer (down, partitioned) must not leave connects hanging.
+const API_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn unanswered(what: &str) -> String {
+    format!("{what} failed: the Kubernetes API did not answer within {API_TIMEOUT:?}; try again later")
 }
 
 /// Record policy `kubernetes`: a listener sees a record if it may `get pods/log` in the record's

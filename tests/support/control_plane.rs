@@ -140,6 +140,18 @@ fn stop_pid(pid: i32, grace: Duration) {
     }
 }
 
+/// Freeze (SIGSTOP) or resume (SIGCONT) the API server started by this process: to clients it
+/// looks like an API server that stopped answering, as in an outage or a partition.
+pub fn pause_apiserver(paused: bool) {
+    let pid = APISERVER_PID.load(Ordering::SeqCst);
+    if pid > 0 {
+        // SAFETY: signalling a child this process started.
+        unsafe {
+            libc::kill(pid, if paused { libc::SIGSTOP } else { libc::SIGCONT });
+        }
+    }
+}
+
 /// Stop the control plane started by this process: API server first, then etcd.
 pub fn teardown() {
     stop_pid(APISERVER_PID.swap(0, Ordering::SeqCst), Duration::from_secs(5));

@@ -9,13 +9,7 @@ mod wire;
 
 use kube::api::Api;
 use log_socket::crd::{FlowTap, Phase};
-use log_socket::kubeauth::TokenReviewAuthenticator;
-use log_socket::operator::{controller, sessions::ClusterSessions, OperatorConfig};
-use log_socket::rbac::LabelPolicy;
-use log_socket::relay::server::Parts;
-use log_socket::relay::RelayConfig;
 use serde_json::json;
-use std::sync::Arc;
 use std::time::Duration;
 use wire::*;
 
@@ -40,42 +34,22 @@ async fn while_the_api_server_is_down_listeners_keep_their_records_and_new_ones_
     let client = support::client().await;
     let ns = support::namespace(&client, "outage").await;
     support::create_flow(&client, &ns, "web", json!({"localOutputRefs": ["loki"]})).await;
-    let config = Arc::new(OperatorConfig {
-        instance: "relay-outage".into(),
-        ingest_url: "http://log-socket.test.svc:10000".into(),
-        linger: Duration::from_secs(60),
-        session_ttl: Duration::from_secs(60),
-        auth_secret: None,
-        tls_secret: None,
-        namespace: Some(ns.clone()),
-        mode: Default::default(),
-    });
-    let sessions = Arc::new(ClusterSessions::new(client.clone(), config.clone(), true));
-    let parts = Parts {
-        authenticator: Arc::new(TokenReviewAuthenticator::new(
-            client.clone(),
-            vec![],
-            Duration::from_secs(10),
-        )),
-        authorizer: Arc::new(LabelPolicy::default()),
-        sessions: sessions.clone(),
-        ingest_auth: ingest_auth(),
-    };
-    let relay = start_relay(RelayConfig::default(), parts).await;
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = rx.clone();
-        async move { log_socket::until_true(&mut rx).await }
-    };
-    tokio::spawn(sessions.renew(stopped()));
-    tokio::spawn(controller::run(client.clone(), config, stopped()));
+    let h = support::harness_with(
+        client.clone(),
+        ns.clone(),
+        true,
+        Duration::from_secs(60),
+        Duration::from_secs(60),
+    )
+    .await;
+    let relay = &h.relay;
 
     let alice = support::service_account_token(&client, &ns, "alice").await;
     let bob = support::service_account_token(&client, &ns, "bob").await;
     support::grant(&client, &ns, "alice", support::may_tap_flows()).await;
     support::grant(&client, &ns, "bob", support::may_tap_flows()).await;
     let path = format!("/flow/{ns}/web");
-    let mut ws = connect(&relay, &path, &alice).await;
+    let mut ws = connect(relay, &path, &alice).await;
     let taps: Api<FlowTap> = Api::namespaced(client.clone(), &ns);
     for _ in 0..300 {
         if taps.get_opt("flow-web").await.unwrap().and_then(|t| t.status?.phase) == Some(Phase::Active) {
@@ -88,17 +62,14 @@ async fn while_the_api_server_is_down_listeners_keep_their_records_and_new_ones_
     {
         let _frozen = Frozen::api_server();
         // The relay needs no API server to deliver to a listener it already has.
-        assert_eq!(
-            post(&relay, &path, &array(&[allowed("during the outage")])).await.0,
-            200
-        );
+        assert_eq!(post(relay, &path, &array(&[allowed("during the outage")])).await.0, 200);
         assert_eq!(
             messages(&records_until(&mut ws, "during the outage").await),
             Vec::<String>::new()
         );
         // A new listener cannot be authenticated: a clear 503 within the API timeout, not a hang.
         let started = std::time::Instant::now();
-        let refused = tokio::time::timeout(Duration::from_secs(30), try_connect(&relay, &path, &bob))
+        let refused = tokio::time::timeout(Duration::from_secs(30), try_connect(relay, &path, &bob))
             .await
             .expect("an answer, not a hang");
         let Err(err) = refused else {
@@ -109,8 +80,8 @@ async fn while_the_api_server_is_down_listeners_keep_their_records_and_new_ones_
     }
 
     // Back: new listeners are accepted and counted, the old one never noticed.
-    let mut ws_bob = connect(&relay, &path, &bob).await;
-    assert_eq!(post(&relay, &path, &array(&[allowed("after")])).await.0, 200);
+    let mut ws_bob = connect(relay, &path, &bob).await;
+    assert_eq!(post(relay, &path, &array(&[allowed("after")])).await.0, 200);
     records_until(&mut ws, "after").await;
     records_until(&mut ws_bob, "after").await;
     let mut counted = false;
@@ -129,5 +100,4 @@ async fn while_the_api_server_is_down_listeners_keep_their_records_and_new_ones_
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(counted, "both listeners registered on the FlowTap after the outage");
-    let _ = stop.send(true);
 }

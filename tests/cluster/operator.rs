@@ -5,31 +5,13 @@ use crate::support;
 use crate::wire::*;
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use log_socket::crd::FlowTap;
-use log_socket::kubeauth::TokenReviewAuthenticator;
-use log_socket::operator::{controller, sessions::ClusterSessions, OperatorConfig};
-use log_socket::rbac::LabelPolicy;
-use log_socket::relay::server::Parts;
-use log_socket::relay::RelayConfig;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
-const INGEST_URL: &str = "http://log-socket.test.svc:10000";
 const LINGER: Duration = Duration::from_secs(2);
 
-/// A relay with registration, plus the controller, both scoped to one test namespace.
-struct Harness {
-    relay: TestRelay,
-    client: kube::Client,
-    ns: String,
-    stop: tokio::sync::watch::Sender<bool>,
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-    }
-}
+use support::{Harness, INGEST_URL};
 
 async fn harness(prefix: &str) -> Harness {
     let client = support::client().await;
@@ -38,49 +20,7 @@ async fn harness(prefix: &str) -> Harness {
 }
 
 async fn harness_in(client: kube::Client, ns: String, with_controller: bool) -> Harness {
-    let config = Arc::new(OperatorConfig {
-        instance: format!("relay-{ns}"),
-        ingest_url: INGEST_URL.into(),
-        linger: LINGER,
-        session_ttl: Duration::from_secs(6),
-        auth_secret: Some("log-socket-ingest".into()),
-        tls_secret: None,
-        namespace: Some(ns.clone()),
-        mode: Default::default(),
-    });
-    let sessions = Arc::new(ClusterSessions::new(client.clone(), config.clone(), true));
-    let parts = Parts {
-        authenticator: Arc::new(TokenReviewAuthenticator::new(
-            client.clone(),
-            vec![],
-            Duration::from_secs(10),
-        )),
-        authorizer: Arc::new(LabelPolicy::default()),
-        sessions: sessions.clone(),
-        ingest_auth: ingest_auth(),
-    };
-    let relay = start_relay(RelayConfig::default(), parts).await;
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = rx.clone();
-        async move { log_socket::until_true(&mut rx).await }
-    };
-    tokio::spawn(sessions.renew(stopped()));
-    tokio::spawn(controller::track_taps(
-        client.clone(),
-        config.clone(),
-        relay.relay.clone(),
-        stopped(),
-    ));
-    if with_controller {
-        tokio::spawn(controller::run(client.clone(), config, stopped()));
-    }
-    Harness {
-        relay,
-        client,
-        ns,
-        stop,
-    }
+    support::harness_with(client, ns, with_controller, LINGER, Duration::from_secs(6)).await
 }
 
 /// A listener's token, allowed to tap flows in the namespace.

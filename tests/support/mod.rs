@@ -348,3 +348,75 @@ pub async fn grant_shipped_rbac(client: &kube::Client, ns: &str, sa: &str) {
     };
     wait_allowed(client, review, &format!("the shipped ClusterRole for {ns}/{sa}")).await;
 }
+
+/// Where the generated outputs of test harnesses send records.
+pub const INGEST_URL: &str = "http://log-socket.test.svc:10000";
+
+/// A relay with listener registration, tap tracking and (optionally) the controller, all scoped
+/// to one test namespace; stopped when dropped.
+pub struct Harness {
+    pub relay: crate::wire::TestRelay,
+    pub client: kube::Client,
+    pub ns: String,
+    pub stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+pub async fn harness_with(
+    client: kube::Client,
+    ns: String,
+    with_controller: bool,
+    linger: Duration,
+    session_ttl: Duration,
+) -> Harness {
+    use log_socket::operator::{controller, sessions::ClusterSessions, OperatorConfig};
+    use std::sync::Arc;
+    let config = Arc::new(OperatorConfig {
+        instance: format!("relay-{ns}"),
+        ingest_url: INGEST_URL.into(),
+        linger,
+        session_ttl,
+        auth_secret: Some("log-socket-ingest".into()),
+        tls_secret: None,
+        namespace: Some(ns.clone()),
+        mode: Default::default(),
+    });
+    let sessions = Arc::new(ClusterSessions::new(client.clone(), config.clone(), true));
+    let parts = log_socket::relay::server::Parts {
+        authenticator: Arc::new(log_socket::kubeauth::TokenReviewAuthenticator::new(
+            client.clone(),
+            vec![],
+            Duration::from_secs(10),
+        )),
+        authorizer: Arc::new(log_socket::rbac::LabelPolicy::default()),
+        sessions: sessions.clone(),
+        ingest_auth: crate::wire::ingest_auth(),
+    };
+    let relay = crate::wire::start_relay(log_socket::relay::RelayConfig::default(), parts).await;
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = rx.clone();
+        async move { log_socket::until_true(&mut rx).await }
+    };
+    tokio::spawn(sessions.renew(stopped()));
+    tokio::spawn(controller::track_taps(
+        client.clone(),
+        config.clone(),
+        relay.relay.clone(),
+        stopped(),
+    ));
+    if with_controller {
+        tokio::spawn(controller::run(client.clone(), config, stopped()));
+    }
+    Harness {
+        relay,
+        client,
+        ns,
+        stop,
+    }
+}

@@ -460,52 +460,31 @@ fn owner(tap: &FlowTap) -> OwnerReference {
 }
 
 fn is_ours(meta: &kube::api::ObjectMeta, tap: &FlowTap) -> bool {
-    meta.labels
-        .as_ref()
-        .and_then(|l| l.get(MANAGED_BY.0))
-        .map(String::as_str)
-        == Some(MANAGED_BY.1)
-        && meta
-            .owner_references
-            .as_ref()
-            .is_some_and(|o| o.iter().any(|o| Some(&o.uid) == tap.uid().as_ref()))
+    super::is_managed(meta)
+        && tap
+            .uid()
+            .is_some_and(|uid| super::owning_tap_uids(meta).contains(&uid.as_str()))
 }
 
 async fn ensure_output(tap: &FlowTap, name: &str, ctx: &Context) -> Result<(OutputState, bool)> {
     let ns = tap.namespace().unwrap_or_default();
-    let spec = desired_output_spec(tap, &ctx.config);
+    let output: OutputSpec =
+        serde_json::from_value(desired_output_spec(tap, &ctx.config)).expect("a valid output spec");
+    let repaired = ("OutputRepaired", format!("{name} was changed and was restored"));
     match tap.spec.flow_ref.kind.output_kind() {
         OutputKind::Output => {
-            let spec: OutputSpec = serde_json::from_value(spec).expect("a valid output spec");
-            let mut obj = Output::new(name, spec);
-            ensure_managed(
-                Api::namespaced(ctx.client.clone(), &ns),
-                &mut obj,
-                tap,
-                ctx,
-                |o| &mut o.spec,
-                ("OutputRepaired", format!("{name} was changed and was restored")),
-            )
-            .await
+            let mut obj = Output::new(name, output);
+            let api = Api::namespaced(ctx.client.clone(), &ns);
+            ensure_managed(api, &mut obj, tap, ctx, |o| &mut o.spec, repaired).await
         }
         OutputKind::ClusterOutput => {
-            let output: OutputSpec = serde_json::from_value(spec).expect("a valid output spec");
-            let mut obj = ClusterOutput::new(
-                name,
-                ClusterOutputSpec {
-                    protected: None,
-                    output,
-                },
-            );
-            ensure_managed(
-                Api::namespaced(ctx.client.clone(), &ns),
-                &mut obj,
-                tap,
-                ctx,
-                |o| &mut o.spec,
-                ("OutputRepaired", format!("{name} was changed and was restored")),
-            )
-            .await
+            let spec = ClusterOutputSpec {
+                protected: None,
+                output,
+            };
+            let mut obj = ClusterOutput::new(name, spec);
+            let api = Api::namespaced(ctx.client.clone(), &ns);
+            ensure_managed(api, &mut obj, tap, ctx, |o| &mut o.spec, repaired).await
         }
     }
 }

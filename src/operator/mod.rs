@@ -54,10 +54,7 @@ impl OperatorConfig {
 
     /// FlowTaps in the operator's scope.
     pub fn taps(&self, client: &kube::Client) -> Api<FlowTap> {
-        match &self.namespace {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        }
+        self.scoped(client)
     }
 }
 
@@ -80,6 +77,15 @@ fn bounded(name: &str, max: usize) -> String {
     let hash: String = digest.as_ref()[..5].iter().map(|b| format!("{b:02x}")).collect();
     let keep = max - hash.len() - 1;
     format!("{}-{hash}", name[..keep].trim_end_matches(['-', '.']))
+}
+
+/// Whether log-socket created this object (it carries the managed-by label).
+pub fn is_managed(meta: &kube::api::ObjectMeta) -> bool {
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get(MANAGED_BY.0))
+        .map(String::as_str)
+        == Some(MANAGED_BY.1)
 }
 
 /// UIDs of the FlowTaps that own an object (through its ownerReferences).

@@ -8,7 +8,7 @@
 //! exist and that no FlowTap will create, which logging-operator would reject anyway.
 
 use super::controller::edit_refs;
-use super::{output_name, OperatorConfig, MANAGED_BY};
+use super::{output_name, OperatorConfig};
 use crate::logging::{ClusterFlow, ClusterOutput, Flow, HasStatus, Output};
 use crate::Result;
 use k8s_openapi::NamespaceResourceScope;
@@ -48,13 +48,7 @@ struct Known {
 impl Known {
     /// Managed by log-socket, and its owning FlowTap is gone.
     fn orphaned(&self, meta: &kube::api::ObjectMeta) -> bool {
-        let managed = meta
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(MANAGED_BY.0))
-            .map(String::as_str)
-            == Some(MANAGED_BY.1);
-        managed && !super::owning_tap_uids(meta).iter().any(|u| self.uids.contains(*u))
+        super::is_managed(meta) && !super::owning_tap_uids(meta).iter().any(|u| self.uids.contains(*u))
     }
 }
 

@@ -63,6 +63,12 @@ fn k8stail(args: &[&str]) -> Command {
     cmd
 }
 
+/// Run k8stail to its end; its exit code and stderr.
+async fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
+    let out = k8stail(args).output().await.unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 struct Tail {
     child: Child,
     lines: Lines<BufReader<ChildStdout>>,
@@ -369,40 +375,24 @@ async fn a_resume_file_continues_where_the_last_run_stopped() {
 async fn refusals_and_bad_arguments_exit_non_zero_with_the_reason() {
     let r = relay().await;
     let server = format!("http://{}", r.api);
-    let out = k8stail(&["--server", &server, "--token", "wrong", "shop/web"])
-        .output()
-        .await
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (code, err) = run_to_exit(&["--server", &server, "--token", "wrong", "shop/web"]).await;
+    assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("401") && err.contains("--token"), "{err}");
 
-    let out = k8stail(&["--server", &server, "--token", TOKEN, "web"])
-        .output()
-        .await
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let (code, err) = run_to_exit(&["--server", &server, "--token", TOKEN, "web"]).await;
+    assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("NAMESPACE/NAME"), "{err}");
 
-    let out = k8stail(&["--server", &server, "--token", TOKEN, "shop/web", "--grep", "("])
-        .output()
-        .await
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (code, err) = run_to_exit(&["--server", &server, "--token", TOKEN, "shop/web", "--grep", "("]).await;
+    assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("400") && err.contains("grep"),
         "the relay's reason is shown: {err}"
     );
 
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
-    let out = k8stail(&["--server", &format!("http://{closed}"), "--token", TOKEN, "shop/web"])
-        .output()
-        .await
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (code, err) = run_to_exit(&["--server", &format!("http://{closed}"), "--token", TOKEN, "shop/web"]).await;
+    assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("cannot connect"), "{err}");
     stop(r).await;
 }
@@ -497,7 +487,7 @@ async fn https_servers_are_verified_against_the_ca_file_and_skipping_that_warns(
 
     let bundle = certs.join("empty-bundle.pem");
     std::fs::write(&bundle, std::fs::read(certs.join("client.crt")).unwrap()).unwrap();
-    let out = k8stail(&[
+    let (code, err) = run_to_exit(&[
         "--server",
         &server,
         "--ca-file",
@@ -506,11 +496,8 @@ async fn https_servers_are_verified_against_the_ca_file_and_skipping_that_warns(
         TOKEN,
         "shop/web",
     ])
-    .output()
-    .await
-    .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    .await;
+    assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("TLS with localhost") && err.contains("certificate"),
         "{err}"

@@ -573,12 +573,12 @@ async fn sessions_of_a_relay_that_stopped_renewing_expire() {
     let h = harness("op-expire").await;
     support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
     let api: Api<FlowTap> = Api::namespaced(h.client.clone(), &h.ns);
-    let tap: FlowTap = serde_json::from_value(json!({
-        "apiVersion": "logsocket.dev/v1alpha1", "kind": "FlowTap",
-        "metadata": {"name": "web-tap"}, "spec": {"flowRef": {"kind": "Flow", "name": "web"}, "persistent": true}
-    }))
-    .unwrap();
-    api.create(&PostParams::default(), &tap).await.unwrap();
+    persistent_tap(
+        &h,
+        "web-tap",
+        json!({"flowRef": {"kind": "Flow", "name": "web"}, "persistent": true}),
+    )
+    .await;
     // A crashed relay's session: renewed long ago.
     let old = "2020-01-01T00:00:00Z";
     let stale = json!({"status": {"listeners": 1, "sessions": [
@@ -636,12 +636,12 @@ async fn an_output_name_taken_by_someone_else_is_left_alone_and_reported() {
         "metadata": {"name": "logsocket-web-tap"}, "spec": {"loki": {"url": "http://loki:3100"}}});
     support::create_logging(&h.client, &h.ns, theirs).await;
     let api: Api<FlowTap> = Api::namespaced(h.client.clone(), &h.ns);
-    let tap: FlowTap = serde_json::from_value(json!({
-        "apiVersion": "logsocket.dev/v1alpha1", "kind": "FlowTap",
-        "metadata": {"name": "web-tap"}, "spec": {"flowRef": {"kind": "Flow", "name": "web"}, "persistent": true}
-    }))
-    .unwrap();
-    api.create(&PostParams::default(), &tap).await.unwrap();
+    persistent_tap(
+        &h,
+        "web-tap",
+        json!({"flowRef": {"kind": "Flow", "name": "web"}, "persistent": true}),
+    )
+    .await;
     let status = eventually("phase Failed", || async {
         let s = api.get("web-tap").await.ok()?.status?;
         (s.phase == Some(log_socket::crd::Phase::Failed)).then_some(s)

@@ -617,7 +617,7 @@ async fn run() {
             Err(e) => println!("control plane: skipped ({e})\n"),
         }
     }
-    if !part("throughput") && !part("latency") {
+    if !part("throughput") && !part("latency") && !part("one") {
         return;
     }
 
@@ -627,6 +627,18 @@ async fn run() {
     println!("| reference | figure |\n|---|---|");
     println!("| raw loopback TCP copy | {raw:.0} MB/s |");
     println!("| serde_json parse of the records (1 core) | {parse_rps:.0} records/s, {parse_mbs:.0} MB/s |\n");
+
+    // `-- one`: only ingest → 1 listener, the figure to profile (`perf record` around it).
+    if only.iter().any(|o| o == "one") {
+        let one = throughput(big_queues(), Arc::new(AllowAll), 1, 1, 1_000_000, false).await;
+        println!(
+            "ingest → 1 listener: {:.0} records/s, {:.1} MB/s, {:.1} % of raw loopback TCP, {} silent gaps\n",
+            one.records_per_s,
+            one.mb_per_s,
+            100.0 * one.mb_per_s / raw,
+            one.silent_gaps
+        );
+    }
 
     // 1, 2, 5. Throughput.
     if part("throughput") {

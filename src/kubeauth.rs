@@ -163,10 +163,10 @@ impl PodLogAccess {
 
 impl Authorizer for PodLogAccess {
     fn decide(&self, who: &Identity, record: &Meta) -> Decision {
-        let Some(ns) = &record.namespace else {
+        let Some(ns) = record.namespace() else {
             return Decision::Deny;
         };
-        match self.cache.get(&(who.username.clone(), ns.clone())) {
+        match self.cache.get(&(who.username.clone(), ns.to_owned())) {
             Some(true) => Decision::Allow,
             Some(false) => Decision::Deny,
             None => Decision::Ask,
@@ -175,7 +175,7 @@ impl Authorizer for PodLogAccess {
 
     fn resolve<'a>(&'a self, who: &'a Identity, record: &'a Meta) -> BoxFuture<'a, bool> {
         Box::pin(async move {
-            let Some(ns) = record.namespace.clone() else {
+            let Some(ns) = record.namespace().map(str::to_owned) else {
                 return false;
             };
             if let Some(known) = self.cache.get(&(who.username.clone(), ns.clone())) {

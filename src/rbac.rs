@@ -14,25 +14,69 @@
 use crate::auth::{Authorizer, Decision, Identity};
 use crate::relay::record::Meta;
 use prometheus_client::metrics::counter::Counter;
-use std::collections::BTreeMap;
 
 /// The label-policy key of a user: `system:serviceaccount:NS:NAME` becomes `NS_NAME`; in
 /// general the first two `:`-separated parts of a name with three or more parts are dropped
 /// (the first one of a name with two), and the remaining `:` become `_`. This is the mapping of
 /// the original log-socket, so existing labels keep working.
 pub fn user_key(username: &str) -> String {
-    let parts: Vec<&str> = username.split(':').collect();
-    let kept = match parts.len() {
-        1 => &parts[..],
-        2 => &parts[1..],
-        _ => &parts[2..],
-    };
-    kept.join("_")
+    Key::user(username).to_string()
 }
 
 /// The label-policy key of a group: `group.` and the group name with `:` written `_`.
 pub fn group_key(group: &str) -> String {
-    format!("group.{}", group.replace(':', "_"))
+    Key::group(group).to_string()
+}
+
+/// A policy key, compared with label keys without being built: the policy runs for every
+/// record and every listener, so it must not allocate.
+struct Key<'a> {
+    prefix: &'static str,
+    /// Written with `:` as `_`.
+    body: &'a str,
+}
+
+impl<'a> Key<'a> {
+    fn user(username: &'a str) -> Self {
+        let body = match username.split_once(':') {
+            None => username,
+            Some((_, rest)) => rest.split_once(':').map_or(rest, |(_, rest)| rest),
+        };
+        Key { prefix: "", body }
+    }
+
+    fn group(group: &'a str) -> Self {
+        Key {
+            prefix: "group.",
+            body: group,
+        }
+    }
+
+    fn has_dot(&self) -> bool {
+        self.prefix.contains('.') || self.body.contains('.')
+    }
+
+    /// The key's characters; de-dotted, `.` is written `_` too. Both keep byte lengths.
+    fn chars(&self, dedot: bool) -> impl Iterator<Item = char> + '_ {
+        self.prefix.chars().chain(self.body.chars()).map(move |c| match c {
+            ':' => '_',
+            '.' if dedot => '_',
+            c => c,
+        })
+    }
+
+    /// Whether `label` is `form` followed by this key.
+    fn is(&self, label: &str, form: &str, dedot: bool) -> bool {
+        label
+            .strip_prefix(form)
+            .is_some_and(|rest| rest.len() == self.prefix.len() + self.body.len() && rest.chars().eq(self.chars(dedot)))
+    }
+}
+
+impl std::fmt::Display for Key<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.chars(false).try_for_each(|c| std::fmt::Write::write_char(f, c))
+    }
 }
 
 /// [`Authorizer`] implementing the label policy.
@@ -50,15 +94,18 @@ impl LabelPolicy {
         }
     }
 
-    fn lookup(&self, labels: &BTreeMap<String, String>, key: &str) -> Option<bool> {
-        let dedotted = key.replace('.', "_");
-        let mut candidates = vec![format!("rbac/{key}"), format!("rbac_{key}")];
-        if dedotted != key {
-            candidates.push(format!("rbac/{dedotted}"));
-            candidates.push(format!("rbac_{dedotted}"));
-        }
-        for candidate in &candidates {
-            match labels.get(candidate).map(String::as_str) {
+    /// The first of `rbac/KEY`, `rbac_KEY` and their de-dotted forms that says allow or deny.
+    fn lookup(&self, labels: &Meta, key: Key<'_>) -> Option<bool> {
+        let dedot = [false, key.has_dot()];
+        let forms = [(false, "rbac/"), (false, "rbac_"), (true, "rbac/"), (true, "rbac_")];
+        for (dedotted, form) in forms.into_iter().filter(|(d, _)| !d || dedot[1]) {
+            // The last label of a repeated key counts, as in a JSON map.
+            let value = labels
+                .labels()
+                .rev()
+                .find(|(k, _)| key.is(k, form, dedotted))
+                .map(|(_, v)| v);
+            match value {
                 Some("allow") => return Some(true),
                 Some("deny") => return Some(false),
                 Some(_) => {
@@ -71,28 +118,34 @@ impl LabelPolicy {
     }
 
     /// The decision for `who` on a record with these labels.
-    pub fn allows(&self, who: &Identity, labels: &BTreeMap<String, String>) -> bool {
-        if let Some(decision) = self.lookup(labels, &user_key(&who.username)) {
+    pub fn allows(&self, who: &Identity, labels: &Meta) -> bool {
+        if let Some(decision) = self.lookup(labels, Key::user(&who.username)) {
             return decision;
         }
-        let groups: Vec<bool> = who
-            .groups
-            .iter()
-            .filter_map(|g| self.lookup(labels, &group_key(g)))
-            .collect();
-        if groups.contains(&false) {
-            return false;
+        let mut any_allow = false;
+        for group in &who.groups {
+            match self.lookup(labels, Key::group(group)) {
+                Some(false) => return false,
+                Some(true) => any_allow = true,
+                None => {}
+            }
         }
-        if groups.contains(&true) {
-            return true;
-        }
-        self.lookup(labels, "policy").unwrap_or(false)
+        any_allow
+            || self
+                .lookup(
+                    labels,
+                    Key {
+                        prefix: "",
+                        body: "policy",
+                    },
+                )
+                .unwrap_or(false)
     }
 }
 
 impl Authorizer for LabelPolicy {
     fn decide(&self, who: &Identity, record: &Meta) -> Decision {
-        if self.allows(who, &record.labels) {
+        if self.allows(who, record) {
             Decision::Allow
         } else {
             Decision::Deny
@@ -104,8 +157,10 @@ impl Authorizer for LabelPolicy {
 mod tests {
     use super::*;
 
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    fn labels(pairs: &[(&str, &str)]) -> Meta {
+        let labels: serde_json::Map<String, serde_json::Value> =
+            pairs.iter().map(|(k, v)| (k.to_string(), (*v).into())).collect();
+        crate::relay::record::meta_of(&serde_json::json!({ "kubernetes": { "labels": labels } }).to_string()).unwrap()
     }
 
     fn sa(ns: &str, name: &str) -> Identity {

@@ -296,7 +296,7 @@ async fn filters_are_applied_at_the_relay() {
 struct DenySecretPods;
 impl Authorizer for DenySecretPods {
     fn decide(&self, _: &Identity, record: &Meta) -> Decision {
-        if record.pod.as_deref().unwrap_or("").starts_with("secret") {
+        if record.pod().unwrap_or("").starts_with("secret") {
             Decision::Deny
         } else {
             Decision::Allow

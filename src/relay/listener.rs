@@ -39,16 +39,16 @@ impl Filter {
 
     /// Whether a record passes every filter.
     pub fn matches(&self, meta: &Meta) -> bool {
-        let message = meta.message.as_deref().unwrap_or("");
+        let message = meta.message().unwrap_or("");
         let opt_match = |re: &Option<Regex>, value: Option<&str>| match re {
             Some(re) => value.is_some_and(|v| re.is_match(v)),
             None => true,
         };
         self.namespace
             .as_ref()
-            .is_none_or(|ns| meta.namespace.as_deref() == Some(ns.as_str()))
-            && opt_match(&self.pod, meta.pod.as_deref())
-            && opt_match(&self.container, meta.container.as_deref())
+            .is_none_or(|ns| meta.namespace() == Some(ns.as_str()))
+            && opt_match(&self.pod, meta.pod())
+            && opt_match(&self.container, meta.container())
             && self.grep.as_ref().is_none_or(|re| re.is_match(message))
             && self.exclude.as_ref().is_none_or(|re| !re.is_match(message))
     }
@@ -167,14 +167,17 @@ mod tests {
     fn entry(seq: u64, pod: &str, msg: &str) -> Arc<Entry> {
         Arc::new(Entry {
             seq,
-            meta: Meta {
-                namespace: Some("shop".into()),
-                pod: Some(pod.into()),
-                message: Some(msg.into()),
-                ..Default::default()
-            },
+            meta: meta("shop", pod, msg),
             frame: format!("{seq}").into(),
         })
+    }
+
+    fn meta(namespace: &str, pod: &str, message: &str) -> Meta {
+        let json = serde_json::json!({
+            "message": message,
+            "kubernetes": { "namespace_name": namespace, "pod_name": pod },
+        });
+        crate::relay::record::meta_of(&json.to_string()).unwrap()
     }
 
     fn listener(filter: Filter, capacity: usize) -> Listener {
@@ -208,7 +211,7 @@ mod tests {
         assert_eq!(l.offer(&entry(3, "web-1", "warn: GET /healthz")), Offer::Filtered);
         assert_eq!(l.offer(&entry(4, "db-1", "error: boom")), Offer::Filtered);
         let mut other_ns = (*entry(5, "web-1", "error")).clone();
-        other_ns.meta.namespace = Some("other".into());
+        other_ns.meta = meta("other", "web-1", "error");
         assert_eq!(l.offer(&Arc::new(other_ns)), Offer::Filtered);
     }
 

@@ -21,8 +21,7 @@ pub mod close {
 
 /// `{"type":"record","seq":N,"record":<the record's original JSON>}`, built by concatenation so
 /// the record's bytes are not re-serialised.
-pub fn record_frame(seq: u64, raw: &[u8]) -> Utf8Bytes {
-    let raw = std::str::from_utf8(raw).expect("records are validated UTF-8 JSON");
+pub fn record_frame(seq: u64, raw: &str) -> Utf8Bytes {
     let mut s = String::with_capacity(raw.len() + 40);
     s.push_str(r#"{"type":"record","seq":"#);
     s.push_str(&seq.to_string());
@@ -124,7 +123,7 @@ mod tests {
 
     #[test]
     fn a_record_frame_embeds_the_original_bytes_as_valid_json() {
-        let raw = br#"{"message":"a \"quoted\" line","n":1.50}"#;
+        let raw = r#"{"message":"a \"quoted\" line","n":1.50}"#;
         let frame = record_frame(42, raw);
         let v: serde_json::Value = serde_json::from_str(frame.as_str()).unwrap();
         assert_eq!(v["type"], "record");

@@ -10,32 +10,115 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Read;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// One log record as received: its exact bytes and what the relay reads from it.
 #[derive(Debug, Clone)]
 pub struct Record {
-    /// The record's JSON, byte for byte as fluentd sent it.
-    pub raw: Bytes,
+    /// The record's JSON, byte for byte as fluentd sent it (a slice of the request body).
+    pub raw: Utf8Bytes,
     /// Identity, labels and message, for routing, filters and authorization.
     pub meta: Meta,
 }
 
-/// Fields of a record the relay uses. Absent fields are `None`/empty.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Fields of a record the relay uses; absent (or non-string) fields read as `None`.
+///
+/// All strings live in one buffer with spans into it: a record costs two allocations here,
+/// whatever its number of labels (ingest runs at hundreds of thousands of records a second,
+/// and per-field strings made the allocator the relay's largest cost).
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Meta {
+    text: Box<str>,
+    /// `kubernetes.namespace_name`, `pod_name`, `container_name`, and `message` (or `log`).
+    fields: [Option<Span>; 4],
+    /// `kubernetes.labels` with string values, in record order.
+    labels: Vec<(Span, Span)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Span(u32, u32);
+
+const NAMESPACE: usize = 0;
+const POD: usize = 1;
+const CONTAINER: usize = 2;
+const MESSAGE: usize = 3;
+
+impl Meta {
+    fn build(fields: [Option<&str>; 4], labels: &[(Cow<'_, str>, MaybeStr<'_>)]) -> Meta {
+        let len = fields.iter().flatten().map(|f| f.len()).sum::<usize>()
+            + labels
+                .iter()
+                .filter_map(|(k, v)| v.0.as_ref().map(|v| k.len() + v.len()))
+                .sum::<usize>();
+        let mut text = String::with_capacity(len);
+        let mut push = |s: &str| {
+            let start = text.len() as u32;
+            text.push_str(s);
+            Span(start, text.len() as u32)
+        };
+        let fields = fields.map(|f| f.map(&mut push));
+        let labels = labels
+            .iter()
+            .filter_map(|(k, v)| v.0.as_deref().map(|v| (push(k), push(v))))
+            .collect();
+        Meta {
+            text: text.into_boxed_str(),
+            fields,
+            labels,
+        }
+    }
+
+    fn get(&self, span: Span) -> &str {
+        &self.text[span.0 as usize..span.1 as usize]
+    }
+
+    fn field(&self, i: usize) -> Option<&str> {
+        self.fields[i].map(|s| self.get(s))
+    }
+
     /// `kubernetes.namespace_name`.
-    pub namespace: Option<String>,
+    pub fn namespace(&self) -> Option<&str> {
+        self.field(NAMESPACE)
+    }
+
     /// `kubernetes.pod_name`.
-    pub pod: Option<String>,
+    pub fn pod(&self) -> Option<&str> {
+        self.field(POD)
+    }
+
     /// `kubernetes.container_name`.
-    pub container: Option<String>,
-    /// `kubernetes.labels` (string values only).
-    pub labels: BTreeMap<String, String>,
+    pub fn container(&self) -> Option<&str> {
+        self.field(CONTAINER)
+    }
+
     /// `message` (containerd) or `log` (docker), when it is a string.
-    pub message: Option<String>,
+    pub fn message(&self) -> Option<&str> {
+        self.field(MESSAGE)
+    }
+
+    /// The value of label `key`; with a key given twice, the last one, as a JSON map would.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels().filter(|(k, _)| *k == key).last().map(|(_, v)| v)
+    }
+
+    /// The labels with string values, in record order.
+    pub fn labels(&self) -> impl DoubleEndedIterator<Item = (&str, &str)> + '_ {
+        self.labels.iter().map(|&(k, v)| (self.get(k), self.get(v)))
+    }
+}
+
+impl fmt::Debug for Meta {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Meta")
+            .field("namespace", &self.namespace())
+            .field("pod", &self.pod())
+            .field("container", &self.container())
+            .field("labels", &self.labels().collect::<Vec<_>>())
+            .field("message", &self.message())
+            .finish()
+    }
 }
 
 /// Why a request body was refused; each maps to one HTTP status.
@@ -78,9 +161,76 @@ pub fn decode(body: Bytes, encoding: Option<&str>, limit: usize) -> Result<Bytes
 }
 
 /// Parse a decoded body into records. An empty body is an empty batch.
+///
+/// Each record is scanned once: the fast path reads the fields the relay needs while finding
+/// where the record ends. Anything it does not accept is handed to [`parse_batch_checked`],
+/// which is the definition of what is valid and words the error.
 pub fn parse_batch(body: &Bytes) -> Result<Vec<Record>, BodyError> {
     let text = std::str::from_utf8(body)
         .map_err(|e| BodyError::Malformed(format!("body is not UTF-8 (byte {})", e.valid_up_to())))?;
+    match parse_fast(body, text) {
+        Some(records) => Ok(records),
+        None => parse_batch_checked(body, text),
+    }
+}
+
+/// JSON's own whitespace (not Unicode's, which JSON does not allow between tokens).
+fn skip_ws(text: &str, mut pos: usize) -> usize {
+    let bytes = text.as_bytes();
+    while pos < bytes.len() && matches!(bytes[pos], b' ' | b'\n' | b'\r' | b'\t') {
+        pos += 1;
+    }
+    pos
+}
+
+/// One record starting at `pos` (an object), read in one pass; `None` if it is not one.
+fn fast_record(body: &Bytes, text: &str, pos: usize) -> Option<(Record, usize)> {
+    if text.as_bytes().get(pos) != Some(&b'{') {
+        return None;
+    }
+    let rest = &text[pos..];
+    let mut stream = serde_json::Deserializer::from_str(rest).into_iter::<RawMeta<'_>>();
+    let parsed = stream.next()?.ok()?;
+    let end = pos + stream.byte_offset();
+    Some((record_of(body, &text[pos..end], parsed), end))
+}
+
+fn parse_fast(body: &Bytes, text: &str) -> Option<Vec<Record>> {
+    let bytes = text.as_bytes();
+    let mut pos = skip_ws(text, 0);
+    let mut records = Vec::new();
+    if bytes.get(pos) == Some(&b'[') {
+        pos = skip_ws(text, pos + 1);
+        if bytes.get(pos) == Some(&b']') {
+            pos += 1;
+        } else {
+            loop {
+                let (record, end) = fast_record(body, text, pos)?;
+                records.push(record);
+                pos = skip_ws(text, end);
+                match bytes.get(pos)? {
+                    b',' => pos = skip_ws(text, pos + 1),
+                    b']' => {
+                        pos += 1;
+                        break;
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        return (skip_ws(text, pos) == bytes.len()).then_some(records);
+    }
+    while pos < bytes.len() {
+        let (record, end) = fast_record(body, text, pos)?;
+        records.push(record);
+        pos = skip_ws(text, end);
+    }
+    Some(records)
+}
+
+/// The reference parser: a JSON array of objects, or objects separated by whitespace (NDJSON,
+/// a single object). Slower (it scans each record twice), and the one that explains errors.
+pub fn parse_batch_checked(body: &Bytes, text: &str) -> Result<Vec<Record>, BodyError> {
     let start = text.trim_start();
     if start.starts_with('[') {
         let elements: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| {
@@ -126,30 +276,40 @@ fn record(body: &Bytes, raw: &RawValue) -> Result<Record, String> {
     if !json.starts_with('{') {
         return Err("expected a JSON object (one log record)".into());
     }
-    let meta = meta_of(json)?;
-    // The raw value borrows from `body`'s UTF-8 view, so it is a sub-slice: share, do not copy.
-    Ok(Record {
-        raw: body.slice_ref(json.as_bytes()),
-        meta,
-    })
+    let parsed: RawMeta<'_> = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    Ok(record_of(body, json, parsed))
+}
+
+/// `json` is a slice of `body`'s UTF-8 view: share its bytes, do not copy them.
+fn record_of(body: &Bytes, json: &str, parsed: RawMeta<'_>) -> Record {
+    // SAFETY: `json` is a `&str`, so the bytes it covers are valid UTF-8.
+    let raw = unsafe { Utf8Bytes::from_bytes_unchecked(body.slice_ref(json.as_bytes())) };
+    Record {
+        raw,
+        meta: parsed.into_meta(),
+    }
 }
 
 /// What the relay reads from one record's JSON (k8stail uses it to filter locally).
 pub fn meta_of(json: &str) -> Result<Meta, String> {
     let parsed: RawMeta<'_> = serde_json::from_str(json).map_err(|e| e.to_string())?;
-    let k = parsed.kubernetes.unwrap_or_default();
-    Ok(Meta {
-        namespace: k.namespace_name.0.map(Cow::into_owned),
-        pod: k.pod_name.0.map(Cow::into_owned),
-        container: k.container_name.0.map(Cow::into_owned),
-        labels: k
-            .labels
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|(key, v)| v.0.map(|v| (key.into_owned(), v.into_owned())))
-            .collect(),
-        message: parsed.message.0.or(parsed.log.0).map(Cow::into_owned),
-    })
+    Ok(parsed.into_meta())
+}
+
+impl RawMeta<'_> {
+    fn into_meta(self) -> Meta {
+        let k = self.kubernetes.unwrap_or_default();
+        let message = self.message.0.or(self.log.0);
+        Meta::build(
+            [
+                k.namespace_name.0.as_deref(),
+                k.pod_name.0.as_deref(),
+                k.container_name.0.as_deref(),
+                message.as_deref(),
+            ],
+            &k.labels.0,
+        )
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -171,7 +331,36 @@ struct RawKubernetes<'a> {
     #[serde(borrow, default)]
     container_name: MaybeStr<'a>,
     #[serde(borrow, default)]
-    labels: Option<BTreeMap<Cow<'a, str>, MaybeStr<'a>>>,
+    labels: Labels<'a>,
+}
+
+/// `kubernetes.labels` as (key, value) pairs in record order; anything but an object (e.g.
+/// `null`) reads as no labels.
+#[derive(Default)]
+struct Labels<'a>(Vec<(Cow<'a, str>, MaybeStr<'a>)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Labels<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Labels<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of labels")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Labels::default())
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut labels = Vec::new();
+                // Keys as `MaybeStr` (always a string in JSON), which borrows where it can.
+                while let Some((key, value)) = map.next_entry::<MaybeStr<'de>, MaybeStr<'de>>()? {
+                    labels.push((key.0.unwrap_or_default(), value));
+                }
+                Ok(Labels(labels))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// A string, or `None` for any other JSON value: a record whose `message` is an object (merged
@@ -239,13 +428,31 @@ mod tests {
         let body = format!("[{REC}\n,{REC}\n]");
         let records = parse(&body).unwrap();
         assert_eq!(records.len(), 2);
-        assert_eq!(records[1].raw, REC.as_bytes());
+        assert_eq!(records[1].raw, REC);
         let m = &records[0].meta;
-        assert_eq!(m.namespace.as_deref(), Some("shop"));
-        assert_eq!(m.pod.as_deref(), Some("web-7d9c8b6f5-x2lqk"));
-        assert_eq!(m.container.as_deref(), Some("web"));
-        assert_eq!(m.labels["rbac/policy"], "allow");
-        assert_eq!(m.message.as_deref(), Some("GET /api/cart 200 12ms"));
+        assert_eq!(m.namespace(), Some("shop"));
+        assert_eq!(m.pod(), Some("web-7d9c8b6f5-x2lqk"));
+        assert_eq!(m.container(), Some("web"));
+        assert_eq!(m.label("rbac/policy"), Some("allow"));
+        assert_eq!(m.labels().count(), 2);
+        assert_eq!(m.message(), Some("GET /api/cart 200 12ms"));
+    }
+
+    #[test]
+    fn the_bodies_fluentd_sends_take_the_one_pass_parser() {
+        for body in [
+            format!("[{REC},{REC}]"),
+            format!("[{REC}\n,{REC}\n]\n"),
+            format!(" [ {REC} , {REC} ] "),
+            format!("{REC}\n{REC}\n"),
+            REC.to_string(),
+            "[]".to_string(),
+            String::new(),
+        ] {
+            let bytes = Bytes::from(body);
+            let text = std::str::from_utf8(&bytes).unwrap();
+            assert!(parse_fast(&bytes, text).is_some(), "{text}");
+        }
     }
 
     #[test]
@@ -260,8 +467,8 @@ mod tests {
     fn docker_log_and_non_string_fields_do_not_break_a_record() {
         let r =
             parse(r#"{"log":"hello\n","message":{"json":"merged"},"kubernetes":{"labels":{"n":1,"s":"x"}}}"#).unwrap();
-        assert_eq!(r[0].meta.message.as_deref(), Some("hello\n"));
-        assert_eq!(r[0].meta.labels.len(), 1);
+        assert_eq!(r[0].meta.message(), Some("hello\n"));
+        assert_eq!(r[0].meta.labels().collect::<Vec<_>>(), [("s", "x")]);
     }
 
     #[test]
@@ -309,5 +516,74 @@ mod tests {
             decode(Bytes::from_static(b"{}"), None, 1),
             Err(BodyError::TooLarge { limit: 1 })
         );
+    }
+
+    #[test]
+    fn escaped_strings_and_repeated_labels_read_as_a_json_map_would() {
+        let r = parse(
+            r#"{"message":"tab\there \u00e9","kubernetes":{"namespace_name":"sh\"op","labels":{"a":"1","a":"2","b":null}}}"#,
+        )
+        .unwrap();
+        assert_eq!(r[0].meta.message(), Some("tab\there é"));
+        assert_eq!(r[0].meta.namespace(), Some("sh\"op"));
+        assert_eq!(r[0].meta.label("a"), Some("2"));
+        assert_eq!(r[0].meta.label("b"), None);
+        assert_eq!(
+            parse(r#"{"kubernetes":{"labels":null}}"#).unwrap()[0]
+                .meta
+                .labels()
+                .count(),
+            0
+        );
+    }
+
+    /// Pieces bodies are made of: valid records, separators, and things that break them.
+    fn piece() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(REC.to_string()),
+            Just(r#"{"message":"a\nb","kubernetes":{"labels":{"x":"y","n":1}}}"#.to_string()),
+            Just("{}".to_string()),
+            Just(",".to_string()),
+            Just("[".to_string()),
+            Just("]".to_string()),
+            Just("\n".to_string()),
+            Just(" \t\r".to_string()),
+            Just("\u{a0}".to_string()),
+            Just("42".to_string()),
+            Just("\"text\"".to_string()),
+            Just("null".to_string()),
+            Just("[]".to_string()),
+            Just(r#"{"message":"dup","message":"x"}"#.to_string()),
+            Just(r#"{"kubernetes":{"labels":"no"}}"#.to_string()),
+            Just(r#"{"broken":"#.to_string()),
+            "[ -~]{0,6}",
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_one_pass_parser_accepts_exactly_what_the_reference_parser_accepts(
+            pieces in proptest::collection::vec(piece(), 0..12)
+        ) {
+            let body = Bytes::from(pieces.concat());
+            let text = std::str::from_utf8(&body).unwrap();
+            let fast = parse_fast(&body, text);
+            let checked = parse_batch_checked(&body, text);
+            match (&fast, &checked) {
+                (Some(f), Ok(c)) => {
+                    proptest::prop_assert_eq!(f.len(), c.len());
+                    for (f, c) in f.iter().zip(c) {
+                        proptest::prop_assert_eq!(&f.raw, &c.raw);
+                        proptest::prop_assert_eq!(&f.meta, &c.meta);
+                    }
+                }
+                (None, _) => {}
+                (Some(f), Err(e)) => proptest::prop_assert!(false, "fast path took {} records the reference refuses: {e}", f.len()),
+            }
+            // And whatever the path, the result is the reference's.
+            let got = parse_batch(&body).map(|r| r.len());
+            proptest::prop_assert_eq!(got, checked.map(|r| r.len()));
+        }
     }
 }

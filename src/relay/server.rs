@@ -617,8 +617,8 @@ async fn authorize(
         } else {
             n_denied += 1;
             let key = (
-                e.meta.namespace.clone().unwrap_or_default(),
-                e.meta.pod.clone().unwrap_or_default(),
+                e.meta.namespace().unwrap_or_default().to_owned(),
+                e.meta.pod().unwrap_or_default().to_owned(),
             );
             *denied.entry(key).or_default() += 1;
         }

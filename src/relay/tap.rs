@@ -265,7 +265,6 @@ mod tests {
     use crate::auth::Identity;
     use crate::crd::FlowKind;
     use crate::relay::listener::Filter;
-    use bytes::Bytes;
 
     fn tap(records: usize) -> Tap {
         let key = TapKey {
@@ -286,7 +285,7 @@ mod tests {
     fn records(n: usize) -> Vec<Record> {
         (0..n)
             .map(|i| Record {
-                raw: Bytes::from(format!("{{\"message\":\"m{i}\"}}")),
+                raw: format!("{{\"message\":\"m{i}\"}}").into(),
                 meta: Meta::default(),
             })
             .collect()
@@ -501,14 +500,14 @@ mod tests {
                                 .map(|_| {
                                     next += 1;
                                     Record {
-                                        raw: Bytes::from(format!("{{\"message\":\"tap{tap}-r{next}\"}}")),
+                                        raw: format!("{{\"message\":\"tap{tap}-r{next}\"}}").into(),
                                         meta: Meta::default(),
                                     }
                                 })
                                 .collect();
                             for s in sessions.iter_mut().filter(|s| s.listener.is_some() && s.tap == tap) {
                                 s.expected.extend(records.iter().map(|r| {
-                                    let t = std::str::from_utf8(&r.raw).unwrap();
+                                    let t = r.raw.as_str();
                                     t.split("\"message\":\"").nth(1).unwrap().split('"').next().unwrap().to_owned()
                                 }));
                             }

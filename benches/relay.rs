@@ -11,6 +11,9 @@
 #[allow(dead_code)] // shared with the tests, which use more of it
 mod control_plane;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use futures::StreamExt;
 use log_socket::auth::{AllowAll, Authorizer, IngestAuth, StaticTokens};
 use log_socket::rbac::LabelPolicy;
@@ -458,6 +461,15 @@ fn rss_kb() -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time the whole process has used (all threads, user + system), in seconds.
+fn cpu_secs() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
 /// Raw loopback TCP: one sender writing 64 KiB chunks, one receiver reading. MB/s.
 async fn raw_tcp(bytes: u64) -> f64 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -484,6 +496,65 @@ async fn raw_tcp(bytes: u64) -> f64 {
     }
     rx.await.unwrap();
     bytes as f64 / start.elapsed().as_secs_f64() / 1e6
+}
+
+/// Raw loopback TCP through a forwarder (sender → forwarder → receiver), in MB/s: what a
+/// relay that only copies bytes from its ingest socket to one listener socket could reach here.
+/// Also the CPU time it took per byte (seconds, all threads).
+async fn raw_forward(bytes: u64) -> (f64, f64) {
+    let out = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let out_addr = out.local_addr().unwrap();
+    let rx = tokio::spawn(async move {
+        let (mut s, _) = out.accept().await.unwrap();
+        let mut buf = vec![0u8; 64 << 10];
+        let mut got = 0u64;
+        while got < bytes {
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got += n as u64;
+        }
+    });
+    let inp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let in_addr = inp.local_addr().unwrap();
+    let fwd = tokio::spawn(async move {
+        let (mut from, _) = inp.accept().await.unwrap();
+        let mut to = TcpStream::connect(out_addr).await.unwrap();
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = from.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            to.write_all(&buf[..n]).await.unwrap();
+        }
+    });
+    let mut s = TcpStream::connect(in_addr).await.unwrap();
+    let chunk = vec![7u8; 64 << 10];
+    let (start, cpu) = (Instant::now(), cpu_secs());
+    let mut sent = 0u64;
+    while sent < bytes {
+        s.write_all(&chunk).await.unwrap();
+        sent += chunk.len() as u64;
+    }
+    drop(s);
+    rx.await.unwrap();
+    fwd.await.unwrap();
+    let mbs = bytes as f64 / start.elapsed().as_secs_f64() / 1e6;
+    (mbs, (cpu_secs() - cpu) / bytes as f64)
+}
+
+/// serde_json validation of the same batches without building anything (`IgnoredAny`): the
+/// least a relay that checks its input must spend, in MB/s on one core.
+fn json_validate(records: u64) -> f64 {
+    let body = batch(0, BATCH, 0, false);
+    let rounds = records / BATCH as u64;
+    let start = Instant::now();
+    for _ in 0..rounds {
+        serde_json::from_slice::<serde::de::IgnoredAny>(&body).unwrap();
+    }
+    (body.len() as u64 * rounds) as f64 / start.elapsed().as_secs_f64() / 1e6
 }
 
 /// serde_json parse of the same batches into values: records/s and MB/s on one core.
@@ -623,19 +694,44 @@ async fn run() {
 
     // 8. Reference figures.
     let raw = raw_tcp(2 << 30).await;
+    let (forward, forward_cpu_per_byte) = raw_forward(2 << 30).await;
     let (parse_rps, parse_mbs) = json_parse(400_000);
+    let validate = json_validate(1_000_000);
+    let per_record = |mbs: f64| mbs * 1e6 / rec_len as f64;
     println!("| reference | figure |\n|---|---|");
     println!("| raw loopback TCP copy | {raw:.0} MB/s |");
-    println!("| serde_json parse of the records (1 core) | {parse_rps:.0} records/s, {parse_mbs:.0} MB/s |\n");
+    println!(
+        "| raw loopback TCP through a forwarder (two hops, as ingest → relay → listener) | {forward:.0} MB/s ({:.0} records/s of {rec_len} bytes) |",
+        per_record(forward)
+    );
+    println!(
+        "| serde_json validation of the records, building nothing (1 core) | {validate:.0} MB/s ({:.0} records/s) |",
+        per_record(validate)
+    );
+    println!(
+        "| serde_json parse of the records into values (1 core) | {parse_rps:.0} records/s, {parse_mbs:.0} MB/s |"
+    );
+    // A relay must at least move each record over both hops and validate it once. Their CPU
+    // costs per record, added, spread over the machine's cores, bound what any relay reaches.
+    let floor_cpu = forward_cpu_per_byte * rec_len as f64 + 1.0 / per_record(validate);
+    println!(
+        "| ceiling: two-hop copy ({:.2} µs CPU/record) + validation ({:.2} µs CPU/record) on {cpus} cores | {:.0} records/s |\n",
+        forward_cpu_per_byte * rec_len as f64 * 1e6,
+        1e6 / per_record(validate),
+        cpus as f64 / floor_cpu
+    );
+    let ceiling = cpus as f64 / floor_cpu;
 
     // `-- one`: only ingest → 1 listener, the figure to profile (`perf record` around it).
     if only.iter().any(|o| o == "one") {
         let one = throughput(big_queues(), Arc::new(AllowAll), 1, 1, 1_000_000, false).await;
         println!(
-            "ingest → 1 listener: {:.0} records/s, {:.1} MB/s, {:.1} % of raw loopback TCP, {} silent gaps\n",
+            "ingest → 1 listener: {:.0} records/s, {:.1} MB/s, {:.1} % of raw loopback TCP, {:.1} % of the raw forwarder, {:.1} % of the ceiling, {} silent gaps\n",
             one.records_per_s,
             one.mb_per_s,
             100.0 * one.mb_per_s / raw,
+            100.0 * one.mb_per_s / forward,
+            100.0 * one.records_per_s / ceiling,
             one.silent_gaps
         );
     }
@@ -674,8 +770,11 @@ async fn run() {
             );
         }
         println!(
-            "relay throughput as a share of raw loopback TCP: {:.1} %; of single-core JSON parsing: {:.1} %\n",
+            "relay throughput (ingest → 1 listener) as a share of the ceiling: {:.1} %; of raw loopback TCP: {:.1} %; of the raw two-hop forwarder: {:.1} %; of single-core JSON validation: {:.1} %; of single-core parsing into values: {:.1} %\n",
+            100.0 * one.records_per_s / ceiling,
             100.0 * one.mb_per_s / raw,
+            100.0 * one.mb_per_s / forward,
+            100.0 * one.mb_per_s / validate,
             100.0 * one.records_per_s / parse_rps
         );
         let n100 = many

@@ -1,5 +1,11 @@
 //! The in-cluster log-socket service.
 
+// The relay allocates per record at hundreds of thousands of records a second; mimalloc
+// relays about 20 % more than glibc malloc on the bench (and far more than musl's, which the
+// static image would otherwise use).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use log_socket::config::{self, Command};
 use std::process::ExitCode;
 

@@ -100,7 +100,7 @@ impl Meta {
 
     /// The value of label `key`; with a key given twice, the last one, as a JSON map would.
     pub fn label(&self, key: &str) -> Option<&str> {
-        self.labels().filter(|(k, _)| *k == key).last().map(|(_, v)| v)
+        self.labels().rev().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
 
     /// The labels with string values, in record order.

@@ -7,6 +7,8 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod crd;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod health;
 pub mod kubeauth;
 pub mod kubeclient;

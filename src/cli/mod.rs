@@ -314,6 +314,21 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
     }
 }
 
+/// Print one relay frame as `k8stail shop/web ARGS` would (records only; other frames print
+/// nothing). For the fuzz target: a frame from the network must never crash k8stail.
+pub fn render_frame(args: &[&str], frame: &str, out: &mut dyn Write) -> std::io::Result<()> {
+    let cli = Cli::try_parse_from([&["k8stail", "shop/web"], args].concat()).expect("valid arguments");
+    let target = Target::parse("shop/web", false).expect("valid target");
+    let renderer = render::Renderer::new(&cli.tail, &target, false).expect("valid renderer");
+    match serde_json::from_str::<stream::Frame<'_>>(frame) {
+        Ok(f) if f.kind == "record" => match f.record {
+            Some(record) => renderer.record(out, frame, f.seq, record),
+            None => Ok(()),
+        },
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,13 +32,13 @@ struct ResumeFile {
 }
 
 #[derive(Deserialize)]
-struct Frame<'a> {
+pub(crate) struct Frame<'a> {
     #[serde(rename = "type")]
-    kind: &'a str,
+    pub(crate) kind: &'a str,
     #[serde(default)]
-    seq: u64,
+    pub(crate) seq: u64,
     #[serde(borrow, default)]
-    record: Option<&'a RawValue>,
+    pub(crate) record: Option<&'a RawValue>,
     #[serde(default)]
     epoch: u64,
     #[serde(default)]

@@ -318,14 +318,14 @@ async fn metrics(headers: HeaderMap, state: Arc<State>) -> Reply {
 
 /// Query options of a listener.
 #[derive(Debug)]
-struct Options {
-    start: Start,
-    filter: RecordFilter,
+pub(crate) struct Options {
+    pub(crate) start: Start,
+    pub(crate) filter: RecordFilter,
 }
 
 const QUERY_OPTIONS: &str = "tail, after, epoch, grep, exclude, pod, container, namespace";
 
-fn parse_options(query: &[(String, String)]) -> Result<Options, String> {
+pub(crate) fn parse_options(query: &[(String, String)]) -> Result<Options, String> {
     let mut filter = RecordFilter::default();
     let (mut tail, mut after, mut epoch) = (None, None, None);
     let number = |k: &str, v: &str| {

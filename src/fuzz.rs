@@ -1,0 +1,193 @@
+//! Entry points of the fuzz targets (`tests/fuzz`, `make fuzz`). Each takes arbitrary bytes,
+//! must never panic, and checks what must hold for any input. The unit test at the bottom
+//! replays the committed corpus through them, so every `cargo test` runs it without a fuzzer.
+
+use crate::auth::Identity;
+use crate::rbac::LabelPolicy;
+use crate::relay::record::{self, BodyError};
+use bytes::Bytes;
+use std::collections::BTreeMap;
+
+/// The body limit the ingest target runs with; small, so the fuzzer reaches it.
+pub const INGEST_LIMIT: usize = 64 << 10;
+
+/// Ingest: decoding (identity, gzip, unsupported encodings) and batch parsing. The first byte
+/// chooses the encoding; with `gzip-self` the rest is compressed here first, so the fuzzer
+/// reaches the parser through real gzip streams too.
+pub fn ingest_body(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let (body, encoding) = match mode % 4 {
+        0 => (Bytes::copy_from_slice(rest), None),
+        1 => (Bytes::copy_from_slice(rest), Some("gzip")),
+        2 => (gzip(rest), Some("gzip")),
+        _ => (Bytes::copy_from_slice(rest), Some("br")),
+    };
+    let decoded = match record::decode(body, encoding, INGEST_LIMIT) {
+        Ok(decoded) => decoded,
+        Err(BodyError::UnsupportedEncoding(e)) => {
+            assert_eq!(e, "br");
+            return;
+        }
+        Err(_) => return,
+    };
+    assert!(decoded.len() <= INGEST_LIMIT, "the limit holds after decoding");
+    let parsed = record::parse_batch(&decoded);
+    let Ok(text) = std::str::from_utf8(&decoded) else {
+        assert!(parsed.is_err(), "a body that is not UTF-8 is refused");
+        return;
+    };
+    let reference = record::parse_batch_checked(&decoded, text);
+    match (&parsed, &reference) {
+        (Ok(got), Ok(want)) => {
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(want) {
+                assert_eq!(g.raw, w.raw);
+                assert_eq!(g.meta, w.meta);
+                assert!(g.raw.starts_with('{'), "a record is an object");
+                serde_json::from_str::<serde::de::IgnoredAny>(&g.raw).expect("a record is valid JSON");
+            }
+        }
+        (Err(got), Err(want)) => assert_eq!(got, want),
+        _ => panic!("parse_batch and the reference parser disagree: {parsed:?} vs {reference:?}"),
+    }
+}
+
+fn gzip(data: &[u8]) -> Bytes {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(data).expect("writing to memory");
+    Bytes::from(enc.finish().expect("writing to memory"))
+}
+
+/// The label policy: line 1 is the username, line 2 the groups (comma-separated), every other
+/// line a `key=value` label (keys may repeat). The decision must be the one of the plain
+/// reference implementation below.
+pub fn label_policy(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let mut lines = text.split('\n');
+    let username = lines.next().unwrap_or_default().to_owned();
+    let groups = lines
+        .next()
+        .unwrap_or_default()
+        .split(',')
+        .filter(|g| !g.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let labels: Vec<(&str, &str)> = lines.filter_map(|l| l.split_once('=')).collect();
+    // Written by hand so repeated keys reach the parser as they would from fluentd.
+    let pairs: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| format!("{}:{}", serde_json::Value::from(*k), serde_json::Value::from(*v)))
+        .collect();
+    let json = format!(r#"{{"kubernetes":{{"labels":{{{}}}}}}}"#, pairs.join(","));
+    let meta = record::meta_of(&json).expect("labels written as JSON parse");
+    let who = Identity { username, groups };
+    let map: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    assert_eq!(
+        LabelPolicy::default().allows(&who, &meta),
+        reference_allows(&who, &map),
+        "{who:?} on {json}"
+    );
+}
+
+/// The label policy as the README states it, built the slow, obvious way.
+fn reference_allows(who: &Identity, labels: &BTreeMap<String, String>) -> bool {
+    let lookup = |key: &str| -> Option<bool> {
+        let dedotted = key.replace('.', "_");
+        let mut candidates = vec![format!("rbac/{key}"), format!("rbac_{key}")];
+        if dedotted != key {
+            candidates.push(format!("rbac/{dedotted}"));
+            candidates.push(format!("rbac_{dedotted}"));
+        }
+        candidates.iter().find_map(|c| match labels.get(c).map(String::as_str) {
+            Some("allow") => Some(true),
+            Some("deny") => Some(false),
+            _ => None,
+        })
+    };
+    let parts: Vec<&str> = who.username.split(':').collect();
+    let user = match parts.len() {
+        1 => parts.join("_"),
+        2 => parts[1..].join("_"),
+        _ => parts[2..].join("_"),
+    };
+    if let Some(decision) = lookup(&user) {
+        return decision;
+    }
+    let groups: Vec<bool> = who
+        .groups
+        .iter()
+        .filter_map(|g| lookup(&format!("group.{}", g.replace(':', "_"))))
+        .collect();
+    if groups.contains(&false) {
+        return false;
+    }
+    groups.contains(&true) || lookup("policy").unwrap_or(false)
+}
+
+/// A listener's query string (`tail=…&grep=…`), as the relay validates it, then its filter on a
+/// record.
+pub fn listener_query(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let (query, record) = text.split_once('\n').unwrap_or((&text, ""));
+    let pairs: Vec<(String, String)> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (k.to_owned(), v.to_owned())
+        })
+        .collect();
+    if let Ok(options) = crate::relay::server::parse_options(&pairs) {
+        if let Ok(meta) = record::meta_of(record) {
+            let _ = options.filter.matches(&meta);
+        }
+    }
+}
+
+/// A frame from the relay as k8stail reads and prints it, in every output format.
+pub fn k8stail_frame(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    for args in [
+        &["-o", "raw"][..],
+        &["-o", "json"],
+        &["-o", "pretty", "--timestamps"],
+        &["--field", "kubernetes.pod_name", "--field", "message"],
+        &[
+            "--template",
+            "{{ _seq }} {{ kubernetes.pod_name }} {{ message | upper }}",
+        ],
+    ] {
+        let mut out = Vec::new();
+        crate::cli::render_frame(args, text, &mut out).expect("rendering into memory");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// Every input in the committed corpus of every target, through its target.
+    #[test]
+    fn the_committed_fuzz_corpus_passes_every_target() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/corpus");
+        let targets: [(&str, fn(&[u8])); 4] = [
+            ("ingest_body", super::ingest_body),
+            ("label_policy", super::label_policy),
+            ("listener_query", super::listener_query),
+            ("k8stail_frame", super::k8stail_frame),
+        ];
+        for (name, target) in targets {
+            let dir = root.join(name);
+            let mut n = 0;
+            for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+                let path = entry.unwrap().path();
+                target(&std::fs::read(&path).unwrap());
+                n += 1;
+            }
+            assert!(n > 0, "{name} has a corpus");
+        }
+    }
+}

@@ -173,7 +173,8 @@ mod tests {
     #[test]
     fn the_committed_fuzz_corpus_passes_every_target() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/corpus");
-        let targets: [(&str, fn(&[u8])); 4] = [
+        type Target = fn(&[u8]);
+        let targets: [(&str, Target); 4] = [
             ("ingest_body", super::ingest_body),
             ("label_policy", super::label_policy),
             ("listener_query", super::listener_query),

@@ -204,6 +204,16 @@ pub struct ServiceConfig {
     )]
     pub ingest_body_timeout: HumanDuration,
 
+    /// Request headers must arrive within this time on both ports; slower connections are
+    /// closed (an idle keep-alive connection, too: fluentd reconnects).
+    #[arg(
+        long,
+        env = "LOG_SOCKET_HEADER_TIMEOUT",
+        default_value = "10s",
+        value_name = "DURATION"
+    )]
+    pub header_timeout: HumanDuration,
+
     /// Audiences a listener's token must be valid for (TokenReview), comma-separated; empty:
     /// the API server's own.
     #[arg(
@@ -546,6 +556,7 @@ impl ServiceConfig {
             idle_timeout: self.idle_timeout.0,
             write_timeout: self.write_timeout.0,
             ingest_body_timeout: self.ingest_body_timeout.0,
+            header_timeout: self.header_timeout.0,
         }
     }
 

@@ -146,17 +146,17 @@ impl ReloadingConfig {
     }
 }
 
-/// Serve a warp filter over TLS on `listener` until `shutdown` completes; connections in flight
-/// get a graceful HTTP shutdown, WebSocket connections (already upgraded) are left to their tasks.
+/// Serve a warp filter on `listener`, over TLS when `tls` is given, until `shutdown` completes;
+/// connections in flight get a graceful HTTP shutdown, WebSocket connections (already
+/// upgraded) are left to their tasks. Request headers must arrive within `header_timeout`
+/// (warp's own server sets no such limit, so a client trickling headers held its connection).
 pub async fn serve(
     listener: TcpListener,
-    config: Arc<ReloadingConfig>,
+    tls: Option<Arc<ReloadingConfig>>,
     filter: warp::filters::BoxedFilter<(warp::reply::Response,)>,
+    header_timeout: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
-    use hyper_util::rt::TokioIo;
-    use tower_service::Service;
-
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
@@ -172,39 +172,77 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
-        let acceptor = tokio_rustls::TlsAcceptor::from(config.current());
         let service = warp::service(filter.clone());
-        let mut stop = stop_rx.clone();
+        let stop = stop_rx.clone();
         let done = done_tx.clone();
-        tokio::spawn(async move {
-            let _done = done;
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
-                Err(_) => return tracing::debug!("TLS handshake timed out"),
-            };
-            let verified = tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
-            let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(PeerCertificate(verified));
-                let mut service = service.clone();
-                async move { service.call(req).await }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), svc)
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = crate::until_true(&mut stop) => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
+        match &tls {
+            None => {
+                tokio::spawn(async move {
+                    let _done = done;
+                    serve_connection(tcp, None, service, header_timeout, stop).await
+                });
             }
-        });
+            Some(config) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(config.current());
+                tokio::spawn(async move {
+                    let _done = done;
+                    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => return tracing::debug!("TLS handshake timed out"),
+                    };
+                    let verified = tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
+                    serve_connection(tls, Some(PeerCertificate(verified)), service, header_timeout, stop).await
+                });
+            }
+        }
     }
     let _ = stop_tx.send(true);
     drop(done_tx);
     let _ = tokio::time::timeout(Duration::from_secs(30), done_rx.recv()).await;
+}
+
+/// HTTP/1.1 on one connection (with upgrades, for WebSockets) until it ends or `stop` flips.
+async fn serve_connection<IO, S>(
+    io: IO,
+    peer: Option<PeerCertificate>,
+    service: S,
+    header_timeout: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tower_service::Service<hyper::Request<hyper::body::Incoming>, Response = warp::reply::Response>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        if let Some(peer) = peer {
+            req.extensions_mut().insert(peer);
+        }
+        let mut service = service.clone();
+        async move { service.call(req).await }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }
+        _ = crate::until_true(&mut stop) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
 }
 
 /// What `log-socket certs` writes.

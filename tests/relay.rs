@@ -497,3 +497,33 @@ async fn a_trickling_ingest_body_is_cut_off_and_frees_its_slot() {
     );
     assert_eq!(messages(&drain(&r, &mut ws, "/flow/shop/web").await), ["after"]);
 }
+
+#[tokio::test]
+async fn trickled_request_headers_are_cut_off_on_both_ports() {
+    let config = RelayConfig {
+        header_timeout: Duration::from_millis(300),
+        ..RelayConfig::default()
+    };
+    let r = start_with(config, Arc::new(AllowAll)).await;
+    for addr in [r.ingest, r.api] {
+        // Half a request head, then nothing (slowloris on the headers).
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut slow, b"GET /flow/shop/web HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let mut answer = vec![0u8; 1024];
+        let n = tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read(&mut slow, &mut answer))
+            .await
+            .expect("the connection is closed, not held")
+            .unwrap_or(0);
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(n == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+    // A prompt client is still served on both ports.
+    let mut ws = connect(&r, "/flow/shop/web", "tok-alice").await;
+    assert_eq!(
+        post(&r, "/flow/shop/web", &array(&[record("web-1", "prompt")])).await.0,
+        200
+    );
+    assert_eq!(messages(&drain(&r, &mut ws, "/flow/shop/web").await), ["prompt"]);
+}

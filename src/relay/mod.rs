@@ -82,6 +82,9 @@ pub struct RelayConfig {
     pub write_timeout: Duration,
     /// An ingest body must arrive completely within this time (408 otherwise).
     pub ingest_body_timeout: Duration,
+    /// Request headers (on both ports) must arrive within this time, else the connection is
+    /// closed: a client trickling headers cannot hold a connection and its buffer.
+    pub header_timeout: Duration,
 }
 
 impl Default for RelayConfig {
@@ -99,6 +102,7 @@ impl Default for RelayConfig {
             idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(10),
             ingest_body_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -666,22 +666,23 @@ impl Sockets {
     }
 }
 
-/// Serve `routes` on `socket`, over TLS when configured, until `stop` flips.
+/// Serve `routes` on `socket`, over TLS when configured (reloading the certificate), until
+/// `stop` flips.
 async fn serve_port(
     socket: TcpListener,
     tls: Option<Arc<ReloadingConfig>>,
     reload_interval: Duration,
     routes: warp::filters::BoxedFilter<(Reply,)>,
+    header_timeout: Duration,
     stop: watch::Receiver<bool>,
 ) {
     let stopped = |mut rx: watch::Receiver<bool>| async move { until_true(&mut rx).await };
-    match tls {
-        None => warp::serve(routes).incoming(socket).graceful(stopped(stop)).run().await,
-        Some(config) => {
-            let watcher = tokio::spawn(config.clone().watch(reload_interval, stopped(stop.clone())));
-            crate::tls::serve(socket, config, routes, stopped(stop)).await;
-            let _ = watcher.await;
-        }
+    let watcher = tls
+        .clone()
+        .map(|config| tokio::spawn(config.watch(reload_interval, stopped(stop.clone()))));
+    crate::tls::serve(socket, tls, routes, header_timeout, stopped(stop)).await;
+    if let Some(watcher) = watcher {
+        let _ = watcher.await;
     }
 }
 
@@ -738,6 +739,7 @@ pub async fn serve(
         sockets.ingest_tls,
         sockets.tls_reload_interval,
         ingest_routes(state.clone()).boxed(),
+        relay.config.header_timeout,
         trigger_rx.clone(),
     );
     let api = tokio::spawn(serve_port(
@@ -745,6 +747,7 @@ pub async fn serve(
         sockets.api_tls,
         sockets.tls_reload_interval,
         api_routes(state.clone()).boxed(),
+        relay.config.header_timeout,
         trigger_rx.clone(),
     ));
     ingest.await;

@@ -123,6 +123,9 @@ fn now() -> Timestamp {
     Timestamp::from_second(Timestamp::now().as_second()).expect("now is a valid time")
 }
 
+/// How long a new ephemeral tap waits for the session of the listener that created it.
+const REGISTRATION_GRACE: Duration = Duration::from_secs(5);
+
 fn age(t: &Time, now: Timestamp) -> Duration {
     Duration::from_secs((now.as_second() - t.0.as_second()).max(0) as u64)
 }
@@ -164,15 +167,36 @@ async fn apply(tap: &FlowTap, ctx: &Context) -> Result<Action> {
                 None
             }
         });
-    if !tap.spec.persistent && !listening {
-        if let Some(since) = &idle_since {
-            let idle = age(since, now);
-            if idle >= cfg.linger {
-                tracing::info!(tap = %name, "deleting ephemeral FlowTap: no listener for {idle:?}");
-                api.delete(&name, &Default::default()).await?;
-                return Ok(Action::await_change());
-            }
+    // A listener creates its tap first and registers its session next: a tap younger than
+    // the grace is waiting for that, not idle (with a short linger it was deleted in between).
+    let linger_left = match &idle_since {
+        Some(since) if !tap.spec.persistent && !listening => {
+            let born = tap.creation_timestamp().map_or(REGISTRATION_GRACE, |t| age(&t, now));
+            Some(
+                cfg.linger
+                    .saturating_sub(age(since, now))
+                    .max(REGISTRATION_GRACE.saturating_sub(born)),
+            )
         }
+        _ => None,
+    };
+    if linger_left == Some(Duration::ZERO) {
+        let idle = idle_since.as_ref().map(|s| age(s, now)).unwrap_or_default();
+        // Only the version looked at: a session registered since then makes this a conflict,
+        // and the next reconcile sees the listener.
+        let params = kube::api::DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                resource_version: tap.resource_version(),
+                uid: tap.uid(),
+            }),
+            ..Default::default()
+        };
+        match api.delete(&name, &params).await {
+            Ok(_) => tracing::info!(tap = %name, "deleted ephemeral FlowTap: no listener for {idle:?}"),
+            Err(kube::Error::Api(e)) if e.code == 409 => return Ok(Action::requeue(Duration::from_secs(1))),
+            Err(e) => return Err(e.into()),
+        }
+        return Ok(Action::await_change());
     }
 
     let output = output_name(&name);
@@ -309,9 +333,8 @@ async fn apply(tap: &FlowTap, ctx: &Context) -> Result<Action> {
 
     // Come back for drift, session expiry and the linger deadline.
     let mut next = Duration::from_secs(30).min(cfg.session_ttl / 2);
-    if !tap.spec.persistent && !listening {
-        let idle = idle_since.map(|s| age(&s, now)).unwrap_or_default();
-        next = next.min(cfg.linger.saturating_sub(idle) + Duration::from_secs(1));
+    if let Some(left) = linger_left {
+        next = next.min(left + Duration::from_secs(1));
     }
     Ok(Action::requeue(next.max(Duration::from_secs(1))))
 }

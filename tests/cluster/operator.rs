@@ -173,6 +173,34 @@ async fn a_listener_taps_a_flow_and_the_flow_is_restored_exactly_after_the_last_
 }
 
 #[tokio::test]
+async fn with_no_linger_a_new_tap_waits_for_its_listener_to_register_and_goes_when_it_leaves() {
+    // The listener creates the FlowTap, then registers its session: in between the controller
+    // saw a tap with no listener, and with no linger deleted it (found by the bench).
+    let client = support::client().await;
+    let ns = support::namespace(&client, "op-nolinger").await;
+    let h = support::harness_with(client, ns, true, Duration::ZERO, Duration::from_secs(6)).await;
+    support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    let alice = listener(&h, "alice").await;
+    for round in 0..3 {
+        let ws = connect(&h.relay, &format!("/flow/{}/web", h.ns), &alice).await;
+        eventually(&format!("round {round}: the tap Active with its listener"), || async {
+            let status = tap(&h, "flow-web").await?.status?;
+            (status.phase == Some(log_socket::crd::Phase::Active) && status.listeners == 1).then_some(())
+        })
+        .await;
+        drop(ws);
+        eventually(&format!("round {round}: the tap gone"), || async {
+            tap(&h, "flow-web").await.is_none().then_some(())
+        })
+        .await;
+        assert_eq!(
+            raw(&h, "Flow", "web").await.unwrap()["spec"]["localOutputRefs"],
+            json!(["loki"])
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_clusterflow_tap_gets_a_clusteroutput_in_the_global_refs() {
     let h = harness("op-cf").await;
     let spec = json!({"match": [{"select": {"namespaces": ["shop"]}}], "globalOutputRefs": ["archive"]});

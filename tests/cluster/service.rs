@@ -3,6 +3,7 @@
 use crate::support;
 use futures::StreamExt;
 use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -42,47 +43,127 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// `log-socket run` in cluster mode for one namespace, as its own ServiceAccount with exactly
+/// the shipped RBAC (config/rbac, so a missing verb fails here), on fixed ports so it can be
+/// restarted where its clients expect it.
+struct Setup {
+    ns: String,
+    kubeconfig: std::path::PathBuf,
+    creds: std::path::PathBuf,
+    ingest: std::net::SocketAddr,
+    api: std::net::SocketAddr,
+    health: std::net::SocketAddr,
+}
+
+impl Setup {
+    async fn new(client: &kube::Client, prefix: &str) -> Setup {
+        let ns = support::namespace(client, prefix).await;
+        let dir = support::tempdir(prefix);
+        let creds = dir.join("ingest-credentials");
+        std::fs::write(&creds, "fluentd:s3cret\n").unwrap();
+        let token = support::service_account_token(client, &ns, "log-socket").await;
+        support::grant_shipped_rbac(client, &ns, "log-socket").await;
+        let kubeconfig = support::kubeconfig_with_token(&token, &dir.join("kubeconfig"));
+        let addr = || std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+        Setup {
+            ns,
+            kubeconfig,
+            creds,
+            ingest: addr(),
+            api: addr(),
+            health: addr(),
+        }
+    }
+
+    /// Start the service and wait until it is ready.
+    async fn start(&self, extra: &[&str]) -> crate::wire::Service {
+        let service = crate::wire::Service::spawn(
+            tokio::process::Command::new(support::bin("log-socket"))
+                .args([
+                    "run",
+                    "--log-level",
+                    "debug",
+                    "--watch-namespace",
+                    &self.ns,
+                    "--kubeconfig",
+                ])
+                .arg(&self.kubeconfig)
+                .args(["--output-auth-secret", "log-socket-ingest"])
+                .arg("--ingest-credentials")
+                .arg(&self.creds)
+                .args(["--ingest-addr", &self.ingest.to_string()])
+                .args(["--api-addr", &self.api.to_string()])
+                .args(["--health-addr", &self.health.to_string()])
+                .args(extra)
+                .env_remove("RUST_LOG"),
+        );
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(self.health).await.is_ok()
+                && crate::wire::request(self.health, "GET", "/readyz", &[], b"").await.0 == 200
+            {
+                return service;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the service did not become ready");
+    }
+
+    /// POST records to the flow's ingest path, as fluentd does; the status and body.
+    async fn post(&self, records: &serde_json::Value) -> (u16, String) {
+        crate::wire::request(
+            self.ingest,
+            "POST",
+            &format!("/flow/{}/web", self.ns),
+            &[("Authorization", crate::wire::INGEST_AUTH)],
+            records.to_string().as_bytes(),
+        )
+        .await
+    }
+
+    fn record(&self, message: &str) -> serde_json::Value {
+        serde_json::json!([{"message": message,
+            "kubernetes": {"namespace_name": self.ns, "pod_name": "web-1", "labels": {"rbac/policy": "allow"}}}])
+    }
+
+    /// The flow's tap: its phase and listener count (None when it does not exist).
+    async fn tap(&self, client: &kube::Client) -> Option<(Option<log_socket::crd::Phase>, u32)> {
+        let taps: kube::Api<log_socket::crd::FlowTap> = kube::Api::namespaced(client.clone(), &self.ns);
+        let tap = taps.get_opt("flow-web").await.unwrap()?;
+        let status = tap.status.unwrap_or_default();
+        Some((status.phase, status.listeners))
+    }
+
+    async fn flow_refs(&self, client: &kube::Client) -> serde_json::Value {
+        let flow = support::logging_api(client, &self.ns, "Flow").get("web").await.unwrap();
+        flow.data["spec"]["localOutputRefs"].clone()
+    }
+}
+
+/// Wait (at most 30 s) until `check` holds.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..300 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("never happened: {what}");
+}
+
 #[tokio::test]
 async fn the_service_relays_to_a_service_account_and_stops_cleanly_on_sigterm() {
     let client = support::client().await;
-    let ns = support::namespace(&client, "svc-run").await;
+    let s = Setup::new(&client, "svc-run").await;
+    let ns = s.ns.clone();
     let token = support::service_account_token(&client, &ns, "alice").await;
     support::grant(&client, &ns, "alice", support::may_tap_flows()).await;
     support::create_flow(&client, &ns, "web", serde_json::json!({"localOutputRefs": ["loki"]})).await;
-    let dir = support::tempdir("svc-run");
-    let creds = dir.join("ingest-credentials");
-    std::fs::write(&creds, "fluentd:s3cret\n").unwrap();
-    // The service runs as a ServiceAccount with exactly the shipped RBAC (config/rbac), so a
-    // missing verb fails here.
-    let service_token = support::service_account_token(&client, &ns, "log-socket").await;
-    support::grant_shipped_rbac(&client, &ns, "log-socket").await;
-    let service_kubeconfig = support::kubeconfig_with_token(&service_token, &dir.join("kubeconfig"));
-
-    let (ingest, api, health) = (free_port(), free_port(), free_port());
-    let service = crate::wire::Service::spawn(
-        tokio::process::Command::new(support::bin("log-socket"))
-            .args(["run", "--log-level", "debug", "--watch-namespace", &ns, "--kubeconfig"])
-            .arg(&service_kubeconfig)
-            .args(["--output-auth-secret", "log-socket-ingest"])
-            .arg("--ingest-credentials")
-            .arg(&creds)
-            .args(["--ingest-addr", &format!("127.0.0.1:{ingest}")])
-            .args(["--api-addr", &format!("127.0.0.1:{api}")])
-            .args(["--health-addr", &format!("127.0.0.1:{health}")])
-            .env_remove("RUST_LOG"),
-    );
-    let health_addr = std::net::SocketAddr::from(([127, 0, 0, 1], health));
-    let mut ready = false;
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(health_addr).await.is_ok()
-            && crate::wire::request(health_addr, "GET", "/readyz", &[], b"").await.0 == 200
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ready, "service became ready");
+    let service = s.start(&[]).await;
+    let api = s.api.port();
 
     let mut req = format!("ws://127.0.0.1:{api}/flow/{ns}/web")
         .into_client_request()
@@ -106,36 +187,18 @@ async fn the_service_relays_to_a_service_account_and_stops_cleanly_on_sigterm() 
     };
     assert!(matches!(next().await, Message::Text(t) if t.as_str().contains("\"listening\"")));
 
-    let record = serde_json::json!([{"message": "hello alice",
-        "kubernetes": {"namespace_name": ns, "pod_name": "web-1", "labels": {"rbac/policy": "allow"}}}]);
-    let ingest_addr = std::net::SocketAddr::from(([127, 0, 0, 1], ingest));
-    let (code, body) = crate::wire::request(
-        ingest_addr,
-        "POST",
-        &format!("/flow/{ns}/web"),
-        &[("Authorization", crate::wire::INGEST_AUTH)],
-        record.to_string().as_bytes(),
-    )
-    .await;
+    let (code, body) = s.post(&s.record("hello alice")).await;
     assert_eq!(code, 200, "{body}");
     assert!(matches!(next().await, Message::Text(t) if t.as_str().contains("hello alice")));
 
     // With only the shipped RBAC, the operator takes the Lease, creates the output, patches the
     // flow and reports the tap Active.
-    let taps: kube::Api<log_socket::crd::FlowTap> = kube::Api::namespaced(client.clone(), &ns);
-    let mut active = false;
-    for _ in 0..300 {
-        let phase = taps.get_opt("flow-web").await.unwrap().and_then(|t| t.status?.phase);
-        if phase == Some(log_socket::crd::Phase::Active) {
-            active = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(active, "the tap became Active under the shipped RBAC");
-    let flow = support::logging_api(&client, &ns, "Flow").get("web").await.unwrap();
+    eventually("the tap became Active under the shipped RBAC", async || {
+        matches!(s.tap(&client).await, Some((Some(log_socket::crd::Phase::Active), _)))
+    })
+    .await;
     assert_eq!(
-        flow.data["spec"]["localOutputRefs"],
+        s.flow_refs(&client).await,
         serde_json::json!(["loki", "logsocket-flow-web"])
     );
     let output = support::logging_api(&client, &ns, "Output")
@@ -167,4 +230,103 @@ async fn the_service_relays_to_a_service_account_and_stops_cleanly_on_sigterm() 
         !stderr.contains(&token),
         "the token never appears in the logs: {stderr}"
     );
+}
+
+#[tokio::test]
+async fn a_killed_service_restarts_and_k8stail_follows_it_saying_what_may_be_missing() {
+    let client = support::client().await;
+    let s = Setup::new(&client, "svc-kill").await;
+    let token = support::service_account_token(&client, &s.ns, "alice").await;
+    support::grant(&client, &s.ns, "alice", support::may_tap_flows()).await;
+    support::create_flow(&client, &s.ns, "web", serde_json::json!({"localOutputRefs": ["loki"]})).await;
+    // A short session TTL, so the killed relay's session (never unregistered) expires quickly;
+    // no linger, so the tap goes as soon as the last listener leaves.
+    let flags = ["--session-ttl", "3s", "--tap-linger", "0s"];
+    let first = s.start(&flags).await;
+
+    let server = format!("http://{}", s.api);
+    let target = format!("{}/web", s.ns);
+    let mut tail = tokio::process::Command::new(support::bin("k8stail"))
+        .args([
+            "--server",
+            &server,
+            "--token",
+            &token,
+            &target,
+            "--max-backoff",
+            "300ms",
+        ])
+        .env_remove("K8STAIL_TOKEN")
+        .env("KUBECONFIG", "/nonexistent")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(tail.stdout.take().unwrap()).lines();
+    let mut next_message = async || -> String {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("k8stail prints a record")
+            .unwrap()
+            .expect("k8stail is running");
+        serde_json::from_str::<serde_json::Value>(&line).unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    // The relay answers 404 until k8stail's listener has opened the tap.
+    let post_when_open = async |message: &str| {
+        for _ in 0..300 {
+            match s.post(&s.record(message)).await {
+                (200, _) => return,
+                (404, _) => tokio::time::sleep(Duration::from_millis(50)).await,
+                (code, body) => panic!("ingest answered {code}: {body}"),
+            }
+        }
+        panic!("the tap never opened");
+    };
+    post_when_open("before the crash").await;
+    assert_eq!(next_message().await, "before the crash");
+
+    // SIGKILL: no close frames, no unregistering, the FlowTap keeps the dead relay's session.
+    let mut first = first;
+    first.child.kill().await.unwrap();
+    let second = s.start(&flags).await;
+    post_when_open("after the restart").await;
+    assert_eq!(next_message().await, "after the restart", "k8stail came back by itself");
+
+    // One listener (the dead relay's session expired), one ref, the tap working again.
+    eventually("the tap is Active with exactly k8stail's session", async || {
+        s.tap(&client).await == Some((Some(log_socket::crd::Phase::Active), 1))
+    })
+    .await;
+    assert_eq!(
+        s.flow_refs(&client).await,
+        serde_json::json!(["loki", "logsocket-flow-web"])
+    );
+
+    // Ctrl-C: k8stail says records posted while the relay was down may be missing.
+    // SAFETY: signalling our own child process.
+    unsafe {
+        libc::kill(tail.id().unwrap() as i32, libc::SIGINT);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(20), tail.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("the tap restarted"),
+        "the possible gap is reported: {stderr}"
+    );
+
+    // Nothing left behind by the crash: the tap, its Output and the Flow's ref go.
+    eventually("the tap is gone", async || s.tap(&client).await.is_none()).await;
+    assert_eq!(s.flow_refs(&client).await, serde_json::json!(["loki"]));
+    let outputs = support::logging_api(&client, &s.ns, "Output");
+    assert!(outputs.get_opt("logsocket-flow-web").await.unwrap().is_none());
+    second.terminate();
+    second.exited_cleanly().await;
 }

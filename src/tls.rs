@@ -172,6 +172,8 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
+        // Records are small frames written as they come: no Nagle delay behind an unacked one.
+        let _ = tcp.set_nodelay(true);
         let service = warp::service(filter.clone());
         let stop = stop_rx.clone();
         let done = done_tx.clone();

@@ -125,6 +125,8 @@ fn now() -> Timestamp {
 
 /// How long a new ephemeral tap waits for the session of the listener that created it.
 const REGISTRATION_GRACE: Duration = Duration::from_secs(5);
+/// The `Listening` reason of a tap that has never had a listener.
+const NO_LISTENER_YET: &str = "NoListenerYet";
 
 fn age(t: &Time, now: Timestamp) -> Duration {
     Duration::from_secs((now.as_second() - t.0.as_second()).max(0) as u64)
@@ -167,16 +169,18 @@ async fn apply(tap: &FlowTap, ctx: &Context) -> Result<Action> {
                 None
             }
         });
-    // A listener creates its tap first and registers its session next: a tap younger than
-    // the grace is waiting for that, not idle (with a short linger it was deleted in between).
+    // A listener creates its tap first and registers its session next: a tap that never had a
+    // listener and is younger than the grace is waiting for that, not idle (with a short
+    // linger it was deleted in between).
+    let never_listened = condition(&status.conditions, "Listening").is_none_or(|c| c.reason == NO_LISTENER_YET);
     let linger_left = match &idle_since {
         Some(since) if !tap.spec.persistent && !listening => {
             let born = tap.creation_timestamp().map_or(REGISTRATION_GRACE, |t| age(&t, now));
-            Some(
-                cfg.linger
-                    .saturating_sub(age(since, now))
-                    .max(REGISTRATION_GRACE.saturating_sub(born)),
-            )
+            let grace = match never_listened {
+                true => REGISTRATION_GRACE.saturating_sub(born),
+                false => Duration::ZERO,
+            };
+            Some(cfg.linger.saturating_sub(age(since, now)).max(grace))
         }
         _ => None,
     };
@@ -271,6 +275,8 @@ async fn apply(tap: &FlowTap, ctx: &Context) -> Result<Action> {
     set_condition(&mut conditions, "FlowPatched", ok, reason, &message, now, generation);
     let (l_reason, l_message) = if listening {
         ("Listeners", format!("{} listener(s)", status.sessions.len()))
+    } else if never_listened {
+        (NO_LISTENER_YET, "nobody has listened yet".to_owned())
     } else {
         ("NoListeners", "nobody is listening".to_owned())
     };

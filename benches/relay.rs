@@ -461,6 +461,27 @@ fn rss_kb() -> u64 {
         .unwrap_or(0)
 }
 
+/// The machine's CPU counters (steal, total) from /proc/stat, to tell how much time the
+/// hypervisor took from this VM during a part: tail latencies on a shared VM follow it.
+fn cpu_counters() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    (fields.get(7).copied().unwrap_or(0), fields.iter().sum())
+}
+
+fn steal_since(before: (u64, u64)) -> f64 {
+    let after = cpu_counters();
+    100.0 * after.0.saturating_sub(before.0) as f64 / (after.1.saturating_sub(before.1)).max(1) as f64
+}
+
 /// CPU time the whole process has used (all threads, user + system), in seconds.
 fn cpu_secs() -> f64 {
     // SAFETY: getrusage only writes the struct it is given.
@@ -740,6 +761,7 @@ async fn run() {
 
     // 1, 2, 5. Throughput.
     if part("throughput") {
+        let stolen = cpu_counters();
         println!("| workload | records/s in | MB/s in | records/s delivered | vs raw TCP | silent gaps | dropped |\n|---|---|---|---|---|---|---|");
         let row = |name: &str, t: &Throughput| {
             println!(
@@ -789,10 +811,12 @@ async fn run() {
             n100 * rec_len as f64 / 1e6,
             100.0 * n100 * rec_len as f64 / 1e6 / raw
         );
+        println!("CPU time taken by the hypervisor (steal) during the throughput part: {:.1} %\n", steal_since(stolen));
     }
 
     // 3, 4. Latency, open loop.
     if part("latency") {
+        let stolen = cpu_counters();
         println!("| offered load | p50 ms | p99 ms | p99.9 ms | received | RSS MiB |\n|---|---|---|---|---|---|");
         for rate in [10_000u64, 50_000, 200_000] {
             let (p50, p99, p999, got, rss) = latency(rate, 5, false).await;
@@ -806,6 +830,7 @@ async fn run() {
             "| 50000 records/s + a listener reading 1 % | {p50:.2} | {p99:.2} | {p999:.2} | {got} | {:.0} |\n",
             rss as f64 / 1024.0
         );
+        println!("CPU time taken by the hypervisor (steal) during the latency part: {:.1} %\n", steal_since(stolen));
     }
 }
 

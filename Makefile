@@ -48,6 +48,10 @@ fuzz: ## Run every fuzz target for FUZZ_SECONDS each (cargo-fuzz; corpus in test
 	  test "$${PIPESTATUS[0]}" -eq 0 || exit 1; \
 	done
 
+soak: test-env ## The long variants: 1000 connect/disconnect cycles, and each fuzz target for 10 minutes
+	@export KUBEBUILDER_ASSETS="$$(tests/test-env.sh)"; LOG_SOCKET_CHURN_CYCLES=1000 $(CARGO) test --test cluster churn
+	$(MAKE) fuzz FUZZ_SECONDS=600
+
 build: ## Release build of both binaries
 	$(CARGO) build --release --bins
 

@@ -811,7 +811,10 @@ async fn run() {
             n100 * rec_len as f64 / 1e6,
             100.0 * n100 * rec_len as f64 / 1e6 / raw
         );
-        println!("CPU time taken by the hypervisor (steal) during the throughput part: {:.1} %\n", steal_since(stolen));
+        println!(
+            "CPU time taken by the hypervisor (steal) during the throughput part: {:.1} %\n",
+            steal_since(stolen)
+        );
     }
 
     // 3, 4. Latency, open loop.
@@ -830,7 +833,10 @@ async fn run() {
             "| 50000 records/s + a listener reading 1 % | {p50:.2} | {p99:.2} | {p999:.2} | {got} | {:.0} |\n",
             rss as f64 / 1024.0
         );
-        println!("CPU time taken by the hypervisor (steal) during the latency part: {:.1} %\n", steal_since(stolen));
+        println!(
+            "CPU time taken by the hypervisor (steal) during the latency part: {:.1} %\n",
+            steal_since(stolen)
+        );
     }
 }
 

@@ -61,6 +61,7 @@ async fn while_the_api_server_is_down_listeners_keep_their_records_and_new_ones_
 
     {
         let _frozen = Frozen::api_server();
+        let frozen_at = std::time::Instant::now();
         // The relay needs no API server to deliver to a listener it already has.
         assert_eq!(post(relay, &path, &array(&[allowed("during the outage")])).await.0, 200);
         assert_eq!(
@@ -77,6 +78,15 @@ async fn while_the_api_server_is_down_listeners_keep_their_records_and_new_ones_
         };
         assert!(err.starts_with("503") && err.contains("did not answer"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(25), "{:?}", started.elapsed());
+        // A 30 s outage in all: the listener keeps getting every record throughout.
+        let mut n = 0;
+        while frozen_at.elapsed() < Duration::from_secs(30) {
+            n += 1;
+            let message = format!("still down {n}");
+            assert_eq!(post(relay, &path, &array(&[allowed(&message)])).await.0, 200);
+            assert_eq!(messages(&records_until(&mut ws, &message).await), Vec::<String>::new());
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
     }
 
     // Back: new listeners are accepted and counted, the old one never noticed.

@@ -91,7 +91,7 @@ impl Renderer {
                         plain(v)
                     })
                     .collect();
-                line.push_str(&cells.join(" "));
+                line.push_str(&printable(&cells.join(" ")));
             }
             Format::Template(env) => {
                 let mut value = parsed();
@@ -101,7 +101,7 @@ impl Renderer {
                 }
                 let template = env.get_template("record").expect("added in new()");
                 match template.render(minijinja::value::Serde(&value)) {
-                    Ok(text) => line.push_str(&text),
+                    Ok(text) => line.push_str(&printable(&text)),
                     Err(e) => line.push_str(&format!("<template error: {e}>")),
                 }
             }
@@ -124,6 +124,7 @@ impl Renderer {
             .or_else(|| v["log"].as_str())
             .map(|m| m.trim_end_matches(['\n', '\r']).to_owned())
             .unwrap_or_else(|| v.to_string());
+        let (who, container, message) = (printable(&who), printable(container), printable(&message));
         if self.color {
             let c = PALETTE[fnv(pod) as usize % PALETTE.len()];
             line.push_str(&format!("\x1b[{c}m{who}\x1b[0m \x1b[2m{container}\x1b[0m {message}"));
@@ -131,6 +132,25 @@ impl Renderer {
             line.push_str(&format!("{who} {container} {message}"));
         }
     }
+}
+
+/// Text from a record made safe for a terminal: control characters other than newline and tab
+/// (escape sequences that could recolour, retitle or rewrite the terminal, or move the cursor
+/// to forge other lines) are shown escaped, e.g. `\u{1b}`. Records come from any pod.
+fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !s.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// A value for `--field`: strings without quotes (or trailing newline), missing as `-`, the
@@ -218,6 +238,27 @@ mod tests {
         assert_eq!(show(&f, REC), "web-1 1.5 -\n");
         let ts = renderer(&["--timestamps", "--field", "message"], false);
         assert_eq!(show(&ts, REC), "2025-03-14T09:26:53Z hello\n");
+    }
+
+    #[test]
+    fn escape_sequences_in_records_never_reach_the_terminal_raw() {
+        let hostile = r#"{"message":"ok\u001b]0;owned\u0007\r\u001b[2Kfake line\nsecond\tline \u009b31m","kubernetes":{"pod_name":"web\u001b[31m","container_name":"app"}}"#;
+        for args in [
+            &["-o", "pretty"][..],
+            &["--field", "message"],
+            &["--template", "{{ kubernetes.pod_name }} {{ message }}"],
+        ] {
+            let out = show(&renderer(args, true), hostile);
+            assert!(!out.contains('\u{1b}') || args == ["-o", "pretty"], "{args:?}: {out:?}");
+            let ours_removed = out.replace("\u{1b}[0m", "").replace("\u{1b}[2m", "");
+            let ours_removed = (31..=36).fold(ours_removed, |o, c| o.replace(&format!("\u{1b}[{c}m"), ""));
+            assert!(
+                !ours_removed.contains(['\u{1b}', '\u{7}', '\r', '\u{9b}']),
+                "{args:?}: {out:?}"
+            );
+            assert!(out.contains("\\u{1b}]0;owned"), "shown escaped: {out:?}");
+            assert!(out.contains("fake line\nsecond\tline"), "newline and tab kept: {out:?}");
+        }
     }
 
     #[test]

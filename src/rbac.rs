@@ -96,9 +96,10 @@ impl LabelPolicy {
 
     /// The first of `rbac/KEY`, `rbac_KEY` and their de-dotted forms that says allow or deny.
     fn lookup(&self, labels: &Meta, key: Key<'_>) -> Option<bool> {
-        let dedot = [false, key.has_dot()];
+        // The de-dotted forms only differ from the others when the key has a dot.
+        let has_dot = key.has_dot();
         let forms = [(false, "rbac/"), (false, "rbac_"), (true, "rbac/"), (true, "rbac_")];
-        for (dedotted, form) in forms.into_iter().filter(|(d, _)| !d || dedot[1]) {
+        for (dedotted, form) in forms.into_iter().filter(|(d, _)| !d || has_dot) {
             // The last label of a repeated key counts, as in a JSON map.
             let value = labels
                 .labels()

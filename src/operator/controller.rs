@@ -198,6 +198,8 @@ async fn apply(tap: &FlowTap, ctx: &Context) -> Result<Action> {
         match api.delete(&name, &params).await {
             Ok(_) => tracing::info!(tap = %name, "deleted ephemeral FlowTap: no listener for {idle:?}"),
             Err(kube::Error::Api(e)) if e.code == 409 => return Ok(Action::requeue(Duration::from_secs(1))),
+            // Someone else deleted it first: nothing left to do.
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(e.into()),
         }
         return Ok(Action::await_change());

@@ -38,7 +38,7 @@ pub struct Meta {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Span(u32, u32);
+struct Span(usize, usize);
 
 const NAMESPACE: usize = 0;
 const POD: usize = 1;
@@ -54,9 +54,9 @@ impl Meta {
                 .sum::<usize>();
         let mut text = String::with_capacity(len);
         let mut push = |s: &str| {
-            let start = text.len() as u32;
+            let start = text.len();
             text.push_str(s);
-            Span(start, text.len() as u32)
+            Span(start, text.len())
         };
         let fields = fields.map(|f| f.map(&mut push));
         let labels = labels
@@ -71,7 +71,7 @@ impl Meta {
     }
 
     fn get(&self, span: Span) -> &str {
-        &self.text[span.0 as usize..span.1 as usize]
+        &self.text[span.0..span.1]
     }
 
     fn field(&self, i: usize) -> Option<&str> {

@@ -11,6 +11,8 @@ RUN rustup target add x86_64-unknown-linux-musl \
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# The manifest declares the bench target, so its file must exist for any build.
+COPY benches ./benches
 RUN cargo build --release --locked --target x86_64-unknown-linux-musl --bins \
     && cp target/x86_64-unknown-linux-musl/release/log-socket target/x86_64-unknown-linux-musl/release/k8stail /
 

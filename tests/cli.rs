@@ -336,3 +336,63 @@ fn every_flag_of_the_service_is_in_the_readme_configuration_table() {
         "flags without a row in the README table: {missing:?}"
     );
 }
+
+fn copy_tree(from: &Path, to: &Path) {
+    if from.is_dir() {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            copy_tree(&entry.path(), &to.join(entry.file_name()));
+        }
+    } else {
+        std::fs::copy(from, to).unwrap();
+    }
+}
+
+#[test]
+fn the_docker_build_context_holds_every_file_the_manifest_names() {
+    // What the Dockerfile's build stage copies in, nothing else: every target the manifest
+    // declares must be there (a declared target whose file is missing fails every build).
+    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
+    let ignored = std::fs::read_to_string(repo().join(".dockerignore")).unwrap();
+    let ctx = Path::new(env!("CARGO_TARGET_TMPDIR")).join("docker-context");
+    let _ = std::fs::remove_dir_all(&ctx);
+    std::fs::create_dir_all(&ctx).unwrap();
+    for line in dockerfile
+        .lines()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
+    {
+        let words: Vec<&str> = line.split_whitespace().skip(1).collect();
+        for src in &words[..words.len() - 1] {
+            assert!(
+                !ignored.lines().any(|i| i.trim() == *src),
+                "{src} is copied but .dockerignore leaves it out"
+            );
+            copy_tree(&repo().join(src), &ctx.join(src));
+        }
+    }
+    // cargo metadata quietly drops a declared target whose file is missing (a build fails on
+    // it), so compare with the repository's: its libraries, binaries and benches must be there.
+    let targets = |dir: &Path| -> Vec<String> {
+        let out = Command::new(env!("CARGO"))
+            .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        let metadata: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        metadata["packages"][0]["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| ["lib", "bin", "bench"].contains(&t["kind"][0].as_str().unwrap()))
+            .map(|t| format!("{} {}", t["kind"][0].as_str().unwrap(), t["name"].as_str().unwrap()))
+            .collect()
+    };
+    let mut missing = targets(repo());
+    let present = targets(&ctx);
+    missing.retain(|t| !present.contains(t));
+    assert!(
+        missing.is_empty(),
+        "the Dockerfile does not copy the files of {missing:?}"
+    );
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 const LINGER: Duration = Duration::from_secs(2);
 
-use support::{Harness, INGEST_URL};
+use support::{eventually, Harness, INGEST_URL};
 
 async fn harness(prefix: &str) -> Harness {
     let client = support::client().await;
@@ -28,21 +28,6 @@ async fn listener(h: &Harness, name: &str) -> String {
     let token = support::service_account_token(&h.client, &h.ns, name).await;
     support::grant(&h.client, &h.ns, name, support::may_tap_flows()).await;
     token
-}
-
-/// Poll until `check` returns Some, or panic with `what` after 30 s.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    for _ in 0..300 {
-        if let Some(v) = check().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 async fn raw(h: &Harness, kind: &str, name: &str) -> Option<Value> {

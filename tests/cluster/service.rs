@@ -139,21 +139,6 @@ impl Setup {
     }
 }
 
-/// Wait (at most 30 s) until `check` holds.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..300 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("never happened: {what}");
-}
-
 #[tokio::test]
 async fn the_service_relays_to_a_service_account_and_stops_cleanly_on_sigterm() {
     let client = support::client().await;
@@ -193,8 +178,8 @@ async fn the_service_relays_to_a_service_account_and_stops_cleanly_on_sigterm() 
 
     // With only the shipped RBAC, the operator takes the Lease, creates the output, patches the
     // flow and reports the tap Active.
-    eventually("the tap became Active under the shipped RBAC", async || {
-        matches!(s.tap(&client).await, Some((Some(log_socket::crd::Phase::Active), _)))
+    support::eventually("the tap became Active under the shipped RBAC", async || {
+        matches!(s.tap(&client).await, Some((Some(log_socket::crd::Phase::Active), _))).then_some(())
     })
     .await;
     assert_eq!(
@@ -312,8 +297,8 @@ async fn a_killed_service_restarts_and_k8stail_follows_it_saying_what_may_be_mis
     until_printed("after the restart").await;
 
     // One listener (the dead relay's session expired), one ref, the tap working again.
-    eventually("the tap is Active with exactly k8stail's session", async || {
-        s.tap(&client).await == Some((Some(log_socket::crd::Phase::Active), 1))
+    support::eventually("the tap is Active with exactly k8stail's session", async || {
+        (s.tap(&client).await == Some((Some(log_socket::crd::Phase::Active), 1))).then_some(())
     })
     .await;
     assert_eq!(
@@ -339,7 +324,7 @@ async fn a_killed_service_restarts_and_k8stail_follows_it_saying_what_may_be_mis
     );
 
     // Nothing left behind by the crash: the tap, its Output and the Flow's ref go.
-    eventually("the tap is gone", async || s.tap(&client).await.is_none()).await;
+    support::eventually("the tap is gone", async || s.tap(&client).await.is_none().then_some(())).await;
     assert_eq!(s.flow_refs(&client).await, serde_json::json!(["loki"]));
     let outputs = support::logging_api(&client, &s.ns, "Output");
     assert!(outputs.get_opt("logsocket-flow-web").await.unwrap().is_none());

@@ -463,6 +463,18 @@ async fn metrics_count_ingest_and_delivery_without_naming_users() {
     );
 }
 
+/// Send `partial` on a new connection and stop; what the relay answers before closing (it must
+/// within WAIT, else panic with `what`).
+async fn trickle(addr: std::net::SocketAddr, partial: &[u8], what: &str) -> std::io::Result<String> {
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut slow, partial).await.unwrap();
+    let mut answer = vec![0u8; 1024];
+    let n = tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read(&mut slow, &mut answer))
+        .await
+        .expect(what)?;
+    Ok(String::from_utf8_lossy(&answer[..n]).into_owned())
+}
+
 #[tokio::test]
 async fn a_trickling_ingest_body_is_cut_off_and_frees_its_slot() {
     let config = RelayConfig {
@@ -474,19 +486,12 @@ async fn a_trickling_ingest_body_is_cut_off_and_frees_its_slot() {
     let mut ws = connect(&r, "/flow/shop/web", "tok-alice").await;
 
     // Headers promise 1000 bytes; 10 arrive, then nothing (slowloris).
-    let mut slow = TcpStream::connect(r.ingest).await.unwrap();
     let head = format!(
         "POST /flow/shop/web HTTP/1.1\r\nHost: x\r\nAuthorization: {INGEST_AUTH}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n[{{\"a\":1}},"
     );
-    tokio::io::AsyncWriteExt::write_all(&mut slow, head.as_bytes())
+    let answer = trickle(r.ingest, head.as_bytes(), "an answer, not a hang")
         .await
         .unwrap();
-    let mut answer = vec![0u8; 1024];
-    let n = tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read(&mut slow, &mut answer))
-        .await
-        .expect("an answer, not a hang")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer[..n]);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("did not arrive within"), "{answer}");
 
@@ -507,17 +512,11 @@ async fn trickled_request_headers_are_cut_off_on_both_ports() {
     let r = start_with(config, Arc::new(AllowAll)).await;
     for addr in [r.ingest, r.api] {
         // Half a request head, then nothing (slowloris on the headers).
-        let mut slow = TcpStream::connect(addr).await.unwrap();
-        tokio::io::AsyncWriteExt::write_all(&mut slow, b"GET /flow/shop/web HTTP/1.1\r\nHost: x\r\n")
+        let head = b"GET /flow/shop/web HTTP/1.1\r\nHost: x\r\n";
+        let answer = trickle(addr, head, "the connection is closed, not held")
             .await
-            .unwrap();
-        let mut answer = vec![0u8; 1024];
-        let n = tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read(&mut slow, &mut answer))
-            .await
-            .expect("the connection is closed, not held")
-            .unwrap_or(0);
-        let answer = String::from_utf8_lossy(&answer[..n]);
-        assert!(n == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
+            .unwrap_or_default();
+        assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
     }
     // A prompt client is still served on both ports.
     let mut ws = connect(&r, "/flow/shop/web", "tok-alice").await;

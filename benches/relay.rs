@@ -491,8 +491,8 @@ fn cpu_secs() -> f64 {
     secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
-/// Raw loopback TCP: one sender writing 64 KiB chunks, one receiver reading. MB/s.
-async fn raw_tcp(bytes: u64) -> f64 {
+/// A receiver on a fresh loopback port that reads and discards `bytes` (or until EOF).
+async fn sink(bytes: u64) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let rx = tokio::spawn(async move {
@@ -507,14 +507,25 @@ async fn raw_tcp(bytes: u64) -> f64 {
             got += n as u64;
         }
     });
-    let mut s = TcpStream::connect(addr).await.unwrap();
+    (addr, rx)
+}
+
+/// Write `bytes` to `s` in 64 KiB chunks.
+async fn send_chunks(s: &mut TcpStream, bytes: u64) {
     let chunk = vec![7u8; 64 << 10];
-    let start = Instant::now();
     let mut sent = 0u64;
     while sent < bytes {
         s.write_all(&chunk).await.unwrap();
         sent += chunk.len() as u64;
     }
+}
+
+/// Raw loopback TCP: one sender writing 64 KiB chunks, one receiver reading. MB/s.
+async fn raw_tcp(bytes: u64) -> f64 {
+    let (addr, rx) = sink(bytes).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let start = Instant::now();
+    send_chunks(&mut s, bytes).await;
     rx.await.unwrap();
     bytes as f64 / start.elapsed().as_secs_f64() / 1e6
 }
@@ -523,20 +534,7 @@ async fn raw_tcp(bytes: u64) -> f64 {
 /// relay that only copies bytes from its ingest socket to one listener socket could reach here.
 /// Also the CPU time it took per byte (seconds, all threads).
 async fn raw_forward(bytes: u64) -> (f64, f64) {
-    let out = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let out_addr = out.local_addr().unwrap();
-    let rx = tokio::spawn(async move {
-        let (mut s, _) = out.accept().await.unwrap();
-        let mut buf = vec![0u8; 64 << 10];
-        let mut got = 0u64;
-        while got < bytes {
-            let n = s.read(&mut buf).await.unwrap();
-            if n == 0 {
-                break;
-            }
-            got += n as u64;
-        }
-    });
+    let (out_addr, rx) = sink(bytes).await;
     let inp = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let in_addr = inp.local_addr().unwrap();
     let fwd = tokio::spawn(async move {
@@ -552,13 +550,8 @@ async fn raw_forward(bytes: u64) -> (f64, f64) {
         }
     });
     let mut s = TcpStream::connect(in_addr).await.unwrap();
-    let chunk = vec![7u8; 64 << 10];
     let (start, cpu) = (Instant::now(), cpu_secs());
-    let mut sent = 0u64;
-    while sent < bytes {
-        s.write_all(&chunk).await.unwrap();
-        sent += chunk.len() as u64;
-    }
+    send_chunks(&mut s, bytes).await;
     drop(s);
     rx.await.unwrap();
     fwd.await.unwrap();

@@ -8,6 +8,7 @@
 pub mod listener;
 pub mod protocol;
 pub mod record;
+mod scan;
 pub mod server;
 pub mod tap;
 

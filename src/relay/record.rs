@@ -5,6 +5,7 @@
 //! half a batch behind that a fluentd retry would duplicate. Each record keeps its original bytes
 //! (a slice of the request body, no copy) and the few fields routing and filtering need.
 
+use super::scan;
 use bytes::Bytes;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -46,11 +47,11 @@ const CONTAINER: usize = 2;
 const MESSAGE: usize = 3;
 
 impl Meta {
-    fn build(fields: [Option<&str>; 4], labels: &[(Cow<'_, str>, MaybeStr<'_>)]) -> Meta {
+    fn build(fields: [Option<&str>; 4], labels: &[(Cow<'_, str>, Option<Cow<'_, str>>)]) -> Meta {
         let len = fields.iter().flatten().map(|f| f.len()).sum::<usize>()
             + labels
                 .iter()
-                .filter_map(|(k, v)| v.0.as_ref().map(|v| k.len() + v.len()))
+                .filter_map(|(k, v)| v.as_ref().map(|v| k.len() + v.len()))
                 .sum::<usize>();
         let mut text = String::with_capacity(len);
         let mut push = |s: &str| {
@@ -61,7 +62,7 @@ impl Meta {
         let fields = fields.map(|f| f.map(&mut push));
         let labels = labels
             .iter()
-            .filter_map(|(k, v)| v.0.as_deref().map(|v| (push(k), push(v))))
+            .filter_map(|(k, v)| v.as_deref().map(|v| (push(k), push(v))))
             .collect();
         Meta {
             text: text.into_boxed_str(),
@@ -183,29 +184,41 @@ fn skip_ws(text: &str, mut pos: usize) -> usize {
     pos
 }
 
-/// One record starting at `pos` (an object), read in one pass; `None` if it is not one.
-fn fast_record(body: &Bytes, text: &str, pos: usize) -> Option<(Record, usize)> {
-    if text.as_bytes().get(pos) != Some(&b'{') {
-        return None;
-    }
-    let rest = &text[pos..];
-    let mut stream = serde_json::Deserializer::from_str(rest).into_iter::<RawMeta<'_>>();
-    let parsed = stream.next()?.ok()?;
-    let end = pos + stream.byte_offset();
-    Some((record_of(body, &text[pos..end], parsed), end))
+/// One record starting at `pos` (an object), read in one pass by [`scan`]; `None` if it is not
+/// one, or not one the scanner takes.
+fn fast_record<'a>(
+    body: &Bytes,
+    text: &'a str,
+    pos: usize,
+    labels: &mut Vec<(Cow<'a, str>, Option<Cow<'a, str>>)>,
+) -> Option<(Record, usize)> {
+    labels.clear();
+    let (f, end) = scan::record(text, pos, labels)?;
+    let message = f.message.or(f.log);
+    let meta = Meta::build(
+        [
+            f.namespace.as_deref(),
+            f.pod.as_deref(),
+            f.container.as_deref(),
+            message.as_deref(),
+        ],
+        labels,
+    );
+    Some((record_at(body, &text[pos..end], meta), end))
 }
 
 fn parse_fast(body: &Bytes, text: &str) -> Option<Vec<Record>> {
     let bytes = text.as_bytes();
     let mut pos = skip_ws(text, 0);
     let mut records = Vec::new();
+    let mut labels = Vec::new();
     if bytes.get(pos) == Some(&b'[') {
         pos = skip_ws(text, pos + 1);
         if bytes.get(pos) == Some(&b']') {
             pos += 1;
         } else {
             loop {
-                let (record, end) = fast_record(body, text, pos)?;
+                let (record, end) = fast_record(body, text, pos, &mut labels)?;
                 records.push(record);
                 pos = skip_ws(text, end);
                 match bytes.get(pos)? {
@@ -221,7 +234,7 @@ fn parse_fast(body: &Bytes, text: &str) -> Option<Vec<Record>> {
         return (skip_ws(text, pos) == bytes.len()).then_some(records);
     }
     while pos < bytes.len() {
-        let (record, end) = fast_record(body, text, pos)?;
+        let (record, end) = fast_record(body, text, pos, &mut labels)?;
         records.push(record);
         pos = skip_ws(text, end);
     }
@@ -277,17 +290,14 @@ fn record(body: &Bytes, raw: &RawValue) -> Result<Record, String> {
         return Err("expected a JSON object (one log record)".into());
     }
     let parsed: RawMeta<'_> = serde_json::from_str(json).map_err(|e| e.to_string())?;
-    Ok(record_of(body, json, parsed))
+    Ok(record_at(body, json, parsed.into_meta()))
 }
 
 /// `json` is a slice of `body`'s UTF-8 view: share its bytes, do not copy them.
-fn record_of(body: &Bytes, json: &str, parsed: RawMeta<'_>) -> Record {
+fn record_at(body: &Bytes, json: &str, meta: Meta) -> Record {
     // SAFETY: `json` is a `&str`, so the bytes it covers are valid UTF-8.
     let raw = unsafe { Utf8Bytes::from_bytes_unchecked(body.slice_ref(json.as_bytes())) };
-    Record {
-        raw,
-        meta: parsed.into_meta(),
-    }
+    Record { raw, meta }
 }
 
 /// What the relay reads from one record's JSON (k8stail uses it to filter locally).
@@ -337,7 +347,7 @@ struct RawKubernetes<'a> {
 /// `kubernetes.labels` as (key, value) pairs in record order; anything but an object (e.g.
 /// `null`) reads as no labels.
 #[derive(Default)]
-struct Labels<'a>(Vec<(Cow<'a, str>, MaybeStr<'a>)>);
+struct Labels<'a>(Vec<(Cow<'a, str>, Option<Cow<'a, str>>)>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for Labels<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -354,7 +364,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Labels<'a> {
                 let mut labels = Vec::new();
                 // Keys as `MaybeStr` (always a string in JSON), which borrows where it can.
                 while let Some((key, value)) = map.next_entry::<MaybeStr<'de>, MaybeStr<'de>>()? {
-                    labels.push((key.0.unwrap_or_default(), value));
+                    labels.push((key.0.unwrap_or_default(), value.0));
                 }
                 Ok(Labels(labels))
             }
@@ -537,6 +547,60 @@ mod tests {
         );
     }
 
+    /// Records at the edges of JSON and of what the one-pass scanner takes (it hands
+    /// surrogate escapes, numbers serde must convert, repeated fields and deep nesting to the
+    /// reference parser), each valid or not.
+    const EDGE_RECORDS: &[&str] = &[
+        r#"{"message":"esc \u001b[31m red \u00e9 \/ \\ \"q\" \b\f\n\r\t"}"#,
+        r#"{"message":"\ud83d\ude00 paired"}"#,
+        r#"{"message":"\ud83d lone"}"#,
+        r#"{"other":"\ud83d lone, ignored"}"#,
+        r#"{"other":{"\udc00":1}}"#,
+        r#"{"message":{"\udc00":1}}"#,
+        r#"{"message":1e400}"#,
+        r#"{"other":1e400}"#,
+        r#"{"message":123456789012345678901234567890}"#,
+        r#"{"message":-0.5,"n":[1,2.5e3,-0,{"a":null,"b":[true,false]}],"e":{}}"#,
+        r#"{"mess\u0061ge":"escaped key","kubernetes":{"l\u0061bels":{"k\u0065y":"v\u0061l"}}}"#,
+        r#"{"kubernetes":[]}"#,
+        r#"{"kubernetes":["ns","pod"]}"#,
+        r#"{"kubernetes":"x"}"#,
+        r#"{"kubernetes":null}"#,
+        r#"{"kubernetes":{"labels":[]}}"#,
+        r#"{"kubernetes":{"labels":7}}"#,
+        r#"{"kubernetes":{"labels":{"a":{"b":[1]},"c":[],"d":false,"e":"x"}}}"#,
+        r#"{"kubernetes":{"pod_name":"a","pod_name":"b"}}"#,
+        r#"{"kubernetes":{"labels":null,"labels":{}}}"#,
+        r#"{"kubernetes":{},"kubernetes":{}}"#,
+        r#"{"log":"a","log":"b"}"#,
+        "{\"message\":\"raw\u{1}control\"}",
+        "{\"message\":\"raw\ttab\"}",
+        "{\"other\":\"raw\u{1f}control\"}",
+        r#"{"message":"\x"}"#,
+        r#"{"message":"\u12G4"}"#,
+        r#"{"message":"\u12"}"#,
+        r#"{"n":01}"#,
+        r#"{"n":-}"#,
+        r#"{"n":1.}"#,
+        r#"{"n":.5}"#,
+        r#"{"n":1e}"#,
+        r#"{"n":1E+2,"m":1e-2}"#,
+        r#"{"a":1,}"#,
+        r#"{"a":[1,]}"#,
+        r#"{"a":[,1]}"#,
+        r#"{"message":tru}"#,
+        r#"{"message":nul,"x":1}"#,
+        r#"{"message":"unterminated}"#,
+        r#"{"a" "b"}"#,
+        r#"{1:2}"#,
+        " { \"message\" : \"spaced\" , \"kubernetes\" : { \"labels\" : { \"a\" : \"b\" } } } ",
+        "{\"message\":\"caf\u{e9} \u{1f600}\"}",
+    ];
+
+    fn deep(depth: usize) -> String {
+        format!("{{\"d\":{}{}}}", "[".repeat(depth), "]".repeat(depth))
+    }
+
     /// Pieces bodies are made of: valid records, separators, and things that break them.
     fn piece() -> impl proptest::strategy::Strategy<Value = String> {
         use proptest::prelude::*;
@@ -557,8 +621,52 @@ mod tests {
             Just(r#"{"message":"dup","message":"x"}"#.to_string()),
             Just(r#"{"kubernetes":{"labels":"no"}}"#.to_string()),
             Just(r#"{"broken":"#.to_string()),
+            proptest::sample::select(EDGE_RECORDS).prop_map(str::to_owned),
             "[ -~]{0,6}",
         ]
+    }
+
+    /// The one-pass scanner and the reference parser agree on `body`: same records when the
+    /// scanner takes it, never records the reference refuses.
+    fn agree(body: &str) -> Result<bool, String> {
+        let bytes = Bytes::from(body.to_owned());
+        let text = std::str::from_utf8(&bytes).unwrap();
+        let fast = parse_fast(&bytes, text);
+        let checked = parse_batch_checked(&bytes, text);
+        match (&fast, &checked) {
+            (Some(f), Ok(c)) => {
+                if f.len() != c.len() || f.iter().zip(c).any(|(f, c)| f.raw != c.raw || f.meta != c.meta) {
+                    return Err(format!("{body}: fast {f:?} vs reference {c:?}"));
+                }
+            }
+            (Some(f), Err(e)) => {
+                return Err(format!(
+                    "{body}: fast path took {} records the reference refuses: {e}",
+                    f.len()
+                ))
+            }
+            (None, _) => {}
+        }
+        Ok(fast.is_some())
+    }
+
+    #[test]
+    fn edge_records_read_the_same_through_both_parsers() {
+        for body in EDGE_RECORDS
+            .iter()
+            .map(|r| r.to_string())
+            .chain([deep(60), deep(64), deep(127), deep(200)])
+        {
+            agree(&body).unwrap();
+        }
+    }
+
+    #[test]
+    fn escapes_numbers_and_nesting_as_logs_have_them_take_the_one_pass_scanner() {
+        for i in [0, 9, 10, 17, 33, 42, 43] {
+            assert_eq!(agree(EDGE_RECORDS[i]), Ok(true), "{}", EDGE_RECORDS[i]);
+        }
+        assert_eq!(agree(&deep(60)), Ok(true));
     }
 
     proptest::proptest! {
@@ -568,19 +676,10 @@ mod tests {
         ) {
             let body = Bytes::from(pieces.concat());
             let text = std::str::from_utf8(&body).unwrap();
-            let fast = parse_fast(&body, text);
-            let checked = parse_batch_checked(&body, text);
-            match (&fast, &checked) {
-                (Some(f), Ok(c)) => {
-                    proptest::prop_assert_eq!(f.len(), c.len());
-                    for (f, c) in f.iter().zip(c) {
-                        proptest::prop_assert_eq!(&f.raw, &c.raw);
-                        proptest::prop_assert_eq!(&f.meta, &c.meta);
-                    }
-                }
-                (None, _) => {}
-                (Some(f), Err(e)) => proptest::prop_assert!(false, "fast path took {} records the reference refuses: {e}", f.len()),
+            if let Err(e) = agree(text) {
+                proptest::prop_assert!(false, "{e}");
             }
+            let checked = parse_batch_checked(&body, text);
             // And whatever the path, the result is the reference's.
             let got = parse_batch(&body).map(|r| r.len());
             proptest::prop_assert_eq!(got, checked.map(|r| r.len()));

@@ -2,10 +2,14 @@
 //! against the physical limits of the same machine in the same run. Prints a table; asserts
 //! nothing about time. See BENCHMARKS.md for results and how to read them.
 //!
-//! Every workload runs the relay in this process (2 tokio worker threads share the machine with
-//! the load generator and the listeners, as on a 2-core node), posts fluentd-shaped batches over
+//! Every workload runs the relay in this process, on its own runtime (2 worker threads named
+//! `relay`, so their CPU time can be told apart), sharing the machine's cores with the load
+//! generator and the listeners (the `client` runtime), posts fluentd-shaped batches over
 //! HTTP/1.1 keep-alive connections, and reads WebSocket frames as k8stail does, checking the
 //! sequence numbers so that nothing is lost silently.
+//!
+//! Parts: `memory`, `control-plane`, `throughput`, `latency` (all by default); `one` (only the
+//! single-listener throughput) and `parse` (only the record parser) are for profiling.
 
 #[path = "../tests/support/control_plane.rs"]
 #[allow(dead_code)] // shared with the tests, which use more of it
@@ -17,6 +21,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use futures::StreamExt;
 use log_socket::auth::{AllowAll, Authorizer, IngestAuth, StaticTokens};
 use log_socket::rbac::LabelPolicy;
+use log_socket::relay::record;
 use log_socket::relay::server::{self, Parts, Sockets};
 use log_socket::relay::{NoSessions, Relay, RelayConfig};
 use std::net::SocketAddr;
@@ -39,12 +44,30 @@ struct Bench {
     done: tokio::task::JoinHandle<()>,
 }
 
+/// The relay's own runtime: 2 worker threads named `relay`, so the CPU they use can be told
+/// apart from the load generator's and the listeners' (the `client` threads), which share the
+/// same 2 cores as they would on a 2-core node.
+fn relay_runtime() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("relay")
+            .enable_all()
+            .build()
+            .unwrap()
+    })
+}
+
 async fn relay(config: RelayConfig, authorizer: Arc<dyn Authorizer>) -> Bench {
-    let sockets = Sockets::plain(
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-    );
-    let (ingest, api) = (sockets.ingest.local_addr().unwrap(), sockets.api.local_addr().unwrap());
+    // Bound here, registered with the relay's runtime inside its task.
+    let bind = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        l
+    };
+    let (ingest_std, api_std) = (bind(), bind());
+    let (ingest, api) = (ingest_std.local_addr().unwrap(), api_std.local_addr().unwrap());
     let parts = Parts {
         authenticator: Arc::new(StaticTokens::parse(&format!("{TOKEN},bench\n")).unwrap()),
         authorizer,
@@ -52,9 +75,16 @@ async fn relay(config: RelayConfig, authorizer: Arc<dyn Authorizer>) -> Bench {
         ingest_auth: IngestAuth::basic("fluentd", "s3cret"),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let done = tokio::spawn(server::serve(Arc::new(Relay::new(config)), sockets, parts, async {
-        let _ = stopped.await;
-    }));
+    let done = relay_runtime().spawn(async move {
+        let sockets = Sockets::plain(
+            TcpListener::from_std(ingest_std).unwrap(),
+            TcpListener::from_std(api_std).unwrap(),
+        );
+        server::serve(Arc::new(Relay::new(config)), sockets, parts, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
     Bench {
         ingest,
         api,
@@ -258,6 +288,9 @@ struct Throughput {
     delivered_per_s: f64,
     silent_gaps: u64,
     dropped: u64,
+    /// CPU per record in, in µs: the relay's threads, and everything else in this process.
+    relay_cpu_us: f64,
+    client_cpu_us: f64,
 }
 
 /// Post `total` records to `flows` flows (round-robin), with `per_flow` listeners each, as fast
@@ -304,6 +337,7 @@ async fn throughput(
         })
         .collect();
     let body_bytes: u64 = batches.iter().map(|b| b.len() as u64).sum::<u64>() * flows as u64;
+    let cpu_before = cpu_by_side();
     let start = Instant::now();
     // Two keep-alive connections share the (flow, batch) jobs; each batch is numbered as a
     // whole, so interleaving keeps every tap's numbering continuous.
@@ -335,8 +369,11 @@ async fn throughput(
         dropped += seen.dropped;
     }
     let secs = start.elapsed().as_secs_f64();
+    let cpu_after = cpu_by_side();
     b.stop().await;
     Throughput {
+        relay_cpu_us: (cpu_after.0 - cpu_before.0) * 1e6 / total as f64,
+        client_cpu_us: (cpu_after.1 - cpu_before.1) * 1e6 / total as f64,
         records_per_s: total as f64 / secs,
         mb_per_s: body_bytes as f64 / secs / 1e6,
         delivered_per_s: (total * per_flow as u64) as f64 / secs,
@@ -356,11 +393,12 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 /// Open-loop load at `rate` records/s for `secs`: batches are sent on a fixed schedule, and
 /// latency counts from the scheduled time, so a stalled relay cannot hide its stall
 /// (no coordinated omission). Returns (p50, p99, p999) in ms and records received.
-async fn latency(rate: u64, secs: u64, with_slow_listener: bool) -> (f64, f64, f64, u64, u64) {
+async fn latency(rate: u64, secs: u64, with_slow_listener: bool) -> Latency {
     let b = relay(RelayConfig::default(), Arc::new(AllowAll)).await;
+    let hiccups = Hiccups::start();
     let origin = Instant::now();
     let ready = Arc::new(AtomicU64::new(0));
-    let total = rate * secs;
+    let total = rate * (secs + 1);
     let fast = tokio::spawn(listen(
         b.api,
         "/flow/shop/web".into(),
@@ -406,32 +444,89 @@ async fn latency(rate: u64, secs: u64, with_slow_listener: bool) -> (f64, f64, f
             }
         }));
     }
-    let start = Instant::now();
-    for n in 0..batches {
-        let due = start + interval * n as u32;
-        tokio::time::sleep_until(due.into()).await;
-        let scheduled = (due - origin).as_nanos() as u64;
-        tx.send((n, scheduled)).await.unwrap();
-    }
-    drop(tx);
+    // The schedule runs on its own thread with the OS's sleep: tokio's timer has a 1 ms
+    // resolution, which would add up to 1 ms of the load generator's own to every latency.
+    let scheduler = std::thread::spawn(move || {
+        let start = Instant::now();
+        for n in 0..batches {
+            let due = start + interval * n as u32;
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            let scheduled = (due - origin).as_nanos() as u64;
+            tx.blocking_send((n, scheduled)).unwrap();
+        }
+    });
     for w in workers {
         w.await.unwrap();
     }
-    let seen = fast.await.unwrap();
+    tokio::task::spawn_blocking(move || scheduler.join().unwrap())
+        .await
+        .unwrap();
+    let mut seen = fast.await.unwrap();
+    let hiccups = hiccups.stop();
     let rss = rss_kb();
     if let Some(s) = slow {
         s.abort();
     }
     b.stop().await;
-    let mut l = seen.latencies_ns;
+    // The first second warms up (fresh connections, heap, buffers): reported as its worst
+    // case, and left out of the percentiles, which describe the steady state.
+    let warm_up = (rate as usize).min(seen.latencies_ns.len());
+    let first_second_max = seen.latencies_ns[..warm_up].iter().max().copied().unwrap_or(0) as f64 / 1e6;
+    let mut l = seen.latencies_ns.split_off(warm_up);
     l.sort_unstable();
-    (
-        percentile(&l, 0.5),
-        percentile(&l, 0.99),
-        percentile(&l, 0.999),
-        seen.records,
-        rss,
-    )
+    Latency {
+        p50: percentile(&l, 0.5),
+        p99: percentile(&l, 0.99),
+        p999: percentile(&l, 0.999),
+        first_second_max,
+        received: seen.records,
+        rss_kb: rss,
+        stalls: hiccups,
+    }
+}
+
+struct Latency {
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    first_second_max: f64,
+    received: u64,
+    rss_kb: u64,
+    /// The machine's own p99 and p99.9 wake-up delay during the run (see [`Hiccups`]).
+    stalls: (f64, f64),
+}
+
+/// The machine's own stalls while a part runs: a thread that only sleeps 1 ms at a time and
+/// records how late it wakes. Whatever delays it (the hypervisor, the scheduler, other threads)
+/// delays the relay the same way, so it is the floor under the relay's tail latency.
+struct Hiccups {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<u64>>,
+}
+
+impl Hiccups {
+    fn start() -> Hiccups {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut late_ns = vec![];
+            while !flag.load(Ordering::Relaxed) {
+                let before = Instant::now();
+                std::thread::sleep(Duration::from_millis(1));
+                late_ns.push(before.elapsed().as_nanos().saturating_sub(1_000_000) as u64);
+            }
+            late_ns
+        });
+        Hiccups { stop, thread }
+    }
+
+    /// p99 and p99.9 of the wake-up delays, in ms.
+    fn stop(self) -> (f64, f64) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut late = self.thread.join().unwrap();
+        late.sort_unstable();
+        (percentile(&late, 0.99), percentile(&late, 0.999))
+    }
 }
 
 /// A small multi-consumer channel over tokio's mpsc (one receiver shared behind a mutex).
@@ -489,6 +584,28 @@ fn cpu_secs() -> f64 {
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// CPU time used so far by this process's threads, in seconds: (the relay's threads, all
+/// others: load generator, listeners, the bench itself). From /proc/self/task/*/schedstat,
+/// which counts nanoseconds on a CPU per thread. Exited threads are not counted, so take both
+/// readings while the same threads live.
+fn cpu_by_side() -> (f64, f64) {
+    let (mut relay, mut other) = (0u64, 0u64);
+    for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+        let path = task.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let ns: u64 = std::fs::read_to_string(path.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        if comm.trim_end() == "relay" {
+            relay += ns;
+        } else {
+            other += ns;
+        }
+    }
+    (relay as f64 / 1e9, other as f64 / 1e9)
 }
 
 /// A receiver on a fresh loopback port that reads and discards `bytes` (or until EOF).
@@ -572,6 +689,25 @@ fn json_validate(records: u64) -> f64 {
 }
 
 /// serde_json parse of the same batches into values: records/s and MB/s on one core.
+/// The relay's own record parser (validation and the fields routing needs, one pass), in MB/s,
+/// and the reference parser it falls back to, both on one core.
+fn relay_parse(records: u64) -> (f64, f64) {
+    let body = bytes::Bytes::from(batch(0, BATCH, 0, false));
+    let text = std::str::from_utf8(&body).unwrap();
+    let rounds = records / BATCH as u64;
+    let mbs = |parse: &dyn Fn() -> usize| {
+        let start = Instant::now();
+        for _ in 0..rounds {
+            assert_eq!(parse(), BATCH);
+        }
+        (body.len() as u64 * rounds) as f64 / start.elapsed().as_secs_f64() / 1e6
+    };
+    (
+        mbs(&|| record::parse_batch(&body).unwrap().len()),
+        mbs(&|| record::parse_batch_checked(&body, text).unwrap().len()),
+    )
+}
+
 fn json_parse(records: u64) -> (f64, f64) {
     let body = batch(0, BATCH, 0, false);
     let rounds = records / BATCH as u64;
@@ -655,6 +791,7 @@ fn main() {
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name("client")
         .enable_all()
         .build()
         .unwrap();
@@ -704,6 +841,12 @@ async fn run() {
             println!("control plane: failed ({e})\n");
         }
     }
+    // `-- parse`: only the relay's record parser, to profile it.
+    if only.iter().any(|o| o == "parse") {
+        let (mbs, _) = relay_parse(5_000_000);
+        println!("the relay's record parser: {mbs:.0} MB/s");
+        return;
+    }
     if !part("throughput") && !part("latency") && !part("one") {
         return;
     }
@@ -713,6 +856,7 @@ async fn run() {
     let (forward, forward_cpu_per_byte) = raw_forward(2 << 30).await;
     let (parse_rps, parse_mbs) = json_parse(400_000);
     let validate = json_validate(1_000_000);
+    let (relay_parse, reference_parse) = relay_parse(1_000_000);
     let per_record = |mbs: f64| mbs * 1e6 / rec_len as f64;
     println!("| reference | figure |\n|---|---|");
     println!("| raw loopback TCP copy | {raw:.0} MB/s |");
@@ -726,6 +870,14 @@ async fn run() {
     );
     println!(
         "| serde_json parse of the records into values (1 core) | {parse_rps:.0} records/s, {parse_mbs:.0} MB/s |"
+    );
+    println!(
+        "| the relay's record parser: validation + routing fields, one pass (1 core) | {relay_parse:.0} MB/s ({:.0} records/s) |",
+        per_record(relay_parse)
+    );
+    println!(
+        "| its reference parser, for errors and corner cases (1 core) | {reference_parse:.0} MB/s ({:.0} records/s) |",
+        per_record(reference_parse)
     );
     // A relay must at least move each record over both hops and validate it once. Their CPU
     // costs per record, added, spread over the machine's cores, bound what any relay reaches.
@@ -742,7 +894,7 @@ async fn run() {
     if only.iter().any(|o| o == "one") {
         let one = throughput(big_queues(), Arc::new(AllowAll), 1, 1, 1_000_000, false).await;
         println!(
-            "ingest → 1 listener: {:.0} records/s, {:.1} MB/s, {:.1} % of raw loopback TCP, {:.1} % of the raw forwarder, {:.1} % of the ceiling, {} silent gaps\n",
+            "ingest → 1 listener: {:.0} records/s, {:.1} MB/s, {:.1} % of raw loopback TCP, {:.1} % of the raw forwarder, {:.1} % of the ceiling, {} silent gaps",
             one.records_per_s,
             one.mb_per_s,
             100.0 * one.mb_per_s / raw,
@@ -750,19 +902,27 @@ async fn run() {
             100.0 * one.records_per_s / ceiling,
             one.silent_gaps
         );
+        println!(
+            "CPU per record: relay {:.2} µs, load generator + listener {:.2} µs; the relay alone on {cpus} cores: {:.0} records/s\n",
+            one.relay_cpu_us,
+            one.client_cpu_us,
+            cpus as f64 * 1e6 / one.relay_cpu_us
+        );
     }
 
     // 1, 2, 5. Throughput.
     if part("throughput") {
         let stolen = cpu_counters();
-        println!("| workload | records/s in | MB/s in | records/s delivered | vs raw TCP | silent gaps | dropped |\n|---|---|---|---|---|---|---|");
+        println!("| workload | records/s in | MB/s in | records/s delivered | vs raw TCP | relay CPU µs/record | clients CPU µs/record | silent gaps | dropped |\n|---|---|---|---|---|---|---|---|---|");
         let row = |name: &str, t: &Throughput| {
             println!(
-                "| {name} | {:.0} | {:.1} | {:.0} | {:.1} % | {} | {} |",
+                "| {name} | {:.0} | {:.1} | {:.0} | {:.1} % | {:.2} | {:.2} | {} | {} |",
                 t.records_per_s,
                 t.mb_per_s,
                 t.delivered_per_s,
                 100.0 * t.mb_per_s / raw,
+                t.relay_cpu_us,
+                t.client_cpu_us,
                 t.silent_gaps,
                 t.dropped
             )
@@ -794,16 +954,22 @@ async fn run() {
             100.0 * one.mb_per_s / validate,
             100.0 * one.records_per_s / parse_rps
         );
-        let n100 = many
-            .iter()
-            .find(|(n, _)| *n == 100)
-            .map(|(_, t)| t.delivered_per_s)
-            .unwrap_or(0.0);
-        println!(
-            "bytes written to listeners with 100 listeners: {:.0} MB/s, {:.0} % of raw loopback TCP\n",
-            n100 * rec_len as f64 / 1e6,
-            100.0 * n100 * rec_len as f64 / 1e6 / raw
-        );
+        // Every listener's copy of a record crosses loopback once more: a fan-out to n
+        // listeners costs at least n + 1 hops (one in, n out), each half the raw two-hop
+        // forwarder's CPU, whatever the relay does.
+        let hop_us = forward_cpu_per_byte * rec_len as f64 * 1e6 / 2.0;
+        let one_total = one.relay_cpu_us + one.client_cpu_us;
+        for (n, t) in &many {
+            let floor = (*n as f64 + 1.0) * hop_us;
+            let total = t.relay_cpu_us + t.client_cpu_us;
+            println!(
+                "{n} listeners: {total:.1} µs CPU per record in (relay + listeners), {:.1}× one listener's {one_total:.2} µs; the loopback copies alone need {floor:.1} µs ({:.1}×), {:.0} % of what was spent",
+                total / one_total,
+                floor / one_total,
+                100.0 * floor / total
+            );
+        }
+        println!();
         println!(
             "CPU time taken by the hypervisor (steal) during the throughput part: {:.1} %\n",
             steal_since(stolen)
@@ -813,19 +979,28 @@ async fn run() {
     // 3, 4. Latency, open loop.
     if part("latency") {
         let stolen = cpu_counters();
-        println!("| offered load | p50 ms | p99 ms | p99.9 ms | received | RSS MiB |\n|---|---|---|---|---|---|");
-        for rate in [10_000u64, 50_000, 200_000] {
-            let (p50, p99, p999, got, rss) = latency(rate, 5, false).await;
+        println!("| offered load | p50 ms | p99 ms | p99.9 ms | first second, max ms | machine stalls p99 / p99.9 ms | received | RSS MiB |\n|---|---|---|---|---|---|---|---|");
+        let row = |name: &str, l: &Latency| {
             println!(
-                "| {rate} records/s | {p50:.2} | {p99:.2} | {p999:.2} | {got} | {:.0} |",
-                rss as f64 / 1024.0
-            );
+                "| {name} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} / {:.2} | {} | {:.0} |",
+                l.p50,
+                l.p99,
+                l.p999,
+                l.first_second_max,
+                l.stalls.0,
+                l.stalls.1,
+                l.received,
+                l.rss_kb as f64 / 1024.0
+            )
+        };
+        for rate in [10_000u64, 50_000, 200_000] {
+            row(&format!("{rate} records/s"), &latency(rate, 5, false).await);
         }
-        let (p50, p99, p999, got, rss) = latency(50_000, 5, true).await;
-        println!(
-            "| 50000 records/s + a listener reading 1 % | {p50:.2} | {p99:.2} | {p999:.2} | {got} | {:.0} |\n",
-            rss as f64 / 1024.0
+        row(
+            "50000 records/s + a listener reading 1 %",
+            &latency(50_000, 5, true).await,
         );
+        println!("\npercentiles over 5 s after a 1 s warm-up (its worst case in its own column); machine stalls: how late a thread that only sleeps 1 ms at a time wakes during the same row, the floor under any tail latency on this machine\n");
         println!(
             "CPU time taken by the hypervisor (steal) during the latency part: {:.1} %\n",
             steal_since(stolen)

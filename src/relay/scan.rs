@@ -4,8 +4,9 @@
 //! did in one pass (`cargo bench --bench relay -- parse`).
 //!
 //! It accepts a subset of what the reference parser (`record::parse_batch_checked`) accepts,
-//! with the same result, and returns `None` for everything else, which sends the body to the
-//! reference parser: so it never has to word an error or follow serde into its corners. Out of
+//! with the same result, and returns `None` for everything else: that record is then read by
+//! serde (and a body with an invalid record goes to the reference parser, which words the
+//! error), so the scanner never has to word an error or follow serde into its corners. Out of
 //! the subset, on purpose: `\u` escapes of UTF-16 surrogates (serde checks their pairing only in
 //! some places), numbers serde would have to convert in a field the relay reads (an exponent, or
 //! more than 20 characters: serde refuses values out of `f64`'s range there), a field given

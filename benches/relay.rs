@@ -390,9 +390,9 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[i] as f64 / 1e6
 }
 
-/// Open-loop load at `rate` records/s for `secs`: batches are sent on a fixed schedule, and
-/// latency counts from the scheduled time, so a stalled relay cannot hide its stall
-/// (no coordinated omission). Returns (p50, p99, p999) in ms and records received.
+/// Open-loop load at `rate` records/s for a second of warm-up and then `secs`: batches are sent
+/// on a fixed schedule, and latency counts from the scheduled time, so a stalled relay cannot
+/// hide its stall (no coordinated omission).
 async fn latency(rate: u64, secs: u64, with_slow_listener: bool) -> Latency {
     let b = relay(RelayConfig::default(), Arc::new(AllowAll)).await;
     let hiccups = Hiccups::start();
@@ -688,7 +688,6 @@ fn json_validate(records: u64) -> f64 {
     (body.len() as u64 * rounds) as f64 / start.elapsed().as_secs_f64() / 1e6
 }
 
-/// serde_json parse of the same batches into values: records/s and MB/s on one core.
 /// The relay's own record parser (validation and the fields routing needs, one pass), in MB/s,
 /// and the reference parser it falls back to, both on one core.
 fn relay_parse(records: u64) -> (f64, f64) {
@@ -708,6 +707,7 @@ fn relay_parse(records: u64) -> (f64, f64) {
     )
 }
 
+/// serde_json parse of the same batches into values: records/s and MB/s on one core.
 fn json_parse(records: u64) -> (f64, f64) {
     let body = batch(0, BATCH, 0, false);
     let rounds = records / BATCH as u64;

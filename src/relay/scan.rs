@@ -155,18 +155,25 @@ impl<'a> Scanner<'a> {
             self.eat(b':')?;
             self.ws();
             entry(self, key)?;
-            self.ws();
-            match self.peek()? {
-                b',' => {
-                    self.pos += 1;
-                    self.ws();
-                }
-                b'}' => {
-                    self.pos += 1;
-                    return Some(());
-                }
-                _ => return None,
+            if self.closed(b'}')? {
+                return Some(());
             }
+        }
+    }
+
+    /// After an element of an object or array: `true` past `close` (the last element),
+    /// `false` past a `,` (another follows), `None` for anything else.
+    fn closed(&mut self, close: u8) -> Option<bool> {
+        self.ws();
+        let c = self.peek()?;
+        self.pos += 1;
+        match c {
+            b',' => {
+                self.ws();
+                Some(false)
+            }
+            _ if c == close => Some(true),
+            _ => None,
         }
     }
 
@@ -258,17 +265,8 @@ impl<'a> Scanner<'a> {
                 }
                 loop {
                     self.skip(depth + 1)?;
-                    self.ws();
-                    match self.peek()? {
-                        b',' => {
-                            self.pos += 1;
-                            self.ws();
-                        }
-                        b']' => {
-                            self.pos += 1;
-                            return Some(());
-                        }
-                        _ => return None,
+                    if self.closed(b']')? {
+                        return Some(());
                     }
                 }
             }

@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help demo test test-env lint fmt crds build bench fuzz soak clean-test-env
+.PHONY: help demo test test-env lint fmt crds docs build bench fuzz soak clean-test-env
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -27,22 +27,25 @@ lint: ## cargo fmt --check, clippy with warnings as errors, hadolint on the Dock
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-crds: ## Regenerate crds/flowtap.yaml from src/crd.rs
+crds: ## Regenerate crds/flowtap.yaml from src/k8s/flowtap.rs
 	$(CARGO) run -q --bin log-socket -- crd > crds/flowtap.yaml
 	cp crds/flowtap.yaml config/helm/log-socket/crds/flowtap.yaml
+
+docs: ## Regenerate docs/configuration.md from the clap definition (src/service/config.rs)
+	$(CARGO) run -q --bin log-socket -- config-reference > docs/configuration.md
 
 bench: test-env ## Relay and control-plane benchmarks, printed as tables (see BENCHMARKS.md)
 	@export KUBEBUILDER_ASSETS="$$(tests/test-env.sh)"; $(CARGO) bench --bench relay
 
 FUZZ_SECONDS ?= 30
 FUZZ_TARGETS := ingest_body label_policy listener_query k8stail_frame
-fuzz: ## Run every fuzz target for FUZZ_SECONDS each (cargo-fuzz; corpus in tests/fuzz/corpus)
+fuzz: ## Run every fuzz target for FUZZ_SECONDS each (cargo-fuzz; corpus in fuzz/corpus)
 	@command -v cargo-fuzz >/dev/null || { echo "cargo-fuzz missing: cargo install cargo-fuzz --locked"; exit 1; }
 	@# New inputs go to a scratch directory: the committed corpus only grows by hand.
 	@scratch=$$(mktemp -d); trap 'rm -rf "$$scratch"' EXIT; \
 	for t in $(FUZZ_TARGETS); do \
 	  mkdir -p "$$scratch/$$t"; echo "fuzz: $$t for $(FUZZ_SECONDS)s"; \
-	  $(CARGO) fuzz run --fuzz-dir tests/fuzz --sanitizer none --target-dir target/fuzz $$t "$$scratch/$$t" tests/fuzz/corpus/$$t -- \
+	  $(CARGO) fuzz run --fuzz-dir fuzz --sanitizer none --target-dir target/fuzz $$t "$$scratch/$$t" fuzz/corpus/$$t -- \
 	    -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=1024 -malloc_limit_mb=256 -max_len=70000 -print_final_stats=1 2>&1 \
 	    | grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb)|panicked|ERROR|SUMMARY|crash-|Test unit written' ; \
 	  test "$${PIPESTATUS[0]}" -eq 0 || exit 1; \

@@ -19,11 +19,13 @@ mod control_plane;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use futures::StreamExt;
+use log_socket::auth::labels::LabelPolicy;
 use log_socket::auth::{AllowAll, Authorizer, IngestAuth, StaticTokens};
-use log_socket::rbac::LabelPolicy;
+use log_socket::relay::http::Parts;
 use log_socket::relay::record;
-use log_socket::relay::server::{self, Parts, Sockets};
-use log_socket::relay::{NoSessions, Relay, RelayConfig};
+use log_socket::relay::{NoSessions, RelayConfig};
+use log_socket::service::{Service, Sockets};
+use log_socket::shutdown::Shutdown;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -40,7 +42,7 @@ const BATCH: usize = 500;
 struct Bench {
     ingest: SocketAddr,
     api: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stop: Shutdown,
     done: tokio::task::JoinHandle<()>,
 }
 
@@ -74,28 +76,26 @@ async fn relay(config: RelayConfig, authorizer: Arc<dyn Authorizer>) -> Bench {
         sessions: Arc::new(NoSessions),
         ingest_auth: IngestAuth::basic("fluentd", "s3cret"),
     };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let stop = Shutdown::new();
+    let stopped = stop.clone();
     let done = relay_runtime().spawn(async move {
         let sockets = Sockets::plain(
             TcpListener::from_std(ingest_std).unwrap(),
             TcpListener::from_std(api_std).unwrap(),
         );
-        server::serve(Arc::new(Relay::new(config)), sockets, parts, async {
-            let _ = stopped.await;
-        })
-        .await
+        let _ = Service::relay(config, parts).run(sockets, stopped).await;
     });
     Bench {
         ingest,
         api,
-        stop: Some(stop),
+        stop,
         done,
     }
 }
 
 impl Bench {
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
+    async fn stop(self) {
+        self.stop.cancel();
         let _ = self.done.await;
     }
 }
@@ -792,7 +792,7 @@ async fn full_replay(taps: u64) -> (u64, u64) {
 fn main() {
     // RUST_LOG=log_socket=debug shows what the relay and the controller do during a run.
     if std::env::var_os("RUST_LOG").is_some() {
-        log_socket::init_tracing("warn", log_socket::config::LogFormat::Text);
+        log_socket::init_tracing("warn", log_socket::service::config::LogFormat::Text);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -1028,9 +1028,10 @@ async fn api_requests(client: &kube::Client) -> f64 {
 async fn control_plane_bench(cycles: u32) -> Result<(), String> {
     use kube::api::{Api, DynamicObject, PostParams};
     use kube::core::{ApiResource, GroupVersionKind};
-    use log_socket::crd::{FlowTap, Phase};
-    use log_socket::kubeauth::TokenReviewAuthenticator;
-    use log_socket::operator::{controller, sessions::ClusterSessions, OperatorConfig};
+    use log_socket::auth::tokens::TokenReviewAuthenticator;
+    use log_socket::k8s::flowtap::{FlowTap, Phase};
+    use log_socket::operator::OperatorConfig;
+    use log_socket::service::{Cluster, Controller};
 
     let dir = std::env::temp_dir().join(format!("log-socket-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -1080,7 +1081,6 @@ async fn control_plane_bench(cycles: u32) -> Result<(), String> {
         namespace: Some("default".into()),
         mode: Default::default(),
     });
-    let sessions = Arc::new(ClusterSessions::new(client.clone(), config.clone(), true));
     let parts = Parts {
         authenticator: Arc::new(TokenReviewAuthenticator::new(
             client.clone(),
@@ -1088,7 +1088,7 @@ async fn control_plane_bench(cycles: u32) -> Result<(), String> {
             Duration::from_secs(10),
         )),
         authorizer: Arc::new(AllowAll),
-        sessions,
+        sessions: Arc::new(NoSessions),
         ingest_auth: IngestAuth::basic("fluentd", "s3cret"),
     };
     let sockets = Sockets::plain(
@@ -1096,18 +1096,15 @@ async fn control_plane_bench(cycles: u32) -> Result<(), String> {
         TcpListener::bind("127.0.0.1:0").await.unwrap(),
     );
     let api = sockets.api.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let until = move || {
-        let mut rx = stopped.clone();
-        async move { log_socket::until_true(&mut rx).await }
+    // The service as the binary assembles it: relay, sessions, tap tracking, the controller.
+    let cluster = Cluster {
+        client: client.clone(),
+        operator: config,
+        tap_permission_check: true,
+        controller: Controller::Always,
     };
-    tokio::spawn(server::serve(
-        Arc::new(Relay::new(RelayConfig::default())),
-        sockets,
-        parts,
-        until(),
-    ));
-    tokio::spawn(controller::run(client.clone(), config, until()));
+    let stop = Shutdown::new();
+    tokio::spawn(Service::cluster(RelayConfig::default(), parts, cluster).run(sockets, stop.clone()));
     let taps: Api<FlowTap> = Api::namespaced(client.clone(), "default");
     let refs = |f: &DynamicObject| f.data["spec"]["localOutputRefs"].clone();
 
@@ -1154,7 +1151,7 @@ async fn control_plane_bench(cycles: u32) -> Result<(), String> {
         tokio::time::sleep(Duration::from_millis(500)).await;
         requests.push(api_requests(&client).await - before - own);
     }
-    let _ = stop.send(true);
+    stop.cancel();
     control_plane::teardown();
     let ms = |d: &[Duration]| {
         let mut v: Vec<f64> = d.iter().map(|d| d.as_secs_f64() * 1000.0).collect();

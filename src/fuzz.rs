@@ -1,9 +1,9 @@
-//! Entry points of the fuzz targets (`tests/fuzz`, `make fuzz`). Each takes arbitrary bytes,
+//! Entry points of the fuzz targets (`fuzz/`, `make fuzz`). Each takes arbitrary bytes,
 //! must never panic, and checks what must hold for any input. The unit test at the bottom
 //! replays the committed corpus through them, so every `cargo test` runs it without a fuzzer.
 
+use crate::auth::labels::LabelPolicy;
 use crate::auth::Identity;
-use crate::rbac::LabelPolicy;
 use crate::relay::record::{self, BodyError};
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -140,7 +140,7 @@ pub fn listener_query(data: &[u8]) {
             (k.to_owned(), v.to_owned())
         })
         .collect();
-    if let Ok(options) = crate::relay::server::parse_options(&pairs) {
+    if let Ok(options) = crate::relay::http::parse_options(&pairs) {
         if let Ok(meta) = record::meta_of(record) {
             let _ = options.filter.matches(&meta);
         }
@@ -161,7 +161,22 @@ pub fn k8stail_frame(data: &[u8]) {
         ],
     ] {
         let mut out = Vec::new();
-        crate::cli::render_frame(args, text, &mut out).expect("rendering into memory");
+        render_frame(args, text, &mut out).expect("rendering into memory");
+    }
+}
+
+/// Print one relay frame as `k8stail shop/web ARGS` would (records only; other frames print
+/// nothing).
+fn render_frame(args: &[&str], frame: &str, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    use crate::k8stail::{render::Renderer, Cli, Target};
+    use crate::protocol::{decode, Decoded};
+    use clap::Parser;
+    let cli = Cli::try_parse_from([&["k8stail", "shop/web"], args].concat()).expect("valid arguments");
+    let target = Target::parse("shop/web", false).expect("valid target");
+    let renderer = Renderer::new(&cli.tail, &target, false).expect("valid renderer");
+    match decode(frame) {
+        Ok(Decoded::Record { seq, record }) => renderer.record(out, frame, seq, &record),
+        _ => Ok(()),
     }
 }
 
@@ -172,7 +187,7 @@ mod tests {
     /// Every input in the committed corpus of every target, through its target.
     #[test]
     fn the_committed_fuzz_corpus_passes_every_target() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/corpus");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
         type Target = fn(&[u8]);
         let targets: [(&str, Target); 4] = [
             ("ingest_body", super::ingest_body),

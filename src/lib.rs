@@ -1,24 +1,37 @@
 //! log-socket: watch, live in a terminal, exactly what a logging-operator Flow emits.
 //!
-//! The library holds everything; `src/bin/log-socket.rs` (the in-cluster service) and
-//! `src/bin/k8stail.rs` (the CLI) are thin wrappers around it.
+//! The tree reads as the architecture:
+//!
+//! ```text
+//! fluentd ──POST──▶ relay::http::ingest ─▶ relay (taps, replay) ─▶ relay::http::listen ──WebSocket──▶ k8stail
+//!                         ▲ auth::ingest            ▲ auth (who, what)         protocol (frames) ▲
+//!            operator: FlowTap ─▶ Output + Flow ref (k8s::logging)      k8stail::connect (API proxy)
+//! ```
+//!
+//! - [`relay`]: records in from fluentd, out to listeners, per tap; never calls the Kubernetes
+//!   API on the record path.
+//! - [`auth`]: who a listener is, which records it may see, who may send records.
+//! - [`operator`]: the FlowTap controller, listener sessions, leader election, leftovers.
+//! - [`service`]: the composition root of the `log-socket` process ([`service::Service`]): its
+//!   configuration, the one HTTP accept loop, TLS, health.
+//! - [`k8stail`]: the CLI.
+//! - [`protocol`]: the listener protocol, shared by the relay (encode) and k8stail (decode).
+//! - [`k8s`]: the FlowTap CRD, logging-operator's types, client set-up.
+//! - [`shutdown`]: the one shutdown signal of a process.
+//!
+//! `src/bin/` holds two thin binaries over this library.
 
 pub mod auth;
-pub mod cli;
-pub mod config;
-pub mod crd;
+#[cfg(any(test, fuzzing))]
 #[doc(hidden)]
 pub mod fuzz;
-pub mod health;
-pub mod kubeauth;
-pub mod kubeclient;
-pub mod logging;
-pub mod metrics;
+pub mod k8s;
+pub mod k8stail;
 pub mod operator;
-pub mod rbac;
+pub mod protocol;
 pub mod relay;
 pub mod service;
-pub mod tls;
+pub mod shutdown;
 
 /// Every error log-socket reports. Messages are written for the person running the command:
 /// they say what went wrong and what to do about it.
@@ -52,9 +65,13 @@ pub enum Error {
     #[error("{0}")]
     Config(String),
 
-    /// A FlowTap could not be reconciled (retried).
+    /// A FlowTap could not be reconciled (retried by the controller).
     #[error("reconcile failed: {0}")]
-    Reconcile(String),
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+
+    /// A flow's output list changed under every attempt to edit it (retried by the controller).
+    #[error("the flow {flow} kept changing while its outputs were edited; will retry")]
+    FlowKeptChanging { flow: String },
 
     /// The command line cannot work as given (exit code 2).
     #[error("{0}")]
@@ -72,15 +89,8 @@ pub enum Error {
 /// Result with log-socket's [`Error`] as the default error type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Completes once the flag is true (or its sender is gone): the shutdown signal shared by the
-/// servers of one process.
-pub async fn until_true(rx: &mut tokio::sync::watch::Receiver<bool>) {
-    // The watch::Ref guard is dropped right here; it must not live across an await.
-    let _ = rx.wait_for(|s| *s).await.map(|_| ());
-}
-
 /// Set up `tracing` output on stderr.
-pub fn init_tracing(level: &str, format: config::LogFormat) {
+pub fn init_tracing(level: &str, format: service::config::LogFormat) {
     use tracing_subscriber::EnvFilter;
     // RUST_LOG wins over the configured level so a developer can turn on one module's debug logs.
     let filter = EnvFilter::try_from_default_env()
@@ -94,7 +104,7 @@ pub fn init_tracing(level: &str, format: config::LogFormat) {
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
-        config::LogFormat::Json => builder.json().init(),
-        config::LogFormat::Text => builder.init(),
+        service::config::LogFormat::Json => builder.json().init(),
+        service::config::LogFormat::Text => builder.init(),
     }
 }

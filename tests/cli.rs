@@ -46,7 +46,7 @@ fn the_committed_crds_match_the_rust_types() {
     let committed = std::fs::read_to_string(repo().join("crds/flowtap.yaml")).expect("crds/flowtap.yaml exists");
     assert!(
         generated == committed,
-        "crds/flowtap.yaml is out of date with src/crd.rs; regenerate it with `make crds` and commit it"
+        "crds/flowtap.yaml is out of date with src/k8s/flowtap.rs; regenerate it with `make crds` and commit it"
     );
     let chart = std::fs::read_to_string(repo().join("config/helm/log-socket/crds/flowtap.yaml")).unwrap();
     assert!(
@@ -315,9 +315,9 @@ fn a_client_ca_without_ingest_tls_is_refused_before_anything_starts() {
 }
 
 #[test]
-fn every_flag_of_the_service_is_in_the_readme_configuration_table() {
+fn every_flag_of_the_service_is_in_the_configuration_reference() {
     let help = stdout(&log_socket(&["run", "--help"], &[]));
-    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let readme = std::fs::read_to_string(repo().join("docs/configuration.md")).unwrap();
     // Option lines start with `-x, --flag` or `--flag`; descriptions may mention other flags.
     let flags: Vec<&str> = help
         .lines()
@@ -333,7 +333,7 @@ fn every_flag_of_the_service_is_in_the_readme_configuration_table() {
     let missing: Vec<&&str> = flags.iter().filter(|f| !readme.contains(&format!("| `{f}"))).collect();
     assert!(
         missing.is_empty(),
-        "flags without a row in the README table: {missing:?}"
+        "flags without a row in docs/configuration.md: {missing:?}"
     );
 }
 

@@ -8,7 +8,7 @@ mod support;
 mod wire;
 
 use kube::api::Api;
-use log_socket::crd::{FlowTap, Phase};
+use log_socket::k8s::flowtap::{FlowTap, Phase};
 use serde_json::json;
 use std::time::Duration;
 use wire::*;

@@ -7,8 +7,9 @@
 mod wire;
 
 use log_socket::auth::{AllowAll, StaticTokens};
-use log_socket::relay::server::{Parts, Sockets};
+use log_socket::relay::http::Parts;
 use log_socket::relay::{NoSessions, RelayConfig};
+use log_socket::service::Sockets;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -44,8 +45,8 @@ async fn relay_at(ingest: SocketAddr, api: SocketAddr) -> TestRelay {
 }
 
 async fn stop(mut r: TestRelay) {
-    let _ = r.stop.take().unwrap().send(());
-    r.done.await.unwrap();
+    r.stop.cancel();
+    (&mut r.done).await.unwrap();
 }
 
 /// k8stail with the given arguments, stdout piped (so not a terminal), NO_COLOR unset.
@@ -447,10 +448,10 @@ async fn completions_and_help_are_built_in() {
 
 #[tokio::test]
 async fn https_servers_are_verified_against_the_ca_file_and_skipping_that_warns() {
-    use log_socket::tls::{ReloadingConfig, TlsFiles};
+    use log_socket::service::tls::{ReloadingConfig, TlsFiles};
     let certs = std::env::temp_dir().join(format!("k8stail-tls-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&certs);
-    log_socket::tls::generate(&certs, &["log-socket.test.svc".into()], 2).unwrap();
+    log_socket::service::certs::generate(&certs, &["log-socket.test.svc".into()], 2).unwrap();
     let mut sockets = loopback_sockets().await;
     sockets.api_tls = Some(
         ReloadingConfig::load(TlsFiles {

@@ -6,8 +6,8 @@
 mod wire;
 
 use log_socket::auth::{AllowAll, Authorizer, Decision, Identity, StaticTokens};
+use log_socket::relay::http::Parts;
 use log_socket::relay::record::Meta;
-use log_socket::relay::server::Parts;
 use log_socket::relay::{NoSessions, RelayConfig};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -411,7 +411,7 @@ async fn shutdown_delivers_what_was_accepted_then_closes_with_going_away() {
             .0,
         200
     );
-    r.stop.take().unwrap().send(()).unwrap();
+    r.stop.cancel();
     let mut frames = vec![];
     loop {
         let f = next(&mut ws).await;
@@ -423,7 +423,7 @@ async fn shutdown_delivers_what_was_accepted_then_closes_with_going_away() {
     }
     assert_eq!(messages(&frames), ["last words"]);
     assert_eq!(frames.last().unwrap()["frame"], json!([1001, "relay shutting down"]));
-    tokio::time::timeout(WAIT, r.done)
+    tokio::time::timeout(WAIT, &mut r.done)
         .await
         .expect("serve returns")
         .unwrap();

@@ -5,9 +5,9 @@
 mod wire;
 
 use log_socket::auth::{AllowAll, IngestAuth, StaticTokens};
-use log_socket::relay::server::Parts;
+use log_socket::relay::http::Parts;
 use log_socket::relay::{NoSessions, RelayConfig};
-use log_socket::tls::{ReloadingConfig, TlsFiles};
+use log_socket::service::tls::{ReloadingConfig, TlsFiles};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::json;
@@ -27,7 +27,7 @@ fn dir(name: &str) -> PathBuf {
 
 fn certs(name: &str) -> PathBuf {
     let d = dir(name);
-    log_socket::tls::generate(&d, &["log-socket.test.svc".into()], 2).unwrap();
+    log_socket::service::certs::generate(&d, &["log-socket.test.svc".into()], 2).unwrap();
     d
 }
 

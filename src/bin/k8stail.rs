@@ -1,7 +1,7 @@
 //! k8stail: stream a logging-operator flow to the terminal.
 
 use clap::Parser;
-use log_socket::cli::{self, Cli};
+use log_socket::k8stail::{self, Cli};
 use std::process::ExitCode;
 
 #[tokio::main]
@@ -9,10 +9,10 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     // Debug logs (of kube, hyper, rustls) only when asked for: RUST_LOG=debug k8stail ...
     if std::env::var_os("RUST_LOG").is_some() {
-        log_socket::init_tracing("warn", log_socket::config::LogFormat::Text);
+        log_socket::init_tracing("warn", log_socket::service::config::LogFormat::Text);
     }
     let mut out = std::io::stdout().lock();
-    match cli::run(cli, &mut out).await {
+    match k8stail::run(cli, &mut out).await {
         Ok(()) => ExitCode::SUCCESS,
         // The reader went away (`k8stail ... | head`): nothing left to say.
         Err(log_socket::Error::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,

@@ -7,13 +7,13 @@
 //! leader that cannot renew for two thirds of the duration stops leading before anyone else may
 //! take over. Stopping releases the lease, so another replica takes over at once.
 
+use crate::shutdown::Shutdown;
 use crate::Result;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, ObjectMeta, PostParams};
 use std::future::Future;
 use std::time::Duration;
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// Which Lease, and who we are.
@@ -146,7 +146,7 @@ pub async fn run_elected<F, Fut>(
     shutdown: impl Future<Output = ()>,
     mut lead: F,
 ) where
-    F: FnMut(watch::Receiver<bool>) -> Fut,
+    F: FnMut(Shutdown) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let retry = (config.duration / 3).max(Duration::from_millis(200));
@@ -169,8 +169,11 @@ pub async fn run_elected<F, Fut>(
             }
         }
         tracing::info!(holder = %elector.config.holder, lease = %elector.config.name, "leading: running the controller");
-        let (stop, stopped) = watch::channel(false);
-        let mut work = tokio::spawn(lead(stopped));
+        let stop = Shutdown::new();
+        let mut work = tokio::spawn(lead(stop.clone()));
+        // Cancelled also when this task dies (aborted, panicked): the controller never outlives
+        // the elector that may no longer be renewing its lease.
+        let stop = stop.drop_guard();
         let mut last_renewal = Instant::now();
         let mut work_ended = false;
         let shutting_down = loop {
@@ -198,7 +201,7 @@ pub async fn run_elected<F, Fut>(
                 }
             }
         };
-        let _ = stop.send(true);
+        drop(stop);
         if !work_ended {
             let _ = work.await;
         }

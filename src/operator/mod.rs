@@ -1,13 +1,27 @@
 //! The tap operator: listeners register on FlowTaps ([`sessions`]), and a kube-runtime
 //! controller turns each FlowTap into a logging-operator output appended to its flow
 //! ([`controller`]).
+//!
+//! - [`controller`]: run, reconcile (Apply/Cleanup through a finalizer), error policy;
+//! - [`children`]: the generated output, the flow ref or mirror flow, created and removed in
+//!   the order logging-operator needs;
+//! - [`status`]: conditions and phase as a pure function of what was observed;
+//! - [`sessions`]: listeners registering on (and creating) FlowTaps, renewed by each relay;
+//! - [`track`]: every relay keeps its taps open for existing FlowTaps;
+//! - [`lease`]: leader election, so one replica runs the controller;
+//! - [`leftovers`]: outputs and refs left by FlowTaps that are gone.
+//!
+//! The operator never reads records: it only shapes the pipeline that delivers them.
 
+mod children;
 pub mod controller;
 pub mod lease;
-pub mod orphans;
+pub mod leftovers;
 pub mod sessions;
+pub mod status;
+pub mod track;
 
-use crate::crd::{FlowKind, FlowTap, FlowTapStatus};
+use crate::k8s::flowtap::{FlowKind, FlowTap, FlowTapStatus};
 use crate::relay::TapKey;
 use kube::api::{Api, PostParams};
 use std::time::Duration;
@@ -34,7 +48,7 @@ pub struct OperatorConfig {
     /// Secret (in the tap's namespace) with `ca.crt`, `tls.crt`, `tls.key` for the output's TLS.
     pub tls_secret: Option<String>,
     /// Mode of the ephemeral taps listeners create.
-    pub mode: crate::crd::TapMode,
+    pub mode: crate::k8s::flowtap::TapMode,
     /// Only FlowTaps of this namespace (a namespaced install); all namespaces when `None`.
     pub namespace: Option<String>,
 }

@@ -5,8 +5,8 @@
 //! renews its sessions; sessions of a relay that stopped renewing expire (see the controller).
 
 use super::{ephemeral_tap_name, update_status, OperatorConfig};
-use crate::crd::{FlowTap, FlowTapSpec, Session};
-use crate::kubeauth::check_tap_permission;
+use crate::auth::kubernetes::check_tap_permission;
+use crate::k8s::flowtap::{FlowTap, FlowTapSpec, Session};
 use crate::relay::{JoinError, SessionInfo, Sessions};
 use futures::future::BoxFuture;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -63,7 +63,7 @@ impl ClusterSessions {
         let mut tap = FlowTap::new(
             &name,
             FlowTapSpec {
-                flow_ref: crate::crd::FlowRef {
+                flow_ref: crate::k8s::flowtap::FlowRef {
                     kind: session.tap.kind,
                     name: session.tap.name.clone(),
                 },

@@ -5,15 +5,15 @@
 //! registration, e.g. refcounting a FlowTap); standalone mode uses static tokens and no
 //! registration.
 
+pub mod http;
 pub mod listener;
-pub mod protocol;
+pub mod metrics;
 pub mod record;
 mod scan;
-pub mod server;
 pub mod tap;
 
-use crate::crd::FlowKind;
-use crate::metrics::Metrics;
+use crate::k8s::flowtap::FlowKind;
+use crate::relay::metrics::Metrics;
 use futures::future::BoxFuture;
 use std::collections::HashMap;
 use std::fmt;

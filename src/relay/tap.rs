@@ -3,9 +3,9 @@
 //! one lock, so a listener never sees a gap or a duplicate between replay and live records.
 
 use super::listener::{Batch, Listener, Offer};
-use super::protocol;
 use super::record::{Meta, Record};
 use super::TapKey;
+use crate::protocol;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -263,7 +263,7 @@ impl Tap {
 mod tests {
     use super::*;
     use crate::auth::Identity;
-    use crate::crd::FlowKind;
+    use crate::k8s::flowtap::FlowKind;
     use crate::relay::listener::Filter;
 
     fn tap(records: usize) -> Tap {

@@ -3,10 +3,11 @@
 
 use crate::support;
 use crate::wire::*;
+use log_socket::auth::kubernetes::{KubeSessions, PodLogAccess};
+use log_socket::auth::labels::LabelPolicy;
+use log_socket::auth::tokens::TokenReviewAuthenticator;
 use log_socket::auth::Authorizer;
-use log_socket::kubeauth::{KubeSessions, PodLogAccess, TokenReviewAuthenticator};
-use log_socket::rbac::LabelPolicy;
-use log_socket::relay::server::Parts;
+use log_socket::relay::http::Parts;
 use log_socket::relay::RelayConfig;
 use serde_json::{json, Value};
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 use crate::support;
 use kube::api::{Api, PostParams};
-use log_socket::crd::{FlowKind, FlowRef, FlowTap, FlowTapSpec};
+use log_socket::k8s::flowtap::{FlowKind, FlowRef, FlowTap, FlowTapSpec};
 use serde_json::json;
 
 fn tap_yaml(ns: &str, name: &str, kind: &str, flow: &str, persistent: bool) -> String {
@@ -141,7 +141,7 @@ async fn a_flowtap_with_an_invalid_buffer_setting_is_rejected() {
 #[tokio::test]
 async fn status_is_a_subresource_with_list_maps_and_survives_a_spec_update() {
     use kube::api::{Patch, PatchParams};
-    use log_socket::crd::{FlowTapStatus, Phase, Session};
+    use log_socket::k8s::flowtap::{FlowTapStatus, Phase, Session};
     let client = support::client().await;
     let ns = support::namespace(&client, "status").await;
     let api: Api<FlowTap> = Api::namespaced(client, &ns);

@@ -37,13 +37,13 @@ fn replica(client: &kube::Client, ns: &str, holder: &str, leaders: &Arc<Leaders>
         async {
             let _ = stopped.await;
         },
-        move |mut stop| {
+        move |stop| {
             let (leaders, holder) = (leaders.clone(), holder.clone());
             async move {
                 let n = leaders.now.fetch_add(1, Ordering::SeqCst) + 1;
                 leaders.most_at_once.fetch_max(n, Ordering::SeqCst);
                 leaders.who.lock().unwrap().push(holder);
-                log_socket::until_true(&mut stop).await;
+                stop.cancelled().await;
                 leaders.now.fetch_sub(1, Ordering::SeqCst);
             }
         },

@@ -3,7 +3,7 @@
 use crate::support;
 use crate::support::{create_cluster_flow, create_flow, create_logging, logging_api as raw_api};
 use kube::api::{Api, PostParams};
-use log_socket::logging::{ClusterFlow, ClusterOutput, Flow, HttpOutput, Output};
+use log_socket::k8s::logging::{ClusterFlow, ClusterOutput, Flow, HttpOutput, Output};
 use serde_json::json;
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 use crate::support;
 use crate::wire::*;
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
-use log_socket::crd::FlowTap;
+use log_socket::k8s::flowtap::FlowTap;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,7 +106,7 @@ async fn a_listener_taps_a_flow_and_the_flow_is_restored_exactly_after_the_last_
     assert_eq!(flow["spec"]["match"], before["match"]);
 
     eventually("phase Active", || async {
-        (tap(&h, "flow-web").await?.status?.phase == Some(log_socket::crd::Phase::Active)).then_some(())
+        (tap(&h, "flow-web").await?.status?.phase == Some(log_socket::k8s::flowtap::Phase::Active)).then_some(())
     })
     .await;
     let (ok, out, err) = support::kubectl(&["get", "flowtaps", "-n", &h.ns]);
@@ -170,7 +170,7 @@ async fn with_no_linger_a_new_tap_waits_for_its_listener_to_register_and_goes_wh
         let ws = connect(&h.relay, &format!("/flow/{}/web", h.ns), &alice).await;
         eventually(&format!("round {round}: the tap Active with its listener"), || async {
             let status = tap(&h, "flow-web").await?.status?;
-            (status.phase == Some(log_socket::crd::Phase::Active) && status.listeners == 1).then_some(())
+            (status.phase == Some(log_socket::k8s::flowtap::Phase::Active) && status.listeners == 1).then_some(())
         })
         .await;
         drop(ws);
@@ -323,7 +323,7 @@ async fn the_controller_repairs_a_removed_ref_and_keeps_concurrent_flow_edits() 
     .await;
 
     // Someone (a GitOps sync) rewrites the list without the tap, and adds an output of theirs.
-    let flows: Api<log_socket::logging::Flow> = Api::namespaced(h.client.clone(), &h.ns);
+    let flows: Api<log_socket::k8s::logging::Flow> = Api::namespaced(h.client.clone(), &h.ns);
     let mut f = flows.get("web").await.unwrap();
     f.spec.local_output_refs = Some(vec!["loki".into(), "s3".into()]);
     flows.replace("web", &PostParams::default(), &f).await.unwrap();
@@ -370,8 +370,8 @@ async fn status_when(
     h: &Harness,
     name: &str,
     what: &str,
-    ok: impl Fn(&log_socket::crd::FlowTapStatus) -> bool,
-) -> log_socket::crd::FlowTapStatus {
+    ok: impl Fn(&log_socket::k8s::flowtap::FlowTapStatus) -> bool,
+) -> log_socket::k8s::flowtap::FlowTapStatus {
     eventually(what, || async {
         let s = tap(h, name).await?.status?;
         ok(&s).then_some(s)
@@ -379,7 +379,7 @@ async fn status_when(
     .await
 }
 
-fn condition<'a>(s: &'a log_socket::crd::FlowTapStatus, type_: &str) -> (&'a str, &'a str) {
+fn condition<'a>(s: &'a log_socket::k8s::flowtap::FlowTapStatus, type_: &str) -> (&'a str, &'a str) {
     let c = s
         .conditions
         .iter()
@@ -418,7 +418,7 @@ async fn a_mirror_tap_leaves_the_flow_untouched_and_follows_its_match_and_filter
     assert_eq!(mirror["metadata"]["ownerReferences"][0]["kind"], "FlowTap");
     assert!(raw(&h, "Output", "logsocket-web-tap").await.is_some());
     let status = status_when(&h, "web-tap", "phase Active", |s| {
-        s.phase == Some(log_socket::crd::Phase::Active)
+        s.phase == Some(log_socket::k8s::flowtap::Phase::Active)
     })
     .await;
     assert_eq!(condition(&status, "FlowPatched"), ("True", "Mirrored"));
@@ -537,7 +537,7 @@ async fn a_tap_reports_arriving_records_and_the_problems_logging_operator_finds(
     )
     .await;
     let status = status_when(&h, "web-tap", "phase Active", |s| {
-        s.phase == Some(log_socket::crd::Phase::Active)
+        s.phase == Some(log_socket::k8s::flowtap::Phase::Active)
     })
     .await;
     assert_eq!(condition(&status, "Receiving"), ("False", "NoRecordsYet"));
@@ -568,7 +568,7 @@ async fn a_tap_reports_arriving_records_and_the_problems_logging_operator_finds(
         json!({"active": true, "problems": ["dangling global output reference: nowhere"], "problemsCount": 1});
     flows.replace_status("web", &PostParams::default(), &f).await.unwrap();
     let status = status_when(&h, "web-tap", "phase Degraded", |s| {
-        s.phase == Some(log_socket::crd::Phase::Degraded)
+        s.phase == Some(log_socket::k8s::flowtap::Phase::Degraded)
     })
     .await;
     assert_eq!(condition(&status, "FlowPatched"), ("False", "FlowProblems"));
@@ -657,7 +657,7 @@ async fn an_output_name_taken_by_someone_else_is_left_alone_and_reported() {
     .await;
     let status = eventually("phase Failed", || async {
         let s = api.get("web-tap").await.ok()?.status?;
-        (s.phase == Some(log_socket::crd::Phase::Failed)).then_some(s)
+        (s.phase == Some(log_socket::k8s::flowtap::Phase::Failed)).then_some(s)
     })
     .await;
     let c = status.conditions.iter().find(|c| c.type_ == "OutputReady").unwrap();

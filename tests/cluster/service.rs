@@ -126,8 +126,8 @@ impl Setup {
     }
 
     /// The flow's tap: its phase and listener count (None when it does not exist).
-    async fn tap(&self, client: &kube::Client) -> Option<(Option<log_socket::crd::Phase>, u32)> {
-        let taps: kube::Api<log_socket::crd::FlowTap> = kube::Api::namespaced(client.clone(), &self.ns);
+    async fn tap(&self, client: &kube::Client) -> Option<(Option<log_socket::k8s::flowtap::Phase>, u32)> {
+        let taps: kube::Api<log_socket::k8s::flowtap::FlowTap> = kube::Api::namespaced(client.clone(), &self.ns);
         let tap = taps.get_opt("flow-web").await.unwrap()?;
         let status = tap.status.unwrap_or_default();
         Some((status.phase, status.listeners))
@@ -179,7 +179,11 @@ async fn the_service_relays_to_a_service_account_and_stops_cleanly_on_sigterm() 
     // With only the shipped RBAC, the operator takes the Lease, creates the output, patches the
     // flow and reports the tap Active.
     support::eventually("the tap became Active under the shipped RBAC", async || {
-        matches!(s.tap(&client).await, Some((Some(log_socket::crd::Phase::Active), _))).then_some(())
+        matches!(
+            s.tap(&client).await,
+            Some((Some(log_socket::k8s::flowtap::Phase::Active), _))
+        )
+        .then_some(())
     })
     .await;
     assert_eq!(
@@ -298,7 +302,7 @@ async fn a_killed_service_restarts_and_k8stail_follows_it_saying_what_may_be_mis
 
     // One listener (the dead relay's session expired), one ref, the tap working again.
     support::eventually("the tap is Active with exactly k8stail's session", async || {
-        (s.tap(&client).await == Some((Some(log_socket::crd::Phase::Active), 1))).then_some(())
+        (s.tap(&client).await == Some((Some(log_socket::k8s::flowtap::Phase::Active), 1))).then_some(())
     })
     .await;
     assert_eq!(

@@ -353,18 +353,11 @@ pub async fn grant_shipped_rbac(client: &kube::Client, ns: &str, sa: &str) {
 pub const INGEST_URL: &str = "http://log-socket.test.svc:10000";
 
 /// A relay with listener registration, tap tracking and (optionally) the controller, all scoped
-/// to one test namespace; stopped when dropped.
+/// to one test namespace, built as the binary builds it; stopped when dropped.
 pub struct Harness {
     pub relay: crate::wire::TestRelay,
     pub client: kube::Client,
     pub ns: String,
-    pub stop: tokio::sync::watch::Sender<bool>,
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-    }
 }
 
 pub async fn harness_with(
@@ -374,9 +367,10 @@ pub async fn harness_with(
     linger: Duration,
     session_ttl: Duration,
 ) -> Harness {
-    use log_socket::operator::{controller, sessions::ClusterSessions, OperatorConfig};
+    use log_socket::operator::OperatorConfig;
+    use log_socket::service::{Cluster, Controller, Service};
     use std::sync::Arc;
-    let config = Arc::new(OperatorConfig {
+    let operator = Arc::new(OperatorConfig {
         instance: format!("relay-{ns}"),
         ingest_url: INGEST_URL.into(),
         linger,
@@ -386,39 +380,29 @@ pub async fn harness_with(
         namespace: Some(ns.clone()),
         mode: Default::default(),
     });
-    let sessions = Arc::new(ClusterSessions::new(client.clone(), config.clone(), true));
-    let parts = log_socket::relay::server::Parts {
-        authenticator: Arc::new(log_socket::kubeauth::TokenReviewAuthenticator::new(
+    let parts = log_socket::relay::http::Parts {
+        authenticator: Arc::new(log_socket::auth::tokens::TokenReviewAuthenticator::new(
             client.clone(),
             vec![],
             Duration::from_secs(10),
         )),
-        authorizer: Arc::new(log_socket::rbac::LabelPolicy::default()),
-        sessions: sessions.clone(),
+        authorizer: Arc::new(log_socket::auth::labels::LabelPolicy::default()),
+        sessions: Arc::new(log_socket::relay::NoSessions),
         ingest_auth: crate::wire::ingest_auth(),
     };
-    let relay = crate::wire::start_relay(log_socket::relay::RelayConfig::default(), parts).await;
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = rx.clone();
-        async move { log_socket::until_true(&mut rx).await }
+    let cluster = Cluster {
+        client: client.clone(),
+        operator,
+        tap_permission_check: true,
+        controller: if with_controller {
+            Controller::Always
+        } else {
+            Controller::Off
+        },
     };
-    tokio::spawn(sessions.renew(stopped()));
-    tokio::spawn(controller::track_taps(
-        client.clone(),
-        config.clone(),
-        relay.relay.clone(),
-        stopped(),
-    ));
-    if with_controller {
-        tokio::spawn(controller::run(client.clone(), config, stopped()));
-    }
-    Harness {
-        relay,
-        client,
-        ns,
-        stop,
-    }
+    let service = Service::cluster(log_socket::relay::RelayConfig::default(), parts, cluster);
+    let relay = crate::wire::start_service_on(crate::wire::loopback_sockets().await, service);
+    Harness { relay, client, ns }
 }
 
 /// Poll until `check` returns Some, or panic with `what` after 30 s.

@@ -2,8 +2,11 @@
 
 use futures::StreamExt;
 use log_socket::auth::IngestAuth;
-use log_socket::relay::server::{self, Parts, Sockets};
+use log_socket::relay::http::Parts;
 use log_socket::relay::{Relay, RelayConfig};
+// `Service` below is the service *binary* run as a child process; this is the library one.
+use log_socket::service::{Service as InProcess, Sockets};
+use log_socket::shutdown::Shutdown;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,8 +27,15 @@ pub struct TestRelay {
     pub ingest: SocketAddr,
     pub api: SocketAddr,
     pub relay: Arc<Relay>,
-    pub stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Cancel to stop the service; `done` completes once it has stopped.
+    pub stop: Shutdown,
     pub done: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestRelay {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 /// Plain sockets on loopback port 0.
@@ -42,17 +52,21 @@ pub async fn start_relay(config: RelayConfig, parts: Parts) -> TestRelay {
 
 /// Start a relay on these sockets (e.g. with TLS) with these parts.
 pub fn start_relay_on(sockets: Sockets, config: RelayConfig, parts: Parts) -> TestRelay {
+    start_service_on(sockets, InProcess::relay(config, parts))
+}
+
+/// Run `service` on these sockets, as the binary does.
+pub fn start_service_on(sockets: Sockets, service: InProcess) -> TestRelay {
     let (ingest_addr, api_addr) = (sockets.ingest.local_addr().unwrap(), sockets.api.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let relay = Arc::new(Relay::new(config));
-    let done = tokio::spawn(server::serve(relay.clone(), sockets, parts, async {
-        let _ = stopped.await;
-    }));
+    let stop = Shutdown::new();
+    let relay = service.relay_handle();
+    let running = stop.clone();
+    let done = tokio::spawn(async move { service.run(sockets, running).await.expect("the service runs") });
     TestRelay {
         ingest: ingest_addr,
         api: api_addr,
         relay,
-        stop: Some(stop),
+        stop,
         done,
     }
 }

@@ -4,6 +4,7 @@
 use super::connect::{self, Refusal, Ws};
 use super::render::{self, Renderer};
 use super::{KubeArgs, TailArgs, Target};
+use crate::protocol::{self, Decoded, Frame, Status};
 use crate::relay::listener::Filter;
 use crate::{Error, Result};
 use futures::StreamExt;
@@ -29,42 +30,6 @@ struct ResumeFile {
     tap: String,
     epoch: u64,
     seq: u64,
-}
-
-#[derive(Deserialize)]
-pub(crate) struct Frame<'a> {
-    #[serde(rename = "type")]
-    pub(crate) kind: &'a str,
-    #[serde(default)]
-    pub(crate) seq: u64,
-    #[serde(borrow, default)]
-    pub(crate) record: Option<&'a RawValue>,
-    #[serde(default)]
-    epoch: u64,
-    #[serde(default)]
-    replayed: u64,
-    #[serde(default, rename = "lastSeq")]
-    last_seq: u64,
-    #[serde(default)]
-    tap: Option<String>,
-    #[serde(default)]
-    state: Option<String>,
-    #[serde(default)]
-    phase: Option<String>,
-    #[serde(default, rename = "flowTap")]
-    flow_tap: Option<String>,
-    #[serde(default)]
-    count: Option<u64>,
-    #[serde(default)]
-    reason: Option<String>,
-    #[serde(default)]
-    namespace: Option<String>,
-    #[serde(default)]
-    pod: Option<String>,
-    #[serde(default)]
-    code: Option<String>,
-    #[serde(default)]
-    message: Option<String>,
 }
 
 /// One-line notes on stderr; the transient status line only on a terminal.
@@ -136,7 +101,7 @@ pub async fn follow(
         (None, None) => vec![],
     };
     // Ctrl-C or SIGTERM: both end k8stail cleanly (close frame, resume file written).
-    let ctrl_c = crate::service::shutdown_signal();
+    let ctrl_c = crate::shutdown::signal();
     tokio::pin!(ctrl_c);
     let mut connected_once = false;
     let mut backoff = Backoff::new(args.max_backoff.0);
@@ -287,100 +252,94 @@ async fn read(
             Some(Err(e)) => return Ok(End::Broken(format!("connection lost: {e}"))),
             None => return Ok(End::Broken("connection lost".into())),
         };
-        let Ok(frame) = serde_json::from_str::<Frame<'_>>(text.as_str()) else {
+        let Ok(frame) = protocol::decode(text.as_str()) else {
             notes.note(&format!(
                 "ignoring a frame that is not protocol JSON: {:.80}",
                 text.as_str()
             ));
             continue;
         };
-        match frame.kind {
-            "record" => {
-                let Some(record) = frame.record else { continue };
+        let frame = match frame {
+            Decoded::Record { seq, record } => {
                 if waiting {
                     notes.clear();
                     waiting = false;
                 }
-                *position = Some(Position { epoch, seq: frame.seq });
-                if !keep.wants(record) {
-                    continue;
+                *position = Some(Position { epoch, seq });
+                if keep.wants(&record) {
+                    renderer
+                        .record(out, text.as_str(), seq, &record)
+                        .map_err(Error::Output)?;
                 }
-                renderer
-                    .record(out, text.as_str(), frame.seq, record)
-                    .map_err(Error::Output)?;
+                continue;
             }
-            "status" if frame.state.as_deref() == Some("tap") => {
-                let message = frame.message.clone().unwrap_or_default();
-                match frame.phase.as_deref() {
-                    Some(phase @ ("Failed" | "Degraded")) if last_trouble.as_ref() != Some(&message) => {
-                        notes.note(&format!(
-                            "FlowTap {} is {phase}: {message}",
-                            frame.flow_tap.as_deref().unwrap_or("-")
-                        ));
-                        last_trouble = Some(message);
-                    }
-                    _ if waiting => notes.status(&format!("{}: {message}…", frame.tap.as_deref().unwrap_or(&tap_name))),
-                    _ => {}
+            Decoded::Other(frame) => frame,
+        };
+        match frame {
+            Frame::Status(Status::Tap {
+                flow_tap,
+                phase,
+                message,
+                ..
+            }) => match phase.as_deref() {
+                Some(phase @ ("Failed" | "Degraded")) if last_trouble.as_ref() != Some(&message) => {
+                    notes.note(&format!("FlowTap {flow_tap} is {phase}: {message}"));
+                    last_trouble = Some(message);
                 }
-            }
-            "status" => {
-                epoch = frame.epoch;
-                tap_name = frame.tap.clone().unwrap_or_default();
+                _ if waiting => notes.status(&format!("{tap_name}: {message}…")),
+                _ => {}
+            },
+            Frame::Status(Status::Listening {
+                tap,
+                epoch: new_epoch,
+                last_seq,
+                replayed,
+                ..
+            }) => {
+                epoch = new_epoch;
+                tap_name = tap;
                 backoff.reset();
                 if position.is_some_and(|p| p.epoch != epoch) {
                     // The relay answers with a `dropped tap_restarted` frame too; the position
                     // now counts in the new numbering.
                     *position = None;
                 }
-                if position.is_none() && frame.replayed == 0 {
+                if position.is_none() && replayed == 0 {
                     // Nothing buffered is coming: a reconnect resumes after what the tap had,
                     // so records that arrive while disconnected are not skipped.
-                    *position = Some(Position {
-                        epoch,
-                        seq: frame.last_seq,
-                    });
+                    *position = Some(Position { epoch, seq: last_seq });
                 }
                 notes.status(&format!(
-                    "listening to {}{}; waiting for records…",
-                    frame.tap.as_deref().unwrap_or_default(),
-                    if frame.replayed > 0 {
-                        format!(" ({} buffered)", frame.replayed)
+                    "listening to {tap_name}{}; waiting for records…",
+                    if replayed > 0 {
+                        format!(" ({replayed} buffered)")
                     } else {
                         String::new()
                     }
                 ));
             }
-            "dropped" => {
-                let what = match (frame.reason.as_deref(), frame.count) {
-                    (Some("slow_client"), Some(n)) => format!("{n} records dropped: this terminal did not keep up"),
-                    (Some("out_of_replay"), Some(n)) => {
+            Frame::Dropped { count, reason } => {
+                let what = match (reason.as_str(), count) {
+                    ("slow_client", Some(n)) => format!("{n} records dropped: this terminal did not keep up"),
+                    ("out_of_replay", Some(n)) => {
                         format!("{n} records were lost while disconnected (older than the relay's replay buffer)")
                     }
-                    (Some("tap_restarted"), _) => {
+                    ("tap_restarted", _) => {
                         "the tap restarted (relay restart or tap re-created): records it received while k8stail was away may be missing".to_owned()
                     }
                     (reason, count) => format!(
-                        "{} records dropped ({})",
+                        "{} records dropped ({reason})",
                         count.map_or("some".into(), |n| n.to_string()),
-                        reason.unwrap_or("no reason given")
                     ),
                 };
                 notes.note(&what);
             }
-            "denied" => notes.note(&format!(
-                "{} records of pod {}/{} withheld: you may not read them",
-                frame.count.unwrap_or(0),
-                frame.namespace.as_deref().unwrap_or("-"),
-                frame.pod.as_deref().unwrap_or("-"),
+            Frame::Denied { namespace, pod, count } => notes.note(&format!(
+                "{count} records of pod {namespace}/{pod} withheld: you may not read them"
             )),
-            "error" => {
-                failure = Some(format!(
-                    "{}: {}",
-                    frame.code.as_deref().unwrap_or("error"),
-                    frame.message.as_deref().unwrap_or("")
-                ))
-            }
-            _ => {} // newer frame types are for newer clients
+            Frame::Error { code, message } => failure = Some(format!("{code}: {message}")),
+            // Newer frame types and states are for newer clients.
+            Frame::Record { .. } | Frame::Status(Status::Unknown) | Frame::Unknown => {}
         }
     }
 }

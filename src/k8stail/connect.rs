@@ -2,8 +2,8 @@
 //! credentials (the default), or straight to `--server`.
 
 use super::{Scheme, TailArgs};
-use crate::kubeclient;
-use crate::relay::protocol::SUBPROTOCOL;
+use crate::k8s::client;
+use crate::protocol::SUBPROTOCOL;
 use crate::{Error, Result};
 use http::header::{CONNECTION, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, UPGRADE};
 use http::StatusCode;
@@ -73,7 +73,7 @@ pub async fn route(kube: &super::KubeArgs, args: &TailArgs) -> Result<(Route, St
         let token = match &args.token {
             Some(t) => t.clone(),
             None => {
-                let config = kubeclient::config(kube.kubeconfig.as_deref(), kube.context.as_deref())
+                let config = client::config(kube.kubeconfig.as_deref(), kube.context.as_deref())
                     .await
                     .map_err(|e| {
                         Error::Usage(format!("--server needs a token: pass --token or K8STAIL_TOKEN ({e})"))
@@ -83,7 +83,7 @@ pub async fn route(kube: &super::KubeArgs, args: &TailArgs) -> Result<(Route, St
         };
         return Ok((route, token));
     }
-    let mut config = kubeclient::config(kube.kubeconfig.as_deref(), kube.context.as_deref()).await?;
+    let mut config = client::config(kube.kubeconfig.as_deref(), kube.context.as_deref()).await?;
     // k8stail retries with its own backoff and says why; kube's silent retries would hide a
     // 503 ("no endpoints available") behind a hang.
     config.default_retry = false;

@@ -1,8 +1,8 @@
 //! `k8stail taps`: the FlowTaps of a namespace or of the cluster, like `kubectl get flowtaps`.
 
 use super::KubeArgs;
-use crate::crd::FlowTap;
-use crate::kubeclient::{self, explain};
+use crate::k8s::client::{self, explain};
+use crate::k8s::flowtap::FlowTap;
 use crate::{Error, Result};
 use clap::Args;
 use k8s_openapi::jiff::Timestamp;
@@ -23,7 +23,7 @@ pub struct TapsArgs {
 }
 
 pub(super) async fn taps(kube: &KubeArgs, args: &TapsArgs, out: &mut dyn Write) -> Result<()> {
-    let config = kubeclient::config(kube.kubeconfig.as_deref(), kube.context.as_deref()).await?;
+    let config = client::config(kube.kubeconfig.as_deref(), kube.context.as_deref()).await?;
     let default_ns = config.default_namespace.clone();
     let client = kube::Client::try_from(config).map_err(|e| Error::KubeConfig(e.to_string()))?;
     let api: Api<FlowTap> = if args.all_namespaces {

@@ -4,14 +4,14 @@
 //! The clap types here are the one source of truth for flags, their env fallbacks and `--help`.
 
 mod connect;
-mod render;
+pub(crate) mod render;
 mod stream;
 mod taps;
 
 pub use taps::age;
 
-use crate::config::HumanDuration;
-use crate::crd::FlowKind;
+use crate::k8s::flowtap::FlowKind;
+use crate::service::config::HumanDuration;
 use crate::{Error, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use std::io::{IsTerminal, Write};
@@ -311,21 +311,6 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             let renderer = render::Renderer::new(&cli.tail, &target, stdout_tty).map_err(Error::Usage)?;
             stream::follow(&cli.kube, &cli.tail, target, renderer, out).await
         }
-    }
-}
-
-/// Print one relay frame as `k8stail shop/web ARGS` would (records only; other frames print
-/// nothing). For the fuzz target: a frame from the network must never crash k8stail.
-pub fn render_frame(args: &[&str], frame: &str, out: &mut dyn Write) -> std::io::Result<()> {
-    let cli = Cli::try_parse_from([&["k8stail", "shop/web"], args].concat()).expect("valid arguments");
-    let target = Target::parse("shop/web", false).expect("valid target");
-    let renderer = render::Renderer::new(&cli.tail, &target, false).expect("valid renderer");
-    match serde_json::from_str::<stream::Frame<'_>>(frame) {
-        Ok(f) if f.kind == "record" => match f.record {
-            Some(record) => renderer.record(out, frame, f.seq, record),
-            None => Ok(()),
-        },
-        _ => Ok(()),
     }
 }
 

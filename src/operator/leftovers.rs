@@ -7,9 +7,9 @@
 //! only edit to a user's flow is taking out a `logsocket-*` ref naming an output that does not
 //! exist and that no FlowTap will create, which logging-operator would reject anyway.
 
-use super::controller::edit_refs;
+use super::children::edit_refs;
 use super::{output_name, OperatorConfig};
-use crate::logging::{ClusterFlow, ClusterOutput, Flow, HasStatus, Output};
+use crate::k8s::logging::{ClusterFlow, ClusterOutput, Flow, HasStatus, Output};
 use crate::Result;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, ListParams};

@@ -2,7 +2,7 @@
 //! selected fields.
 
 use super::{ColorChoice, OutputFormat, TailArgs, Target};
-use crate::crd::FlowKind;
+use crate::k8s::flowtap::FlowKind;
 use serde_json::value::RawValue;
 use serde_json::Value;
 use std::io::{self, Write};

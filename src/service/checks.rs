@@ -1,57 +1,10 @@
-//! The `log-socket run` service.
-//!
-//! Serves the health endpoints and the relay; in cluster mode it first verifies its access to
-//! the cluster (the FlowTap CRD is installed and readable).
+//! What the service checks before it serves in cluster mode: the FlowTap CRD is installed and
+//! readable, and logging-operator's CRDs are served. Each failure says what to do.
 
-use crate::crd::FlowTap;
-use crate::health::{self, Readiness};
-use crate::kubeclient::explain;
-use crate::relay::server::{self, Parts, Sockets};
-use crate::relay::Relay;
+use crate::k8s::client::explain;
+use crate::k8s::flowtap::FlowTap;
 use crate::{Error, Result};
 use kube::api::{Api, ListParams};
-use std::future::Future;
-use std::sync::Arc;
-use tokio::net::TcpListener;
-
-/// Serve health, ingest and listeners until `shutdown` completes, then stop in order: ingest
-/// finishes what is in flight, listeners get it and a close frame, health goes last.
-///
-/// Taking bound listeners (rather than addresses) lets tests bind port 0.
-pub async fn run(
-    health_listener: TcpListener,
-    sockets: Sockets,
-    relay: Arc<Relay>,
-    parts: Parts,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<()> {
-    let ready = Readiness::default();
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move { crate::until_true(&mut rx).await };
-    tracing::info!(
-        ingest = %sockets.ingest.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        api = %sockets.api.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        health = %health_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        ingest_auth = ?parts.ingest_auth,
-        "log-socket ready"
-    );
-    ready.set(true);
-    let health = tokio::spawn(
-        warp::serve(health::routes(ready.clone()))
-            .incoming(health_listener)
-            .graceful(stopped(rx.clone()))
-            .run(),
-    );
-    let relay_done = tokio::spawn(server::serve(relay, sockets, parts, stopped(rx)));
-    shutdown.await;
-    tracing::info!("shutting down: finishing ingest, then closing listeners");
-    ready.set(false);
-    let _ = tx.send(true);
-    let _ = relay_done.await;
-    let _ = health.await;
-    tracing::info!("log-socket stopped");
-    Ok(())
-}
 
 /// Check the FlowTap CRD is installed and the service may read FlowTaps; returns how many exist.
 pub async fn check_cluster_access(client: &kube::Client) -> Result<usize> {
@@ -69,7 +22,7 @@ pub async fn check_cluster_access(client: &kube::Client) -> Result<usize> {
 /// Check logging-operator's four CRDs are served: the tap operator watches all of them, and
 /// without one its watches fail and retry (taps then take seconds instead of milliseconds).
 pub async fn check_logging_operator(client: &kube::Client, namespace: Option<&str>) -> Result<()> {
-    use crate::logging::{ClusterFlow, ClusterOutput, Flow, Output};
+    use crate::k8s::logging::{ClusterFlow, ClusterOutput, Flow, Output};
     async fn served<K>(client: &kube::Client, namespace: Option<&str>) -> Result<bool>
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
@@ -111,35 +64,6 @@ pub async fn check_logging_operator(client: &kube::Client, namespace: Option<&st
         "logging-operator's CRDs are not installed ({} missing): install logging-operator (https://kube-logging.dev) first, or run with --operator false for a relay without the tap operator",
         missing.join(", ")
     )))
-}
-
-/// Bind the health listener, naming the address in the error.
-pub async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Bind { addr, source })
-}
-
-/// Completes on Ctrl-C or SIGTERM (what Kubernetes sends to stop a pod).
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
 }
 
 #[cfg(test)]

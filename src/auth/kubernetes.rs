@@ -1,0 +1,175 @@
+//! Authorization against the Kubernetes API: SubjectAccessReview for `pods/log` access (record
+//! policy `kubernetes`) and for the right to tap a flow.
+
+use super::cache::Cache;
+use super::labels::LabelPolicy;
+use super::{Authorizer, Decision, Identity};
+use crate::relay::record::Meta;
+use crate::relay::{JoinError, SessionInfo, Sessions};
+use futures::future::BoxFuture;
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
+use kube::api::{Api, PostParams};
+use std::time::Duration;
+
+/// A short reason for an API error, without request details.
+pub(super) fn api_reason(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("{} ({})", s.message, s.code),
+        other => other.to_string(),
+    }
+}
+
+async fn access_review(client: &kube::Client, who: &Identity, attrs: ResourceAttributes) -> Result<bool, String> {
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(who.username.clone()),
+            groups: Some(who.groups.clone()),
+            resource_attributes: Some(attrs),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (api, params) = (Api::<SubjectAccessReview>::all(client.clone()), PostParams::default());
+    tokio::time::timeout(API_TIMEOUT, api.create(&params, &review))
+        .await
+        .map_err(|_| unanswered("SubjectAccessReview"))?
+        .map(|r| r.status.is_some_and(|s| s.allowed))
+        .map_err(|e| format!("SubjectAccessReview failed: {}", api_reason(&e)))
+}
+
+/// How long a listener's connect waits for the API server to review its token or permission;
+/// an API server that does not answer (down, partitioned) must not leave connects hanging.
+pub(super) const API_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+pub(super) fn unanswered(what: &str) -> String {
+    format!("{what} failed: the Kubernetes API did not answer within {API_TIMEOUT:?}; try again later")
+}
+
+/// Record policy `kubernetes`: a listener sees a record if it may `get pods/log` in the record's
+/// namespace. Decisions are cached per user and namespace; an API failure denies (and is not
+/// cached).
+pub struct PodLogAccess {
+    client: kube::Client,
+    cache: Cache<(String, String), bool>,
+}
+
+impl PodLogAccess {
+    pub fn new(client: kube::Client, ttl: Duration) -> Self {
+        PodLogAccess {
+            client,
+            cache: Cache::new(ttl),
+        }
+    }
+}
+
+impl Authorizer for PodLogAccess {
+    fn decide(&self, who: &Identity, record: &Meta) -> Decision {
+        let Some(ns) = record.namespace() else {
+            return Decision::Deny;
+        };
+        match self.cache.get(&(who.username.clone(), ns.to_owned())) {
+            Some(true) => Decision::Allow,
+            Some(false) => Decision::Deny,
+            None => Decision::Ask,
+        }
+    }
+
+    fn resolve<'a>(&'a self, who: &'a Identity, record: &'a Meta) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            let Some(ns) = record.namespace().map(str::to_owned) else {
+                return false;
+            };
+            if let Some(known) = self.cache.get(&(who.username.clone(), ns.clone())) {
+                return known;
+            }
+            let attrs = ResourceAttributes {
+                namespace: Some(ns.clone()),
+                verb: Some("get".into()),
+                resource: Some("pods".into()),
+                subresource: Some("log".into()),
+                ..Default::default()
+            };
+            match access_review(&self.client, who, attrs).await {
+                Ok(allowed) => {
+                    self.cache.put((who.username.clone(), ns), allowed);
+                    allowed
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "record denied: authorization unavailable");
+                    false
+                }
+            }
+        })
+    }
+}
+
+/// Record policy `labels-or-kubernetes`: allowed by the labels, or else by `pods/log` access.
+pub struct LabelsOrKubernetes {
+    pub labels: LabelPolicy,
+    pub kubernetes: PodLogAccess,
+}
+
+impl Authorizer for LabelsOrKubernetes {
+    fn decide(&self, who: &Identity, record: &Meta) -> Decision {
+        match self.labels.decide(who, record) {
+            Decision::Allow => Decision::Allow,
+            _ => self.kubernetes.decide(who, record),
+        }
+    }
+
+    fn resolve<'a>(&'a self, who: &'a Identity, record: &'a Meta) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            self.labels.decide(who, record) == Decision::Allow || self.kubernetes.resolve(who, record).await
+        })
+    }
+}
+
+/// Cluster-mode listener registration: checks the listener may `get` the tapped Flow or
+/// ClusterFlow before it may make the service tap it.
+pub struct KubeSessions {
+    pub client: kube::Client,
+    /// Whether to check the tap permission at all.
+    pub check_tap_permission: bool,
+}
+
+/// Check that the listener may `get` the Flow or ClusterFlow it wants to tap.
+pub async fn check_tap_permission(client: &kube::Client, session: &SessionInfo) -> Result<(), JoinError> {
+    let resource = match session.tap.kind {
+        crate::k8s::flowtap::FlowKind::Flow => "flows",
+        crate::k8s::flowtap::FlowKind::ClusterFlow => "clusterflows",
+    };
+    let attrs = ResourceAttributes {
+        group: Some(crate::k8s::logging::GROUP.into()),
+        resource: Some(resource.into()),
+        verb: Some("get".into()),
+        namespace: Some(session.tap.namespace.clone()),
+        name: Some(session.tap.name.clone()),
+        ..Default::default()
+    };
+    match access_review(client, &session.identity, attrs).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(JoinError::Forbidden(format!(
+            "{} may not get {resource}.{} {:?} in namespace {:?}; tapping a flow needs that permission",
+            session.identity.username,
+            crate::k8s::logging::GROUP,
+            session.tap.name,
+            session.tap.namespace
+        ))),
+        Err(e) => Err(JoinError::Unavailable(e)),
+    }
+}
+
+impl Sessions for KubeSessions {
+    fn joined<'a>(&'a self, session: &'a SessionInfo) -> BoxFuture<'a, Result<(), JoinError>> {
+        Box::pin(async move {
+            if self.check_tap_permission {
+                check_tap_permission(&self.client, session).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn left<'a>(&'a self, _: &'a SessionInfo) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+}

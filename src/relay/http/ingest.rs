@@ -1,0 +1,167 @@
+//! The ingest handler: a POST of records from fluentd, checked, parsed and published to its tap.
+
+use super::{text, Reply, State};
+use crate::auth::ingest::PeerCertificate;
+use crate::relay::metrics::{CodeLabels, DropLabels, DropReason, TapLabels};
+use crate::relay::record::{self, BodyError};
+use crate::relay::TapKey;
+use bytes::{Buf, BytesMut};
+use futures::{Stream, StreamExt};
+use std::sync::Arc;
+use std::time::Instant;
+use warp::http::StatusCode;
+
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn ingest<S, B>(
+    kind: String,
+    namespace: String,
+    name: String,
+    authorization: Option<String>,
+    peer: Option<PeerCertificate>,
+    encoding: Option<String>,
+    length: Option<u64>,
+    body: S,
+    state: Arc<State>,
+) -> Reply
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send + Unpin,
+    B: Buf,
+{
+    let started = Instant::now();
+    let request = IngestRequest {
+        authorization,
+        client_cert_verified: peer.is_some_and(|p| p.0),
+        encoding,
+        length,
+    };
+    let reply = ingest_inner(&kind, &namespace, &name, request, body, &state).await;
+    let m = &state.relay.metrics;
+    m.ingest_duration.observe(started.elapsed().as_secs_f64());
+    m.ingest_requests
+        .get_or_create(&CodeLabels {
+            code: reply.status().as_u16(),
+        })
+        .inc();
+    reply
+}
+
+/// What an ingest request says about itself, besides its path and body.
+struct IngestRequest {
+    authorization: Option<String>,
+    client_cert_verified: bool,
+    encoding: Option<String>,
+    length: Option<u64>,
+}
+
+async fn ingest_inner<S, B>(
+    kind: &str,
+    namespace: &str,
+    name: &str,
+    request: IngestRequest,
+    mut body: S,
+    state: &State,
+) -> Reply
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send + Unpin,
+    B: Buf,
+{
+    let metrics = &state.relay.metrics;
+    let IngestRequest {
+        authorization,
+        client_cert_verified,
+        encoding,
+        length,
+    } = request;
+    if !state.ingest_auth.check(authorization.as_deref(), client_cert_verified) {
+        metrics.error("ingest_unauthorized");
+        let mut reply = text(
+            StatusCode::UNAUTHORIZED,
+            format!("unauthorized: this ingest port requires {:?}", state.ingest_auth),
+        );
+        reply
+            .headers_mut()
+            .insert("www-authenticate", "Basic realm=\"log-socket ingest\"".parse().unwrap());
+        return reply;
+    }
+    let key = match TapKey::parse(kind, namespace, name) {
+        Ok(key) => key,
+        Err(e) => return text(StatusCode::NOT_FOUND, format!("no such tap: {e}")),
+    };
+    let Some(tap) = state.relay.tap(&key) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("no tap open for {key}: nobody is listening"),
+        );
+    };
+    // Overload: refuse rather than queue, so fluentd backs off and retries (503 is retryable).
+    let Ok(_slot) = state.ingest_slots.try_acquire() else {
+        metrics.error("ingest_overloaded");
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded: too many ingest requests at once; retry",
+        );
+    };
+    let limit = state.relay.config.max_body_bytes;
+    if length.is_some_and(|l| l > limit as u64) {
+        return text(StatusCode::PAYLOAD_TOO_LARGE, format!("body larger than {limit} bytes"));
+    }
+    let mut buf = BytesMut::with_capacity(length.unwrap_or(0).min(limit as u64) as usize);
+    // A body that trickles in (slowloris) would hold an ingest slot forever: bound the whole read.
+    let deadline = tokio::time::Instant::now() + state.relay.config.ingest_body_timeout;
+    loop {
+        let chunk = match tokio::time::timeout_at(deadline, body.next()).await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(_) => {
+                metrics.error("ingest_body_timeout");
+                return text(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the body did not arrive within {:?}",
+                        state.relay.config.ingest_body_timeout
+                    ),
+                );
+            }
+        };
+        let mut chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => return text(StatusCode::BAD_REQUEST, format!("cannot read body: {e}")),
+        };
+        if buf.len() + chunk.remaining() > limit {
+            return text(StatusCode::PAYLOAD_TOO_LARGE, format!("body larger than {limit} bytes"));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            buf.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    let result = record::decode(buf.freeze(), encoding.as_deref(), limit).and_then(|b| record::parse_batch(&b));
+    let records = match result {
+        Ok(records) => records,
+        Err(e) => {
+            let code = match e {
+                BodyError::Malformed(_) => StatusCode::BAD_REQUEST,
+                BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                BodyError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            };
+            metrics.error("ingest_bad_body");
+            return text(code, e.to_string());
+        }
+    };
+    let labels = TapLabels::from(&key);
+    let published = tap.publish(records);
+    metrics
+        .ingested_records
+        .get_or_create(&labels)
+        .inc_by(published.records);
+    metrics.ingested_bytes.get_or_create(&labels).inc_by(published.bytes);
+    metrics
+        .dropped_records
+        .get_or_create(&DropLabels {
+            reason: DropReason::slow_client,
+        })
+        .inc_by(published.dropped);
+    text(StatusCode::OK, format!("accepted {} records", published.records))
+}

@@ -1,0 +1,405 @@
+//! The listener handler: authenticate, check the query, register the session, upgrade to
+//! WebSocket, then serve the tap's records (authorized per record) until either side ends.
+
+use super::{authenticate, text, Reply, State, TOKEN_SUBPROTOCOL_PREFIX};
+use crate::auth::{Decision, Identity};
+use crate::protocol::{self, close, SUBPROTOCOL};
+use crate::relay::listener::{Filter as RecordFilter, Listener};
+use crate::relay::metrics::TapLabels;
+use crate::relay::tap::{Entry, Gap, Start, Tap};
+use crate::relay::{JoinError, SessionInfo, TapKey};
+use futures::{SinkExt, StreamExt};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use warp::http::{HeaderMap, Response, StatusCode};
+
+/// Query options of a listener.
+#[derive(Debug)]
+pub(crate) struct Options {
+    pub(crate) start: Start,
+    pub(crate) filter: RecordFilter,
+}
+
+const QUERY_OPTIONS: &str = "tail, after, epoch, grep, exclude, pod, container, namespace";
+
+pub(crate) fn parse_options(query: &[(String, String)]) -> Result<Options, String> {
+    let mut filter = RecordFilter::default();
+    let (mut tail, mut after, mut epoch) = (None, None, None);
+    let number = |k: &str, v: &str| {
+        v.parse::<u64>()
+            .map_err(|_| format!("{k} must be a whole number, not {v:?}"))
+    };
+    for (k, v) in query {
+        if v.len() > 1024 {
+            return Err(format!("{k} is longer than 1024 characters"));
+        }
+        match k.as_str() {
+            "tail" => tail = Some(number(k, v)?),
+            "after" => after = Some(number(k, v)?),
+            "epoch" => epoch = Some(number(k, v)?),
+            "grep" => filter.grep = Some(RecordFilter::pattern("grep", v)?),
+            "exclude" => filter.exclude = Some(RecordFilter::pattern("exclude", v)?),
+            "pod" => filter.pod = Some(RecordFilter::pattern("pod", v)?),
+            "container" => filter.container = Some(RecordFilter::pattern("container", v)?),
+            "namespace" => filter.namespace = Some(v.clone()),
+            other => return Err(format!("unknown query option {other:?}; supported: {QUERY_OPTIONS}")),
+        }
+    }
+    let start = match (tail, after) {
+        (Some(_), Some(_)) => return Err("use either tail or after, not both".into()),
+        (Some(n), None) => Start::Tail(n as usize),
+        (None, Some(seq)) => Start::After { seq, epoch },
+        (None, None) if epoch.is_some() => return Err("epoch goes with after".into()),
+        (None, None) => Start::Live,
+    };
+    Ok(Options { start, filter })
+}
+
+pub(super) async fn listen(
+    kind: String,
+    namespace: String,
+    name: String,
+    query: Vec<(String, String)>,
+    headers: HeaderMap,
+    on_upgrade: Option<OnUpgrade>,
+    state: Arc<State>,
+) -> Reply {
+    let identity = match authenticate(&headers, &state).await {
+        Ok(id) => id,
+        Err(reply) => return reply,
+    };
+    let key = match TapKey::parse(&kind, &namespace, &name) {
+        Ok(key) => key,
+        Err(e) => return text(StatusCode::NOT_FOUND, format!("no such tap: {e}")),
+    };
+    let options = match parse_options(&query) {
+        Ok(o) => o,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let is_upgrade = header("upgrade").eq_ignore_ascii_case("websocket")
+        && header("connection").to_ascii_lowercase().contains("upgrade")
+        && header("sec-websocket-version") == "13";
+    let (Some(ws_key), Some(on_upgrade), true) = (headers.get("sec-websocket-key"), on_upgrade, is_upgrade) else {
+        return text(
+            StatusCode::UPGRADE_REQUIRED,
+            format!("this endpoint speaks WebSocket (subprotocol {SUBPROTOCOL}); use k8stail or a WebSocket client"),
+        );
+    };
+    let offered: Vec<&str> = header("sec-websocket-protocol")
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty() && !p.starts_with(TOKEN_SUBPROTOCOL_PREFIX))
+        .collect();
+    if !offered.is_empty() && !offered.contains(&SUBPROTOCOL) {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("unsupported subprotocol {offered:?}; this relay speaks {SUBPROTOCOL}"),
+        );
+    }
+    let session = SessionInfo {
+        id: state.relay.next_id(),
+        tap: key.clone(),
+        identity: identity.clone(),
+    };
+    if let Err(e) = state.sessions.joined(&session).await {
+        return match e {
+            JoinError::Forbidden(why) => text(StatusCode::FORBIDDEN, format!("forbidden: {why}")),
+            JoinError::Unavailable(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("cannot open the tap: {why}")),
+        };
+    }
+    let tap = state.relay.open_tap(&key);
+    let listener = Arc::new(Listener::new(
+        session.id,
+        identity,
+        options.filter,
+        state.relay.config.listener_queue,
+    ));
+    let accept = derive_accept_key(ws_key.as_bytes());
+    let task_guard = state.listener_tasks.clone();
+    let start = options.start;
+    tokio::spawn(async move {
+        let _guard = task_guard;
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                // Listeners only send pongs and a close frame: a small read buffer (tungstenite
+                // reserves 128 KiB by default) keeps a thousand idle listeners cheap.
+                let config = WebSocketConfig::default()
+                    .read_buffer_size(4 << 10)
+                    .max_message_size(Some(64 << 10))
+                    .max_frame_size(Some(64 << 10));
+                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+                serve_listener(&state, &tap, listener, start, ws).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
+        }
+        state.sessions.left(&session).await;
+    });
+    let mut reply = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", accept);
+    if !offered.is_empty() {
+        reply = reply.header("sec-websocket-protocol", SUBPROTOCOL);
+    }
+    reply.body("".into()).expect("valid response")
+}
+
+/// Why a listener connection ended.
+enum End {
+    ClientGone,
+    Shutdown,
+    Idle,
+    WriteFailed,
+    ProtocolViolation,
+}
+
+async fn serve_listener<S>(state: &State, tap: &Arc<Tap>, listener: Arc<Listener>, start: Start, ws: WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let cfg = &state.relay.config;
+    let metrics = &state.relay.metrics;
+    let sent = metrics.sent_records.get_or_create(&TapLabels::from(&tap.key)).clone();
+    metrics.listeners.inc();
+    let (mut tx, mut rx) = ws.split();
+    let stop = state.stop_listeners.clone();
+
+    let mut denied: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let (first, replayed) = greeting(state, tap, &listener, start, &mut denied).await;
+    let mut end = match send_all(&mut tx, first, cfg.write_timeout).await {
+        Ok(()) => {
+            sent.inc_by(replayed);
+            None
+        }
+        Err(()) => Some(End::WriteFailed),
+    };
+
+    let mut last_heard = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_ping = Instant::now();
+    while end.is_none() {
+        tokio::select! {
+            _ = listener.ready() => {
+                let batch = listener.take();
+                let mut out = Vec::with_capacity(batch.records.len() + 2);
+                if let Some(status) = batch.status {
+                    out.push(Message::Text(status));
+                }
+                if batch.dropped > 0 {
+                    out.push(Message::Text(protocol::dropped(Some(batch.dropped), "slow_client")));
+                }
+                let records = authorize(state, &listener.identity, batch.records, &mut denied).await;
+                let n = records.len() as u64;
+                out.extend(records);
+                match send_all(&mut tx, out, cfg.write_timeout).await {
+                    Ok(()) => {
+                        sent.inc_by(n);
+                    }
+                    Err(()) => end = Some(End::WriteFailed),
+                }
+            }
+            _ = tick.tick() => {
+                // Denials are aggregated: at most one notice per pod per second, never the content.
+                let mut out: Vec<Message> = std::mem::take(&mut denied)
+                    .into_iter()
+                    .map(|((ns, pod), n)| Message::Text(protocol::denied(&ns, &pod, n)))
+                    .collect();
+                if last_heard.elapsed() > cfg.idle_timeout {
+                    end = Some(End::Idle);
+                } else if last_ping.elapsed() >= cfg.ping_interval {
+                    out.push(Message::Ping(Default::default()));
+                    last_ping = Instant::now();
+                }
+                if !out.is_empty() && send_all(&mut tx, out, cfg.write_timeout).await.is_err() {
+                    end = Some(End::WriteFailed);
+                }
+            }
+            msg = rx.next() => {
+                last_heard = Instant::now();
+                match msg {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => end = Some(End::ClientGone),
+                    Some(Ok(Message::Binary(_))) => end = Some(End::ProtocolViolation),
+                    // Pings are answered by tungstenite; text frames are reserved for future use.
+                    Some(Ok(_)) => {}
+                }
+            }
+            _ = stop.cancelled() => end = Some(End::Shutdown),
+        }
+    }
+
+    tap.detach(listener.id);
+    metrics.listeners.dec();
+    let end = end.unwrap_or(End::ClientGone);
+    if let Some((mut msgs, records, code, reason)) = goodbye(state, &listener, &end, &mut denied).await {
+        sent.inc_by(records);
+        msgs.push(Message::Close(Some(CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        })));
+        let _ = send_all(&mut tx, msgs, cfg.write_timeout).await;
+        // Wait briefly for the client's close reply so the TCP connection ends cleanly.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(Ok(_)) = rx.next().await {}
+        })
+        .await;
+    }
+    if matches!(end, End::WriteFailed) {
+        metrics.error("listener_write_failed");
+    }
+    tracing::info!(tap = %tap.key, listener = listener.id, "listener disconnected");
+}
+
+/// Attach the listener to its tap; the first frames it gets: the `listening` status, a gap
+/// report when its resume point is lost, the tap's latest status, then the replayed records it
+/// may see. Also returns how many records were replayed.
+async fn greeting(
+    state: &State,
+    tap: &Tap,
+    listener: &Arc<Listener>,
+    start: Start,
+    denied: &mut BTreeMap<(String, String), u64>,
+) -> (Vec<Message>, u64) {
+    let attached = tap.attach(listener.clone(), start);
+    tracing::info!(tap = %tap.key, listener = listener.id, user = %listener.identity.username, replayed = attached.backlog.len(), "listener connected");
+    let mut first = vec![Message::Text(protocol::status_listening(
+        &tap.key.to_string(),
+        tap.epoch,
+        attached.first_seq,
+        attached.last_seq,
+        attached.backlog.len(),
+    ))];
+    if let Some(gap) = &attached.gap {
+        let gap = match gap {
+            Gap::OutOfReplay { count } => protocol::dropped(Some(*count), "out_of_replay"),
+            Gap::TapRestarted => protocol::dropped(None, "tap_restarted"),
+        };
+        first.push(Message::Text(gap));
+    }
+    if let Some(status) = attached.status {
+        first.push(Message::Text(status));
+    }
+    let backlog = authorize(state, &listener.identity, attached.backlog, denied).await;
+    let replayed = backlog.len() as u64;
+    first.extend(backlog);
+    (first, replayed)
+}
+
+/// What the relay says before closing: on shutdown the records ingest accepted before it, on a
+/// policy end an error frame; nothing when the client is gone. With how many of the frames are
+/// records, the close code and the reason.
+async fn goodbye(
+    state: &State,
+    listener: &Listener,
+    end: &End,
+    denied: &mut BTreeMap<(String, String), u64>,
+) -> Option<(Vec<Message>, u64, u16, &'static str)> {
+    match end {
+        End::ClientGone | End::WriteFailed => None,
+        End::Shutdown => {
+            let batch = listener.take();
+            let msgs = authorize(state, &listener.identity, batch.records, denied).await;
+            let records = msgs.len() as u64;
+            Some((msgs, records, close::GOING_AWAY, "relay shutting down"))
+        }
+        End::Idle => Some((
+            vec![Message::Text(protocol::error(
+                "idle",
+                "no pong or message within the idle timeout",
+            ))],
+            0,
+            close::POLICY,
+            "idle timeout",
+        )),
+        End::ProtocolViolation => Some((
+            vec![Message::Text(protocol::error(
+                "protocol",
+                "listeners must not send binary frames",
+            ))],
+            0,
+            close::POLICY,
+            "protocol violation",
+        )),
+    }
+}
+
+/// The frames of the records `who` may see; the others are counted in `denied` by pod.
+async fn authorize(
+    state: &State,
+    who: &Identity,
+    entries: Vec<Arc<Entry>>,
+    denied: &mut BTreeMap<(String, String), u64>,
+) -> Vec<Message> {
+    let mut out = Vec::with_capacity(entries.len());
+    let mut n_denied = 0;
+    for e in entries {
+        let allowed = match state.authorizer.decide(who, &e.meta) {
+            Decision::Allow => true,
+            Decision::Deny => false,
+            Decision::Ask => state.authorizer.resolve(who, &e.meta).await,
+        };
+        if allowed {
+            out.push(Message::Text(e.frame.clone()));
+        } else {
+            n_denied += 1;
+            let key = (
+                e.meta.namespace().unwrap_or_default().to_owned(),
+                e.meta.pod().unwrap_or_default().to_owned(),
+            );
+            *denied.entry(key).or_default() += 1;
+        }
+    }
+    state.relay.metrics.denied_records.inc_by(n_denied);
+    out
+}
+
+async fn send_all<T>(tx: &mut T, msgs: Vec<Message>, timeout: Duration) -> Result<(), ()>
+where
+    T: futures::Sink<Message> + Unpin,
+{
+    if msgs.is_empty() {
+        return Ok(());
+    }
+    let write = async {
+        for m in msgs {
+            tx.feed(m).await.map_err(|_| ())?;
+        }
+        tx.flush().await.map_err(|_| ())
+    };
+    tokio::time::timeout(timeout, write).await.map_err(|_| ())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn query_options_are_validated_with_clear_messages() {
+        assert_eq!(parse_options(&q(&[])).unwrap().start, Start::Live);
+        assert_eq!(parse_options(&q(&[("tail", "5")])).unwrap().start, Start::Tail(5));
+        assert_eq!(
+            parse_options(&q(&[("after", "9"), ("epoch", "3")])).unwrap().start,
+            Start::After { seq: 9, epoch: Some(3) }
+        );
+        let err = |p: &[(&str, &str)]| parse_options(&q(p)).unwrap_err();
+        assert_eq!(err(&[("tail", "x")]), "tail must be a whole number, not \"x\"");
+        assert_eq!(
+            err(&[("tail", "1"), ("after", "2")]),
+            "use either tail or after, not both"
+        );
+        assert!(err(&[("follow", "1")]).starts_with("unknown query option \"follow\""));
+        assert!(err(&[("grep", "(")]).starts_with("invalid grep pattern"));
+    }
+}

@@ -1,0 +1,382 @@
+//! The `log-socket` process, assembled in one place.
+//!
+//! [`Service`] is the composition root: it wires the relay ([`crate::relay`]) to its
+//! authentication and authorization ([`crate::auth`]) and, in cluster mode, to listener
+//! sessions, tap tracking and the FlowTap controller ([`crate::operator`]). The binary builds it
+//! from the command line with [`Service::from_config`]; tests build the same `Service` from
+//! parts, so there is no second wiring. [`Service::run`] serves every port through the one
+//! accept loop ([`http`]) and stops in order.
+//!
+//! - [`config`]: the settings (clap is their single source; `docs/configuration.md` is generated).
+//! - [`http`]: the accept loop with header timeouts and TLS, for every port.
+//! - [`tls`]: certificates from files, reloaded when they change; [`certs`]: `log-socket certs`.
+//! - [`health`]: `/healthz` and `/readyz`, the only unauthenticated endpoints.
+//! - [`checks`]: what cluster mode verifies before it serves.
+
+pub mod certs;
+pub mod checks;
+pub mod config;
+pub mod health;
+pub mod http;
+pub mod tls;
+
+use crate::auth::kubernetes::{LabelsOrKubernetes, PodLogAccess};
+use crate::auth::labels::LabelPolicy;
+use crate::auth::tokens::TokenReviewAuthenticator;
+use crate::auth::{AllowAll, Authorizer, IngestAuth, StaticTokens};
+use crate::operator::lease::LeaseConfig;
+use crate::operator::sessions::ClusterSessions;
+use crate::operator::{controller, lease, track, OperatorConfig};
+use crate::relay::http::{Http, Parts};
+use crate::relay::{NoSessions, Relay, RelayConfig};
+use crate::shutdown::Shutdown;
+use crate::{Error, Result};
+use config::{RecordPolicy, ServiceConfig};
+use health::Readiness;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tls::{ReloadingConfig, TlsFiles};
+use tokio::net::TcpListener;
+use warp::Filter;
+
+/// The bound sockets of the service, each port with optional TLS. Taking bound listeners
+/// (rather than addresses) lets tests bind port 0.
+pub struct Sockets {
+    pub ingest: TcpListener,
+    pub api: TcpListener,
+    /// `/healthz` and `/readyz`; none in tests that do not probe them.
+    pub health: Option<TcpListener>,
+    pub ingest_tls: Option<Arc<ReloadingConfig>>,
+    pub api_tls: Option<Arc<ReloadingConfig>>,
+    /// How often TLS files are checked for changes.
+    pub tls_reload_interval: Duration,
+}
+
+impl Sockets {
+    /// Plain-text ingest and API sockets (tests, or TLS terminated elsewhere), no health port.
+    pub fn plain(ingest: TcpListener, api: TcpListener) -> Sockets {
+        Sockets {
+            ingest,
+            api,
+            health: None,
+            ingest_tls: None,
+            api_tls: None,
+            tls_reload_interval: Duration::from_secs(10),
+        }
+    }
+
+    /// Bind the addresses of `cfg` and load its TLS files; errors name the address or file.
+    pub async fn bind(cfg: &ServiceConfig) -> Result<Sockets> {
+        let tls = |cert: &Option<PathBuf>, key: &Option<PathBuf>, ca: &Option<PathBuf>| match (cert, key) {
+            (Some(cert), Some(key)) => ReloadingConfig::load(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: ca.clone(),
+            })
+            .map(Some)
+            .map_err(Error::Config),
+            _ => Ok(None),
+        };
+        Ok(Sockets {
+            ingest: bind(cfg.ingest_addr).await?,
+            api: bind(cfg.api_addr).await?,
+            health: Some(bind(cfg.health_addr).await?),
+            ingest_tls: tls(&cfg.ingest_tls_cert, &cfg.ingest_tls_key, &cfg.ingest_client_ca)?,
+            api_tls: tls(&cfg.api_tls_cert, &cfg.api_tls_key, &None)?,
+            tls_reload_interval: cfg.tls_reload_interval.0,
+        })
+    }
+}
+
+/// Bind a listening socket, naming the address in the error.
+pub async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })
+}
+
+/// Whether and how this process runs the FlowTap controller.
+pub enum Controller {
+    /// Sessions and tap tracking only (another process runs the controller).
+    Off,
+    /// Always (a single replica).
+    Always,
+    /// Only while holding this Lease.
+    Elected(LeaseConfig),
+}
+
+/// The cluster side of a service: listener sessions on FlowTaps, tap tracking, and the
+/// controller.
+pub struct Cluster {
+    pub client: kube::Client,
+    pub operator: Arc<OperatorConfig>,
+    /// Whether a listener must be allowed to `get` the flow it taps.
+    pub tap_permission_check: bool,
+    pub controller: Controller,
+}
+
+/// One log-socket process: a relay and, in cluster mode, the operator around it.
+pub struct Service {
+    relay: Arc<Relay>,
+    parts: Parts,
+    cluster: Option<(Cluster, Arc<ClusterSessions>)>,
+}
+
+impl Service {
+    /// A relay whose listeners and ingest are checked by `parts` (standalone mode, tests).
+    pub fn relay(config: RelayConfig, parts: Parts) -> Service {
+        Service::assemble(Relay::new(config), parts, None)
+    }
+
+    /// A relay whose listeners register sessions on FlowTaps, with tap tracking and (as
+    /// `cluster.controller` says) the controller. `parts.sessions` is replaced by the cluster's.
+    pub fn cluster(config: RelayConfig, parts: Parts, cluster: Cluster) -> Service {
+        Service::assemble(Relay::new(config), parts, Some(cluster))
+    }
+
+    fn assemble(relay: Relay, mut parts: Parts, cluster: Option<Cluster>) -> Service {
+        let cluster = cluster.map(|cluster| {
+            let sessions = Arc::new(ClusterSessions::new(
+                cluster.client.clone(),
+                cluster.operator.clone(),
+                cluster.tap_permission_check,
+            ));
+            parts.sessions = sessions.clone();
+            (cluster, sessions)
+        });
+        Service {
+            relay: Arc::new(relay),
+            parts,
+            cluster,
+        }
+    }
+
+    /// The service `log-socket run` describes: standalone, or in cluster mode after checking
+    /// the cluster (the FlowTap CRD, logging-operator's CRDs with `--operator`).
+    pub async fn from_config(cfg: &ServiceConfig) -> Result<Service> {
+        let relay_config = cfg.relay();
+        let ingest_auth = ingest_auth(cfg)?;
+        if cfg.standalone {
+            let Some(token_file) = &cfg.token_file else {
+                return Err(Error::Config(
+                    "standalone mode needs --token-file FILE (lines of token,user): listeners must authenticate".into(),
+                ));
+            };
+            let parts = Parts {
+                authenticator: Arc::new(StaticTokens::load(token_file).map_err(Error::Config)?),
+                authorizer: Arc::new(AllowAll),
+                sessions: Arc::new(NoSessions),
+                ingest_auth,
+            };
+            return Ok(Service::relay(relay_config, parts));
+        }
+        let client = crate::k8s::client::client(cfg.kubeconfig.as_deref(), cfg.context.as_deref()).await?;
+        checks::check_cluster_access(&client).await?;
+        if cfg.operator {
+            checks::check_logging_operator(&client, cfg.watch_namespace.as_deref()).await?;
+        }
+        let relay = Relay::new(relay_config);
+        let pod_log = || PodLogAccess::new(client.clone(), cfg.authz_cache_ttl.0);
+        let labels = || LabelPolicy::counting_into(relay.metrics.invalid_rbac_labels.clone());
+        let authorizer: Arc<dyn Authorizer> = match cfg.record_policy {
+            RecordPolicy::Labels => Arc::new(labels()),
+            RecordPolicy::Kubernetes => Arc::new(pod_log()),
+            RecordPolicy::LabelsOrKubernetes => Arc::new(LabelsOrKubernetes {
+                labels: labels(),
+                kubernetes: pod_log(),
+            }),
+        };
+        let operator = Arc::new(operator_config(cfg));
+        let controller = match (cfg.operator, cfg.leader_election) {
+            (false, _) => Controller::Off,
+            (true, false) => Controller::Always,
+            (true, true) => Controller::Elected(LeaseConfig {
+                namespace: cfg
+                    .lease_namespace
+                    .clone()
+                    .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|n| !n.is_empty()))
+                    .or_else(|| cfg.watch_namespace.clone())
+                    // The kubeconfig context's namespace, or the service account's in a pod.
+                    .unwrap_or_else(|| client.default_namespace().to_owned()),
+                name: cfg.lease_name.clone(),
+                holder: operator.instance.clone(),
+                duration: cfg.lease_duration.0,
+            }),
+        };
+        let parts = Parts {
+            authenticator: Arc::new(TokenReviewAuthenticator::new(
+                client.clone(),
+                cfg.token_audiences.clone(),
+                cfg.token_cache_ttl.0,
+            )),
+            authorizer,
+            sessions: Arc::new(NoSessions),
+            ingest_auth,
+        };
+        let cluster = Cluster {
+            client,
+            operator,
+            tap_permission_check: cfg.tap_permission_check,
+            controller,
+        };
+        // The relay built above, whose metrics the label policy counts invalid labels into.
+        Ok(Service::assemble(relay, parts, Some(cluster)))
+    }
+
+    /// The relay this service serves (tests and benches read its metrics and taps).
+    pub fn relay_handle(&self) -> Arc<Relay> {
+        self.relay.clone()
+    }
+
+    /// Serve every port until `shutdown` is cancelled, then stop in order: ingest finishes the
+    /// requests in flight, listeners get what was accepted and a close frame (and deregister),
+    /// then the operator's tasks stop (bounded, so a stuck API call cannot keep a stopping pod
+    /// alive past its grace period), and health goes last.
+    pub async fn run(self, sockets: Sockets, shutdown: Shutdown) -> Result<()> {
+        let Service { relay, parts, cluster } = self;
+        let timing = http::Timing {
+            header_timeout: relay.config.header_timeout,
+            tls_reload_interval: sockets.tls_reload_interval,
+        };
+        let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(
+            ingest = %addr(&sockets.ingest),
+            api = %addr(&sockets.api),
+            health = %sockets.health.as_ref().map(addr).unwrap_or_default(),
+            ingest_auth = ?parts.ingest_auth,
+            "log-socket ready"
+        );
+        // Operator tasks stop after the relay, so leaving listeners deregister first.
+        let operator_stop = Shutdown::new();
+        let background = match cluster {
+            Some((cluster, sessions)) => start_cluster(cluster, sessions, relay.clone(), &operator_stop),
+            None => vec![],
+        };
+        let ready = Readiness::default();
+        ready.set(true);
+        let health_stop = Shutdown::new();
+        let health = sockets.health.map(|listener| {
+            let port = http::Port {
+                listener,
+                tls: None,
+                routes: health::routes(ready.clone()).map(warp::Reply::into_response).boxed(),
+            };
+            tokio::spawn(http::serve(port, timing, health_stop.clone()))
+        });
+        let reaper = tokio::spawn(reap(relay.clone(), shutdown.clone()));
+        let routes = Http::new(relay, parts);
+        let ingest = http::Port {
+            listener: sockets.ingest,
+            tls: sockets.ingest_tls,
+            routes: routes.ingest_routes(),
+        };
+        let api = http::Port {
+            listener: sockets.api,
+            tls: sockets.api_tls,
+            routes: routes.api_routes(),
+        };
+        let api = tokio::spawn(http::serve(api, timing, shutdown.clone()));
+        http::serve(ingest, timing, shutdown.clone()).await;
+        tracing::info!("shutting down: ingest finished, closing listeners");
+        ready.set(false);
+        // Ingest has drained: everything accepted is queued for listeners. Now let them go.
+        let _ = api.await;
+        let _ = reaper.await;
+        routes.close_listeners().await;
+        operator_stop.cancel();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        for task in background {
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                tracing::warn!("a background task did not stop in time");
+            }
+        }
+        health_stop.cancel();
+        if let Some(health) = health {
+            let _ = health.await;
+        }
+        tracing::info!("log-socket stopped");
+        Ok(())
+    }
+}
+
+/// Start the cluster side: session renewal, tap tracking, and the controller as configured.
+fn start_cluster(
+    cluster: Cluster,
+    sessions: Arc<ClusterSessions>,
+    relay: Arc<Relay>,
+    stop: &Shutdown,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let Cluster {
+        client,
+        operator,
+        controller,
+        ..
+    } = cluster;
+    let stopped = || stop.clone().cancelled_owned();
+    let mut tasks = vec![
+        tokio::spawn(sessions.renew(stopped())),
+        tokio::spawn(track::track_taps(client.clone(), operator.clone(), relay, stopped())),
+    ];
+    match controller {
+        Controller::Off => {}
+        Controller::Always => tasks.push(tokio::spawn(controller::run(client, operator, stopped()))),
+        Controller::Elected(lease) => tasks.push(tokio::spawn(lease::run_elected(
+            client.clone(),
+            lease,
+            stopped(),
+            move |stop: Shutdown| controller::run(client.clone(), operator.clone(), stop.cancelled_owned()),
+        ))),
+    }
+    tasks
+}
+
+/// Remove taps without listeners once their linger period is over.
+async fn reap(relay: Arc<Relay>, shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => { relay.reap(Instant::now()); }
+            _ = shutdown.cancelled() => break,
+        }
+    }
+}
+
+/// The operator's settings from the service's.
+fn operator_config(cfg: &ServiceConfig) -> OperatorConfig {
+    OperatorConfig {
+        instance: cfg
+            .instance
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "log-socket".into()),
+        ingest_url: cfg.ingest_url.clone(),
+        linger: cfg.tap_linger.0,
+        session_ttl: cfg.session_ttl.0,
+        auth_secret: cfg.output_auth_secret.clone(),
+        tls_secret: cfg.output_tls_secret.clone(),
+        namespace: cfg.watch_namespace.clone(),
+        mode: cfg.tap_mode,
+    }
+}
+
+/// Who may send records, from `--ingest-credentials`, `--ingest-client-ca` and
+/// `--ingest-insecure`; refuses an open ingest port unless asked for explicitly.
+fn ingest_auth(cfg: &ServiceConfig) -> Result<IngestAuth> {
+    let mut auth = match &cfg.ingest_credentials {
+        Some(path) => IngestAuth::load_basic(path).map_err(Error::Config)?,
+        None => IngestAuth::insecure(),
+    };
+    if cfg.ingest_client_ca.is_some() {
+        auth = auth.and_client_cert();
+    }
+    if auth.is_open() {
+        if !cfg.ingest_insecure {
+            return Err(Error::Config(
+                "ingest needs client identity: --ingest-credentials FILE (username:password, sent by fluentd's http output `auth`) and/or --ingest-client-ca FILE (mTLS), or --ingest-insecure for an isolated test setup".into(),
+            ));
+        }
+        tracing::warn!("--ingest-insecure: anyone who reaches the ingest port can inject records");
+    }
+    Ok(auth)
+}

@@ -1,48 +1,24 @@
 //! k8stail through the real kube-apiserver's service proxy, with a kubeconfig whose credentials
-//! come from an exec plugin. The API server refuses to proxy to loopback addresses, so the relay
-//! listens on this machine's own non-loopback address, and a selector-less Service with manual
-//! Endpoints points there (through a never-started Pod whose status carries that address, which
-//! the API server checks).
+//! come from an exec plugin. The API server refuses to proxy to loopback addresses, so the
+//! relay's API port listens inside a network namespace this test creates (a veth pair away, never
+//! on this machine's own interface address), and a selector-less Service with manual Endpoints
+//! points there (through a never-started Pod whose status carries that address, which the API
+//! server checks). Ingest stays on loopback.
 
 use crate::support;
 use crate::wire::*;
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use log_socket::auth::tokens::TokenReviewAuthenticator;
 use log_socket::auth::labels::LabelPolicy;
+use log_socket::auth::tokens::TokenReviewAuthenticator;
 use log_socket::relay::http::Parts;
-use log_socket::service::Sockets;
 use log_socket::relay::{NoSessions, RelayConfig};
+use log_socket::service::Sockets;
 use serde_json::json;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-
-/// An IPv4 address of this machine that is not loopback or link-local.
-fn host_ip() -> Ipv4Addr {
-    let mut found = None;
-    // SAFETY: getifaddrs fills a list we only read and then free.
-    unsafe {
-        let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-        assert_eq!(libc::getifaddrs(&mut list), 0, "getifaddrs");
-        let mut cur = list;
-        while !cur.is_null() {
-            let addr = (*cur).ifa_addr;
-            if !addr.is_null() && i32::from((*addr).sa_family) == libc::AF_INET {
-                let sin = &*(addr as *const libc::sockaddr_in);
-                let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-                if !ip.is_loopback() && !ip.is_link_local() && found.is_none() {
-                    found = Some(ip);
-                }
-            }
-            cur = (*cur).ifa_next;
-        }
-        libc::freeifaddrs(list);
-    }
-    found.expect("this test needs a non-loopback IPv4 address (the API server does not proxy to loopback)")
-}
 
 /// A kubeconfig whose user gets `token` from an exec plugin, as cloud CLIs do.
 fn exec_kubeconfig(token: &str, dir: &Path) -> PathBuf {
@@ -74,11 +50,12 @@ fn exec_kubeconfig(token: &str, dir: &Path) -> PathBuf {
 async fn k8stail_streams_through_the_api_server_service_proxy_with_exec_plugin_credentials() {
     let client = support::client().await;
     let ns = support::namespace(&client, "proxy").await;
-    let ip = host_ip();
+    let netns = support::netns::NetNs::create();
+    let ip = netns.addr;
 
-    // The relay, authenticating listeners with TokenReview, on the host's address.
-    let bind = |port| tokio::net::TcpListener::bind(SocketAddr::new(IpAddr::V4(ip), port));
-    let sockets = Sockets::plain(bind(0).await.unwrap(), bind(0).await.unwrap());
+    // The relay, authenticating listeners with TokenReview; its API port in the namespace.
+    let ingest = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sockets = Sockets::plain(ingest, netns.bind(0));
     let parts = Parts {
         authenticator: Arc::new(TokenReviewAuthenticator::new(
             client.clone(),

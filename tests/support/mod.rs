@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part of it
 
 pub mod control_plane;
+pub mod netns;
 
 use control_plane::ControlPlane;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};

@@ -42,8 +42,13 @@ pub enum Error {
     Kube(#[from] kube::Error),
 
     /// No usable kubeconfig or in-cluster configuration.
-    #[error("cannot load Kubernetes credentials: {0} (set --kubeconfig or KUBECONFIG, or run in a pod with a service account)")]
-    KubeConfig(String),
+    #[error("cannot load Kubernetes credentials from {from}: {source} (set --kubeconfig or KUBECONFIG, or run in a pod with a service account)")]
+    KubeConfig {
+        /// Where they were looked for.
+        from: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 
     /// The FlowTap CRD is missing from the cluster.
     #[error("the FlowTap CRD (flowtaps.logsocket.dev) is not installed in this cluster: install it with `log-socket crd | kubectl apply -f -` or `kubectl apply -f crds/flowtap.yaml`")]
@@ -84,6 +89,16 @@ pub enum Error {
     /// Writing to stdout failed (other than the reader going away).
     #[error("cannot write output: {0}")]
     Output(#[source] std::io::Error),
+}
+
+impl Error {
+    /// Credentials from `from` could not be loaded or used.
+    pub fn kube_config(from: impl Into<String>, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
+        Error::KubeConfig {
+            from: from.into(),
+            source: source.into(),
+        }
+    }
 }
 
 /// Result with log-socket's [`Error`] as the default error type.

@@ -13,23 +13,25 @@ pub async fn config(kubeconfig: Option<&Path>, context: Option<&str>) -> Result<
     };
     match kubeconfig {
         Some(path) => {
-            let file =
-                Kubeconfig::read_from(path).map_err(|e| Error::KubeConfig(format!("{}: {e}", path.display())))?;
+            let from = || path.display().to_string();
+            let file = Kubeconfig::read_from(path).map_err(|e| Error::kube_config(from(), e))?;
             Config::from_custom_kubeconfig(file, &options)
                 .await
-                .map_err(|e| Error::KubeConfig(format!("{}: {e}", path.display())))
+                .map_err(|e| Error::kube_config(from(), e))
         }
         None if context.is_some() => Config::from_kubeconfig(&options)
             .await
-            .map_err(|e| Error::KubeConfig(e.to_string())),
-        None => Config::infer().await.map_err(|e| Error::KubeConfig(e.to_string())),
+            .map_err(|e| Error::kube_config("KUBECONFIG or ~/.kube/config", e)),
+        None => Config::infer()
+            .await
+            .map_err(|e| Error::kube_config("KUBECONFIG, ~/.kube/config or the pod's service account", e)),
     }
 }
 
 /// A client for [`config`].
 pub async fn client(kubeconfig: Option<&Path>, context: Option<&str>) -> Result<kube::Client> {
     let config = config(kubeconfig, context).await?;
-    kube::Client::try_from(config).map_err(|e| Error::KubeConfig(e.to_string()))
+    kube::Client::try_from(config).map_err(|e| Error::kube_config("the client configuration", e))
 }
 
 /// Map an API error on `what` into a message that says which permission is missing.

@@ -4,7 +4,7 @@
 //! Only the fields log-socket uses are typed. Everything else lands in `other` and is written
 //! back untouched, so a read-modify-write never loses a user's filters, match rules or fields
 //! added by a newer logging-operator. Lists in these CRDs are atomic: update them with the
-//! object's `resourceVersion` (see `docs` in the README) rather than a merge patch.
+//! object's `resourceVersion` (docs/development.md) rather than a merge patch.
 
 use kube::CustomResource;
 use serde::{Deserialize, Serialize};

@@ -99,7 +99,7 @@ pub async fn route(kube: &super::KubeArgs, args: &TailArgs) -> Result<(Route, St
         "/api/v1/namespaces/{}/services/{scheme}:{}:{}/proxy",
         args.service_namespace, args.service, args.port
     );
-    let client = kube::Client::try_from(config).map_err(|e| Error::KubeConfig(e.to_string()))?;
+    let client = kube::Client::try_from(config).map_err(|e| Error::kube_config("the client configuration", e))?;
     Ok((Route::Proxy { client, prefix }, token))
 }
 
@@ -115,7 +115,7 @@ async fn kubeconfig_token(config: &kube::Config) -> Result<String> {
     };
     let layer = config
         .auth_layer()
-        .map_err(|e| Error::KubeConfig(e.to_string()))?
+        .map_err(|e| Error::kube_config("the kubeconfig's user", e))?
         .ok_or_else(no_token)?;
     let capture = tower::service_fn(|req: http::Request<kube::client::Body>| async move {
         Ok::<_, tower::BoxError>(http::Response::new(
@@ -126,7 +126,7 @@ async fn kubeconfig_token(config: &kube::Config) -> Result<String> {
         .layer(capture)
         .oneshot(http::Request::new(kube::client::Body::empty()))
         .await
-        .map_err(|e| Error::KubeConfig(format!("cannot get a token from the kubeconfig: {e}")))?;
+        .map_err(|e| Error::kube_config("the kubeconfig's token source (file or exec plugin)", e))?;
     header
         .body()
         .as_ref()

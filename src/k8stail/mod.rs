@@ -2,6 +2,12 @@
 //! FlowTaps; `k8stail completions SHELL` prints shell completions.
 //!
 //! The clap types here are the one source of truth for flags, their env fallbacks and `--help`.
+//! - `connect`: the route to the relay (the API server's service proxy, or `--server`);
+//! - `stream`: following a flow, reconnecting and resuming, notes on stderr;
+//! - `render`: the output formats; `taps`: `k8stail taps`.
+//!
+//! Text from the network (records, notes) is never printed raw to a terminal in the human
+//! formats: control characters are escaped, so a pod cannot move the cursor or forge lines.
 
 mod connect;
 pub(crate) mod render;

@@ -108,10 +108,11 @@ pub async fn follow(
     loop {
         let mut query = filters.clone();
         match position {
-            Some(p) => {
-                query.push(("after".into(), p.seq.to_string()));
-                query.push(("epoch".into(), p.epoch.to_string()));
-            }
+            // Resume after the last record seen.
+            Some(p) => query.extend([
+                ("after".into(), p.seq.to_string()),
+                ("epoch".into(), p.epoch.to_string()),
+            ]),
             None if !connected_once => query.extend(first_start.iter().cloned()),
             None => {}
         }
@@ -140,11 +141,9 @@ pub async fn follow(
                 return Err(Error::Stream(format!("{target}: {reason}")));
             }
             Err(Refusal::Transient(reason)) => {
-                let wait = backoff.next();
-                notes.status(&format!("{reason}; reconnecting in {:.1}s…", wait.as_secs_f32()));
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => continue,
-                    _ = &mut ctrl_c => { notes.clear(); return Ok(()); }
+                match wait_to_reconnect(&reason, &mut backoff, &mut notes, &mut ctrl_c).await {
+                    true => continue,
+                    false => return Ok(()),
                 }
             }
         };
@@ -182,14 +181,26 @@ pub async fn follow(
                 return Ok(());
             }
             End::Closed(reason) | End::Broken(reason) => {
-                let wait = backoff.next();
-                notes.status(&format!("{reason}; reconnecting in {:.1}s…", wait.as_secs_f32()));
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = &mut ctrl_c => { notes.clear(); return Ok(()); }
+                if !wait_to_reconnect(&reason, &mut backoff, &mut notes, &mut ctrl_c).await {
+                    return Ok(());
                 }
             }
         }
+    }
+}
+
+/// Say why and wait out the backoff before reconnecting; false when Ctrl-C came first.
+async fn wait_to_reconnect(
+    reason: &str,
+    backoff: &mut Backoff,
+    notes: &mut Notes,
+    ctrl_c: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> bool {
+    let wait = backoff.next();
+    notes.status(&format!("{reason}; reconnecting in {:.1}s…", wait.as_secs_f32()));
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => true,
+        _ = ctrl_c.as_mut() => { notes.clear(); false }
     }
 }
 
@@ -207,11 +218,7 @@ async fn read(
 ) -> Result<End> {
     let mut save = tokio::time::interval(Duration::from_secs(1));
     let mut saved = *position;
-    let mut epoch = 0;
-    let mut tap_name = String::new();
-    let mut last_trouble: Option<String> = None;
-    let mut failure: Option<String> = None;
-    let mut waiting = true;
+    let mut stream = Connection::default();
     loop {
         let message = tokio::select! {
             m = ws.next() => m,
@@ -231,50 +238,83 @@ async fn read(
         };
         let text = match message {
             Some(Ok(Message::Text(text))) => text,
-            Some(Ok(Message::Close(frame))) => {
-                let (code, reason) = frame
-                    .map(|f| (u16::from(f.code), f.reason.to_string()))
-                    .unwrap_or((1005, String::new()));
-                return Ok(match failure {
-                    Some(f) => End::Failed(f),
-                    None if code == 1000 || code == 1001 => End::Closed(format!(
-                        "the relay closed the stream ({code}{})",
-                        if reason.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" {reason}")
-                        }
-                    )),
-                    None => End::Failed(format!("closed with code {code} {reason}")),
-                });
-            }
+            Some(Ok(Message::Close(frame))) => return Ok(stream.closed(frame)),
             Some(Ok(_)) => continue,
             Some(Err(e)) => return Ok(End::Broken(format!("connection lost: {e}"))),
             None => return Ok(End::Broken("connection lost".into())),
         };
-        let Ok(frame) = protocol::decode(text.as_str()) else {
-            notes.note(&format!(
-                "ignoring a frame that is not protocol JSON: {:.80}",
-                text.as_str()
-            ));
-            continue;
-        };
-        let frame = match frame {
-            Decoded::Record { seq, record } => {
-                if waiting {
+        match protocol::decode(text.as_str()) {
+            Ok(Decoded::Record { seq, record }) => {
+                if stream.waiting {
                     notes.clear();
-                    waiting = false;
+                    stream.waiting = false;
                 }
-                *position = Some(Position { epoch, seq });
+                *position = Some(Position {
+                    epoch: stream.epoch,
+                    seq,
+                });
                 if keep.wants(&record) {
                     renderer
                         .record(out, text.as_str(), seq, &record)
                         .map_err(Error::Output)?;
                 }
-                continue;
             }
-            Decoded::Other(frame) => frame,
-        };
+            Ok(Decoded::Other(frame)) => stream.frame(frame, position, notes, backoff),
+            Err(_) => notes.note(&format!(
+                "ignoring a frame that is not protocol JSON: {:.80}",
+                text.as_str()
+            )),
+        }
+    }
+}
+
+/// What one connection has said so far.
+struct Connection {
+    /// The tap's numbering, from its `listening` status.
+    epoch: u64,
+    tap_name: String,
+    /// The last Failed/Degraded message shown, so it is shown once.
+    last_trouble: Option<String>,
+    /// An `error` frame: the close that follows ends the stream.
+    failure: Option<String>,
+    /// No record yet: the status line shows what the tap waits for.
+    waiting: bool,
+}
+
+impl Default for Connection {
+    fn default() -> Self {
+        Connection {
+            epoch: 0,
+            tap_name: String::new(),
+            last_trouble: None,
+            failure: None,
+            waiting: true,
+        }
+    }
+}
+
+impl Connection {
+    /// How the stream ended, from the relay's close frame.
+    fn closed(&mut self, frame: Option<CloseFrame>) -> End {
+        let (code, reason) = frame
+            .map(|f| (u16::from(f.code), f.reason.to_string()))
+            .unwrap_or((1005, String::new()));
+        match self.failure.take() {
+            Some(f) => End::Failed(f),
+            None if code == 1000 || code == 1001 => End::Closed(format!(
+                "the relay closed the stream ({code}{})",
+                if reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {reason}")
+                }
+            )),
+            None => End::Failed(format!("closed with code {code} {reason}")),
+        }
+    }
+
+    /// Act on a frame other than a record: status lines, notes, the position's numbering.
+    fn frame(&mut self, frame: Frame, position: &mut Option<Position>, notes: &mut Notes, backoff: &mut Backoff) {
         match frame {
             Frame::Status(Status::Tap {
                 flow_tap,
@@ -282,22 +322,22 @@ async fn read(
                 message,
                 ..
             }) => match phase.as_deref() {
-                Some(phase @ ("Failed" | "Degraded")) if last_trouble.as_ref() != Some(&message) => {
+                Some(phase @ ("Failed" | "Degraded")) if self.last_trouble.as_ref() != Some(&message) => {
                     notes.note(&format!("FlowTap {flow_tap} is {phase}: {message}"));
-                    last_trouble = Some(message);
+                    self.last_trouble = Some(message);
                 }
-                _ if waiting => notes.status(&format!("{tap_name}: {message}…")),
+                _ if self.waiting => notes.status(&format!("{}: {message}…", self.tap_name)),
                 _ => {}
             },
             Frame::Status(Status::Listening {
                 tap,
-                epoch: new_epoch,
+                epoch,
                 last_seq,
                 replayed,
                 ..
             }) => {
-                epoch = new_epoch;
-                tap_name = tap;
+                self.epoch = epoch;
+                self.tap_name = tap;
                 backoff.reset();
                 if position.is_some_and(|p| p.epoch != epoch) {
                     // The relay answers with a `dropped tap_restarted` frame too; the position
@@ -309,38 +349,40 @@ async fn read(
                     // so records that arrive while disconnected are not skipped.
                     *position = Some(Position { epoch, seq: last_seq });
                 }
+                let buffered = match replayed {
+                    0 => String::new(),
+                    n => format!(" ({n} buffered)"),
+                };
                 notes.status(&format!(
-                    "listening to {tap_name}{}; waiting for records…",
-                    if replayed > 0 {
-                        format!(" ({replayed} buffered)")
-                    } else {
-                        String::new()
-                    }
+                    "listening to {}{buffered}; waiting for records…",
+                    self.tap_name
                 ));
             }
-            Frame::Dropped { count, reason } => {
-                let what = match (reason.as_str(), count) {
-                    ("slow_client", Some(n)) => format!("{n} records dropped: this terminal did not keep up"),
-                    ("out_of_replay", Some(n)) => {
-                        format!("{n} records were lost while disconnected (older than the relay's replay buffer)")
-                    }
-                    ("tap_restarted", _) => {
-                        "the tap restarted (relay restart or tap re-created): records it received while k8stail was away may be missing".to_owned()
-                    }
-                    (reason, count) => format!(
-                        "{} records dropped ({reason})",
-                        count.map_or("some".into(), |n| n.to_string()),
-                    ),
-                };
-                notes.note(&what);
-            }
+            Frame::Dropped { count, reason } => notes.note(&dropped_note(&reason, count)),
             Frame::Denied { namespace, pod, count } => notes.note(&format!(
                 "{count} records of pod {namespace}/{pod} withheld: you may not read them"
             )),
-            Frame::Error { code, message } => failure = Some(format!("{code}: {message}")),
+            Frame::Error { code, message } => self.failure = Some(format!("{code}: {message}")),
             // Newer frame types and states are for newer clients.
             Frame::Record { .. } | Frame::Status(Status::Unknown) | Frame::Unknown => {}
         }
+    }
+}
+
+/// What a `dropped` frame means, in words.
+fn dropped_note(reason: &str, count: Option<u64>) -> String {
+    match (reason, count) {
+        ("slow_client", Some(n)) => format!("{n} records dropped: this terminal did not keep up"),
+        ("out_of_replay", Some(n)) => {
+            format!("{n} records were lost while disconnected (older than the relay's replay buffer)")
+        }
+        ("tap_restarted", _) => {
+            "the tap restarted (relay restart or tap re-created): records it received while k8stail was away may be missing".to_owned()
+        }
+        (reason, count) => format!(
+            "{} records dropped ({reason})",
+            count.map_or("some".into(), |n| n.to_string()),
+        ),
     }
 }
 

@@ -25,7 +25,7 @@ pub struct TapsArgs {
 pub(super) async fn taps(kube: &KubeArgs, args: &TapsArgs, out: &mut dyn Write) -> Result<()> {
     let config = client::config(kube.kubeconfig.as_deref(), kube.context.as_deref()).await?;
     let default_ns = config.default_namespace.clone();
-    let client = kube::Client::try_from(config).map_err(|e| Error::KubeConfig(e.to_string()))?;
+    let client = kube::Client::try_from(config).map_err(|e| Error::kube_config("the client configuration", e))?;
     let api: Api<FlowTap> = if args.all_namespaces {
         Api::all(client)
     } else {

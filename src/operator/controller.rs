@@ -4,7 +4,7 @@
 //! period; sessions of relays that stopped renewing expire.
 //!
 //! One reconcile is a few small steps: expire sessions, end an idle tap, ensure the children
-//! ([`super::children`]), derive the status ([`super::status`], pure), write it if it changed.
+//! (`children`), derive the status ([`super::status`], pure), write it if it changed.
 
 use super::children::{
     delete_managed, ensure_flow_ref, ensure_flow_ref_removed, ensure_mirror, ensure_output, remove_mirror,

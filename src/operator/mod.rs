@@ -3,7 +3,7 @@
 //! ([`controller`]).
 //!
 //! - [`controller`]: run, reconcile (Apply/Cleanup through a finalizer), error policy;
-//! - [`children`]: the generated output, the flow ref or mirror flow, created and removed in
+//! - `children`: the generated output, the flow ref or mirror flow, created and removed in
 //!   the order logging-operator needs;
 //! - [`status`]: conditions and phase as a pure function of what was observed;
 //! - [`sessions`]: listeners registering on (and creating) FlowTaps, renewed by each relay;

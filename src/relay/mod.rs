@@ -4,6 +4,11 @@
 //! [`crate::auth::Authorizer`] (may they see this record) and [`Sessions`] (listener
 //! registration, e.g. refcounting a FlowTap); standalone mode uses static tokens and no
 //! registration.
+//!
+//! What the relay must not do: call the Kubernetes API on the record path (authorization is a
+//! cache-first `decide`; a cache miss waits in that listener's own task only), let one slow
+//! listener hold up ingest or other listeners (queues are bounded and drop the oldest, counted),
+//! or send a record, or anything derived from its content, to a listener that may not read it.
 
 pub mod http;
 pub mod listener;

@@ -5,7 +5,7 @@ use crate::auth::ingest::PeerCertificate;
 use crate::relay::metrics::{CodeLabels, DropLabels, DropReason, TapLabels};
 use crate::relay::record::{self, BodyError};
 use crate::relay::TapKey;
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use std::sync::Arc;
 use std::time::Instant;
@@ -58,7 +58,7 @@ async fn ingest_inner<S, B>(
     namespace: &str,
     name: &str,
     request: IngestRequest,
-    mut body: S,
+    body: S,
     state: &State,
 ) -> Reply
 where
@@ -101,43 +101,12 @@ where
             "overloaded: too many ingest requests at once; retry",
         );
     };
+    let body = match read_body(body, length, state).await {
+        Ok(body) => body,
+        Err(reply) => return reply,
+    };
     let limit = state.relay.config.max_body_bytes;
-    if length.is_some_and(|l| l > limit as u64) {
-        return text(StatusCode::PAYLOAD_TOO_LARGE, format!("body larger than {limit} bytes"));
-    }
-    let mut buf = BytesMut::with_capacity(length.unwrap_or(0).min(limit as u64) as usize);
-    // A body that trickles in (slowloris) would hold an ingest slot forever: bound the whole read.
-    let deadline = tokio::time::Instant::now() + state.relay.config.ingest_body_timeout;
-    loop {
-        let chunk = match tokio::time::timeout_at(deadline, body.next()).await {
-            Ok(Some(chunk)) => chunk,
-            Ok(None) => break,
-            Err(_) => {
-                metrics.error("ingest_body_timeout");
-                return text(
-                    StatusCode::REQUEST_TIMEOUT,
-                    format!(
-                        "the body did not arrive within {:?}",
-                        state.relay.config.ingest_body_timeout
-                    ),
-                );
-            }
-        };
-        let mut chunk = match chunk {
-            Ok(c) => c,
-            Err(e) => return text(StatusCode::BAD_REQUEST, format!("cannot read body: {e}")),
-        };
-        if buf.len() + chunk.remaining() > limit {
-            return text(StatusCode::PAYLOAD_TOO_LARGE, format!("body larger than {limit} bytes"));
-        }
-        while chunk.has_remaining() {
-            let part = chunk.chunk();
-            buf.extend_from_slice(part);
-            let n = part.len();
-            chunk.advance(n);
-        }
-    }
-    let result = record::decode(buf.freeze(), encoding.as_deref(), limit).and_then(|b| record::parse_batch(&b));
+    let result = record::decode(body, encoding.as_deref(), limit).and_then(|b| record::parse_batch(&b));
     let records = match result {
         Ok(records) => records,
         Err(e) => {
@@ -164,4 +133,42 @@ where
         })
         .inc_by(published.dropped);
     text(StatusCode::OK, format!("accepted {} records", published.records))
+}
+
+/// The whole body, at most `--max-body-bytes` (before decompression too), within
+/// `--ingest-body-timeout`: a body that trickles in (slowloris) would hold an ingest slot forever.
+async fn read_body<S, B>(mut body: S, length: Option<u64>, state: &State) -> Result<Bytes, Reply>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send + Unpin,
+    B: Buf,
+{
+    let limit = state.relay.config.max_body_bytes;
+    let too_large = || text(StatusCode::PAYLOAD_TOO_LARGE, format!("body larger than {limit} bytes"));
+    if length.is_some_and(|l| l > limit as u64) {
+        return Err(too_large());
+    }
+    let mut buf = BytesMut::with_capacity(length.unwrap_or(0).min(limit as u64) as usize);
+    let timeout = state.relay.config.ingest_body_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let chunk = match tokio::time::timeout_at(deadline, body.next()).await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => return Ok(buf.freeze()),
+            Err(_) => {
+                state.relay.metrics.error("ingest_body_timeout");
+                let why = format!("the body did not arrive within {timeout:?}");
+                return Err(text(StatusCode::REQUEST_TIMEOUT, why));
+            }
+        };
+        let mut chunk = chunk.map_err(|e| text(StatusCode::BAD_REQUEST, format!("cannot read body: {e}")))?;
+        if buf.len() + chunk.remaining() > limit {
+            return Err(too_large());
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            buf.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
 }

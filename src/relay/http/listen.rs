@@ -83,27 +83,13 @@ pub(super) async fn listen(
         Ok(o) => o,
         Err(e) => return text(StatusCode::BAD_REQUEST, e),
     };
-    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let is_upgrade = header("upgrade").eq_ignore_ascii_case("websocket")
-        && header("connection").to_ascii_lowercase().contains("upgrade")
-        && header("sec-websocket-version") == "13";
-    let (Some(ws_key), Some(on_upgrade), true) = (headers.get("sec-websocket-key"), on_upgrade, is_upgrade) else {
-        return text(
-            StatusCode::UPGRADE_REQUIRED,
-            format!("this endpoint speaks WebSocket (subprotocol {SUBPROTOCOL}); use k8stail or a WebSocket client"),
-        );
+    let (accept, subprotocol) = match handshake(&headers) {
+        Ok(h) => h,
+        Err((code, why)) => return text(code, why),
     };
-    let offered: Vec<&str> = header("sec-websocket-protocol")
-        .split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty() && !p.starts_with(TOKEN_SUBPROTOCOL_PREFIX))
-        .collect();
-    if !offered.is_empty() && !offered.contains(&SUBPROTOCOL) {
-        return text(
-            StatusCode::BAD_REQUEST,
-            format!("unsupported subprotocol {offered:?}; this relay speaks {SUBPROTOCOL}"),
-        );
-    }
+    let Some(on_upgrade) = on_upgrade else {
+        return upgrade_required();
+    };
     let session = SessionInfo {
         id: state.relay.next_id(),
         tap: key.clone(),
@@ -122,7 +108,6 @@ pub(super) async fn listen(
         options.filter,
         state.relay.config.listener_queue,
     ));
-    let accept = derive_accept_key(ws_key.as_bytes());
     let task_guard = state.listener_tasks.clone();
     let start = options.start;
     tokio::spawn(async move {
@@ -147,10 +132,46 @@ pub(super) async fn listen(
         .header("connection", "upgrade")
         .header("upgrade", "websocket")
         .header("sec-websocket-accept", accept);
-    if !offered.is_empty() {
+    if subprotocol {
         reply = reply.header("sec-websocket-protocol", SUBPROTOCOL);
     }
     reply.body("".into()).expect("valid response")
+}
+
+fn upgrade_required() -> Reply {
+    let (code, why) = not_websocket();
+    text(code, why)
+}
+
+fn not_websocket() -> (StatusCode, String) {
+    (
+        StatusCode::UPGRADE_REQUIRED,
+        format!("this endpoint speaks WebSocket (subprotocol {SUBPROTOCOL}); use k8stail or a WebSocket client"),
+    )
+}
+
+/// Check a WebSocket upgrade request; returns the `Sec-WebSocket-Accept` value and whether to
+/// answer with the subprotocol (when the client offered one; token entries do not count).
+fn handshake(headers: &HeaderMap) -> Result<(String, bool), (StatusCode, String)> {
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let is_upgrade = header("upgrade").eq_ignore_ascii_case("websocket")
+        && header("connection").to_ascii_lowercase().contains("upgrade")
+        && header("sec-websocket-version") == "13";
+    let (Some(ws_key), true) = (headers.get("sec-websocket-key"), is_upgrade) else {
+        return Err(not_websocket());
+    };
+    let offered: Vec<&str> = header("sec-websocket-protocol")
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty() && !p.starts_with(TOKEN_SUBPROTOCOL_PREFIX))
+        .collect();
+    if !offered.is_empty() && !offered.contains(&SUBPROTOCOL) {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            format!("unsupported subprotocol {offered:?}; this relay speaks {SUBPROTOCOL}"),
+        ));
+    }
+    Ok((derive_accept_key(ws_key.as_bytes()), !offered.is_empty()))
 }
 
 /// Why a listener connection ended.
@@ -189,17 +210,7 @@ where
     while end.is_none() {
         tokio::select! {
             _ = listener.ready() => {
-                let batch = listener.take();
-                let mut out = Vec::with_capacity(batch.records.len() + 2);
-                if let Some(status) = batch.status {
-                    out.push(Message::Text(status));
-                }
-                if batch.dropped > 0 {
-                    out.push(Message::Text(protocol::dropped(Some(batch.dropped), "slow_client")));
-                }
-                let records = authorize(state, &listener.identity, batch.records, &mut denied).await;
-                let n = records.len() as u64;
-                out.extend(records);
+                let (out, n) = queued(state, &listener, &mut denied).await;
                 match send_all(&mut tx, out, cfg.write_timeout).await {
                     Ok(()) => {
                         sent.inc_by(n);
@@ -256,6 +267,27 @@ where
         metrics.error("listener_write_failed");
     }
     tracing::info!(tap = %tap.key, listener = listener.id, "listener disconnected");
+}
+
+/// What the listener's queue holds, as frames: the tap's latest status, a drop report when the
+/// listener fell behind, then the records it may see (and how many those are).
+async fn queued(
+    state: &State,
+    listener: &Listener,
+    denied: &mut BTreeMap<(String, String), u64>,
+) -> (Vec<Message>, u64) {
+    let batch = listener.take();
+    let mut out = Vec::with_capacity(batch.records.len() + 2);
+    if let Some(status) = batch.status {
+        out.push(Message::Text(status));
+    }
+    if batch.dropped > 0 {
+        out.push(Message::Text(protocol::dropped(Some(batch.dropped), "slow_client")));
+    }
+    let records = authorize(state, &listener.identity, batch.records, denied).await;
+    let n = records.len() as u64;
+    out.extend(records);
+    (out, n)
 }
 
 /// Attach the listener to its tap; the first frames it gets: the `listening` status, a gap

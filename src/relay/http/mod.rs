@@ -1,8 +1,8 @@
 //! The relay's HTTP surface: the ingest port (fluentd POSTs records) and the API port
 //! (listeners connect over WebSocket; `/metrics`).
 //!
-//! Split as in warp's examples: [`routes`] holds the filters, [`ingest`] and [`listen`] the
-//! handlers; [`State`] is injected into each handler by a filter. The accept loop, TLS and the
+//! Split as in warp's examples: `routes` holds the filters, `ingest` and `listen` the
+//! handlers; `State` is injected into each handler by a filter. The accept loop, TLS and the
 //! order of shutdown belong to the service (`crate::service`), which serves these routes.
 //!
 //! Handlers never call the Kubernetes API for a record: authentication happens once per

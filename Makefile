@@ -11,8 +11,9 @@ demo: test-env ## Run log-socket against a local real control plane (Ctrl-C stop
 	$(CARGO) build --bins --examples
 	target/debug/examples/local-cluster
 
-test: test-env ## Run every test (unit, CLI, and against the real kube-apiserver)
+test: test-env ## Run every test (unit, CLI, against the real kube-apiserver and the real fluentd)
 	@if [ -z "$$LOG_SOCKET_TEST_KUBECONFIG" ]; then export KUBEBUILDER_ASSETS="$$(tests/test-env.sh)"; fi; \
+	if [ -z "$$LOG_SOCKET_FLUENTD" ] && [ -x ../shared/tools/fluentd ]; then export LOG_SOCKET_FLUENTD="$$(cd ../shared/tools && pwd)/fluentd"; fi; \
 	$(CARGO) test
 
 test-env: ## Get kube-apiserver, etcd and kubectl for the tests (built from Debian source once, then cached)

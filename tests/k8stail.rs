@@ -147,12 +147,12 @@ fn rec(pod: &str, message: &str) -> Value {
     json!({"message": message, "kubernetes": {"namespace_name": "shop", "pod_name": pod, "container_name": "app"}})
 }
 
-/// Post records once k8stail is attached (the relay answers 404 until a tap is open).
+/// Post records once k8stail is attached (the relay discards them with 202 until a tap is open).
 async fn post_when_open(r: &TestRelay, records: &[Value]) {
     for _ in 0..200 {
         match post(r, "/flow/shop/web", &array(records)).await.0 {
             200 => return,
-            404 => tokio::time::sleep(Duration::from_millis(25)).await,
+            202 => tokio::time::sleep(Duration::from_millis(25)).await,
             code => panic!("ingest answered {code}"),
         }
     }

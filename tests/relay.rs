@@ -136,9 +136,22 @@ async fn bad_ingest_requests_get_a_clear_4xx_and_forward_nothing() {
     let (code, body) = post(&r, "/deployment/shop/web", &good).await;
     assert_eq!(code, 404);
     assert!(body.contains("unknown flow kind"), "{body}");
+    // No tap open: accepted and discarded (any error would make fluentd retry or back up the
+    // chunk), and counted.
     let (code, body) = post(&r, "/flow/shop/nobody-listens", &good).await;
-    assert_eq!(code, 404);
-    assert_eq!(body, "no tap open for flow/shop/nobody-listens: nobody is listening\n");
+    assert_eq!(code, 202);
+    assert_eq!(
+        body,
+        "discarded 1 records: no tap open for flow/shop/nobody-listens (nobody is listening)\n"
+    );
+    assert!(
+        r.relay
+            .metrics
+            .encode()
+            .contains(r#"log_socket_dropped_records_total{reason="no_tap"} 1"#),
+        "{}",
+        r.relay.metrics.encode()
+    );
     let (code, _) = post(&r, "/flow/shop", &good).await;
     assert_eq!(code, 404);
 

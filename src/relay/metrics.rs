@@ -32,7 +32,10 @@ impl From<&crate::relay::TapKey> for TapLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
 pub enum DropReason {
+    /// A listener's queue was full: its oldest records were dropped.
     slow_client,
+    /// Ingest for a path with no open tap: accepted (202) and discarded.
+    no_tap,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -270,7 +270,7 @@ async fn a_killed_service_restarts_and_k8stail_follows_it_saying_what_may_be_mis
     let mut until_printed = async |prefix: &str| -> String {
         for i in 0..300 {
             match s.post(&s.record(&format!("{prefix} {i}"))).await {
-                (200 | 404, _) => {}
+                (200 | 202, _) => {}
                 (code, body) => panic!("ingest answered {code}: {body}"),
             }
             loop {

@@ -87,12 +87,6 @@ where
         Ok(key) => key,
         Err(e) => return text(StatusCode::NOT_FOUND, format!("no such tap: {e}")),
     };
-    let Some(tap) = state.relay.tap(&key) else {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("no tap open for {key}: nobody is listening"),
-        );
-    };
     // Overload: refuse rather than queue, so fluentd backs off and retries (503 is retryable).
     let Ok(_slot) = state.ingest_slots.try_acquire() else {
         metrics.error("ingest_overloaded");
@@ -118,6 +112,24 @@ where
             metrics.error("ingest_bad_body");
             return text(code, e.to_string());
         }
+    };
+    // No tap open (nobody listening, or the tap just closed while fluentd still has chunks for
+    // it): accept and discard. Any error status would make fluentd retry the chunk or write it
+    // to its backup directory, once per flush, on the shared logging pipeline.
+    let Some(tap) = state.relay.tap(&key) else {
+        metrics
+            .dropped_records
+            .get_or_create(&DropLabels {
+                reason: DropReason::no_tap,
+            })
+            .inc_by(records.len() as u64);
+        return text(
+            StatusCode::ACCEPTED,
+            format!(
+                "discarded {} records: no tap open for {key} (nobody is listening)",
+                records.len()
+            ),
+        );
     };
     let labels = TapLabels::from(&key);
     let published = tap.publish(records);

@@ -1,0 +1,122 @@
+//! The real fluentd (the client the relay serves in production), run as a child process.
+//!
+//! Where it comes from, in order: `$LOG_SOCKET_FLUENTD` (a command, e.g.
+//! `../shared/tools/fluentd`, which `.ci/run` sets), then `fluentd` on PATH (`gem install fluentd
+//! -v 1.16.11`). Without one, a fluentd test says it is skipped and why; under CI (`CI=true`) a
+//! missing fluentd fails instead.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The fluentd command, or `None` (after saying why) when there is none and this is not CI.
+pub fn command() -> Option<Command> {
+    if let Some(cmd) = std::env::var_os("LOG_SOCKET_FLUENTD").filter(|c| !c.is_empty()) {
+        return Some(Command::new(cmd));
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("fluentd").is_file()))
+        .unwrap_or(false);
+    if on_path {
+        return Some(Command::new("fluentd"));
+    }
+    let why = "no fluentd: set LOG_SOCKET_FLUENTD to a fluentd command (e.g. ../shared/tools/fluentd) or put fluentd 1.16 on PATH";
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{why} (CI needs the real fluentd)");
+    }
+    eprintln!("SKIPPED: {why}");
+    None
+}
+
+/// A running fluentd; killed (and its process group) on drop.
+pub struct Fluentd {
+    child: Child,
+    pub dir: PathBuf,
+}
+
+impl Fluentd {
+    /// Start fluentd with `config` (written to `dir/fluent.conf`); its log goes to `dir/fluentd.log`.
+    /// `None` when there is no fluentd here (see [`command`]).
+    pub fn start(dir: &Path, config: &str) -> Option<Fluentd> {
+        let mut cmd = command()?;
+        std::fs::create_dir_all(dir).unwrap();
+        let conf = dir.join("fluent.conf");
+        std::fs::write(&conf, config).unwrap();
+        let log = std::fs::File::create(dir.join("fluentd.log")).unwrap();
+        use std::os::unix::process::CommandExt;
+        let child = cmd
+            .arg("-c")
+            .arg(&conf)
+            .arg("--no-supervisor")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("start fluentd");
+        Some(Fluentd {
+            child,
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// What fluentd has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("fluentd.log")).unwrap_or_default()
+    }
+
+    /// Whether fluentd is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_none()
+    }
+
+    /// The chunk files fluentd gave up on (`<root_dir>/backup`), as paths.
+    pub fn backups(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+        let mut out = vec![];
+        walk(&self.dir.join("root/backup"), &mut out);
+        out
+    }
+
+    /// Stop with SIGTERM (fluentd flushes), then SIGKILL after `grace`.
+    pub fn stop(&mut self, grace: Duration) {
+        let pid = self.child.id() as i32;
+        // SAFETY: signalling our own child's process group.
+        unsafe { libc::kill(-pid, libc::SIGTERM) };
+        let start = std::time::Instant::now();
+        while start.elapsed() < grace {
+            if !self.running() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Fluentd {
+    fn drop(&mut self) {
+        if self.running() {
+            self.stop(Duration::from_secs(5));
+        }
+    }
+}
+
+/// A `<system>` section keeping fluentd's files (buffers, backups) under `dir/root`.
+pub fn system(dir: &Path) -> String {
+    format!(
+        "<system>\n  root_dir {}\n  log_level info\n</system>\n",
+        dir.join("root").display()
+    )
+}

@@ -3,8 +3,10 @@
 //!
 //! Starts etcd + kube-apiserver (from `make test-env`), installs the FlowTap and
 //! logging-operator CRDs, applies `examples/flow.yaml` and `examples/flowtap-persistent.yaml`,
-//! runs `log-socket run`, then a shipper that does what logging-operator's fluentd would do
-//! (no fluentd or logging-operator runs here): for every log-socket Output a Flow references, it
+//! plays logging-operator's part (a Logging for `default`, output validation, configuration
+//! checks; see tests/support/logging_operator.rs), runs `log-socket run`, then a shipper that
+//! does what logging-operator's fluentd would do (no fluentd or logging-operator runs here): for
+//! every log-socket Output a Flow references, it
 //! POSTs batches of realistic records to the Output's endpoint, as `out_http` does (a JSON
 //! array about every second, with the Output's basic-auth credentials read from their Secret).
 //! Finally it runs `k8stail default/web` on this terminal. Ctrl-C stops everything.
@@ -12,6 +14,9 @@
 #[path = "../tests/support/control_plane.rs"]
 #[allow(dead_code)] // shared with the tests, which use more of it
 mod control_plane;
+#[path = "../tests/support/logging_operator.rs"]
+#[allow(dead_code)]
+mod logging_operator;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -73,6 +78,7 @@ async fn run() -> Result<(), String> {
     let password = format!("demo-{}-{nanos}", std::process::id());
     std::fs::write(&credentials, format!("fluentd:{password}\n")).map_err(|e| e.to_string())?;
     create_ingest_secret(&client, "default", &password).await?;
+    let _logging_operator = logging_operator::start(&client, "default").await;
     let viewer_token = viewer_token(&client, "default").await?;
 
     let service_bin = sibling_binary("log-socket")?;

@@ -37,7 +37,8 @@ pub const GROUP: &str = "logsocket.dev";
 pub struct FlowTapSpec {
     /// The Flow or ClusterFlow whose output this tap streams. A tap on a Flow lives in the
     /// Flow's namespace; a tap on a ClusterFlow lives in the logging control namespace,
-    /// next to the ClusterFlow.
+    /// next to the ClusterFlow. Immutable (on Kubernetes 1.25+ the API server enforces it).
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "flowRef cannot be changed: delete this FlowTap and create one for the other flow"}]))]
     pub flow_ref: FlowRef,
 
     /// Keep this tap, and the output it generated, when no listener is connected.
@@ -242,6 +243,34 @@ pub struct FlowTapStatus {
     /// When the relay last received a record for this tap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_record_time: Option<Time>,
+
+    /// What log-socket has changed in the logging pipeline for this tap: the flow it patched
+    /// (or mirrored) and with which output. A changed `flowRef` or a deletion undoes exactly
+    /// this, whatever the spec says by then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patched: Option<PatchedFlow>,
+}
+
+/// A flow log-socket changed for a tap.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PatchedFlow {
+    /// The Flow or ClusterFlow, in the FlowTap's namespace.
+    pub flow_ref: FlowRef,
+    /// The generated output it was given.
+    pub output: String,
+    /// Patch (the output was appended to the flow) or Mirror (a sibling flow was created).
+    pub mode: TapMode,
+    /// The Logging that renders the flow, whose configuration check is watched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logging: Option<String>,
+    /// The configuration checks that Logging had recorded before the patch: a new failed one
+    /// after it means the configuration with the tap was rejected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config_checks_before: Vec<String>,
+    /// Whether a configuration including the tap has passed its check.
+    #[serde(default)]
+    pub config_accepted: bool,
 }
 
 /// Life-cycle phase of a FlowTap.
@@ -254,7 +283,9 @@ pub enum Phase {
     /// In place, but logging-operator reports problems with the output or the flow; see the
     /// conditions.
     Degraded,
-    /// Cannot work as declared (flow missing, output name taken); see the conditions.
+    /// Cannot work as declared, or refused to protect the Logging (flow missing, output name
+    /// taken, a Secret missing, output rejected, configuration check failed); the flow is left
+    /// as it was. See the conditions and events.
     Failed,
     /// Being removed: the flow is restored before the output is deleted.
     Terminating,

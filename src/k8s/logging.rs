@@ -132,6 +132,90 @@ pub struct HttpOutput {
     pub other: Other,
 }
 
+/// The `Logging` (cluster-scoped): which namespaces it renders and whether its last
+/// configurations passed fluentd's check.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "logging.banzaicloud.io",
+    version = "v1beta1",
+    kind = "Logging",
+    status = "LoggingResourceStatus",
+    schema = "disabled"
+)]
+pub struct LoggingSpec {
+    /// Only Flows and Outputs with this `loggingRef` belong to this Logging (empty: those
+    /// without one).
+    #[serde(rename = "loggingRef", default, skip_serializing_if = "Option::is_none")]
+    pub logging_ref: Option<String>,
+    /// Where fluentd runs and ClusterFlows/ClusterOutputs are read from.
+    #[serde(rename = "controlNamespace", default, skip_serializing_if = "Option::is_none")]
+    pub control_namespace: Option<String>,
+    /// Namespaces whose Flows and Outputs are read (empty, with no selector: all).
+    #[serde(rename = "watchNamespaces", default, skip_serializing_if = "Option::is_none")]
+    pub watch_namespaces: Option<Vec<String>>,
+    /// Also a way to choose namespaces; log-socket then relies on `status.watchNamespaces`.
+    #[serde(rename = "watchNamespaceSelector", default, skip_serializing_if = "Option::is_none")]
+    pub watch_namespace_selector: Option<Value>,
+    /// ClusterFlows and ClusterOutputs count from any namespace.
+    #[serde(
+        rename = "allowClusterResourcesFromAllNamespaces",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub allow_cluster_resources_from_all_namespaces: Option<bool>,
+    #[serde(flatten)]
+    pub other: Other,
+}
+
+/// Status of a `Logging`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+pub struct LoggingResourceStatus {
+    /// fluentd configuration checks by configuration hash: `false` means that configuration
+    /// failed its check and the previous one keeps running.
+    #[serde(rename = "configCheckResults", default, skip_serializing_if = "Option::is_none")]
+    pub config_check_results: Option<std::collections::BTreeMap<String, bool>>,
+    /// The namespaces resolved from `watchNamespaces` and `watchNamespaceSelector` (`*`: all).
+    #[serde(rename = "watchNamespaces", default, skip_serializing_if = "Option::is_none")]
+    pub watch_namespaces: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problems: Option<Vec<String>>,
+    #[serde(flatten)]
+    pub other: Other,
+}
+
+impl Logging {
+    /// Whether this Logging renders Flows and Outputs of `namespace`.
+    pub fn watches(&self, namespace: &str) -> bool {
+        if let Some(resolved) = self.status.as_ref().and_then(|s| s.watch_namespaces.as_ref()) {
+            return resolved.iter().any(|n| n == "*" || n == namespace);
+        }
+        match &self.spec.watch_namespaces {
+            Some(list) if !list.is_empty() => list.iter().any(|n| n == namespace),
+            // Without a resolved status, a selector cannot be evaluated here: not watched.
+            _ => self.spec.watch_namespace_selector.is_none(),
+        }
+    }
+
+    /// Whether this Logging reads ClusterFlows and ClusterOutputs from `namespace`.
+    pub fn reads_cluster_resources_from(&self, namespace: &str) -> bool {
+        self.spec.allow_cluster_resources_from_all_namespaces == Some(true)
+            || self.spec.control_namespace.as_deref() == Some(namespace)
+    }
+
+    /// The `loggingRef` objects must carry to belong to it (`""` when none).
+    pub fn reference(&self) -> &str {
+        self.spec.logging_ref.as_deref().unwrap_or("")
+    }
+
+    /// The configuration checks it has recorded.
+    pub fn config_checks(&self) -> std::collections::BTreeMap<String, bool> {
+        self.status
+            .as_ref()
+            .and_then(|s| s.config_check_results.clone())
+            .unwrap_or_default()
+    }
+}
+
 /// Status shared by Flow, ClusterFlow, Output and ClusterOutput.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 pub struct LoggingStatus {
@@ -153,6 +237,8 @@ pub struct LoggingStatus {
 pub trait HasStatus {
     /// What logging-operator reports as wrong with this object (empty: nothing, or not yet seen).
     fn problems(&self) -> Vec<String>;
+    /// The status as logging-operator last wrote it.
+    fn status_of(&self) -> Option<&LoggingStatus>;
 }
 
 macro_rules! has_status {
@@ -160,6 +246,9 @@ macro_rules! has_status {
         impl HasStatus for $kind {
             fn problems(&self) -> Vec<String> {
                 self.status.as_ref().and_then(|s| s.problems.clone()).unwrap_or_default()
+            }
+            fn status_of(&self) -> Option<&LoggingStatus> {
+                self.status.as_ref()
             }
         }
     )*};

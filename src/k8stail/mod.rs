@@ -155,6 +155,12 @@ pub struct TailArgs {
     #[arg(long, help_heading = "Connection")]
     pub no_reconnect: bool,
 
+    /// Keep streaming when the tap is refused or failed (a Secret missing, the output rejected,
+    /// the flow not found...): it proceeds once the cause is fixed. Without it, k8stail prints
+    /// the reason and exits 1.
+    #[arg(long, help_heading = "Connection")]
+    pub wait: bool,
+
     /// Longest wait between reconnection attempts (the wait doubles from 250ms, with jitter).
     #[arg(long, default_value = "10s", value_name = "DURATION", help_heading = "Connection")]
     pub max_backoff: HumanDuration,

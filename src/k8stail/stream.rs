@@ -69,6 +69,8 @@ enum End {
     Broken(String),
     /// The relay reported an error; stop.
     Failed(String),
+    /// The tap behind the stream failed (and `--wait` was not given); stop.
+    TapFailed(String),
 }
 
 /// Follow `target` until Ctrl-C, or until the stream cannot go on.
@@ -162,6 +164,7 @@ pub async fn follow(
             &mut backoff,
             &mut ctrl_c,
             resume,
+            args.wait,
         )
         .await;
         if let (Some(path), Some(p)) = (&args.resume_file, position) {
@@ -175,6 +178,12 @@ pub async fn follow(
             End::Failed(reason) => {
                 notes.clear();
                 return Err(Error::Stream(format!("{target}: the relay ended the stream: {reason}")));
+            }
+            End::TapFailed(reason) => {
+                notes.clear();
+                return Err(Error::Stream(format!(
+                    "{target}: {reason} (k8stail --wait keeps waiting until it is fixed)"
+                )));
             }
             End::Closed(reason) | End::Broken(reason) if args.no_reconnect => {
                 notes.note(&format!("{reason}; exiting (--no-reconnect)"));
@@ -215,10 +224,14 @@ async fn read(
     backoff: &mut Backoff,
     ctrl_c: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
     resume: Option<(&Path, &Target)>,
+    wait: bool,
 ) -> Result<End> {
     let mut save = tokio::time::interval(Duration::from_secs(1));
     let mut saved = *position;
-    let mut stream = Connection::default();
+    let mut stream = Connection {
+        wait,
+        ..Connection::default()
+    };
     loop {
         let message = tokio::select! {
             m = ws.next() => m,
@@ -259,7 +272,12 @@ async fn read(
                         .map_err(Error::Output)?;
                 }
             }
-            Ok(Decoded::Other(frame)) => stream.frame(frame, position, notes, backoff),
+            Ok(Decoded::Other(frame)) => {
+                if let Some(end) = stream.frame(frame, position, notes, backoff) {
+                    let _ = ws.close(None).await;
+                    return Ok(end);
+                }
+            }
             Err(_) => notes.note(&format!(
                 "ignoring a frame that is not protocol JSON: {:.80}",
                 text.as_str()
@@ -279,6 +297,8 @@ struct Connection {
     failure: Option<String>,
     /// No record yet: the status line shows what the tap waits for.
     waiting: bool,
+    /// `--wait`: a failed tap is reported, not the end.
+    wait: bool,
 }
 
 impl Default for Connection {
@@ -289,6 +309,7 @@ impl Default for Connection {
             last_trouble: None,
             failure: None,
             waiting: true,
+            wait: false,
         }
     }
 }
@@ -314,7 +335,14 @@ impl Connection {
     }
 
     /// Act on a frame other than a record: status lines, notes, the position's numbering.
-    fn frame(&mut self, frame: Frame, position: &mut Option<Position>, notes: &mut Notes, backoff: &mut Backoff) {
+    /// Returns how the stream ends when the frame ends it.
+    fn frame(
+        &mut self,
+        frame: Frame,
+        position: &mut Option<Position>,
+        notes: &mut Notes,
+        backoff: &mut Backoff,
+    ) -> Option<End> {
         match frame {
             Frame::Status(Status::Tap {
                 flow_tap,
@@ -322,6 +350,9 @@ impl Connection {
                 message,
                 ..
             }) => match phase.as_deref() {
+                Some("Failed") if !self.wait => {
+                    return Some(End::TapFailed(format!("FlowTap {flow_tap} is Failed: {message}")));
+                }
                 Some(phase @ ("Failed" | "Degraded")) if self.last_trouble.as_ref() != Some(&message) => {
                     notes.note(&format!("FlowTap {flow_tap} is {phase}: {message}"));
                     self.last_trouble = Some(message);
@@ -366,6 +397,7 @@ impl Connection {
             // Newer frame types and states are for newer clients.
             Frame::Record { .. } | Frame::Status(Status::Unknown) | Frame::Unknown => {}
         }
+        None
     }
 }
 

@@ -7,13 +7,15 @@
 //! guarded by resourceVersion. Nothing here touches an object log-socket did not create.
 
 use super::controller::{publish, Context};
-use super::status::{FlowState, OutputState};
+use super::status::FlowState;
 use super::{output_name, OperatorConfig, MANAGED_BY};
-use crate::k8s::flowtap::{FlowKind, FlowTap, OutputKind};
-use crate::k8s::logging::{ClusterFlow, ClusterOutput, ClusterOutputSpec, Flow, HasStatus, Output, OutputSpec};
+use crate::k8s::flowtap::{FlowKind, FlowRef, FlowTap, OutputKind, PatchedFlow};
+use crate::k8s::logging::{
+    ClusterFlow, ClusterOutput, ClusterOutputSpec, Flow, HasStatus, LoggingStatus, Output, OutputSpec,
+};
 use crate::relay::TapKey;
 use crate::{Error, Result};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::api::{Api, PostParams};
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
@@ -24,7 +26,7 @@ use std::fmt::Debug;
 use std::time::Duration;
 
 /// The http output a tap needs (see the logging-operator notes in the README).
-pub fn desired_output_spec(tap: &FlowTap, config: &OperatorConfig) -> Value {
+pub fn desired_output_spec(tap: &FlowTap, config: &OperatorConfig, logging_ref: Option<&str>) -> Value {
     let key = TapKey {
         kind: tap.spec.flow_ref.kind,
         namespace: tap.namespace().unwrap_or_default(),
@@ -61,7 +63,13 @@ pub fn desired_output_spec(tap: &FlowTap, config: &OperatorConfig) -> Value {
         http["tls_client_cert_path"] = mount_from("tls.crt");
         http["tls_private_key_path"] = mount_from("tls.key");
     }
-    json!({ "http": http })
+    let mut spec = json!({ "http": http });
+    // The output belongs to the flow's Logging (a mismatch makes logging-operator ignore it,
+    // and the flow would name a missing output).
+    if let Some(r) = logging_ref.filter(|r| !r.is_empty()) {
+        spec["loggingRef"] = json!(r);
+    }
+    spec
 }
 
 fn owner(tap: &FlowTap) -> OwnerReference {
@@ -82,10 +90,26 @@ fn is_ours(meta: &kube::api::ObjectMeta, tap: &FlowTap) -> bool {
             .is_some_and(|uid| super::owning_tap_uids(meta).contains(&uid.as_str()))
 }
 
-pub(super) async fn ensure_output(tap: &FlowTap, name: &str, ctx: &Context) -> Result<(OutputState, bool)> {
+/// What [`ensure_output`] and [`ensure_mirror`] found.
+pub(super) struct Ensured {
+    /// An object of that name exists and is not log-socket's: left alone.
+    pub taken: bool,
+    /// It existed before this reconcile.
+    pub existed: bool,
+    /// Its status, as logging-operator last wrote it.
+    pub status: Option<LoggingStatus>,
+    pub created: Option<Time>,
+}
+
+pub(super) async fn ensure_output(
+    tap: &FlowTap,
+    name: &str,
+    ctx: &Context,
+    logging_ref: Option<&str>,
+) -> Result<Ensured> {
     let ns = tap.namespace().unwrap_or_default();
     let output: OutputSpec =
-        serde_json::from_value(desired_output_spec(tap, &ctx.config)).expect("a valid output spec");
+        serde_json::from_value(desired_output_spec(tap, &ctx.config, logging_ref)).expect("a valid output spec");
     let repaired = ("OutputRepaired", format!("{name} was changed and was restored"));
     match tap.spec.flow_ref.kind.output_kind() {
         OutputKind::Output => {
@@ -105,8 +129,9 @@ pub(super) async fn ensure_output(tap: &FlowTap, name: &str, ctx: &Context) -> R
     }
 }
 
-/// Create `desired` if missing; repair its spec if someone changed it; refuse to touch an
-/// object of that name log-socket does not own.
+/// Create `desired` if missing; repair its spec if someone changed it (a repaired object's
+/// old status no longer applies); refuse to touch an object of that name log-socket does not
+/// own.
 async fn ensure_managed<K, S>(
     api: Api<K>,
     desired: &mut K,
@@ -114,7 +139,7 @@ async fn ensure_managed<K, S>(
     ctx: &Context,
     spec: impl Fn(&mut K) -> &mut S,
     (reason, note): (&str, String),
-) -> Result<(OutputState, bool)>
+) -> Result<Ensured>
 where
     K: Resource + HasStatus + Clone + Serialize + DeserializeOwned + Debug,
     K::DynamicType: Default,
@@ -123,27 +148,47 @@ where
     let name = desired.meta().name.clone().unwrap_or_default();
     desired.meta_mut().labels = Some([(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned())].into());
     desired.meta_mut().owner_references = Some(vec![owner(tap)]);
+    let fresh = |existed, created| Ensured {
+        taken: false,
+        existed,
+        status: None,
+        created,
+    };
     match api.get_opt(&name).await? {
         None => {
-            api.create(&PostParams::default(), desired).await?;
+            let created = api.create(&PostParams::default(), desired).await?;
             tracing::info!(tap = %tap.name_any(), kind = K::kind(&Default::default()).as_ref(), name = %name, "created");
-            Ok((OutputState::Ready, false))
+            Ok(fresh(false, created.meta().creation_timestamp.clone()))
         }
         Some(mut existing) => {
             if !is_ours(existing.meta(), tap) {
-                return Ok((OutputState::NameTaken, true));
+                return Ok(Ensured {
+                    taken: true,
+                    ..fresh(true, None)
+                });
             }
+            let created = existing.meta().creation_timestamp.clone();
+            let status = existing.status_of().cloned();
             let want = spec(desired).clone();
             if *spec(&mut existing) != want {
                 *spec(&mut existing) = want;
                 api.replace(&name, &PostParams::default(), &existing).await?;
                 publish(ctx, tap, EventType::Normal, reason, &note).await;
-                return Ok((OutputState::Ready, true));
+                // The status still judges the spec before the repair; the next pass reads the
+                // judgement of the restored one.
+                return Ok(Ensured {
+                    taken: false,
+                    existed: true,
+                    status,
+                    created,
+                });
             }
-            match existing.problems() {
-                p if !p.is_empty() => Ok((OutputState::Problems(p), true)),
-                _ => Ok((OutputState::Ready, true)),
-            }
+            Ok(Ensured {
+                taken: false,
+                existed: true,
+                status,
+                created,
+            })
         }
     }
 }
@@ -170,12 +215,14 @@ pub(super) async fn ensure_flow_ref(
     ctx: &Context,
     output_existed: bool,
 ) -> Result<FlowState> {
-    Ok(match edit_flow_refs(tap, output, ctx, true).await? {
-        None => FlowState::Missing,
-        Some((true, _)) if output_existed => FlowState::Repaired,
-        Some((_, problems)) if !problems.is_empty() => FlowState::Problems(problems),
-        Some(_) => FlowState::Patched,
-    })
+    Ok(
+        match edit_flow_refs(tap, &tap.spec.flow_ref, output, ctx, true).await? {
+            None => FlowState::Missing,
+            Some((true, _)) if output_existed => FlowState::Repaired,
+            Some((_, problems)) if !problems.is_empty() => FlowState::Problems(problems),
+            Some(_) => FlowState::Patched,
+        },
+    )
 }
 
 /// Mirror mode: a managed sibling of the tapped flow, with its spec (match, filters, ...) and
@@ -195,6 +242,7 @@ pub(super) async fn ensure_mirror(tap: &FlowTap, output: &str, ctx: &Context) ->
             let mut spec = original.spec;
             spec.local_output_refs = Some(vec![output.to_owned()]);
             spec.global_output_refs = None;
+            without_custom_label(&mut spec.other);
             let mut mirror = Flow::new(&name, spec);
             ensure_managed(api, &mut mirror, tap, ctx, |f| &mut f.spec, synced()).await?
         }
@@ -206,21 +254,31 @@ pub(super) async fn ensure_mirror(tap: &FlowTap, output: &str, ctx: &Context) ->
             };
             let mut spec = original.spec;
             spec.global_output_refs = Some(vec![output.to_owned()]);
+            without_custom_label(&mut spec.other);
             let mut mirror = ClusterFlow::new(&name, spec);
             ensure_managed(api, &mut mirror, tap, ctx, |f| &mut f.spec, synced()).await?
         }
     };
-    Ok(match state.0 {
-        OutputState::Ready => FlowState::Mirrored,
-        OutputState::Problems(p) => FlowState::Problems(p),
-        OutputState::NameTaken => FlowState::NameTaken(name),
+    let problems = state.status.and_then(|s| s.problems).unwrap_or_default();
+    Ok(match (state.taken, problems.is_empty()) {
+        (true, _) => FlowState::NameTaken(name),
+        (false, false) => FlowState::Problems(problems),
+        (false, true) => FlowState::Mirrored,
     })
 }
 
-pub(super) async fn remove_mirror(tap: &FlowTap, ctx: &Context) -> Result<()> {
+/// A mirror must not carry the flow's custom fluentd label: two flows with one label would
+/// render a duplicate `<label>` section.
+fn without_custom_label(spec: &mut crate::k8s::logging::Other) {
+    spec.remove("flowLabel");
+    spec.remove("includeLabelInRouter");
+}
+
+/// Delete the tap's mirror of a `kind` flow, if there is one.
+pub(super) async fn remove_mirror(tap: &FlowTap, kind: FlowKind, ctx: &Context) -> Result<()> {
     let ns = tap.namespace().unwrap_or_default();
     let name = output_name(&tap.name_any());
-    let removed = match tap.spec.flow_ref.kind {
+    let removed = match kind {
         FlowKind::Flow => delete_managed::<Flow>(Api::namespaced(ctx.client.clone(), &ns), &name, tap).await?,
         FlowKind::ClusterFlow => {
             delete_managed::<ClusterFlow>(Api::namespaced(ctx.client.clone(), &ns), &name, tap).await?
@@ -232,15 +290,23 @@ pub(super) async fn remove_mirror(tap: &FlowTap, ctx: &Context) -> Result<()> {
     Ok(())
 }
 
-pub(super) async fn ensure_flow_ref_removed(tap: &FlowTap, output: &str, ctx: &Context) -> Result<()> {
-    edit_flow_refs(tap, output, ctx, false).await.map(|_| ())
+/// Take `output` out of the refs of `flow` (in the tap's namespace), if it is there.
+pub(super) async fn ensure_flow_ref_removed(tap: &FlowTap, flow: &FlowRef, output: &str, ctx: &Context) -> Result<()> {
+    edit_flow_refs(tap, flow, output, ctx, false).await.map(|_| ())
 }
 
-/// [`edit_refs`] on the tap's Flow (`localOutputRefs`) or ClusterFlow (`globalOutputRefs`).
-async fn edit_flow_refs(tap: &FlowTap, output: &str, ctx: &Context, add: bool) -> Result<Option<(bool, Vec<String>)>> {
+/// [`edit_refs`] on a Flow (`localOutputRefs`) or ClusterFlow (`globalOutputRefs`) in the
+/// tap's namespace.
+async fn edit_flow_refs(
+    tap: &FlowTap,
+    flow_ref: &FlowRef,
+    output: &str,
+    ctx: &Context,
+    add: bool,
+) -> Result<Option<(bool, Vec<String>)>> {
     let ns = tap.namespace().unwrap_or_default();
-    let flow = &tap.spec.flow_ref.name;
-    match tap.spec.flow_ref.kind {
+    let flow = &flow_ref.name;
+    match flow_ref.kind {
         FlowKind::Flow => {
             let api = Api::<Flow>::namespaced(ctx.client.clone(), &ns);
             edit_refs(api, flow, |f| &mut f.spec.local_output_refs, output, add).await
@@ -292,4 +358,55 @@ where
         }
     }
     Err(Error::FlowKeptChanging { flow: name.to_owned() })
+}
+
+/// The `loggingRef` of the tap's flow (`""` when it has none), or `None` when the flow does
+/// not exist.
+pub(super) async fn flow_logging_ref(tap: &FlowTap, ctx: &Context) -> Result<Option<String>> {
+    let ns = tap.namespace().unwrap_or_default();
+    let name = &tap.spec.flow_ref.name;
+    let logging_ref = match tap.spec.flow_ref.kind {
+        FlowKind::Flow => Api::<Flow>::namespaced(ctx.client.clone(), &ns)
+            .get_opt(name)
+            .await?
+            .map(|f| f.spec.logging_ref),
+        FlowKind::ClusterFlow => Api::<ClusterFlow>::namespaced(ctx.client.clone(), &ns)
+            .get_opt(name)
+            .await?
+            .map(|f| f.spec.logging_ref),
+    };
+    Ok(logging_ref.map(|r| r.unwrap_or_default()))
+}
+
+/// Undo what `patched` records: the output's ref taken out of that flow, or that mirror
+/// deleted.
+pub(super) async fn unpatch(tap: &FlowTap, patched: &PatchedFlow, ctx: &Context) -> Result<()> {
+    ensure_flow_ref_removed(tap, &patched.flow_ref, &patched.output, ctx).await?;
+    remove_mirror(tap, patched.flow_ref.kind, ctx).await
+}
+
+/// Everything the tap changed, undone in the order logging-operator needs: flows first (what
+/// `patched` records, and the spec's flow), then the mirror, then the output.
+pub(super) async fn teardown(tap: &FlowTap, patched: Option<&PatchedFlow>, ctx: &Context) -> Result<bool> {
+    let output = output_name(&tap.name_any());
+    if let Some(patched) = patched {
+        unpatch(tap, patched, ctx).await?;
+    }
+    ensure_flow_ref_removed(tap, &tap.spec.flow_ref, &output, ctx).await?;
+    remove_mirror(tap, tap.spec.flow_ref.kind, ctx).await?;
+    let ns = tap.namespace().unwrap_or_default();
+    let mut deleted = false;
+    // Both kinds: a flowRef that changed kind leaves the other kind of output behind.
+    for kind in [FlowKind::Flow, FlowKind::ClusterFlow] {
+        let gone = match kind.output_kind() {
+            OutputKind::Output => {
+                delete_managed::<Output>(Api::namespaced(ctx.client.clone(), &ns), &output, tap).await?
+            }
+            OutputKind::ClusterOutput => {
+                delete_managed::<ClusterOutput>(Api::namespaced(ctx.client.clone(), &ns), &output, tap).await?
+            }
+        };
+        deleted |= gone;
+    }
+    Ok(deleted)
 }

@@ -6,13 +6,12 @@
 //! One reconcile is a few small steps: expire sessions, end an idle tap, ensure the children
 //! (`children`), derive the status ([`super::status`], pure), write it if it changed.
 
-use super::children::{
-    delete_managed, ensure_flow_ref, ensure_flow_ref_removed, ensure_mirror, ensure_output, remove_mirror,
-};
-use super::status::{self, age, FlowState, Observed, OutputState};
+use super::children::{self, ensure_flow_ref, ensure_flow_ref_removed, ensure_mirror, ensure_output, remove_mirror};
+use super::preflight::{self, Refusal, Validation};
+use super::status::{self, age, FlowState, Observed, OutputState, Shared};
 use super::{output_name, update_status, OperatorConfig, FINALIZER};
-use crate::k8s::flowtap::{FlowKind, FlowTap, OutputRef, Phase, TapMode};
-use crate::k8s::logging::{ClusterFlow, ClusterOutput, Flow, Output};
+use crate::k8s::flowtap::{FlowKind, FlowTap, OutputRef, PatchedFlow, Phase, TapMode};
+use crate::k8s::logging::{ClusterFlow, ClusterOutput, Flow, Logging, Output};
 use crate::{Error, Result};
 use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
@@ -33,6 +32,8 @@ pub struct Context {
     pub client: kube::Client,
     pub config: Arc<OperatorConfig>,
     pub recorder: Recorder,
+    /// The controller's cache of FlowTaps (which taps share a flow).
+    pub taps: Store<FlowTap>,
 }
 
 /// Run the controller until `shutdown` completes.
@@ -45,10 +46,12 @@ pub async fn run(
         controller: "log-socket".into(),
         instance: Some(config.instance.clone()),
     };
+    let controller = Controller::new(config.taps(&client), watcher::Config::default());
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
         config,
+        taps: controller.store(),
     });
     let (outputs, cluster_outputs) = (
         ctx.config.scoped::<Output>(&client),
@@ -60,14 +63,15 @@ pub async fn run(
         Err(e) => tracing::warn!(error = %e, "could not look for leftovers of deleted FlowTaps"),
     }
     let managed = || watcher::Config::default().labels("app.kubernetes.io/managed-by=log-socket");
-    let controller = Controller::new(ctx.config.taps(&client), watcher::Config::default());
     let (flows, cluster_flows) = (
         ctx.config.scoped::<Flow>(&client),
         ctx.config.scoped::<ClusterFlow>(&client),
     );
     // Flows are watched (not polled) so that a removed ref is repaired and a mirror follows
     // its flow at once.
-    let (store, store2) = (controller.store(), controller.store());
+    let (store, store2, store3) = (controller.store(), controller.store(), controller.store());
+    // A new configuration check of a Logging concerns the taps it renders.
+    let loggings: Api<Logging> = Api::all(client.clone());
     controller
         .owns(outputs, managed())
         .owns(cluster_outputs, managed())
@@ -76,6 +80,20 @@ pub async fn run(
         })
         .watches(cluster_flows, watcher::Config::default(), move |f: ClusterFlow| {
             taps_of(&store2, FlowKind::ClusterFlow, &f.metadata)
+        })
+        .watches(loggings, watcher::Config::default(), move |l: Logging| {
+            let name = l.name_any();
+            store3
+                .state()
+                .iter()
+                .filter(|t| {
+                    t.status
+                        .as_ref()
+                        .and_then(|s| s.patched.as_ref())
+                        .is_some_and(|p| p.logging.as_deref() == Some(name.as_str()))
+                })
+                .map(|t| ObjectRef::from_obj(&**t))
+                .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -134,20 +152,44 @@ async fn apply(tap: &FlowTap, ctx: &Context) -> Result<Action> {
     }
 
     let output = output_name(&name);
-    let (output_state, flow_state) = ensure_children(&tap, &output, ctx).await?;
+    let current = tap.status.clone().unwrap_or_default();
+    let mut patched = current.patched.clone();
+    // A flowRef that changed (clusters without CEL do not stop it): undo the old flow first.
+    if let Some(old) = patched.as_ref().filter(|p| p.flow_ref != tap.spec.flow_ref) {
+        children::unpatch(&tap, old, ctx).await?;
+        tracing::info!(tap = %name, flow = %old.flow_ref.name, "flowRef changed: the old flow was restored");
+        patched = None;
+    }
+    let step = match sharing(&ctx.taps, &tap) {
+        // Another FlowTap feeds this flow's relay tap: share it, never a second output.
+        Some(shared) => {
+            children::teardown(&tap, patched.as_ref(), ctx).await?;
+            Step {
+                output_state: OutputState::Shared(shared.clone()),
+                flow_state: FlowState::Shared(shared),
+                patched: None,
+                recheck: Some(Duration::from_secs(5)),
+            }
+        }
+        None => ensure_children(&tap, &output, patched.as_ref(), ctx).await?,
+    };
+    let refused = match (&step.output_state, &step.flow_state) {
+        (OutputState::Refused(r), _) | (_, FlowState::Refused(r)) => Some(r.clone()),
+        _ => None,
+    };
     let seen = Observed {
         output: &output,
-        output_state: &output_state,
-        flow_state: &flow_state,
+        output_state: &step.output_state,
+        flow_state: &step.flow_state,
         never_listened: linger.never_listened,
     };
     let (conditions, phase) = status::derive(&tap, &seen, now);
-    let current = tap.status.clone().unwrap_or_default();
     let generation = tap.metadata.generation;
     let changed = current.phase != Some(phase)
         || current.conditions != conditions
         || current.observed_generation != generation
-        || current.output.as_ref().map(|o| &o.name) != Some(&output);
+        || current.output.as_ref().map(|o| &o.name) != Some(&output)
+        || current.patched != step.patched;
     if changed {
         let output_kind = tap.spec.flow_ref.kind.output_kind();
         let patch = json!({"status": {
@@ -155,21 +197,255 @@ async fn apply(tap: &FlowTap, ctx: &Context) -> Result<Action> {
             "conditions": conditions,
             "output": OutputRef { kind: output_kind, name: output.clone() },
             "observedGeneration": generation,
+            "patched": step.patched,
         }});
         api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
     }
-    if matches!(flow_state, FlowState::Repaired) {
+    // Events on transitions only, so a tap that stays refused does not flood them.
+    let had =
+        |type_: &str, reason: &str| status::condition(&current.conditions, type_).is_some_and(|c| c.reason == reason);
+    if let Some(r) = &refused {
+        if !had("OutputReady", r.reason) && !had("FlowPatched", r.reason) {
+            publish(ctx, &tap, EventType::Warning, r.reason, &r.message).await;
+        }
+    } else if phase == Phase::Active && !had("Ready", "Active") {
+        let note = format!("{output} validated and in the flow; records follow once fluentd has reloaded");
+        publish(ctx, &tap, EventType::Normal, "Active", &note).await;
+    }
+    if matches!(step.flow_state, FlowState::Repaired) {
         let note = format!("appended {output} to the flow again");
         publish(ctx, &tap, EventType::Normal, "FlowRepaired", &note).await;
     }
 
-    // Come back for drift, session expiry and the linger deadline.
+    // Come back for drift, session expiry, the linger deadline, a validation or a check.
     let mut next = Duration::from_secs(30).min(ctx.config.session_ttl / 2);
     if let Some(left) = linger.left {
         next = next.min(left + Duration::from_secs(1));
     }
+    if let Some(wait) = step.recheck {
+        next = next.min(wait);
+    }
     Ok(Action::requeue(next.max(Duration::from_secs(1))))
+}
+
+/// What one pass did to the tap's children.
+struct Step {
+    output_state: OutputState,
+    flow_state: FlowState,
+    /// What is patched now (for `status.patched`).
+    patched: Option<PatchedFlow>,
+    /// Look again this soon (a validation or a configuration check is pending).
+    recheck: Option<Duration>,
+}
+
+/// Check first, then change: refuse before the flow would name anything logging-operator
+/// cannot render; the output before the flow, validated before it is named; the configuration
+/// check after. Any refusal restores the flow (and, where the refusal is the output's or the
+/// configuration's, removes what the tap made).
+async fn ensure_children(tap: &FlowTap, output: &str, patched: Option<&PatchedFlow>, ctx: &Context) -> Result<Step> {
+    let ns = tap.namespace().unwrap_or_default();
+    let refuse = |output_state, flow_state| Step {
+        output_state,
+        flow_state,
+        patched: None,
+        recheck: Some(Duration::from_secs(10)),
+    };
+    // A configuration check that failed with this tap is final until the spec changes.
+    if let Some(r) = refused_config_check(tap) {
+        children::teardown(tap, patched, ctx).await?;
+        return Ok(Step {
+            recheck: None,
+            ..refuse(OutputState::Ready, FlowState::Refused(r))
+        });
+    }
+    let Some(logging_ref) = children::flow_logging_ref(tap, ctx).await? else {
+        children::teardown(tap, patched, ctx).await?;
+        return Ok(Step {
+            recheck: None,
+            ..refuse(OutputState::Ready, FlowState::Missing)
+        });
+    };
+    let logging = match preflight::find_logging(&ctx.client, tap.spec.flow_ref.kind, &ns, &logging_ref).await? {
+        Ok(logging) => logging,
+        Err(r) => {
+            children::teardown(tap, patched, ctx).await?;
+            return Ok(refuse(OutputState::Refused(r), FlowState::Skipped));
+        }
+    };
+    let spec = children::desired_output_spec(tap, &ctx.config, Some(&logging_ref));
+    if let Some(r) = preflight::check_secrets(&ctx.client, &ns, &preflight::secret_refs(&spec)).await {
+        children::teardown(tap, patched, ctx).await?;
+        return Ok(refuse(OutputState::Refused(r), FlowState::Skipped));
+    }
+
+    let ensured = ensure_output(tap, output, ctx, Some(&logging_ref)).await?;
+    if ensured.taken {
+        if let Some(p) = patched {
+            children::unpatch(tap, p, ctx).await?;
+        }
+        return Ok(Step {
+            recheck: None,
+            ..refuse(OutputState::NameTaken, FlowState::Skipped)
+        });
+    }
+    let validation = preflight::validation(
+        ensured.status.as_ref(),
+        ensured.created.as_ref(),
+        ctx.config.output_accept_timeout,
+        status::now(),
+    );
+    match validation {
+        Validation::Accepted => {}
+        Validation::Waiting(left) => {
+            // Not validated yet. An output that was just (re)created while a flow still names
+            // it (someone deleted it): that flow no longer renders, so restore it right away.
+            let mut still = patched.cloned();
+            if let (Some(p), false) = (patched, ensured.existed) {
+                children::unpatch(tap, p, ctx).await?;
+                still = None;
+            }
+            return Ok(Step {
+                output_state: OutputState::Validating(left),
+                flow_state: FlowState::Skipped,
+                patched: still,
+                recheck: Some(left.min(Duration::from_secs(2))),
+            });
+        }
+        Validation::Refused(r) => {
+            // The output stays, unnamed (logging-operator renders only outputs a flow names),
+            // so its status keeps telling what is wrong; the tap proceeds once it is fixed.
+            if let Some(p) = patched {
+                children::unpatch(tap, p, ctx).await?;
+            }
+            return Ok(refuse(OutputState::Refused(r), FlowState::Skipped));
+        }
+    }
+
+    // Baseline of the Logging's configuration checks before the flow names the output.
+    let before: Vec<String> = logging.config_checks().into_keys().collect();
+    let flow_state = match tap.spec.mode {
+        TapMode::Patch => {
+            let state = ensure_flow_ref(tap, output, ctx, ensured.existed).await?;
+            remove_mirror(tap, tap.spec.flow_ref.kind, ctx).await?;
+            state
+        }
+        TapMode::Mirror => {
+            // The mirror first, so switching from Patch loses no record.
+            let state = ensure_mirror(tap, output, ctx).await?;
+            ensure_flow_ref_removed(tap, &tap.spec.flow_ref, output, ctx).await?;
+            state
+        }
+    };
+    let in_place = matches!(
+        flow_state,
+        FlowState::Patched | FlowState::Repaired | FlowState::Mirrored | FlowState::Problems(_)
+    );
+    if !in_place {
+        return Ok(Step {
+            output_state: OutputState::Ready,
+            flow_state,
+            patched: None,
+            recheck: None,
+        });
+    }
+    let logging_name = logging.name_any();
+    // No record in the (cached) tap: read it from the API before starting a new one, so a
+    // reconcile on a view older than the last status write cannot take a baseline that already
+    // holds this tap's own configuration check.
+    let fresh;
+    let patched = match patched {
+        Some(p) => Some(p),
+        None => {
+            let api: Api<FlowTap> = Api::namespaced(ctx.client.clone(), &ns);
+            fresh = api
+                .get_opt(&tap.name_any())
+                .await?
+                .and_then(|t| t.status)
+                .and_then(|s| s.patched);
+            fresh.as_ref().filter(|p| p.flow_ref == tap.spec.flow_ref)
+        }
+    };
+    let mut record = match patched {
+        Some(p) if p.mode == tap.spec.mode && p.logging.as_deref() == Some(logging_name.as_str()) => p.clone(),
+        _ => PatchedFlow {
+            flow_ref: tap.spec.flow_ref.clone(),
+            output: output.to_owned(),
+            mode: tap.spec.mode,
+            logging: Some(logging_name),
+            config_checks_before: before,
+            config_accepted: false,
+        },
+    };
+    // Checked on every pass, also after a passing check: a check that started before the patch
+    // may finish after it, so a pass is no proof that a later one with the tap will pass too.
+    let mut recheck = None;
+    {
+        match preflight::config_check_since(&logging, &record.config_checks_before) {
+            Some(true) => record.config_accepted = true,
+            Some(false) => {
+                let r = Refusal::new(
+                    preflight::CONFIG_CHECK_FAILED,
+                    format!(
+                        "logging-operator's check of the fluentd configuration with the tap failed (Logging {}); the previous configuration kept running",
+                        record.logging.as_deref().unwrap_or("-")
+                    ),
+                );
+                children::teardown(tap, Some(&record), ctx).await?;
+                return Ok(Step {
+                    recheck: None,
+                    ..refuse(OutputState::Ready, FlowState::Refused(r))
+                });
+            }
+            None => recheck = Some(Duration::from_secs(3)),
+        }
+    }
+    Ok(Step {
+        output_state: OutputState::Ready,
+        flow_state,
+        patched: Some(record),
+        recheck,
+    })
+}
+
+/// Several FlowTaps on one flow share its relay tap, and only one of them has an output: the
+/// first by (persistent first, then name), the order listeners join in. Another tap shares it;
+/// so does the first while a tap before it still has its output in a flow (being deleted), so
+/// two outputs never feed one relay tap.
+fn sharing(taps: &Store<FlowTap>, tap: &FlowTap) -> Option<Shared> {
+    let same_flow: Vec<Arc<FlowTap>> = taps
+        .state()
+        .into_iter()
+        .filter(|t| t.metadata.namespace == tap.metadata.namespace && t.spec.flow_ref == tap.spec.flow_ref)
+        .collect();
+    let order = |t: &FlowTap| (!t.spec.persistent, t.name_any());
+    let first = same_flow
+        .iter()
+        .filter(|t| t.metadata.deletion_timestamp.is_none())
+        .min_by_key(|t| order(t))?;
+    let shared = |t: &FlowTap| Shared {
+        with: t.name_any(),
+        phase: t.status.as_ref().and_then(|s| s.phase),
+    };
+    if first.name_any() != tap.name_any() {
+        return Some(shared(first));
+    }
+    same_flow
+        .iter()
+        .find(|t| t.name_any() != tap.name_any() && t.status.as_ref().is_some_and(|s| s.patched.is_some()))
+        .map(|t| shared(t))
+}
+
+/// The refusal of a failed configuration check, while the spec is the one that failed.
+fn refused_config_check(tap: &FlowTap) -> Option<Refusal> {
+    let status = tap.status.as_ref()?;
+    let c = status::condition(&status.conditions, "FlowPatched")?;
+    (c.reason == preflight::CONFIG_CHECK_FAILED && c.observed_generation == tap.metadata.generation).then(|| {
+        Refusal::new(
+            preflight::CONFIG_CHECK_FAILED,
+            c.message.trim_start_matches("the flow was restored: ").to_owned(),
+        )
+    })
 }
 
 /// Drop the sessions of relays that stopped renewing (crashed, partitioned). Returns the tap as
@@ -210,30 +486,8 @@ async fn delete_idle(api: &Api<FlowTap>, tap: &FlowTap, idle: Duration) -> Resul
     Ok(Action::await_change())
 }
 
-/// The output first, then the flow side: a flow naming a missing output blocks
-/// logging-operator.
-async fn ensure_children(tap: &FlowTap, output: &str, ctx: &Context) -> Result<(OutputState, FlowState)> {
-    let (output_state, output_existed) = ensure_output(tap, output, ctx).await?;
-    let flow_state = match (&output_state, tap.spec.mode) {
-        (OutputState::NameTaken, _) => FlowState::Skipped,
-        (_, TapMode::Patch) => {
-            let state = ensure_flow_ref(tap, output, ctx, output_existed).await?;
-            remove_mirror(tap, ctx).await?;
-            state
-        }
-        (_, TapMode::Mirror) => {
-            // The mirror first, so switching from Patch loses no record.
-            let state = ensure_mirror(tap, output, ctx).await?;
-            ensure_flow_ref_removed(tap, output, ctx).await?;
-            state
-        }
-    };
-    Ok((output_state, flow_state))
-}
-
 async fn cleanup(tap: &FlowTap, ctx: &Context) -> Result<Action> {
     let name = tap.name_any();
-    let output = output_name(&name);
     let ns = tap.namespace().unwrap_or_default();
     if tap.status.as_ref().and_then(|s| s.phase) != Some(Phase::Terminating) {
         let api: Api<FlowTap> = Api::namespaced(ctx.client.clone(), &ns);
@@ -245,17 +499,10 @@ async fn cleanup(tap: &FlowTap, ctx: &Context) -> Result<Action> {
             tracing::debug!(tap = %name, error = %e, "could not mark the tap Terminating");
         }
     }
-    // The flows first: a flow pointing at a missing output stops logging-operator's rendering.
-    ensure_flow_ref_removed(tap, &output, ctx).await?;
-    remove_mirror(tap, ctx).await?;
-    let deleted = match tap.spec.flow_ref.kind {
-        FlowKind::Flow => delete_managed::<Output>(Api::namespaced(ctx.client.clone(), &ns), &output, tap).await?,
-        FlowKind::ClusterFlow => {
-            delete_managed::<ClusterOutput>(Api::namespaced(ctx.client.clone(), &ns), &output, tap).await?
-        }
-    };
-    if deleted {
-        tracing::info!(tap = %name, output = %output, "tap removed: flow restored, output deleted");
+    // What status says was patched, and the spec's flow; flows first, then the output.
+    let patched = tap.status.as_ref().and_then(|s| s.patched.as_ref());
+    if children::teardown(tap, patched, ctx).await? {
+        tracing::info!(tap = %name, "tap removed: flow restored, output deleted");
     }
     Ok(Action::await_change())
 }

@@ -17,6 +17,7 @@ mod children;
 pub mod controller;
 pub mod lease;
 pub mod leftovers;
+pub mod preflight;
 pub mod sessions;
 pub mod status;
 pub mod track;
@@ -47,6 +48,9 @@ pub struct OperatorConfig {
     pub auth_secret: Option<String>,
     /// Secret (in the tap's namespace) with `ca.crt`, `tls.crt`, `tls.key` for the output's TLS.
     pub tls_secret: Option<String>,
+    /// How long logging-operator may take to validate a generated output before the tap is
+    /// refused (`OutputNotValidated`); the flow is never changed before.
+    pub output_accept_timeout: Duration,
     /// Mode of the ephemeral taps listeners create.
     pub mode: crate::k8s::flowtap::TapMode,
     /// Only FlowTaps of this namespace (a namespaced install); all namespaces when `None`.

@@ -2,6 +2,7 @@
 //! phase, and whether an ephemeral tap's linger is over. No API calls here, so every rule is
 //! unit-tested directly.
 
+use super::preflight::Refusal;
 use crate::k8s::flowtap::{FlowTap, FlowTapStatus, Phase};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -18,9 +19,23 @@ pub const RECEIVING_WINDOW: Duration = Duration::from_secs(120);
 /// What became of the generated output.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OutputState {
+    /// Validated by logging-operator without problems.
     Ready,
-    Problems(Vec<String>),
+    /// Created; logging-operator has not validated it yet (this much of the wait is left).
+    Validating(Duration),
     NameTaken,
+    /// Not created, or not to be named by the flow (see [`Refusal`]).
+    Refused(Refusal),
+    /// None of its own: another FlowTap's output feeds this flow's relay tap.
+    Shared(Shared),
+}
+
+/// The FlowTap whose output feeds a flow's relay tap, for the others on that flow.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shared {
+    pub with: String,
+    /// Its phase, which a sharing tap shows as its own.
+    pub phase: Option<Phase>,
 }
 
 /// What became of the flow side (the ref, or the mirror flow).
@@ -33,6 +48,10 @@ pub enum FlowState {
     NameTaken(String),
     Missing,
     Skipped,
+    /// Restored, and left alone (see [`Refusal`]).
+    Refused(Refusal),
+    /// Fed through another FlowTap's output.
+    Shared(Shared),
 }
 
 /// Now, to the second (condition times are whole seconds).
@@ -114,21 +133,51 @@ pub fn derive(tap: &FlowTap, seen: &Observed, now: Timestamp) -> (Vec<Condition>
     set("Listening", listening(&status, seen.never_listened));
     set("Receiving", receiving(&status, now));
     let phase = match (seen.output_state, seen.flow_state) {
-        (OutputState::NameTaken, _) | (_, FlowState::Missing | FlowState::NameTaken(_)) => Phase::Failed,
-        (OutputState::Problems(_), _) | (_, FlowState::Problems(_)) => Phase::Degraded,
+        (OutputState::Shared(s), _) => s.phase.unwrap_or(Phase::Pending),
+        (OutputState::NameTaken | OutputState::Refused(_), _)
+        | (_, FlowState::Missing | FlowState::NameTaken(_) | FlowState::Refused(_)) => Phase::Failed,
+        (_, FlowState::Problems(_)) => Phase::Degraded,
         (OutputState::Ready, FlowState::Patched | FlowState::Repaired | FlowState::Mirrored) => Phase::Active,
         _ => Phase::Pending,
     };
+    let ready = match phase {
+        Phase::Active => (
+            true,
+            "Active",
+            "the tap's output is in the flow and validated".to_owned(),
+        ),
+        other => (false, phase_name(other), "see the other conditions".to_owned()),
+    };
+    set_condition(&mut conditions, "Ready", ready.0, ready.1, &ready.2, now, generation);
     (conditions, phase)
+}
+
+fn phase_name(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Pending => "Pending",
+        Phase::Active => "Active",
+        Phase::Degraded => "Degraded",
+        Phase::Failed => "Failed",
+        Phase::Terminating => "Terminating",
+    }
 }
 
 fn output_ready(seen: &Observed) -> (bool, &'static str, String) {
     match seen.output_state {
-        OutputState::Ready => (true, "Created", "the output exists".to_owned()),
-        OutputState::Problems(p) => (
+        OutputState::Ready => (true, "Validated", "logging-operator validated the output".to_owned()),
+        OutputState::Validating(left) => (
             false,
-            "OutputProblems",
-            format!("logging-operator reports: {}", p.join("; ")),
+            "Validating",
+            format!(
+                "waiting for logging-operator to validate the output (at most {}s more); the flow is not changed before",
+                left.as_secs()
+            ),
+        ),
+        OutputState::Refused(r) => (false, r.reason, r.message.clone()),
+        OutputState::Shared(s) => (
+            s.phase == Some(Phase::Active),
+            "Shared",
+            format!("FlowTap {} feeds this flow's tap; this FlowTap has no output of its own", s.with),
         ),
         OutputState::NameTaken => (
             false,
@@ -173,7 +222,17 @@ fn flow_patched(tap: &FlowTap, seen: &Observed) -> (bool, &'static str, String) 
             "FlowNotFound",
             format!("{} {} does not exist", flow.kind, flow.name),
         ),
-        FlowState::Skipped => (false, "OutputNotReady", "waiting for the output".to_owned()),
+        FlowState::Skipped => (
+            false,
+            "OutputNotReady",
+            "the flow is left as it is until the output is validated".to_owned(),
+        ),
+        FlowState::Refused(r) => (false, r.reason, format!("the flow was restored: {}", r.message)),
+        FlowState::Shared(s) => (
+            s.phase == Some(Phase::Active),
+            "Shared",
+            format!("FlowTap {} has its output in the flow", s.with),
+        ),
     }
 }
 
@@ -191,7 +250,8 @@ fn receiving(status: &FlowTapStatus, now: Timestamp) -> (bool, &'static str, Str
     match &status.last_record_time {
         None => (false, "NoRecordsYet", "no record has arrived yet".to_owned()),
         Some(t) if age(t, now) <= RECEIVING_WINDOW => (true, "Records", "records are arriving".to_owned()),
-        Some(t) => (false, "Quiet", format!("no record for {}s", age(t, now).as_secs())),
+        // No counter in the message: a status that changes every pass costs a write each time.
+        Some(_) => (false, "Quiet", "no record for over two minutes".to_owned()),
     }
 }
 
@@ -302,8 +362,18 @@ mod tests {
         assert_eq!(phase(OutputState::Ready, FlowState::Missing), Phase::Failed);
         assert_eq!(phase(OutputState::NameTaken, FlowState::Skipped), Phase::Failed);
         assert_eq!(
-            phase(OutputState::Problems(vec!["x".into()]), FlowState::Patched),
+            phase(OutputState::Ready, FlowState::Problems(vec!["x".into()])),
             Phase::Degraded
+        );
+        let refused = || Refusal::new("SecretMissing", "Secret shop/x does not exist");
+        assert_eq!(
+            phase(OutputState::Refused(refused()), FlowState::Skipped),
+            Phase::Failed
+        );
+        assert_eq!(phase(OutputState::Ready, FlowState::Refused(refused())), Phase::Failed);
+        assert_eq!(
+            phase(OutputState::Validating(Duration::from_secs(9)), FlowState::Skipped),
+            Phase::Pending
         );
         assert_eq!(phase(OutputState::Ready, FlowState::Skipped), Phase::Pending);
     }
@@ -329,8 +399,10 @@ mod tests {
         let names: Vec<_> = fixed.iter().map(|c| c.type_.as_str()).collect();
         assert_eq!(
             names,
-            ["FlowPatched", "Listening", "OutputReady", "Receiving"],
+            ["FlowPatched", "Listening", "OutputReady", "Ready", "Receiving"],
             "sorted"
         );
+        let ready = condition(&fixed, "Ready").unwrap();
+        assert_eq!((ready.status.as_str(), ready.observed_generation), ("True", Some(3)));
     }
 }

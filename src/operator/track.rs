@@ -32,6 +32,7 @@ pub async fn track_taps(
     tokio::pin!(shutdown);
     // (namespace, FlowTap name) -> its relay tap and the lastRecordTime it shows, in seconds.
     let mut known: HashMap<(String, String), (TapKey, i64)> = HashMap::new();
+    let mut pins = Pins::default();
     let mut report = tokio::time::interval((config.session_ttl / 3).max(Duration::from_secs(1)));
     loop {
         let event = tokio::select! {
@@ -46,7 +47,10 @@ pub async fn track_taps(
             Ok(W::Apply(tap)) | Ok(W::InitApply(tap)) => {
                 if let Some(key) = super::tap_key(&tap) {
                     let live = tap.metadata.deletion_timestamp.is_none();
-                    relay.pin_tap(&key, live);
+                    let id = (key.namespace.clone(), tap.name_any());
+                    for (k, pinned) in pins.set(id, live.then(|| key.clone())) {
+                        relay.pin_tap(&k, pinned);
+                    }
                     relay.set_replay_records(&key, tap.spec.replay.records as usize);
                     relay.announce(&key, crate::protocol::tap_status(&tap.name_any(), tap.status.as_ref()));
                     let shown = tap
@@ -59,8 +63,11 @@ pub async fn track_taps(
             }
             Ok(W::Delete(tap)) => {
                 if let Some(key) = super::tap_key(&tap) {
-                    relay.pin_tap(&key, false);
-                    known.remove(&(key.namespace, tap.name_any()));
+                    let id = (key.namespace.clone(), tap.name_any());
+                    for (k, pinned) in pins.set(id.clone(), None) {
+                        relay.pin_tap(&k, pinned);
+                    }
+                    known.remove(&id);
                 }
             }
             Ok(W::Init) | Ok(W::InitDone) => {}
@@ -69,6 +76,44 @@ pub async fn track_taps(
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
+    }
+}
+
+/// Which FlowTaps keep each relay tap open. Several FlowTaps may name one flow (they share
+/// its relay tap): it closes only when none does, and a FlowTap whose flowRef changed lets go
+/// of the old one.
+#[derive(Default)]
+struct Pins {
+    /// (namespace, FlowTap name) → the relay tap it keeps open.
+    by_flowtap: std::collections::HashMap<(String, String), TapKey>,
+    count: std::collections::HashMap<TapKey, usize>,
+}
+
+impl Pins {
+    /// FlowTap `id` now keeps `key` open (`None`: nothing). Returns the relay taps whose pin
+    /// changes, with their new state.
+    fn set(&mut self, id: (String, String), key: Option<TapKey>) -> Vec<(TapKey, bool)> {
+        let mut changes = vec![];
+        if self.by_flowtap.get(&id) == key.as_ref() {
+            return changes;
+        }
+        if let Some(old) = self.by_flowtap.remove(&id) {
+            let n = self.count.entry(old.clone()).or_default();
+            *n -= 1;
+            if *n == 0 {
+                self.count.remove(&old);
+                changes.push((old, false));
+            }
+        }
+        if let Some(key) = key {
+            let n = self.count.entry(key.clone()).or_default();
+            *n += 1;
+            if *n == 1 {
+                changes.push((key.clone(), true));
+            }
+            self.by_flowtap.insert(id, key);
+        }
+        changes
     }
 }
 
@@ -99,5 +144,43 @@ async fn report_last_records(
             Ok(_) => *shown = secs,
             Err(e) => tracing::debug!(tap = %name, error = %e, "could not report the last record time"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::k8s::flowtap::FlowKind;
+
+    fn key(name: &str) -> TapKey {
+        TapKey {
+            kind: FlowKind::Flow,
+            namespace: "shop".into(),
+            name: name.into(),
+        }
+    }
+
+    fn id(name: &str) -> (String, String) {
+        ("shop".into(), name.into())
+    }
+
+    #[test]
+    fn a_relay_tap_stays_open_while_any_flowtap_names_its_flow() {
+        let mut pins = Pins::default();
+        assert_eq!(pins.set(id("a"), Some(key("web"))), [(key("web"), true)]);
+        assert_eq!(pins.set(id("b"), Some(key("web"))), [], "already open");
+        assert_eq!(pins.set(id("a"), None), [], "b still needs it");
+        assert_eq!(pins.set(id("b"), None), [(key("web"), false)]);
+    }
+
+    #[test]
+    fn a_flowtap_that_moves_lets_go_of_its_old_flow() {
+        let mut pins = Pins::default();
+        pins.set(id("a"), Some(key("web")));
+        assert_eq!(
+            pins.set(id("a"), Some(key("api"))),
+            [(key("web"), false), (key("api"), true)]
+        );
+        assert_eq!(pins.set(id("a"), Some(key("api"))), [], "no change");
     }
 }

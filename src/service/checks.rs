@@ -22,18 +22,11 @@ pub async fn check_cluster_access(client: &kube::Client) -> Result<usize> {
 /// Check logging-operator's four CRDs are served: the tap operator watches all of them, and
 /// without one its watches fail and retry (taps then take seconds instead of milliseconds).
 pub async fn check_logging_operator(client: &kube::Client, namespace: Option<&str>) -> Result<()> {
-    use crate::k8s::logging::{ClusterFlow, ClusterOutput, Flow, Output};
-    async fn served<K>(client: &kube::Client, namespace: Option<&str>) -> Result<bool>
+    use crate::k8s::logging::{ClusterFlow, ClusterOutput, Flow, Logging, Output};
+    async fn served<K>(api: Api<K>) -> Result<bool>
     where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug,
+        K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
     {
-        let api: Api<K> = match namespace {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        };
         match api.list(&ListParams::default().limit(1)).await {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
@@ -46,12 +39,26 @@ pub async fn check_logging_operator(client: &kube::Client, namespace: Option<&st
             )),
         }
     }
+    fn scoped<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        match namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
     let mut missing = vec![];
     for (plural, ok) in [
-        ("flows", served::<Flow>(client, namespace).await?),
-        ("clusterflows", served::<ClusterFlow>(client, namespace).await?),
-        ("outputs", served::<Output>(client, namespace).await?),
-        ("clusteroutputs", served::<ClusterOutput>(client, namespace).await?),
+        ("flows", served::<Flow>(scoped(client, namespace)).await?),
+        ("clusterflows", served::<ClusterFlow>(scoped(client, namespace)).await?),
+        ("outputs", served::<Output>(scoped(client, namespace)).await?),
+        (
+            "clusteroutputs",
+            served::<ClusterOutput>(scoped(client, namespace)).await?,
+        ),
+        // Cluster-scoped: which Logging renders a flow, and its configuration checks.
+        ("loggings", served::<Logging>(Api::all(client.clone())).await?),
     ] {
         if !ok {
             missing.push(format!("{plural}.logging.banzaicloud.io"));
@@ -132,7 +139,7 @@ mod tests {
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = kube::Client::new(service, "default");
         let server = tokio::spawn(async move {
-            for _ in 0..4 {
+            for _ in 0..5 {
                 let (request, send) = handle.next_request().await.expect("a list request");
                 let path = request.uri().path().to_owned();
                 let (code, body) = if path.ends_with("/clusterflows") || path.ends_with("/clusteroutputs") {

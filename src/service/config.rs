@@ -291,6 +291,16 @@ pub struct ServiceConfig {
     #[arg(long, env = "LOG_SOCKET_OPERATOR", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub operator: bool,
 
+    /// How long logging-operator may take to validate a generated output. The flow is changed
+    /// only after it has; past this the tap is refused (`OutputNotValidated`) and retried.
+    #[arg(
+        long,
+        env = "LOG_SOCKET_OUTPUT_ACCEPT_TIMEOUT",
+        default_value = "30s",
+        value_name = "DURATION"
+    )]
+    pub output_accept_timeout: HumanDuration,
+
     /// How the taps listeners create reach their flow: `patch` appends the tap's output to the
     /// flow; `mirror` leaves the flow alone and feeds the tap from a managed sibling flow (for
     /// flows a GitOps tool owns).

@@ -357,6 +357,7 @@ fn operator_config(cfg: &ServiceConfig) -> OperatorConfig {
         tls_secret: cfg.output_tls_secret.clone(),
         namespace: cfg.watch_namespace.clone(),
         mode: cfg.tap_mode,
+        output_accept_timeout: cfg.output_accept_timeout.0,
     }
 }
 

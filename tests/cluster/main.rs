@@ -18,3 +18,4 @@ mod leader;
 mod logging_models;
 mod operator;
 mod service;
+mod tap_safety;

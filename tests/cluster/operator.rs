@@ -13,24 +13,24 @@ const LINGER: Duration = Duration::from_secs(2);
 
 use support::{eventually, Harness, INGEST_URL};
 
-async fn harness(prefix: &str) -> Harness {
+pub(crate) async fn harness(prefix: &str) -> Harness {
     let client = support::client().await;
     let ns = support::namespace(&client, prefix).await;
     harness_in(client, ns, true).await
 }
 
-async fn harness_in(client: kube::Client, ns: String, with_controller: bool) -> Harness {
+pub(crate) async fn harness_in(client: kube::Client, ns: String, with_controller: bool) -> Harness {
     support::harness_with(client, ns, with_controller, LINGER, Duration::from_secs(6)).await
 }
 
 /// A listener's token, allowed to tap flows in the namespace.
-async fn listener(h: &Harness, name: &str) -> String {
+pub(crate) async fn listener(h: &Harness, name: &str) -> String {
     let token = support::service_account_token(&h.client, &h.ns, name).await;
     support::grant(&h.client, &h.ns, name, support::may_tap_flows()).await;
     token
 }
 
-async fn raw(h: &Harness, kind: &str, name: &str) -> Option<Value> {
+pub(crate) async fn raw(h: &Harness, kind: &str, name: &str) -> Option<Value> {
     support::logging_api(&h.client, &h.ns, kind)
         .get_opt(name)
         .await
@@ -38,18 +38,18 @@ async fn raw(h: &Harness, kind: &str, name: &str) -> Option<Value> {
         .map(|o: DynamicObject| serde_json::to_value(o).unwrap())
 }
 
-async fn tap(h: &Harness, name: &str) -> Option<FlowTap> {
+pub(crate) async fn tap(h: &Harness, name: &str) -> Option<FlowTap> {
     Api::<FlowTap>::namespaced(h.client.clone(), &h.ns)
         .get_opt(name)
         .await
         .unwrap()
 }
 
-async fn listeners(h: &Harness, name: &str) -> Option<u32> {
+pub(crate) async fn listeners(h: &Harness, name: &str) -> Option<u32> {
     tap(h, name).await.map(|t| t.status.unwrap_or_default().listeners)
 }
 
-fn flow_spec() -> Value {
+pub(crate) fn flow_spec() -> Value {
     json!({
         "match": [{"select": {"labels": {"app": "web"}}}],
         "filters": [{"tag_normaliser": {}}],
@@ -337,7 +337,7 @@ async fn the_controller_repairs_a_removed_ref_and_keeps_concurrent_flow_edits() 
 }
 
 /// Wait for an Event with this reason in the test namespace.
-async fn event(h: &Harness, reason: &str) {
+pub(crate) async fn event(h: &Harness, reason: &str) {
     let events = Api::<DynamicObject>::namespaced_with(
         h.client.clone(),
         &h.ns,
@@ -354,7 +354,7 @@ async fn event(h: &Harness, reason: &str) {
 }
 
 /// Create a persistent FlowTap from JSON `spec`.
-async fn persistent_tap(h: &Harness, name: &str, spec: Value) -> FlowTap {
+pub(crate) async fn persistent_tap(h: &Harness, name: &str, spec: Value) -> FlowTap {
     let tap: FlowTap = serde_json::from_value(json!({
         "apiVersion": "logsocket.dev/v1alpha1", "kind": "FlowTap",
         "metadata": {"name": name}, "spec": spec,
@@ -366,7 +366,7 @@ async fn persistent_tap(h: &Harness, name: &str, spec: Value) -> FlowTap {
         .unwrap()
 }
 
-async fn status_when(
+pub(crate) async fn status_when(
     h: &Harness,
     name: &str,
     what: &str,
@@ -379,7 +379,7 @@ async fn status_when(
     .await
 }
 
-fn condition<'a>(s: &'a log_socket::k8s::flowtap::FlowTapStatus, type_: &str) -> (&'a str, &'a str) {
+pub(crate) fn condition<'a>(s: &'a log_socket::k8s::flowtap::FlowTapStatus, type_: &str) -> (&'a str, &'a str) {
     let c = s
         .conditions
         .iter()
@@ -712,20 +712,37 @@ async fn a_listener_is_told_how_its_tap_warms_up() {
 }
 
 #[tokio::test]
-async fn k8stail_reports_a_tap_that_cannot_work() {
+async fn k8stail_reports_a_tap_that_cannot_work_and_exits_1_unless_it_waits() {
     let h = harness("op-failed").await;
     // No Flow named web: the tap fails with FlowNotFound.
     let alice = listener(&h, "alice").await;
-    let out = tokio::process::Command::new(support::bin("k8stail"))
-        .args(["--server", &format!("http://{}", h.relay.api), "--token", &alice])
-        .arg(format!("{}/web", h.ns))
-        .env("KUBECONFIG", "/nonexistent")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
+    let k8stail = |wait: bool| {
+        let mut cmd = tokio::process::Command::new(support::bin("k8stail"));
+        cmd.args(["--server", &format!("http://{}", h.relay.api), "--token", &alice])
+            .arg(format!("{}/web", h.ns))
+            .env("KUBECONFIG", "/nonexistent")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        if wait {
+            cmd.arg("--wait");
+        }
+        cmd
+    };
+    let out = tokio::time::timeout(Duration::from_secs(30), k8stail(false).output())
+        .await
+        .expect("k8stail exits in time")
         .unwrap();
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(out.stderr.unwrap()));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("FlowTap flow-web is Failed:") && err.contains("FlowNotFound") && err.contains("--wait"),
+        "{err}"
+    );
+
+    // With --wait it says so and keeps going.
+    let waiting = k8stail(true).spawn().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(waiting.stderr.unwrap()));
     let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
         .await
         .expect("a note in time")

@@ -48,6 +48,8 @@ fn free_port() -> u16 {
 /// restarted where its clients expect it.
 struct Setup {
     ns: String,
+    /// logging-operator's part for the namespace; with the ingest Secret there.
+    _logging_operator: support::logging_operator::LoggingOperator,
     kubeconfig: std::path::PathBuf,
     creds: std::path::PathBuf,
     ingest: std::net::SocketAddr,
@@ -65,7 +67,9 @@ impl Setup {
         support::grant_shipped_rbac(client, &ns, "log-socket").await;
         let kubeconfig = support::kubeconfig_with_token(&token, &dir.join("kubeconfig"));
         let addr = || std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+        support::ingest_secret(client, &ns).await;
         Setup {
+            _logging_operator: support::logging_operator::start(client, &ns).await,
             ns,
             kubeconfig,
             creds,

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part of it
 
 pub mod control_plane;
+pub mod logging_operator;
 pub mod netns;
 
 use control_plane::ControlPlane;
@@ -359,6 +360,8 @@ pub struct Harness {
     pub relay: crate::wire::TestRelay,
     pub client: kube::Client,
     pub ns: String,
+    /// logging-operator's part for `ns` (a Logging, output statuses, configuration checks).
+    pub logging_operator: logging_operator::LoggingOperator,
 }
 
 pub async fn harness_with(
@@ -380,6 +383,7 @@ pub async fn harness_with(
         tls_secret: None,
         namespace: Some(ns.clone()),
         mode: Default::default(),
+        output_accept_timeout: Duration::from_secs(30),
     });
     let parts = log_socket::relay::http::Parts {
         authenticator: Arc::new(log_socket::auth::tokens::TokenReviewAuthenticator::new(
@@ -402,8 +406,34 @@ pub async fn harness_with(
         },
     };
     let service = Service::cluster(log_socket::relay::RelayConfig::default(), parts, cluster);
+    let logging_operator = logging_operator::start(&client, &ns).await;
+    ingest_secret(&client, &ns).await;
     let relay = crate::wire::start_service_on(crate::wire::loopback_sockets().await, service);
-    Harness { relay, client, ns }
+    Harness {
+        relay,
+        client,
+        ns,
+        logging_operator,
+    }
+}
+
+/// The Secret the generated outputs' `auth` refers to, as the quick start creates it in every
+/// tapped namespace (the operator refuses to patch a flow without it).
+pub async fn ingest_secret(client: &kube::Client, ns: &str) {
+    use k8s_openapi::api::core::v1::Secret;
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "log-socket-ingest"},
+        "stringData": {"username": "fluentd", "password": "s3cret"},
+    }))
+    .unwrap();
+    match Api::<Secret>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &secret)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("create Secret {ns}/log-socket-ingest: {e}"),
+    }
 }
 
 /// Poll until `check` returns Some, or panic with `what` after 30 s.

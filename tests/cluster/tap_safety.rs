@@ -1,0 +1,288 @@
+//! A tap never breaks the Logging: every refusal leaves the flow as it was, says why in the
+//! FlowTap's status and in a Warning Event, and proceeds once the cause is fixed. The tests
+//! play logging-operator's part with tests/support/logging_operator.rs.
+
+use crate::operator::{condition, event, flow_spec, harness, persistent_tap, raw, status_when};
+use crate::support::{self, eventually};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use log_socket::k8s::flowtap::{FlowTap, Phase};
+use serde_json::json;
+
+fn web_tap() -> serde_json::Value {
+    json!({"flowRef": {"kind": "Flow", "name": "web"}, "persistent": true})
+}
+
+fn refs(flow: &serde_json::Value) -> serde_json::Value {
+    flow["spec"]["localOutputRefs"].clone()
+}
+
+#[tokio::test]
+async fn without_its_auth_secret_a_tap_changes_nothing_and_proceeds_once_it_exists() {
+    let h = harness("safe-secret").await;
+    Api::<Secret>::namespaced(h.client.clone(), &h.ns)
+        .delete("log-socket-ingest", &Default::default())
+        .await
+        .unwrap();
+    support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    persistent_tap(&h, "web-tap", web_tap()).await;
+    let s = status_when(&h, "web-tap", "Failed: SecretMissing", |s| {
+        s.phase == Some(Phase::Failed)
+    })
+    .await;
+    assert_eq!(condition(&s, "OutputReady"), ("False", "SecretMissing"));
+    event(&h, "SecretMissing").await;
+    // Nothing was created and the flow is untouched, several passes later.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert!(raw(&h, "Output", "logsocket-web-tap").await.is_none());
+    assert_eq!(refs(&raw(&h, "Flow", "web").await.unwrap()), json!(["loki"]));
+
+    support::ingest_secret(&h.client, &h.ns).await;
+    status_when(&h, "web-tap", "Active", |s| s.phase == Some(Phase::Active)).await;
+    assert_eq!(
+        refs(&raw(&h, "Flow", "web").await.unwrap()),
+        json!(["loki", "logsocket-web-tap"])
+    );
+}
+
+#[tokio::test]
+async fn the_flow_names_the_output_only_after_logging_operator_validated_it() {
+    let h = harness("safe-validate").await;
+    h.logging_operator.behaviour.lock().unwrap().paused = true;
+    support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    persistent_tap(&h, "web-tap", web_tap()).await;
+    let s = status_when(&h, "web-tap", "Validating", |s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "OutputReady" && c.reason == "Validating")
+    })
+    .await;
+    assert_eq!(s.phase, Some(Phase::Pending));
+    assert!(
+        raw(&h, "Output", "logsocket-web-tap").await.is_some(),
+        "the output comes first"
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(
+        refs(&raw(&h, "Flow", "web").await.unwrap()),
+        json!(["loki"]),
+        "not named yet"
+    );
+
+    h.logging_operator.behaviour.lock().unwrap().paused = false;
+    status_when(&h, "web-tap", "Active", |s| s.phase == Some(Phase::Active)).await;
+    assert_eq!(
+        refs(&raw(&h, "Flow", "web").await.unwrap()),
+        json!(["loki", "logsocket-web-tap"])
+    );
+}
+
+#[tokio::test]
+async fn an_output_logging_operator_rejects_is_never_named_by_the_flow() {
+    let h = harness("safe-reject").await;
+    h.logging_operator
+        .behaviour
+        .lock()
+        .unwrap()
+        .reject_outputs
+        .insert("logsocket-web-tap".into());
+    support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    persistent_tap(&h, "web-tap", web_tap()).await;
+    let s = status_when(&h, "web-tap", "Failed: OutputRejected", |s| {
+        s.phase == Some(Phase::Failed)
+    })
+    .await;
+    assert_eq!(condition(&s, "OutputReady"), ("False", "OutputRejected"));
+    let message = &s.conditions.iter().find(|c| c.type_ == "OutputReady").unwrap().message;
+    assert!(message.contains("ca.crt"), "logging-operator's words: {message}");
+    event(&h, "OutputRejected").await;
+    assert_eq!(refs(&raw(&h, "Flow", "web").await.unwrap()), json!(["loki"]));
+
+    // Fixed (logging-operator no longer objects): the tap proceeds.
+    h.logging_operator.behaviour.lock().unwrap().reject_outputs.clear();
+    status_when(&h, "web-tap", "Active", |s| s.phase == Some(Phase::Active)).await;
+}
+
+#[tokio::test]
+async fn a_flow_no_logging_renders_is_not_tapped() {
+    let h = harness("safe-logging").await;
+    let mut spec = flow_spec();
+    spec["loggingRef"] = json!("elsewhere");
+    support::create_flow(&h.client, &h.ns, "web", spec).await;
+    persistent_tap(&h, "web-tap", web_tap()).await;
+    let s = status_when(&h, "web-tap", "Failed: LoggingMismatch", |s| {
+        s.phase == Some(Phase::Failed)
+    })
+    .await;
+    assert_eq!(condition(&s, "OutputReady"), ("False", "LoggingMismatch"));
+    event(&h, "LoggingMismatch").await;
+    assert!(raw(&h, "Output", "logsocket-web-tap").await.is_none());
+    assert_eq!(refs(&raw(&h, "Flow", "web").await.unwrap()), json!(["loki"]));
+}
+
+#[tokio::test]
+async fn a_configuration_check_that_fails_with_the_tap_restores_the_flow_and_removes_the_output() {
+    let h = harness("safe-check").await;
+    h.logging_operator
+        .behaviour
+        .lock()
+        .unwrap()
+        .fail_config_with
+        .insert("logsocket-web-tap".into());
+    support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    persistent_tap(&h, "web-tap", web_tap()).await;
+    let s = status_when(&h, "web-tap", "Failed: ConfigCheckFailed", |s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "FlowPatched" && c.reason == "ConfigCheckFailed")
+    })
+    .await;
+    assert_eq!(s.phase, Some(Phase::Failed));
+    assert!(s.patched.is_none(), "{s:?}");
+    event(&h, "ConfigCheckFailed").await;
+    eventually("the flow restored and the output removed", || async {
+        let flow = raw(&h, "Flow", "web").await?;
+        (refs(&flow) == json!(["loki"]) && raw(&h, "Output", "logsocket-web-tap").await.is_none()).then_some(())
+    })
+    .await;
+    // It stays refused (no retry loop against the Logging) until the spec changes.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(raw(&h, "Output", "logsocket-web-tap").await.is_none());
+}
+
+#[tokio::test]
+async fn the_output_and_a_mirror_belong_to_the_flows_logging_and_a_mirror_has_no_custom_label() {
+    let h = harness("safe-ref").await;
+    // A second Logging, "blue", renders this namespace too, for flows with loggingRef blue.
+    let loggings = Api::<kube::api::DynamicObject>::all_with(
+        h.client.clone(),
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("logging.banzaicloud.io", "v1beta1", "Logging"),
+            "loggings",
+        ),
+    );
+    let blue: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "logging.banzaicloud.io/v1beta1", "kind": "Logging",
+        "metadata": {"name": format!("blue-{}", h.ns)},
+        "spec": {"loggingRef": "blue", "controlNamespace": h.ns, "watchNamespaces": [h.ns]},
+    }))
+    .unwrap();
+    loggings.create(&Default::default(), &blue).await.unwrap();
+    let mut spec = flow_spec();
+    spec["loggingRef"] = json!("blue");
+    spec["flowLabel"] = json!("@web");
+    spec["includeLabelInRouter"] = json!(true);
+    support::create_flow(&h.client, &h.ns, "web", spec).await;
+    persistent_tap(&h, "web-tap", web_tap()).await;
+    // Without configuration checks on "blue", the tap is validated by the stand-in and patched.
+    status_when(&h, "web-tap", "Active", |s| s.phase == Some(Phase::Active)).await;
+    let output = raw(&h, "Output", "logsocket-web-tap").await.unwrap();
+    assert_eq!(output["spec"]["loggingRef"], "blue");
+    let status = crate::operator::tap(&h, "web-tap").await.unwrap().status.unwrap();
+    assert_eq!(
+        status.patched.unwrap().logging.as_deref(),
+        Some(format!("blue-{}", h.ns).as_str())
+    );
+
+    persistent_tap(
+        &h,
+        "mirror",
+        json!({"flowRef": {"kind": "Flow", "name": "web"}, "persistent": true, "mode": "Mirror"}),
+    )
+    .await;
+    let mirror = eventually("the mirror flow", || async {
+        raw(&h, "Flow", "logsocket-mirror").await
+    })
+    .await;
+    assert_eq!(mirror["spec"]["loggingRef"], "blue");
+    assert!(mirror["spec"].get("flowLabel").is_none(), "{mirror}");
+    assert!(mirror["spec"].get("includeLabelInRouter").is_none(), "{mirror}");
+    loggings
+        .delete(&format!("blue-{}", h.ns), &Default::default())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_changed_flow_ref_restores_the_old_flow_before_the_new_one_is_patched() {
+    let h = harness("safe-move").await;
+    support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    support::create_flow(&h.client, &h.ns, "api", flow_spec()).await;
+    persistent_tap(&h, "moving", web_tap()).await;
+    status_when(&h, "moving", "Active on web", |s| {
+        s.phase == Some(Phase::Active) && s.patched.as_ref().is_some_and(|p| p.flow_ref.name == "web")
+    })
+    .await;
+    // API server 1.20 has no CEL, so the immutability rule does not stop this edit here.
+    let taps: Api<FlowTap> = Api::namespaced(h.client.clone(), &h.ns);
+    let patch = json!({"spec": {"flowRef": {"kind": "Flow", "name": "api"}}});
+    taps.patch("moving", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    status_when(&h, "moving", "Active on api", |s| {
+        s.phase == Some(Phase::Active) && s.patched.as_ref().is_some_and(|p| p.flow_ref.name == "api")
+    })
+    .await;
+    assert_eq!(
+        refs(&raw(&h, "Flow", "web").await.unwrap()),
+        json!(["loki"]),
+        "old flow restored"
+    );
+    assert_eq!(
+        refs(&raw(&h, "Flow", "api").await.unwrap()),
+        json!(["loki", "logsocket-moving"])
+    );
+    taps.delete("moving", &Default::default()).await.unwrap();
+    eventually("api restored after the delete", || async {
+        (refs(&raw(&h, "Flow", "api").await?) == json!(["loki"])).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn two_flowtaps_on_one_flow_share_one_output_and_the_survivor_takes_over() {
+    let h = harness("safe-share").await;
+    support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    persistent_tap(&h, "web-a", web_tap()).await;
+    status_when(&h, "web-a", "web-a Active", |s| s.phase == Some(Phase::Active)).await;
+    persistent_tap(&h, "web-b", web_tap()).await;
+    let s = status_when(&h, "web-b", "web-b shares", |s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "FlowPatched" && c.reason == "Shared")
+    })
+    .await;
+    assert_eq!(
+        s.phase,
+        Some(Phase::Active),
+        "a sharing tap shows the phase of the one it shares"
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert!(
+        raw(&h, "Output", "logsocket-web-b").await.is_none(),
+        "never a second output"
+    );
+    assert_eq!(
+        refs(&raw(&h, "Flow", "web").await.unwrap()),
+        json!(["loki", "logsocket-web-a"])
+    );
+
+    // The relay tap stays open throughout: deleting one FlowTap does not close what the other
+    // still needs, and the survivor takes the flow over.
+    let key = log_socket::relay::TapKey::parse("flow", &h.ns, "web").unwrap();
+    Api::<FlowTap>::namespaced(h.client.clone(), &h.ns)
+        .delete("web-a", &Default::default())
+        .await
+        .unwrap();
+    eventually("web-b's output in the flow instead of web-a's", || async {
+        (refs(&raw(&h, "Flow", "web").await?) == json!(["loki", "logsocket-web-b"])).then_some(())
+    })
+    .await;
+    assert!(raw(&h, "Output", "logsocket-web-a").await.is_none());
+    status_when(&h, "web-b", "web-b Active on its own", |s| {
+        s.phase == Some(Phase::Active) && s.patched.is_some()
+    })
+    .await;
+    let tap = h.relay.relay.tap(&key).expect("the relay tap is still open");
+    assert!(tap.is_pinned(), "still pinned by web-b");
+}

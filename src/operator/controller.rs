@@ -8,13 +8,12 @@
 
 use super::children::{self, ensure_flow_ref, ensure_flow_ref_removed, ensure_mirror, ensure_output, remove_mirror};
 use super::preflight::{self, Refusal, Validation};
-use super::status::{self, age, FlowState, Observed, OutputState, Shared};
+use super::status::{self, FlowState, Observed, OutputState, Shared};
 use super::{output_name, update_status, OperatorConfig, FINALIZER};
 use crate::k8s::flowtap::{FlowKind, FlowTap, OutputRef, PatchedFlow, Phase, TapMode};
 use crate::k8s::logging::{ClusterFlow, ClusterOutput, Flow, Logging, Output};
 use crate::{Error, Result};
 use futures::StreamExt;
-use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
@@ -34,6 +33,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// The controller's cache of FlowTaps (which taps share a flow).
     pub taps: Store<FlowTap>,
+    /// Which sessions stopped being renewed.
+    pub liveness: super::sessions::Liveness,
 }
 
 /// Run the controller until `shutdown` completes.
@@ -52,6 +53,7 @@ pub async fn run(
         client: client.clone(),
         config,
         taps: controller.store(),
+        liveness: Default::default(),
     });
     let (outputs, cluster_outputs) = (
         ctx.config.scoped::<Output>(&client),
@@ -121,7 +123,10 @@ fn taps_of(store: &Store<FlowTap>, kind: FlowKind, flow: &kube::api::ObjectMeta)
         .collect()
 }
 
-fn error_policy(tap: Arc<FlowTap>, error: &Error, _: Arc<Context>) -> Action {
+fn error_policy(tap: Arc<FlowTap>, error: &Error, ctx: Arc<Context>) -> Action {
+    if matches!(error, Error::Kube(_) | Error::Finalizer(_)) {
+        ctx.liveness.api_trouble();
+    }
     tracing::warn!(tap = %tap.name_any(), error = %error, "will retry");
     Action::requeue(Duration::from_secs(5))
 }
@@ -143,7 +148,7 @@ async fn apply(tap: &FlowTap, ctx: &Context) -> Result<Action> {
     let name = tap.name_any();
     let api: Api<FlowTap> = Api::namespaced(ctx.client.clone(), &tap.namespace().unwrap_or_default());
     let now = status::now();
-    let Some(tap) = expire_sessions(&api, tap, ctx.config.session_ttl, now).await? else {
+    let Some(tap) = expire_sessions(&api, tap, ctx).await? else {
         return Ok(Action::await_change());
     };
     let linger = status::linger(&tap, ctx.config.linger, now);
@@ -450,8 +455,10 @@ fn refused_config_check(tap: &FlowTap) -> Option<Refusal> {
 
 /// Drop the sessions of relays that stopped renewing (crashed, partitioned). Returns the tap as
 /// it is now, `None` when it is gone.
-async fn expire_sessions(api: &Api<FlowTap>, tap: &FlowTap, ttl: Duration, now: Timestamp) -> Result<Option<FlowTap>> {
-    let expired = |s: &crate::k8s::flowtap::Session| age(s.renew_time.as_ref().unwrap_or(&s.since), now) > ttl;
+async fn expire_sessions(api: &Api<FlowTap>, tap: &FlowTap, ctx: &Context) -> Result<Option<FlowTap>> {
+    let ttl = ctx.config.session_ttl;
+    ctx.liveness.sweep(&ctx.taps);
+    let expired = |s: &crate::k8s::flowtap::Session| ctx.liveness.expired(s, ttl);
     if !tap.status.as_ref().is_some_and(|s| s.sessions.iter().any(expired)) {
         return Ok(Some(tap.clone()));
     }

@@ -21,8 +21,18 @@ pub struct ClusterSessions {
     client: kube::Client,
     config: Arc<OperatorConfig>,
     check_permission: bool,
-    /// Our sessions: session id → (namespace, FlowTap name).
-    mine: Mutex<HashMap<u64, (String, String)>>,
+    /// Our sessions: session id → where it is registered, and what to register again.
+    mine: Mutex<HashMap<u64, Mine>>,
+}
+
+/// One of this relay's sessions.
+#[derive(Clone)]
+struct Mine {
+    namespace: String,
+    /// The FlowTap it is registered on.
+    tap: String,
+    info: SessionInfo,
+    since: Time,
 }
 
 fn now() -> Time {
@@ -85,7 +95,7 @@ impl ClusterSessions {
         }
     }
 
-    async fn register(&self, session: &SessionInfo) -> Result<(), kube::Error> {
+    async fn register(&self, session: &SessionInfo, since: Time) -> Result<(), kube::Error> {
         let api: Api<FlowTap> = Api::namespaced(self.client.clone(), &session.tap.namespace);
         let id = self.session_id(session.id);
         // A tap being deleted (linger expired just now) cannot take sessions: retry on a new one.
@@ -94,7 +104,7 @@ impl ClusterSessions {
             let entry = Session {
                 id: id.clone(),
                 user: session.identity.username.clone(),
-                since: now(),
+                since: since.clone(),
                 relay: self.config.instance.clone(),
                 renew_time: Some(now()),
             };
@@ -110,10 +120,13 @@ impl ClusterSessions {
             }
             match updated {
                 Some(_) if !deleting => {
-                    self.mine
-                        .lock()
-                        .unwrap()
-                        .insert(session.id, (session.tap.namespace.clone(), name));
+                    let mine = Mine {
+                        namespace: session.tap.namespace.clone(),
+                        tap: name,
+                        info: session.clone(),
+                        since,
+                    };
+                    self.mine.lock().unwrap().insert(session.id, mine);
                     return Ok(());
                 }
                 _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
@@ -126,7 +139,12 @@ impl ClusterSessions {
     }
 
     async fn unregister(&self, session: &SessionInfo) {
-        let Some((ns, name)) = self.mine.lock().unwrap().remove(&session.id) else {
+        let Some(Mine {
+            namespace: ns,
+            tap: name,
+            ..
+        }) = self.mine.lock().unwrap().remove(&session.id)
+        else {
             return;
         };
         let api: Api<FlowTap> = Api::namespaced(self.client.clone(), &ns);
@@ -143,7 +161,10 @@ impl ClusterSessions {
         }
     }
 
-    /// Renew this relay's sessions every third of the session TTL until `stop` completes.
+    /// Renew this relay's sessions every third of the session TTL until `stop` completes. A
+    /// renewal is an upsert: a session missing from its FlowTap (expired while the API server
+    /// was unreachable, say) is added again, and one whose FlowTap is gone registers anew, so a
+    /// live listener always ends up counted.
     pub async fn renew(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
         let mut tick = tokio::time::interval((self.config.session_ttl / 3).max(std::time::Duration::from_secs(1)));
         tokio::pin!(stop);
@@ -152,24 +173,58 @@ impl ClusterSessions {
                 _ = tick.tick() => {}
                 _ = &mut stop => break,
             }
-            let mut by_tap: HashMap<(String, String), Vec<String>> = HashMap::new();
-            for (id, tap) in self.mine.lock().unwrap().iter() {
-                by_tap.entry(tap.clone()).or_default().push(self.session_id(*id));
+            let mut by_tap: HashMap<(String, String), Vec<(u64, Mine)>> = HashMap::new();
+            for (id, mine) in self.mine.lock().unwrap().iter() {
+                by_tap
+                    .entry((mine.namespace.clone(), mine.tap.clone()))
+                    .or_default()
+                    .push((*id, mine.clone()));
             }
-            for ((ns, name), ids) in by_tap {
+            for ((ns, name), sessions) in by_tap {
                 let api: Api<FlowTap> = Api::namespaced(self.client.clone(), &ns);
                 let renewed = now();
+                let entries: Vec<Session> = sessions
+                    .iter()
+                    .map(|(id, m)| Session {
+                        id: self.session_id(*id),
+                        user: m.info.identity.username.clone(),
+                        since: m.since.clone(),
+                        relay: self.config.instance.clone(),
+                        renew_time: Some(renewed.clone()),
+                    })
+                    .collect();
                 let result = update_status(&api, &name, |status| {
-                    let mut changed = false;
-                    for s in status.sessions.iter_mut().filter(|s| ids.contains(&s.id)) {
-                        s.renew_time = Some(renewed.clone());
-                        changed = true;
+                    let mine = self.mine.lock().unwrap();
+                    // A listener that left since the list was taken is not added back.
+                    let live = |entry: &&Session| {
+                        sessions
+                            .iter()
+                            .any(|(id, _)| self.session_id(*id) == entry.id && mine.contains_key(id))
+                    };
+                    for entry in entries.iter().filter(live) {
+                        match status.sessions.iter_mut().find(|s| s.id == entry.id) {
+                            Some(s) => s.renew_time = entry.renew_time.clone(),
+                            None => status.sessions.push(entry.clone()),
+                        }
                     }
-                    changed
+                    true
                 })
                 .await;
-                if let Err(e) = result {
-                    tracing::warn!(tap = %name, error = %e, "could not renew sessions");
+                let gone = match result {
+                    Ok(Some(tap)) => tap.metadata.deletion_timestamp.is_some(),
+                    Ok(None) => true,
+                    Err(e) => {
+                        tracing::warn!(tap = %name, error = %e, "could not renew sessions");
+                        false
+                    }
+                };
+                if gone {
+                    // Its FlowTap is gone or going: register on the flow's tap as on connect.
+                    for (_, m) in &sessions {
+                        if let Err(e) = self.register(&m.info, m.since.clone()).await {
+                            tracing::warn!(tap = %name, error = %e, "could not register a live listener again");
+                        }
+                    }
                 }
             }
         }
@@ -182,7 +237,7 @@ impl Sessions for ClusterSessions {
             if self.check_permission {
                 check_tap_permission(&self.client, session).await?;
             }
-            self.register(session).await.map_err(|e| match &e {
+            self.register(session, now()).await.map_err(|e| match &e {
                 kube::Error::Api(s) if s.code == 403 => JoinError::Unavailable(format!(
                     "log-socket may not manage FlowTaps in namespace {:?}: {}",
                     session.tap.namespace, s.message
@@ -194,5 +249,98 @@ impl Sessions for ClusterSessions {
 
     fn left<'a>(&'a self, session: &'a SessionInfo) -> BoxFuture<'a, ()> {
         Box::pin(self.unregister(session))
+    }
+}
+
+/// When the controller may call a session dead: its renew value has not changed for the TTL
+/// as timed by the controller's own clock (the relay's clock is never compared with it), and
+/// the controller itself could reach the API server for all that time (an outage it saw says
+/// nothing about the relays).
+#[derive(Default)]
+pub struct Liveness {
+    /// Session id → the renew value last seen, and when (locally) it was first seen.
+    seen: Mutex<HashMap<String, (Option<Time>, std::time::Instant)>>,
+    /// When the controller last had trouble reaching the API server.
+    trouble: Mutex<Option<std::time::Instant>>,
+    swept: Mutex<Option<std::time::Instant>>,
+}
+
+impl Liveness {
+    /// Whether `session` has not been renewed for `ttl`.
+    pub fn expired(&self, session: &Session, ttl: std::time::Duration) -> bool {
+        let now = std::time::Instant::now();
+        let trouble = *self.trouble.lock().unwrap();
+        let mut seen = self.seen.lock().unwrap();
+        let entry = seen
+            .entry(session.id.clone())
+            .or_insert_with(|| (session.renew_time.clone(), now));
+        if entry.0 != session.renew_time {
+            *entry = (session.renew_time.clone(), now);
+        }
+        let since = match trouble {
+            Some(t) if t > entry.1 => t,
+            _ => entry.1,
+        };
+        now.duration_since(since) > ttl
+    }
+
+    /// The controller could not reach the API server just now.
+    pub fn api_trouble(&self) {
+        *self.trouble.lock().unwrap() = Some(std::time::Instant::now());
+    }
+
+    /// Forget sessions no FlowTap in `taps` has any more (at most once a minute).
+    pub fn sweep(&self, taps: &kube::runtime::reflector::Store<FlowTap>) {
+        let now = std::time::Instant::now();
+        {
+            let mut last = self.swept.lock().unwrap();
+            if last.is_some_and(|t| now.duration_since(t) < std::time::Duration::from_secs(60)) {
+                return;
+            }
+            *last = Some(now);
+        }
+        let live: std::collections::HashSet<String> = taps
+            .state()
+            .iter()
+            .filter_map(|t| t.status.as_ref())
+            .flat_map(|s| s.sessions.iter().map(|s| s.id.clone()))
+            .collect();
+        self.seen.lock().unwrap().retain(|id, _| live.contains(id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn session(renewed: i64) -> Session {
+        serde_json::from_value(serde_json::json!({
+            "id": "relay-0/1", "user": "alice", "since": "2030-01-01T00:00:00Z", "relay": "relay-0",
+            "renewTime": k8s_openapi::jiff::Timestamp::from_second(1_900_000_000 + renewed).unwrap().to_string(),
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_session_expires_only_after_its_renewal_stood_still_for_the_ttl_on_the_local_clock() {
+        let live = Liveness::default();
+        let ttl = Duration::from_millis(50);
+        // Far in the past by the relay's clock: not expired, this is the first sighting.
+        assert!(!live.expired(&session(-1_000_000), ttl));
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(
+            live.expired(&session(-1_000_000), ttl),
+            "unchanged for longer than the ttl"
+        );
+        assert!(!live.expired(&session(5), ttl), "a renewal restarts the clock");
+        std::thread::sleep(Duration::from_millis(80));
+        live.api_trouble();
+        assert!(
+            !live.expired(&session(5), ttl),
+            "the controller's own outage says nothing about the relay"
+        );
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(live.expired(&session(5), ttl));
     }
 }

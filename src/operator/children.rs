@@ -15,7 +15,7 @@ use crate::k8s::logging::{
 };
 use crate::relay::TapKey;
 use crate::{Error, Result};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, PostParams};
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
@@ -72,15 +72,27 @@ pub fn desired_output_spec(tap: &FlowTap, config: &OperatorConfig, logging_ref: 
     spec
 }
 
-fn owner(tap: &FlowTap) -> OwnerReference {
-    OwnerReference {
-        api_version: "logsocket.dev/v1alpha1".into(),
-        kind: "FlowTap".into(),
-        name: tap.name_any(),
-        uid: tap.uid().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
+/// Mark `meta` as generated for `tap`: the managed-by label and the tap's UID annotation, and
+/// no ownerReferences (see [`super::TAP_UID`]). Returns whether anything changed.
+fn mark(meta: &mut kube::api::ObjectMeta, tap: &FlowTap) -> bool {
+    let before = (
+        meta.labels.clone(),
+        meta.annotations.clone(),
+        meta.owner_references.clone(),
+    );
+    meta.labels
+        .get_or_insert_with(Default::default)
+        .insert(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned());
+    meta.annotations
+        .get_or_insert_with(Default::default)
+        .insert(super::TAP_UID.to_owned(), tap.uid().unwrap_or_default());
+    meta.owner_references = None;
+    before
+        != (
+            meta.labels.clone(),
+            meta.annotations.clone(),
+            meta.owner_references.clone(),
+        )
 }
 
 fn is_ours(meta: &kube::api::ObjectMeta, tap: &FlowTap) -> bool {
@@ -146,8 +158,7 @@ where
     S: Serialize + Clone + PartialEq,
 {
     let name = desired.meta().name.clone().unwrap_or_default();
-    desired.meta_mut().labels = Some([(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned())].into());
-    desired.meta_mut().owner_references = Some(vec![owner(tap)]);
+    mark(desired.meta_mut(), tap);
     let fresh = |existed, created| Ensured {
         taken: false,
         existed,
@@ -170,6 +181,10 @@ where
             let created = existing.meta().creation_timestamp.clone();
             let status = existing.status_of().cloned();
             let want = spec(desired).clone();
+            // An object an earlier version generated, with an ownerReference: adopted.
+            if mark(existing.meta_mut(), tap) && *spec(&mut existing) == want {
+                api.replace(&name, &PostParams::default(), &existing).await?;
+            }
             if *spec(&mut existing) != want {
                 *spec(&mut existing) = want;
                 api.replace(&name, &PostParams::default(), &existing).await?;

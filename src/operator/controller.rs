@@ -59,11 +59,7 @@ pub async fn run(
         ctx.config.scoped::<Output>(&client),
         ctx.config.scoped::<ClusterOutput>(&client),
     );
-    match super::leftovers::remove(&client, &ctx.config).await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!("removed {n} leftover(s) of FlowTaps that no longer exist"),
-        Err(e) => tracing::warn!(error = %e, "could not look for leftovers of deleted FlowTaps"),
-    }
+    sweep(&client, &ctx.config).await;
     let managed = || watcher::Config::default().labels("app.kubernetes.io/managed-by=log-socket");
     let (flows, cluster_flows) = (
         ctx.config.scoped::<Flow>(&client),
@@ -74,9 +70,13 @@ pub async fn run(
     let (store, store2, store3) = (controller.store(), controller.store(), controller.store());
     // A new configuration check of a Logging concerns the taps it renders.
     let loggings: Api<Logging> = Api::all(client.clone());
-    controller
-        .owns(outputs, managed())
-        .owns(cluster_outputs, managed())
+    // Generated outputs name their FlowTap in an annotation (not an ownerReference).
+    let (store4, store5) = (controller.store(), controller.store());
+    let controller = controller
+        .watches(outputs, managed(), move |o: Output| generated_for(&store4, &o.metadata))
+        .watches(cluster_outputs, managed(), move |o: ClusterOutput| {
+            generated_for(&store5, &o.metadata)
+        })
         .watches(flows, watcher::Config::default(), move |f: Flow| {
             taps_of(&store, FlowKind::Flow, &f.metadata)
         })
@@ -98,13 +98,34 @@ pub async fn run(
                 .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::warn!(error = %e, "FlowTap reconcile failed");
             }
-        })
-        .await;
+        });
+    // Leftovers are swept again and again (not only at start): a FlowTap whose finalizer was
+    // removed by hand leaves its flow naming an output nobody will clean up otherwise.
+    let sweeps = async {
+        let mut tick = tokio::time::interval(ctx.config.sweep_interval);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            sweep(&client, &ctx.config).await;
+        }
+    };
+    tokio::pin!(sweeps);
+    // The controller ends on shutdown; the sweeps with it.
+    futures::future::select(Box::pin(controller), sweeps).await;
+}
+
+/// Remove leftovers of FlowTaps that are gone, flows first.
+async fn sweep(client: &kube::Client, config: &OperatorConfig) {
+    match super::leftovers::remove(client, config).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("removed {n} leftover(s) of FlowTaps that no longer exist"),
+        Err(e) => tracing::warn!(error = %e, "could not look for leftovers of deleted FlowTaps"),
+    }
 }
 
 /// The FlowTaps a change of this flow concerns: taps on it, and the tap owning it if it is a
@@ -119,6 +140,18 @@ fn taps_of(store: &Store<FlowTap>, kind: FlowKind, flow: &kube::api::ObjectMeta)
             (t.spec.flow_ref.kind == kind && Some(&t.spec.flow_ref.name) == flow.name.as_ref())
                 || t.metadata.uid.as_deref().is_some_and(|u| owners.contains(&u))
         })
+        .map(|t| ObjectRef::from_obj(&**t))
+        .collect()
+}
+
+/// The FlowTap an object was generated for.
+fn generated_for(store: &Store<FlowTap>, meta: &kube::api::ObjectMeta) -> Vec<ObjectRef<FlowTap>> {
+    let uids = super::owning_tap_uids(meta);
+    store
+        .state()
+        .iter()
+        .filter(|t| t.metadata.namespace == meta.namespace)
+        .filter(|t| t.metadata.uid.as_deref().is_some_and(|u| uids.contains(&u)))
         .map(|t| ObjectRef::from_obj(&**t))
         .collect()
 }

@@ -1,7 +1,8 @@
 //! Leftovers of FlowTaps that are gone without their cleanup having run (the finalizer was
 //! removed by hand, or the namespace's FlowTaps were force-deleted while log-socket was down):
 //! managed outputs and mirror flows whose owning FlowTap no longer exists, and flow refs to
-//! tap outputs that no longer exist. The controller removes them when it starts, flows first.
+//! tap outputs that no longer exist. The controller removes them when it starts and then every
+//! minute, flows first.
 //!
 //! Objects without the `app.kubernetes.io/managed-by: log-socket` label are never deleted; the
 //! only edit to a user's flow is taking out a `logsocket-*` ref naming an output that does not
@@ -24,18 +25,22 @@ const PREFIX: &str = "logsocket-";
 
 /// Remove leftovers in the operator's scope; returns how many objects or refs were removed.
 pub async fn remove(client: &kube::Client, config: &OperatorConfig) -> Result<usize> {
+    let mut removed = 0;
+    removed += sweep::<Flow, Output>(client, config, |f| &mut f.spec.local_output_refs).await?;
+    removed += sweep::<ClusterFlow, ClusterOutput>(client, config, |f| &mut f.spec.global_output_refs).await?;
+    Ok(removed)
+}
+
+/// The FlowTaps that exist now.
+async fn known(client: &kube::Client, config: &OperatorConfig) -> Result<Known> {
     let taps = config.taps(client).list(&ListParams::default()).await?.items;
-    let known = Known {
+    Ok(Known {
         uids: taps.iter().filter_map(|t| t.uid()).collect(),
         outputs: taps
             .iter()
             .map(|t| (t.namespace().unwrap_or_default(), output_name(&t.name_any())))
             .collect(),
-    };
-    let mut removed = 0;
-    removed += sweep::<Flow, Output>(client, config, &known, |f| &mut f.spec.local_output_refs).await?;
-    removed += sweep::<ClusterFlow, ClusterOutput>(client, config, &known, |f| &mut f.spec.global_output_refs).await?;
-    Ok(removed)
+    })
 }
 
 struct Known {
@@ -57,7 +62,6 @@ impl Known {
 async fn sweep<F, O>(
     client: &kube::Client,
     config: &OperatorConfig,
-    known: &Known,
     refs: impl Fn(&mut F) -> &mut Option<Vec<String>> + Copy,
 ) -> Result<usize>
 where
@@ -66,6 +70,10 @@ where
     O: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + Debug,
 {
     let outputs = config.scoped::<O>(client).list(&ListParams::default()).await?.items;
+    let flows = config.scoped::<F>(client).list(&ListParams::default()).await?.items;
+    // The FlowTaps last: an output or mirror listed above whose FlowTap was created meanwhile
+    // is then known, never taken for a leftover.
+    let known = &known(client, config).await?;
     let existing: HashSet<(String, String)> = outputs
         .iter()
         .map(|o| (o.namespace().unwrap_or_default(), o.name_any()))
@@ -77,7 +85,7 @@ where
         .collect();
     let mut removed = 0;
 
-    for mut flow in config.scoped::<F>(client).list(&ListParams::default()).await?.items {
+    for mut flow in flows {
         let ns = flow.namespace().unwrap_or_default();
         let api = Api::<F>::namespaced(client.clone(), &ns);
         if known.orphaned(flow.meta()) {

@@ -51,6 +51,8 @@ pub struct OperatorConfig {
     /// How long logging-operator may take to validate a generated output before the tap is
     /// refused (`OutputNotValidated`); the flow is never changed before.
     pub output_accept_timeout: Duration,
+    /// How often leftovers of FlowTaps that are gone without their cleanup are swept.
+    pub sweep_interval: Duration,
     /// Mode of the ephemeral taps listeners create.
     pub mode: crate::k8s::flowtap::TapMode,
     /// Only FlowTaps of this namespace (a namespaced install); all namespaces when `None`.
@@ -106,14 +108,29 @@ pub fn is_managed(meta: &kube::api::ObjectMeta) -> bool {
         == Some(MANAGED_BY.1)
 }
 
-/// UIDs of the FlowTaps that own an object (through its ownerReferences).
+/// Annotation naming the FlowTap (by UID) an object was generated for.
+///
+/// Not an ownerReference on purpose: Kubernetes' garbage collector would delete an Output
+/// whose FlowTap is gone (its finalizer removed by hand, or foreground deletion) while a flow
+/// still names it, and a flow naming a missing output stops logging-operator's render. The
+/// operator's cleanup and sweep remove them in the safe order instead.
+pub const TAP_UID: &str = "logsocket.dev/flowtap-uid";
+
+/// UIDs of the FlowTaps an object was generated for: the annotation, or the ownerReferences
+/// of objects an earlier version generated.
 pub fn owning_tap_uids(meta: &kube::api::ObjectMeta) -> Vec<&str> {
-    meta.owner_references
+    let annotated = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(TAP_UID))
+        .map(String::as_str);
+    let owners = meta
+        .owner_references
         .iter()
         .flatten()
         .filter(|o| o.kind == "FlowTap")
-        .map(|o| o.uid.as_str())
-        .collect()
+        .map(|o| o.uid.as_str());
+    annotated.into_iter().chain(owners).collect()
 }
 
 /// The relay tap a FlowTap feeds.

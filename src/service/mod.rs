@@ -358,6 +358,7 @@ fn operator_config(cfg: &ServiceConfig) -> OperatorConfig {
         namespace: cfg.watch_namespace.clone(),
         mode: cfg.tap_mode,
         output_accept_timeout: cfg.output_accept_timeout.0,
+        sweep_interval: Duration::from_secs(60),
     }
 }
 

@@ -95,7 +95,14 @@ async fn a_listener_taps_a_flow_and_the_flow_is_restored_exactly_after_the_last_
         output["metadata"]["labels"]["app.kubernetes.io/managed-by"],
         "log-socket"
     );
-    assert_eq!(output["metadata"]["ownerReferences"][0]["kind"], "FlowTap");
+    // It names its FlowTap by UID, without an ownerReference: the garbage collector must never
+    // delete an output a flow may still name.
+    let uid = tap(&h, "flow-web").await.unwrap().metadata.uid.unwrap();
+    assert_eq!(
+        output["metadata"]["annotations"]["logsocket.dev/flowtap-uid"],
+        json!(uid)
+    );
+    assert!(output["metadata"].get("ownerReferences").is_none(), "{output}");
 
     let flow = eventually("the flow patched", || async {
         let f = raw(&h, "Flow", "web").await.unwrap();
@@ -415,7 +422,12 @@ async fn a_mirror_tap_leaves_the_flow_untouched_and_follows_its_match_and_filter
         mirror["metadata"]["labels"]["app.kubernetes.io/managed-by"],
         "log-socket"
     );
-    assert_eq!(mirror["metadata"]["ownerReferences"][0]["kind"], "FlowTap");
+    let uid = tap(&h, "web-tap").await.unwrap().metadata.uid.unwrap();
+    assert_eq!(
+        mirror["metadata"]["annotations"]["logsocket.dev/flowtap-uid"],
+        json!(uid)
+    );
+    assert!(mirror["metadata"].get("ownerReferences").is_none(), "{mirror}");
     assert!(raw(&h, "Output", "logsocket-web-tap").await.is_some());
     let status = status_when(&h, "web-tap", "phase Active", |s| {
         s.phase == Some(log_socket::k8s::flowtap::Phase::Active)

@@ -286,3 +286,43 @@ async fn two_flowtaps_on_one_flow_share_one_output_and_the_survivor_takes_over()
     let tap = h.relay.relay.tap(&key).expect("the relay tap is still open");
     assert!(tap.is_pinned(), "still pinned by web-b");
 }
+
+#[tokio::test]
+async fn a_tap_whose_finalizer_was_removed_by_hand_has_its_flow_restored_before_its_output_goes() {
+    let h = harness("safe-orphan").await;
+    support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    persistent_tap(&h, "web-tap", web_tap()).await;
+    status_when(&h, "web-tap", "Active", |s| s.phase == Some(Phase::Active)).await;
+    let output = raw(&h, "Output", "logsocket-web-tap").await.unwrap();
+    assert!(
+        output["metadata"].get("ownerReferences").is_none(),
+        "no ownerReference, so no garbage collector can delete it while the flow names it"
+    );
+    // Someone strips the finalizer and deletes the FlowTap: no cleanup runs for it.
+    let taps: Api<FlowTap> = Api::namespaced(h.client.clone(), &h.ns);
+    taps.patch(
+        "web-tap",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    taps.delete("web-tap", &Default::default()).await.unwrap();
+    // The periodic sweep (2 s here, 60 s in the service) restores the flow, then removes the
+    // output; the flow never names a missing output.
+    let flows = support::logging_api(&h.client, &h.ns, "Flow");
+    let outputs = support::logging_api(&h.client, &h.ns, "Output");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let flow = serde_json::to_value(flows.get("web").await.unwrap()).unwrap();
+        let output = outputs.get_opt("logsocket-web-tap").await.unwrap();
+        if refs(&flow).as_array().unwrap().iter().any(|r| r == "logsocket-web-tap") {
+            assert!(output.is_some(), "the flow names an output that is gone");
+        } else if output.is_none() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not swept: {flow}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(refs(&raw(&h, "Flow", "web").await.unwrap()), json!(["loki"]));
+}

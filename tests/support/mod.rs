@@ -384,6 +384,7 @@ pub async fn harness_with(
         namespace: Some(ns.clone()),
         mode: Default::default(),
         output_accept_timeout: Duration::from_secs(30),
+        sweep_interval: Duration::from_secs(2),
     });
     let parts = log_socket::relay::http::Parts {
         authenticator: Arc::new(log_socket::auth::tokens::TokenReviewAuthenticator::new(

@@ -168,7 +168,16 @@ where
     match api.get_opt(&name).await? {
         None => {
             let created = api.create(&PostParams::default(), desired).await?;
-            tracing::info!(tap = %tap.name_any(), kind = K::kind(&Default::default()).as_ref(), name = %name, "created");
+            let kind = K::kind(&Default::default()).to_string();
+            tracing::info!(tap = %tap.name_any(), kind = %kind, name = %name, "created");
+            publish(
+                ctx,
+                tap,
+                EventType::Normal,
+                "Created",
+                &format!("created {kind} {name}"),
+            )
+            .await;
             Ok(fresh(false, created.meta().creation_timestamp.clone()))
         }
         Some(mut existing) => {
@@ -222,18 +231,18 @@ where
     }
 }
 
-/// `output_existed`: the output was there before this reconcile, so an append now repairs a
-/// flow that had lost its ref (read from the API, not from a possibly stale status).
+/// `was_patched`: the tap had its ref in the flow (status.patched), so an append now repairs a
+/// flow that lost it.
 pub(super) async fn ensure_flow_ref(
     tap: &FlowTap,
     output: &str,
     ctx: &Context,
-    output_existed: bool,
+    was_patched: bool,
 ) -> Result<FlowState> {
     Ok(
         match edit_flow_refs(tap, &tap.spec.flow_ref, output, ctx, true).await? {
             None => FlowState::Missing,
-            Some((true, _)) if output_existed => FlowState::Repaired,
+            Some((true, _)) if was_patched => FlowState::Repaired,
             Some((_, problems)) if !problems.is_empty() => FlowState::Problems(problems),
             Some(_) => FlowState::Patched,
         },

@@ -35,7 +35,16 @@ pub struct Context {
     pub taps: Store<FlowTap>,
     /// Which sessions stopped being renewed.
     pub liveness: super::sessions::Liveness,
+    /// Recent repairs of each tap's flow ref (by FlowTap UID), to notice a tool undoing them.
+    pub repairs: std::sync::Mutex<std::collections::HashMap<String, Vec<std::time::Instant>>>,
+    /// Consecutive failed reconciles of each FlowTap (by UID), for the error backoff.
+    pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
+
+/// A flow whose ref is removed this often, this fast, is contested (a GitOps tool keeps
+/// removing it): the operator stops putting it back.
+pub const CONTESTED_REPAIRS: usize = 3;
+pub const CONTESTED_WINDOW: Duration = Duration::from_secs(300);
 
 /// Run the controller until `shutdown` completes.
 pub async fn run(
@@ -54,6 +63,8 @@ pub async fn run(
         config,
         taps: controller.store(),
         liveness: Default::default(),
+        repairs: Default::default(),
+        failures: Default::default(),
     });
     let (outputs, cluster_outputs) = (
         ctx.config.scoped::<Output>(&client),
@@ -160,21 +171,45 @@ fn error_policy(tap: Arc<FlowTap>, error: &Error, ctx: Arc<Context>) -> Action {
     if matches!(error, Error::Kube(_) | Error::Finalizer(_)) {
         ctx.liveness.api_trouble();
     }
-    tracing::warn!(tap = %tap.name_any(), error = %error, "will retry");
-    Action::requeue(Duration::from_secs(5))
+    let uid = tap.uid().unwrap_or_default();
+    let failures = {
+        let mut all = ctx.failures.lock().unwrap();
+        let n = all.entry(uid).or_default();
+        *n += 1;
+        *n
+    };
+    let wait = error_backoff(failures);
+    tracing::warn!(tap = %tap.name_any(), error = %error, "will retry in {wait:?}");
+    Action::requeue(wait)
+}
+
+/// Wait after the `failures`-th failed reconcile in a row: 1 s doubling to 5 minutes, jittered
+/// to 50–100 %, so a persistent failure (RBAC, a broken webhook) does not hammer the API server.
+fn error_backoff(failures: u32) -> Duration {
+    use ring::rand::SecureRandom;
+    let base = Duration::from_secs(1).saturating_mul(1 << failures.saturating_sub(1).min(9));
+    let base = base.min(Duration::from_secs(300));
+    let mut byte = [0u8; 1];
+    let _ = ring::rand::SystemRandom::new().fill(&mut byte);
+    base.mul_f64(0.5 + f64::from(byte[0]) / 510.0)
 }
 
 async fn reconcile(tap: Arc<FlowTap>, ctx: Arc<Context>) -> Result<Action> {
     let ns = tap.namespace().unwrap_or_default();
     let api: Api<FlowTap> = Api::namespaced(ctx.client.clone(), &ns);
-    finalizer(&api, FINALIZER, tap, |event| async {
+    let uid = tap.uid().unwrap_or_default();
+    let result = finalizer(&api, FINALIZER, tap, |event| async {
         match event {
             Event::Apply(tap) => apply(&tap, &ctx).await,
             Event::Cleanup(tap) => cleanup(&tap, &ctx).await,
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    if result.is_ok() {
+        ctx.failures.lock().unwrap().remove(&uid);
+    }
+    result
 }
 
 async fn apply(tap: &FlowTap, ctx: &Context) -> Result<Action> {
@@ -255,6 +290,7 @@ async fn apply(tap: &FlowTap, ctx: &Context) -> Result<Action> {
         let note = format!("appended {output} to the flow again");
         publish(ctx, &tap, EventType::Normal, "FlowRepaired", &note).await;
     }
+    lifecycle_events(ctx, &tap, &current, &conditions, step.patched.as_ref()).await;
 
     // Come back for drift, session expiry, the linger deadline, a validation or a check.
     let mut next = Duration::from_secs(30).min(ctx.config.session_ttl / 2);
@@ -289,8 +325,8 @@ async fn ensure_children(tap: &FlowTap, output: &str, patched: Option<&PatchedFl
         patched: None,
         recheck: Some(Duration::from_secs(10)),
     };
-    // A configuration check that failed with this tap is final until the spec changes.
-    if let Some(r) = refused_config_check(tap) {
+    // A failed configuration check, or a contested flow, is final until the spec changes.
+    if let Some(r) = sticky_refusal(tap) {
         children::teardown(tap, patched, ctx).await?;
         return Ok(Step {
             recheck: None,
@@ -364,8 +400,26 @@ async fn ensure_children(tap: &FlowTap, output: &str, patched: Option<&PatchedFl
     let before: Vec<String> = logging.config_checks().into_keys().collect();
     let flow_state = match tap.spec.mode {
         TapMode::Patch => {
-            let state = ensure_flow_ref(tap, output, ctx, ensured.existed).await?;
+            // A repair is putting back a ref this tap had in the flow (status.patched), not the
+            // first append after the output's validation.
+            let state = ensure_flow_ref(tap, output, ctx, patched.is_some()).await?;
             remove_mirror(tap, tap.spec.flow_ref.kind, ctx).await?;
+            if matches!(state, FlowState::Repaired) && contested(ctx, tap) {
+                let r = Refusal::new(
+                    CONTESTED,
+                    format!(
+                        "the ref to {output} was removed from {} {} {CONTESTED_REPAIRS} times within {} minutes, probably by a GitOps tool; log-socket stopped putting it back. Use `spec.mode: Mirror` (the flow is then never edited), or make the tool ignore the flow's output refs",
+                        tap.spec.flow_ref.kind,
+                        tap.spec.flow_ref.name,
+                        CONTESTED_WINDOW.as_secs() / 60
+                    ),
+                );
+                children::teardown(tap, patched, ctx).await?;
+                return Ok(Step {
+                    recheck: None,
+                    ..refuse(OutputState::Ready, FlowState::Refused(r))
+                });
+            }
             state
         }
         TapMode::Mirror => {
@@ -474,16 +528,79 @@ fn sharing(taps: &Store<FlowTap>, tap: &FlowTap) -> Option<Shared> {
         .map(|t| shared(t))
 }
 
-/// The refusal of a failed configuration check, while the spec is the one that failed.
-fn refused_config_check(tap: &FlowTap) -> Option<Refusal> {
+/// The `FlowPatched` reason of a tap whose flow ref keeps being removed by someone else.
+pub const CONTESTED: &str = "Contested";
+
+/// Whether this repair of `tap`'s flow ref is one too many (see [`CONTESTED_REPAIRS`]).
+fn contested(ctx: &Context, tap: &FlowTap) -> bool {
+    let now = std::time::Instant::now();
+    let mut all = ctx.repairs.lock().unwrap();
+    let recent = all.entry(tap.uid().unwrap_or_default()).or_default();
+    recent.retain(|t| now.duration_since(*t) < CONTESTED_WINDOW);
+    recent.push(now);
+    recent.len() >= CONTESTED_REPAIRS
+}
+
+/// A refusal that stands until the spec changes: a failed configuration check, or a contested
+/// flow (the user decides: Mirror mode, or telling the tool to leave the ref alone).
+fn sticky_refusal(tap: &FlowTap) -> Option<Refusal> {
     let status = tap.status.as_ref()?;
     let c = status::condition(&status.conditions, "FlowPatched")?;
-    (c.reason == preflight::CONFIG_CHECK_FAILED && c.observed_generation == tap.metadata.generation).then(|| {
+    let reason = [preflight::CONFIG_CHECK_FAILED, CONTESTED]
+        .into_iter()
+        .find(|r| *r == c.reason)?;
+    (c.observed_generation == tap.metadata.generation).then(|| {
         Refusal::new(
-            preflight::CONFIG_CHECK_FAILED,
+            reason,
             c.message.trim_start_matches("the flow was restored: ").to_owned(),
         )
     })
+}
+
+/// Normal Events for what changed in the pipeline and in who listens, so `kubectl describe
+/// flowtap` tells the story: the flow patched or restored, listeners arriving or all gone.
+async fn lifecycle_events(
+    ctx: &Context,
+    tap: &FlowTap,
+    before: &crate::k8s::flowtap::FlowTapStatus,
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    patched: Option<&PatchedFlow>,
+) {
+    let flow = |p: &PatchedFlow| format!("{} {}", p.flow_ref.kind, p.flow_ref.name);
+    match (before.patched.as_ref(), patched) {
+        (None, Some(p)) => {
+            let note = match p.mode {
+                TapMode::Patch => format!("appended {} to {}", p.output, flow(p)),
+                TapMode::Mirror => format!("created a mirror of {} feeding {}", flow(p), p.output),
+            };
+            publish(ctx, tap, EventType::Normal, "FlowPatched", &note).await;
+        }
+        (Some(p), None) => {
+            let note = format!("{} restored: {} is no longer in it", flow(p), p.output);
+            publish(ctx, tap, EventType::Normal, "FlowRestored", &note).await;
+        }
+        _ => {}
+    }
+    let listening = |c: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]| {
+        status::condition(c, "Listening").map(|c| c.status == "True")
+    };
+    match (listening(&before.conditions), listening(conditions)) {
+        (Some(false) | None, Some(true)) => {
+            let n = tap.status.as_ref().map_or(0, |s| s.sessions.len());
+            publish(
+                ctx,
+                tap,
+                EventType::Normal,
+                "ListenersJoined",
+                &format!("{n} listener(s)"),
+            )
+            .await;
+        }
+        (Some(true), Some(false)) => {
+            publish(ctx, tap, EventType::Normal, "ListenersLeft", "nobody is listening").await;
+        }
+        _ => {}
+    }
 }
 
 /// Drop the sessions of relays that stopped renewing (crashed, partitioned). Returns the tap as
@@ -557,5 +674,20 @@ pub(super) async fn publish(ctx: &Context, tap: &FlowTap, type_: EventType, reas
     };
     if let Err(e) = ctx.recorder.publish(&event, &tap.object_ref(&())).await {
         tracing::warn!(error = %e, reason, "could not record an event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_reconciles_back_off_exponentially_up_to_five_minutes() {
+        for failures in 1..20 {
+            let wait = error_backoff(failures);
+            let base = Duration::from_secs(1 << (failures - 1).min(9)).min(Duration::from_secs(300));
+            assert!(wait <= base && wait >= base / 2, "{failures}: {wait:?}");
+        }
+        assert!(error_backoff(6) > error_backoff(1) * 8, "grows");
     }
 }

@@ -326,3 +326,56 @@ async fn a_tap_whose_finalizer_was_removed_by_hand_has_its_flow_restored_before_
     }
     assert_eq!(refs(&raw(&h, "Flow", "web").await.unwrap()), json!(["loki"]));
 }
+
+#[tokio::test]
+async fn a_flow_whose_ref_keeps_being_removed_is_left_alone_as_contested() {
+    let h = harness("safe-contested").await;
+    support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    persistent_tap(&h, "web-tap", web_tap()).await;
+    status_when(&h, "web-tap", "Active", |s| s.phase == Some(Phase::Active)).await;
+    // What the story of a tap looks like in `kubectl describe flowtap`.
+    for reason in ["Created", "FlowPatched", "Active"] {
+        event(&h, reason).await;
+    }
+    // A GitOps tool puts the flow back as it is in git, again and again.
+    let flows = support::logging_api(&h.client, &h.ns, "Flow");
+    for round in 0..3 {
+        eventually(&format!("the ref back, round {round}"), || async {
+            let flow = serde_json::to_value(flows.get("web").await.ok()?).unwrap();
+            (refs(&flow) == json!(["loki", "logsocket-web-tap"])).then_some(())
+        })
+        .await;
+        let mut flow = flows.get("web").await.unwrap();
+        flow.data["spec"]["localOutputRefs"] = json!(["loki"]);
+        flows.replace("web", &Default::default(), &flow).await.unwrap();
+    }
+    let s = status_when(&h, "web-tap", "Contested", |s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "FlowPatched" && c.reason == "Contested")
+    })
+    .await;
+    assert_eq!(s.phase, Some(Phase::Failed));
+    let message = &s.conditions.iter().find(|c| c.type_ == "FlowPatched").unwrap().message;
+    assert!(message.contains("Mirror"), "suggests Mirror mode: {message}");
+    event(&h, "Contested").await;
+    // It stops fighting: the flow stays as the tool wants it, the output is gone.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(refs(&raw(&h, "Flow", "web").await.unwrap()), json!(["loki"]));
+    assert!(raw(&h, "Output", "logsocket-web-tap").await.is_none());
+
+    // Switching to Mirror mode (a spec change) taps it without touching the flow.
+    Api::<FlowTap>::namespaced(h.client.clone(), &h.ns)
+        .patch(
+            "web-tap",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"mode": "Mirror"}})),
+        )
+        .await
+        .unwrap();
+    status_when(&h, "web-tap", "Active in Mirror mode", |s| {
+        s.phase == Some(Phase::Active)
+    })
+    .await;
+    assert_eq!(refs(&raw(&h, "Flow", "web").await.unwrap()), json!(["loki"]));
+}

@@ -19,7 +19,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use std::future::Future;
@@ -56,7 +56,15 @@ pub async fn run(
         controller: "log-socket".into(),
         instance: Some(config.instance.clone()),
     };
-    let controller = Controller::new(config.taps(&client), watcher::Config::default());
+    // Reconciled on what the controller must act on (spec, deletion, who listens), not on its
+    // own status writes nor on session renewals: those would each cost a pass of API calls.
+    let (reader, writer) = kube::runtime::reflector::store();
+    let trigger = watcher::watcher(config.taps(&client), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(worth_a_pass, Default::default());
+    let controller = Controller::for_stream(trigger, reader);
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
@@ -153,6 +161,25 @@ fn taps_of(store: &Store<FlowTap>, kind: FlowKind, flow: &kube::api::ObjectMeta)
         })
         .map(|t| ObjectRef::from_obj(&**t))
         .collect()
+}
+
+/// What a change to a FlowTap must touch for a reconcile: its spec (generation), its deletion
+/// and finalizers, and which sessions it has (not their renewals, not the status the
+/// controller writes itself).
+fn worth_a_pass(tap: &FlowTap) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    tap.metadata.generation.hash(&mut h);
+    tap.metadata.deletion_timestamp.as_ref().map(|t| t.0.as_second()).hash(&mut h);
+    tap.metadata.finalizers.hash(&mut h);
+    let mut sessions: Vec<&str> = tap
+        .status
+        .iter()
+        .flat_map(|s| s.sessions.iter().map(|s| s.id.as_str()))
+        .collect();
+    sessions.sort_unstable();
+    sessions.hash(&mut h);
+    Some(h.finish())
 }
 
 /// The FlowTap an object was generated for.

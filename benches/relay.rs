@@ -1161,6 +1161,56 @@ async fn control_plane_bench(cycles: u32) -> Result<(), String> {
         let lo_made = lo.requests.load(std::sync::atomic::Ordering::Relaxed) as f64 - lo_before;
         requests.push(api_requests(&client).await - before - own - lo_made);
     }
+
+    // Steady state: persistent taps nobody listens to, once they are Active. Only what time
+    // brings should cost requests then (the controller's safety-net pass every 10 minutes).
+    let idle_taps = 200;
+    let flows_spec = |i: usize| -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "logging.banzaicloud.io/v1beta1", "kind": "Flow",
+            "metadata": {"name": format!("idle-{i}")}, "spec": {"match": [{"select": {}}], "localOutputRefs": ["loki"]}
+        }))
+        .unwrap()
+    };
+    for i in 0..idle_taps {
+        flows
+            .create(&PostParams::default(), &flows_spec(i))
+            .await
+            .map_err(|e| e.to_string())?;
+        let tap: FlowTap = serde_json::from_value(serde_json::json!({
+            "apiVersion": "logsocket.dev/v1alpha1", "kind": "FlowTap",
+            "metadata": {"name": format!("idle-{i}")},
+            "spec": {"flowRef": {"kind": "Flow", "name": format!("idle-{i}")}, "persistent": true},
+        }))
+        .unwrap();
+        taps.create(&PostParams::default(), &tap)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let settle = Instant::now();
+    loop {
+        let list = taps.list(&Default::default()).await.map_err(|e| e.to_string())?;
+        let active = list
+            .items
+            .iter()
+            .filter(|t| t.status.as_ref().and_then(|s| s.phase) == Some(Phase::Active))
+            .count();
+        if active >= idle_taps {
+            break;
+        }
+        if settle.elapsed() > Duration::from_secs(300) {
+            return Err(format!("only {active} of {idle_taps} idle taps became Active"));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let all_active = settle.elapsed();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let before = api_requests(&client).await;
+    let lo_before = lo.requests.load(std::sync::atomic::Ordering::Relaxed) as f64;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let lo_made = lo.requests.load(std::sync::atomic::Ordering::Relaxed) as f64 - lo_before;
+    // One GET of the metrics themselves.
+    let idle_per_minute = api_requests(&client).await - before - lo_made - 1.0;
     stop.cancel();
     control_plane::teardown();
     let ms = |d: &[Duration]| {
@@ -1175,7 +1225,11 @@ async fn control_plane_bench(cycles: u32) -> Result<(), String> {
     println!("| listener connect → FlowTap Active, Output created, Flow patched | {a50:.0} ms | {amax:.0} ms |");
     println!("| last listener leaves (linger 0) → FlowTap gone, Flow restored | {r50:.0} ms | {rmax:.0} ms |");
     println!(
-        "API requests per connect + disconnect cycle (relay sessions, controller, TokenReview, SubjectAccessReview; the bench's own polling taken out): {total:.0}\n"
+        "API requests per connect + disconnect cycle (relay sessions, controller, TokenReview, SubjectAccessReview; the bench's own polling taken out): {total:.0}"
+    );
+    println!(
+        "{idle_taps} persistent taps with no listener: all Active {:.1} s after they were created; then {idle_per_minute:.0} API requests per minute in steady state (logging-operator's stand-in taken out)\n",
+        all_active.as_secs_f64()
     );
     Ok(())
 }

@@ -41,6 +41,9 @@ pub struct Context {
     pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 
+/// How often a tap with nothing time-driven pending is looked at again, as a safety net.
+pub const IDLE_RECHECK: Duration = Duration::from_secs(600);
+
 /// A flow whose ref is removed this often, this fast, is contested (a GitOps tool keeps
 /// removing it): the operator stops putting it back.
 pub const CONTESTED_REPAIRS: usize = 3;
@@ -164,13 +167,17 @@ fn taps_of(store: &Store<FlowTap>, kind: FlowKind, flow: &kube::api::ObjectMeta)
 }
 
 /// What a change to a FlowTap must touch for a reconcile: its spec (generation), its deletion
-/// and finalizers, and which sessions it has (not their renewals, not the status the
-/// controller writes itself).
+/// and finalizers, which sessions it has and when records last arrived (not session renewals,
+/// not the status the controller writes itself).
 fn worth_a_pass(tap: &FlowTap) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     tap.metadata.generation.hash(&mut h);
-    tap.metadata.deletion_timestamp.as_ref().map(|t| t.0.as_second()).hash(&mut h);
+    tap.metadata
+        .deletion_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .hash(&mut h);
     tap.metadata.finalizers.hash(&mut h);
     let mut sessions: Vec<&str> = tap
         .status
@@ -179,6 +186,12 @@ fn worth_a_pass(tap: &FlowTap) -> Option<u64> {
         .collect();
     sessions.sort_unstable();
     sessions.hash(&mut h);
+    // Records arriving again after a quiet spell (the relays report it every third of the TTL).
+    tap.status
+        .as_ref()
+        .and_then(|s| s.last_record_time.as_ref())
+        .map(|t| t.0.as_second())
+        .hash(&mut h);
     Some(h.finish())
 }
 
@@ -319,9 +332,25 @@ async fn apply(tap: &FlowTap, ctx: &Context) -> Result<Action> {
     }
     lifecycle_events(ctx, &tap, &current, &conditions, step.patched.as_ref()).await;
 
-    // Come back for drift, session expiry, the linger deadline, a validation or a check.
-    let mut next = Duration::from_secs(30).min(ctx.config.session_ttl / 2);
-    if let Some(left) = linger.left {
+    // Come back for what only time brings: session expiry, the linger deadline, the end of
+    // Receiving, a validation or a configuration check. Drift of flows, outputs and Loggings,
+    // spec changes and listeners arriving or leaving come as watch events, so an idle tap is
+    // only looked at again as a safety net.
+    let mut next = IDLE_RECHECK;
+    if !tap.status.as_ref().is_none_or(|s| s.sessions.is_empty()) {
+        next = next.min(Duration::from_secs(30).min(ctx.config.session_ttl / 2));
+    }
+    if let Some(last) = tap.status.as_ref().and_then(|s| s.last_record_time.as_ref()) {
+        let quiet_in = status::RECEIVING_WINDOW.saturating_sub(status::age(last, now));
+        if !quiet_in.is_zero() {
+            next = next.min(quiet_in + Duration::from_secs(1));
+        }
+    }
+    // The linger as the status just written has it (Listening may have turned False in this
+    // very pass, and the controller's own write does not trigger another).
+    let mut written = tap.clone();
+    written.status.get_or_insert_with(Default::default).conditions = conditions.clone();
+    if let Some(left) = status::linger(&written, ctx.config.linger, now).left {
         next = next.min(left + Duration::from_secs(1));
     }
     if let Some(wait) = step.recheck {

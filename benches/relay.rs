@@ -1087,7 +1087,7 @@ async fn control_plane_bench(cycles: u32) -> Result<(), String> {
         namespace: Some("default".into()),
         mode: Default::default(),
         output_accept_timeout: Duration::from_secs(30),
-        sweep_interval: Duration::from_secs(2),
+        sweep_interval: Duration::from_secs(60),
     });
     let parts = Parts {
         authenticator: Arc::new(TokenReviewAuthenticator::new(

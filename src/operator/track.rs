@@ -52,7 +52,16 @@ pub async fn track_taps(
                         relay.pin_tap(&k, pinned);
                     }
                     relay.set_replay_records(&key, tap.spec.replay.records as usize);
-                    relay.announce(&key, crate::protocol::tap_status(&tap.name_any(), tap.status.as_ref()));
+                    // A FlowTap sharing another's output does not speak for the relay tap: the
+                    // one with the output does (listeners join that one).
+                    let sharing = tap
+                        .status
+                        .as_ref()
+                        .and_then(|s| super::status::condition(&s.conditions, "FlowPatched"))
+                        .is_some_and(|c| c.reason == "Shared");
+                    if !sharing {
+                        relay.announce(&key, crate::protocol::tap_status(&tap.name_any(), tap.status.as_ref()));
+                    }
                     let shown = tap
                         .status
                         .as_ref()

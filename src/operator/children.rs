@@ -18,6 +18,7 @@ use crate::{Error, Result};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, PostParams};
 use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -385,10 +386,23 @@ where
 }
 
 /// The `loggingRef` of the tap's flow (`""` when it has none), or `None` when the flow does
-/// not exist.
+/// not exist: from the watch cache, else (not there, or not yet) from the API server.
 pub(super) async fn flow_logging_ref(tap: &FlowTap, ctx: &Context) -> Result<Option<String>> {
     let ns = tap.namespace().unwrap_or_default();
     let name = &tap.spec.flow_ref.name;
+    let cached = match tap.spec.flow_ref.kind {
+        FlowKind::Flow => ctx
+            .flows
+            .get(&ObjectRef::new(name).within(&ns))
+            .map(|f| f.spec.logging_ref.clone()),
+        FlowKind::ClusterFlow => ctx
+            .cluster_flows
+            .get(&ObjectRef::new(name).within(&ns))
+            .map(|f| f.spec.logging_ref.clone()),
+    };
+    if let Some(logging_ref) = cached {
+        return Ok(Some(logging_ref.unwrap_or_default()));
+    }
     let logging_ref = match tap.spec.flow_ref.kind {
         FlowKind::Flow => Api::<Flow>::namespaced(ctx.client.clone(), &ns)
             .get_opt(name)

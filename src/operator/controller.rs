@@ -39,6 +39,10 @@ pub struct Context {
     pub repairs: std::sync::Mutex<std::collections::HashMap<String, Vec<std::time::Instant>>>,
     /// Consecutive failed reconciles of each FlowTap (by UID), for the error backoff.
     pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// Watch caches of what every pass reads; a miss is read from the API server.
+    pub flows: Store<Flow>,
+    pub cluster_flows: Store<ClusterFlow>,
+    pub loggings: Store<Logging>,
 }
 
 /// How often a tap with nothing time-driven pending is looked at again, as a safety net.
@@ -68,6 +72,23 @@ pub async fn run(
         .applied_objects()
         .predicate_filter(worth_a_pass, Default::default());
     let controller = Controller::for_stream(trigger, reader);
+    // Flows, ClusterFlows and Loggings: watched (a removed ref is repaired, a mirror follows its
+    // flow, a configuration check is seen at once) into caches every pass reads first.
+    let (flows, flows_in) = kube::runtime::reflector::store::<Flow>();
+    let (cluster_flows, cluster_flows_in) = kube::runtime::reflector::store::<ClusterFlow>();
+    let (loggings, loggings_in) = kube::runtime::reflector::store::<Logging>();
+    let flow_events = watcher::watcher(config.scoped::<Flow>(&client), watcher::Config::default())
+        .default_backoff()
+        .reflect(flows_in)
+        .touched_objects();
+    let cluster_flow_events = watcher::watcher(config.scoped::<ClusterFlow>(&client), watcher::Config::default())
+        .default_backoff()
+        .reflect(cluster_flows_in)
+        .touched_objects();
+    let logging_events = watcher::watcher(Api::<Logging>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(loggings_in)
+        .touched_objects();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
@@ -76,6 +97,9 @@ pub async fn run(
         liveness: Default::default(),
         repairs: Default::default(),
         failures: Default::default(),
+        flows,
+        cluster_flows,
+        loggings,
     });
     let (outputs, cluster_outputs) = (
         ctx.config.scoped::<Output>(&client),
@@ -83,15 +107,7 @@ pub async fn run(
     );
     sweep(&client, &ctx.config).await;
     let managed = || watcher::Config::default().labels("app.kubernetes.io/managed-by=log-socket");
-    let (flows, cluster_flows) = (
-        ctx.config.scoped::<Flow>(&client),
-        ctx.config.scoped::<ClusterFlow>(&client),
-    );
-    // Flows are watched (not polled) so that a removed ref is repaired and a mirror follows
-    // its flow at once.
     let (store, store2, store3) = (controller.store(), controller.store(), controller.store());
-    // A new configuration check of a Logging concerns the taps it renders.
-    let loggings: Api<Logging> = Api::all(client.clone());
     // Generated outputs name their FlowTap in an annotation (not an ownerReference).
     let (store4, store5) = (controller.store(), controller.store());
     let controller = controller
@@ -99,13 +115,12 @@ pub async fn run(
         .watches(cluster_outputs, managed(), move |o: ClusterOutput| {
             generated_for(&store5, &o.metadata)
         })
-        .watches(flows, watcher::Config::default(), move |f: Flow| {
-            taps_of(&store, FlowKind::Flow, &f.metadata)
-        })
-        .watches(cluster_flows, watcher::Config::default(), move |f: ClusterFlow| {
+        .watches_stream(flow_events, move |f: Flow| taps_of(&store, FlowKind::Flow, &f.metadata))
+        .watches_stream(cluster_flow_events, move |f: ClusterFlow| {
             taps_of(&store2, FlowKind::ClusterFlow, &f.metadata)
         })
-        .watches(loggings, watcher::Config::default(), move |l: Logging| {
+        // A new configuration check of a Logging concerns the taps it renders.
+        .watches_stream(logging_events, move |l: Logging| {
             let name = l.name_any();
             store3
                 .state()
@@ -396,7 +411,18 @@ async fn ensure_children(tap: &FlowTap, output: &str, patched: Option<&PatchedFl
             ..refuse(OutputState::Ready, FlowState::Missing)
         });
     };
-    let logging = match preflight::find_logging(&ctx.client, tap.spec.flow_ref.kind, &ns, &logging_ref).await? {
+    // From the cache when it has the answer; a cache that does not (yet) is asked no further.
+    let cached = preflight::pick_logging(
+        ctx.loggings.state().iter().map(|l| (**l).clone()).collect(),
+        tap.spec.flow_ref.kind,
+        &ns,
+        &logging_ref,
+    );
+    let found = match cached {
+        Ok(logging) => Ok(logging),
+        Err(_) => preflight::find_logging(&ctx.client, tap.spec.flow_ref.kind, &ns, &logging_ref).await?,
+    };
+    let logging = match found {
         Ok(logging) => logging,
         Err(r) => {
             children::teardown(tap, patched, ctx).await?;
@@ -459,7 +485,10 @@ async fn ensure_children(tap: &FlowTap, output: &str, patched: Option<&PatchedFl
             // A repair is putting back a ref this tap had in the flow (status.patched), not the
             // first append after the output's validation.
             let state = ensure_flow_ref(tap, output, ctx, patched.is_some()).await?;
-            remove_mirror(tap, tap.spec.flow_ref.kind, ctx).await?;
+            // A mirror can only exist from Mirror mode: look for one only when switching.
+            if patched.is_none_or(|p| p.mode == TapMode::Mirror) {
+                remove_mirror(tap, tap.spec.flow_ref.kind, ctx).await?;
+            }
             if matches!(state, FlowState::Repaired) && contested(ctx, tap) {
                 let r = Refusal::new(
                     CONTESTED,

@@ -106,7 +106,7 @@ async fn a_path_nobody_listens_to_is_accepted_so_fluentd_neither_retries_nor_bac
     };
     // Several flushes' worth of records arrive and are discarded.
     until("discarded records", &mut f, || discarded().filter(|n| *n >= 40)).await;
-    f.stop(Duration::from_secs(10));
+    f.stop(Duration::from_secs(10)).await;
     assert_eq!(
         f.backups(),
         Vec::<std::path::PathBuf>::new(),
@@ -146,7 +146,7 @@ async fn records_from_the_real_fluentd_reach_a_listener_in_order_without_gaps() 
     // every record arrives once and in order.
     let first = seen[0];
     assert_eq!(seen, (first..first + 60).collect::<Vec<_>>());
-    f.stop(Duration::from_secs(10));
+    f.stop(Duration::from_secs(10)).await;
     assert!(f.backups().is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }

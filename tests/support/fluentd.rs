@@ -87,8 +87,9 @@ impl Fluentd {
         out
     }
 
-    /// Stop with SIGTERM (fluentd flushes), then SIGKILL after `grace`.
-    pub fn stop(&mut self, grace: Duration) {
+    /// Stop with SIGTERM (fluentd flushes what it holds), then SIGKILL after `grace`. Async:
+    /// the relay fluentd flushes to may run on the same runtime and must keep answering.
+    pub async fn stop(&mut self, grace: Duration) {
         let pid = self.child.id() as i32;
         // SAFETY: signalling our own child's process group.
         unsafe { libc::kill(-pid, libc::SIGTERM) };
@@ -97,10 +98,14 @@ impl Fluentd {
             if !self.running() {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        // SAFETY: as above.
-        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        self.kill();
+    }
+
+    fn kill(&mut self) {
+        // SAFETY: signalling our own child's process group.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
     }
 }
@@ -108,7 +113,7 @@ impl Fluentd {
 impl Drop for Fluentd {
     fn drop(&mut self) {
         if self.running() {
-            self.stop(Duration::from_secs(5));
+            self.kill();
         }
     }
 }

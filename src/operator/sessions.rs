@@ -10,7 +10,6 @@ use crate::k8s::flowtap::{FlowTap, FlowTapSpec, Session};
 use crate::relay::{JoinError, SessionInfo, Sessions};
 use futures::future::BoxFuture;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, PostParams};
 use kube::ResourceExt;
 use std::collections::HashMap;
@@ -36,8 +35,7 @@ struct Mine {
 }
 
 fn now() -> Time {
-    // The API server stores seconds; compare like with like.
-    Time(Timestamp::from_second(Timestamp::now().as_second()).expect("now is a valid time"))
+    Time(super::status::now())
 }
 
 impl ClusterSessions {

@@ -13,6 +13,8 @@ use std::time::Duration;
 pub const REGISTRATION_GRACE: Duration = Duration::from_secs(5);
 /// The `Listening` reason of a tap that has never had a listener.
 pub const NO_LISTENER_YET: &str = "NoListenerYet";
+/// The `OutputReady`/`FlowPatched` reason of a FlowTap that shares another's output.
+pub const SHARED: &str = "Shared";
 /// A tap whose last record is older than this is not `Receiving`.
 pub const RECEIVING_WINDOW: Duration = Duration::from_secs(120);
 
@@ -176,7 +178,7 @@ fn output_ready(seen: &Observed) -> (bool, &'static str, String) {
         OutputState::Refused(r) => (false, r.reason, r.message.clone()),
         OutputState::Shared(s) => (
             s.phase == Some(Phase::Active),
-            "Shared",
+            SHARED,
             format!("FlowTap {} feeds this flow's tap; this FlowTap has no output of its own", s.with),
         ),
         OutputState::NameTaken => (
@@ -230,7 +232,7 @@ fn flow_patched(tap: &FlowTap, seen: &Observed) -> (bool, &'static str, String) 
         FlowState::Refused(r) => (false, r.reason, format!("the flow was restored: {}", r.message)),
         FlowState::Shared(s) => (
             s.phase == Some(Phase::Active),
-            "Shared",
+            SHARED,
             format!("FlowTap {} has its output in the flow", s.with),
         ),
     }

@@ -58,7 +58,7 @@ pub async fn track_taps(
                         .status
                         .as_ref()
                         .and_then(|s| super::status::condition(&s.conditions, "FlowPatched"))
-                        .is_some_and(|c| c.reason == "Shared");
+                        .is_some_and(|c| c.reason == super::status::SHARED);
                     if !sharing {
                         relay.announce(&key, crate::protocol::tap_status(&tap.name_any(), tap.status.as_ref()));
                     }

@@ -9,7 +9,7 @@
 //!
 //! Nothing here may let a record through on an error: every failure denies or answers 503.
 
-mod cache;
+pub(crate) mod cache;
 pub mod ingest;
 pub mod kubernetes;
 pub mod labels;

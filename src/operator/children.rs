@@ -9,7 +9,7 @@
 use super::controller::{publish, Context};
 use super::status::FlowState;
 use super::{output_name, OperatorConfig, MANAGED_BY};
-use crate::k8s::flowtap::{FlowKind, FlowRef, FlowTap, OutputKind, PatchedFlow};
+use crate::k8s::flowtap::{FlowKind, FlowRef, FlowTap, OutputKind, PatchedFlow, TapMode};
 use crate::k8s::logging::{
     ClusterFlow, ClusterOutput, ClusterOutputSpec, Flow, HasStatus, LoggingStatus, Output, OutputSpec,
 };
@@ -18,7 +18,7 @@ use crate::{Error, Result};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, PostParams};
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -128,7 +128,8 @@ pub(super) async fn ensure_output(
         OutputKind::Output => {
             let mut obj = Output::new(name, output);
             let api = Api::namespaced(ctx.client.clone(), &ns);
-            ensure_managed(api, &mut obj, tap, ctx, |o| &mut o.spec, repaired).await
+            let cached = cached(&ctx.outputs, &ns, name);
+            ensure_managed(api, cached, &mut obj, tap, ctx, |o| &mut o.spec, repaired).await
         }
         OutputKind::ClusterOutput => {
             let spec = ClusterOutputSpec {
@@ -137,16 +138,29 @@ pub(super) async fn ensure_output(
             };
             let mut obj = ClusterOutput::new(name, spec);
             let api = Api::namespaced(ctx.client.clone(), &ns);
-            ensure_managed(api, &mut obj, tap, ctx, |o| &mut o.spec, repaired).await
+            let cached = cached(&ctx.cluster_outputs, &ns, name);
+            ensure_managed(api, cached, &mut obj, tap, ctx, |o| &mut o.spec, repaired).await
         }
     }
 }
 
+/// `name` in `ns` from a watch cache.
+pub(super) fn cached<K>(store: &Store<K>, ns: &str, name: &str) -> Option<K>
+where
+    K: Resource + Clone,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    store.get(&ObjectRef::new(name).within(ns)).map(|o| (*o).clone())
+}
+
 /// Create `desired` if missing; repair its spec if someone changed it (a repaired object's
 /// old status no longer applies); refuse to touch an object of that name log-socket does not
-/// own.
+/// own. `cached` is the watch cache's copy: without one the object is created right away (a
+/// conflict reads it from the API server), with one the object is only written when its spec
+/// must be repaired (a stale copy makes that a conflict, and it is read again).
 async fn ensure_managed<K, S>(
     api: Api<K>,
+    cached: Option<K>,
     desired: &mut K,
     tap: &FlowTap,
     ctx: &Context,
@@ -160,69 +174,87 @@ where
 {
     let name = desired.meta().name.clone().unwrap_or_default();
     mark(desired.meta_mut(), tap);
-    let fresh = |existed, created| Ensured {
-        taken: false,
-        existed,
-        status: None,
-        created,
-    };
-    match api.get_opt(&name).await? {
-        None => {
-            let created = api.create(&PostParams::default(), desired).await?;
-            let kind = K::kind(&Default::default()).to_string();
-            tracing::info!(tap = %tap.name_any(), kind = %kind, name = %name, "created");
-            publish(
-                ctx,
-                tap,
-                EventType::Normal,
-                "Created",
-                &format!("created {kind} {name}"),
-            )
-            .await;
-            Ok(fresh(false, created.meta().creation_timestamp.clone()))
-        }
-        Some(mut existing) => {
-            if !is_ours(existing.meta(), tap) {
-                return Ok(Ensured {
-                    taken: true,
-                    ..fresh(true, None)
-                });
-            }
-            let created = existing.meta().creation_timestamp.clone();
-            let status = existing.status_of().cloned();
-            let want = spec(desired).clone();
-            // An object an earlier version generated, with an ownerReference: adopted.
-            if mark(existing.meta_mut(), tap) && *spec(&mut existing) == want {
-                api.replace(&name, &PostParams::default(), &existing).await?;
-            }
-            if *spec(&mut existing) != want {
-                *spec(&mut existing) = want;
-                api.replace(&name, &PostParams::default(), &existing).await?;
-                publish(ctx, tap, EventType::Normal, reason, &note).await;
-                // The status still judges the spec before the repair; the next pass reads the
-                // judgement of the restored one.
-                return Ok(Ensured {
-                    taken: false,
-                    existed: true,
-                    status,
-                    created,
-                });
-            }
-            Ok(Ensured {
-                taken: false,
+    let mut found = cached;
+    for attempt in 0..5 {
+        let mut existing = match found.take() {
+            Some(existing) => existing,
+            None => match api.create(&PostParams::default(), desired).await {
+                Ok(created) => {
+                    let kind = K::kind(&Default::default()).to_string();
+                    tracing::info!(tap = %tap.name_any(), kind = %kind, name = %name, "created");
+                    if tap.spec.persistent {
+                        let note = format!("created {kind} {name}");
+                        publish(ctx, tap, EventType::Normal, "Created", &note).await;
+                    }
+                    return Ok(Ensured {
+                        taken: false,
+                        existed: false,
+                        status: None,
+                        created: created.meta().creation_timestamp.clone(),
+                    });
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => match api.get_opt(&name).await? {
+                    Some(existing) => existing,
+                    // Deleted in between: create it again.
+                    None => continue,
+                },
+                Err(e) => return Err(e.into()),
+            },
+        };
+        if !is_ours(existing.meta(), tap) {
+            return Ok(Ensured {
+                taken: true,
                 existed: true,
-                status,
-                created,
-            })
+                status: None,
+                created: None,
+            });
         }
+        let ensured = Ensured {
+            taken: false,
+            existed: true,
+            status: existing.status_of().cloned(),
+            created: existing.meta().creation_timestamp.clone(),
+        };
+        let want = spec(desired).clone();
+        // An object an earlier version generated (with an ownerReference) is adopted; a changed
+        // spec is put back.
+        let adopt = mark(existing.meta_mut(), tap);
+        let repair = *spec(&mut existing) != want;
+        if !adopt && !repair {
+            return Ok(ensured);
+        }
+        *spec(&mut existing) = want;
+        match api.replace(&name, &PostParams::default(), &existing).await {
+            Ok(_) => {}
+            // A stale copy: read it again (gone: create it again).
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt < 4 => {
+                found = api.get_opt(&name).await?;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if repair {
+            publish(ctx, tap, EventType::Normal, reason, &note).await;
+            // The status still judges the spec before the repair; the next pass reads the
+            // judgement of the restored one.
+        }
+        return Ok(ensured);
     }
+    Err(Error::FlowKeptChanging { flow: name })
 }
 
-pub(super) async fn delete_managed<K>(api: Api<K>, name: &str, tap: &FlowTap) -> Result<bool>
+/// Delete `name` if it is `tap`'s. With a watch cache (`cached: Some(copy)` or `Some(None)` for
+/// "not in the cache"), the cache decides whether there is anything to delete; `None` asks the
+/// API server (where a leftover would break the render).
+pub(super) async fn delete_managed<K>(api: Api<K>, name: &str, tap: &FlowTap, cached: Option<Option<K>>) -> Result<bool>
 where
     K: Resource + Clone + DeserializeOwned + Debug,
 {
-    match api.get_opt(name).await? {
+    let existing = match cached {
+        Some(copy) => copy,
+        None => api.get_opt(name).await?,
+    };
+    match existing {
         Some(existing) if is_ours(existing.meta(), tap) => match api.delete(name, &Default::default()).await {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
@@ -241,7 +273,7 @@ pub(super) async fn ensure_flow_ref(
     was_patched: bool,
 ) -> Result<FlowState> {
     Ok(
-        match edit_flow_refs(tap, &tap.spec.flow_ref, output, ctx, true).await? {
+        match edit_flow_refs(tap, &tap.spec.flow_ref, output, ctx, Edit::Append).await? {
             None => FlowState::Missing,
             Some((true, _)) if was_patched => FlowState::Repaired,
             Some((_, problems)) if !problems.is_empty() => FlowState::Problems(problems),
@@ -260,8 +292,12 @@ pub(super) async fn ensure_mirror(tap: &FlowTap, output: &str, ctx: &Context) ->
     let state = match tap.spec.flow_ref.kind {
         FlowKind::Flow => {
             let api = Api::<Flow>::namespaced(ctx.client.clone(), &ns);
-            let Some(original) = api.get_opt(flow).await? else {
-                delete_managed(api, &name, tap).await?;
+            let original = match cached(&ctx.flows, &ns, flow) {
+                Some(f) => Some(f),
+                None => api.get_opt(flow).await?,
+            };
+            let Some(original) = original else {
+                delete_managed(api, &name, tap, None).await?;
                 return Ok(FlowState::Missing);
             };
             let mut spec = original.spec;
@@ -269,19 +305,25 @@ pub(super) async fn ensure_mirror(tap: &FlowTap, output: &str, ctx: &Context) ->
             spec.global_output_refs = None;
             without_custom_label(&mut spec.other);
             let mut mirror = Flow::new(&name, spec);
-            ensure_managed(api, &mut mirror, tap, ctx, |f| &mut f.spec, synced()).await?
+            let existing = cached(&ctx.flows, &ns, &name);
+            ensure_managed(api, existing, &mut mirror, tap, ctx, |f| &mut f.spec, synced()).await?
         }
         FlowKind::ClusterFlow => {
             let api = Api::<ClusterFlow>::namespaced(ctx.client.clone(), &ns);
-            let Some(original) = api.get_opt(flow).await? else {
-                delete_managed(api, &name, tap).await?;
+            let original = match cached(&ctx.cluster_flows, &ns, flow) {
+                Some(f) => Some(f),
+                None => api.get_opt(flow).await?,
+            };
+            let Some(original) = original else {
+                delete_managed(api, &name, tap, None).await?;
                 return Ok(FlowState::Missing);
             };
             let mut spec = original.spec;
             spec.global_output_refs = Some(vec![output.to_owned()]);
             without_custom_label(&mut spec.other);
             let mut mirror = ClusterFlow::new(&name, spec);
-            ensure_managed(api, &mut mirror, tap, ctx, |f| &mut f.spec, synced()).await?
+            let existing = cached(&ctx.cluster_flows, &ns, &name);
+            ensure_managed(api, existing, &mut mirror, tap, ctx, |f| &mut f.spec, synced()).await?
         }
     };
     let problems = state.status.and_then(|s| s.problems).unwrap_or_default();
@@ -299,14 +341,22 @@ fn without_custom_label(spec: &mut crate::k8s::logging::Other) {
     spec.remove("includeLabelInRouter");
 }
 
-/// Delete the tap's mirror of a `kind` flow, if there is one.
-pub(super) async fn remove_mirror(tap: &FlowTap, kind: FlowKind, ctx: &Context) -> Result<()> {
+/// Delete the tap's mirror of a `kind` flow, if there is one. `sure`: ask the API server, not
+/// only the watch cache (the tap was in Mirror mode, so a mirror naming its output may exist
+/// even if the cache has not seen it yet, and the output must not go before it).
+pub(super) async fn remove_mirror(tap: &FlowTap, kind: FlowKind, ctx: &Context, sure: bool) -> Result<()> {
     let ns = tap.namespace().unwrap_or_default();
     let name = output_name(&tap.name_any());
     let removed = match kind {
-        FlowKind::Flow => delete_managed::<Flow>(Api::namespaced(ctx.client.clone(), &ns), &name, tap).await?,
+        FlowKind::Flow => {
+            let copy = cached(&ctx.flows, &ns, &name);
+            let cache = (copy.is_some() || !sure).then_some(copy);
+            delete_managed::<Flow>(Api::namespaced(ctx.client.clone(), &ns), &name, tap, cache).await?
+        }
         FlowKind::ClusterFlow => {
-            delete_managed::<ClusterFlow>(Api::namespaced(ctx.client.clone(), &ns), &name, tap).await?
+            let copy = cached(&ctx.cluster_flows, &ns, &name);
+            let cache = (copy.is_some() || !sure).then_some(copy);
+            delete_managed::<ClusterFlow>(Api::namespaced(ctx.client.clone(), &ns), &name, tap, cache).await?
         }
     };
     if removed {
@@ -315,9 +365,28 @@ pub(super) async fn remove_mirror(tap: &FlowTap, kind: FlowKind, ctx: &Context) 
     Ok(())
 }
 
-/// Take `output` out of the refs of `flow` (in the tap's namespace), if it is there.
-pub(super) async fn ensure_flow_ref_removed(tap: &FlowTap, flow: &FlowRef, output: &str, ctx: &Context) -> Result<()> {
-    edit_flow_refs(tap, flow, output, ctx, false).await.map(|_| ())
+/// Take `output` out of the refs of `flow` (in the tap's namespace), if it is there. `sure`:
+/// the tap put it there (status.patched), so a watch cache that does not show it yet is not
+/// taken for its absence: the output must never be deleted while a flow names it.
+pub(super) async fn ensure_flow_ref_removed(
+    tap: &FlowTap,
+    flow: &FlowRef,
+    output: &str,
+    ctx: &Context,
+    sure: bool,
+) -> Result<()> {
+    edit_flow_refs(tap, flow, output, ctx, Edit::Remove { sure })
+        .await
+        .map(|_| ())
+}
+
+/// What [`edit_refs`] does to a flow's output list.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Edit {
+    /// Make the output the last entry.
+    Append,
+    /// Take it out; `sure`: confirm with the API server what a cached copy says is not there.
+    Remove { sure: bool },
 }
 
 /// [`edit_refs`] on a Flow (`localOutputRefs`) or ClusterFlow (`globalOutputRefs`) in the
@@ -327,38 +396,50 @@ async fn edit_flow_refs(
     flow_ref: &FlowRef,
     output: &str,
     ctx: &Context,
-    add: bool,
+    edit: Edit,
 ) -> Result<Option<(bool, Vec<String>)>> {
     let ns = tap.namespace().unwrap_or_default();
     let flow = &flow_ref.name;
     match flow_ref.kind {
         FlowKind::Flow => {
             let api = Api::<Flow>::namespaced(ctx.client.clone(), &ns);
-            edit_refs(api, flow, |f| &mut f.spec.local_output_refs, output, add).await
+            let copy = cached(&ctx.flows, &ns, flow);
+            edit_refs(api, copy, flow, |f| &mut f.spec.local_output_refs, output, edit).await
         }
         FlowKind::ClusterFlow => {
             let api = Api::<ClusterFlow>::namespaced(ctx.client.clone(), &ns);
-            edit_refs(api, flow, |f| &mut f.spec.global_output_refs, output, add).await
+            let copy = cached(&ctx.cluster_flows, &ns, flow);
+            edit_refs(api, copy, flow, |f| &mut f.spec.global_output_refs, output, edit).await
         }
     }
 }
 
-/// Make `output` the last entry of the flow's list (`add`), or take it out. The lists are
-/// atomic, so this is a full replace guarded by resourceVersion, retried on conflict; fields
-/// log-socket does not model are kept. Returns `None` if the flow does not exist, else whether
-/// it changed anything and the problems logging-operator reports for the flow.
+/// Make `output` the last entry of the flow's list, or take it out. The lists are atomic, so
+/// this is a full replace guarded by resourceVersion, retried on conflict; fields log-socket
+/// does not model are kept. The first attempt works on `cached` (a watch cache's copy) when
+/// there is one: a stale copy costs a conflict and a fresh read, a current one saves the read.
+/// Returns `None` if the flow does not exist, else whether it changed anything and the
+/// problems logging-operator reports for the flow.
 pub(super) async fn edit_refs<K>(
     api: Api<K>,
+    cached: Option<K>,
     name: &str,
     refs: impl Fn(&mut K) -> &mut Option<Vec<String>>,
     output: &str,
-    add: bool,
+    edit: Edit,
 ) -> Result<Option<(bool, Vec<String>)>>
 where
     K: Resource + HasStatus + Clone + Serialize + DeserializeOwned + Debug,
 {
+    let add = edit == Edit::Append;
+    let mut copy = cached;
     for attempt in 0..20u64 {
-        let Some(mut flow) = api.get_opt(name).await? else {
+        let from_cache = copy.is_some();
+        let flow = match copy.take() {
+            Some(flow) => Some(flow),
+            None => api.get_opt(name).await?,
+        };
+        let Some(mut flow) = flow else {
             return Ok(None);
         };
         let reported = flow.problems();
@@ -369,6 +450,9 @@ where
             wanted.push(output.to_owned());
         }
         if wanted == current {
+            if from_cache && edit == (Edit::Remove { sure: true }) {
+                continue;
+            }
             return Ok(Some((false, reported)));
         }
         // Leave no empty list behind where there was none.
@@ -419,8 +503,9 @@ pub(super) async fn flow_logging_ref(tap: &FlowTap, ctx: &Context) -> Result<Opt
 /// Undo what `patched` records: the output's ref taken out of that flow, or that mirror
 /// deleted.
 pub(super) async fn unpatch(tap: &FlowTap, patched: &PatchedFlow, ctx: &Context) -> Result<()> {
-    ensure_flow_ref_removed(tap, &patched.flow_ref, &patched.output, ctx).await?;
-    remove_mirror(tap, patched.flow_ref.kind, ctx).await
+    let patch_mode = patched.mode == TapMode::Patch;
+    ensure_flow_ref_removed(tap, &patched.flow_ref, &patched.output, ctx, patch_mode).await?;
+    remove_mirror(tap, patched.flow_ref.kind, ctx, !patch_mode).await
 }
 
 /// Everything the tap changed, undone in the order logging-operator needs: flows first (what
@@ -430,18 +515,25 @@ pub(super) async fn teardown(tap: &FlowTap, patched: Option<&PatchedFlow>, ctx: 
     if let Some(patched) = patched {
         unpatch(tap, patched, ctx).await?;
     }
-    ensure_flow_ref_removed(tap, &tap.spec.flow_ref, &output, ctx).await?;
-    remove_mirror(tap, tap.spec.flow_ref.kind, ctx).await?;
+    // The spec's flow, unless that is what was just restored: the cache may not show that yet.
+    if patched.is_none_or(|p| p.flow_ref != tap.spec.flow_ref || p.output != output) {
+        ensure_flow_ref_removed(tap, &tap.spec.flow_ref, &output, ctx, false).await?;
+        remove_mirror(tap, tap.spec.flow_ref.kind, ctx, false).await?;
+    }
     let ns = tap.namespace().unwrap_or_default();
     let mut deleted = false;
-    // Both kinds: a flowRef that changed kind leaves the other kind of output behind.
+    // Both kinds: a flowRef that changed kind leaves the other kind of output behind. The watch
+    // cache decides: an output it has not seen yet is named by no flow, and the sweep removes
+    // it once its FlowTap is gone.
     for kind in [FlowKind::Flow, FlowKind::ClusterFlow] {
         let gone = match kind.output_kind() {
             OutputKind::Output => {
-                delete_managed::<Output>(Api::namespaced(ctx.client.clone(), &ns), &output, tap).await?
+                let copy = Some(cached(&ctx.outputs, &ns, &output));
+                delete_managed::<Output>(Api::namespaced(ctx.client.clone(), &ns), &output, tap, copy).await?
             }
             OutputKind::ClusterOutput => {
-                delete_managed::<ClusterOutput>(Api::namespaced(ctx.client.clone(), &ns), &output, tap).await?
+                let copy = Some(cached(&ctx.cluster_outputs, &ns, &output));
+                delete_managed::<ClusterOutput>(Api::namespaced(ctx.client.clone(), &ns), &output, tap, copy).await?
             }
         };
         deleted |= gone;

@@ -43,6 +43,17 @@ pub struct Context {
     pub flows: Store<Flow>,
     pub cluster_flows: Store<ClusterFlow>,
     pub loggings: Store<Logging>,
+    /// The outputs log-socket generated (by its managed-by label).
+    pub outputs: Store<Output>,
+    pub cluster_outputs: Store<ClusterOutput>,
+    /// `status.patched` as this controller last wrote it (by FlowTap UID): the watch cache
+    /// can still hold an older status, and a pass on that view must neither take a new
+    /// configuration-check baseline that already holds the tap's own check nor forget a flow
+    /// it patched.
+    pub written: std::sync::Mutex<std::collections::HashMap<String, Option<PatchedFlow>>>,
+    /// FlowTaps (by UID) whose cleanup finished here: a pass on a cached copy that still shows
+    /// the finalizer would only repeat it.
+    pub cleaned: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// How often a tap with nothing time-driven pending is looked at again, as a safety net.
@@ -89,6 +100,18 @@ pub async fn run(
         .default_backoff()
         .reflect(loggings_in)
         .touched_objects();
+    // Generated outputs, by the managed-by label: validation is read from here.
+    let managed = || watcher::Config::default().labels("app.kubernetes.io/managed-by=log-socket");
+    let (outputs, outputs_in) = kube::runtime::reflector::store::<Output>();
+    let (cluster_outputs, cluster_outputs_in) = kube::runtime::reflector::store::<ClusterOutput>();
+    let output_events = watcher::watcher(config.scoped::<Output>(&client), managed())
+        .default_backoff()
+        .reflect(outputs_in)
+        .touched_objects();
+    let cluster_output_events = watcher::watcher(config.scoped::<ClusterOutput>(&client), managed())
+        .default_backoff()
+        .reflect(cluster_outputs_in)
+        .touched_objects();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
@@ -100,19 +123,18 @@ pub async fn run(
         flows,
         cluster_flows,
         loggings,
+        outputs,
+        cluster_outputs,
+        written: Default::default(),
+        cleaned: Default::default(),
     });
-    let (outputs, cluster_outputs) = (
-        ctx.config.scoped::<Output>(&client),
-        ctx.config.scoped::<ClusterOutput>(&client),
-    );
     sweep(&client, &ctx.config).await;
-    let managed = || watcher::Config::default().labels("app.kubernetes.io/managed-by=log-socket");
     let (store, store2, store3) = (controller.store(), controller.store(), controller.store());
     // Generated outputs name their FlowTap in an annotation (not an ownerReference).
     let (store4, store5) = (controller.store(), controller.store());
     let controller = controller
-        .watches(outputs, managed(), move |o: Output| generated_for(&store4, &o.metadata))
-        .watches(cluster_outputs, managed(), move |o: ClusterOutput| {
+        .watches_stream(output_events, move |o: Output| generated_for(&store4, &o.metadata))
+        .watches_stream(cluster_output_events, move |o: ClusterOutput| {
             generated_for(&store5, &o.metadata)
         })
         .watches_stream(flow_events, move |f: Flow| taps_of(&store, FlowKind::Flow, &f.metadata))
@@ -253,6 +275,10 @@ async fn reconcile(tap: Arc<FlowTap>, ctx: Arc<Context>) -> Result<Action> {
     let ns = tap.namespace().unwrap_or_default();
     let api: Api<FlowTap> = Api::namespaced(ctx.client.clone(), &ns);
     let uid = tap.uid().unwrap_or_default();
+    let deleting = tap.metadata.deletion_timestamp.is_some();
+    if deleting && ctx.cleaned.lock().unwrap().contains(&uid) {
+        return Ok(Action::await_change());
+    }
     let result = finalizer(&api, FINALIZER, tap, |event| async {
         match event {
             Event::Apply(tap) => apply(&tap, &ctx).await,
@@ -263,6 +289,14 @@ async fn reconcile(tap: Arc<FlowTap>, ctx: Arc<Context>) -> Result<Action> {
     .map_err(|e| Error::Finalizer(Box::new(e)));
     if result.is_ok() {
         ctx.failures.lock().unwrap().remove(&uid);
+        // Cleaned up and the finalizer removed (a FlowTap without ours is not ours to clean).
+        if deleting {
+            let mut cleaned = ctx.cleaned.lock().unwrap();
+            if cleaned.len() >= 10_000 {
+                cleaned.clear();
+            }
+            cleaned.insert(uid);
+        }
     }
     result
 }
@@ -280,7 +314,10 @@ async fn apply(tap: &FlowTap, ctx: &Context) -> Result<Action> {
     }
 
     let output = output_name(&name);
-    let current = tap.status.clone().unwrap_or_default();
+    let mut current = tap.status.clone().unwrap_or_default();
+    if let Some(written) = ctx.written.lock().unwrap().get(&tap.uid().unwrap_or_default()) {
+        current.patched = written.clone();
+    }
     let mut patched = current.patched.clone();
     // A flowRef that changed (clusters without CEL do not stop it): undo the old flow first.
     if let Some(old) = patched.as_ref().filter(|p| p.flow_ref != tap.spec.flow_ref) {
@@ -297,6 +334,7 @@ async fn apply(tap: &FlowTap, ctx: &Context) -> Result<Action> {
                 flow_state: FlowState::Shared(shared),
                 patched: None,
                 recheck: Some(Duration::from_secs(5)),
+                quiet: false,
             }
         }
         None => ensure_children(&tap, &output, patched.as_ref(), ctx).await?,
@@ -318,7 +356,7 @@ async fn apply(tap: &FlowTap, ctx: &Context) -> Result<Action> {
         || current.observed_generation != generation
         || current.output.as_ref().map(|o| &o.name) != Some(&output)
         || current.patched != step.patched;
-    if changed {
+    if changed && !step.quiet {
         let output_kind = tap.spec.flow_ref.kind.output_kind();
         let patch = json!({"status": {
             "phase": phase,
@@ -329,6 +367,10 @@ async fn apply(tap: &FlowTap, ctx: &Context) -> Result<Action> {
         }});
         api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
+        ctx.written
+            .lock()
+            .unwrap()
+            .insert(tap.uid().unwrap_or_default(), step.patched.clone());
     }
     // Events on transitions only, so a tap that stays refused does not flood them.
     let had =
@@ -338,7 +380,13 @@ async fn apply(tap: &FlowTap, ctx: &Context) -> Result<Action> {
             publish(ctx, &tap, EventType::Warning, r.reason, &r.message).await;
         }
     } else if phase == Phase::Active && !had("Ready", "Active") {
-        let note = format!("{output} validated and in the flow; records follow once fluentd has reloaded");
+        // An ephemeral tap tells its story in this one Event: it lives only as long as its
+        // listeners, who see every step in their status frames, and each Event is a write.
+        let story = match (tap.spec.persistent, step.patched.as_ref()) {
+            (false, Some(p)) => format!("{}; ", patch_note(p)),
+            _ => String::new(),
+        };
+        let note = format!("{story}{output} validated and in the flow; records follow once fluentd has reloaded");
         publish(ctx, &tap, EventType::Normal, "Active", &note).await;
     }
     if matches!(step.flow_state, FlowState::Repaired) {
@@ -382,6 +430,8 @@ struct Step {
     patched: Option<PatchedFlow>,
     /// Look again this soon (a validation or a configuration check is pending).
     recheck: Option<Duration>,
+    /// Nothing worth a status write yet (an output created just now, validated in a moment).
+    quiet: bool,
 }
 
 /// Check first, then change: refuse before the flow would name anything logging-operator
@@ -395,6 +445,7 @@ async fn ensure_children(tap: &FlowTap, output: &str, patched: Option<&PatchedFl
         flow_state,
         patched: None,
         recheck: Some(Duration::from_secs(10)),
+        quiet: false,
     };
     // A failed configuration check, or a contested flow, is final until the spec changes.
     if let Some(r) = sticky_refusal(tap) {
@@ -466,6 +517,13 @@ async fn ensure_children(tap: &FlowTap, output: &str, patched: Option<&PatchedFl
                 flow_state: FlowState::Skipped,
                 patched: still,
                 recheck: Some(left.min(Duration::from_secs(2))),
+                // Validation usually comes within the second (its status write brings the
+                // next pass); the phase is written if it does not.
+                quiet: patched.is_none()
+                    && ensured
+                        .created
+                        .as_ref()
+                        .is_none_or(|t| status::age(t, status::now()) < Duration::from_secs(2)),
             });
         }
         Validation::Refused(r) => {
@@ -487,7 +545,8 @@ async fn ensure_children(tap: &FlowTap, output: &str, patched: Option<&PatchedFl
             let state = ensure_flow_ref(tap, output, ctx, patched.is_some()).await?;
             // A mirror can only exist from Mirror mode: look for one only when switching.
             if patched.is_none_or(|p| p.mode == TapMode::Mirror) {
-                remove_mirror(tap, tap.spec.flow_ref.kind, ctx).await?;
+                let was_mirror = patched.is_some();
+                remove_mirror(tap, tap.spec.flow_ref.kind, ctx, was_mirror).await?;
             }
             if matches!(state, FlowState::Repaired) && contested(ctx, tap) {
                 let r = Refusal::new(
@@ -510,7 +569,8 @@ async fn ensure_children(tap: &FlowTap, output: &str, patched: Option<&PatchedFl
         TapMode::Mirror => {
             // The mirror first, so switching from Patch loses no record.
             let state = ensure_mirror(tap, output, ctx).await?;
-            ensure_flow_ref_removed(tap, &tap.spec.flow_ref, output, ctx).await?;
+            let was_patch = patched.is_some_and(|p| p.mode == TapMode::Patch);
+            ensure_flow_ref_removed(tap, &tap.spec.flow_ref, output, ctx, was_patch).await?;
             state
         }
     };
@@ -524,25 +584,10 @@ async fn ensure_children(tap: &FlowTap, output: &str, patched: Option<&PatchedFl
             flow_state,
             patched: None,
             recheck: None,
+            quiet: false,
         });
     }
     let logging_name = logging.name_any();
-    // No record in the (cached) tap: read it from the API before starting a new one, so a
-    // reconcile on a view older than the last status write cannot take a baseline that already
-    // holds this tap's own configuration check.
-    let fresh;
-    let patched = match patched {
-        Some(p) => Some(p),
-        None => {
-            let api: Api<FlowTap> = Api::namespaced(ctx.client.clone(), &ns);
-            fresh = api
-                .get_opt(&tap.name_any())
-                .await?
-                .and_then(|t| t.status)
-                .and_then(|s| s.patched);
-            fresh.as_ref().filter(|p| p.flow_ref == tap.spec.flow_ref)
-        }
-    };
     let mut record = match patched {
         Some(p) if p.mode == tap.spec.mode && p.logging.as_deref() == Some(logging_name.as_str()) => p.clone(),
         _ => PatchedFlow {
@@ -582,6 +627,7 @@ async fn ensure_children(tap: &FlowTap, output: &str, patched: Option<&PatchedFl
         flow_state,
         patched: Some(record),
         recheck,
+        quiet: false,
     })
 }
 
@@ -653,12 +699,9 @@ async fn lifecycle_events(
 ) {
     let flow = |p: &PatchedFlow| format!("{} {}", p.flow_ref.kind, p.flow_ref.name);
     match (before.patched.as_ref(), patched) {
-        (None, Some(p)) => {
-            let note = match p.mode {
-                TapMode::Patch => format!("appended {} to {}", p.output, flow(p)),
-                TapMode::Mirror => format!("created a mirror of {} feeding {}", flow(p), p.output),
-            };
-            publish(ctx, tap, EventType::Normal, "FlowPatched", &note).await;
+        // An ephemeral tap's patch is told in its `Active` Event.
+        (None, Some(p)) if tap.spec.persistent => {
+            publish(ctx, tap, EventType::Normal, "FlowPatched", &patch_note(p)).await;
         }
         (Some(p), None) => {
             let note = format!("{} restored: {} is no longer in it", flow(p), p.output);
@@ -669,6 +712,10 @@ async fn lifecycle_events(
     let listening = |c: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]| {
         status::condition(c, "Listening").map(|c| c.status == "True")
     };
+    // Listeners come and go with an ephemeral tap itself.
+    if !tap.spec.persistent {
+        return;
+    }
     match (listening(&before.conditions), listening(conditions)) {
         (Some(false) | None, Some(true)) => {
             let n = tap.status.as_ref().map_or(0, |s| s.sessions.len());
@@ -688,6 +735,15 @@ async fn lifecycle_events(
     }
 }
 
+/// What a patch did, for Events.
+fn patch_note(p: &PatchedFlow) -> String {
+    let flow = format!("{} {}", p.flow_ref.kind, p.flow_ref.name);
+    match p.mode {
+        TapMode::Patch => format!("appended {} to {flow}", p.output),
+        TapMode::Mirror => format!("created a mirror of {flow} feeding {}", p.output),
+    }
+}
+
 /// Drop the sessions of relays that stopped renewing (crashed, partitioned). Returns the tap as
 /// it is now, `None` when it is gone.
 async fn expire_sessions(api: &Api<FlowTap>, tap: &FlowTap, ctx: &Context) -> Result<Option<FlowTap>> {
@@ -697,7 +753,7 @@ async fn expire_sessions(api: &Api<FlowTap>, tap: &FlowTap, ctx: &Context) -> Re
     if !tap.status.as_ref().is_some_and(|s| s.sessions.iter().any(expired)) {
         return Ok(Some(tap.clone()));
     }
-    let updated = update_status(api, &tap.name_any(), |status| {
+    let updated = update_status(api, &tap.name_any(), Some(tap.clone()), |status| {
         let before = status.sessions.len();
         status.sessions.retain(|s| !expired(s));
         status.sessions.len() != before
@@ -730,21 +786,36 @@ async fn delete_idle(api: &Api<FlowTap>, tap: &FlowTap, idle: Duration) -> Resul
 
 async fn cleanup(tap: &FlowTap, ctx: &Context) -> Result<Action> {
     let name = tap.name_any();
-    let ns = tap.namespace().unwrap_or_default();
-    if tap.status.as_ref().and_then(|s| s.phase) != Some(Phase::Terminating) {
-        let api: Api<FlowTap> = Api::namespaced(ctx.client.clone(), &ns);
-        let patch = json!({"status": {"phase": Phase::Terminating}});
-        if let Err(e) = api
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            tracing::debug!(tap = %name, error = %e, "could not mark the tap Terminating");
+    let uid = tap.uid().unwrap_or_default();
+    // What status says was patched (as last written), and the spec's flow; flows first, then
+    // the output.
+    let written = ctx.written.lock().unwrap().get(&uid).cloned();
+    let patched = match &written {
+        Some(w) => w.as_ref(),
+        None => tap.status.as_ref().and_then(|s| s.patched.as_ref()),
+    };
+    match children::teardown(tap, patched, ctx).await {
+        Ok(removed) => {
+            ctx.written.lock().unwrap().remove(&uid);
+            if removed {
+                tracing::info!(tap = %name, "tap removed: flow restored, output deleted");
+            }
         }
-    }
-    // What status says was patched, and the spec's flow; flows first, then the output.
-    let patched = tap.status.as_ref().and_then(|s| s.patched.as_ref());
-    if children::teardown(tap, patched, ctx).await? {
-        tracing::info!(tap = %name, "tap removed: flow restored, output deleted");
+        Err(e) => {
+            // Only a cleanup that does not finish at once is worth a status write: the
+            // finalizer stays, and the phase says why the FlowTap is still there.
+            if tap.status.as_ref().and_then(|s| s.phase) != Some(Phase::Terminating) {
+                let api: Api<FlowTap> = Api::namespaced(ctx.client.clone(), &tap.namespace().unwrap_or_default());
+                let patch = json!({"status": {"phase": Phase::Terminating}});
+                if let Err(e) = api
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
+                    tracing::debug!(tap = %name, error = %e, "could not mark the tap Terminating");
+                }
+            }
+            return Err(e);
+        }
     }
     Ok(Action::await_change())
 }

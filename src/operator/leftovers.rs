@@ -8,7 +8,7 @@
 //! only edit to a user's flow is taking out a `logsocket-*` ref naming an output that does not
 //! exist and that no FlowTap will create, which logging-operator would reject anyway.
 
-use super::children::edit_refs;
+use super::children::{edit_refs, Edit};
 use super::{output_name, OperatorConfig};
 use crate::k8s::logging::{ClusterFlow, ClusterOutput, Flow, HasStatus, Output};
 use crate::Result;
@@ -105,7 +105,16 @@ where
             .cloned()
             .collect();
         for output in stale {
-            if let Some((true, _)) = edit_refs(api.clone(), &flow.name_any(), refs, &output, false).await? {
+            if let Some((true, _)) = edit_refs(
+                api.clone(),
+                None,
+                &flow.name_any(),
+                refs,
+                &output,
+                Edit::Remove { sure: false },
+            )
+            .await?
+            {
                 tracing::info!(flow = %flow.name_any(), namespace = %ns, output = %output, "removed a leftover tap ref");
                 removed += 1;
             }

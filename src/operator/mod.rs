@@ -144,15 +144,21 @@ pub fn tap_key(tap: &FlowTap) -> Option<TapKey> {
 
 /// Read-modify-write of a FlowTap's status, guarded by resourceVersion and retried on conflict
 /// (several relays and the controller write it). `change` returns false to leave it alone.
-/// Returns `None` when the FlowTap is gone.
+/// Returns `None` when the FlowTap is gone. `known`: a copy just read or written, tried first
+/// instead of a read (a stale one costs a conflict and a read).
 pub async fn update_status(
     api: &Api<FlowTap>,
     name: &str,
+    mut known: Option<FlowTap>,
     mut change: impl FnMut(&mut FlowTapStatus) -> bool,
 ) -> Result<Option<FlowTap>, kube::Error> {
     let mut attempt = 0;
     loop {
-        let Some(mut tap) = api.get_opt(name).await? else {
+        let tap = match known.take() {
+            Some(tap) => Some(tap),
+            None => api.get_opt(name).await?,
+        };
+        let Some(mut tap) = tap else {
             return Ok(None);
         };
         let mut status = tap.status.clone().unwrap_or_default();

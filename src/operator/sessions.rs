@@ -9,8 +9,10 @@ use crate::auth::kubernetes::check_tap_permission;
 use crate::k8s::flowtap::{FlowTap, FlowTapSpec, Session};
 use crate::relay::{JoinError, SessionInfo, Sessions};
 use futures::future::BoxFuture;
+use futures::FutureExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, PostParams};
+use kube::runtime::reflector::{store::Writer, Store};
 use kube::ResourceExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,7 +24,17 @@ pub struct ClusterSessions {
     check_permission: bool,
     /// Our sessions: session id → where it is registered, and what to register again.
     mine: Mutex<HashMap<u64, Mine>>,
+    /// This relay's view of the FlowTaps, kept by its tap tracking ([`super::track`]).
+    taps: Store<FlowTap>,
+    taps_in: Mutex<Option<Writer<FlowTap>>>,
+    /// Identities recently allowed to tap a flow (denials are asked again each time, so a
+    /// granted permission works at once).
+    allowed: crate::auth::cache::Cache<String, ()>,
 }
+
+/// How long a SubjectAccessReview that allowed tapping a flow is trusted: like kube-apiserver's
+/// own webhook authorizer cache, short enough that a revoked permission ends new taps soon.
+const PERMISSION_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One of this relay's sessions.
 #[derive(Clone)]
@@ -40,11 +52,15 @@ fn now() -> Time {
 
 impl ClusterSessions {
     pub fn new(client: kube::Client, config: Arc<OperatorConfig>, check_permission: bool) -> Self {
+        let (taps, taps_in) = kube::runtime::reflector::store();
         ClusterSessions {
+            taps,
+            taps_in: Mutex::new(Some(taps_in)),
             client,
             config,
             check_permission,
             mine: Mutex::new(HashMap::new()),
+            allowed: crate::auth::cache::Cache::new(PERMISSION_TTL),
         }
     }
 
@@ -52,20 +68,40 @@ impl ClusterSessions {
         format!("{}/{id}", self.config.instance)
     }
 
+    /// The writer of the FlowTap cache this relay's tap tracking fills (once).
+    pub fn tap_cache_writer(&self) -> Writer<FlowTap> {
+        self.taps_in
+            .lock()
+            .unwrap()
+            .take()
+            .unwrap_or_else(|| kube::runtime::reflector::store().1)
+    }
+
     /// The FlowTap of the session's flow: an existing one (a persistent tap wins), or a new
-    /// ephemeral one.
-    async fn find_or_create(&self, session: &SessionInfo) -> Result<String, kube::Error> {
+    /// ephemeral one. Existing ones are looked for in the tap tracking's cache once it has
+    /// synced (one it has not seen yet only means two FlowTaps share the flow, which the
+    /// controller handles), else listed.
+    async fn find_or_create(&self, session: &SessionInfo) -> Result<(String, Option<FlowTap>), kube::Error> {
         let api: Api<FlowTap> = Api::namespaced(self.client.clone(), &session.tap.namespace);
-        let existing = api.list(&ListParams::default()).await?;
+        let synced = self.taps.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok());
+        let existing: Vec<FlowTap> = if synced {
+            self.taps
+                .state()
+                .iter()
+                .filter(|t| t.metadata.namespace.as_deref() == Some(session.tap.namespace.as_str()))
+                .map(|t| (**t).clone())
+                .collect()
+        } else {
+            api.list(&ListParams::default()).await?.items
+        };
         let mut matching: Vec<&FlowTap> = existing
-            .items
             .iter()
             .filter(|t| t.spec.flow_ref.kind == session.tap.kind && t.spec.flow_ref.name == session.tap.name)
             .filter(|t| t.metadata.deletion_timestamp.is_none())
             .collect();
         matching.sort_by_key(|t| (!t.spec.persistent, t.name_any()));
         if let Some(tap) = matching.first() {
-            return Ok(tap.name_any());
+            return Ok((tap.name_any(), Some((*tap).clone())));
         }
         let name = ephemeral_tap_name(session.tap.kind, &session.tap.name);
         let mut tap = FlowTap::new(
@@ -82,13 +118,16 @@ impl ClusterSessions {
             },
         );
         tap.metadata.labels = Some([(super::MANAGED_BY.0.to_owned(), super::MANAGED_BY.1.to_owned())].into());
+        // Born with the cleanup finalizer: the controller need not add it (a write, and a
+        // conflict with the session registered next).
+        tap.metadata.finalizers = Some(vec![super::FINALIZER.to_owned()]);
         match api.create(&PostParams::default(), &tap).await {
-            Ok(_) => {
+            Ok(created) => {
                 tracing::info!(tap = %name, namespace = %session.tap.namespace, "FlowTap created for a listener");
-                Ok(name)
+                Ok((name, Some(created)))
             }
             // Another listener (or relay) created it first: join that one.
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(name),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok((name, None)),
             Err(e) => Err(e),
         }
     }
@@ -98,7 +137,7 @@ impl ClusterSessions {
         let id = self.session_id(session.id);
         // A tap being deleted (linger expired just now) cannot take sessions: retry on a new one.
         for _ in 0..5 {
-            let name = self.find_or_create(session).await?;
+            let (name, known) = self.find_or_create(session).await?;
             let entry = Session {
                 id: id.clone(),
                 user: session.identity.username.clone(),
@@ -107,7 +146,7 @@ impl ClusterSessions {
                 renew_time: Some(now()),
             };
             let mut deleting = false;
-            let updated = update_status(&api, &name, |status| {
+            let updated = update_status(&api, &name, known, |status| {
                 status.sessions.retain(|s| s.id != entry.id);
                 status.sessions.push(entry.clone());
                 true
@@ -147,7 +186,7 @@ impl ClusterSessions {
         };
         let api: Api<FlowTap> = Api::namespaced(self.client.clone(), &ns);
         let id = self.session_id(session.id);
-        let result = update_status(&api, &name, |status| {
+        let result = update_status(&api, &name, None, |status| {
             let before = status.sessions.len();
             status.sessions.retain(|s| s.id != id);
             status.sessions.len() != before
@@ -191,7 +230,7 @@ impl ClusterSessions {
                         renew_time: Some(renewed.clone()),
                     })
                     .collect();
-                let result = update_status(&api, &name, |status| {
+                let result = update_status(&api, &name, None, |status| {
                     let mine = self.mine.lock().unwrap();
                     // A listener that left since the list was taken is not added back.
                     let live = |entry: &&Session| {
@@ -233,7 +272,14 @@ impl Sessions for ClusterSessions {
     fn joined<'a>(&'a self, session: &'a SessionInfo) -> BoxFuture<'a, Result<(), JoinError>> {
         Box::pin(async move {
             if self.check_permission {
-                check_tap_permission(&self.client, session).await?;
+                let key = format!(
+                    "{:?}\u{0}{:?}\u{0}{}",
+                    session.identity.username, session.identity.groups, session.tap
+                );
+                if self.allowed.get(&key).is_none() {
+                    check_tap_permission(&self.client, session).await?;
+                    self.allowed.put(key, ());
+                }
             }
             self.register(session, now()).await.map_err(|e| match &e {
                 kube::Error::Api(s) if s.code == 403 => JoinError::Unavailable(format!(

@@ -90,6 +90,10 @@ pub fn linger(tap: &FlowTap, linger: Duration, now: Timestamp) -> Linger {
         .or_else(|| {
             if status.conditions.is_empty() {
                 tap.creation_timestamp()
+            } else if !listening && condition(&status.conditions, "Listening").is_some_and(|c| c.status == "True") {
+                // The last listener left just now (this pass is the first to see it): with no
+                // linger the tap ends without first writing that down.
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now))
             } else {
                 None
             }
@@ -342,6 +346,30 @@ mod tests {
         assert_eq!(l.left, Some(Duration::from_secs(30)));
         assert_eq!(l.idle, Duration::from_secs(30));
         assert_eq!(linger(&t, Duration::from_secs(60), at(200)).left, Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn a_tap_whose_last_listener_just_left_ends_at_once_without_linger_and_lingers_otherwise() {
+        let mut t = tap(0, false);
+        t.status = Some(FlowTapStatus {
+            sessions: vec![session()],
+            ..Default::default()
+        });
+        let (conditions, _) = derive(&t, &observed(&OutputState::Ready, &FlowState::Patched), at(100));
+        assert!(condition(&conditions, "Listening").is_some_and(|c| c.status == "True"));
+        // The session is gone; the status still says Listening.
+        t.status = Some(FlowTapStatus {
+            conditions,
+            ..Default::default()
+        });
+        assert_eq!(linger(&t, Duration::ZERO, at(130)).left, Some(Duration::ZERO));
+        assert_eq!(
+            linger(&t, Duration::from_secs(60), at(130)).left,
+            Some(Duration::from_secs(60)),
+            "the linger starts now"
+        );
+        t.spec.persistent = true;
+        assert_eq!(linger(&t, Duration::ZERO, at(130)).left, None);
     }
 
     #[test]

@@ -19,15 +19,18 @@ use std::time::Duration;
 /// Keep the relay's taps open for every FlowTap (so a persistent tap takes records, for late
 /// joiners, while nobody listens), apply their replay size, and report when records last
 /// arrived (`status.lastRecordTime`, every third of the session TTL), until `shutdown` completes.
+/// `cache` is filled with the FlowTaps seen (the sessions look for a flow's FlowTap there).
 pub async fn track_taps(
     client: kube::Client,
     config: Arc<OperatorConfig>,
     relay: Arc<Relay>,
+    cache: kube::runtime::reflector::store::Writer<FlowTap>,
     shutdown: impl Future<Output = ()>,
 ) {
     use kube::runtime::watcher::Event as W;
+    use kube::runtime::WatchStreamExt;
     use std::collections::HashMap;
-    let stream = watcher::watcher(config.taps(&client), watcher::Config::default());
+    let stream = watcher::watcher(config.taps(&client), watcher::Config::default()).reflect(cache);
     tokio::pin!(stream);
     tokio::pin!(shutdown);
     // (namespace, FlowTap name) -> its relay tap and the lastRecordTime it shows, in seconds.

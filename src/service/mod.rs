@@ -314,9 +314,16 @@ fn start_cluster(
         ..
     } = cluster;
     let stopped = || stop.clone().cancelled_owned();
+    let tap_cache = sessions.tap_cache_writer();
     let mut tasks = vec![
         tokio::spawn(sessions.renew(stopped())),
-        tokio::spawn(track::track_taps(client.clone(), operator.clone(), relay, stopped())),
+        tokio::spawn(track::track_taps(
+            client.clone(),
+            operator.clone(),
+            relay,
+            tap_cache,
+            stopped(),
+        )),
     ];
     match controller {
         Controller::Off => {}

@@ -1175,10 +1175,8 @@ async fn control_plane_bench(cycles: u32) -> Result<(), String> {
                 .flatten()
                 .and_then(|t| t.status?.phase)
                 == Some(Phase::Active);
-            if active {
-                if refs(&flows.get("web").await.unwrap()).as_array().map_or(0, |a| a.len()) == 2 {
-                    break;
-                }
+            if active && refs(&flows.get("web").await.unwrap()).as_array().map_or(0, |a| a.len()) == 2 {
+                break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

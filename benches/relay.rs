@@ -1123,7 +1123,7 @@ async fn control_plane_bench(cycles: u32) -> Result<(), String> {
         ingest_url: "http://log-socket.bench.svc:10000".into(),
         linger: Duration::ZERO,
         session_ttl: Duration::from_secs(60),
-        auth_secret: None,
+        ingest_keys: None,
         tls_secret: None,
         namespace: Some("default".into()),
         mode: Default::default(),

@@ -401,7 +401,7 @@ async fn apply(tap: &FlowTap, ctx: &Context) -> Result<Action> {
     // only looked at again as a safety net.
     let mut next = IDLE_RECHECK;
     if !tap.status.as_ref().is_none_or(|s| s.sessions.is_empty()) {
-        next = next.min(Duration::from_secs(30).min(ctx.config.session_ttl / 2));
+        next = next.min(session_pass(ctx.config.session_ttl));
     }
     if let Some(last) = tap.status.as_ref().and_then(|s| s.last_record_time.as_ref()) {
         let quiet_in = status::RECEIVING_WINDOW.saturating_sub(status::age(last, now));
@@ -420,6 +420,11 @@ async fn apply(tap: &FlowTap, ctx: &Context) -> Result<Action> {
         next = next.min(wait);
     }
     Ok(Action::requeue(next.max(Duration::from_secs(1))))
+}
+
+/// How often a tap with sessions is looked at (their expiry is only seen on a pass).
+fn session_pass(ttl: Duration) -> Duration {
+    Duration::from_secs(30).min(ttl / 2)
 }
 
 /// What one pass did to the tap's children.
@@ -753,7 +758,23 @@ async fn expire_sessions(api: &Api<FlowTap>, tap: &FlowTap, ctx: &Context) -> Re
     if !tap.status.as_ref().is_some_and(|s| s.sessions.iter().any(expired)) {
         return Ok(Some(tap.clone()));
     }
-    let updated = update_status(api, &tap.name_any(), Some(tap.clone()), |status| {
+    // Before a session is dropped: the tap as the API server has it now (a renewal the cache
+    // has not shown yet), and proof the controller is hearing from the API server (passes
+    // come every SESSION_PASS while a tap has sessions; a longer silence was an outage as far
+    // as the sessions' clocks go).
+    let fresh = match api.get_opt(&tap.name_any()).await {
+        Ok(fresh) => fresh,
+        Err(e) => {
+            ctx.liveness.api_trouble();
+            return Err(e.into());
+        }
+    };
+    ctx.liveness.answered(session_pass(ttl) + Duration::from_secs(5));
+    let Some(fresh) = fresh else { return Ok(None) };
+    if !fresh.status.as_ref().is_some_and(|s| s.sessions.iter().any(expired)) {
+        return Ok(Some(fresh));
+    }
+    let updated = update_status(api, &tap.name_any(), Some(fresh), |status| {
         let before = status.sessions.len();
         status.sessions.retain(|s| !expired(s));
         status.sessions.len() != before

@@ -306,6 +306,8 @@ pub struct Liveness {
     seen: Mutex<HashMap<String, (Option<Time>, std::time::Instant)>>,
     /// When the controller last had trouble reaching the API server.
     trouble: Mutex<Option<std::time::Instant>>,
+    /// When it last got an answer from it (see [`Liveness::answered`]).
+    answered: Mutex<Option<std::time::Instant>>,
     swept: Mutex<Option<std::time::Instant>>,
 }
 
@@ -331,6 +333,19 @@ impl Liveness {
     /// The controller could not reach the API server just now.
     pub fn api_trouble(&self) {
         *self.trouble.lock().unwrap() = Some(std::time::Instant::now());
+    }
+
+    /// The API server answered the controller just now. An answer after a silence longer
+    /// than `max_silence` says nothing about that silence (the controller reads from watch
+    /// caches, which do not tell a quiet API server from a frozen one), so it counts as
+    /// trouble: a session is judged only on a clock that ran while the controller was
+    /// hearing from the API server.
+    pub fn answered(&self, max_silence: std::time::Duration) {
+        let now = std::time::Instant::now();
+        let before = self.answered.lock().unwrap().replace(now);
+        if before.is_none_or(|t| now.duration_since(t) > max_silence) {
+            self.api_trouble();
+        }
     }
 
     /// Forget sessions no FlowTap in `taps` has any more (at most once a minute).
@@ -386,5 +401,26 @@ mod tests {
         );
         std::thread::sleep(Duration::from_millis(80));
         assert!(live.expired(&session(5), ttl));
+    }
+
+    #[test]
+    fn an_answer_after_a_long_silence_of_the_api_server_restarts_the_clock() {
+        let live = Liveness::default();
+        let ttl = Duration::from_millis(50);
+        let max_silence = Duration::from_millis(30);
+        live.answered(max_silence);
+        assert!(!live.expired(&session(7), ttl));
+        std::thread::sleep(Duration::from_millis(80));
+        // No word from the API server for 80 ms (a frozen one looks like a quiet one to the
+        // watch caches): the session's clock ran during that silence, so it does not count.
+        live.answered(max_silence);
+        assert!(!live.expired(&session(7), ttl), "the silence was an outage");
+        std::thread::sleep(Duration::from_millis(20));
+        live.answered(max_silence);
+        std::thread::sleep(Duration::from_millis(20));
+        live.answered(max_silence);
+        std::thread::sleep(Duration::from_millis(20));
+        live.answered(max_silence);
+        assert!(live.expired(&session(7), ttl), "heard from it all along since then");
     }
 }

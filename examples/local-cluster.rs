@@ -68,16 +68,15 @@ async fn run() -> Result<(), String> {
     std::fs::copy(&cp.kubeconfig, &kubeconfig).map_err(|e| e.to_string())?;
     let client = cp.client().await;
 
-    // Ingest credentials for this run only: a file for the service (its Secret in a cluster) and
-    // the Secret the generated Outputs reference, which the shipper reads like fluentd would.
-    let credentials = base.join("ingest-credentials");
+    // The server's ingest key for this run only (its Secret in a cluster): each generated
+    // Output carries its own flow's credential, which the shipper reads like fluentd would.
+    let keys = base.join("ingest-keys");
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or_default();
-    let password = format!("demo-{}-{nanos}", std::process::id());
-    std::fs::write(&credentials, format!("fluentd:{password}\n")).map_err(|e| e.to_string())?;
-    create_ingest_secret(&client, "default", &password).await?;
+    let key = format!("demo-key-{}-{nanos}-0123456789abcdef0123456789", std::process::id());
+    std::fs::write(&keys, format!("{key}\n")).map_err(|e| e.to_string())?;
     let _logging_operator = logging_operator::start(&client, "default").await;
     let viewer_token = viewer_token(&client, "default").await?;
 
@@ -85,16 +84,9 @@ async fn run() -> Result<(), String> {
     let mut service = tokio::process::Command::new(&service_bin)
         .args(["run", "--kubeconfig"])
         .arg(&kubeconfig)
-        .arg("--ingest-credentials")
-        .arg(&credentials)
-        .args([
-            "--ingest-url",
-            "http://127.0.0.1:10000",
-            "--output-auth-secret",
-            "log-socket-ingest",
-            "--log-level",
-            "warn",
-        ])
+        .arg("--ingest-key-file")
+        .arg(&keys)
+        .args(["--ingest-url", "http://127.0.0.1:10000", "--log-level", "warn"])
         .args([
             "--ingest-addr",
             "127.0.0.1:10000",
@@ -166,7 +158,7 @@ async fn run() -> Result<(), String> {
     }
     control_plane::teardown();
     let _ = std::fs::remove_file(&kubeconfig);
-    let _ = std::fs::remove_file(&credentials);
+    let _ = std::fs::remove_file(&keys);
     let _ = std::fs::remove_file(&viewer_token);
     Ok(())
 }
@@ -189,21 +181,6 @@ async fn wait_ready(addr: &str, timeout: Duration) -> Result<(), String> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Err(format!("log-socket did not become ready on {addr} within {timeout:?}"))
-}
-
-/// The Secret the generated Outputs' `auth` points at, as an operator would create it.
-async fn create_ingest_secret(client: &kube::Client, ns: &str, password: &str) -> Result<(), String> {
-    use k8s_openapi::api::core::v1::Secret;
-    let secret: Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "log-socket-ingest"},
-        "stringData": {"username": "fluentd", "password": password},
-    }))
-    .map_err(|e| e.to_string())?;
-    kube::Api::<Secret>::namespaced(client.clone(), ns)
-        .create(&Default::default(), &secret)
-        .await
-        .map_err(|e| format!("create the ingest Secret: {e}"))?;
-    Ok(())
 }
 
 /// A ServiceAccount `viewer` allowed to tap flows in `ns`; returns a file with its token.
@@ -253,7 +230,6 @@ async fn viewer_token(client: &kube::Client, ns: &str) -> Result<PathBuf, String
 
 /// What logging-operator's fluentd would send, without fluentd.
 mod shipper {
-    use k8s_openapi::api::core::v1::Secret;
     use kube::api::{Api, DynamicObject, ListParams};
     use kube::core::{ApiResource, GroupVersionKind};
     use serde_json::{json, Value};
@@ -303,17 +279,12 @@ mod shipper {
         }
     }
 
-    /// `Basic ...` from the Output's `auth.username/password.valueFrom.secretKeyRef`.
-    async fn basic_auth(client: &kube::Client, ns: &str, auth: &Value) -> Option<String> {
-        let secrets = Api::<Secret>::namespaced(client.clone(), ns);
-        let mut parts = vec![];
-        for field in ["username", "password"] {
-            let r = &auth[field]["valueFrom"]["secretKeyRef"];
-            let secret = secrets.get(r["name"].as_str()?).await.ok()?;
-            let value = secret.data?.get(r["key"].as_str()?)?.0.clone();
-            parts.push(String::from_utf8(value).ok()?);
-        }
-        Some(format!("Basic {}", base64(parts.join(":").as_bytes())))
+    /// `Basic ...` from the Output's `auth.username/password`, inline values as the operator
+    /// generates them (logging-operator renders them into fluentd's `<auth>`).
+    async fn basic_auth(_client: &kube::Client, _ns: &str, auth: &Value) -> Option<String> {
+        let user = auth["username"]["value"].as_str()?;
+        let password = auth["password"]["value"].as_str()?;
+        Some(format!("Basic {}", base64(format!("{user}:{password}").as_bytes())))
     }
 
     fn base64(bytes: &[u8]) -> String {

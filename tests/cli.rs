@@ -396,3 +396,84 @@ fn the_docker_build_context_holds_every_file_the_manifest_names() {
         "the Dockerfile does not copy the files of {missing:?}"
     );
 }
+
+#[test]
+fn cluster_mode_refuses_a_shared_ingest_credential_and_asks_for_per_flow_keys() {
+    let creds = config_file("shared-creds.txt", "fluentd:s3cret\n");
+    let out = log_socket(&["run", "--ingest-credentials", creds.to_str().unwrap()], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--ingest-credentials is for standalone mode"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--ingest-key-file"), "{stderr}");
+
+    let out = log_socket(&["run"], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cluster mode needs --ingest-key-file"), "{stderr}");
+    assert!(stderr.contains("openssl rand -hex 32"), "{stderr}");
+}
+
+#[test]
+fn ingest_credential_prints_the_credential_of_one_flow_path() {
+    let keys = config_file("ingest-keys", "0123456789abcdef0123456789abcdef-cli\n");
+    let out = log_socket(
+        &[
+            "ingest-credential",
+            "flow/shop/web",
+            "--ingest-key-file",
+            keys.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[0], "flow/shop/web");
+    let expected = log_socket::auth::ingest_keys::IngestKeys::from_keys(&["0123456789abcdef0123456789abcdef-cli"])
+        .unwrap()
+        .credential("flow/shop/web");
+    assert_eq!(lines[1], expected.1);
+    // Another path, another password.
+    let other = stdout(&log_socket(
+        &[
+            "ingest-credential",
+            "/flow/shop/api",
+            "--ingest-key-file",
+            keys.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    assert_ne!(other.lines().nth(1), Some(lines[1]));
+
+    let out = log_socket(
+        &[
+            "ingest-credential",
+            "flow/Shop/web",
+            "--ingest-key-file",
+            keys.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a flow path"));
+}
+
+#[test]
+fn label_key_prints_the_keys_the_label_policy_reads() {
+    let out = stdout(&log_socket(
+        &[
+            "label-key",
+            "--user",
+            "system:serviceaccount:shop:alice",
+            "--user",
+            "alice@example.com",
+            "--group",
+            "oncall",
+        ],
+        &[],
+    ));
+    assert_eq!(out, "rbac/sa.shop.alice\nrbac/u.alice_40example_2ecom\nrbac/g.oncall\n");
+}

@@ -10,6 +10,9 @@ mod wire;
 #[allow(dead_code)]
 mod fluentd;
 
+#[path = "support/render.rs"]
+mod render;
+
 use fluentd::Fluentd;
 use log_socket::auth::{AllowAll, StaticTokens};
 use log_socket::relay::http::Parts;
@@ -148,5 +151,128 @@ async fn records_from_the_real_fluentd_reach_a_listener_in_order_without_gaps() 
     assert_eq!(seen, (first..first + 60).collect::<Vec<_>>());
     f.stop(Duration::from_secs(10)).await;
     assert!(f.backups().is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// fluentd with the `sample` source of [`config`] and, as its output, `output` (a `<match>`
+/// body as logging-operator renders it).
+fn config_with_output(dir: &std::path::Path, output: &str) -> String {
+    format!(
+        r#"{system}
+<source>
+  @type sample
+  tag kubernetes.var.log.containers.web-1_shop_app.log
+  rate 20
+  auto_increment_key n
+  sample {{"message":"hello from fluentd","kubernetes":{{"namespace_name":"shop","pod_name":"web-1","container_name":"app"}}}}
+</source>
+<match kubernetes.**>
+{output}</match>
+"#,
+        system = fluentd::system(dir)
+    )
+}
+
+/// The Output the operator generates for a tap on Flow shop/web, with per-flow credentials.
+fn generated_output(ingest: SocketAddr) -> serde_json::Value {
+    use log_socket::k8s::flowtap::FlowTap;
+    use log_socket::operator::{desired_output_spec, OperatorConfig};
+    let mut tap: FlowTap = serde_json::from_value(serde_json::json!({
+        "apiVersion": "logsocket.dev/v1alpha1", "kind": "FlowTap",
+        "metadata": {"name": "flow-web", "namespace": "shop"},
+        "spec": {"flowRef": {"kind": "Flow", "name": "web"}},
+    }))
+    .unwrap();
+    tap.metadata.namespace = Some("shop".into());
+    let config = OperatorConfig {
+        instance: "test".into(),
+        ingest_url: format!("http://{ingest}"),
+        linger: Duration::ZERO,
+        session_ttl: Duration::from_secs(60),
+        ingest_keys: Some(test_keys()),
+        tls_secret: None,
+        output_accept_timeout: Duration::from_secs(30),
+        sweep_interval: Duration::from_secs(60),
+        mode: Default::default(),
+        namespace: None,
+    };
+    desired_output_spec(&tap, &config, None)
+}
+
+fn per_flow_parts() -> Parts {
+    Parts {
+        ingest_auth: log_socket::auth::IngestAuth::per_flow(test_keys()),
+        ..relay_parts()
+    }
+}
+
+#[tokio::test]
+async fn the_generated_output_rendered_as_logging_operator_does_posts_into_its_own_flow() {
+    let r = start_relay(RelayConfig::default(), per_flow_parts()).await;
+    let spec = generated_output(r.ingest);
+    assert_eq!(spec["http"]["auth"]["username"]["value"], "flow/shop/web", "{spec}");
+    let dir = tempdir("fluentd-generated");
+    let output = render::http_output(&spec, "flow:shop:web:output:shop:logsocket-flow-web");
+    let Some(mut f) = Fluentd::start(&dir, &config_with_output(&dir, &output)) else {
+        return;
+    };
+    let mut ws = connect(&r, "/flow/shop/web", "tok-alice").await;
+    let start = Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no record; fluentd's log:\n{}",
+            f.log()
+        );
+        assert!(f.running(), "fluentd exited; its log:\n{}", f.log());
+        let frame = next(&mut ws).await;
+        if frame["type"] == "record" {
+            assert_eq!(frame["record"]["message"], "hello from fluentd");
+            break;
+        }
+    }
+    f.stop(Duration::from_secs(10)).await;
+    let log = f.log();
+    assert!(!log.contains("got unrecoverable error"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_tenant_output_reusing_its_credential_for_another_flow_is_refused_and_delivers_nothing() {
+    let r = start_relay(RelayConfig::default(), per_flow_parts()).await;
+    // The tenant of shop copies its generated Output and points it at another team's flow and
+    // at a ClusterFlow the SREs read.
+    let mut ws_other = connect(&r, "/flow/payments/ledger", "tok-alice").await;
+    let mut ws_cluster = connect(&r, "/clusterflow/logging/all-errors", "tok-alice").await;
+    let mut outputs = String::new();
+    for (i, path) in ["/flow/payments/ledger", "/clusterflow/logging/all-errors"]
+        .iter()
+        .enumerate()
+    {
+        let mut spec = generated_output(r.ingest);
+        spec["http"]["endpoint"] = format!("http://{}{path}", r.ingest).into();
+        let rendered = render::http_output(&spec, &format!("forged-{i}"));
+        outputs.push_str(&format!("  <store>\n{rendered}  </store>\n"));
+    }
+    let dir = tempdir("fluentd-forged");
+    let output = format!("  @type copy\n{outputs}");
+    let Some(mut f) = Fluentd::start(&dir, &config_with_output(&dir, &output)) else {
+        return;
+    };
+    let refused = || {
+        let text = r.relay.metrics.encode();
+        text.lines()
+            .find(|l| l.contains("ingest_wrong_path"))
+            .and_then(|l| l.rsplit(' ').next()?.trim().parse::<u64>().ok())
+    };
+    until("refused posts", &mut f, || refused().filter(|n| *n >= 4)).await;
+    f.stop(Duration::from_secs(10)).await;
+    // fluentd was told no (403: not retried), and neither stream got anything but its greeting.
+    assert!(f.log().contains("403"), "{}", f.log());
+    for ws in [&mut ws_other, &mut ws_cluster] {
+        while let Ok(frame) = tokio::time::timeout(Duration::from_millis(300), next(ws)).await {
+            assert_ne!(frame["type"], "record", "a forged record was delivered: {frame}");
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -11,6 +11,7 @@
 
 pub(crate) mod cache;
 pub mod ingest;
+pub mod ingest_keys;
 pub mod kubernetes;
 pub mod labels;
 pub mod tokens;

@@ -26,6 +26,24 @@ async fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         },
+        Command::IngestCredential(args) => {
+            match log_socket::auth::ingest_keys::credential_for(&args.path, &args.ingest_key_file) {
+                Ok((user, password)) => println!("{user}\n{password}"),
+                Err(e) => {
+                    eprintln!("log-socket ingest-credential: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        Command::LabelKey(args) => {
+            use log_socket::auth::labels::{group_key, user_key};
+            for user in &args.users {
+                println!("rbac/{}", user_key(user));
+            }
+            for group in &args.groups {
+                println!("rbac/{}", group_key(group));
+            }
+        }
         Command::Run(cfg) if cfg.print_config => print!("{}", cfg.to_yaml()),
         Command::Run(cfg) => {
             log_socket::init_tracing(&cfg.log_level, cfg.log_format);

@@ -54,9 +54,12 @@ pub fn desired_output_spec(tap: &FlowTap, config: &OperatorConfig, logging_ref: 
             "retry_max_times": b.retry_max_times,
         },
     });
-    if let Some(secret) = &config.auth_secret {
-        let value_from = |key: &str| json!({"valueFrom": {"secretKeyRef": {"name": secret, "key": key}}});
-        http["auth"] = json!({"username": value_from("username"), "password": value_from("password")});
+    // The credential of this flow's path only, inline: it lives in the Output (the flow's own
+    // namespace, or the control namespace for a ClusterOutput) and in the configuration
+    // logging-operator renders, and opens no other stream. No Secret to copy or to check.
+    if let Some(keys) = &config.ingest_keys {
+        let (username, password) = keys.credential(&key.to_string());
+        http["auth"] = json!({"username": {"value": username}, "password": {"value": password}});
     }
     if let Some(secret) = &config.tls_secret {
         let mount_from = |key: &str| json!({"mountFrom": {"secretKeyRef": {"name": secret, "key": key}}});

@@ -14,6 +14,8 @@
 //! The operator never reads records: it only shapes the pipeline that delivers them.
 
 mod children;
+/// The http output a FlowTap gets (what logging-operator then renders for fluentd).
+pub use children::desired_output_spec;
 pub mod controller;
 pub mod lease;
 pub mod leftovers;
@@ -44,8 +46,9 @@ pub struct OperatorConfig {
     pub linger: Duration,
     /// Sessions not renewed for this long are dropped (their relay is gone).
     pub session_ttl: Duration,
-    /// Secret (in the tap's namespace) with `username` and `password` for the output's `auth`.
-    pub auth_secret: Option<String>,
+    /// Keys that sign each generated output's own ingest credential (see
+    /// [`crate::auth::ingest_keys`]); `None` when ingest does not use them.
+    pub ingest_keys: Option<std::sync::Arc<crate::auth::ingest_keys::IngestKeys>>,
     /// Secret (in the tap's namespace) with `ca.crt`, `tls.crt`, `tls.key` for the output's TLS.
     pub tls_secret: Option<String>,
     /// How long logging-operator may take to validate a generated output before the tap is

@@ -30,6 +30,11 @@ pub enum Command {
     Crd,
     /// Create a CA, a server certificate and a client certificate (for fluentd) as PEM files.
     Certs(CertsArgs),
+    /// Print the ingest credential of one flow (username and password, one per line), for an
+    /// Output written by hand: it may post to that flow's path only.
+    IngestCredential(IngestCredentialArgs),
+    /// Print the label-policy keys (`rbac/KEY`) of users and groups, one per line.
+    LabelKey(LabelKeyArgs),
     /// Print docs/configuration.md: every setting of `run`, generated from these definitions.
     #[command(hide = true)]
     ConfigReference,
@@ -48,6 +53,28 @@ pub struct CertsArgs {
     /// Validity in days.
     #[arg(long, default_value_t = 365, value_name = "DAYS")]
     pub days: u32,
+}
+
+/// Arguments of `log-socket label-key`.
+#[derive(Args, Debug, Clone)]
+pub struct LabelKeyArgs {
+    /// A user name as the API server authenticates it, e.g. system:serviceaccount:shop:alice.
+    #[arg(long = "user", value_name = "NAME")]
+    pub users: Vec<String>,
+    /// A group name, e.g. system:serviceaccounts:shop.
+    #[arg(long = "group", value_name = "NAME")]
+    pub groups: Vec<String>,
+}
+
+/// Arguments of `log-socket ingest-credential`.
+#[derive(Args, Debug, Clone)]
+pub struct IngestCredentialArgs {
+    /// The flow: `flow/NAMESPACE/NAME` or `clusterflow/NAMESPACE/NAME` (the ingest path).
+    #[arg(value_name = "PATH")]
+    pub path: String,
+    /// The service's key file (--ingest-key-file of `run`).
+    #[arg(long, env = "LOG_SOCKET_INGEST_KEY_FILE", value_name = "FILE")]
+    pub ingest_key_file: PathBuf,
 }
 
 /// Settings of `log-socket run`.
@@ -88,10 +115,22 @@ pub struct ServiceConfig {
     #[arg(long, env = "LOG_SOCKET_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
 
-    /// File holding `username:password`, the HTTP Basic credentials fluentd must send to ingest
-    /// (its http output's `auth`).
+    /// Standalone mode: file holding `username:password`, the HTTP Basic credentials fluentd
+    /// must send to ingest (its http output's `auth`). Cluster mode uses --ingest-key-file.
     #[arg(long, env = "LOG_SOCKET_INGEST_CREDENTIALS", value_name = "FILE")]
     pub ingest_credentials: Option<PathBuf>,
+
+    /// Cluster mode: file of server keys, one per line, the newest first (a mounted Secret).
+    /// Each generated output carries the credential of its own flow only, username
+    /// `flow/NS/NAME` and password hex(HMAC-SHA256(first key, username)); every key listed is
+    /// accepted, so keys rotate without a gap. Read again when the file changes.
+    #[arg(
+        long,
+        env = "LOG_SOCKET_INGEST_KEY_FILE",
+        value_name = "FILE",
+        conflicts_with = "ingest_credentials"
+    )]
+    pub ingest_key_file: Option<PathBuf>,
 
     /// PEM certificate (chain) to serve ingest over TLS; goes with --ingest-tls-key.
     #[arg(
@@ -242,6 +281,11 @@ pub struct ServiceConfig {
     #[arg(long, env = "LOG_SOCKET_RECORD_POLICY", value_enum, default_value_t = RecordPolicy::Labels)]
     pub record_policy: RecordPolicy,
 
+    /// Label policy: also read keys as pipelines that flatten (`rbac_KEY`) or de-dot (`.`
+    /// written `_`) label keys write them; `rbac/KEY` wins when both are there.
+    #[arg(long, env = "LOG_SOCKET_LABEL_POLICY_FLATTENED_KEYS")]
+    pub label_policy_flattened_keys: bool,
+
     /// How long a `pods/log` SubjectAccessReview answer is reused per user and namespace.
     #[arg(
         long,
@@ -272,11 +316,6 @@ pub struct ServiceConfig {
     /// Sessions a relay stopped renewing (it crashed) are dropped after this long.
     #[arg(long, env = "LOG_SOCKET_SESSION_TTL", default_value = "60s", value_name = "DURATION")]
     pub session_ttl: HumanDuration,
-
-    /// Secret (in each tapped namespace) with keys `username` and `password`, referenced as the
-    /// generated outputs' `auth` (matching --ingest-credentials).
-    #[arg(long, env = "LOG_SOCKET_OUTPUT_AUTH_SECRET", value_name = "NAME")]
-    pub output_auth_secret: Option<String>,
 
     /// Secret (in each tapped namespace) with `ca.crt`, `tls.crt` and `tls.key`, mounted as the
     /// generated outputs' TLS client certificate (matching --ingest-client-ca).

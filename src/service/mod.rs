@@ -20,6 +20,7 @@ pub mod health;
 pub mod http;
 pub mod tls;
 
+use crate::auth::ingest_keys::IngestKeys;
 use crate::auth::kubernetes::{LabelsOrKubernetes, PodLogAccess};
 use crate::auth::labels::LabelPolicy;
 use crate::auth::tokens::TokenReviewAuthenticator;
@@ -156,6 +157,22 @@ impl Service {
     /// the cluster (the FlowTap CRD, logging-operator's CRDs with `--operator`).
     pub async fn from_config(cfg: &ServiceConfig) -> Result<Service> {
         let relay_config = cfg.relay();
+        if !cfg.standalone && cfg.ingest_credentials.is_some() {
+            return Err(Error::Config(
+                "--ingest-credentials is for standalone mode: one shared credential would let any tenant who can read a generated Output post records into every other flow's stream. In cluster mode use --ingest-key-file FILE (per-flow credentials; see the README's Security section)".into(),
+            ));
+        }
+        // A client certificate is fluentd's, the same for every flow: it binds to no path.
+        if !cfg.standalone && cfg.ingest_key_file.is_none() && !cfg.ingest_insecure {
+            return Err(Error::Config(
+                "cluster mode needs --ingest-key-file FILE: each generated output then carries its own flow's credential, so no tenant can post into another's stream (a client certificate, --ingest-client-ca, is fluentd's and binds to no flow; it can be required on top). Create the keys with: kubectl -n log-socket create secret generic log-socket-ingest-key --from-literal=keys=\"$(openssl rand -hex 32)\"".into(),
+            ));
+        }
+        if cfg.standalone && cfg.ingest_key_file.is_some() {
+            return Err(Error::Config(
+                "--ingest-key-file is for cluster mode, where the operator gives each generated output its flow's credential; standalone mode uses --ingest-credentials FILE".into(),
+            ));
+        }
         let ingest_auth = ingest_auth(cfg)?;
         if cfg.standalone {
             let Some(token_file) = &cfg.token_file else {
@@ -178,7 +195,10 @@ impl Service {
         }
         let relay = Relay::new(relay_config);
         let pod_log = || PodLogAccess::new(client.clone(), cfg.authz_cache_ttl.0);
-        let labels = || LabelPolicy::counting_into(relay.metrics.invalid_rbac_labels.clone());
+        let labels = || {
+            LabelPolicy::counting_into(relay.metrics.invalid_rbac_labels.clone())
+                .with_flattened_keys(cfg.label_policy_flattened_keys)
+        };
         let authorizer: Arc<dyn Authorizer> = match cfg.record_policy {
             RecordPolicy::Labels => Arc::new(labels()),
             RecordPolicy::Kubernetes => Arc::new(pod_log()),
@@ -187,7 +207,10 @@ impl Service {
                 kubernetes: pod_log(),
             }),
         };
-        let operator = Arc::new(operator_config(cfg));
+        let operator = Arc::new(OperatorConfig {
+            ingest_keys: ingest_auth.keys().cloned(),
+            ..operator_config(cfg)
+        });
         let controller = match (cfg.operator, cfg.leader_election) {
             (false, _) => Controller::Off,
             (true, false) => Controller::Always,
@@ -360,7 +383,7 @@ fn operator_config(cfg: &ServiceConfig) -> OperatorConfig {
         ingest_url: cfg.ingest_url.clone(),
         linger: cfg.tap_linger.0,
         session_ttl: cfg.session_ttl.0,
-        auth_secret: cfg.output_auth_secret.clone(),
+        ingest_keys: None,
         tls_secret: cfg.output_tls_secret.clone(),
         namespace: cfg.watch_namespace.clone(),
         mode: cfg.tap_mode,
@@ -369,12 +392,13 @@ fn operator_config(cfg: &ServiceConfig) -> OperatorConfig {
     }
 }
 
-/// Who may send records, from `--ingest-credentials`, `--ingest-client-ca` and
+/// Who may send records, from `--ingest-key-file`, `--ingest-credentials`, `--ingest-client-ca` and
 /// `--ingest-insecure`; refuses an open ingest port unless asked for explicitly.
 fn ingest_auth(cfg: &ServiceConfig) -> Result<IngestAuth> {
-    let mut auth = match &cfg.ingest_credentials {
-        Some(path) => IngestAuth::load_basic(path).map_err(Error::Config)?,
-        None => IngestAuth::insecure(),
+    let mut auth = match (&cfg.ingest_credentials, &cfg.ingest_key_file) {
+        (Some(path), _) => IngestAuth::load_basic(path).map_err(Error::Config)?,
+        (None, Some(path)) => IngestAuth::per_flow(Arc::new(IngestKeys::load(path).map_err(Error::Config)?)),
+        (None, None) => IngestAuth::insecure(),
     };
     if cfg.ingest_client_ca.is_some() {
         auth = auth.and_client_cert();
@@ -382,7 +406,7 @@ fn ingest_auth(cfg: &ServiceConfig) -> Result<IngestAuth> {
     if auth.is_open() {
         if !cfg.ingest_insecure {
             return Err(Error::Config(
-                "ingest needs client identity: --ingest-credentials FILE (username:password, sent by fluentd's http output `auth`) and/or --ingest-client-ca FILE (mTLS), or --ingest-insecure for an isolated test setup".into(),
+                "ingest needs client identity: --ingest-key-file FILE (cluster mode: per-flow credentials signed with these keys) or --ingest-credentials FILE (standalone: username:password, sent by fluentd's http output `auth`), and/or --ingest-client-ca FILE (mTLS), or --ingest-insecure for an isolated test setup".into(),
             ));
         }
         tracing::warn!("--ingest-insecure: anyone who reaches the ingest port can inject records");

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
-const LINGER: Duration = Duration::from_secs(2);
+pub(crate) const LINGER: Duration = Duration::from_secs(2);
 
 use support::{eventually, Harness, INGEST_URL};
 
@@ -87,9 +87,12 @@ async fn a_listener_taps_a_flow_and_the_flow_is_restored_exactly_after_the_last_
     assert_eq!(buffer["flush_interval"], "1s");
     assert_eq!(buffer["overflow_action"], "drop_oldest_chunk");
     assert_eq!(buffer["retry_forever"], false);
+    // The credential of this flow's path only, inline (no Secret in the tenant's namespace).
+    let path = format!("flow/{}/web", h.ns);
+    let (user, password) = crate::wire::test_keys().credential(&path);
     assert_eq!(
-        http["auth"]["password"],
-        json!({"valueFrom": {"secretKeyRef": {"name": "log-socket-ingest", "key": "password"}}})
+        http["auth"],
+        json!({"username": {"value": user}, "password": {"value": password}})
     );
     assert_eq!(
         output["metadata"]["labels"]["app.kubernetes.io/managed-by"],

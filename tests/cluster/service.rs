@@ -48,10 +48,11 @@ fn free_port() -> u16 {
 /// restarted where its clients expect it.
 struct Setup {
     ns: String,
-    /// logging-operator's part for the namespace; with the ingest Secret there.
+    /// logging-operator's part for the namespace.
     _logging_operator: support::logging_operator::LoggingOperator,
     kubeconfig: std::path::PathBuf,
-    creds: std::path::PathBuf,
+    /// The server's ingest keys (`--ingest-key-file`), with the tests' key.
+    keys: std::path::PathBuf,
     ingest: std::net::SocketAddr,
     api: std::net::SocketAddr,
     health: std::net::SocketAddr,
@@ -61,18 +62,17 @@ impl Setup {
     async fn new(client: &kube::Client, prefix: &str) -> Setup {
         let ns = support::namespace(client, prefix).await;
         let dir = support::tempdir(prefix);
-        let creds = dir.join("ingest-credentials");
-        std::fs::write(&creds, "fluentd:s3cret\n").unwrap();
+        let keys = dir.join("ingest-keys");
+        std::fs::write(&keys, format!("{}\n", crate::wire::TEST_KEY)).unwrap();
         let token = support::service_account_token(client, &ns, "log-socket").await;
         support::grant_shipped_rbac(client, &ns, "log-socket").await;
         let kubeconfig = support::kubeconfig_with_token(&token, &dir.join("kubeconfig"));
         let addr = || std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
-        support::ingest_secret(client, &ns).await;
         Setup {
             _logging_operator: support::logging_operator::start(client, &ns).await,
             ns,
             kubeconfig,
-            creds,
+            keys,
             ingest: addr(),
             api: addr(),
             health: addr(),
@@ -92,9 +92,8 @@ impl Setup {
                     "--kubeconfig",
                 ])
                 .arg(&self.kubeconfig)
-                .args(["--output-auth-secret", "log-socket-ingest"])
-                .arg("--ingest-credentials")
-                .arg(&self.creds)
+                .arg("--ingest-key-file")
+                .arg(&self.keys)
                 .args(["--ingest-addr", &self.ingest.to_string()])
                 .args(["--api-addr", &self.api.to_string()])
                 .args(["--health-addr", &self.health.to_string()])
@@ -118,7 +117,10 @@ impl Setup {
             self.ingest,
             "POST",
             &format!("/flow/{}/web", self.ns),
-            &[("Authorization", crate::wire::INGEST_AUTH)],
+            &[(
+                "Authorization",
+                &crate::wire::flow_auth(&format!("flow/{}/web", self.ns)),
+            )],
             records.to_string().as_bytes(),
         )
         .await
@@ -198,9 +200,37 @@ async fn the_service_relays_to_a_service_account_and_stops_cleanly_on_sigterm() 
         .get("logsocket-flow-web")
         .await
         .unwrap();
-    assert_eq!(
-        output.data["spec"]["http"]["auth"]["password"]["valueFrom"]["secretKeyRef"]["name"],
-        "log-socket-ingest"
+    // The generated Output carries its flow's own credential, which the service accepts for
+    // that path and refuses (403) for any other.
+    let auth = &output.data["spec"]["http"]["auth"];
+    let (user, password) = (
+        auth["username"]["value"].as_str().unwrap(),
+        auth["password"]["value"].as_str().unwrap(),
+    );
+    assert_eq!(user, format!("flow/{ns}/web"));
+    let header = log_socket::auth::ingest_keys::basic_authorization(user, password);
+    let body = s.record("from the generated credential").to_string();
+    let (code, text) = crate::wire::request(
+        s.ingest,
+        "POST",
+        &format!("/flow/{ns}/web"),
+        &[("Authorization", &header)],
+        body.as_bytes(),
+    )
+    .await;
+    assert!(code == 200 || code == 202, "{code} {text}");
+    let (code, text) = crate::wire::request(
+        s.ingest,
+        "POST",
+        &format!("/flow/{ns}/other"),
+        &[("Authorization", &header)],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(code, 403, "{text}");
+    assert!(
+        text.contains(&format!("this credential is for flow/{ns}/web")),
+        "{text}"
     );
     let lease = kube::Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), &ns)
         .get("log-socket")
@@ -212,7 +242,14 @@ async fn the_service_relays_to_a_service_account_and_stops_cleanly_on_sigterm() 
     );
 
     service.terminate();
-    assert!(matches!(next().await, Message::Close(Some(f)) if u16::from(f.code) == 1001));
+    // The record posted with the generated credential, then the close frame.
+    let closing = loop {
+        match next().await {
+            Message::Text(t) => assert!(!t.contains("\"type\":\"error\""), "{t}"),
+            other => break other,
+        }
+    };
+    assert!(matches!(closing, Message::Close(Some(f)) if u16::from(f.code) == 1001));
     let stderr = service.exited_cleanly().await;
     assert!(stderr.contains("listener connected"), "{stderr}");
     assert!(

@@ -4,7 +4,6 @@
 
 use crate::operator::{condition, event, flow_spec, harness, persistent_tap, raw, status_when};
 use crate::support::{self, eventually};
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use log_socket::k8s::flowtap::{FlowTap, Phase};
 use serde_json::json;
@@ -18,12 +17,18 @@ fn refs(flow: &serde_json::Value) -> serde_json::Value {
 }
 
 #[tokio::test]
-async fn without_its_auth_secret_a_tap_changes_nothing_and_proceeds_once_it_exists() {
-    let h = harness("safe-secret").await;
-    Api::<Secret>::namespaced(h.client.clone(), &h.ns)
-        .delete("log-socket-ingest", &Default::default())
-        .await
-        .unwrap();
+async fn without_its_tls_secret_a_tap_changes_nothing_and_proceeds_once_it_exists() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "safe-secret").await;
+    let h = support::harness_configured(
+        client,
+        ns,
+        true,
+        crate::operator::LINGER,
+        std::time::Duration::from_secs(6),
+        |c| c.tls_secret = Some("log-socket-ingest-tls".into()),
+    )
+    .await;
     support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
     persistent_tap(&h, "web-tap", web_tap()).await;
     let s = status_when(&h, "web-tap", "Failed: SecretMissing", |s| {
@@ -37,7 +42,7 @@ async fn without_its_auth_secret_a_tap_changes_nothing_and_proceeds_once_it_exis
     assert!(raw(&h, "Output", "logsocket-web-tap").await.is_none());
     assert_eq!(refs(&raw(&h, "Flow", "web").await.unwrap()), json!(["loki"]));
 
-    support::ingest_secret(&h.client, &h.ns).await;
+    support::output_tls_secret(&h.client, &h.ns).await;
     status_when(&h, "web-tap", "Active", |s| s.phase == Some(Phase::Active)).await;
     assert_eq!(
         refs(&raw(&h, "Flow", "web").await.unwrap()),

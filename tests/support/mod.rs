@@ -371,21 +371,35 @@ pub async fn harness_with(
     linger: Duration,
     session_ttl: Duration,
 ) -> Harness {
+    harness_configured(client, ns, with_controller, linger, session_ttl, |_| {}).await
+}
+
+/// [`harness_with`], with the operator's settings changed by `tweak`.
+pub async fn harness_configured(
+    client: kube::Client,
+    ns: String,
+    with_controller: bool,
+    linger: Duration,
+    session_ttl: Duration,
+    tweak: impl FnOnce(&mut log_socket::operator::OperatorConfig),
+) -> Harness {
     use log_socket::operator::OperatorConfig;
     use log_socket::service::{Cluster, Controller, Service};
     use std::sync::Arc;
-    let operator = Arc::new(OperatorConfig {
+    let mut operator = OperatorConfig {
         instance: format!("relay-{ns}"),
         ingest_url: INGEST_URL.into(),
         linger,
         session_ttl,
-        auth_secret: Some("log-socket-ingest".into()),
+        ingest_keys: Some(crate::wire::test_keys()),
         tls_secret: None,
         namespace: Some(ns.clone()),
         mode: Default::default(),
         output_accept_timeout: Duration::from_secs(30),
         sweep_interval: Duration::from_secs(2),
-    });
+    };
+    tweak(&mut operator);
+    let operator = Arc::new(operator);
     let parts = log_socket::relay::http::Parts {
         authenticator: Arc::new(log_socket::auth::tokens::TokenReviewAuthenticator::new(
             client.clone(),
@@ -394,7 +408,7 @@ pub async fn harness_with(
         )),
         authorizer: Arc::new(log_socket::auth::labels::LabelPolicy::default()),
         sessions: Arc::new(log_socket::relay::NoSessions),
-        ingest_auth: crate::wire::ingest_auth(),
+        ingest_auth: log_socket::auth::IngestAuth::per_flow(crate::wire::test_keys()),
     };
     let cluster = Cluster {
         client: client.clone(),
@@ -408,8 +422,8 @@ pub async fn harness_with(
     };
     let service = Service::cluster(log_socket::relay::RelayConfig::default(), parts, cluster);
     let logging_operator = logging_operator::start(&client, &ns).await;
-    ingest_secret(&client, &ns).await;
-    let relay = crate::wire::start_service_on(crate::wire::loopback_sockets().await, service);
+    let mut relay = crate::wire::start_service_on(crate::wire::loopback_sockets().await, service);
+    relay.per_flow = true;
     Harness {
         relay,
         client,
@@ -418,13 +432,13 @@ pub async fn harness_with(
     }
 }
 
-/// The Secret the generated outputs' `auth` refers to, as the quick start creates it in every
-/// tapped namespace (the operator refuses to patch a flow without it).
-pub async fn ingest_secret(client: &kube::Client, ns: &str) {
+/// The Secret `--output-tls-secret` names in the tests, with the keys the generated outputs'
+/// TLS client certificate is mounted from (the operator refuses to patch a flow without it).
+pub async fn output_tls_secret(client: &kube::Client, ns: &str) {
     use k8s_openapi::api::core::v1::Secret;
     let secret: Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "log-socket-ingest"},
-        "stringData": {"username": "fluentd", "password": "s3cret"},
+        "metadata": {"name": "log-socket-ingest-tls"},
+        "stringData": {"ca.crt": "-", "tls.crt": "-", "tls.key": "-"},
     }))
     .unwrap();
     match Api::<Secret>::namespaced(client.clone(), ns)
@@ -433,7 +447,7 @@ pub async fn ingest_secret(client: &kube::Client, ns: &str) {
     {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => panic!("create Secret {ns}/log-socket-ingest: {e}"),
+        Err(e) => panic!("create Secret {ns}/log-socket-ingest-tls: {e}"),
     }
 }
 

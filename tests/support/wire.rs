@@ -1,6 +1,7 @@
 //! Talking to a relay over real sockets, as fluentd (HTTP POST) and listeners (WebSocket) do.
 
 use futures::StreamExt;
+use log_socket::auth::ingest_keys::{basic_authorization, IngestKeys};
 use log_socket::auth::IngestAuth;
 use log_socket::relay::http::Parts;
 use log_socket::relay::{Relay, RelayConfig};
@@ -24,6 +25,9 @@ pub const WAIT: Duration = Duration::from_secs(20);
 pub const INGEST_AUTH: &str = "Basic Zmx1ZW50ZDpzM2NyZXQ=";
 
 pub struct TestRelay {
+    /// Ingest takes per-flow credentials signed with [`test_keys`] (cluster mode), not the
+    /// shared `INGEST_AUTH`.
+    pub per_flow: bool,
     pub ingest: SocketAddr,
     pub api: SocketAddr,
     pub relay: Arc<Relay>,
@@ -63,6 +67,7 @@ pub fn start_service_on(sockets: Sockets, service: InProcess) -> TestRelay {
     let running = stop.clone();
     let done = tokio::spawn(async move { service.run(sockets, running).await.expect("the service runs") });
     TestRelay {
+        per_flow: false,
         ingest: ingest_addr,
         api: api_addr,
         relay,
@@ -74,6 +79,21 @@ pub fn start_service_on(sockets: Sockets, service: InProcess) -> TestRelay {
 /// The ingest credentials test relays expect (`INGEST_AUTH` sends them).
 pub fn ingest_auth() -> IngestAuth {
     IngestAuth::basic("fluentd", "s3cret")
+}
+
+/// The server key of cluster-mode test services.
+pub const TEST_KEY: &str = "test-key-0123456789abcdef0123456789abcdef";
+
+pub fn test_keys() -> Arc<IngestKeys> {
+    static KEYS: std::sync::OnceLock<Arc<IngestKeys>> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| Arc::new(IngestKeys::from_keys(&[TEST_KEY]).unwrap()))
+        .clone()
+}
+
+/// The `Authorization` header of the per-flow credential for an ingest path (`/flow/NS/NAME`).
+pub fn flow_auth(path: &str) -> String {
+    let (user, password) = test_keys().credential(path.trim_start_matches('/'));
+    basic_authorization(&user, &password)
 }
 
 /// A raw HTTP/1.1 request, as fluentd's Net::HTTP would send it; returns (status, body).
@@ -121,11 +141,15 @@ pub async fn request_on<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>
 }
 
 pub async fn post(r: &TestRelay, path: &str, body: &str) -> (u16, String) {
+    let auth = match r.per_flow {
+        true => flow_auth(path),
+        false => INGEST_AUTH.to_owned(),
+    };
     request(
         r.ingest,
         "POST",
         path,
-        &[("Authorization", INGEST_AUTH), ("Content-Type", "application/json")],
+        &[("Authorization", &auth), ("Content-Type", "application/json")],
         body.as_bytes(),
     )
     .await

@@ -1,7 +1,7 @@
 //! The ingest handler: a POST of records from fluentd, checked, parsed and published to its tap.
 
 use super::{text, Reply, State};
-use crate::auth::ingest::PeerCertificate;
+use crate::auth::ingest::{IngestDenied, PeerCertificate};
 use crate::relay::metrics::{CodeLabels, DropLabels, DropReason, TapLabels};
 use crate::relay::record::{self, BodyError};
 use crate::relay::TapKey;
@@ -72,16 +72,31 @@ where
         encoding,
         length,
     } = request;
-    if !state.ingest_auth.check(authorization.as_deref(), client_cert_verified) {
-        metrics.error("ingest_unauthorized");
-        let mut reply = text(
-            StatusCode::UNAUTHORIZED,
-            format!("unauthorized: this ingest port requires {:?}", state.ingest_auth),
-        );
-        reply
-            .headers_mut()
-            .insert("www-authenticate", "Basic realm=\"log-socket ingest\"".parse().unwrap());
-        return reply;
+    let path = format!("{kind}/{namespace}/{name}");
+    match state
+        .ingest_auth
+        .check(authorization.as_deref(), client_cert_verified, &path)
+    {
+        Ok(()) => {}
+        Err(IngestDenied::Unauthorized) => {
+            metrics.error("ingest_unauthorized");
+            let mut reply = text(
+                StatusCode::UNAUTHORIZED,
+                format!("unauthorized: this ingest port requires {:?}", state.ingest_auth),
+            );
+            reply
+                .headers_mut()
+                .insert("www-authenticate", "Basic realm=\"log-socket ingest\"".parse().unwrap());
+            return reply;
+        }
+        // Nothing of the request is read: a credential posts to its own flow only.
+        Err(IngestDenied::WrongPath { credential_for }) => {
+            metrics.error("ingest_wrong_path");
+            return text(
+                StatusCode::FORBIDDEN,
+                format!("forbidden: this credential is for {credential_for}; it may post to /{credential_for} only"),
+            );
+        }
     }
     let key = match TapKey::parse(kind, namespace, name) {
         Ok(key) => key,

@@ -85,21 +85,67 @@ pub fn label_policy(data: &[u8]) {
     let meta = record::meta_of(&json).expect("labels written as JSON parse");
     let who = Identity { username, groups };
     let map: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    assert_eq!(
-        LabelPolicy::default().allows(&who, &meta),
-        reference_allows(&who, &map),
-        "{who:?} on {json}"
-    );
+    for flattened in [false, true] {
+        assert_eq!(
+            LabelPolicy::default()
+                .with_flattened_keys(flattened)
+                .allows(&who, &meta),
+            reference_allows(&who, &map, flattened),
+            "{who:?} on {json} (flattened keys: {flattened})"
+        );
+    }
 }
 
-/// The label policy as the README states it, built the slow, obvious way.
-fn reference_allows(who: &Identity, labels: &BTreeMap<String, String>) -> bool {
+/// A key as docs/security.md states it, built the slow, obvious way.
+fn reference_key(prefix: &str, name: &str) -> String {
+    let escaped: String = name
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'0'..=b'9' | b'-' => (b as char).to_string(),
+            _ => format!("_{b:02x}"),
+        })
+        .collect();
+    let key = format!("{prefix}.{escaped}");
+    if key.len() <= 63 {
+        return key;
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, name.as_bytes());
+    let hex: String = digest.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}h.{hex}")
+}
+
+fn reference_user_key(username: &str) -> String {
+    let parts: Vec<&str> = username.splitn(4, ':').collect();
+    if let ["system", "serviceaccount", ns, name] = parts[..] {
+        let ns_ok = !ns.is_empty()
+            && ns.len() <= 63
+            && ns
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        let name_ok = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        let key = format!("sa.{ns}.{name}");
+        if ns_ok && name_ok && key.len() <= 63 {
+            return key;
+        }
+    }
+    reference_key("u", username)
+}
+
+/// The label policy as docs/security.md states it, built the slow, obvious way.
+fn reference_allows(who: &Identity, labels: &BTreeMap<String, String>, flattened: bool) -> bool {
     let lookup = |key: &str| -> Option<bool> {
-        let dedotted = key.replace('.', "_");
-        let mut candidates = vec![format!("rbac/{key}"), format!("rbac_{key}")];
-        if dedotted != key {
-            candidates.push(format!("rbac/{dedotted}"));
-            candidates.push(format!("rbac_{dedotted}"));
+        let mut candidates = vec![format!("rbac/{key}")];
+        if flattened {
+            let dedotted = key.replace('.', "_");
+            candidates.extend([
+                format!("rbac_{key}"),
+                format!("rbac/{dedotted}"),
+                format!("rbac_{dedotted}"),
+            ]);
         }
         candidates.iter().find_map(|c| match labels.get(c).map(String::as_str) {
             Some("allow") => Some(true),
@@ -107,19 +153,13 @@ fn reference_allows(who: &Identity, labels: &BTreeMap<String, String>) -> bool {
             _ => None,
         })
     };
-    let parts: Vec<&str> = who.username.split(':').collect();
-    let user = match parts.len() {
-        1 => parts.join("_"),
-        2 => parts[1..].join("_"),
-        _ => parts[2..].join("_"),
-    };
-    if let Some(decision) = lookup(&user) {
+    if let Some(decision) = lookup(&reference_user_key(&who.username)) {
         return decision;
     }
     let groups: Vec<bool> = who
         .groups
         .iter()
-        .filter_map(|g| lookup(&format!("group.{}", g.replace(':', "_"))))
+        .filter_map(|g| lookup(&reference_key("g", g)))
         .collect();
     if groups.contains(&false) {
         return false;

@@ -539,3 +539,92 @@ async fn trickled_request_headers_are_cut_off_on_both_ports() {
     );
     assert_eq!(messages(&drain(&r, &mut ws, "/flow/shop/web").await), ["prompt"]);
 }
+
+/// Every text frame until a record whose message is `end`, as the bytes that arrived.
+async fn raw_frames_until(ws: &mut Ws, end: &str) -> Vec<String> {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut out = vec![];
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("the stream stays open")
+            .expect("a valid frame");
+        if let Message::Text(t) = msg {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            out.push(t.to_string());
+            if v["type"] == "record" && v["record"]["message"] == end {
+                return out;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn listeners_that_differ_only_in_filters_get_byte_identical_frames_besides_records() {
+    let r = start_with(RelayConfig::default(), Arc::new(DenySecretPods)).await;
+    let path = "/clusterflow/logging/all";
+    // Someone keeps the tap open, so records are buffered for the later listeners' tail.
+    let _keeper = connect(&r, path, "tok-bob").await;
+    // Records these listeners may not read, some matching one listener's grep, some the other's.
+    let secret = |i: usize| {
+        let word = if i.is_multiple_of(3) { "password" } else { "token" };
+        record(&format!("secret-{}", i % 2), &format!("{word}={i}"))
+    };
+    let mut batch: Vec<Value> = (0..30).map(secret).collect();
+    batch.push(record("web-1", "visible password"));
+    batch.push(record("web-1", "visible token"));
+    assert_eq!(post(&r, path, &array(&batch)).await.0, 200);
+
+    let tail = |grep: &str| format!("{path}?tail=100&grep={grep}");
+    let (mut pw, first_pw) = try_connect(&r, &tail("password|replay-end|live-end"), "tok-alice")
+        .await
+        .unwrap();
+    let (mut tok, first_tok) = try_connect(&r, &tail("token|replay-end|live-end"), "tok-alice")
+        .await
+        .unwrap();
+    assert_eq!(first_pw, first_tok, "the listening status does not depend on filters");
+    assert_eq!(first_pw["replayed"], 2, "the records it may read, before its filters");
+
+    // The replayed records, then the denied notices of the replay (flushed within a second).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(post(&r, path, &array(&[record("web-1", "replay-end")])).await.0, 200);
+    // Live records: the same mix.
+    let mut live: Vec<Value> = (30..60).map(secret).collect();
+    live.push(record("web-1", "visible password live"));
+    assert_eq!(post(&r, path, &array(&live)).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(post(&r, path, &array(&[record("web-1", "live-end")])).await.0, 200);
+
+    let mut seen = vec![];
+    for ws in [&mut pw, &mut tok] {
+        let mut frames = raw_frames_until(ws, "replay-end").await;
+        frames.extend(raw_frames_until(ws, "live-end").await);
+        seen.push(frames);
+    }
+    let not_records = |frames: &[String]| -> Vec<String> {
+        frames
+            .iter()
+            .filter(|f| !f.contains(r#""type":"record""#))
+            .cloned()
+            .collect()
+    };
+    let (a, b) = (not_records(&seen[0]), not_records(&seen[1]));
+    assert_eq!(a, b, "byte-identical frames besides records");
+    let denied: u64 = a
+        .iter()
+        .map(|f| serde_json::from_str::<Value>(f).unwrap())
+        .filter(|v| v["type"] == "denied")
+        .map(|v| v["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(denied, 60, "every denied record counted, whatever the grep: {a:?}");
+    // And the records themselves do follow each listener's filters.
+    let text = |frames: &[String]| frames.iter().filter(|f| f.contains(r#""type":"record""#)).count();
+    assert_eq!((text(&seen[0]), text(&seen[1])), (4, 3));
+    let all = seen.concat().concat();
+    assert!(
+        !all.contains("password=") && !all.contains("token="),
+        "no byte of denied records"
+    );
+}

@@ -1,75 +1,144 @@
 //! The label policy: pod labels carried in each record say who may read it.
 //!
-//! For a listener whose user key is `K` (see [`user_key`]):
-//! 1. label `rbac/K: allow|deny` decides;
-//! 2. otherwise labels `rbac/group.G: allow|deny` for the listener's groups (`:` in a group
-//!    written `_`): any `deny` denies, else any `allow` allows;
+//! For a listener with user key `U` and group keys `G…` (see [`user_key`], [`group_key`]):
+//! 1. label `rbac/U: allow|deny` decides;
+//! 2. otherwise labels `rbac/G: allow|deny` for the listener's groups: any `deny` denies, else
+//!    any `allow` allows;
 //! 3. otherwise `rbac/policy: allow|deny` decides;
 //! 4. otherwise the record is denied.
 //!
-//! Values other than `allow` and `deny` are ignored and counted. Pipelines that de-dot or
-//! flatten label keys are handled: `rbac_K`, `rbac_policy` and `rbac_group_G` are read too (the
-//! `rbac/` form wins when both are present).
+//! Keys are injective: no two identities share one, and user and group keys live in spaces of
+//! their own (`sa.`/`u.` and `g.`), apart from `policy`. Values other than `allow` and `deny`
+//! are ignored and counted. Keys as a pipeline that flattens (`rbac_…`) or de-dots (`.` → `_`)
+//! label keys writes them are read only when asked for ([`LabelPolicy::with_flattened_keys`]);
+//! the mapping stays injective then too.
 
 use crate::auth::{Authorizer, Decision, Identity};
 use crate::relay::record::Meta;
 use prometheus_client::metrics::counter::Counter;
 
-/// The label-policy key of a user: `system:serviceaccount:NS:NAME` becomes `NS_NAME`; in
-/// general the first two `:`-separated parts of a name with three or more parts are dropped
-/// (the first one of a name with two), and the remaining `:` become `_`. This is the mapping of
-/// the original log-socket, so existing labels keep working.
+/// The longest label name Kubernetes accepts (the part after `rbac/`).
+const MAX_NAME: usize = 63;
+
+/// The label-policy key of a user:
+/// - `system:serviceaccount:NS:NAME` → `sa.NS.NAME` (a namespace has no `.`, so this splits
+///   one way only);
+/// - any other user → `u.` + the name with every byte other than `a-z`, `0-9` and `-` written
+///   `_` and two lowercase hex digits (`alice@example.com` → `u.alice_40example_2ecom`);
+/// - a key longer than 63 characters (the limit of a label name) → `uh.` + the first 32 hex
+///   digits of the SHA-256 of the user name.
 pub fn user_key(username: &str) -> String {
     Key::user(username).to_string()
 }
 
-/// The label-policy key of a group: `group.` and the group name with `:` written `_`.
+/// The label-policy key of a group: `g.` + the group escaped as a user name is
+/// (`system:serviceaccounts:shop` → `g.system_3aserviceaccounts_3ashop`); `gh.` + a hash when
+/// longer than 63 characters.
 pub fn group_key(group: &str) -> String {
     Key::group(group).to_string()
 }
 
 /// A policy key, compared with label keys without being built: the policy runs for every
-/// record and every listener, so it must not allocate.
-struct Key<'a> {
-    prefix: &'static str,
-    /// Written with `:` as `_`.
-    body: &'a str,
+/// record and every listener, so it must not allocate (only hashed keys of over-long names do).
+enum Key<'a> {
+    ServiceAccount { namespace: &'a str, name: &'a str },
+    Escaped { prefix: &'static str, name: &'a str },
+    Hashed { prefix: &'static str, hex: String },
+    Policy,
+}
+
+fn escaped_len(name: &str) -> usize {
+    name.bytes().map(|b| if kept(b) { 1 } else { 3 }).sum()
+}
+
+fn plain(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit()
+}
+
+/// Written as it is in a key: `a-z`, `0-9`, `-`.
+fn kept(b: u8) -> bool {
+    plain(b) || b == b'-'
+}
+
+fn hex_digit(n: u8) -> char {
+    char::from_digit(u32::from(n), 16).unwrap_or('0')
+}
+
+/// `name` escaped: `a-z0-9-` as they are, every other byte as `_` and two hex digits.
+fn escape(name: &str) -> impl Iterator<Item = char> + '_ {
+    name.bytes().flat_map(|b| {
+        let chars = if kept(b) {
+            [b as char, ' ', ' ']
+        } else {
+            ['_', hex_digit(b >> 4), hex_digit(b & 15)]
+        };
+        chars.into_iter().take(if kept(b) { 1 } else { 3 })
+    })
+}
+
+/// A DNS label (what a namespace is): `a-z0-9-`, 1 to 63 characters.
+fn dns_label(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 63 && s.bytes().all(|b| plain(b) || b == b'-')
+}
+
+/// A DNS subdomain (what a service account name is): `a-z0-9-.`.
+fn dns_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.bytes().all(|b| plain(b) || b == b'-' || b == b'.')
 }
 
 impl<'a> Key<'a> {
     fn user(username: &'a str) -> Self {
-        let body = match username.split_once(':') {
-            None => username,
-            Some((_, rest)) => rest.split_once(':').map_or(rest, |(_, rest)| rest),
-        };
-        Key { prefix: "", body }
+        if let Some(rest) = username.strip_prefix("system:serviceaccount:") {
+            if let Some((namespace, name)) = rest.split_once(':') {
+                if dns_label(namespace) && dns_subdomain(name) && 4 + namespace.len() + name.len() <= MAX_NAME {
+                    return Key::ServiceAccount { namespace, name };
+                }
+            }
+        }
+        Key::escaped("u.", username)
     }
 
     fn group(group: &'a str) -> Self {
-        Key {
-            prefix: "group.",
-            body: group,
+        Key::escaped("g.", group)
+    }
+
+    fn escaped(prefix: &'static str, name: &'a str) -> Self {
+        if prefix.len() + escaped_len(name) <= MAX_NAME {
+            return Key::Escaped { prefix, name };
         }
+        let digest = ring::digest::digest(&ring::digest::SHA256, name.as_bytes());
+        let hex = digest.as_ref()[..16]
+            .iter()
+            .flat_map(|b| [hex_digit(b >> 4), hex_digit(b & 15)])
+            .collect();
+        Key::Hashed { prefix, hex }
     }
 
-    fn has_dot(&self) -> bool {
-        self.prefix.contains('.') || self.body.contains('.')
-    }
-
-    /// The key's characters; de-dotted, `.` is written `_` too. Both keep byte lengths.
-    fn chars(&self, dedot: bool) -> impl Iterator<Item = char> + '_ {
-        self.prefix.chars().chain(self.body.chars()).map(move |c| match c {
-            ':' => '_',
-            '.' if dedot => '_',
-            c => c,
-        })
+    /// The key's characters; `dedot`: with `.` written `_`, as label-flattening pipelines do.
+    fn chars(&self, dedot: bool) -> Box<dyn Iterator<Item = char> + '_> {
+        let dot = if dedot { '_' } else { '.' };
+        let d = move |c: char| if c == '.' { dot } else { c };
+        match self {
+            Key::ServiceAccount { namespace, name } => Box::new(
+                "sa."
+                    .chars()
+                    .chain(namespace.chars())
+                    .chain(std::iter::once('.'))
+                    .chain(name.chars())
+                    .map(d),
+            ),
+            Key::Escaped { prefix, name } => Box::new(prefix.chars().map(d).chain(escape(name))),
+            // `uh.`/`gh.`: apart from `u.`/`g.` keys even de-dotted (`u_h_…` could be escaped).
+            Key::Hashed { prefix, hex } => Box::new(prefix[..1].chars().chain("h.".chars()).map(d).chain(hex.chars())),
+            Key::Policy => Box::new("policy".chars()),
+        }
     }
 
     /// Whether `label` is `form` followed by this key.
     fn is(&self, label: &str, form: &str, dedot: bool) -> bool {
         label
             .strip_prefix(form)
-            .is_some_and(|rest| rest.len() == self.prefix.len() + self.body.len() && rest.chars().eq(self.chars(dedot)))
+            .is_some_and(|rest| rest.chars().eq(self.chars(dedot)))
     }
 }
 
@@ -84,6 +153,8 @@ impl std::fmt::Display for Key<'_> {
 pub struct LabelPolicy {
     /// Labels with a value other than allow/deny, which were ignored.
     pub invalid_values: Counter,
+    /// Also read `rbac_KEY` and de-dotted keys (`.` written `_`).
+    flattened: bool,
 }
 
 impl LabelPolicy {
@@ -91,15 +162,26 @@ impl LabelPolicy {
     pub fn counting_into(counter: Counter) -> Self {
         LabelPolicy {
             invalid_values: counter,
+            flattened: false,
         }
     }
 
-    /// The first of `rbac/KEY`, `rbac_KEY` and their de-dotted forms that says allow or deny.
+    /// Also read keys as pipelines that flatten (`rbac_KEY`) or de-dot (`.` → `_`) label keys
+    /// write them (`--label-policy-flattened-keys`); `rbac/KEY` wins when both are there.
+    pub fn with_flattened_keys(mut self, on: bool) -> Self {
+        self.flattened = on;
+        self
+    }
+
+    /// The first of `rbac/KEY` (and, when asked for, `rbac_KEY` and the de-dotted forms) that
+    /// says allow or deny.
     fn lookup(&self, labels: &Meta, key: Key<'_>) -> Option<bool> {
-        // The de-dotted forms only differ from the others when the key has a dot.
-        let has_dot = key.has_dot();
-        let forms = [(false, "rbac/"), (false, "rbac_"), (true, "rbac/"), (true, "rbac_")];
-        for (dedotted, form) in forms.into_iter().filter(|(d, _)| !d || has_dot) {
+        let forms: &[(bool, &str)] = if self.flattened {
+            &[(false, "rbac/"), (false, "rbac_"), (true, "rbac/"), (true, "rbac_")]
+        } else {
+            &[(false, "rbac/")]
+        };
+        for &(dedotted, form) in forms {
             // The last label of a repeated key counts, as in a JSON map.
             let value = labels
                 .labels()
@@ -131,16 +213,7 @@ impl LabelPolicy {
                 None => {}
             }
         }
-        any_allow
-            || self
-                .lookup(
-                    labels,
-                    Key {
-                        prefix: "",
-                        body: "policy",
-                    },
-                )
-                .unwrap_or(false)
+        any_allow || self.lookup(labels, Key::Policy).unwrap_or(false)
     }
 }
 
@@ -176,15 +249,23 @@ mod tests {
     }
 
     #[test]
-    fn user_keys_follow_the_original_mapping() {
-        assert_eq!(user_key("system:serviceaccount:shop:alice"), "shop_alice");
-        assert_eq!(user_key("system:admin"), "admin");
-        assert_eq!(user_key("jane"), "jane");
-        assert_eq!(user_key("oidc:jane"), "jane");
+    fn keys_are_readable_for_service_accounts_and_escaped_for_everyone_else() {
+        assert_eq!(user_key("system:serviceaccount:shop:alice"), "sa.shop.alice");
+        assert_eq!(user_key("system:serviceaccount:shop:ci.bot"), "sa.shop.ci.bot");
+        assert_eq!(user_key("jane"), "u.jane");
+        assert_eq!(user_key("oidc:jane"), "u.oidc_3ajane");
+        assert_eq!(user_key("alice@example.com"), "u.alice_40example_2ecom");
+        assert_eq!(user_key("Jane"), "u._4aane");
+        assert_eq!(group_key("oncall"), "g.oncall");
         assert_eq!(
             group_key("system:serviceaccounts:shop"),
-            "group.system_serviceaccounts_shop"
+            "g.system_3aserviceaccounts_3ashop"
         );
+        let long = "x".repeat(70);
+        let key = user_key(&long);
+        assert!(key.starts_with("uh.") && key.len() == 3 + 32, "{key}");
+        assert_ne!(key, user_key(&"x".repeat(71)));
+        assert!(group_key(&long).starts_with("gh."));
     }
 
     #[test]
@@ -193,37 +274,65 @@ mod tests {
         let alice = sa("shop", "alice");
         assert!(p.allows(
             &alice,
-            &labels(&[("rbac/shop_alice", "allow"), ("rbac/policy", "deny")])
+            &labels(&[("rbac/sa.shop.alice", "allow"), ("rbac/policy", "deny")])
         ));
         assert!(!p.allows(
             &alice,
-            &labels(&[("rbac/shop_alice", "deny"), ("rbac/policy", "allow")])
+            &labels(&[("rbac/sa.shop.alice", "deny"), ("rbac/policy", "allow")])
         ));
         assert!(p.allows(&alice, &labels(&[("rbac/policy", "allow")])));
         assert!(!p.allows(&alice, &labels(&[("rbac/policy", "deny")])));
         assert!(!p.allows(&alice, &labels(&[])), "no labels: deny");
-        assert!(!p.allows(&alice, &labels(&[("rbac/shop_bob", "allow")])));
+        assert!(!p.allows(&alice, &labels(&[("rbac/sa.shop.bob", "allow")])));
         assert!(p.allows(
             &alice,
             &labels(&[
-                ("rbac/group.system_serviceaccounts_shop", "allow"),
+                ("rbac/g.system_3aserviceaccounts_3ashop", "allow"),
                 ("rbac/policy", "deny")
             ])
         ));
         assert!(!p.allows(
             &alice,
             &labels(&[
-                ("rbac/group.system_authenticated", "allow"),
-                ("rbac/group.system_serviceaccounts_shop", "deny")
+                ("rbac/g.system_3aauthenticated", "allow"),
+                ("rbac/g.system_3aserviceaccounts_3ashop", "deny")
             ])
         ));
+    }
+
+    #[test]
+    fn the_old_colliding_keys_open_nothing() {
+        let p = LabelPolicy::default();
+        // Before, `shop_alice` was both system:serviceaccount:shop:alice and a user called
+        // shop_alice, `jane` both jane and oidc:jane, and `policy` a user called policy.
+        let user = |name: &str| Identity {
+            username: name.into(),
+            groups: vec![],
+        };
+        assert!(!p.allows(&sa("shop", "alice"), &labels(&[("rbac/shop_alice", "allow")])));
+        assert!(!p.allows(&user("shop_alice"), &labels(&[("rbac/sa.shop.alice", "allow")])));
+        assert!(!p.allows(&user("oidc:jane"), &labels(&[("rbac/u.jane", "allow")])));
+        assert!(!p.allows(
+            &user("policy"),
+            &labels(&[("rbac/u.policy", "deny"), ("rbac/policy", "allow")])
+        ));
+        assert!(p.allows(&user("policy"), &labels(&[("rbac/policy", "allow")])));
+        // A group named like a user is not that user.
+        let in_group = Identity {
+            username: "mallory".into(),
+            groups: vec!["jane".into()],
+        };
+        assert!(!p.allows(&in_group, &labels(&[("rbac/u.jane", "allow")])));
     }
 
     #[test]
     fn other_values_are_ignored_and_counted() {
         let p = LabelPolicy::default();
         let alice = sa("shop", "alice");
-        assert!(p.allows(&alice, &labels(&[("rbac/shop_alice", "yes"), ("rbac/policy", "allow")])));
+        assert!(p.allows(
+            &alice,
+            &labels(&[("rbac/sa.shop.alice", "yes"), ("rbac/policy", "allow")])
+        ));
         assert!(
             !p.allows(&alice, &labels(&[("rbac/policy", "Allow")])),
             "case-sensitive"
@@ -232,21 +341,53 @@ mod tests {
     }
 
     #[test]
-    fn de_dotted_and_flattened_label_keys_are_read() {
-        let p = LabelPolicy::default();
+    fn flattened_and_de_dotted_keys_are_read_only_when_asked_for() {
         let alice = sa("shop", "alice");
-        assert!(p.allows(
-            &alice,
-            &labels(&[("rbac_shop_alice", "allow"), ("rbac_policy", "deny")])
-        ));
+        let flat = labels(&[("rbac_sa_shop_alice", "allow"), ("rbac_policy", "deny")]);
+        assert!(!LabelPolicy::default().allows(&alice, &flat), "not by default");
+        let p = LabelPolicy::default().with_flattened_keys(true);
+        assert!(p.allows(&alice, &flat));
         assert!(p.allows(&alice, &labels(&[("rbac_policy", "allow")])));
-        assert!(p.allows(&alice, &labels(&[("rbac_group_system_serviceaccounts_shop", "allow")])));
+        assert!(p.allows(&alice, &labels(&[("rbac_g_system_3aserviceaccounts_3ashop", "allow")])));
         assert!(
             !p.allows(
                 &alice,
-                &labels(&[("rbac/shop_alice", "deny"), ("rbac_shop_alice", "allow")])
+                &labels(&[("rbac/sa.shop.alice", "deny"), ("rbac_sa_shop_alice", "allow")])
             ),
             "the rbac/ form wins"
         );
+    }
+
+    proptest::proptest! {
+        /// No two distinct identities (users, groups) share a key, de-dotted or not.
+        #[test]
+        fn no_two_identities_share_a_key(
+            a in identity(), b in identity(), dedot in proptest::bool::ANY,
+        ) {
+            let key = |(group, name): &(bool, String)| {
+                let k = if *group { Key::group(name) } else { Key::user(name) };
+                k.chars(dedot).collect::<String>()
+            };
+            if a != b {
+                proptest::prop_assert_ne!(key(&a), key(&b), "{:?} and {:?}", a, b);
+            }
+            proptest::prop_assert_ne!(key(&a), "policy");
+        }
+    }
+
+    /// A user or group name: service accounts, names with the characters keys escape and
+    /// those they are escaped with, over-long ones.
+    fn identity() -> impl proptest::strategy::Strategy<Value = (bool, String)> {
+        use proptest::prelude::*;
+        let part = "[a-z0-9._:@-]{0,12}";
+        prop_oneof![
+            (any::<bool>(), part).prop_map(|(g, s)| (g, s)),
+            ("[a-z0-9-]{1,8}", "[a-z0-9.-]{1,12}")
+                .prop_map(|(ns, n)| (false, format!("system:serviceaccount:{ns}:{n}"))),
+            (any::<bool>(), "[a-z_0-9]{0,6}", "[A-Z:_.]{0,4}").prop_map(|(g, a, b)| (g, format!("{a}{b}"))),
+            (any::<bool>(), "[a-z]{60,70}").prop_map(|(g, s)| (g, s)),
+            // Names whose escaped form looks like a hashed key's, de-dotted.
+            (any::<bool>(), "[0-9a-f]{30,32}").prop_map(|(g, s)| (g, format!("h:{s}"))),
+        ]
     }
 }

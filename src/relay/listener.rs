@@ -1,6 +1,10 @@
 //! One WebSocket listener's side of a tap: its filters, its authorization, and its bounded
 //! queue. Publishing never waits for a listener: when the queue is full the oldest record is
 //! dropped and counted, and the listener is told how many it lost.
+//!
+//! The queue takes every record of the tap: the listener's task authorizes first and filters
+//! second, so nothing the listener sees (denied counts, drops, the replayed count) depends on
+//! its filters applied to records it may not read, and no filter runs under the tap's lock.
 
 use super::record::Meta;
 use super::tap::Entry;
@@ -85,8 +89,6 @@ pub struct Listener {
 /// What happened to one record offered to a listener.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Offer {
-    /// Not wanted by the listener's filters.
-    Filtered,
     /// Queued.
     Queued,
     /// Queued, and the oldest queued record was dropped to make room.
@@ -106,35 +108,32 @@ impl Listener {
     }
 
     /// Whether the record passes the listener's filters (no authorization, no side effects).
+    /// Only asked of records the listener may read.
     pub fn wants(&self, meta: &Meta) -> bool {
         self.filter.matches(meta)
     }
 
-    /// Offer a live record; never blocks on the listener. Authorization happens in the
-    /// listener's task, which may have to ask the API server.
+    /// Offer a live record; never blocks on the listener, never looks into the record.
+    /// Authorization, then the filters, happen in the listener's task (which may have to ask
+    /// the API server).
     pub fn offer(&self, entry: &Arc<Entry>) -> Offer {
-        match self.wants(&entry.meta) {
-            false => Offer::Filtered,
-            true => {
-                let dropped = {
-                    let mut q = self.queue.lock().unwrap();
-                    let dropped = if q.items.len() >= self.capacity {
-                        q.items.pop_front();
-                        q.dropped += 1;
-                        true
-                    } else {
-                        false
-                    };
-                    q.items.push_back(entry.clone());
-                    dropped
-                };
-                self.notify.notify_one();
-                if dropped {
-                    Offer::QueuedDroppingOldest
-                } else {
-                    Offer::Queued
-                }
-            }
+        let dropped = {
+            let mut q = self.queue.lock().unwrap();
+            let dropped = if q.items.len() >= self.capacity {
+                q.items.pop_front();
+                q.dropped += 1;
+                true
+            } else {
+                false
+            };
+            q.items.push_back(entry.clone());
+            dropped
+        };
+        self.notify.notify_one();
+        if dropped {
+            Offer::QueuedDroppingOldest
+        } else {
+            Offer::Queued
         }
     }
 
@@ -206,13 +205,15 @@ mod tests {
             ..Default::default()
         };
         let l = listener(f, 10);
-        assert_eq!(l.offer(&entry(1, "web-1", "error: boom")), Offer::Queued);
-        assert_eq!(l.offer(&entry(2, "web-1", "info: fine")), Offer::Filtered);
-        assert_eq!(l.offer(&entry(3, "web-1", "warn: GET /healthz")), Offer::Filtered);
-        assert_eq!(l.offer(&entry(4, "db-1", "error: boom")), Offer::Filtered);
-        let mut other_ns = (*entry(5, "web-1", "error")).clone();
-        other_ns.meta = meta("other", "web-1", "error");
-        assert_eq!(l.offer(&Arc::new(other_ns)), Offer::Filtered);
+        assert!(l.wants(&entry(1, "web-1", "error: boom").meta));
+        assert!(!l.wants(&entry(2, "web-1", "info: fine").meta));
+        assert!(!l.wants(&entry(3, "web-1", "warn: GET /healthz").meta));
+        assert!(!l.wants(&entry(4, "db-1", "error: boom").meta));
+        assert!(!l.wants(&meta("other", "web-1", "error")));
+        // The queue takes every record: filters apply after authorization, in the listener's
+        // task, so they never decide what is counted about records it may not read.
+        assert_eq!(l.offer(&entry(2, "web-1", "info: fine")), Offer::Queued);
+        assert_eq!(l.take().records.len(), 1);
     }
 
     #[test]

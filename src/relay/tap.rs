@@ -31,7 +31,8 @@ pub struct Entry {
 pub enum Start {
     /// New records only.
     Live,
-    /// The last N buffered records (that pass the filters), then live.
+    /// The last N buffered records, then live (like `kubectl logs --tail N | grep`: the
+    /// listener's authorization and filters apply to those N).
     Tail(usize),
     /// Everything after `seq`, when it was read from the tap with this `epoch` (if given).
     After { seq: u64, epoch: Option<u64> },
@@ -139,7 +140,7 @@ impl Tap {
             for listener in &inner.listeners {
                 match listener.offer(&entry) {
                     Offer::QueuedDroppingOldest => out.dropped += 1,
-                    Offer::Queued | Offer::Filtered => {}
+                    Offer::Queued => {}
                 }
             }
             if inner.limits.records > 0 {
@@ -184,15 +185,8 @@ impl Tap {
         let (candidates, gap): (Vec<&Arc<Entry>>, Option<Gap>) = match start {
             Start::Live => (vec![], None),
             Start::Tail(n) => {
-                let mut picked: Vec<&Arc<Entry>> = inner
-                    .replay
-                    .iter()
-                    .rev()
-                    .filter(|e| listener.wants(&e.meta))
-                    .take(n)
-                    .collect();
-                picked.reverse();
-                (picked, None)
+                let skip = inner.replay.len().saturating_sub(n);
+                (inner.replay.iter().skip(skip).collect(), None)
             }
             Start::After { seq, epoch } => {
                 let restarted = epoch.is_some_and(|e| e != self.epoch) || seq > last_seq;
@@ -207,11 +201,8 @@ impl Tap {
                 }
             }
         };
-        let backlog = candidates
-            .into_iter()
-            .filter(|e| listener.wants(&e.meta))
-            .cloned()
-            .collect();
+        // Unfiltered: the listener's task authorizes, then filters.
+        let backlog = candidates.into_iter().cloned().collect();
         inner.listeners.push(listener);
         inner.idle_since = None;
         Attached {

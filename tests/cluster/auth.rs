@@ -50,18 +50,19 @@ async fn label_policy_gives_each_service_account_exactly_its_records() {
     for sa in ["alice", "bob"] {
         support::grant(&client, &ns, sa, support::may_tap_flows()).await;
     }
-    let r = cluster_relay(&client, Arc::new(LabelPolicy::default())).await;
+    // Flattened keys read too, as a pipeline that de-dots label keys needs.
+    let r = cluster_relay(&client, Arc::new(LabelPolicy::default().with_flattened_keys(true))).await;
     let tap = format!("/flow/{ns}/web");
     let mut a = connect(&r, &tap, &alice).await;
     let mut b = connect(&r, &tap, &bob).await;
 
-    let group = format!("rbac/group.system_serviceaccounts_{ns}");
+    let group = format!("rbac/g.system_3aserviceaccounts_3a{ns}");
     let batch = [
         labelled(
             &ns,
             "a-pod",
             "for alice",
-            json!({format!("rbac/{ns}_alice"): "allow", "rbac/policy": "deny"}),
+            json!({format!("rbac/sa.{ns}.alice"): "allow", "rbac/policy": "deny"}),
         ),
         labelled(&ns, "all-pod", "for all", json!({"rbac/policy": "allow"})),
         labelled(&ns, "secret-pod", "for nobody", json!({"app": "db"})),
@@ -69,14 +70,14 @@ async fn label_policy_gives_each_service_account_exactly_its_records() {
             &ns,
             "b-pod",
             "for bob, de-dotted",
-            json!({format!("rbac_{ns}_bob"): "allow"}),
+            json!({format!("rbac_sa_{}_bob", ns.replace('.', "_")): "allow"}),
         ),
         labelled(&ns, "ns-pod", "for the namespace's accounts", json!({group: "allow"})),
         labelled(
             &ns,
             "odd-pod",
             "odd value ignored",
-            json!({format!("rbac/{ns}_alice"): "maybe", "rbac/policy": "allow"}),
+            json!({format!("rbac/sa.{ns}.alice"): "maybe", "rbac/policy": "allow"}),
         ),
         labelled(&ns, "all-pod", "end", json!({"rbac/policy": "allow"})),
     ];

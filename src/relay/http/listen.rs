@@ -284,7 +284,7 @@ async fn queued(
     if batch.dropped > 0 {
         out.push(Message::Text(protocol::dropped(Some(batch.dropped), "slow_client")));
     }
-    let records = authorize(state, &listener.identity, batch.records, denied).await;
+    let records = visible(state, listener, batch.records, denied).await;
     let n = records.len() as u64;
     out.extend(records);
     (out, n)
@@ -292,7 +292,10 @@ async fn queued(
 
 /// Attach the listener to its tap; the first frames it gets: the `listening` status, a gap
 /// report when its resume point is lost, the tap's latest status, then the replayed records it
-/// may see. Also returns how many records were replayed.
+/// may see that pass its filters. `replayed` in the status counts the replayed records it may
+/// see, before its filters: a count its filters shaped could only tell it about records it may
+/// read anyway, but two listeners that differ only in filters get the same frames. Also returns
+/// how many records were sent.
 async fn greeting(
     state: &State,
     tap: &Tap,
@@ -301,13 +304,14 @@ async fn greeting(
     denied: &mut BTreeMap<(String, String), u64>,
 ) -> (Vec<Message>, u64) {
     let attached = tap.attach(listener.clone(), start);
-    tracing::info!(tap = %tap.key, listener = listener.id, user = %listener.identity.username, replayed = attached.backlog.len(), "listener connected");
+    let allowed = authorized(state, &listener.identity, attached.backlog, denied).await;
+    tracing::info!(tap = %tap.key, listener = listener.id, user = %listener.identity.username, replayed = allowed.len(), "listener connected");
     let mut first = vec![Message::Text(protocol::status_listening(
         &tap.key.to_string(),
         tap.epoch,
         attached.first_seq,
         attached.last_seq,
-        attached.backlog.len(),
+        allowed.len(),
     ))];
     if let Some(gap) = &attached.gap {
         let gap = match gap {
@@ -319,7 +323,7 @@ async fn greeting(
     if let Some(status) = attached.status {
         first.push(Message::Text(status));
     }
-    let backlog = authorize(state, &listener.identity, attached.backlog, denied).await;
+    let backlog = filtered(listener, allowed);
     let replayed = backlog.len() as u64;
     first.extend(backlog);
     (first, replayed)
@@ -338,7 +342,7 @@ async fn goodbye(
         End::ClientGone | End::WriteFailed => None,
         End::Shutdown => {
             let batch = listener.take();
-            let msgs = authorize(state, &listener.identity, batch.records, denied).await;
+            let msgs = visible(state, listener, batch.records, denied).await;
             let records = msgs.len() as u64;
             Some((msgs, records, close::GOING_AWAY, "relay shutting down"))
         }
@@ -363,13 +367,34 @@ async fn goodbye(
     }
 }
 
-/// The frames of the records `who` may see; the others are counted in `denied` by pod.
-async fn authorize(
+/// The frames of the records the listener may see and wants: authorization first (the others
+/// counted in `denied`, whatever the filters), then its filters.
+async fn visible(
+    state: &State,
+    listener: &Listener,
+    entries: Vec<Arc<Entry>>,
+    denied: &mut BTreeMap<(String, String), u64>,
+) -> Vec<Message> {
+    let allowed = authorized(state, &listener.identity, entries, denied).await;
+    filtered(listener, allowed)
+}
+
+/// The frames of the entries that pass the listener's filters.
+fn filtered(listener: &Listener, allowed: Vec<Arc<Entry>>) -> Vec<Message> {
+    allowed
+        .into_iter()
+        .filter(|e| listener.wants(&e.meta))
+        .map(|e| Message::Text(e.frame.clone()))
+        .collect()
+}
+
+/// The records `who` may see; the others are counted in `denied` by pod.
+async fn authorized(
     state: &State,
     who: &Identity,
     entries: Vec<Arc<Entry>>,
     denied: &mut BTreeMap<(String, String), u64>,
-) -> Vec<Message> {
+) -> Vec<Arc<Entry>> {
     let mut out = Vec::with_capacity(entries.len());
     let mut n_denied = 0;
     for e in entries {
@@ -379,7 +404,7 @@ async fn authorize(
             Decision::Ask => state.authorizer.resolve(who, &e.meta).await,
         };
         if allowed {
-            out.push(Message::Text(e.frame.clone()));
+            out.push(e);
         } else {
             n_denied += 1;
             let key = (

@@ -628,3 +628,19 @@ async fn listeners_that_differ_only_in_filters_get_byte_identical_frames_besides
         "no byte of denied records"
     );
 }
+
+#[tokio::test]
+async fn a_request_of_more_records_than_allowed_is_refused_whole_with_413() {
+    let r = start().await;
+    let mut ws = connect(&r, "/flow/shop/web", "tok-alice").await;
+    // Two million empty records in 6 MB: under the body limit, far over the record limit.
+    let body = format!("[{}{{}}]", "{},".repeat(2_000_000));
+    let (code, text) = post(&r, "/flow/shop/web", &body).await;
+    assert_eq!(code, 413, "{text}");
+    assert!(text.contains("more than 100000 records in one request"), "{text}");
+    // Nothing of it was forwarded: the next record is the first the listener gets.
+    assert_eq!(post(&r, "/flow/shop/web", &array(&[record("web-1", "after")])).await.0, 200);
+    let first = next(&mut ws).await;
+    assert_eq!(first["record"]["message"], "after", "{first}");
+    assert_eq!(first["seq"], 1);
+}

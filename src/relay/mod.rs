@@ -72,6 +72,9 @@ impl fmt::Display for TapKey {
 pub struct RelayConfig {
     /// Largest ingest body accepted, after decompression.
     pub max_body_bytes: usize,
+    /// Most records one ingest request may carry (more: 413): what bounds the memory of the
+    /// parsed records beyond the body they share.
+    pub max_records_per_request: usize,
     /// Ingest requests processed at once; more get 503 so fluentd retries.
     pub max_concurrent_ingest: usize,
     /// Records queued per listener; beyond it the oldest are dropped and the listener told.
@@ -97,6 +100,7 @@ impl Default for RelayConfig {
     fn default() -> Self {
         RelayConfig {
             max_body_bytes: 16 << 20,
+            max_records_per_request: 100_000,
             max_concurrent_ingest: 64,
             listener_queue: 10_000,
             replay: ReplayLimits {

@@ -134,6 +134,9 @@ pub enum BodyError {
     /// A `Content-Encoding` other than gzip or identity (415).
     #[error("unsupported Content-Encoding {0:?}; send gzip or no encoding")]
     UnsupportedEncoding(String),
+    /// More records than one request may carry (413).
+    #[error("more than {limit} records in one request; send smaller chunks (a FlowTap's spec.buffer.chunkLimitSize)")]
+    TooManyRecords { limit: usize },
 }
 
 /// Decode the body according to `Content-Encoding`, enforcing `limit` on the decoded size
@@ -168,11 +171,18 @@ pub fn decode(body: Bytes, encoding: Option<&str>, limit: usize) -> Result<Bytes
 /// it does not accept is handed to [`parse_batch_checked`], which is the definition of what is
 /// valid and words the error.
 pub fn parse_batch(body: &Bytes) -> Result<Vec<Record>, BodyError> {
+    parse_batch_limited(body, usize::MAX)
+}
+
+/// [`parse_batch`], refusing a body of more than `limit` records as soon as it gets there (a
+/// 16 MiB body of `{}` elements is millions of records, and each costs memory beyond its
+/// bytes).
+pub fn parse_batch_limited(body: &Bytes, limit: usize) -> Result<Vec<Record>, BodyError> {
     let text = std::str::from_utf8(body)
         .map_err(|e| BodyError::Malformed(format!("body is not UTF-8 (byte {})", e.valid_up_to())))?;
-    match parse_fast(body, text) {
-        Some(records) => Ok(records),
-        None => parse_batch_checked(body, text),
+    match parse_fast(body, text, limit) {
+        Some(records) => records,
+        None => parse_checked_limited(body, text, limit),
     }
 }
 
@@ -217,11 +227,12 @@ fn fast_record<'a>(
     Some((record_at(body, &text[pos..end], meta), end))
 }
 
-fn parse_fast(body: &Bytes, text: &str) -> Option<Vec<Record>> {
+fn parse_fast(body: &Bytes, text: &str, limit: usize) -> Option<Result<Vec<Record>, BodyError>> {
     let bytes = text.as_bytes();
     let mut pos = skip_ws(text, 0);
     let mut records = Vec::new();
     let mut labels = Vec::new();
+    let too_many = || Some(Err(BodyError::TooManyRecords { limit }));
     if bytes.get(pos) == Some(&b'[') {
         pos = skip_ws(text, pos + 1);
         if bytes.get(pos) == Some(&b']') {
@@ -229,6 +240,9 @@ fn parse_fast(body: &Bytes, text: &str) -> Option<Vec<Record>> {
         } else {
             loop {
                 let (record, end) = fast_record(body, text, pos, &mut labels)?;
+                if records.len() == limit {
+                    return too_many();
+                }
                 records.push(record);
                 pos = skip_ws(text, end);
                 match bytes.get(pos)? {
@@ -241,28 +255,78 @@ fn parse_fast(body: &Bytes, text: &str) -> Option<Vec<Record>> {
                 }
             }
         }
-        return (skip_ws(text, pos) == bytes.len()).then_some(records);
+        return (skip_ws(text, pos) == bytes.len()).then_some(Ok(records));
     }
     while pos < bytes.len() {
         let (record, end) = fast_record(body, text, pos, &mut labels)?;
+        if records.len() == limit {
+            return too_many();
+        }
         records.push(record);
         pos = skip_ws(text, end);
     }
-    Some(records)
+    Some(Ok(records))
 }
 
 /// The reference parser: a JSON array of objects, or objects separated by whitespace (NDJSON,
 /// a single object). Slower (it scans each record twice), and the one that explains errors.
 pub fn parse_batch_checked(body: &Bytes, text: &str) -> Result<Vec<Record>, BodyError> {
+    parse_checked_limited(body, text, usize::MAX)
+}
+
+/// A JSON array of at most `limit` raw elements (the visitor stops at the first one over).
+struct Bounded<'a> {
+    elements: Vec<&'a RawValue>,
+    limit: usize,
+}
+
+/// The marker of the error [`Bounded`] stops with.
+const TOO_MANY: &str = "log-socket: too many records";
+
+impl<'de> serde::de::DeserializeSeed<'de> for &mut Bounded<'de> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for &mut Bounded<'de> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON array")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(raw) = seq.next_element::<&'de RawValue>()? {
+            if self.elements.len() == self.limit {
+                return Err(serde::de::Error::custom(TOO_MANY));
+            }
+            self.elements.push(raw);
+        }
+        Ok(())
+    }
+}
+
+fn parse_checked_limited(body: &Bytes, text: &str, limit: usize) -> Result<Vec<Record>, BodyError> {
     let start = text.trim_start();
     if start.starts_with('[') {
-        let elements: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| {
-            BodyError::Malformed(format!(
+        // Room for the limit, or for what the body can hold when that is less.
+        let mut bounded = Bounded {
+            elements: Vec::with_capacity(limit.min(text.len() / 2 + 1)),
+            limit,
+        };
+        let mut de = serde_json::Deserializer::from_str(text);
+        let parsed = serde::de::DeserializeSeed::deserialize(&mut bounded, &mut de).and_then(|()| de.end());
+        if let Err(e) = parsed {
+            if e.to_string().starts_with(TOO_MANY) {
+                return Err(BodyError::TooManyRecords { limit });
+            }
+            return Err(BodyError::Malformed(format!(
                 "malformed JSON array at line {}, column {}: {e}",
                 e.line(),
                 e.column()
-            ))
-        })?;
+            )));
+        }
+        let elements = bounded.elements;
         elements
             .iter()
             .enumerate()
@@ -283,6 +347,9 @@ pub fn parse_batch_checked(body: &Bytes, text: &str) -> Result<Vec<Record>, Body
                 BodyError::Malformed(format!("line {line}: malformed JSON: {e}"))
             })?;
             let line = line_of(text, raw);
+            if records.len() == limit {
+                return Err(BodyError::TooManyRecords { limit });
+            }
             records.push(record(body, raw).map_err(|e| BodyError::Malformed(format!("line {line}: {e}")))?);
         }
         Ok(records)
@@ -471,7 +538,7 @@ mod tests {
         ] {
             let bytes = Bytes::from(body);
             let text = std::str::from_utf8(&bytes).unwrap();
-            assert!(parse_fast(&bytes, text).is_some(), "{text}");
+            assert!(parse_fast(&bytes, text, usize::MAX).is_some(), "{text}");
         }
     }
 
@@ -636,12 +703,34 @@ mod tests {
         ]
     }
 
+    #[test]
+    fn a_body_of_more_records_than_the_limit_is_refused_by_both_parsers() {
+        for body in ["[{},{},{}]", "{}\n{}\n{}", "[{\"a\":1}, {\"b\":[1,2]}, 7]"] {
+            let bytes = Bytes::from(body);
+            assert!(
+                matches!(parse_batch_limited(&bytes, 2), Err(BodyError::TooManyRecords { limit: 2 })),
+                "{body}"
+            );
+        }
+        // The reference parser on its own (the fast one hands over invalid bodies).
+        let text = "[{}, {}, {}]";
+        let bytes = Bytes::from(text);
+        assert!(matches!(
+            parse_checked_limited(&bytes, text, 2),
+            Err(BodyError::TooManyRecords { limit: 2 })
+        ));
+        assert_eq!(parse_checked_limited(&bytes, text, 3).unwrap().len(), 3);
+        assert_eq!(parse_batch_limited(&Bytes::from("[{},{}]"), 2).unwrap().len(), 2);
+        let e = BodyError::TooManyRecords { limit: 2 }.to_string();
+        assert!(e.contains("chunkLimitSize"), "{e}");
+    }
+
     /// The one-pass scanner and the reference parser agree on `body`: same records when the
     /// scanner takes it, never records the reference refuses.
     fn agree(body: &str) -> Result<bool, String> {
         let bytes = Bytes::from(body.to_owned());
         let text = std::str::from_utf8(&bytes).unwrap();
-        let fast = parse_fast(&bytes, text);
+        let fast = parse_fast(&bytes, text, usize::MAX).map(|r| r.expect("no limit"));
         let checked = parse_batch_checked(&bytes, text);
         match (&fast, &checked) {
             (Some(f), Ok(c)) => {
@@ -693,7 +782,7 @@ mod tests {
         let body = format!("[{REC},{surrogates},{REC}]");
         let bytes = Bytes::from(body.clone());
         let text = std::str::from_utf8(&bytes).unwrap();
-        let records = parse_fast(&bytes, text).expect("one pass, record by record");
+        let records = parse_fast(&bytes, text, usize::MAX).expect("one pass, record by record").unwrap();
         assert_eq!(records[1].meta.message(), Some("\u{1f600} paired"));
         assert_eq!(agree(&body), Ok(true));
     }

@@ -185,6 +185,17 @@ pub struct ServiceConfig {
     #[arg(long, env = "LOG_SOCKET_MAX_BODY_BYTES", default_value_t = 16 << 20, value_name = "BYTES")]
     pub max_body_bytes: usize,
 
+    /// Most records one ingest request may carry (more: 413 with the reason). Each parsed
+    /// record costs memory beyond its bytes, so this, not the body size, bounds a request's
+    /// memory (a 16 MiB body of `{}` elements would be millions of records).
+    #[arg(
+        long,
+        env = "LOG_SOCKET_MAX_RECORDS_PER_REQUEST",
+        default_value_t = 100_000,
+        value_name = "N"
+    )]
+    pub max_records_per_request: usize,
+
     /// Ingest requests processed at once; more are answered 503 so fluentd retries.
     #[arg(
         long,
@@ -650,6 +661,7 @@ impl ServiceConfig {
     pub fn relay(&self) -> crate::relay::RelayConfig {
         crate::relay::RelayConfig {
             max_body_bytes: self.max_body_bytes,
+            max_records_per_request: self.max_records_per_request.max(1),
             max_concurrent_ingest: self.max_concurrent_ingest.max(1),
             listener_queue: self.listener_queue.max(1),
             replay: crate::relay::tap::ReplayLimits {

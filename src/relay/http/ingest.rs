@@ -115,13 +115,15 @@ where
         Err(reply) => return reply,
     };
     let limit = state.relay.config.max_body_bytes;
-    let result = record::decode(body, encoding.as_deref(), limit).and_then(|b| record::parse_batch(&b));
+    let max_records = state.relay.config.max_records_per_request;
+    let result =
+        record::decode(body, encoding.as_deref(), limit).and_then(|b| record::parse_batch_limited(&b, max_records));
     let records = match result {
         Ok(records) => records,
         Err(e) => {
             let code = match e {
                 BodyError::Malformed(_) => StatusCode::BAD_REQUEST,
-                BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                BodyError::TooLarge { .. } | BodyError::TooManyRecords { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                 BodyError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             };
             metrics.error("ingest_bad_body");

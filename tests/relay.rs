@@ -639,8 +639,50 @@ async fn a_request_of_more_records_than_allowed_is_refused_whole_with_413() {
     assert_eq!(code, 413, "{text}");
     assert!(text.contains("more than 100000 records in one request"), "{text}");
     // Nothing of it was forwarded: the next record is the first the listener gets.
-    assert_eq!(post(&r, "/flow/shop/web", &array(&[record("web-1", "after")])).await.0, 200);
+    assert_eq!(
+        post(&r, "/flow/shop/web", &array(&[record("web-1", "after")])).await.0,
+        200
+    );
     let first = next(&mut ws).await;
     assert_eq!(first["record"]["message"], "after", "{first}");
     assert_eq!(first["seq"], 1);
+}
+
+#[tokio::test]
+async fn a_client_that_keeps_failing_to_authenticate_is_slowed_down_and_others_are_not() {
+    let r = start().await;
+    // Behind the API server's service proxy every user comes from one address; the proxy says
+    // who the client was in X-Forwarded-For.
+    let attempt = |token: &'static str, client: &'static str| {
+        let api = r.api;
+        async move {
+            let headers = [
+                ("X-Authorization", token),
+                ("X-Forwarded-For", client),
+                ("Connection", "Upgrade"),
+                ("Upgrade", "websocket"),
+                ("Sec-WebSocket-Version", "13"),
+                ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                ("Sec-WebSocket-Protocol", "logsocket.v1"),
+            ];
+            request(api, "GET", "/flow/shop/web", &headers, b"").await
+        }
+    };
+    for i in 0..20 {
+        let (code, body) = attempt("guess", "192.0.2.10").await;
+        assert_eq!(code, 401, "attempt {i}: {body}");
+        assert_eq!(
+            body.trim(),
+            "unauthenticated: the token was not accepted (expired, revoked, or not for this cluster)"
+        );
+    }
+    let (code, body) = attempt("tok-alice", "192.0.2.10").await;
+    assert_eq!(code, 429, "even a good token waits out the window: {body}");
+    assert!(body.contains("too many failed authentications"), "{body}");
+    // Another user behind the same proxy is not affected: past authentication (this raw
+    // request then gets the WebSocket handshake's answer).
+    let (code, body) = attempt("tok-bob", "192.0.2.11").await;
+    assert!(code != 429 && code != 401, "{code} {body}");
+    let metrics = r.relay.metrics.encode();
+    assert!(metrics.contains(r#"kind="listener_auth_limited""#), "{metrics}");
 }

@@ -14,6 +14,7 @@ pub mod ingest;
 pub mod ingest_keys;
 pub mod kubernetes;
 pub mod labels;
+pub mod limit;
 pub mod tokens;
 
 pub use ingest::IngestAuth;

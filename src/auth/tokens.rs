@@ -138,6 +138,9 @@ impl Authenticator for TokenReviewAuthenticator {
                     .filter(|e| !e.is_empty())
                     .unwrap_or_else(|| "the API server did not accept the token".into())),
             };
+            if let Err(why) = &result {
+                tracing::debug!(reason = %why, "TokenReview did not authenticate a listener token");
+            }
             self.cache.put(key, result.clone());
             result.map_err(AuthError::Rejected)
         })

@@ -708,7 +708,10 @@ mod tests {
         for body in ["[{},{},{}]", "{}\n{}\n{}", "[{\"a\":1}, {\"b\":[1,2]}, 7]"] {
             let bytes = Bytes::from(body);
             assert!(
-                matches!(parse_batch_limited(&bytes, 2), Err(BodyError::TooManyRecords { limit: 2 })),
+                matches!(
+                    parse_batch_limited(&bytes, 2),
+                    Err(BodyError::TooManyRecords { limit: 2 })
+                ),
                 "{body}"
             );
         }
@@ -782,7 +785,9 @@ mod tests {
         let body = format!("[{REC},{surrogates},{REC}]");
         let bytes = Bytes::from(body.clone());
         let text = std::str::from_utf8(&bytes).unwrap();
-        let records = parse_fast(&bytes, text, usize::MAX).expect("one pass, record by record").unwrap();
+        let records = parse_fast(&bytes, text, usize::MAX)
+            .expect("one pass, record by record")
+            .unwrap();
         assert_eq!(records[1].meta.message(), Some("\u{1f600} paired"));
         assert_eq!(agree(&body), Ok(true));
     }

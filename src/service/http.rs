@@ -37,7 +37,7 @@ pub async fn serve(port: Port, timing: Timing, shutdown: Shutdown) {
     let connections = Shutdown::new();
     let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
     loop {
-        let (tcp, _) = tokio::select! {
+        let (tcp, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(c) => c,
                 Err(e) => {
@@ -58,7 +58,7 @@ pub async fn serve(port: Port, timing: Timing, shutdown: Shutdown) {
             None => {
                 tokio::spawn(async move {
                     let _done = done;
-                    serve_connection(tcp, None, service, header_timeout, stop).await
+                    serve_connection(tcp, remote, None, service, header_timeout, stop).await
                 });
             }
             Some(config) => {
@@ -71,7 +71,15 @@ pub async fn serve(port: Port, timing: Timing, shutdown: Shutdown) {
                         Err(_) => return tracing::debug!("TLS handshake timed out"),
                     };
                     let verified = tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
-                    serve_connection(tls, Some(PeerCertificate(verified)), service, header_timeout, stop).await
+                    serve_connection(
+                        tls,
+                        remote,
+                        Some(PeerCertificate(verified)),
+                        service,
+                        header_timeout,
+                        stop,
+                    )
+                    .await
                 });
             }
         }
@@ -87,6 +95,7 @@ pub async fn serve(port: Port, timing: Timing, shutdown: Shutdown) {
 /// HTTP/1.1 on one connection (with upgrades, for WebSockets) until it ends or `stop` is cancelled.
 async fn serve_connection<IO, S>(
     io: IO,
+    remote: std::net::SocketAddr,
     peer: Option<PeerCertificate>,
     service: S,
     header_timeout: Duration,
@@ -105,6 +114,7 @@ async fn serve_connection<IO, S>(
         if let Some(peer) = peer {
             req.extensions_mut().insert(peer);
         }
+        req.extensions_mut().insert(crate::auth::limit::PeerAddr(remote));
         let mut service = service.clone();
         async move { service.call(req).await }
     });

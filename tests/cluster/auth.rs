@@ -204,6 +204,11 @@ async fn only_tokens_the_api_server_accepts_get_in() {
     let err = try_connect(&r, &format!("/flow/{ns}/web"), &forged).await.unwrap_err();
     assert!(err.starts_with("401 unauthenticated"), "{err}");
     assert!(!err.contains(&forged), "the reply does not echo the token");
+    // Nor what the API server said about it (e.g. "invalid bearer token, ... verifying").
+    assert_eq!(
+        err,
+        "401 unauthenticated: the token was not accepted (expired, revoked, or not for this cluster)"
+    );
 
     let (code, body) = request(r.api, "GET", &format!("/flow/{ns}/web"), &[], b"").await;
     assert_eq!(code, 401, "{body}");

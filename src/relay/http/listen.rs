@@ -68,10 +68,11 @@ pub(super) async fn listen(
     name: String,
     query: Vec<(String, String)>,
     headers: HeaderMap,
+    peer: Option<crate::auth::limit::PeerAddr>,
     on_upgrade: Option<OnUpgrade>,
     state: Arc<State>,
 ) -> Reply {
-    let identity = match authenticate(&headers, &state).await {
+    let identity = match authenticate(&headers, peer, &state).await {
         Ok(id) => id,
         Err(reply) => return reply,
     };

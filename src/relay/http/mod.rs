@@ -16,6 +16,7 @@ mod routes;
 pub(crate) use listen::parse_options;
 
 use super::{Relay, Sessions};
+use crate::auth::limit::{Client, FailureLimit, PeerAddr};
 use crate::auth::{AuthError, Authenticator, Authorizer, Identity, IngestAuth};
 use crate::shutdown::Shutdown;
 use std::convert::Infallible;
@@ -43,6 +44,8 @@ struct State {
     sessions: Arc<dyn Sessions>,
     ingest_auth: IngestAuth,
     ingest_slots: Semaphore,
+    /// Failed listener authentications per client.
+    failures: FailureLimit,
     /// Cancelled when listeners must say goodbye (after ingest has drained).
     stop_listeners: Shutdown,
     /// Held by every listener task; [`Http::close_listeners`] waits until all are dropped.
@@ -60,6 +63,7 @@ impl Http {
         let (listener_tasks, tasks) = mpsc::channel::<()>(1);
         let state = Arc::new(State {
             ingest_slots: Semaphore::new(relay.config.max_concurrent_ingest),
+            failures: FailureLimit::default(),
             relay,
             authenticator: parts.authenticator,
             authorizer: parts.authorizer,
@@ -138,15 +142,43 @@ fn token(headers: &HeaderMap) -> Option<String> {
 /// (the same scheme as the API server's `base64url.bearer.authorization.k8s.io.`).
 pub const TOKEN_SUBPROTOCOL_PREFIX: &str = "base64url.bearer.logsocket.dev.";
 
-async fn authenticate(headers: &HeaderMap, state: &State) -> Result<Identity, Reply> {
+async fn authenticate(headers: &HeaderMap, peer: Option<PeerAddr>, state: &State) -> Result<Identity, Reply> {
+    let client = Client {
+        address: peer.map(|p| p.0.ip()),
+        forwarded_for: headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
+    };
+    if let Some(wait) = state.failures.blocked(&client) {
+        state.relay.metrics.error("listener_auth_limited");
+        let mut reply = text(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "too many failed authentications from this client; retry in {} s",
+                wait.as_secs() + 1
+            ),
+        );
+        reply
+            .headers_mut()
+            .insert("retry-after", (wait.as_secs() + 1).to_string().parse().unwrap());
+        return Err(reply);
+    }
     let Some(token) = token(headers) else {
+        state.failures.failed(&client);
         return Err(text(
             StatusCode::UNAUTHORIZED,
             "missing token: send it in the X-Authorization header (or Authorization: Bearer)",
         ));
     };
     state.authenticator.authenticate(&token).await.map_err(|e| match e {
-        AuthError::Rejected(why) => text(StatusCode::UNAUTHORIZED, format!("unauthenticated: {why}")),
+        AuthError::Rejected(_) => {
+            state.failures.failed(&client);
+            state.relay.metrics.error("listener_unauthenticated");
+            // The reason stays in the service's debug log: what the API server says about a
+            // token is not for whoever presented it.
+            text(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated: the token was not accepted (expired, revoked, or not for this cluster)",
+            )
+        }
         AuthError::Unavailable(why) => text(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("cannot authenticate right now: {why}"),
@@ -154,8 +186,8 @@ async fn authenticate(headers: &HeaderMap, state: &State) -> Result<Identity, Re
     })
 }
 
-async fn metrics(headers: HeaderMap, state: Arc<State>) -> Reply {
-    if let Err(reply) = authenticate(&headers, &state).await {
+async fn metrics(headers: HeaderMap, peer: Option<PeerAddr>, state: Arc<State>) -> Reply {
+    if let Err(reply) = authenticate(&headers, peer, &state).await {
         return reply;
     }
     Response::builder()

@@ -2,6 +2,7 @@
 
 use super::{ingest, listen, text, with_state, Reply, State};
 use crate::auth::ingest::PeerCertificate;
+use crate::auth::limit::PeerAddr;
 use hyper::upgrade::OnUpgrade;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -34,12 +35,14 @@ pub(super) fn api(state: Arc<State>) -> impl Filter<Extract = (Reply,), Error = 
     let metrics = warp::get()
         .and(warp::path!("metrics"))
         .and(warp::header::headers_cloned())
+        .and(warp::ext::optional::<PeerAddr>())
         .and(with_state(state.clone()))
         .then(super::metrics);
     let listen = warp::get()
         .and(warp::path!(String / String / String))
         .and(warp::query::<Vec<(String, String)>>())
         .and(warp::header::headers_cloned())
+        .and(warp::ext::optional::<PeerAddr>())
         .and(warp::ext::optional::<OnUpgrade>())
         .and(with_state(state))
         .then(listen::listen);

@@ -62,6 +62,7 @@ pub(crate) fn parse_options(query: &[(String, String)]) -> Result<Options, Strin
     Ok(Options { start, filter })
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn listen(
     kind: String,
     namespace: String,

@@ -20,11 +20,21 @@ pub(super) fn api_reason(e: &kube::Error) -> String {
 }
 
 async fn access_review(client: &kube::Client, who: &Identity, attrs: ResourceAttributes) -> Result<bool, String> {
+    review(client, who, Some(attrs), None).await
+}
+
+async fn review(
+    client: &kube::Client,
+    who: &Identity,
+    resource: Option<ResourceAttributes>,
+    non_resource: Option<k8s_openapi::api::authorization::v1::NonResourceAttributes>,
+) -> Result<bool, String> {
     let review = SubjectAccessReview {
         spec: SubjectAccessReviewSpec {
             user: Some(who.username.clone()),
             groups: Some(who.groups.clone()),
-            resource_attributes: Some(attrs),
+            resource_attributes: resource,
+            non_resource_attributes: non_resource,
             ..Default::default()
         },
         ..Default::default()
@@ -35,6 +45,61 @@ async fn access_review(client: &kube::Client, who: &Identity, attrs: ResourceAtt
         .map_err(|_| unanswered("SubjectAccessReview"))?
         .map(|r| r.status.is_some_and(|s| s.allowed))
         .map_err(|e| format!("SubjectAccessReview failed: {}", api_reason(&e)))
+}
+
+/// Who may read `/metrics` (series name taps, counts and errors of every tenant): in cluster
+/// mode whoever a SubjectAccessReview allows `get` on the non-resource URL `/metrics` (what
+/// Prometheus' ClusterRole grants for the API server's own metrics), an allow cached per
+/// identity for 30 s, a denial for 5 s (so a grant works soon); in standalone mode any
+/// authenticated token.
+#[derive(Default)]
+pub struct MetricsAccess {
+    review: Option<Reviewed>,
+}
+
+/// The reviews behind [`MetricsAccess`], with their answers.
+struct Reviewed {
+    client: kube::Client,
+    allowed: Cache<String, bool>,
+    denied: Cache<String, bool>,
+}
+
+impl MetricsAccess {
+    pub fn subject_access_review(client: kube::Client) -> Self {
+        MetricsAccess {
+            review: Some(Reviewed {
+                client,
+                allowed: Cache::new(Duration::from_secs(30)),
+                denied: Cache::new(Duration::from_secs(5)),
+            }),
+        }
+    }
+
+    /// Whether `who` may read the metrics; `Err` when that cannot be told right now.
+    pub async fn allows(&self, who: &Identity) -> Result<bool, String> {
+        let Some(Reviewed {
+            client,
+            allowed: allowed_cache,
+            denied: denied_cache,
+        }) = &self.review
+        else {
+            return Ok(true);
+        };
+        let key = format!("{:?}\u{0}{:?}", who.username, who.groups);
+        if let Some(known) = allowed_cache.get(&key).or_else(|| denied_cache.get(&key)) {
+            return Ok(known);
+        }
+        let attrs = k8s_openapi::api::authorization::v1::NonResourceAttributes {
+            path: Some("/metrics".into()),
+            verb: Some("get".into()),
+        };
+        let allowed = review(client, who, None, Some(attrs)).await?;
+        match allowed {
+            true => allowed_cache.put(key, true),
+            false => denied_cache.put(key, false),
+        }
+        Ok(allowed)
+    }
 }
 
 /// How long a listener's connect waits for the API server to review its token or permission;

@@ -21,6 +21,7 @@ pub mod http;
 pub mod tls;
 
 use crate::auth::ingest_keys::IngestKeys;
+use crate::auth::kubernetes::MetricsAccess;
 use crate::auth::kubernetes::{LabelsOrKubernetes, PodLogAccess};
 use crate::auth::labels::LabelPolicy;
 use crate::auth::tokens::TokenReviewAuthenticator;
@@ -272,6 +273,10 @@ impl Service {
         );
         // Operator tasks stop after the relay, so leaving listeners deregister first.
         let operator_stop = Shutdown::new();
+        let metrics_access = match &cluster {
+            Some((c, _)) => MetricsAccess::subject_access_review(c.client.clone()),
+            None => MetricsAccess::default(),
+        };
         let background = match cluster {
             Some((cluster, sessions)) => start_cluster(cluster, sessions, relay.clone(), &operator_stop),
             None => vec![],
@@ -288,7 +293,7 @@ impl Service {
             tokio::spawn(http::serve(port, timing, health_stop.clone()))
         });
         let reaper = tokio::spawn(reap(relay.clone(), shutdown.clone()));
-        let routes = Http::new(relay, parts);
+        let routes = Http::new(relay, parts, metrics_access);
         let ingest = http::Port {
             listener: sockets.ingest,
             tls: sockets.ingest_tls,

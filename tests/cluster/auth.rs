@@ -213,3 +213,76 @@ async fn only_tokens_the_api_server_accepts_get_in() {
     let (code, body) = request(r.api, "GET", &format!("/flow/{ns}/web"), &[], b"").await;
     assert_eq!(code, 401, "{body}");
 }
+
+#[tokio::test]
+async fn metrics_are_read_only_by_identities_allowed_to_get_the_metrics_url() {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    use kube::api::{Api, PostParams};
+    let client = support::client().await;
+    let ns = support::namespace(&client, "metrics").await;
+    let h = support::harness_with(
+        client.clone(),
+        ns.clone(),
+        false,
+        Duration::ZERO,
+        Duration::from_secs(60),
+    )
+    .await;
+    let prom = support::service_account_token(&client, &ns, "prometheus").await;
+    let tenant = support::service_account_token(&client, &ns, "tenant").await;
+    // What a Prometheus ClusterRole grants for the API server's own /metrics.
+    let name = format!("{ns}-metrics-reader");
+    let role: ClusterRole = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "rules": [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}],
+    }))
+    .unwrap();
+    Api::<ClusterRole>::all(client.clone())
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": "prometheus", "namespace": ns}],
+    }))
+    .unwrap();
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+
+    let get = |token: String| {
+        let api = h.relay.api;
+        async move {
+            request(
+                api,
+                "GET",
+                "/metrics",
+                &[("Authorization", &format!("Bearer {token}"))],
+                b"",
+            )
+            .await
+        }
+    };
+    let (code, body) = get(tenant).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("may not get /metrics"), "{body}");
+    assert!(!body.contains("log_socket_"), "no metric in a refusal");
+    // The API server's RBAC cache takes a moment to see the new binding.
+    let body = support::eventually("prometheus reads the metrics", || {
+        let get = get(prom.clone());
+        async move {
+            let (code, body) = get.await;
+            (code == 200).then_some(body)
+        }
+    })
+    .await;
+    assert!(
+        body.contains("# TYPE log_socket_ingest_request_duration_seconds"),
+        "{body}"
+    );
+    for kind in ["ClusterRoleBinding", "ClusterRole"] {
+        let _ = support::kubectl(&["delete", kind, &name, "--ignore-not-found"]);
+    }
+}

@@ -16,6 +16,7 @@ mod routes;
 pub(crate) use listen::parse_options;
 
 use super::{Relay, Sessions};
+use crate::auth::kubernetes::MetricsAccess;
 use crate::auth::limit::{Client, FailureLimit, PeerAddr};
 use crate::auth::{AuthError, Authenticator, Authorizer, Identity, IngestAuth};
 use crate::shutdown::Shutdown;
@@ -46,6 +47,7 @@ struct State {
     ingest_slots: Semaphore,
     /// Failed listener authentications per client.
     failures: FailureLimit,
+    metrics_access: MetricsAccess,
     /// Cancelled when listeners must say goodbye (after ingest has drained).
     stop_listeners: Shutdown,
     /// Held by every listener task; [`Http::close_listeners`] waits until all are dropped.
@@ -59,11 +61,12 @@ pub struct Http {
 }
 
 impl Http {
-    pub fn new(relay: Arc<Relay>, parts: Parts) -> Http {
+    pub fn new(relay: Arc<Relay>, parts: Parts, metrics_access: MetricsAccess) -> Http {
         let (listener_tasks, tasks) = mpsc::channel::<()>(1);
         let state = Arc::new(State {
             ingest_slots: Semaphore::new(relay.config.max_concurrent_ingest),
             failures: FailureLimit::default(),
+            metrics_access,
             relay,
             authenticator: parts.authenticator,
             authorizer: parts.authorizer,
@@ -187,8 +190,27 @@ async fn authenticate(headers: &HeaderMap, peer: Option<PeerAddr>, state: &State
 }
 
 async fn metrics(headers: HeaderMap, peer: Option<PeerAddr>, state: Arc<State>) -> Reply {
-    if let Err(reply) = authenticate(&headers, peer, &state).await {
-        return reply;
+    let who = match authenticate(&headers, peer, &state).await {
+        Ok(who) => who,
+        Err(reply) => return reply,
+    };
+    match state.metrics_access.allows(&who).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return text(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "forbidden: {} may not get /metrics (a ClusterRole with nonResourceURLs [\"/metrics\"], verbs [get] grants it)",
+                    who.username
+                ),
+            )
+        }
+        Err(why) => {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot check access to the metrics right now: {why}"),
+            )
+        }
     }
     Response::builder()
         .header(

@@ -659,3 +659,61 @@ async fn filters_an_older_relay_does_not_know_are_applied_by_k8stail() {
     assert_eq!(code, Some(0));
     assert!(err.contains("k8stail filters them itself"), "{err}");
 }
+
+/// A relay that sends text meant to fool a terminal in every frame k8stail prints about.
+async fn hostile_relay() -> SocketAddr {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+    use tokio_tungstenite::tungstenite::Message;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                #[allow(clippy::result_large_err)]
+                let check = |_: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+                    resp.headers_mut()
+                        .insert("sec-websocket-protocol", "logsocket.v1".parse().unwrap());
+                    Ok(resp)
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, check).await else {
+                    return;
+                };
+                let evil = "x\u{1b}[2K\rk8stail: forged line\n\u{9b}31m";
+                let frames = [
+                    json!({"type": "status", "state": "listening", "tap": evil, "epoch": 1, "firstSeq": 0, "lastSeq": 0, "replayed": 0}),
+                    json!({"type": "denied", "namespace": evil, "pod": evil, "count": 3}),
+                    json!({"type": "dropped", "count": 2, "reason": evil}),
+                    json!({"type": "status", "state": "tap", "flowTap": evil, "phase": "Pending", "conditions": {}, "message": evil}),
+                    json!({"type": "error", "code": evil, "message": evil}),
+                ];
+                for f in frames {
+                    let _ = ws.send(Message::Text(f.to_string().into())).await;
+                }
+                let _ = ws.close(None).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn text_from_the_relay_reaches_stderr_escaped_and_on_one_line() {
+    let addr = hostile_relay().await;
+    let server = format!("http://{addr}");
+    let (code, err) = run_to_exit(&["--server", &server, "--token", TOKEN, "shop/web", "--no-reconnect"]).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        !err.contains(['\u{1b}', '\u{9b}', '\r']),
+        "raw control characters: {err:?}"
+    );
+    for line in err.lines() {
+        assert!(
+            line.starts_with("k8stail: "),
+            "a line k8stail did not write: {line:?}\n{err}"
+        );
+        assert!(!line.starts_with("k8stail: forged"), "{err}");
+    }
+    assert!(err.contains("withheld"), "the denied notice is there, escaped: {err}");
+    assert!(err.contains("\\u{1b}[2K"), "{err}");
+}

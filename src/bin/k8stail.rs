@@ -16,12 +16,13 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         // The reader went away (`k8stail ... | head`): nothing left to say.
         Err(log_socket::Error::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        // Errors may quote the relay or the API server: escaped to one line, like records.
         Err(e @ log_socket::Error::Usage(_)) => {
-            eprintln!("k8stail: {e}");
+            eprintln!("k8stail: {}", k8stail::one_line(&e.to_string()));
             ExitCode::from(2)
         }
         Err(e) => {
-            eprintln!("k8stail: {e}");
+            eprintln!("k8stail: {}", k8stail::one_line(&e.to_string()));
             ExitCode::FAILURE
         }
     }

@@ -11,6 +11,7 @@
 
 mod connect;
 pub(crate) mod render;
+pub use render::one_line;
 mod stream;
 mod taps;
 

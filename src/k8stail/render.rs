@@ -23,6 +23,8 @@ pub struct Renderer {
     /// Show the namespace beside the pod (a ClusterFlow spans namespaces).
     namespaced: bool,
     tap: String,
+    /// stdout is a terminal.
+    tty: bool,
 }
 
 /// Pod colours: distinct, readable on dark and light terminals.
@@ -63,6 +65,7 @@ impl Renderer {
             timestamps: args.timestamps,
             namespaced: target.kind == FlowKind::ClusterFlow,
             tap: target.to_string(),
+            tty: stdout_tty,
         })
     }
 
@@ -72,10 +75,14 @@ impl Renderer {
         let parsed = || serde_json::from_str::<Value>(record.get()).unwrap_or(Value::Null);
         if self.timestamps {
             let value = parsed();
-            line.push_str(&timestamp(&value));
+            line.push_str(&one_line(&timestamp(&value)));
             line.push(' ');
         }
         match &self.format {
+            // JSON escapes C0 controls; C1 ones (such as U+009B, a CSI) and DEL it may carry
+            // raw, so on a terminal they are written as \u escapes (the same JSON).
+            Format::Raw if self.tty => line.push_str(&json_for_terminal(record.get())),
+            Format::Json if self.tty => line.push_str(&json_for_terminal(frame)),
             Format::Raw => line.push_str(record.get()),
             Format::Json => line.push_str(frame),
             Format::Pretty => self.pretty(&mut line, &parsed()),
@@ -124,7 +131,8 @@ impl Renderer {
             .or_else(|| v["log"].as_str())
             .map(|m| m.trim_end_matches(['\n', '\r']).to_owned())
             .unwrap_or_else(|| v.to_string());
-        let (who, container, message) = (printable(&who), printable(container), printable(&message));
+        // One message, one line: a newline in it is shown as `\n`, never started.
+        let (who, container, message) = (one_line(&who), one_line(container), one_line(&message));
         if self.color {
             let c = PALETTE[fnv(pod) as usize % PALETTE.len()];
             line.push_str(&format!("\x1b[{c}m{who}\x1b[0m \x1b[2m{container}\x1b[0m {message}"));
@@ -146,6 +154,42 @@ fn printable(s: &str) -> std::borrow::Cow<'_, str> {
     for c in s.chars() {
         if unsafe_char(c) {
             out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Text from the network made safe for one terminal line: every control character, newline
+/// and tab included, shown escaped (`\n`, `\u{1b}`). For notes, status lines, error messages
+/// and pretty records.
+pub fn one_line(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// JSON text with DEL and C1 control characters (which JSON allows raw inside strings) written
+/// as `\u` escapes: the same JSON, harmless on a terminal.
+fn json_for_terminal(s: &str) -> std::borrow::Cow<'_, str> {
+    let raw = |c: char| ('\u{7f}'..='\u{9f}').contains(&c);
+    if !s.chars().any(raw) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if raw(c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
         } else {
             out.push(c);
         }
@@ -257,8 +301,37 @@ mod tests {
                 "{args:?}: {out:?}"
             );
             assert!(out.contains("\\u{1b}]0;owned"), "shown escaped: {out:?}");
-            assert!(out.contains("fake line\nsecond\tline"), "newline and tab kept: {out:?}");
+            if args == ["-o", "pretty"] {
+                // One message, one line.
+                assert!(out.contains("fake line\\nsecond\\tline"), "{out:?}");
+                assert_eq!(out.matches('\n').count(), 1, "{out:?}");
+            } else {
+                assert!(out.contains("fake line\nsecond\tline"), "newline and tab kept: {out:?}");
+            }
         }
+    }
+
+    #[test]
+    fn timestamps_and_raw_json_on_a_terminal_carry_no_control_characters() {
+        let hostile = "{\"time\":\"2025\\u001b[2J\\n\",\"message\":\"a\u{9b}31m b\u{7f}\"}";
+        let out = show(&renderer(&["--timestamps", "--field", "message"], false), hostile);
+        assert!(out.starts_with("2025\\u{1b}[2J\\n "), "{out:?}");
+        let raw = show(&renderer(&["-o", "raw"], true), hostile);
+        assert!(!raw.contains(['\u{9b}', '\u{7f}']), "{raw:?}");
+        assert!(raw.contains("a\\u009b31m b\\u007f"), "{raw:?}");
+        let parsed: serde_json::Value = serde_json::from_str(raw.trim_end()).unwrap();
+        assert_eq!(parsed["message"], "a\u{9b}31m b\u{7f}", "the same JSON");
+        // Off a terminal (a pipe), raw stays byte for byte.
+        assert_eq!(show(&renderer(&["-o", "raw"], false), hostile), format!("{hostile}\n"));
+    }
+
+    #[test]
+    fn notes_from_the_network_stay_on_one_line() {
+        assert_eq!(
+            one_line("pod a\nk8stail: forged\u{1b}[2K"),
+            "pod a\\nk8stail: forged\\u{1b}[2K"
+        );
+        assert_eq!(one_line("plain"), "plain");
     }
 
     #[test]

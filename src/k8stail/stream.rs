@@ -39,9 +39,11 @@ struct Notes {
 }
 
 impl Notes {
+    /// Everything notes print may carry text from the network (status messages, pod names,
+    /// error reasons): escaped to one line, like records.
     fn status(&mut self, text: &str) {
         if self.tty {
-            eprint!("\r\x1b[2K{text}");
+            eprint!("\r\x1b[2K{}", super::render::one_line(text));
             self.status_shown = true;
         }
     }
@@ -55,7 +57,7 @@ impl Notes {
 
     fn note(&mut self, text: &str) {
         self.clear();
-        eprintln!("k8stail: {text}");
+        eprintln!("k8stail: {}", super::render::one_line(text));
     }
 }
 

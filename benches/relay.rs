@@ -1129,6 +1129,7 @@ async fn control_plane_bench(cycles: u32) -> Result<(), String> {
         mode: Default::default(),
         output_accept_timeout: Duration::from_secs(30),
         sweep_interval: Duration::from_secs(60),
+        limits: Default::default(),
     });
     let parts = Parts {
         authenticator: Arc::new(TokenReviewAuthenticator::new(

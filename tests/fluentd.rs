@@ -193,6 +193,7 @@ fn generated_output(ingest: SocketAddr) -> serde_json::Value {
         tls_secret: None,
         output_accept_timeout: Duration::from_secs(30),
         sweep_interval: Duration::from_secs(60),
+        limits: Default::default(),
         mode: Default::default(),
         namespace: None,
     };

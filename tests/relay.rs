@@ -686,3 +686,59 @@ async fn a_client_that_keeps_failing_to_authenticate_is_slowed_down_and_others_a
     let metrics = r.relay.metrics.encode();
     assert!(metrics.contains(r#"kind="listener_auth_limited""#), "{metrics}");
 }
+
+#[tokio::test]
+async fn the_metric_series_of_a_closed_tap_are_removed() {
+    let r = start_with(
+        RelayConfig {
+            tap_linger: Duration::ZERO,
+            ..Default::default()
+        },
+        Arc::new(AllowAll),
+    )
+    .await;
+    let series = r#"log_socket_ingested_records_total{kind="flow",namespace="shop",name="gone"}"#;
+    {
+        let mut ws = connect(&r, "/flow/shop/gone", "tok-alice").await;
+        assert_eq!(
+            post(&r, "/flow/shop/gone", &array(&[record("web-1", "a")])).await.0,
+            200
+        );
+        assert_eq!(messages(&[next(&mut ws).await]), ["a"]);
+        assert!(r.relay.metrics.encode().contains(series));
+    }
+    // The listener is gone; the tap closes at the next reap (every second).
+    let start = std::time::Instant::now();
+    while r.relay.metrics.encode().contains(series) {
+        assert!(start.elapsed() < WAIT, "the series stayed after the tap closed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(r.relay.tap_count(), 0);
+}
+
+#[tokio::test]
+async fn a_user_may_hold_only_so_many_listeners_and_gets_a_slot_back_when_one_closes() {
+    let r = start_with(
+        RelayConfig {
+            max_listeners_per_user: 2,
+            ..Default::default()
+        },
+        Arc::new(AllowAll),
+    )
+    .await;
+    let first = connect(&r, "/flow/shop/web", "tok-alice").await;
+    let _second = connect(&r, "/flow/shop/api", "tok-alice").await;
+    let err = try_connect(&r, "/flow/shop/db", "tok-alice").await.unwrap_err();
+    assert!(err.starts_with("429 too many: alice has 2 listeners open"), "{err}");
+    // Another user is not affected.
+    let _bob = connect(&r, "/flow/shop/db", "tok-bob").await;
+    drop(first);
+    let start = std::time::Instant::now();
+    loop {
+        match try_connect(&r, "/flow/shop/db", "tok-alice").await {
+            Ok(_) => break,
+            Err(e) => assert!(start.elapsed() < WAIT, "no slot back: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -60,6 +60,27 @@ pub struct OperatorConfig {
     pub mode: crate::k8s::flowtap::TapMode,
     /// Only FlowTaps of this namespace (a namespaced install); all namespaces when `None`.
     pub namespace: Option<String>,
+    /// Caps on what listeners may hold (see [`Limits`]).
+    pub limits: Limits,
+}
+
+/// Caps on what listeners may make the operator hold, each refused with 429 and the reason.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Flows one user may be tapping through one relay at once (each a FlowTap it may cause
+    /// to be created).
+    pub taps_per_user: usize,
+    /// Sessions one FlowTap holds, from all relays.
+    pub sessions_per_tap: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            taps_per_user: 10,
+            sessions_per_tap: 200,
+        }
+    }
 }
 
 impl OperatorConfig {

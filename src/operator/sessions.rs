@@ -68,6 +68,21 @@ impl ClusterSessions {
         format!("{}/{id}", self.config.instance)
     }
 
+    /// Why `session` would take its user over the flows one user may tap at once, if it would.
+    fn over_taps_per_user(&self, session: &SessionInfo) -> Option<String> {
+        let user = &session.identity.username;
+        let mine = self.mine.lock().unwrap();
+        let flows: std::collections::HashSet<&crate::relay::TapKey> = mine
+            .values()
+            .filter(|m| &m.info.identity.username == user)
+            .map(|m| &m.info.tap)
+            .collect();
+        let max = self.config.limits.taps_per_user;
+        (!flows.contains(&session.tap) && flows.len() >= max).then(|| {
+            format!("{user} is tapping {max} flows through this relay (--max-taps-per-user); close a listener of another flow first")
+        })
+    }
+
     /// The writer of the FlowTap cache this relay's tap tracking fills (once).
     pub fn tap_cache_writer(&self) -> Writer<FlowTap> {
         self.taps_in
@@ -146,12 +161,26 @@ impl ClusterSessions {
                 renew_time: Some(now()),
             };
             let mut deleting = false;
+            let max = self.config.limits.sessions_per_tap;
+            let mut full = false;
             let updated = update_status(&api, &name, known, |status| {
                 status.sessions.retain(|s| s.id != entry.id);
-                status.sessions.push(entry.clone());
-                true
+                full = status.sessions.len() >= max;
+                if !full {
+                    status.sessions.push(entry.clone());
+                }
+                !full
             })
             .await?;
+            if full {
+                let why =
+                    format!("FlowTap {name} has {max} listener sessions (--max-sessions-per-tap); try again later");
+                return Err(kube::Error::Api(
+                    kube::core::Status::failure(&why, "TooManySessions")
+                        .with_code(429)
+                        .boxed(),
+                ));
+            }
             if let Some(tap) = &updated {
                 deleting = tap.metadata.deletion_timestamp.is_some();
             }
@@ -281,7 +310,11 @@ impl Sessions for ClusterSessions {
                     self.allowed.put(key, ());
                 }
             }
+            if let Some(why) = self.over_taps_per_user(session) {
+                return Err(JoinError::TooMany(why));
+            }
             self.register(session, now()).await.map_err(|e| match &e {
+                kube::Error::Api(s) if s.code == 429 => JoinError::TooMany(s.message.clone()),
                 kube::Error::Api(s) if s.code == 403 => JoinError::Unavailable(format!(
                     "log-socket may not manage FlowTaps in namespace {:?}: {}",
                     session.tap.namespace, s.message

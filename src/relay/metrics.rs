@@ -137,6 +137,15 @@ impl Metrics {
     }
 
     /// Count an error of `kind`.
+    /// Drop the series of a closed tap, so a relay that saw many flows come and go does not
+    /// keep (and serve) a series for each.
+    pub fn forget_tap(&self, key: &crate::relay::TapKey) {
+        let labels = TapLabels::from(key);
+        self.ingested_records.remove(&labels);
+        self.ingested_bytes.remove(&labels);
+        self.sent_records.remove(&labels);
+    }
+
     pub fn error(&self, kind: &str) {
         self.errors.get_or_create(&ErrorLabels { kind: kind.to_owned() }).inc();
     }

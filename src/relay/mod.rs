@@ -81,6 +81,10 @@ pub struct RelayConfig {
     pub listener_queue: usize,
     /// Replay buffer of each tap.
     pub replay: ReplayLimits,
+    /// Replay memory of all taps together.
+    pub replay_total_bytes: usize,
+    /// Listeners one user may have open on this relay at once.
+    pub max_listeners_per_user: usize,
     /// How long a tap without listeners is kept (for reconnects) before it is removed.
     pub tap_linger: Duration,
     /// Interval of WebSocket pings to listeners.
@@ -107,6 +111,8 @@ impl Default for RelayConfig {
                 records: 1000,
                 bytes: 8 << 20,
             },
+            replay_total_bytes: 256 << 20,
+            max_listeners_per_user: 20,
             tap_linger: Duration::from_secs(60),
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
@@ -134,6 +140,9 @@ pub enum JoinError {
     /// Temporarily impossible (503).
     #[error("{0}")]
     Unavailable(String),
+    /// Over a cap on what one user or one FlowTap may hold (429), with which.
+    #[error("{0}")]
+    TooMany(String),
 }
 
 /// Listener registration: in cluster mode this creates or refcounts the FlowTap.
@@ -162,11 +171,14 @@ pub struct Relay {
     pub metrics: Metrics,
     taps: RwLock<HashMap<TapKey, Arc<Tap>>>,
     next_id: AtomicU64,
+    /// Replay memory of all taps (`replay_total_bytes`).
+    pub replay_budget: Arc<tap::ReplayBudget>,
 }
 
 impl Relay {
     pub fn new(config: RelayConfig) -> Relay {
         Relay {
+            replay_budget: Arc::new(tap::ReplayBudget::new(config.replay_total_bytes)),
             config,
             metrics: Metrics::default(),
             taps: RwLock::new(HashMap::new()),
@@ -188,10 +200,11 @@ impl Relay {
         taps.entry(key.clone())
             .or_insert_with(|| {
                 tracing::info!(tap = %key, "tap opened");
-                Arc::new(Tap::new(
+                Arc::new(Tap::with_budget(
                     key.clone(),
                     self.config.replay,
                     self.next_id() ^ start_nonce(),
+                    self.replay_budget.clone(),
                 ))
             })
             .clone()
@@ -237,6 +250,7 @@ impl Relay {
             let keep = tap.is_pinned() || tap.idle_for(now).is_none_or(|idle| idle < linger);
             if !keep {
                 tracing::info!(tap = %key, "tap closed: no listener for {linger:?}");
+                self.metrics.forget_tap(key);
             }
             keep
         });

@@ -61,7 +61,43 @@ pub struct Attached {
     pub status: Option<Utf8Bytes>,
 }
 
+/// Replay memory shared by every tap of a relay (`--replay-total-bytes`): a tap that would take
+/// the total over it drops its own oldest buffered records, so many taps (one per flow anyone
+/// taps) cannot add up to more than the relay can hold.
+#[derive(Debug)]
+pub struct ReplayBudget {
+    used: std::sync::atomic::AtomicUsize,
+    total: usize,
+}
+
+impl ReplayBudget {
+    pub fn new(total: usize) -> Self {
+        ReplayBudget {
+            used: Default::default(),
+            total,
+        }
+    }
+
+    /// Bytes buffered by all taps now.
+    pub fn used(&self) -> usize {
+        self.used.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn over(&self) -> bool {
+        self.used() > self.total
+    }
+
+    fn add(&self, n: usize) {
+        self.used.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn sub(&self, n: usize) {
+        self.used.fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 struct Inner {
+    budget: Arc<ReplayBudget>,
     limits: ReplayLimits,
     last_record: Option<std::time::SystemTime>,
     /// The last status frame announced (how the FlowTap is doing), for listeners that join.
@@ -75,12 +111,21 @@ struct Inner {
 
 impl Inner {
     fn trim(&mut self) {
-        while self.replay.len() > self.limits.records || self.replay_bytes > self.limits.bytes {
+        while self.replay.len() > self.limits.records || self.replay_bytes > self.limits.bytes || self.budget.over() {
             match self.replay.pop_front() {
-                Some(old) => self.replay_bytes -= old.frame.len(),
+                Some(old) => {
+                    self.replay_bytes -= old.frame.len();
+                    self.budget.sub(old.frame.len());
+                }
                 None => break,
             }
         }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.budget.sub(self.replay_bytes);
     }
 }
 
@@ -103,11 +148,17 @@ pub struct Published {
 
 impl Tap {
     pub fn new(key: TapKey, limits: ReplayLimits, epoch: u64) -> Tap {
+        Tap::with_budget(key, limits, epoch, Arc::new(ReplayBudget::new(usize::MAX)))
+    }
+
+    /// A tap whose replay buffer also counts against `budget`, shared with other taps.
+    pub fn with_budget(key: TapKey, limits: ReplayLimits, epoch: u64, budget: Arc<ReplayBudget>) -> Tap {
         Tap {
             key,
             epoch,
             pinned: Default::default(),
             inner: Mutex::new(Inner {
+                budget,
                 limits,
                 last_record: None,
                 status: None,
@@ -145,6 +196,7 @@ impl Tap {
             }
             if inner.limits.records > 0 {
                 inner.replay_bytes += entry.frame.len();
+                inner.budget.add(entry.frame.len());
                 inner.replay.push_back(entry);
                 inner.trim();
             }
@@ -347,6 +399,36 @@ mod tests {
         t.publish(records(1));
         assert!(l.take().records.is_empty());
         assert!(t.idle_for(Instant::now()).is_some());
+    }
+
+    #[test]
+    fn all_taps_together_stay_within_the_relay_wide_replay_budget() {
+        let budget = Arc::new(ReplayBudget::new(1000));
+        let key = |name: &str| TapKey {
+            kind: FlowKind::Flow,
+            namespace: "a".into(),
+            name: name.into(),
+        };
+        let limits = ReplayLimits {
+            records: 1000,
+            bytes: 1 << 20,
+        };
+        let taps: Vec<Tap> = (0..5)
+            .map(|i| Tap::with_budget(key(&format!("t{i}")), limits, 1, budget.clone()))
+            .collect();
+        for round in 0..20 {
+            for t in &taps {
+                t.publish(records(10));
+                assert!(budget.used() <= 1000, "round {round}: {}", budget.used());
+            }
+        }
+        assert!(
+            budget.used() > 500,
+            "the budget is used, not left empty: {}",
+            budget.used()
+        );
+        drop(taps);
+        assert_eq!(budget.used(), 0, "closed taps give their memory back");
     }
 
     #[test]

@@ -205,6 +205,29 @@ pub struct ServiceConfig {
     )]
     pub max_concurrent_ingest: usize,
 
+    /// Listeners one user may have open on this relay at once (more: 429).
+    #[arg(
+        long,
+        env = "LOG_SOCKET_MAX_LISTENERS_PER_USER",
+        default_value_t = 20,
+        value_name = "N"
+    )]
+    pub max_listeners_per_user: usize,
+
+    /// Cluster mode: flows one user may be tapping through this relay at once, each a FlowTap
+    /// it may cause to be created (more: 429).
+    #[arg(long, env = "LOG_SOCKET_MAX_TAPS_PER_USER", default_value_t = 10, value_name = "N")]
+    pub max_taps_per_user: usize,
+
+    /// Cluster mode: listener sessions one FlowTap holds, from all relays (more: 429).
+    #[arg(
+        long,
+        env = "LOG_SOCKET_MAX_SESSIONS_PER_TAP",
+        default_value_t = 200,
+        value_name = "N"
+    )]
+    pub max_sessions_per_tap: usize,
+
     /// Records queued per listener; a slower listener loses the oldest and is told how many.
     #[arg(long, env = "LOG_SOCKET_LISTENER_QUEUE", default_value_t = 10_000, value_name = "N")]
     pub listener_queue: usize,
@@ -216,6 +239,11 @@ pub struct ServiceConfig {
     /// Memory each tap's replay buffer may use, in bytes.
     #[arg(long, env = "LOG_SOCKET_REPLAY_BYTES", default_value_t = 8 << 20, value_name = "BYTES")]
     pub replay_bytes: usize,
+
+    /// Memory the replay buffers of all taps together may use, in bytes; a tap that would go
+    /// over drops its own oldest buffered records (a listener resuming past them is told).
+    #[arg(long, env = "LOG_SOCKET_REPLAY_TOTAL_BYTES", default_value_t = 256 << 20, value_name = "BYTES")]
+    pub replay_total_bytes: usize,
 
     /// How long a tap without listeners is kept, so a reconnecting listener can resume.
     #[arg(long, env = "LOG_SOCKET_TAP_LINGER", default_value = "60s", value_name = "DURATION")]
@@ -668,6 +696,8 @@ impl ServiceConfig {
                 records: self.replay_records,
                 bytes: self.replay_bytes,
             },
+            replay_total_bytes: self.replay_total_bytes,
+            max_listeners_per_user: self.max_listeners_per_user.max(1),
             tap_linger: self.tap_linger.0,
             ping_interval: self.ping_interval.0,
             idle_timeout: self.idle_timeout.0,

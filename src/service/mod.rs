@@ -394,6 +394,10 @@ fn operator_config(cfg: &ServiceConfig) -> OperatorConfig {
         mode: cfg.tap_mode,
         output_accept_timeout: cfg.output_accept_timeout.0,
         sweep_interval: Duration::from_secs(60),
+        limits: crate::operator::Limits {
+            taps_per_user: cfg.max_taps_per_user.max(1),
+            sessions_per_tap: cfg.max_sessions_per_tap.max(1),
+        },
     }
 }
 

@@ -846,3 +846,38 @@ async fn connect_and_disconnect_churn_leaves_no_tap_output_or_ref_behind() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_user_taps_only_so_many_flows_and_a_flowtap_holds_only_so_many_sessions() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "op-caps").await;
+    let h = support::harness_configured(client, ns, true, LINGER, Duration::from_secs(6), |c| {
+        c.limits.taps_per_user = 1;
+        c.limits.sessions_per_tap = 2;
+    })
+    .await;
+    for flow in ["web", "api"] {
+        support::create_flow(&h.client, &h.ns, flow, flow_spec()).await;
+    }
+    let alice = listener(&h, "alice").await;
+    let bob = listener(&h, "bob").await;
+    let path = |flow: &str| format!("/flow/{}/{flow}", h.ns);
+    let _web = connect(&h.relay, &path("web"), &alice).await;
+    // A second flow for alice: refused before any FlowTap is made for it.
+    let err = try_connect(&h.relay, &path("api"), &alice).await.unwrap_err();
+    assert!(
+        err.starts_with("429 too many:") && err.contains("--max-taps-per-user"),
+        "{err}"
+    );
+    assert!(tap(&h, "flow-api").await.is_none(), "no FlowTap for a refused listener");
+    // More listeners of the same flow are not more taps; the FlowTap's sessions are capped.
+    let _again = connect(&h.relay, &path("web"), &alice).await;
+    let err = try_connect(&h.relay, &path("web"), &bob).await.unwrap_err();
+    assert!(
+        err.starts_with("429 too many: FlowTap flow-web has 2 listener sessions"),
+        "{err}"
+    );
+    assert_eq!(listeners(&h, "flow-web").await, Some(2));
+    // Bob's own flow is his first.
+    let _bob_api = connect(&h.relay, &path("api"), &bob).await;
+}

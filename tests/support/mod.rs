@@ -397,6 +397,7 @@ pub async fn harness_configured(
         mode: Default::default(),
         output_accept_timeout: Duration::from_secs(30),
         sweep_interval: Duration::from_secs(2),
+        limits: Default::default(),
     };
     tweak(&mut operator);
     let operator = Arc::new(operator);

@@ -92,6 +92,17 @@ pub(super) async fn listen(
     let Some(on_upgrade) = on_upgrade else {
         return upgrade_required();
     };
+    // A slot among the user's listeners, held until the listener is gone.
+    let Some(slot) = UserSlot::take(&state, &identity.username) else {
+        state.relay.metrics.error("listener_limit");
+        return text(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "too many: {} has {} listeners open on this relay (--max-listeners-per-user); close some",
+                identity.username, state.relay.config.max_listeners_per_user
+            ),
+        );
+    };
     let session = SessionInfo {
         id: state.relay.next_id(),
         tap: key.clone(),
@@ -101,6 +112,7 @@ pub(super) async fn listen(
         return match e {
             JoinError::Forbidden(why) => text(StatusCode::FORBIDDEN, format!("forbidden: {why}")),
             JoinError::Unavailable(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("cannot open the tap: {why}")),
+            JoinError::TooMany(why) => text(StatusCode::TOO_MANY_REQUESTS, format!("too many: {why}")),
         };
     }
     let tap = state.relay.open_tap(&key);
@@ -114,6 +126,7 @@ pub(super) async fn listen(
     let start = options.start;
     tokio::spawn(async move {
         let _guard = task_guard;
+        let _slot = slot;
         match on_upgrade.await {
             Ok(upgraded) => {
                 // Listeners only send pongs and a close frame: a small read buffer (tungstenite
@@ -434,6 +447,39 @@ where
         tx.flush().await.map_err(|_| ())
     };
     tokio::time::timeout(timeout, write).await.map_err(|_| ())?
+}
+
+/// One of a user's listeners on this relay (see `RelayConfig::max_listeners_per_user`).
+struct UserSlot {
+    state: Arc<State>,
+    user: String,
+}
+
+impl UserSlot {
+    fn take(state: &Arc<State>, user: &str) -> Option<UserSlot> {
+        let mut open = state.listeners_per_user.lock().unwrap();
+        let n = open.entry(user.to_owned()).or_default();
+        if *n >= state.relay.config.max_listeners_per_user {
+            return None;
+        }
+        *n += 1;
+        Some(UserSlot {
+            state: state.clone(),
+            user: user.to_owned(),
+        })
+    }
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let mut open = self.state.listeners_per_user.lock().unwrap();
+        if let Some(n) = open.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.user);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

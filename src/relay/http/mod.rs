@@ -48,6 +48,8 @@ struct State {
     /// Failed listener authentications per client.
     failures: FailureLimit,
     metrics_access: MetricsAccess,
+    /// Open listeners per user name.
+    listeners_per_user: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// Cancelled when listeners must say goodbye (after ingest has drained).
     stop_listeners: Shutdown,
     /// Held by every listener task; [`Http::close_listeners`] waits until all are dropped.
@@ -67,6 +69,7 @@ impl Http {
             ingest_slots: Semaphore::new(relay.config.max_concurrent_ingest),
             failures: FailureLimit::default(),
             metrics_access,
+            listeners_per_user: Default::default(),
             relay,
             authenticator: parts.authenticator,
             authorizer: parts.authorizer,

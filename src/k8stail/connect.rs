@@ -92,7 +92,10 @@ pub async fn route(kube: &super::KubeArgs, args: &TailArgs) -> Result<(Route, St
         None => kubeconfig_token(&config).await?,
     };
     let scheme = match args.service_scheme {
-        Scheme::Http => "http",
+        Scheme::Http => {
+            eprintln!("k8stail: WARNING: --service-scheme http: the API server forwards your token to the log-socket pod over plain HTTP, readable on the pod network; serve the listener API over TLS (the chart's default) and drop this flag");
+            "http"
+        }
         Scheme::Https => "https",
     };
     let prefix = format!(
@@ -136,6 +139,11 @@ async fn kubeconfig_token(config: &kube::Config) -> Result<String> {
         .ok_or_else(no_token)
 }
 
+/// Whether `host` is this machine (a name or address that cannot leave it).
+fn is_loopback(host: &str) -> bool {
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 fn direct_route(server: &str, ca_file: Option<&Path>, insecure: bool) -> Result<Route> {
     let bad = |why: &str| {
         Error::Usage(format!(
@@ -171,6 +179,9 @@ fn direct_route(server: &str, ca_file: Option<&Path>, insecure: bool) -> Result<
         }
         None
     };
+    if tls.is_none() && !is_loopback(host) {
+        eprintln!("k8stail: WARNING: your token goes to {host} over plain HTTP: anyone on the path can read it (and the stream); use https:// (the service's --api-tls-self-signed or --api-tls-cert)");
+    }
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     Ok(Route::Direct {
         base: format!("{scheme}://{authority}{path}"),

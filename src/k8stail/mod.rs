@@ -147,9 +147,9 @@ pub struct TailArgs {
     )]
     pub port: String,
 
-    /// Scheme the API server uses to reach the service: `https` when the service serves
-    /// listeners over TLS (proxy mode).
-    #[arg(long, env = "K8STAIL_SERVICE_SCHEME", value_enum, default_value_t = Scheme::Http, help_heading = "Connection")]
+    /// Scheme the API server uses to reach the service (proxy mode): `https`, what the Helm
+    /// chart and kustomize base serve; `http` (warned about) only for a service without TLS.
+    #[arg(long, env = "K8STAIL_SERVICE_SCHEME", value_enum, default_value_t = Scheme::Https, help_heading = "Connection")]
     pub service_scheme: Scheme,
 
     /// Exit when the connection ends instead of reconnecting.

@@ -168,6 +168,14 @@ pub struct ServiceConfig {
     #[arg(long, env = "LOG_SOCKET_API_TLS_KEY", value_name = "FILE", requires = "api_tls_cert")]
     pub api_tls_key: Option<PathBuf>,
 
+    /// Serve the listener API over TLS with a certificate made at start, signed by itself (the
+    /// default of the Helm chart and kustomize base): the API server's service proxy then
+    /// carries listeners' tokens to the pod encrypted. It does not verify the pod's
+    /// certificate (nor would it one from a CA), so this keeps the token from whoever can
+    /// read the pod network, not from whoever can impersonate the pod.
+    #[arg(long, env = "LOG_SOCKET_API_TLS_SELF_SIGNED", conflicts_with = "api_tls_cert")]
+    pub api_tls_self_signed: bool,
+
     /// How often TLS files are checked; changed files are loaded for new connections.
     #[arg(
         long,

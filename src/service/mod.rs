@@ -85,10 +85,23 @@ impl Sockets {
             api: bind(cfg.api_addr).await?,
             health: Some(bind(cfg.health_addr).await?),
             ingest_tls: tls(&cfg.ingest_tls_cert, &cfg.ingest_tls_key, &cfg.ingest_client_ca)?,
-            api_tls: tls(&cfg.api_tls_cert, &cfg.api_tls_key, &None)?,
+            api_tls: match cfg.api_tls_self_signed {
+                true => Some(ReloadingConfig::self_signed(&self_signed_names()).map_err(Error::Config)?),
+                false => tls(&cfg.api_tls_cert, &cfg.api_tls_key, &None)?,
+            },
             tls_reload_interval: cfg.tls_reload_interval.0,
         })
     }
+}
+
+/// Names for a self-signed API certificate: the pod's host name (clients of the service
+/// proxy do not check it; direct clients pass --insecure-skip-tls-verify or a CA of theirs).
+fn self_signed_names() -> Vec<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .into_iter()
+        .collect()
 }
 
 /// Bind a listening socket, naming the address in the error.

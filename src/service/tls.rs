@@ -24,7 +24,8 @@ pub struct TlsFiles {
 /// A server configuration that follows its files.
 #[derive(Debug)]
 pub struct ReloadingConfig {
-    files: TlsFiles,
+    /// None for a certificate made in memory (nothing to reload).
+    files: Option<TlsFiles>,
     current: RwLock<Arc<ServerConfig>>,
     stamp: Mutex<Vec<Option<(SystemTime, u64)>>>,
 }
@@ -98,7 +99,34 @@ impl ReloadingConfig {
         Ok(Arc::new(ReloadingConfig {
             stamp: Mutex::new(stamp(&files)),
             current: RwLock::new(Arc::new(config)),
-            files,
+            files: Some(files),
+        }))
+    }
+
+    /// A certificate for `dns_names` made now, in memory, signed by itself (`--api-tls-self-signed`):
+    /// the API server's service proxy encrypts its hop to the pod with it (it does not verify
+    /// the pod's certificate, whoever signed it).
+    pub fn self_signed(dns_names: &[String]) -> Result<Arc<ReloadingConfig>, String> {
+        let mut names = dns_names.to_vec();
+        names.extend(["localhost".to_owned(), "127.0.0.1".to_owned()]);
+        let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+        let mut params = rcgen::CertificateParams::new(names).map_err(|e| e.to_string())?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "log-socket (self-signed at start)");
+        let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+        let der = PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| e.to_string())?;
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], der)
+            .map_err(|e| e.to_string())?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(ReloadingConfig {
+            stamp: Mutex::new(vec![]),
+            current: RwLock::new(Arc::new(config)),
+            files: None,
         }))
     }
 
@@ -109,7 +137,10 @@ impl ReloadingConfig {
 
     /// Reload when a file changed; a broken new file keeps the old configuration in use.
     pub fn reload_if_changed(&self) -> Result<bool, String> {
-        let now = stamp(&self.files);
+        let Some(files) = &self.files else {
+            return Ok(false);
+        };
+        let now = stamp(files);
         {
             let mut last = self.stamp.lock().unwrap();
             if *last == now {
@@ -117,19 +148,23 @@ impl ReloadingConfig {
             }
             *last = now;
         }
-        let config = build(&self.files)?;
+        let config = build(files)?;
         *self.current.write().unwrap() = Arc::new(config);
         Ok(true)
     }
 
     /// Check the files every `interval` until `stop` completes.
     pub async fn watch(self: Arc<Self>, interval: Duration, stop: impl Future<Output = ()>) {
+        let Some(files) = self.files.clone() else {
+            // Made in memory: nothing to follow.
+            return stop.await;
+        };
         let mut tick = tokio::time::interval(interval);
         tokio::pin!(stop);
         loop {
             tokio::select! {
                 _ = tick.tick() => match self.reload_if_changed() {
-                    Ok(true) => tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded"),
+                    Ok(true) => tracing::info!(cert = %files.cert.display(), "TLS certificate reloaded"),
                     Ok(false) => {}
                     Err(e) => tracing::error!("TLS certificate not reloaded, the previous one stays in use: {e}"),
                 },

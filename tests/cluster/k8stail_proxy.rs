@@ -55,7 +55,10 @@ async fn k8stail_streams_through_the_api_server_service_proxy_with_exec_plugin_c
 
     // The relay, authenticating listeners with TokenReview; its API port in the namespace.
     let ingest = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sockets = Sockets::plain(ingest, netns.bind(0));
+    // The listener API over TLS with a certificate made at start, as the chart serves it; the
+    // API server's proxy speaks https to it (k8stail's default --service-scheme).
+    let mut sockets = Sockets::plain(ingest, netns.bind(0));
+    sockets.api_tls = Some(log_socket::service::tls::ReloadingConfig::self_signed(&[]).unwrap());
     let parts = Parts {
         authenticator: Arc::new(TokenReviewAuthenticator::new(
             client.clone(),
@@ -108,7 +111,7 @@ async fn k8stail_streams_through_the_api_server_service_proxy_with_exec_plugin_c
     let token = support::service_account_token(&client, &ns, "alice").await;
     let mut rules = support::may_tap_flows();
     rules.as_array_mut().unwrap().push(json!({
-        "apiGroups": [""], "resources": ["services/proxy"], "resourceNames": ["http:log-socket:api"], "verbs": ["get"]
+        "apiGroups": [""], "resources": ["services/proxy"], "resourceNames": ["https:log-socket:api"], "verbs": ["get"]
     }));
     support::grant(&client, &ns, "alice", rules).await;
     let dir = support::tempdir("k8stail-proxy");
@@ -181,4 +184,23 @@ async fn k8stail_streams_through_the_api_server_service_proxy_with_exec_plugin_c
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("403") && err.contains("services/proxy"), "{err}");
+    assert!(!err.contains("WARNING"), "{err}");
+
+    // Asking the API server to use plain HTTP to the pod is allowed, and warned about.
+    let out = tokio::process::Command::new(support::bin("k8stail"))
+        .args([
+            "--kubeconfig",
+            exec_kubeconfig(&bob, &bob_dir).to_str().unwrap(),
+            &target,
+            "--service-namespace",
+            &ns,
+            "--service-scheme",
+            "http",
+        ])
+        .env_remove("K8STAIL_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("WARNING: --service-scheme http"), "{err}");
 }

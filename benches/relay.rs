@@ -8,7 +8,7 @@
 //! HTTP/1.1 keep-alive connections, and reads WebSocket frames as k8stail does, checking the
 //! sequence numbers so that nothing is lost silently.
 //!
-//! Parts: `memory`, `control-plane`, `throughput`, `latency` (all by default); `one` (only the
+//! Parts: `memory`, `control-plane`, `filters`, `throughput`, `latency` (all by default); `one` (only the
 //! single-listener throughput) and `parse` (only the record parser) are for profiling.
 
 #[path = "../tests/support/control_plane.rs"]
@@ -65,6 +65,11 @@ fn relay_runtime() -> &'static tokio::runtime::Runtime {
 }
 
 async fn relay(config: RelayConfig, authorizer: Arc<dyn Authorizer>) -> Bench {
+    // One token stands for every listener of the bench: no per-user cap.
+    let config = RelayConfig {
+        max_listeners_per_user: usize::MAX,
+        ..config
+    };
     // Bound here, registered with the relay's runtime inside its task.
     let bind = || {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -383,6 +388,60 @@ async fn throughput(
         silent_gaps: gaps,
         dropped,
     }
+}
+
+/// Ingest records/s into one flow with `listeners` listeners attached, each with a 1000-character
+/// `grep` when `filtered` (alternatives that match no record: the listeners only filter).
+async fn ingest_with_listeners(listeners: usize, filtered: bool, total: u64) -> f64 {
+    let b = relay(big_queues(), Arc::new(AllowAll)).await;
+    let words: Vec<String> = (0..143).map(|i| format!("zq{i:04}")).collect();
+    let regex = words.join("|");
+    assert!(regex.len() >= 1000);
+    let path = match filtered {
+        true => format!("/flow/shop/web?grep={}", regex.replace('|', "%7C")),
+        false => "/flow/shop/web".to_owned(),
+    };
+    let origin = Instant::now();
+    let ready = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..listeners)
+        .map(|_| {
+            tokio::spawn(listen(
+                b.api,
+                path.clone(),
+                u64::MAX,
+                origin,
+                false,
+                None,
+                ready.clone(),
+            ))
+        })
+        .collect();
+    wait_ready(&ready, listeners as u64).await;
+    let batches: Vec<Vec<u8>> = (0..(total as usize).div_ceil(BATCH))
+        .map(|i| batch((i * BATCH) as u64, BATCH, 0, false))
+        .collect();
+    let batches = Arc::new(batches);
+    let start = Instant::now();
+    let senders: Vec<_> = (0..2)
+        .map(|c| {
+            let (batches, ingest) = (batches.clone(), b.ingest);
+            tokio::spawn(async move {
+                let mut p = Poster::new(ingest).await;
+                for body in batches.iter().skip(c).step_by(2) {
+                    assert_eq!(p.post("/flow/shop/web", body).await, 200);
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.await.unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    for t in tasks {
+        t.abort();
+    }
+    b.stop().await;
+    total as f64 / secs
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -848,6 +907,24 @@ async fn run() {
         if let Err(e) = result {
             println!("control plane: failed ({e})\n");
         }
+    }
+    // Listener filters never run on the ingest path: ingest with 100 listeners each holding a
+    // 1000-character regex (matching nothing, so the listeners only filter), against one.
+    if part("filters") {
+        let total = 200_000;
+        let alone = ingest_with_listeners(1, false, total).await;
+        let plain = ingest_with_listeners(100, false, total).await;
+        let regex = ingest_with_listeners(100, true, total).await;
+        println!("| ingest, {total} records in batches of {BATCH} | records/s | vs one listener |\n|---|---|---|");
+        println!("| one listener, no filter | {alone:.0} | 1.00 |");
+        println!(
+            "| 100 listeners, no filter (each gets every record) | {plain:.0} | {:.2} |",
+            plain / alone
+        );
+        println!(
+            "| 100 listeners, each `grep` a 1000-character regex | {regex:.0} | {:.2} |\n",
+            regex / alone
+        );
     }
     // `-- parse`: only the relay's record parser, to profile it.
     if only.iter().any(|o| o == "parse") {

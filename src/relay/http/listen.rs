@@ -126,7 +126,6 @@ pub(super) async fn listen(
     let start = options.start;
     tokio::spawn(async move {
         let _guard = task_guard;
-        let _slot = slot;
         match on_upgrade.await {
             Ok(upgraded) => {
                 // Listeners only send pongs and a close frame: a small read buffer (tungstenite
@@ -140,6 +139,8 @@ pub(super) async fn listen(
             }
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }
+        // The slot counts open streams: free it before deregistering (an API call).
+        drop(slot);
         state.sessions.left(&session).await;
     });
     let mut reply = Response::builder()

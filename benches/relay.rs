@@ -282,6 +282,16 @@ async fn listen(
     seen
 }
 
+/// A listener that reads until it is aborted, without measuring.
+fn idle_listener(
+    api: SocketAddr,
+    path: String,
+    origin: Instant,
+    ready: &Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<Seen> {
+    tokio::spawn(listen(api, path, u64::MAX, origin, false, None, ready.clone()))
+}
+
 async fn wait_ready(ready: &AtomicU64, n: u64) {
     while ready.load(Ordering::SeqCst) < n {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -404,17 +414,7 @@ async fn ingest_with_listeners(listeners: usize, filtered: bool, total: u64) -> 
     let origin = Instant::now();
     let ready = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..listeners)
-        .map(|_| {
-            tokio::spawn(listen(
-                b.api,
-                path.clone(),
-                u64::MAX,
-                origin,
-                false,
-                None,
-                ready.clone(),
-            ))
-        })
+        .map(|_| idle_listener(b.api, path.clone(), origin, &ready))
         .collect();
     wait_ready(&ready, listeners as u64).await;
     let batches: Vec<Vec<u8>> = (0..(total as usize).div_ceil(BATCH))
@@ -795,17 +795,7 @@ async fn idle_listeners(n: u64) -> (u64, u64) {
     let ready = Arc::new(AtomicU64::new(0));
     let origin = Instant::now();
     let listeners: Vec<_> = (0..n)
-        .map(|i| {
-            tokio::spawn(listen(
-                b.api,
-                format!("/flow/shop/idle{}", i % 10),
-                u64::MAX,
-                origin,
-                false,
-                None,
-                ready.clone(),
-            ))
-        })
+        .map(|i| idle_listener(b.api, format!("/flow/shop/idle{}", i % 10), origin, &ready))
         .collect();
     wait_ready(&ready, n).await;
     tokio::time::sleep(Duration::from_millis(200)).await;

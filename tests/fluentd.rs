@@ -40,17 +40,8 @@ fn tempdir(name: &str) -> std::path::PathBuf {
 /// fluentd with a `sample` source (numbered records, 20 a second) and the http output the
 /// operator generates for a Flow tap, pointed at `ingest` and `path`.
 fn config(dir: &std::path::Path, ingest: SocketAddr, path: &str) -> String {
-    format!(
-        r#"{system}
-<source>
-  @type sample
-  tag kubernetes.var.log.containers.web-1_shop_app.log
-  rate 20
-  auto_increment_key n
-  sample {{"message":"hello from fluentd","kubernetes":{{"namespace_name":"shop","pod_name":"web-1","container_name":"app"}}}}
-</source>
-<match kubernetes.**>
-  @type http
+    let output = format!(
+        r#"  @type http
   @id tap
   endpoint http://{ingest}{path}
   json_array true
@@ -76,10 +67,9 @@ fn config(dir: &std::path::Path, ingest: SocketAddr, path: &str) -> String {
     retry_forever false
     retry_max_times 5
   </buffer>
-</match>
-"#,
-        system = fluentd::system(dir)
-    )
+"#
+    );
+    config_with_output(dir, &output)
 }
 
 async fn until<T>(what: &str, f: &mut Fluentd, mut check: impl FnMut() -> Option<T>) -> T {

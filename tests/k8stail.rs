@@ -592,8 +592,9 @@ async fn a_terminal_gets_pretty_coloured_lines_unless_no_color_is_set() {
     stop(r).await;
 }
 
-/// A relay of an older protocol revision: no filter options, three records per connection.
-async fn older_relay() -> SocketAddr {
+/// A relay that sends `frames` to every listener, then closes (`close`) or waits for the
+/// listener to go; `older`: it refuses filter options, as an older protocol revision did.
+async fn scripted_relay(frames: Vec<Value>, close: bool, older: bool) -> SocketAddr {
     use futures::SinkExt;
     use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
     use tokio_tungstenite::tungstenite::Message;
@@ -601,6 +602,7 @@ async fn older_relay() -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
+            let frames = frames.clone();
             tokio::spawn(async move {
                 // The callback type is tungstenite's.
                 #[allow(clippy::result_large_err)]
@@ -609,7 +611,7 @@ async fn older_relay() -> SocketAddr {
                     if let Some(option) = query
                         .split('&')
                         .map(|kv| kv.split('=').next().unwrap())
-                        .find(|k| !matches!(*k, "" | "tail" | "after" | "epoch"))
+                        .find(|k| older && !matches!(*k, "" | "tail" | "after" | "epoch"))
                     {
                         let body = format!("unknown query option {option:?}; supported: tail, after, epoch");
                         return Err(http::Response::builder().status(400).body(Some(body)).unwrap());
@@ -621,21 +623,30 @@ async fn older_relay() -> SocketAddr {
                 let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, check).await else {
                     return;
                 };
-                let frames = [
-                    json!({"type": "status", "state": "listening", "tap": "flow/shop/web", "epoch": 1, "firstSeq": 0, "lastSeq": 0, "replayed": 0}),
-                    json!({"type": "record", "seq": 1, "record": rec("web-1", "error one")}),
-                    json!({"type": "record", "seq": 2, "record": rec("web-1", "fine")}),
-                    json!({"type": "record", "seq": 3, "record": rec("db-1", "error three")}),
-                    json!({"type": "record", "seq": 4, "record": rec("web-2", "error four")}),
-                ];
                 for f in frames {
                     let _ = ws.send(Message::Text(f.to_string().into())).await;
                 }
-                while let Some(Ok(_)) = futures::StreamExt::next(&mut ws).await {}
+                if close {
+                    let _ = ws.close(None).await;
+                } else {
+                    while let Some(Ok(_)) = futures::StreamExt::next(&mut ws).await {}
+                }
             });
         }
     });
     addr
+}
+
+/// A relay of an older protocol revision: no filter options, four records per connection.
+async fn older_relay() -> SocketAddr {
+    let frames = vec![
+        json!({"type": "status", "state": "listening", "tap": "flow/shop/web", "epoch": 1, "firstSeq": 0, "lastSeq": 0, "replayed": 0}),
+        json!({"type": "record", "seq": 1, "record": rec("web-1", "error one")}),
+        json!({"type": "record", "seq": 2, "record": rec("web-1", "fine")}),
+        json!({"type": "record", "seq": 3, "record": rec("db-1", "error three")}),
+        json!({"type": "record", "seq": 4, "record": rec("web-2", "error four")}),
+    ];
+    scripted_relay(frames, false, true).await
 }
 
 #[tokio::test]
@@ -662,39 +673,15 @@ async fn filters_an_older_relay_does_not_know_are_applied_by_k8stail() {
 
 /// A relay that sends text meant to fool a terminal in every frame k8stail prints about.
 async fn hostile_relay() -> SocketAddr {
-    use futures::SinkExt;
-    use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-    use tokio_tungstenite::tungstenite::Message;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                #[allow(clippy::result_large_err)]
-                let check = |_: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
-                    resp.headers_mut()
-                        .insert("sec-websocket-protocol", "logsocket.v1".parse().unwrap());
-                    Ok(resp)
-                };
-                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, check).await else {
-                    return;
-                };
-                let evil = "x\u{1b}[2K\rk8stail: forged line\n\u{9b}31m";
-                let frames = [
-                    json!({"type": "status", "state": "listening", "tap": evil, "epoch": 1, "firstSeq": 0, "lastSeq": 0, "replayed": 0}),
-                    json!({"type": "denied", "namespace": evil, "pod": evil, "count": 3}),
-                    json!({"type": "dropped", "count": 2, "reason": evil}),
-                    json!({"type": "status", "state": "tap", "flowTap": evil, "phase": "Pending", "conditions": {}, "message": evil}),
-                    json!({"type": "error", "code": evil, "message": evil}),
-                ];
-                for f in frames {
-                    let _ = ws.send(Message::Text(f.to_string().into())).await;
-                }
-                let _ = ws.close(None).await;
-            });
-        }
-    });
-    addr
+    let evil = "x\u{1b}[2K\rk8stail: forged line\n\u{9b}31m";
+    let frames = vec![
+        json!({"type": "status", "state": "listening", "tap": evil, "epoch": 1, "firstSeq": 0, "lastSeq": 0, "replayed": 0}),
+        json!({"type": "denied", "namespace": evil, "pod": evil, "count": 3}),
+        json!({"type": "dropped", "count": 2, "reason": evil}),
+        json!({"type": "status", "state": "tap", "flowTap": evil, "phase": "Pending", "conditions": {}, "message": evil}),
+        json!({"type": "error", "code": evil, "message": evil}),
+    ];
+    scripted_relay(frames, true, false).await
 }
 
 #[tokio::test]

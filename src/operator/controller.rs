@@ -170,7 +170,9 @@ pub async fn run(
         tick.tick().await;
         loop {
             tick.tick().await;
-            sweep(&client, &ctx.config).await;
+            if super::leftovers::suspected(&ctx) {
+                sweep(&client, &ctx.config).await;
+            }
         }
     };
     tokio::pin!(sweeps);

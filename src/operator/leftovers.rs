@@ -31,6 +31,55 @@ pub async fn remove(client: &kube::Client, config: &OperatorConfig) -> Result<us
     Ok(removed)
 }
 
+/// Whether the controller's watch caches show anything the sweep would remove: an output or
+/// mirror whose FlowTap is gone, or a `logsocket-*` ref to an output no FlowTap and no
+/// generated output accounts for. Only then is the sweep run (it lists everything, in the order
+/// that makes it exact), so an idle cluster costs no request a minute; a cache that lags can
+/// only cause a sweep that finds nothing, never a wrong removal.
+pub fn suspected(ctx: &super::controller::Context) -> bool {
+    let taps = ctx.taps.state();
+    let known = Known {
+        uids: taps.iter().filter_map(|t| t.uid()).collect(),
+        outputs: taps
+            .iter()
+            .map(|t| (t.namespace().unwrap_or_default(), output_name(&t.name_any())))
+            .collect(),
+    };
+    let key = |meta: &kube::api::ObjectMeta| {
+        (
+            meta.namespace.clone().unwrap_or_default(),
+            meta.name.clone().unwrap_or_default(),
+        )
+    };
+    let outputs: HashSet<(String, String)> = ctx
+        .outputs
+        .state()
+        .iter()
+        .map(|o| key(&o.metadata))
+        .chain(ctx.cluster_outputs.state().iter().map(|o| key(&o.metadata)))
+        .collect();
+    let orphan_output = ctx.outputs.state().iter().any(|o| known.orphaned(&o.metadata))
+        || ctx.cluster_outputs.state().iter().any(|o| known.orphaned(&o.metadata));
+    let dangling = |meta: &kube::api::ObjectMeta, refs: Option<&Vec<String>>| {
+        known.orphaned(meta)
+            || refs.into_iter().flatten().any(|r| {
+                let k = (meta.namespace.clone().unwrap_or_default(), r.clone());
+                r.starts_with(PREFIX) && !outputs.contains(&k) && !known.outputs.contains(&k)
+            })
+    };
+    orphan_output
+        || ctx
+            .flows
+            .state()
+            .iter()
+            .any(|f| dangling(&f.metadata, f.spec.local_output_refs.as_ref()))
+        || ctx
+            .cluster_flows
+            .state()
+            .iter()
+            .any(|f| dangling(&f.metadata, f.spec.global_output_refs.as_ref()))
+}
+
 /// The FlowTaps that exist now.
 async fn known(client: &kube::Client, config: &OperatorConfig) -> Result<Known> {
     let taps = config.taps(client).list(&ListParams::default()).await?.items;

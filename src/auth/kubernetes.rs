@@ -111,11 +111,19 @@ pub(super) fn unanswered(what: &str) -> String {
 }
 
 /// Record policy `kubernetes`: a listener sees a record if it may `get pods/log` in the record's
-/// namespace. Decisions are cached per user and namespace; an API failure denies (and is not
-/// cached).
+/// namespace. Decisions are cached per identity (user and groups: one user name may come with
+/// other groups) and namespace; an API failure denies (and is not cached).
 pub struct PodLogAccess {
     client: kube::Client,
-    cache: Cache<(String, String), bool>,
+    cache: Cache<(String, u64, String), bool>,
+}
+
+/// The cache key of `who` in `ns`.
+fn identity_key(who: &Identity, ns: &str) -> (String, u64, String) {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    who.groups.hash(&mut h);
+    (who.username.clone(), h.finish(), ns.to_owned())
 }
 
 impl PodLogAccess {
@@ -132,7 +140,7 @@ impl Authorizer for PodLogAccess {
         let Some(ns) = record.namespace() else {
             return Decision::Deny;
         };
-        match self.cache.get(&(who.username.clone(), ns.to_owned())) {
+        match self.cache.get(&identity_key(who, ns)) {
             Some(true) => Decision::Allow,
             Some(false) => Decision::Deny,
             None => Decision::Ask,
@@ -144,7 +152,7 @@ impl Authorizer for PodLogAccess {
             let Some(ns) = record.namespace().map(str::to_owned) else {
                 return false;
             };
-            if let Some(known) = self.cache.get(&(who.username.clone(), ns.clone())) {
+            if let Some(known) = self.cache.get(&identity_key(who, &ns)) {
                 return known;
             }
             let attrs = ResourceAttributes {
@@ -156,7 +164,7 @@ impl Authorizer for PodLogAccess {
             };
             match access_review(&self.client, who, attrs).await {
                 Ok(allowed) => {
-                    self.cache.put((who.username.clone(), ns), allowed);
+                    self.cache.put(identity_key(who, &ns), allowed);
                     allowed
                 }
                 Err(e) => {
@@ -236,5 +244,24 @@ impl Sessions for KubeSessions {
 
     fn left<'a>(&'a self, _: &'a SessionInfo) -> BoxFuture<'a, ()> {
         Box::pin(async {})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_identity_is_its_user_and_its_groups() {
+        let who = |groups: &[&str]| Identity {
+            username: "alice".into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        };
+        assert_eq!(identity_key(&who(&["a"]), "ns"), identity_key(&who(&["a"]), "ns"));
+        assert_ne!(
+            identity_key(&who(&["a"]), "ns"),
+            identity_key(&who(&["a", "admins"]), "ns")
+        );
+        assert_ne!(identity_key(&who(&["a"]), "ns"), identity_key(&who(&["a"]), "other"));
     }
 }

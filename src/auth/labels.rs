@@ -134,11 +134,28 @@ impl<'a> Key<'a> {
         }
     }
 
-    /// Whether `label` is `form` followed by this key.
+    /// Whether `label` is `form` followed by this key. Runs for every label of every record
+    /// and every listener: compares without allocating (each arm its own iterator).
     fn is(&self, label: &str, form: &str, dedot: bool) -> bool {
-        label
-            .strip_prefix(form)
-            .is_some_and(|rest| rest.chars().eq(self.chars(dedot)))
+        let Some(rest) = label.strip_prefix(form) else {
+            return false;
+        };
+        let dot = if dedot { '_' } else { '.' };
+        let d = move |c: char| if c == '.' { dot } else { c };
+        let same = |it: &mut dyn Iterator<Item = char>| rest.chars().eq(it);
+        match self {
+            Key::ServiceAccount { namespace, name } => same(
+                &mut "sa."
+                    .chars()
+                    .chain(namespace.chars())
+                    .chain(std::iter::once('.'))
+                    .chain(name.chars())
+                    .map(d),
+            ),
+            Key::Escaped { prefix, name } => same(&mut prefix.chars().map(d).chain(escape(name))),
+            Key::Hashed { prefix, hex } => same(&mut prefix[..1].chars().chain("h.".chars()).map(d).chain(hex.chars())),
+            Key::Policy => rest == "policy",
+        }
     }
 }
 

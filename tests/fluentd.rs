@@ -165,22 +165,28 @@ fn config_with_output(dir: &std::path::Path, output: &str) -> String {
 
 /// The Output the operator generates for a tap on Flow shop/web, with per-flow credentials.
 fn generated_output(ingest: SocketAddr) -> serde_json::Value {
+    generated(&format!("http://{ingest}"), "Flow", None)
+}
+
+/// The spec the operator generates for a tap on `kind` shop/web posting to `ingest_url`, with
+/// per-flow credentials, and with `tls_secret`'s client certificate when given.
+fn generated(ingest_url: &str, kind: &str, tls_secret: Option<&str>) -> serde_json::Value {
     use log_socket::k8s::flowtap::FlowTap;
     use log_socket::operator::{desired_output_spec, OperatorConfig};
     let mut tap: FlowTap = serde_json::from_value(serde_json::json!({
         "apiVersion": "logsocket.dev/v1alpha1", "kind": "FlowTap",
         "metadata": {"name": "flow-web", "namespace": "shop"},
-        "spec": {"flowRef": {"kind": "Flow", "name": "web"}},
+        "spec": {"flowRef": {"kind": kind, "name": "web"}},
     }))
     .unwrap();
     tap.metadata.namespace = Some("shop".into());
     let config = OperatorConfig {
         instance: "test".into(),
-        ingest_url: format!("http://{ingest}"),
+        ingest_url: ingest_url.to_owned(),
         linger: Duration::ZERO,
         session_ttl: Duration::from_secs(60),
         ingest_keys: Some(test_keys()),
-        tls_secret: None,
+        tls_secret: tls_secret.map(str::to_owned),
         output_accept_timeout: Duration::from_secs(30),
         sweep_interval: Duration::from_secs(60),
         limits: Default::default(),
@@ -265,5 +271,66 @@ async fn a_tenant_output_reusing_its_credential_for_another_flow_is_refused_and_
             assert_ne!(frame["type"], "record", "a forged record was delivered: {frame}");
         }
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn every_generated_output_shape_rendered_as_logging_operator_does_passes_fluentd_dry_run() {
+    let dir = tempdir("fluentd-dry-run");
+    // mTLS: the client certificate `log-socket certs` makes, mounted as logging-operator mounts
+    // `mountFrom` Secrets (a file per key).
+    let certs = dir.join("certs");
+    log_socket::service::certs::generate(&certs, &["log-socket.log-socket.svc".into()], 30).unwrap();
+    let secret_dir = dir.join("secret");
+    std::fs::create_dir_all(&secret_dir).unwrap();
+    let mount = |name: &str, key: &str| -> String {
+        let from = match key {
+            "ca.crt" => "ca.crt",
+            "tls.crt" => "client.crt",
+            "tls.key" => "client.key",
+            other => panic!("unexpected key {other}"),
+        };
+        let path = secret_dir.join(format!("shop-{name}-{key}"));
+        std::fs::copy(certs.join(from), &path).unwrap();
+        path.display().to_string()
+    };
+    let shapes = [
+        (
+            "Flow, per-flow credential",
+            generated("http://log-socket.log-socket.svc:10000", "Flow", None),
+        ),
+        (
+            "ClusterFlow (a ClusterOutput), per-flow credential",
+            generated("http://log-socket.log-socket.svc:10000", "ClusterFlow", None),
+        ),
+        (
+            "Flow over mTLS, with the per-flow credential on top",
+            generated(
+                "https://log-socket.log-socket.svc:10000",
+                "Flow",
+                Some("log-socket-ingest-client"),
+            ),
+        ),
+    ];
+    for (what, spec) in &shapes {
+        let tap = render::http_output_with(spec, "flow:shop:web:output:shop:logsocket-flow-web", &mount);
+        // As logging-operator renders a Flow with the user's output and the tap appended: a
+        // `copy` with a store each, the tap last.
+        let output = format!("  @type copy\n  <store>\n    @type null\n  </store>\n  <store>\n{tap}  </store>\n");
+        match fluentd::Fluentd::dry_run(&dir, &config_with_output(&dir, &output)) {
+            None => return,
+            Some(Ok(())) => {}
+            Some(Err(log)) => panic!("{what}: fluentd refused the rendered output:\n{output}\n{log}"),
+        }
+    }
+    // The check can fail: a certificate Secret logging-operator could not mount (the file is
+    // missing) is refused, as out_http refuses it when fluentd starts.
+    let missing = |name: &str, key: &str| secret_dir.join(format!("missing-{name}-{key}")).display().to_string();
+    let output = render::http_output_with(&shapes[2].1, "broken", &missing);
+    let refused = fluentd::Fluentd::dry_run(&dir, &config_with_output(&dir, &output)).unwrap();
+    assert!(
+        refused.is_err(),
+        "fluentd --dry-run accepted missing certificate files:\n{output}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -60,6 +60,28 @@ impl Fluentd {
         })
     }
 
+    /// `fluentd --dry-run` on `config` (written to `dir/dry-run.conf`): `Some(Ok(()))` when
+    /// fluentd accepts it, `Some(Err(its output))` when not, `None` without a fluentd.
+    pub fn dry_run(dir: &Path, config: &str) -> Option<Result<(), String>> {
+        let mut cmd = command()?;
+        std::fs::create_dir_all(dir).unwrap();
+        let conf = dir.join("dry-run.conf");
+        std::fs::write(&conf, config).unwrap();
+        let out = cmd
+            .arg("--dry-run")
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run fluentd --dry-run");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(if out.status.success() { Ok(()) } else { Err(text) })
+    }
+
     /// What fluentd has logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("fluentd.log")).unwrap_or_default()

@@ -40,8 +40,15 @@ fn section(name: &str, arg: &str, body: &serde_json::Map<String, Value>, indent:
     out
 }
 
-/// The `<match>` body logging-operator renders for `output` (an Output's `spec`), with `id`.
+/// The `<match>` body logging-operator renders for `output` (an Output's `spec`), with `id`;
+/// no Secret may be mounted (see [`http_output_with`]).
 pub fn http_output(spec: &Value, id: &str) -> String {
+    http_output_with(spec, id, &|name, key| panic!("this output mounts Secret {name}/{key}"))
+}
+
+/// [`http_output`], with `mount(secret, key)` giving the path of a `mountFrom` Secret key (as
+/// logging-operator copies it to `/fluentd/secret/NS-SECRET-KEY`).
+pub fn http_output_with(spec: &Value, id: &str, mount: &dyn Fn(&str, &str) -> String) -> String {
     let http = spec["http"].as_object().expect("an http output");
     let mut out = format!("  @type http\n  @id {id}\n");
     let mut keys: Vec<&String> = http.keys().collect();
@@ -65,7 +72,12 @@ pub fn http_output(spec: &Value, id: &str) -> String {
                 a.insert("password".into(), Value::String(secret(&v["password"])));
                 sections.push_str(&section("auth", "", &a, "  "));
             }
-            k if k.starts_with("tls_") => panic!("this renderer does not mount Secrets ({k})"),
+            k if k.starts_with("tls_") && v.get("mountFrom").is_some() => {
+                let r = &v["mountFrom"]["secretKeyRef"];
+                let path = mount(r["name"].as_str().unwrap(), r["key"].as_str().unwrap());
+                out.push_str(&format!("  {k} {path}\n"));
+            }
+            k if k.starts_with("tls_") => panic!("this renderer mounts Secrets only ({k}: {v})"),
             _ if v.is_object() => panic!("unknown section {k}: {v}"),
             _ => out.push_str(&format!("  {k} {}\n", scalar(v))),
         }

@@ -156,6 +156,19 @@ where
     store.get(&ObjectRef::new(name).within(ns)).map(|o| (*o).clone())
 }
 
+/// `name` in `ns` from a watch cache, else (not there, or not yet) from the API server;
+/// `None` when it does not exist.
+async fn cached_or_read<K>(store: &Store<K>, api: &Api<K>, ns: &str, name: &str) -> Result<Option<K>>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    match cached(store, ns, name) {
+        Some(obj) => Ok(Some(obj)),
+        None => Ok(api.get_opt(name).await?),
+    }
+}
+
 /// Create `desired` if missing; repair its spec if someone changed it (a repaired object's
 /// old status no longer applies); refuse to touch an object of that name log-socket does not
 /// own. `cached` is the watch cache's copy: without one the object is created right away (a
@@ -295,11 +308,7 @@ pub(super) async fn ensure_mirror(tap: &FlowTap, output: &str, ctx: &Context) ->
     let state = match tap.spec.flow_ref.kind {
         FlowKind::Flow => {
             let api = Api::<Flow>::namespaced(ctx.client.clone(), &ns);
-            let original = match cached(&ctx.flows, &ns, flow) {
-                Some(f) => Some(f),
-                None => api.get_opt(flow).await?,
-            };
-            let Some(original) = original else {
+            let Some(original) = cached_or_read(&ctx.flows, &api, &ns, flow).await? else {
                 delete_managed(api, &name, tap, None).await?;
                 return Ok(FlowState::Missing);
             };
@@ -313,11 +322,7 @@ pub(super) async fn ensure_mirror(tap: &FlowTap, output: &str, ctx: &Context) ->
         }
         FlowKind::ClusterFlow => {
             let api = Api::<ClusterFlow>::namespaced(ctx.client.clone(), &ns);
-            let original = match cached(&ctx.cluster_flows, &ns, flow) {
-                Some(f) => Some(f),
-                None => api.get_opt(flow).await?,
-            };
-            let Some(original) = original else {
+            let Some(original) = cached_or_read(&ctx.cluster_flows, &api, &ns, flow).await? else {
                 delete_managed(api, &name, tap, None).await?;
                 return Ok(FlowState::Missing);
             };
@@ -477,28 +482,19 @@ where
 pub(super) async fn flow_logging_ref(tap: &FlowTap, ctx: &Context) -> Result<Option<String>> {
     let ns = tap.namespace().unwrap_or_default();
     let name = &tap.spec.flow_ref.name;
-    let cached = match tap.spec.flow_ref.kind {
-        FlowKind::Flow => ctx
-            .flows
-            .get(&ObjectRef::new(name).within(&ns))
-            .map(|f| f.spec.logging_ref.clone()),
-        FlowKind::ClusterFlow => ctx
-            .cluster_flows
-            .get(&ObjectRef::new(name).within(&ns))
-            .map(|f| f.spec.logging_ref.clone()),
-    };
-    if let Some(logging_ref) = cached {
-        return Ok(Some(logging_ref.unwrap_or_default()));
-    }
     let logging_ref = match tap.spec.flow_ref.kind {
-        FlowKind::Flow => Api::<Flow>::namespaced(ctx.client.clone(), &ns)
-            .get_opt(name)
-            .await?
-            .map(|f| f.spec.logging_ref),
-        FlowKind::ClusterFlow => Api::<ClusterFlow>::namespaced(ctx.client.clone(), &ns)
-            .get_opt(name)
-            .await?
-            .map(|f| f.spec.logging_ref),
+        FlowKind::Flow => {
+            let api = Api::<Flow>::namespaced(ctx.client.clone(), &ns);
+            cached_or_read(&ctx.flows, &api, &ns, name)
+                .await?
+                .map(|f| f.spec.logging_ref)
+        }
+        FlowKind::ClusterFlow => {
+            let api = Api::<ClusterFlow>::namespaced(ctx.client.clone(), &ns);
+            cached_or_read(&ctx.cluster_flows, &api, &ns, name)
+                .await?
+                .map(|f| f.spec.logging_ref)
+        }
     };
     Ok(logging_ref.map(|r| r.unwrap_or_default()))
 }

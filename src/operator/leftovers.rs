@@ -38,13 +38,7 @@ pub async fn remove(client: &kube::Client, config: &OperatorConfig) -> Result<us
 /// only cause a sweep that finds nothing, never a wrong removal.
 pub fn suspected(ctx: &super::controller::Context) -> bool {
     let taps = ctx.taps.state();
-    let known = Known {
-        uids: taps.iter().filter_map(|t| t.uid()).collect(),
-        outputs: taps
-            .iter()
-            .map(|t| (t.namespace().unwrap_or_default(), output_name(&t.name_any())))
-            .collect(),
-    };
+    let known = Known::of(taps.iter().map(|t| &**t));
     let key = |meta: &kube::api::ObjectMeta| {
         (
             meta.namespace.clone().unwrap_or_default(),
@@ -83,13 +77,7 @@ pub fn suspected(ctx: &super::controller::Context) -> bool {
 /// The FlowTaps that exist now.
 async fn known(client: &kube::Client, config: &OperatorConfig) -> Result<Known> {
     let taps = config.taps(client).list(&ListParams::default()).await?.items;
-    Ok(Known {
-        uids: taps.iter().filter_map(|t| t.uid()).collect(),
-        outputs: taps
-            .iter()
-            .map(|t| (t.namespace().unwrap_or_default(), output_name(&t.name_any())))
-            .collect(),
-    })
+    Ok(Known::of(taps.iter()))
 }
 
 struct Known {
@@ -100,6 +88,15 @@ struct Known {
 }
 
 impl Known {
+    fn of<'a>(taps: impl Iterator<Item = &'a crate::k8s::flowtap::FlowTap> + Clone) -> Known {
+        Known {
+            uids: taps.clone().filter_map(|t| t.uid()).collect(),
+            outputs: taps
+                .map(|t| (t.namespace().unwrap_or_default(), output_name(&t.name_any())))
+                .collect(),
+        }
+    }
+
     /// Managed by log-socket, and its owning FlowTap is gone.
     fn orphaned(&self, meta: &kube::api::ObjectMeta) -> bool {
         super::is_managed(meta) && !super::owning_tap_uids(meta).iter().any(|u| self.uids.contains(*u))

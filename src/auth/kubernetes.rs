@@ -85,7 +85,7 @@ impl MetricsAccess {
         else {
             return Ok(true);
         };
-        let key = format!("{:?}\u{0}{:?}", who.username, who.groups);
+        let key = who.cache_key();
         if let Some(known) = allowed_cache.get(&key).or_else(|| denied_cache.get(&key)) {
             return Ok(known);
         }
@@ -118,7 +118,8 @@ pub struct PodLogAccess {
     cache: Cache<(String, u64, String), bool>,
 }
 
-/// The cache key of `who` in `ns`.
+/// The cache key of `who` in `ns`. Asked for every record and listener, so the groups are
+/// hashed rather than written out as in [`Identity::cache_key`].
 fn identity_key(who: &Identity, ns: &str) -> (String, u64, String) {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();

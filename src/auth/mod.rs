@@ -30,6 +30,14 @@ pub struct Identity {
     pub groups: Vec<String>,
 }
 
+impl Identity {
+    /// A key for caching answers about this identity: its user name and its groups (one user
+    /// name may come with other groups), unambiguous whatever they contain.
+    pub(crate) fn cache_key(&self) -> String {
+        format!("{:?}\u{0}{:?}", self.username, self.groups)
+    }
+}
+
 /// Why a token was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {

@@ -301,10 +301,7 @@ impl Sessions for ClusterSessions {
     fn joined<'a>(&'a self, session: &'a SessionInfo) -> BoxFuture<'a, Result<(), JoinError>> {
         Box::pin(async move {
             if self.check_permission {
-                let key = format!(
-                    "{:?}\u{0}{:?}\u{0}{}",
-                    session.identity.username, session.identity.groups, session.tap
-                );
+                let key = format!("{}\u{0}{}", session.identity.cache_key(), session.tap);
                 if self.allowed.get(&key).is_none() {
                     check_tap_permission(&self.client, session).await?;
                     self.allowed.put(key, ());

@@ -72,6 +72,23 @@ fn config(dir: &std::path::Path, ingest: SocketAddr, path: &str) -> String {
     config_with_output(dir, &output)
 }
 
+/// The next record frame on `ws` while fluentd runs (panics with fluentd's log if it exits or
+/// nothing comes before `deadline`).
+async fn next_record(f: &mut Fluentd, ws: &mut Ws, deadline: Instant) -> serde_json::Value {
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no record in time; fluentd's log:\n{}",
+            f.log()
+        );
+        assert!(f.running(), "fluentd exited; its log:\n{}", f.log());
+        let frame = next(ws).await;
+        if frame["type"] == "record" {
+            return frame;
+        }
+    }
+}
+
 async fn until<T>(what: &str, f: &mut Fluentd, mut check: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(60) {
@@ -120,20 +137,12 @@ async fn records_from_the_real_fluentd_reach_a_listener_in_order_without_gaps() 
     };
     let mut ws = connect(&r, "/flow/shop/web", "tok-alice").await;
     let mut seen: Vec<u64> = vec![];
-    let start = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(60);
     while seen.len() < 60 {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "only {seen:?}; fluentd's log:\n{}",
-            f.log()
-        );
-        assert!(f.running(), "fluentd exited; its log:\n{}", f.log());
-        let frame = next(&mut ws).await;
-        if frame["type"] == "record" {
-            assert_eq!(frame["record"]["message"], "hello from fluentd");
-            assert_eq!(frame["record"]["kubernetes"]["pod_name"], "web-1");
-            seen.push(frame["record"]["n"].as_u64().expect("the sample's counter"));
-        }
+        let frame = next_record(&mut f, &mut ws, deadline).await;
+        assert_eq!(frame["record"]["message"], "hello from fluentd");
+        assert_eq!(frame["record"]["kubernetes"]["pod_name"], "web-1");
+        seen.push(frame["record"]["n"].as_u64().expect("the sample's counter"));
     }
     // Records posted before the listener attached were discarded; from the first one it got,
     // every record arrives once and in order.
@@ -214,20 +223,8 @@ async fn the_generated_output_rendered_as_logging_operator_does_posts_into_its_o
         return;
     };
     let mut ws = connect(&r, "/flow/shop/web", "tok-alice").await;
-    let start = Instant::now();
-    loop {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no record; fluentd's log:\n{}",
-            f.log()
-        );
-        assert!(f.running(), "fluentd exited; its log:\n{}", f.log());
-        let frame = next(&mut ws).await;
-        if frame["type"] == "record" {
-            assert_eq!(frame["record"]["message"], "hello from fluentd");
-            break;
-        }
-    }
+    let frame = next_record(&mut f, &mut ws, Instant::now() + Duration::from_secs(60)).await;
+    assert_eq!(frame["record"]["message"], "hello from fluentd");
     f.stop(Duration::from_secs(10)).await;
     let log = f.log();
     assert!(!log.contains("got unrecoverable error"), "{log}");

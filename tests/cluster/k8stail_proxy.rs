@@ -168,39 +168,28 @@ async fn k8stail_streams_through_the_api_server_service_proxy_with_exec_plugin_c
     // Without `services/proxy`, the API server refuses and k8stail says what is missing.
     let bob = support::service_account_token(&client, &ns, "bob").await;
     support::grant(&client, &ns, "bob", support::may_tap_flows()).await;
-    let bob_dir = support::tempdir("k8stail-proxy-bob");
-    let out = tokio::process::Command::new(support::bin("k8stail"))
-        .args([
-            "--kubeconfig",
-            exec_kubeconfig(&bob, &bob_dir).to_str().unwrap(),
-            &target,
-            "--service-namespace",
-            &ns,
-        ])
-        .env_remove("K8STAIL_TOKEN")
-        .output()
-        .await
-        .unwrap();
+    let bob_kubeconfig = exec_kubeconfig(&bob, &support::tempdir("k8stail-proxy-bob"));
+    let bob_tails = |extra: &[&str]| {
+        tokio::process::Command::new(support::bin("k8stail"))
+            .args([
+                "--kubeconfig",
+                bob_kubeconfig.to_str().unwrap(),
+                &target,
+                "--service-namespace",
+                &ns,
+            ])
+            .args(extra)
+            .env_remove("K8STAIL_TOKEN")
+            .output()
+    };
+    let out = bob_tails(&[]).await.unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("403") && err.contains("services/proxy"), "{err}");
     assert!(!err.contains("WARNING"), "{err}");
 
     // Asking the API server to use plain HTTP to the pod is allowed, and warned about.
-    let out = tokio::process::Command::new(support::bin("k8stail"))
-        .args([
-            "--kubeconfig",
-            exec_kubeconfig(&bob, &bob_dir).to_str().unwrap(),
-            &target,
-            "--service-namespace",
-            &ns,
-            "--service-scheme",
-            "http",
-        ])
-        .env_remove("K8STAIL_TOKEN")
-        .output()
-        .await
-        .unwrap();
+    let out = bob_tails(&["--service-scheme", "http"]).await.unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("WARNING: --service-scheme http"), "{err}");
 }

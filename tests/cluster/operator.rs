@@ -389,6 +389,11 @@ pub(crate) async fn status_when(
     .await
 }
 
+/// Whether the status has a condition `type_` with `reason`.
+pub(crate) fn has_reason(s: &log_socket::k8s::flowtap::FlowTapStatus, type_: &str, reason: &str) -> bool {
+    s.conditions.iter().any(|c| c.type_ == type_ && c.reason == reason)
+}
+
 pub(crate) fn condition<'a>(s: &'a log_socket::k8s::flowtap::FlowTapStatus, type_: &str) -> (&'a str, &'a str) {
     let c = s
         .conditions

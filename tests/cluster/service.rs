@@ -210,23 +210,14 @@ async fn the_service_relays_to_a_service_account_and_stops_cleanly_on_sigterm() 
     assert_eq!(user, format!("flow/{ns}/web"));
     let header = log_socket::auth::ingest_keys::basic_authorization(user, password);
     let body = s.record("from the generated credential").to_string();
-    let (code, text) = crate::wire::request(
-        s.ingest,
-        "POST",
-        &format!("/flow/{ns}/web"),
-        &[("Authorization", &header)],
-        body.as_bytes(),
-    )
-    .await;
+    let post_to = |flow: &str| {
+        let path = format!("/flow/{ns}/{flow}");
+        let (header, body, ingest) = (header.clone(), body.clone(), s.ingest);
+        async move { crate::wire::request(ingest, "POST", &path, &[("Authorization", &header)], body.as_bytes()).await }
+    };
+    let (code, text) = post_to("web").await;
     assert!(code == 200 || code == 202, "{code} {text}");
-    let (code, text) = crate::wire::request(
-        s.ingest,
-        "POST",
-        &format!("/flow/{ns}/other"),
-        &[("Authorization", &header)],
-        body.as_bytes(),
-    )
-    .await;
+    let (code, text) = post_to("other").await;
     assert_eq!(code, 403, "{text}");
     assert!(
         text.contains(&format!("this credential is for flow/{ns}/web")),

@@ -2,7 +2,7 @@
 //! FlowTap's status and in a Warning Event, and proceeds once the cause is fixed. The tests
 //! play logging-operator's part with tests/support/logging_operator.rs.
 
-use crate::operator::{condition, event, flow_spec, harness, persistent_tap, raw, status_when};
+use crate::operator::{condition, event, flow_spec, harness, has_reason, persistent_tap, raw, status_when};
 use crate::support::{self, eventually};
 use kube::api::{Api, Patch, PatchParams};
 use log_socket::k8s::flowtap::{FlowTap, Phase};
@@ -57,9 +57,7 @@ async fn the_flow_names_the_output_only_after_logging_operator_validated_it() {
     support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
     persistent_tap(&h, "web-tap", web_tap()).await;
     let s = status_when(&h, "web-tap", "Validating", |s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == "OutputReady" && c.reason == "Validating")
+        has_reason(s, "OutputReady", "Validating")
     })
     .await;
     assert_eq!(s.phase, Some(Phase::Pending));
@@ -137,9 +135,7 @@ async fn a_configuration_check_that_fails_with_the_tap_restores_the_flow_and_rem
     support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
     persistent_tap(&h, "web-tap", web_tap()).await;
     let s = status_when(&h, "web-tap", "Failed: ConfigCheckFailed", |s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == "FlowPatched" && c.reason == "ConfigCheckFailed")
+        has_reason(s, "FlowPatched", "ConfigCheckFailed")
     })
     .await;
     assert_eq!(s.phase, Some(Phase::Failed));
@@ -251,12 +247,7 @@ async fn two_flowtaps_on_one_flow_share_one_output_and_the_survivor_takes_over()
     persistent_tap(&h, "web-a", web_tap()).await;
     status_when(&h, "web-a", "web-a Active", |s| s.phase == Some(Phase::Active)).await;
     persistent_tap(&h, "web-b", web_tap()).await;
-    let s = status_when(&h, "web-b", "web-b shares", |s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == "FlowPatched" && c.reason == "Shared")
-    })
-    .await;
+    let s = status_when(&h, "web-b", "web-b shares", |s| has_reason(s, "FlowPatched", "Shared")).await;
     assert_eq!(
         s.phase,
         Some(Phase::Active),
@@ -355,9 +346,7 @@ async fn a_flow_whose_ref_keeps_being_removed_is_left_alone_as_contested() {
         flows.replace("web", &Default::default(), &flow).await.unwrap();
     }
     let s = status_when(&h, "web-tap", "Contested", |s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == "FlowPatched" && c.reason == "Contested")
+        has_reason(s, "FlowPatched", "Contested")
     })
     .await;
     assert_eq!(s.phase, Some(Phase::Failed));

@@ -60,8 +60,9 @@ pub struct MetricsAccess {
 /// The reviews behind [`MetricsAccess`], with their answers.
 struct Reviewed {
     client: kube::Client,
-    allowed: Cache<String, bool>,
-    denied: Cache<String, bool>,
+    /// Identities allowed, and identities denied: which cache holds one is the answer.
+    allowed: Cache<String, ()>,
+    denied: Cache<String, ()>,
 }
 
 impl MetricsAccess {
@@ -86,7 +87,11 @@ impl MetricsAccess {
             return Ok(true);
         };
         let key = who.cache_key();
-        if let Some(known) = allowed_cache.get(&key).or_else(|| denied_cache.get(&key)) {
+        if let Some(known) = allowed_cache
+            .get(&key)
+            .map(|()| true)
+            .or_else(|| denied_cache.get(&key).map(|()| false))
+        {
             return Ok(known);
         }
         let attrs = k8s_openapi::api::authorization::v1::NonResourceAttributes {
@@ -95,8 +100,8 @@ impl MetricsAccess {
         };
         let allowed = review(client, who, None, Some(attrs)).await?;
         match allowed {
-            true => allowed_cache.put(key, true),
-            false => denied_cache.put(key, false),
+            true => allowed_cache.put(key, ()),
+            false => denied_cache.put(key, ()),
         }
         Ok(allowed)
     }

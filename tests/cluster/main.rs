@@ -12,6 +12,7 @@ mod control_plane;
 mod demo;
 mod deploy;
 mod flowtap_crd;
+mod fluentd;
 mod k8stail_proxy;
 mod k8stail_taps;
 mod leader;

@@ -46,20 +46,20 @@ fn free_port() -> u16 {
 /// `log-socket run` in cluster mode for one namespace, as its own ServiceAccount with exactly
 /// the shipped RBAC (config/rbac, so a missing verb fails here), on fixed ports so it can be
 /// restarted where its clients expect it.
-struct Setup {
-    ns: String,
+pub(crate) struct Setup {
+    pub ns: String,
     /// logging-operator's part for the namespace.
     _logging_operator: support::logging_operator::LoggingOperator,
     kubeconfig: std::path::PathBuf,
     /// The server's ingest keys (`--ingest-key-file`), with the tests' key.
     keys: std::path::PathBuf,
-    ingest: std::net::SocketAddr,
-    api: std::net::SocketAddr,
+    pub ingest: std::net::SocketAddr,
+    pub api: std::net::SocketAddr,
     health: std::net::SocketAddr,
 }
 
 impl Setup {
-    async fn new(client: &kube::Client, prefix: &str) -> Setup {
+    pub async fn new(client: &kube::Client, prefix: &str) -> Setup {
         let ns = support::namespace(client, prefix).await;
         let dir = support::tempdir(prefix);
         let keys = dir.join("ingest-keys");
@@ -80,7 +80,7 @@ impl Setup {
     }
 
     /// Start the service and wait until it is ready.
-    async fn start(&self, extra: &[&str]) -> crate::wire::Service {
+    pub async fn start(&self, extra: &[&str]) -> crate::wire::Service {
         let service = crate::wire::Service::spawn(
             tokio::process::Command::new(support::bin("log-socket"))
                 .args([
@@ -132,14 +132,14 @@ impl Setup {
     }
 
     /// The flow's tap: its phase and listener count (None when it does not exist).
-    async fn tap(&self, client: &kube::Client) -> Option<(Option<log_socket::k8s::flowtap::Phase>, u32)> {
+    pub async fn tap(&self, client: &kube::Client) -> Option<(Option<log_socket::k8s::flowtap::Phase>, u32)> {
         let taps: kube::Api<log_socket::k8s::flowtap::FlowTap> = kube::Api::namespaced(client.clone(), &self.ns);
         let tap = taps.get_opt("flow-web").await.unwrap()?;
         let status = tap.status.unwrap_or_default();
         Some((status.phase, status.listeners))
     }
 
-    async fn flow_refs(&self, client: &kube::Client) -> serde_json::Value {
+    pub async fn flow_refs(&self, client: &kube::Client) -> serde_json::Value {
         let flow = support::logging_api(client, &self.ns, "Flow").get("web").await.unwrap();
         flow.data["spec"]["localOutputRefs"].clone()
     }

@@ -42,7 +42,12 @@ impl Fluentd {
         std::fs::create_dir_all(dir).unwrap();
         let conf = dir.join("fluent.conf");
         std::fs::write(&conf, config).unwrap();
-        let log = std::fs::File::create(dir.join("fluentd.log")).unwrap();
+        // Appended: a pipeline restarts fluentd in the same directory and keeps every run's log.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("fluentd.log"))
+            .unwrap();
         use std::os::unix::process::CommandExt;
         let child = cmd
             .arg("-c")
@@ -92,21 +97,14 @@ impl Fluentd {
         self.child.try_wait().ok().flatten().is_none()
     }
 
+    /// The process id (fluentd runs without its supervisor: one Ruby process).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The chunk files fluentd gave up on (`<root_dir>/backup`), as paths.
     pub fn backups(&self) -> Vec<PathBuf> {
-        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-                let path = entry.path();
-                if path.is_dir() {
-                    walk(&path, out);
-                } else {
-                    out.push(path);
-                }
-            }
-        }
-        let mut out = vec![];
-        walk(&self.dir.join("root/backup"), &mut out);
-        out
+        backups(&self.dir)
     }
 
     /// Stop with SIGTERM (fluentd flushes what it holds), then SIGKILL after `grace`. Async:
@@ -146,4 +144,21 @@ pub fn system(dir: &Path) -> String {
         "<system>\n  root_dir {}\n  log_level info\n</system>\n",
         dir.join("root").display()
     )
+}
+
+/// The chunk files fluentd with [`system`]`(dir)` gave up on (`<root_dir>/backup`), as paths.
+pub fn backups(dir: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    let mut out = vec![];
+    walk(&dir.join("root/backup"), &mut out);
+    out
 }

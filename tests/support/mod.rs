@@ -3,8 +3,11 @@
 #![allow(dead_code)] // each test binary uses a different part of it
 
 pub mod control_plane;
+pub mod fluentd;
 pub mod logging_operator;
 pub mod netns;
+pub mod pipeline;
+pub mod render;
 
 use control_plane::ControlPlane;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
@@ -249,6 +252,7 @@ pub async fn grant_in(client: &kube::Client, role_ns: &str, sa_ns: &str, sa: &st
                 group: rule["apiGroups"][0].as_str().map(String::from),
                 resource: Some(resource),
                 subresource,
+                name: rule["resourceNames"][0].as_str().map(String::from),
                 verb: rule["verbs"][0].as_str().map(String::from),
                 ..Default::default()
             }),

@@ -57,6 +57,12 @@ impl Fluentd {
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .process_group(0)
+            // Ruby's GC lets RSS grow by up to 128 MiB of freed-but-unswept strings before a
+            // full collection (its oldmalloc limit), tap or no tap; bounded to 16 MB so RSS
+            // follows what fluentd holds, which the tests measure.
+            .env("RUBY_GC_MALLOC_LIMIT_MAX", "16000000")
+            .env("RUBY_GC_OLDMALLOC_LIMIT", "16000000")
+            .env("RUBY_GC_OLDMALLOC_LIMIT_MAX", "16000000")
             .spawn()
             .expect("start fluentd");
         Some(Fluentd {

@@ -1,22 +1,34 @@
-//! `make demo`: a local, real Kubernetes control plane with log-socket running against it, a
-//! synthetic fluentd feeding it, and k8stail showing the flow live.
+//! `make demo`: a local, real Kubernetes control plane with log-socket running against it, the
+//! real fluentd feeding it, and k8stail showing the flow live.
 //!
 //! Starts etcd + kube-apiserver (from `make test-env`), installs the FlowTap and
-//! logging-operator CRDs, applies `examples/flow.yaml` and `examples/flowtap-persistent.yaml`,
-//! plays logging-operator's part (a Logging for `default`, output validation, configuration
-//! checks; see tests/support/logging_operator.rs), runs `log-socket run`, then a shipper that
-//! does what logging-operator's fluentd would do (no fluentd or logging-operator runs here): for
-//! every log-socket Output a Flow references, it
-//! POSTs batches of realistic records to the Output's endpoint, as `out_http` does (a JSON
-//! array about every second, with the Output's basic-auth credentials read from their Secret).
-//! Finally it runs `k8stail default/web` on this terminal. Ctrl-C stops everything.
+//! logging-operator CRDs, applies `examples/flow.yaml`, plays logging-operator's part (a
+//! Logging for `default`, output validation, configuration checks; see
+//! tests/support/logging_operator.rs), runs `log-socket run` (its log in
+//! `target/demo/log-socket.log`), then fluentd as logging-operator would configure it for
+//! Flow default/web: a `sample` source of realistic container records, the flow's outputs
+//! rendered from the cluster and fluentd reloaded when they change (tests/support/pipeline.rs;
+//! its files in `target/demo/fluentd/`). fluentd is `$LOG_SOCKET_FLUENTD` or `fluentd` on
+//! PATH; without one, a synthetic shipper POSTs what fluentd would (and the demo says so).
+//! `k8stail default/web` runs on this terminal; once records flow, a second step applies
+//! `examples/flowtap-persistent.yaml` and shows `kubectl get flowtaps` and `k8stail taps`.
+//! Ctrl-C stops everything.
 
 #[path = "../tests/support/control_plane.rs"]
 #[allow(dead_code)] // shared with the tests, which use more of it
 mod control_plane;
+#[path = "../tests/support/fluentd.rs"]
+#[allow(dead_code)]
+mod fluentd;
 #[path = "../tests/support/logging_operator.rs"]
 #[allow(dead_code)]
 mod logging_operator;
+#[path = "../tests/support/pipeline.rs"]
+#[allow(dead_code)]
+mod pipeline;
+#[path = "../tests/support/render.rs"]
+#[allow(dead_code)]
+mod render;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -47,24 +59,8 @@ async fn run() -> Result<(), String> {
     cp.wait_ready(Duration::from_secs(90)).await?;
     cp.install_crds(&control_plane::crd_files(repo)).await?;
     let kubectl = control_plane::kubectl_path(cp.assets.as_deref());
-    for example in ["examples/flow.yaml", "examples/flowtap-persistent.yaml"] {
-        // stdout is k8stail's; what kubectl says goes to stderr.
-        let out = std::process::Command::new(&kubectl)
-            .arg("--kubeconfig")
-            .arg(&cp.kubeconfig)
-            .args(["apply", "-f"])
-            .arg(repo.join(example))
-            .output()
-            .map_err(|e| format!("run {}: {e}", kubectl.display()))?;
-        eprint!("{}", String::from_utf8_lossy(&out.stdout));
-        if !out.status.success() {
-            return Err(format!(
-                "kubectl apply -f {example} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-    }
     let kubeconfig = base.join("kubeconfig");
+    kubectl_shows(&kubectl, &cp.kubeconfig, &["apply", "-f", "examples/flow.yaml"])?;
     std::fs::copy(&cp.kubeconfig, &kubeconfig).map_err(|e| e.to_string())?;
     let client = cp.client().await;
 
@@ -81,12 +77,15 @@ async fn run() -> Result<(), String> {
     let viewer_token = viewer_token(&client, "default").await?;
 
     let service_bin = sibling_binary("log-socket")?;
+    // Its log goes to a file: on the terminal it would interleave with k8stail's records.
+    let service_log_path = base.join("log-socket.log");
+    let service_log = std::fs::File::create(&service_log_path).map_err(|e| e.to_string())?;
     let mut service = tokio::process::Command::new(&service_bin)
         .args(["run", "--kubeconfig"])
         .arg(&kubeconfig)
         .arg("--ingest-key-file")
         .arg(&keys)
-        .args(["--ingest-url", "http://127.0.0.1:10000", "--log-level", "warn"])
+        .args(["--ingest-url", "http://127.0.0.1:10000", "--log-level", "info"])
         .args([
             "--ingest-addr",
             "127.0.0.1:10000",
@@ -95,17 +94,47 @@ async fn run() -> Result<(), String> {
             "--health-addr",
             "127.0.0.1:10002",
         ])
+        .stderr(service_log)
         .kill_on_drop(true)
+        .pre_exec_die_with_demo()
         .spawn()
         .map_err(|e| format!("start {}: {e}", service_bin.display()))?;
 
     wait_ready("127.0.0.1:10002", Duration::from_secs(60)).await?;
-    let shipper = tokio::spawn(shipper::run(client.clone()));
+    let (feeder, sender) = if fluentd::find().is_some() {
+        let flow = pipeline::FlowId {
+            kind: "Flow",
+            namespace: "default".into(),
+            name: "web".into(),
+        };
+        let p = pipeline::Pipeline::start(
+            client.clone(),
+            &base.join("fluentd"),
+            flow,
+            source(),
+            Duration::from_millis(500),
+        )
+        .await
+        .ok_or("fluentd vanished")?;
+        (
+            Feeder::Fluentd(p),
+            "the real fluentd (logs: target/demo/fluentd/fluentd.log)",
+        )
+    } else {
+        eprintln!(
+            "demo: no fluentd (set LOG_SOCKET_FLUENTD to a fluentd command, e.g. ../shared/tools/fluentd, \
+             or put fluentd 1.16 on PATH): a synthetic shipper sends instead"
+        );
+        (
+            Feeder::Shipper(tokio::spawn(shipper::run(client.clone()))),
+            "a synthetic fluentd",
+        )
+    };
     let k8stail_bin = sibling_binary("k8stail")?;
     let k = kubeconfig.display();
     eprintln!(
-        "\ndemo: log-socket is running against a local control plane, and a synthetic fluentd\n\
-         sends what Flow default/web emits. Below, `k8stail default/web` shows it live.\n\
+        "\ndemo: log-socket is running against a local control plane (its log: {log}),\n\
+         and {sender} sends what Flow default/web emits. Below, `k8stail default/web` shows it live.\n\
          In another terminal:\n\
          \n  kubectl --kubeconfig {k} get flowtaps -A\
          \n  kubectl --kubeconfig {k} get flow web -o jsonpath='{{.spec.localOutputRefs}}'\
@@ -115,21 +144,35 @@ async fn run() -> Result<(), String> {
          \nPress Ctrl-C to stop; everything started here stops with it.\n",
         t = k8stail_bin.display(),
         tok = viewer_token.display(),
+        log = service_log_path.display(),
     );
     let token = std::fs::read_to_string(&viewer_token).map_err(|e| e.to_string())?;
     let mut tail = tokio::process::Command::new(&k8stail_bin)
         .args(["--server", "http://127.0.0.1:10001", "default/web"])
         .env("K8STAIL_TOKEN", token.trim())
         .kill_on_drop(true)
+        .pre_exec_die_with_demo()
         .spawn()
         .map_err(|e| format!("start {}: {e}", k8stail_bin.display()))?;
+
+    let step2 = tokio::spawn(step_two(
+        client.clone(),
+        kubectl.clone(),
+        kubeconfig.clone(),
+        k8stail_bin.clone(),
+    ));
 
     tokio::select! {
         _ = tokio::signal::ctrl_c() => eprintln!("demo: stopping"),
         status = service.wait() => eprintln!("demo: log-socket exited ({status:?}); stopping"),
         status = tail.wait() => eprintln!("demo: k8stail exited ({status:?}); stopping"),
     }
-    shipper.abort();
+    step2.abort();
+    match feeder {
+        // fluentd flushes what it holds, to a relay that is still up.
+        Feeder::Fluentd(p) => p.stop().await,
+        Feeder::Shipper(task) => task.abort(),
+    }
     if let Some(pid) = tail.id() {
         // SAFETY: signalling our own child process, as Ctrl-C does.
         unsafe {
@@ -161,6 +204,113 @@ async fn run() -> Result<(), String> {
     let _ = std::fs::remove_file(&keys);
     let _ = std::fs::remove_file(&viewer_token);
     Ok(())
+}
+
+/// Children that die with the demo even when it is killed (kill_on_drop needs it to unwind).
+trait DieWithDemo {
+    fn pre_exec_die_with_demo(&mut self) -> &mut Self;
+}
+
+impl DieWithDemo for tokio::process::Command {
+    fn pre_exec_die_with_demo(&mut self) -> &mut Self {
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent. Spawned from
+        // the main thread, which lives as long as the demo.
+        unsafe {
+            self.pre_exec(|| match libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            })
+        }
+    }
+}
+
+/// What sends the flow's records: the real fluentd, or the synthetic shipper without one.
+enum Feeder {
+    Fluentd(pipeline::Pipeline),
+    Shipper(tokio::task::JoinHandle<()>),
+}
+
+/// A `sample` source of realistic container records of Flow default/web's pods, a few a second.
+fn source() -> String {
+    let records: Vec<serde_json::Value> = (0..24)
+        .map(|n| {
+            let mut r = shipper::record("default", n);
+            // fluentd stamps its own event time.
+            r.as_object_mut().map(|o| o.remove("time"));
+            r
+        })
+        .collect();
+    format!(
+        "<source>\n  @type sample\n  tag kubernetes.var.log.containers.web_default_nginx.log\n  rate 3\n  \
+         sample {}\n</source>\n",
+        serde_json::Value::from(records)
+    )
+}
+
+/// `kubectl --kubeconfig KUBECONFIG ARGS` (paths relative to the repository), its output on
+/// stderr (stdout is k8stail's).
+fn kubectl_shows(kubectl: &Path, kubeconfig: &Path, args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new(kubectl)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .map_err(|e| format!("run {}: {e}", kubectl.display()))?;
+    eprint!("{}", String::from_utf8_lossy(&out.stdout));
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "kubectl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// The second step, once k8stail's tap is active: a persistent FlowTap from examples/ joins
+/// the flow, and both taps show in `kubectl get flowtaps` and `k8stail taps`.
+async fn step_two(client: kube::Client, kubectl: PathBuf, kubeconfig: PathBuf, k8stail: PathBuf) {
+    use log_socket::k8s::flowtap::{FlowTap, Phase};
+    let taps = kube::Api::<FlowTap>::namespaced(client, "default");
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let active = taps.get_opt("flow-web").await.ok().flatten();
+        if active.and_then(|t| t.status?.phase) == Some(Phase::Active) {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let k = kubeconfig.display();
+    eprintln!(
+        "\ndemo step 2: a FlowTap from examples/ joins the flow (k8stail above keeps streaming):\n\
+         \n  $ kubectl --kubeconfig {k} apply -f examples/flowtap-persistent.yaml"
+    );
+    let step = |args: &[&str]| kubectl_shows(&kubectl, &kubeconfig, args);
+    if let Err(e) = step(&["apply", "-f", "examples/flowtap-persistent.yaml"]) {
+        eprintln!("demo: {e}");
+        return;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    eprintln!("\n  $ kubectl --kubeconfig {k} get flowtaps -A");
+    let _ = step(&["get", "flowtaps", "-A"]);
+    eprintln!("\n  $ {} --kubeconfig {k} taps -A", k8stail.display());
+    match tokio::process::Command::new(&k8stail)
+        .args(["--kubeconfig"])
+        .arg(&kubeconfig)
+        .args(["taps", "-A"])
+        .output()
+        .await
+    {
+        Ok(out) => eprint!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => eprintln!("demo: run k8stail taps: {e}"),
+    }
+    eprintln!("demo step 2 done.\n");
 }
 
 /// Wait until the service answers `/readyz` with 200 (it has verified its cluster access).
@@ -305,7 +455,7 @@ mod shipper {
     }
 
     /// A containerd-shaped record as logging-operator's fluentd emits it.
-    fn record(ns: &str, n: u64) -> Value {
+    pub fn record(ns: &str, n: u64) -> Value {
         let pods = ["web-7d9f8b6c5-x2k4q", "web-7d9f8b6c5-m9d7z", "web-7d9f8b6c5-p3w8n"];
         let pod = pods[(n % 3) as usize];
         let paths = ["/", "/cart", "/api/items?page=2", "/healthz", "/checkout"];

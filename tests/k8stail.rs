@@ -704,3 +704,18 @@ async fn text_from_the_relay_reaches_stderr_escaped_and_on_one_line() {
     assert!(err.contains("withheld"), "the denied notice is there, escaped: {err}");
     assert!(err.contains("\\u{1b}[2K"), "{err}");
 }
+
+#[tokio::test]
+async fn kubeconfig_flags_go_before_a_subcommand_and_tail_options_there_are_refused() {
+    // `--kubeconfig` before `taps` reaches the taps command (which then cannot read the file).
+    let (code, stderr) = run_to_exit(&["--kubeconfig", "/nonexistent/kubeconfig", "taps", "-A"]).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("/nonexistent/kubeconfig"), "{stderr}");
+    // Streaming options there would be ignored: a usage error instead, naming them.
+    let (code, stderr) = run_to_exit(&["--tail", "5", "shop/web", "taps"]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--tail, a flow cannot be used with `k8stail taps`"),
+        "{stderr}"
+    );
+}

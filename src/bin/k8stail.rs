@@ -1,12 +1,11 @@
 //! k8stail: stream a logging-operator flow to the terminal.
 
-use clap::Parser;
 use log_socket::k8stail::{self, Cli};
 use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     // Debug logs (of kube, hyper, rustls) only when asked for: RUST_LOG=debug k8stail ...
     if std::env::var_os("RUST_LOG").is_some() {
         log_socket::init_tracing("warn", log_socket::service::config::LogFormat::Text);

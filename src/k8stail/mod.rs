@@ -42,7 +42,6 @@ Examples:
     version,
     about,
     propagate_version = true,
-    args_conflicts_with_subcommands = true,
     after_help = EXAMPLES
 )]
 pub struct Cli {
@@ -54,6 +53,42 @@ pub struct Cli {
 
     #[command(flatten)]
     pub tail: TailArgs,
+}
+
+impl Cli {
+    /// Parse the command line. `--kubeconfig` and `--context` go anywhere
+    /// (`k8stail --kubeconfig K taps -A`); following options or a flow before a subcommand
+    /// (`k8stail --tail 5 taps`) are a usage error rather than silently ignored.
+    pub fn parse_args() -> Cli {
+        use clap::parser::ValueSource;
+        use clap::FromArgMatches;
+        let command = Cli::command();
+        let matches = command.clone().get_matches();
+        if let Some((name, _)) = matches.subcommand() {
+            // Arguments, not the groups clap makes of flattened structs.
+            let is_arg = |id: &str| command.get_arguments().any(|a| a.get_id() == id);
+            let stray: Vec<String> = matches
+                .ids()
+                .map(|id| id.as_str())
+                .filter(|id| is_arg(id) && !["kubeconfig", "context"].contains(id))
+                .filter(|id| matches.value_source(id) == Some(ValueSource::CommandLine))
+                .map(|id| match id {
+                    "target" => "a flow".to_owned(),
+                    other => format!("--{}", other.replace('_', "-")),
+                })
+                .collect();
+            if !stray.is_empty() {
+                command
+                    .clone()
+                    .error(
+                        clap::error::ErrorKind::ArgumentConflict,
+                        format!("{} cannot be used with `k8stail {name}`", stray.join(", ")),
+                    )
+                    .exit();
+            }
+        }
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
 }
 
 /// Which cluster to talk to; the same kubeconfig loading as kubectl.

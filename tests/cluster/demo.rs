@@ -39,14 +39,19 @@ async fn the_demo_shows_live_records_of_the_example_flow_and_stops_cleanly_on_ct
     .await;
     assert!(matches!(up, Ok(true)), "the demo came up:\n{seen}");
     // Keep draining stderr so the demo never blocks on a full pipe.
-    let rest = tokio::spawn(async move {
-        let mut rest = String::new();
+    let rest = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let collect = rest.clone();
+    let drained = tokio::spawn(async move {
         while let Ok(Some(line)) = lines.next_line().await {
+            let mut rest = collect.lock().unwrap();
             rest.push_str(&line);
             rest.push('\n');
         }
-        rest
     });
+    // Without a fluentd the demo falls back, and says so; with one (CI has one) it is used.
+    let real = crate::support::fluentd::find().is_some();
+    assert_eq!(seen.contains("the real fluentd"), real, "{seen}");
+    assert_eq!(seen.contains("a synthetic shipper sends instead"), !real, "{seen}");
 
     let health = std::net::SocketAddr::from(([127, 0, 0, 1], 10002));
     let mut ready = 0;
@@ -61,13 +66,6 @@ async fn the_demo_shows_live_records_of_the_example_flow_and_stops_cleanly_on_ct
     }
     assert_eq!(ready, 200);
     let kubeconfig = support::repo().join("target/demo/kubeconfig");
-    let (ok, out, err) = support::kubectl_with(&kubeconfig, &["get", "flowtaps", "-A"], None);
-    assert!(ok, "{err}");
-    assert!(
-        out.lines()
-            .any(|l| l.split_whitespace().collect::<Vec<_>>()[..4] == ["default", "web", "Flow", "web"]),
-        "{out}"
-    );
 
     // The synthetic fluentd's records reach k8stail, which the demo runs on its stdout.
     let mut records = BufReader::new(demo.stdout.take().unwrap()).lines();
@@ -92,6 +90,36 @@ async fn the_demo_shows_live_records_of_the_example_flow_and_stops_cleanly_on_ct
     // Keep reading, so k8stail never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = records.next_line().await {} });
 
+    // Step 2: the example's persistent FlowTap joins k8stail's, in kubectl and in k8stail taps.
+    let step2 = support::eventually_within("the demo's second step", Duration::from_secs(90), async || {
+        let rest = rest.lock().unwrap();
+        let done = rest.find("demo step 2 done.")?;
+        let start = rest.find("demo step 2:")?;
+        Some(rest[start..done].to_owned())
+    })
+    .await;
+    let listed = |tap: &str| {
+        step2
+            .lines()
+            .filter(|l| l.split_whitespace().take(2).collect::<Vec<_>>() == ["default", tap])
+            .count()
+    };
+    // Each tap once in kubectl's table and once in k8stail's.
+    assert_eq!((listed("web"), listed("flow-web")), (2, 2), "{step2}");
+    let (ok, out, err) = support::kubectl_with(&kubeconfig, &["get", "flowtaps", "-A"], None);
+    assert!(ok, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()[..4] == ["default", "web", "Flow", "web"]),
+        "{out}"
+    );
+    assert!(
+        std::fs::read_to_string(support::repo().join("target/demo/log-socket.log"))
+            .unwrap()
+            .contains("listener connected"),
+        "the service logs to its file"
+    );
+
     // SAFETY: signalling our own child process, as Ctrl-C would.
     unsafe {
         libc::kill(demo.id().unwrap() as i32, libc::SIGINT);
@@ -100,7 +128,8 @@ async fn the_demo_shows_live_records_of_the_example_flow_and_stops_cleanly_on_ct
         .await
         .unwrap()
         .unwrap();
-    let rest = rest.await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), drained).await;
+    let rest = rest.lock().unwrap().clone();
     assert!(status.success(), "{status:?}\n{rest}");
     assert!(
         rest.contains("demo: log-socket stopped cleanly"),

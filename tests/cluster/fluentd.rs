@@ -137,7 +137,11 @@ fn mtls_secret_rule() -> serde_json::Value {
 /// Wait until `flow` names its tap's output (so fluentd starts with the tap in its
 /// configuration, and its record numbers are not reset by a reload).
 async fn tap_patched(client: &kube::Client, flow: &FlowId) {
-    let field = if flow.kind == "Flow" { "localOutputRefs" } else { "globalOutputRefs" };
+    let field = if flow.kind == "Flow" {
+        "localOutputRefs"
+    } else {
+        "globalOutputRefs"
+    };
     support::eventually("the flow names the tap's output", async || {
         let f = support::logging_api(client, &flow.namespace, flow.kind)
             .get(&flow.name)
@@ -311,8 +315,14 @@ async fn a_relay_killed_while_fluentd_sends_is_followed_by_k8stail_and_the_loss_
     let dir = support::tempdir("fd-kill");
     let rate = 50;
     tap_patched(&client, &web(&s.ns)).await;
-    let Some(pipeline) =
-        Pipeline::start(client.clone(), &dir, web(&s.ns), source(&s.ns, rate), Duration::from_millis(300)).await
+    let Some(pipeline) = Pipeline::start(
+        client.clone(),
+        &dir,
+        web(&s.ns),
+        source(&s.ns, rate),
+        Duration::from_millis(300),
+    )
+    .await
     else {
         return;
     };
@@ -360,7 +370,10 @@ async fn a_relay_killed_while_fluentd_sends_is_followed_by_k8stail_and_the_loss_
     assert_eq!(pipeline.reloads().await, 0, "the tap stayed in fluentd's configuration");
     // The flow's own output lost nothing, and fluentd gave up on nothing.
     let sunk: Vec<u64> = pipeline.sink("loki").iter().filter_map(|r| r["n"].as_u64()).collect();
-    assert!(sunk.first() == Some(&0) && consecutive(&sunk) && sunk.last() >= Some(&last_n), "{sunk:?}");
+    assert!(
+        sunk.first() == Some(&0) && consecutive(&sunk) && sunk.last() >= Some(&last_n),
+        "{sunk:?}"
+    );
     assert!(pipeline.backups().is_empty(), "{}", pipeline.log().await);
 
     let (code, stderr) = tail.interrupt().await;
@@ -415,7 +428,10 @@ async fn a_stalled_or_gone_relay_neither_holds_up_the_flows_own_output_nor_grows
         return;
     };
     let sunk = |p: &Pipeline| p.sink("loki").iter().filter_map(|r| r["n"].as_u64()).max().unwrap_or(0);
-    support::eventually("the sink receives records", async || (sunk(&pipeline) > rate).then_some(())).await;
+    support::eventually("the sink receives records", async || {
+        (sunk(&pipeline) > rate).then_some(())
+    })
+    .await;
     let pid = pipeline.pid().await.expect("fluentd runs");
     // Steady state, the relay taking everything: the baseline.
     let mut baseline = 0;

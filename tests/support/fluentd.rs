@@ -9,16 +9,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// The fluentd command, or `None` (after saying why) when there is none and this is not CI.
-pub fn command() -> Option<Command> {
+/// The fluentd command: `$LOG_SOCKET_FLUENTD`, else `fluentd` on PATH, else `None`.
+pub fn find() -> Option<Command> {
     if let Some(cmd) = std::env::var_os("LOG_SOCKET_FLUENTD").filter(|c| !c.is_empty()) {
         return Some(Command::new(cmd));
     }
     let on_path = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join("fluentd").is_file()))
         .unwrap_or(false);
-    if on_path {
-        return Some(Command::new("fluentd"));
+    on_path.then(|| Command::new("fluentd"))
+}
+
+/// The fluentd command, or `None` (after saying why) when there is none and this is not CI.
+pub fn command() -> Option<Command> {
+    if let Some(cmd) = find() {
+        return Some(cmd);
     }
     let why = "no fluentd: set LOG_SOCKET_FLUENTD to a fluentd command (e.g. ../shared/tools/fluentd) or put fluentd 1.16 on PATH";
     if std::env::var("CI").is_ok_and(|v| v == "true") {
@@ -49,14 +54,22 @@ impl Fluentd {
             .open(dir.join("fluentd.log"))
             .unwrap();
         use std::os::unix::process::CommandExt;
-        let child = cmd
-            .arg("-c")
+        cmd.arg("-c")
             .arg(&conf)
             .arg("--no-supervisor")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
-            .process_group(0)
+            .process_group(0);
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent. A test or
+        // demo that dies (a panic, SIGKILL) takes its fluentd along.
+        unsafe {
+            cmd.pre_exec(|| match libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            });
+        }
+        let child = cmd
             // Ruby's GC lets RSS grow by up to 128 MiB of freed-but-unswept strings before a
             // full collection (its oldmalloc limit), tap or no tap; bounded to 16 MB so RSS
             // follows what fluentd holds, which the tests measure.

@@ -457,12 +457,22 @@ pub async fn output_tls_secret(client: &kube::Client, ns: &str) {
 }
 
 /// Poll until `check` returns Some, or panic with `what` after 30 s.
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    for _ in 0..300 {
+    eventually_within(what, Duration::from_secs(30), check).await
+}
+
+/// [`eventually`], giving up after `limit`.
+pub async fn eventually_within<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
         if let Some(v) = check().await {
             return v;
         }

@@ -3,8 +3,8 @@
 //! and fluentd is restarted whenever that configuration changes, as logging-operator's
 //! config-reloader makes it reload.
 //!
-//! Simplified, and said so: one `<source>` feeds the flow directly (no `<label @FLOWID>`
-//! routing, no flow filters); an output ref that is not an `http` Output (or does not exist)
+//! Simplified, and said so: one `<source>` (tagged `kubernetes.…`) feeds the flow directly
+//! (no `<label @FLOWID>` routing, no flow filters); an output ref that is not an `http` Output (or does not exist)
 //! is rendered as a file sink under `DIR/sink/REF`, standing in for the user's real output;
 //! a reload is a graceful stop (fluentd flushes what it can) and a start, not an in-process
 //! reload; `mountFrom` Secret keys are written to `DIR/secret/NS-SECRET-KEY` as
@@ -236,10 +236,14 @@ pub async fn render_flow(client: &kube::Client, dir: &Path, flow: &FlowId, sourc
         stores = "  <store>\n    @type null\n  </store>\n".into();
     }
     Ok(format!(
-        "{system}{source}\n<match **>\n  @type copy\n{stores}</match>\n",
+        "{system}{source}\n<match kubernetes.**>\n  @type copy\n{stores}</match>\n{FLUENT_LOG}",
         system = fluentd::system(dir)
     ))
 }
+
+/// fluentd's own log events (tag `fluent.*`) go to its log only: logging-operator never routes
+/// them into a flow.
+const FLUENT_LOG: &str = "<label @FLUENT_LOG>\n  <match fluent.**>\n    @type null\n  </match>\n</label>\n";
 
 /// A file output flushing every second, standing in for a user's real output.
 fn sink(path: &Path, id: &str) -> String {

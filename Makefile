@@ -7,8 +7,9 @@ CARGO ?= cargo
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
-demo: test-env ## Run log-socket against a local real control plane (Ctrl-C stops it)
+demo: test-env ## Run log-socket against a local real control plane, fed by the real fluentd (Ctrl-C stops it)
 	$(CARGO) build --bins --examples
+	@if [ -z "$$LOG_SOCKET_FLUENTD" ] && [ -x ../shared/tools/fluentd ]; then export LOG_SOCKET_FLUENTD="$$(cd ../shared/tools && pwd)/fluentd"; fi; \
 	target/debug/examples/local-cluster
 
 test: test-env ## Run every test (unit, CLI, against the real kube-apiserver and the real fluentd)
@@ -35,8 +36,10 @@ crds: ## Regenerate crds/flowtap.yaml from src/k8s/flowtap.rs
 docs: ## Regenerate docs/configuration.md from the clap definition (src/service/config.rs)
 	$(CARGO) run -q --bin log-socket -- config-reference > docs/configuration.md
 
-bench: test-env ## Relay and control-plane benchmarks, printed as tables (see BENCHMARKS.md)
-	@export KUBEBUILDER_ASSETS="$$(tests/test-env.sh)"; $(CARGO) bench --bench relay
+bench: test-env ## Relay, real-fluentd and control-plane benchmarks, printed as tables (see BENCHMARKS.md)
+	@export KUBEBUILDER_ASSETS="$$(tests/test-env.sh)"; \
+	if [ -z "$$LOG_SOCKET_FLUENTD" ] && [ -x ../shared/tools/fluentd ]; then export LOG_SOCKET_FLUENTD="$$(cd ../shared/tools && pwd)/fluentd"; fi; \
+	$(CARGO) bench --bench relay
 
 FUZZ_SECONDS ?= 30
 FUZZ_TARGETS := ingest_body label_policy listener_query k8stail_frame

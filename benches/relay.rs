@@ -8,15 +8,22 @@
 //! HTTP/1.1 keep-alive connections, and reads WebSocket frames as k8stail does, checking the
 //! sequence numbers so that nothing is lost silently.
 //!
-//! Parts: `memory`, `control-plane`, `filters`, `throughput`, `latency` (all by default); `one` (only the
-//! single-listener throughput) and `parse` (only the record parser) are for profiling.
+//! Parts: `memory`, `control-plane`, `filters`, `fluentd`, `throughput`, `latency` (all by
+//! default); `one` (only the single-listener throughput) and `parse` (only the record parser)
+//! are for profiling.
 
 #[path = "../tests/support/control_plane.rs"]
 #[allow(dead_code)] // shared with the tests, which use more of it
 mod control_plane;
+#[path = "../tests/support/fluentd.rs"]
+#[allow(dead_code)] // shared with the tests, which use more of it
+mod fluentd;
 #[path = "../tests/support/logging_operator.rs"]
 #[allow(dead_code)] // shared with the tests, which use more of it
 mod logging_operator;
+#[path = "../tests/support/render.rs"]
+#[allow(dead_code)] // shared with the tests, which use more of it
+mod render;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -65,6 +72,10 @@ fn relay_runtime() -> &'static tokio::runtime::Runtime {
 }
 
 async fn relay(config: RelayConfig, authorizer: Arc<dyn Authorizer>) -> Bench {
+    relay_with(config, authorizer, IngestAuth::basic("fluentd", "s3cret")).await
+}
+
+async fn relay_with(config: RelayConfig, authorizer: Arc<dyn Authorizer>, ingest_auth: IngestAuth) -> Bench {
     // One token stands for every listener of the bench: no per-user cap.
     let config = RelayConfig {
         max_listeners_per_user: usize::MAX,
@@ -82,7 +93,7 @@ async fn relay(config: RelayConfig, authorizer: Arc<dyn Authorizer>) -> Bench {
         authenticator: Arc::new(StaticTokens::parse(&format!("{TOKEN},bench\n")).unwrap()),
         authorizer,
         sessions: Arc::new(NoSessions),
-        ingest_auth: IngestAuth::basic("fluentd", "s3cret"),
+        ingest_auth,
     };
     let stop = Shutdown::new();
     let stopped = stop.clone();
@@ -916,6 +927,31 @@ async fn run() {
             regex / alone
         );
     }
+    // The real fluentd pushing through the generated Output, next to the relay alone.
+    if part("fluentd") {
+        match fluentd_throughput(20).await {
+            None => println!(
+                "fluentd: skipped (set LOG_SOCKET_FLUENTD to a fluentd command, e.g. ../shared/tools/fluentd, or put fluentd on PATH)\n"
+            ),
+            Some(f) => {
+                let alone = throughput(big_queues(), Arc::new(AllowAll), 1, 1, 300_000, false).await;
+                println!("| into one flow, one listener | records/s | sender CPU | relay CPU µs/record |\n|---|---|---|---|");
+                println!(
+                    "| fluentd 1.16 (one worker: `sample` source, the generated http Output, {} byte records) → relay | {:.0} | fluentd {:.0} % of a core | {:.2} |",
+                    f.record_bytes, f.records_per_s, f.fluentd_cpu_percent, f.relay_cpu_us
+                );
+                println!(
+                    "| the bench's load generator → relay (the relay alone, {rec_len} byte records) | {:.0} | generator + listener {:.2} µs/record | {:.2} |",
+                    alone.records_per_s, alone.client_cpu_us, alone.relay_cpu_us
+                );
+                println!(
+                    "\nThe relay takes {:.1}× what one fluentd worker sends; relaying fluentd's records used {:.1} % of a core.\n",
+                    alone.records_per_s / f.records_per_s,
+                    f.records_per_s * f.relay_cpu_us / 1e4
+                );
+            }
+        }
+    }
     // `-- parse`: only the relay's record parser, to profile it.
     if only.iter().any(|o| o == "parse") {
         let mbs = relay_parse(5_000_000);
@@ -1110,6 +1146,118 @@ impl RequestLog {
     fn take(&self) -> Vec<String> {
         std::mem::take(&mut *self.0.lock().unwrap())
     }
+}
+
+struct FluentdFigures {
+    records_per_s: f64,
+    record_bytes: usize,
+    fluentd_cpu_percent: f64,
+    relay_cpu_us: f64,
+}
+
+/// CPU seconds process `pid` has used (user + system).
+fn process_cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces): state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<f64> = rest.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    // `rest` starts at field 3 (state, not a number), so utime and stime are fields 10 and 11 here.
+    (fields.get(10).copied().unwrap_or(0.0) + fields.get(11).copied().unwrap_or(0.0)) / ticks
+}
+
+/// The real fluentd (one worker) posting a `sample` source as fast as it can through the
+/// Output the operator generates (per-flow credential, its buffer settings) into the relay,
+/// one listener counting: records/s delivered over `secs`, after a warm-up.
+async fn fluentd_throughput(secs: u64) -> Option<FluentdFigures> {
+    fluentd::find()?;
+    let keys = Arc::new(
+        log_socket::auth::ingest_keys::IngestKeys::from_keys(&["bench-key-0123456789abcdef0123456789abcdef"]).unwrap(),
+    );
+    let b = relay_with(big_queues(), Arc::new(AllowAll), IngestAuth::per_flow(keys.clone())).await;
+    let tap: log_socket::k8s::flowtap::FlowTap = serde_json::from_value(serde_json::json!({
+        "apiVersion": "logsocket.dev/v1alpha1", "kind": "FlowTap",
+        "metadata": {"name": "flow-web", "namespace": "shop"},
+        "spec": {"flowRef": {"kind": "Flow", "name": "web"}},
+    }))
+    .unwrap();
+    let config = log_socket::operator::OperatorConfig {
+        instance: "bench".into(),
+        ingest_url: format!("http://{}", b.ingest),
+        linger: Duration::ZERO,
+        session_ttl: Duration::from_secs(60),
+        ingest_keys: Some(keys),
+        tls_secret: None,
+        output_accept_timeout: Duration::from_secs(30),
+        sweep_interval: Duration::from_secs(60),
+        limits: Default::default(),
+        mode: Default::default(),
+        namespace: None,
+    };
+    let spec = log_socket::operator::desired_output_spec(&tap, &config, None);
+    let output = render::http_output(&spec, "flow:shop:web:output:shop:logsocket-flow-web");
+
+    // A record as the other parts send (without the send time), offered at 100k/s: more than
+    // one Ruby worker formats, so what arrives is what fluentd manages.
+    let sample = record(1, 0, "allow");
+    let dir = std::env::temp_dir().join(format!("log-socket-bench-fluentd-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let conf = format!(
+        "{system}<source>\n  @type sample\n  tag kubernetes.web\n  rate 1000\n  size 100\n  sample {sample}\n</source>\n\
+         <match kubernetes.**>\n{output}</match>\n<label @FLUENT_LOG>\n  <match fluent.**>\n    @type null\n  </match>\n</label>\n",
+        system = fluentd::system(&dir)
+    );
+
+    let counted = Arc::new(AtomicU64::new(0));
+    let count = counted.clone();
+    let api = b.api;
+    let listener = tokio::spawn(async move {
+        let mut req = format!("ws://{api}/flow/shop/web").into_client_request().unwrap();
+        req.headers_mut().insert("x-authorization", TOKEN.parse().unwrap());
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        while let Some(Ok(msg)) = ws.next().await {
+            if let Message::Text(t) = msg {
+                if t.as_str().starts_with(r#"{"type":"record""#) {
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    });
+    let mut f = fluentd::Fluentd::start(&dir, &conf)?;
+    let started = Instant::now();
+    while counted.load(Ordering::Relaxed) == 0 {
+        if started.elapsed() > Duration::from_secs(60) || !f.running() {
+            println!("fluentd: nothing arrived; its log:\n{}", f.log());
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (n0, fcpu0, relay0, t0) = (
+        counted.load(Ordering::Relaxed),
+        process_cpu_secs(f.pid()),
+        cpu_by_side().0,
+        Instant::now(),
+    );
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let (n1, fcpu1, relay1, elapsed) = (
+        counted.load(Ordering::Relaxed),
+        process_cpu_secs(f.pid()),
+        cpu_by_side().0,
+        t0.elapsed().as_secs_f64(),
+    );
+    f.stop(Duration::from_secs(5)).await;
+    listener.abort();
+    b.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let records = (n1 - n0).max(1) as f64;
+    Some(FluentdFigures {
+        records_per_s: records / elapsed,
+        record_bytes: sample.len(),
+        fluentd_cpu_percent: 100.0 * (fcpu1 - fcpu0) / elapsed,
+        relay_cpu_us: (relay1 - relay0) * 1e6 / records,
+    })
 }
 
 /// With `LOG_SOCKET_BENCH_BREAKDOWN=1`, which requests a figure is made of.

@@ -180,12 +180,23 @@ fn generated_output(ingest: SocketAddr) -> serde_json::Value {
 /// The spec the operator generates for a tap on `kind` shop/web posting to `ingest_url`, with
 /// per-flow credentials, and with `tls_secret`'s client certificate when given.
 fn generated(ingest_url: &str, kind: &str, tls_secret: Option<&str>) -> serde_json::Value {
+    generated_in(ingest_url, kind, tls_secret, None, None)
+}
+
+/// [`generated`] for a tap in `mode` (`Patch` by default) of a flow of Logging `logging_ref`.
+fn generated_in(
+    ingest_url: &str,
+    kind: &str,
+    tls_secret: Option<&str>,
+    mode: Option<&str>,
+    logging_ref: Option<&str>,
+) -> serde_json::Value {
     use log_socket::k8s::flowtap::FlowTap;
     use log_socket::operator::{desired_output_spec, OperatorConfig};
     let mut tap: FlowTap = serde_json::from_value(serde_json::json!({
         "apiVersion": "logsocket.dev/v1alpha1", "kind": "FlowTap",
         "metadata": {"name": "flow-web", "namespace": "shop"},
-        "spec": {"flowRef": {"kind": kind, "name": "web"}},
+        "spec": {"flowRef": {"kind": kind, "name": "web"}, "mode": mode.unwrap_or("Patch")},
     }))
     .unwrap();
     tap.metadata.namespace = Some("shop".into());
@@ -202,7 +213,7 @@ fn generated(ingest_url: &str, kind: &str, tls_secret: Option<&str>) -> serde_js
         mode: Default::default(),
         namespace: None,
     };
-    desired_output_spec(&tap, &config, None)
+    desired_output_spec(&tap, &config, logging_ref)
 }
 
 fn per_flow_parts() -> Parts {
@@ -301,6 +312,16 @@ async fn every_generated_output_shape_rendered_as_logging_operator_does_passes_f
             generated("http://log-socket.log-socket.svc:10000", "ClusterFlow", None),
         ),
         (
+            "Mirror mode, for a flow of another Logging (loggingRef)",
+            generated_in(
+                "http://log-socket.log-socket.svc:10000",
+                "Flow",
+                None,
+                Some("Mirror"),
+                Some("tenant-logging"),
+            ),
+        ),
+        (
             "Flow over mTLS, with the per-flow credential on top",
             generated(
                 "https://log-socket.log-socket.svc:10000",
@@ -309,6 +330,8 @@ async fn every_generated_output_shape_rendered_as_logging_operator_does_passes_f
             ),
         ),
     ];
+    // loggingRef picks the Logging that renders the output; it is not fluentd configuration.
+    assert_eq!(shapes[2].1["loggingRef"], "tenant-logging", "{}", shapes[2].1);
     for (what, spec) in &shapes {
         let tap = render::http_output_with(spec, "flow:shop:web:output:shop:logsocket-flow-web", &mount);
         // As logging-operator renders a Flow with the user's output and the tap appended: a
@@ -323,7 +346,7 @@ async fn every_generated_output_shape_rendered_as_logging_operator_does_passes_f
     // The check can fail: a certificate Secret logging-operator could not mount (the file is
     // missing) is refused, as out_http refuses it when fluentd starts.
     let missing = |name: &str, key: &str| secret_dir.join(format!("missing-{name}-{key}")).display().to_string();
-    let output = render::http_output_with(&shapes[2].1, "broken", &missing);
+    let output = render::http_output_with(&shapes[3].1, "broken", &missing);
     let refused = fluentd::Fluentd::dry_run(&dir, &config_with_output(&dir, &output)).unwrap();
     assert!(
         refused.is_err(),

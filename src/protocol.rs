@@ -68,6 +68,10 @@ pub enum Status {
         conditions: BTreeMap<String, bool>,
         message: String,
     },
+    /// Whether the bus between relay replicas (`nats`) is reachable: while it is not, no
+    /// record arrives and ingest answers 503 (fluentd retries).
+    #[serde(rename_all = "camelCase")]
+    Bus { bus: String, up: bool, message: String },
     /// A state this version does not know: ignored.
     #[serde(other)]
     Unknown,
@@ -148,6 +152,16 @@ pub fn status_listening(tap: &str, epoch: u64, first_seq: u64, last_seq: u64, ba
         first_seq,
         last_seq,
         replayed: backlog as u64,
+    })
+    .encode()
+}
+
+/// `status` `bus`: whether the bus is up, and what happened in words.
+pub fn bus_status(bus: &str, up: bool, message: &str) -> Utf8Bytes {
+    Frame::Status(Status::Bus {
+        bus: bus.to_owned(),
+        up,
+        message: message.to_owned(),
     })
     .encode()
 }

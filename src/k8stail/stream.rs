@@ -391,6 +391,12 @@ impl Connection {
                     self.tap_name
                 ));
             }
+            Frame::Status(Status::Bus { bus, up, message }) => match up {
+                false => notes.note(&format!(
+                    "the relay's bus ({bus}) is down, no records arrive until it is back: {message}"
+                )),
+                true => notes.note(&format!("the relay's bus ({bus}) is back")),
+            },
             Frame::Dropped { count, reason } => notes.note(&dropped_note(&reason, count)),
             Frame::Denied { namespace, pod, count } => notes.note(&format!(
                 "{count} records of pod {namespace}/{pod} withheld: you may not read them"

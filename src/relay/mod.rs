@@ -10,6 +10,7 @@
 //! listener hold up ingest or other listeners (queues are bounded and drop the oldest, counted),
 //! or send a record, or anything derived from its content, to a listener that may not read it.
 
+pub mod bus;
 pub mod http;
 pub mod listener;
 pub mod metrics;
@@ -169,6 +170,8 @@ impl Sessions for NoSessions {
 pub struct Relay {
     pub config: RelayConfig,
     pub metrics: Metrics,
+    /// Where accepted records go (see [`bus`]).
+    pub bus: bus::Bus,
     taps: RwLock<HashMap<TapKey, Arc<Tap>>>,
     next_id: AtomicU64,
     /// Replay memory of all taps (`replay_total_bytes`).
@@ -181,6 +184,7 @@ impl Relay {
             replay_budget: Arc::new(tap::ReplayBudget::new(config.replay_total_bytes)),
             config,
             metrics: Metrics::default(),
+            bus: bus::Bus::Embedded,
             taps: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(1),
         }
@@ -217,8 +221,20 @@ impl Relay {
     }
 
     /// Keep the tap of `key` open while a FlowTap exists for it, even with no listener
-    /// (`pinned`), or let it close normally again.
+    /// (`pinned`), or let it close normally again. With the nats bus the tap's stream is
+    /// created instead, and buffers there.
     pub fn pin_tap(&self, key: &TapKey, pinned: bool) {
+        if let bus::Bus::Nats(nats) = &self.bus {
+            if pinned {
+                let (nats, key) = (nats.clone(), key.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = nats.ensure_stream(&key).await {
+                        tracing::warn!(tap = %key, error = %e, "cannot create the tap's stream; a listener joining will try again");
+                    }
+                });
+            }
+            return;
+        }
         if pinned {
             self.open_tap(key).set_pinned(true);
         } else if let Some(tap) = self.tap(key) {

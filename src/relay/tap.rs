@@ -132,8 +132,9 @@ impl Drop for Inner {
 /// The records of one flow.
 pub struct Tap {
     pub key: TapKey,
-    /// Identifies this incarnation of the tap, so a resume can tell its sequence numbers apart.
-    pub epoch: u64,
+    /// Identifies this incarnation of the tap, so a resume can tell its sequence numbers apart
+    /// (with the nats bus: the stream's, the same on every replica).
+    epoch: std::sync::atomic::AtomicU64,
     pinned: std::sync::atomic::AtomicBool,
     inner: Mutex<Inner>,
 }
@@ -155,7 +156,7 @@ impl Tap {
     pub fn with_budget(key: TapKey, limits: ReplayLimits, epoch: u64, budget: Arc<ReplayBudget>) -> Tap {
         Tap {
             key,
-            epoch,
+            epoch: epoch.into(),
             pinned: Default::default(),
             inner: Mutex::new(Inner {
                 budget,
@@ -171,10 +172,43 @@ impl Tap {
         }
     }
 
+    /// This incarnation's epoch (see [`Tap::reset`]).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Start a new incarnation: numbering from `epoch` on, nothing buffered (the bus stream
+    /// behind the tap was recreated). Listeners keep their queues.
+    pub fn reset(&self, epoch: u64) {
+        let mut inner = self.inner.lock().unwrap();
+        self.epoch.store(epoch, std::sync::atomic::Ordering::Relaxed);
+        let bytes = std::mem::take(&mut inner.replay_bytes);
+        inner.budget.sub(bytes);
+        inner.replay.clear();
+        inner.next_seq = 1;
+    }
+
     /// Number, buffer and hand out a batch of records. Never waits for a listener.
     pub fn publish(&self, records: Vec<Record>) -> Published {
+        self.publish_from(None, records)
+    }
+
+    /// [`Tap::publish`] with the batch's numbers given: `first` for the first record, one more
+    /// for each next (a bus numbers records, the same on every replica). Numbers never go back:
+    /// a batch at or before the newest record is dropped as already seen.
+    pub fn publish_numbered(&self, first: u64, records: Vec<Record>) -> Published {
+        self.publish_from(Some(first), records)
+    }
+
+    fn publish_from(&self, first: Option<u64>, records: Vec<Record>) -> Published {
         let mut out = Published::default();
         let mut inner = self.inner.lock().unwrap();
+        if let Some(first) = first {
+            if first < inner.next_seq {
+                return out;
+            }
+            inner.next_seq = first;
+        }
         if !records.is_empty() {
             inner.last_record = Some(std::time::SystemTime::now());
         }
@@ -241,7 +275,7 @@ impl Tap {
                 (inner.replay.iter().skip(skip).collect(), None)
             }
             Start::After { seq, epoch } => {
-                let restarted = epoch.is_some_and(|e| e != self.epoch) || seq > last_seq;
+                let restarted = epoch.is_some_and(|e| e != self.epoch()) || seq > last_seq;
                 if restarted {
                     (inner.replay.iter().collect(), Some(Gap::TapRestarted))
                 } else {
@@ -387,6 +421,33 @@ mod tests {
         assert_eq!(seqs(&a.backlog), [1, 2]);
         let a = t.attach(listener(2), Start::After { seq: 50, epoch: None });
         assert_eq!(a.gap, Some(Gap::TapRestarted));
+    }
+
+    #[test]
+    fn numbered_batches_keep_their_numbers_and_a_batch_seen_before_is_dropped() {
+        let t = tap(10);
+        t.publish_numbered(1 << 20, records(2));
+        t.publish_numbered(3 << 20, records(1));
+        assert!(t.publish_numbered(1 << 20, records(2)).records == 0, "a redelivery");
+        let l = listener(1);
+        let a = t.attach(
+            l.clone(),
+            Start::After {
+                seq: 1 << 20,
+                epoch: Some(7),
+            },
+        );
+        assert_eq!(seqs(&a.backlog), [(1 << 20) + 1, 3 << 20]);
+        t.reset(8);
+        let a = t.attach(
+            listener(2),
+            Start::After {
+                seq: 3 << 20,
+                epoch: Some(7),
+            },
+        );
+        assert_eq!(a.gap, Some(Gap::TapRestarted));
+        assert!(a.backlog.is_empty());
     }
 
     #[test]

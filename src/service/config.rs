@@ -323,6 +323,35 @@ pub struct ServiceConfig {
     )]
     pub token_cache_ttl: HumanDuration,
 
+    /// Where accepted records go between ingest and listeners: `embedded` (in this process;
+    /// run one replica) or `nats` (a NATS JetStream stream per tap, shared by every replica:
+    /// any replica takes ingest, listeners resume on any replica and across restarts).
+    #[arg(long, env = "LOG_SOCKET_BUS", value_enum, default_value_t = BusKind::Embedded)]
+    #[serde(serialize_with = "as_value_name")]
+    pub bus: BusKind,
+
+    /// NATS server(s) of `--bus nats`, comma-separated (`tls://` for TLS).
+    #[arg(
+        long,
+        env = "LOG_SOCKET_NATS_URL",
+        default_value = "nats://nats:4222",
+        value_name = "URL"
+    )]
+    pub nats_url: String,
+
+    /// NATS credentials file (a user JWT and NKey seed, as `nsc` writes it) for `--bus nats`.
+    #[arg(long, env = "LOG_SOCKET_NATS_CREDENTIALS", value_name = "FILE")]
+    pub nats_credentials: Option<PathBuf>,
+
+    /// CA certificate(s) that sign the NATS server's certificate; TLS is then required.
+    #[arg(long, env = "LOG_SOCKET_NATS_CA_FILE", value_name = "FILE")]
+    pub nats_ca_file: Option<PathBuf>,
+
+    /// With `--bus nats`: how long a tap's stream keeps a record at most (besides
+    /// --replay-records messages and --replay-bytes).
+    #[arg(long, env = "LOG_SOCKET_NATS_MAX_AGE", default_value = "1h", value_name = "DURATION")]
+    pub nats_max_age: HumanDuration,
+
     /// Which records a listener may read: `labels` (pod labels rbac/...), `kubernetes` (may
     /// `get pods/log` in the record's namespace), or `labels-or-kubernetes`.
     #[arg(long, env = "LOG_SOCKET_RECORD_POLICY", value_enum, default_value_t = RecordPolicy::Labels)]
@@ -493,6 +522,17 @@ impl Serialize for HumanDuration {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
     }
+}
+
+/// The bus between ingest and listeners.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum BusKind {
+    /// In this process (one replica).
+    #[default]
+    Embedded,
+    /// NATS JetStream, shared by every replica.
+    Nats,
 }
 
 /// Per-record authorization policy (cluster mode).

@@ -105,6 +105,36 @@ fn self_signed_names() -> Vec<String> {
 }
 
 /// Bind a listening socket, naming the address in the error.
+/// The bus `--bus` names, connected (in the background: the service starts while NATS is
+/// down, and ingest answers 503 until it is up).
+async fn bus(cfg: &ServiceConfig, relay: &Relay) -> Result<crate::relay::bus::Bus> {
+    use crate::relay::bus::{nats, Bus};
+    use crate::relay::metrics::{DropLabels, DropReason};
+    match cfg.bus {
+        config::BusKind::Embedded => Ok(Bus::Embedded),
+        config::BusKind::Nats => {
+            let options = nats::NatsOptions {
+                url: cfg.nats_url.clone(),
+                credentials: cfg.nats_credentials.clone(),
+                ca_file: cfg.nats_ca_file.clone(),
+                max_age: cfg.nats_max_age.0,
+            };
+            let slow_client = relay
+                .metrics
+                .dropped_records
+                .get_or_create(&DropLabels {
+                    reason: DropReason::slow_client,
+                })
+                .clone();
+            let bus = nats::NatsBus::connect(&options, relay.config.replay, slow_client)
+                .await
+                .map_err(|e| Error::Config(format!("--bus nats: {e}")))?;
+            tracing::info!(url = %cfg.nats_url, "bus: nats");
+            Ok(Bus::Nats(Arc::new(bus)))
+        }
+    }
+}
+
 pub async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener> {
     TcpListener::bind(addr)
         .await
@@ -142,6 +172,11 @@ impl Service {
     /// A relay whose listeners and ingest are checked by `parts` (standalone mode, tests).
     pub fn relay(config: RelayConfig, parts: Parts) -> Service {
         Service::assemble(Relay::new(config), parts, None)
+    }
+
+    /// A service around `relay` (built with its bus), checked by `parts` (standalone mode, tests).
+    pub fn with_relay(relay: Relay, parts: Parts) -> Service {
+        Service::assemble(relay, parts, None)
     }
 
     /// A relay whose listeners register sessions on FlowTaps, with tap tracking and (as
@@ -200,14 +235,17 @@ impl Service {
                 sessions: Arc::new(NoSessions),
                 ingest_auth,
             };
-            return Ok(Service::relay(relay_config, parts));
+            let mut relay = Relay::new(relay_config);
+            relay.bus = bus(cfg, &relay).await?;
+            return Ok(Service::with_relay(relay, parts));
         }
         let client = crate::k8s::client::client(cfg.kubeconfig.as_deref(), cfg.context.as_deref()).await?;
         checks::check_cluster_access(&client).await?;
         if cfg.operator {
             checks::check_logging_operator(&client, cfg.watch_namespace.as_deref()).await?;
         }
-        let relay = Relay::new(relay_config);
+        let mut relay = Relay::new(relay_config);
+        relay.bus = bus(cfg, &relay).await?;
         let pod_log = || PodLogAccess::new(client.clone(), cfg.authz_cache_ttl.0);
         let labels = || {
             LabelPolicy::counting_into(relay.metrics.invalid_rbac_labels.clone())

@@ -2,6 +2,8 @@
 
 use super::{text, Reply, State};
 use crate::auth::ingest::{IngestDenied, PeerCertificate};
+use crate::relay::bus::nats::Stored;
+use crate::relay::bus::Bus;
 use crate::relay::metrics::{CodeLabels, DropLabels, DropReason, TapLabels};
 use crate::relay::record::{self, BodyError};
 use crate::relay::TapKey;
@@ -133,22 +135,44 @@ where
     // No tap open (nobody listening, or the tap just closed while fluentd still has chunks for
     // it): accept and discard. Any error status would make fluentd retry the chunk or write it
     // to its backup directory, once per flush, on the shared logging pipeline.
-    let Some(tap) = state.relay.tap(&key) else {
+    let no_tap = |count: usize| {
         metrics
             .dropped_records
             .get_or_create(&DropLabels {
                 reason: DropReason::no_tap,
             })
-            .inc_by(records.len() as u64);
-        return text(
+            .inc_by(count as u64);
+        text(
             StatusCode::ACCEPTED,
-            format!(
-                "discarded {} records: no tap open for {key} (nobody is listening)",
-                records.len()
-            ),
-        );
+            format!("discarded {count} records: no tap open for {key} (nobody is listening)"),
+        )
     };
     let labels = TapLabels::from(&key);
+    if let Bus::Nats(nats) = &state.relay.bus {
+        // Stored in the tap's stream, or not at all: fluentd retries a 503.
+        let bytes: u64 = records.iter().map(|r| r.raw.len() as u64).sum();
+        return match nats.publish(&key, &records).await {
+            Ok(Stored::Yes) => {
+                metrics
+                    .ingested_records
+                    .get_or_create(&labels)
+                    .inc_by(records.len() as u64);
+                metrics.ingested_bytes.get_or_create(&labels).inc_by(bytes);
+                text(StatusCode::OK, format!("accepted {} records", records.len()))
+            }
+            Ok(Stored::NoTap) => no_tap(records.len()),
+            Err(e) => {
+                metrics.error("ingest_bus_unavailable");
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the bus is unavailable; retry: {e}"),
+                )
+            }
+        };
+    }
+    let Some(tap) = state.relay.tap(&key) else {
+        return no_tap(records.len());
+    };
     let published = tap.publish(records);
     metrics
         .ingested_records

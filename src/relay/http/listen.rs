@@ -116,6 +116,19 @@ pub(super) async fn listen(
         };
     }
     let tap = state.relay.open_tap(&key);
+    if let crate::relay::bus::Bus::Nats(nats) = &state.relay.bus {
+        // The tap's stream, followed into the local tap, before the listener attaches: a
+        // resume then finds every record the stream retains.
+        if let Err(e) = nats.follow(&key, &tap).await {
+            drop(slot);
+            state.sessions.left(&session).await;
+            state.relay.metrics.error("listener_bus_unavailable");
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot open the tap: the bus is unavailable; try again later ({e})"),
+            );
+        }
+    }
     let listener = Arc::new(Listener::new(
         session.id,
         identity,
@@ -324,7 +337,7 @@ async fn greeting(
     tracing::info!(tap = %tap.key, listener = listener.id, user = %listener.identity.username, replayed = allowed.len(), "listener connected");
     let mut first = vec![Message::Text(protocol::status_listening(
         &tap.key.to_string(),
-        tap.epoch,
+        tap.epoch(),
         attached.first_seq,
         attached.last_seq,
         allowed.len(),

@@ -1,0 +1,373 @@
+//! The `nats` bus: a NATS JetStream stream per tap, shared by every relay replica.
+//!
+//! - Stream `LOGSOCKET_{flow|clusterflow}_NS_NAME` (a `.` of the name written `_`, which no
+//!   Kubernetes name holds, so the mapping is injective) on subject
+//!   `logsocket.{flow|clusterflow}.NS.NAME`, file storage, limits from the replay settings
+//!   (`--replay-records` messages, `--replay-bytes`, oldest discarded) and `--nats-max-age`.
+//! - One message per accepted ingest batch: the records as a JSON array, byte for byte as
+//!   fluentd sent them. Ingest answers only after JetStream stored the message.
+//! - Record numbers: `stream sequence × 2^20 + position in the batch` (a batch holds fewer than
+//!   2^20 records: `--max-records-per-request`), increasing, the same on every replica; not
+//!   contiguous. The tap's epoch is the stream's creation time, so a resume tells a recreated
+//!   stream apart (`tap_restarted`).
+//! - A replica with listeners of a tap follows its stream with one ordered consumer, from the
+//!   oldest retained message, into the local tap (its replay buffer mirrors the stream), and
+//!   lets a listener attach once it has caught up, so a resume finds every retained record.
+
+use crate::relay::record::{self, Record};
+use crate::relay::tap::{ReplayLimits, Tap};
+use crate::relay::TapKey;
+use async_nats::jetstream::{self, consumer, stream};
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Records of one batch (the low bits of a record number).
+pub const BATCH_BITS: u32 = 20;
+
+/// How to reach NATS (`--nats-*`).
+#[derive(Debug, Clone, Default)]
+pub struct NatsOptions {
+    pub url: String,
+    /// A NATS credentials file (JWT and NKey seed), as `nsc` writes it.
+    pub credentials: Option<PathBuf>,
+    /// CA certificate(s) to verify the NATS server with (TLS is then required).
+    pub ca_file: Option<PathBuf>,
+    /// How long a stream keeps a record at most.
+    pub max_age: Duration,
+}
+
+/// What went wrong on the bus.
+#[derive(Debug, thiserror::Error)]
+#[error("NATS: {0}")]
+pub struct BusError(pub String);
+
+fn err(e: impl std::fmt::Display) -> BusError {
+    BusError(e.to_string())
+}
+
+/// A stored batch, or why not.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// In the tap's stream.
+    Yes,
+    /// No stream for the tap: nobody opened it (no listener, no FlowTap).
+    NoTap,
+}
+
+struct Follower {
+    /// The local tap it feeds (a tap closed and opened again is another one).
+    tap: Weak<Tap>,
+    task: tokio::task::JoinHandle<()>,
+    caught_up: watch::Receiver<bool>,
+}
+
+/// A connection to NATS and the taps this replica follows.
+pub struct NatsBus {
+    js: jetstream::Context,
+    client: async_nats::Client,
+    limits: ReplayLimits,
+    max_age: Duration,
+    followers: tokio::sync::Mutex<HashMap<TapKey, Follower>>,
+    /// Counts records a slow listener lost (`slow_client`), as ingest does with the embedded bus.
+    slow_client: prometheus_client::metrics::counter::Counter,
+    /// Whether the connection to NATS is up, as the client reports it; followers tell their
+    /// listeners when it changes.
+    connected: watch::Receiver<bool>,
+}
+
+impl NatsBus {
+    /// Connect (retrying in the background if NATS is not up yet).
+    pub async fn connect(
+        options: &NatsOptions,
+        limits: ReplayLimits,
+        slow_client: prometheus_client::metrics::counter::Counter,
+    ) -> Result<NatsBus, BusError> {
+        let (up, connected) = watch::channel(false);
+        let mut connect = async_nats::ConnectOptions::new()
+            .event_callback(move |event| {
+                match event {
+                    async_nats::Event::Connected => {
+                        up.send_replace(true);
+                    }
+                    async_nats::Event::Disconnected | async_nats::Event::Closed => {
+                        up.send_replace(false);
+                    }
+                    _ => {}
+                }
+                async {}
+            })
+            .name("log-socket")
+            .connection_timeout(Duration::from_secs(5))
+            .retry_on_initial_connect();
+        if let Some(path) = &options.credentials {
+            connect = connect
+                .credentials_file(path)
+                .await
+                .map_err(|e| BusError(format!("cannot read the credentials file {}: {e}", path.display())))?;
+        }
+        if let Some(ca) = &options.ca_file {
+            connect = connect.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        let client = connect.connect(options.url.as_str()).await.map_err(err)?;
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(Duration::from_secs(5));
+        Ok(NatsBus {
+            js,
+            client,
+            limits,
+            max_age: options.max_age,
+            followers: Default::default(),
+            slow_client,
+            connected,
+        })
+    }
+
+    /// Whether the connection to NATS is up.
+    pub fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    fn subject(key: &TapKey) -> String {
+        format!("logsocket.{}.{}.{}", key.kind.path_segment(), key.namespace, key.name)
+    }
+
+    fn stream_name(key: &TapKey) -> String {
+        format!(
+            "LOGSOCKET_{}_{}_{}",
+            key.kind.path_segment(),
+            key.namespace,
+            key.name.replace('.', "_")
+        )
+    }
+
+    /// The tap's stream, created if needed (a listener joins, or a FlowTap exists).
+    pub async fn ensure_stream(&self, key: &TapKey) -> Result<stream::Stream, BusError> {
+        let config = stream::Config {
+            name: Self::stream_name(key),
+            subjects: vec![Self::subject(key)],
+            max_messages: self.limits.records.max(1) as i64,
+            max_bytes: self.limits.bytes.max(1) as i64,
+            max_age: self.max_age,
+            discard: stream::DiscardPolicy::Old,
+            storage: stream::StorageType::File,
+            num_replicas: 1,
+            ..Default::default()
+        };
+        self.js.get_or_create_stream(config).await.map_err(err)
+    }
+
+    /// Store one accepted batch in the tap's stream; `NoTap` when no stream exists for it.
+    pub async fn publish(&self, key: &TapKey, records: &[Record]) -> Result<Stored, BusError> {
+        // While disconnected the client would buffer the message and send it on reconnect,
+        // after this request was answered 503 and fluentd retried it: a duplicate. Refused
+        // instead. (A connection lost while a publish waits for its ack can still store a
+        // batch answered 503: at least once, in that window only.)
+        if !self.connected() {
+            return Err(BusError("not connected to NATS".into()));
+        }
+        let mut body = Vec::with_capacity(records.iter().map(|r| r.raw.len() + 1).sum::<usize>() + 2);
+        body.push(b'[');
+        for (i, r) in records.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(r.raw.as_bytes());
+        }
+        body.push(b']');
+        let ack = match self.js.publish(Self::subject(key), body.into()).await {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        match ack {
+            Ok(_) => Ok(Stored::Yes),
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound => Ok(Stored::NoTap),
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    /// Follow the tap's stream into `tap` (one consumer per tap on this replica), and return
+    /// once everything the stream held when asked is in the tap.
+    pub async fn follow(&self, key: &TapKey, tap: &Arc<Tap>) -> Result<(), BusError> {
+        let mut caught_up = {
+            let mut followers = self.followers.lock().await;
+            match followers.get(key) {
+                Some(f) if !f.task.is_finished() && Weak::ptr_eq(&f.tap, &Arc::downgrade(tap)) => f.caught_up.clone(),
+                other => {
+                    if let Some(old) = other {
+                        old.task.abort();
+                    }
+                    let mut stream = self.ensure_stream(key).await?;
+                    let info = stream.info().await.map_err(err)?;
+                    let epoch = epoch_of(info);
+                    if tap.epoch() != epoch {
+                        tap.reset(epoch);
+                    }
+                    let (tx, rx) = watch::channel(info.state.messages == 0);
+                    let task = tokio::spawn(follow_stream(Following {
+                        js: self.js.clone(),
+                        key: key.clone(),
+                        tap: Arc::downgrade(tap),
+                        next: 0,
+                        last_at_start: info.state.last_sequence,
+                        caught_up: tx,
+                        slow_client: self.slow_client.clone(),
+                        connected: self.connected.clone(),
+                        down: false,
+                    }));
+                    followers.insert(
+                        key.clone(),
+                        Follower {
+                            tap: Arc::downgrade(tap),
+                            task,
+                            caught_up: rx.clone(),
+                        },
+                    );
+                    rx
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), caught_up.wait_for(|c| *c))
+            .await
+            .map_err(|_| BusError("the tap's stream did not catch up within 10s".into()))?
+            .map_err(|_| BusError("following the tap's stream stopped".into()))?;
+        Ok(())
+    }
+}
+
+impl Drop for NatsBus {
+    fn drop(&mut self) {
+        if let Ok(followers) = self.followers.try_lock() {
+            for f in followers.values() {
+                f.task.abort();
+            }
+        }
+    }
+}
+
+fn epoch_of(info: &stream::Info) -> u64 {
+    info.created.unix_timestamp_nanos() as u64
+}
+
+/// Feed the stream of `key` into the tap until the tap is gone, recreating the consumer after
+/// errors (NATS restarted or unreachable) from the message after the last one seen.
+async fn follow_stream(mut follower: Following) {
+    let mut backoff = Duration::from_millis(200);
+    while follower.tap.strong_count() > 0 {
+        if let Err(e) = follower.follow_once().await {
+            follower.set_down(Some(&e.to_string()));
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        } else {
+            backoff = Duration::from_millis(200);
+        }
+    }
+}
+
+/// One tap's follower: where it is in the stream.
+struct Following {
+    js: jetstream::Context,
+    key: TapKey,
+    tap: Weak<Tap>,
+    /// The next stream sequence to read (0: from the oldest retained).
+    next: u64,
+    /// The stream's last sequence when following started: caught up once it is read.
+    last_at_start: u64,
+    caught_up: watch::Sender<bool>,
+    slow_client: prometheus_client::metrics::counter::Counter,
+    connected: watch::Receiver<bool>,
+    down: bool,
+}
+
+impl Following {
+    /// Tell the tap's listeners when the bus goes down (`Some(why)`) or comes back (`None`).
+    fn set_down(&mut self, why: Option<&str>) {
+        if self.down == why.is_some() {
+            return;
+        }
+        self.down = why.is_some();
+        let Some(tap) = self.tap.upgrade() else { return };
+        match why {
+            Some(why) => {
+                tracing::warn!(tap = %self.key, error = why, "the bus is down; following again when it is back");
+                tap.announce(crate::protocol::bus_status("nats", false, why));
+            }
+            None => {
+                tracing::info!(tap = %self.key, "the bus is back");
+                tap.announce(crate::protocol::bus_status("nats", true, "the bus is back"));
+            }
+        }
+    }
+
+    /// Follow until an error, or `Ok` once the local tap is gone.
+    async fn follow_once(&mut self) -> Result<(), BusError> {
+        let mut stream = self.js.get_stream(NatsBus::stream_name(&self.key)).await.map_err(err)?;
+        let info = stream.info().await.map_err(err)?;
+        let epoch = epoch_of(info);
+        {
+            let Some(tap) = self.tap.upgrade() else { return Ok(()) };
+            if tap.epoch() != epoch {
+                // The stream was recreated (NATS lost it, or the tap was reopened): earlier
+                // numbers are void.
+                tap.reset(epoch);
+                self.next = 0;
+            }
+        }
+        let deliver_policy = match self.next {
+            0 => consumer::DeliverPolicy::All,
+            n => consumer::DeliverPolicy::ByStartSequence { start_sequence: n },
+        };
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(err)?;
+        let mut messages = consumer.messages().await.map_err(err)?;
+        self.set_down(None);
+        let mut alive = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                message = messages.next() => {
+                    let message = match message {
+                        Some(Ok(m)) => m,
+                        Some(Err(e)) => return Err(err(e)),
+                        None => return Err(BusError("the consumer ended".into())),
+                    };
+                    let (seq, pending) = match message.info() {
+                        Ok(i) => (i.stream_sequence, i.pending),
+                        Err(e) => return Err(err(e)),
+                    };
+                    let Some(tap) = self.tap.upgrade() else { return Ok(()) };
+                    let payload = bytes::Bytes::from(message.payload.to_vec());
+                    match record::parse_batch(&payload) {
+                        Ok(records) => {
+                            let published = tap.publish_numbered(seq << BATCH_BITS, records);
+                            self.slow_client.inc_by(published.dropped);
+                        }
+                        // Only relays write these subjects; anything else is skipped.
+                        Err(e) => tracing::warn!(tap = %self.key, seq, error = %e, "skipped a bus message that is not a batch of records"),
+                    }
+                    self.next = seq + 1;
+                    if pending == 0 || seq >= self.last_at_start {
+                        self.caught_up.send_replace(true);
+                    }
+                }
+                // The local tap closed (no listener for the linger period): stop following.
+                _ = alive.tick() => if self.tap.strong_count() == 0 {
+                    return Ok(());
+                },
+                // The client reconnects by itself and the ordered consumer follows on; the
+                // listeners are told meanwhile.
+                Ok(()) = self.connected.changed() => {
+                    let up = *self.connected.borrow_and_update();
+                    self.set_down((!up).then_some("the connection to NATS was lost"));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! A real NATS server with JetStream (Debian's `nats-server`, 2.9) on loopback, with its store
+//! in a temporary directory; stopped (and its store kept for a restart) on drop.
+//!
+//! Where it comes from: `$LOG_SOCKET_NATS_SERVER`, else `nats-server` on PATH or in /usr/sbin
+//! (`apt-get install nats-server`). Without one a test says it is skipped; under `CI=true`
+//! it fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The nats-server command, or `None` (after saying why) when there is none and this is not CI.
+pub fn command() -> Option<PathBuf> {
+    if let Some(cmd) = std::env::var_os("LOG_SOCKET_NATS_SERVER").filter(|c| !c.is_empty()) {
+        return Some(PathBuf::from(cmd));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|d| d.join("nats-server"))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        let why = "no nats-server: apt-get install nats-server, or set LOG_SOCKET_NATS_SERVER";
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{why} (CI needs it)");
+        }
+        eprintln!("SKIPPED: {why}");
+    }
+    found
+}
+
+/// A running nats-server.
+pub struct Nats {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+impl Nats {
+    /// Start one on a free loopback port, storing JetStream data under `dir`.
+    pub fn start(dir: &Path) -> Option<Nats> {
+        command()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut nats = Nats {
+            child: None,
+            port,
+            dir: dir.to_owned(),
+        };
+        nats.restart();
+        Some(nats)
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Start it (again: same port, same store) and wait until it accepts connections.
+    pub fn restart(&mut self) {
+        self.stop();
+        std::fs::create_dir_all(&self.dir).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("nats.log"))
+            .unwrap();
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(command().unwrap());
+        cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .arg(self.dir.join("store"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        // SAFETY: prctl is async-signal-safe; the server dies with the test.
+        unsafe {
+            cmd.pre_exec(|| match libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            });
+        }
+        self.child = Some(cmd.spawn().expect("start nats-server"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start: {}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stop it (SIGTERM; its store stays for [`Nats::restart`]).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("nats.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -248,3 +248,124 @@ async fn nats_going_away_is_a_503_and_a_status_frame_and_both_recover_without_a_
     assert!(got[0]["seq"].as_u64().unwrap() > last);
     assert_eq!(ws_epoch(&b).await, epoch, "the same stream after the NATS restart");
 }
+
+/// `log-socket run --standalone --bus nats` as its own process (token `tok-alice`, ingest
+/// `fluentd:s3cret`), ready.
+struct RelayProcess {
+    service: wire::Service,
+    ingest: std::net::SocketAddr,
+    api: std::net::SocketAddr,
+}
+
+async fn relay_process(url: &str, dir: &std::path::Path) -> RelayProcess {
+    let tokens = dir.join("tokens.csv");
+    let creds = dir.join("ingest.txt");
+    std::fs::write(&tokens, "tok-alice,alice\n").unwrap();
+    std::fs::write(&creds, "fluentd:s3cret\n").unwrap();
+    let port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (ingest, api, health) = (port(), port(), port());
+    let service = wire::Service::spawn(
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_log-socket"))
+            .args(["run", "--standalone", "--bus", "nats", "--nats-url", url])
+            .arg("--token-file")
+            .arg(&tokens)
+            .arg("--ingest-credentials")
+            .arg(&creds)
+            .args(["--ingest-addr", &ingest.to_string()])
+            .args(["--api-addr", &api.to_string()])
+            .args(["--health-addr", &health.to_string()])
+            .env_remove("RUST_LOG"),
+    );
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(health).await.is_ok()
+            && request(health, "GET", "/readyz", &[], b"").await.0 == 200
+        {
+            return RelayProcess { service, ingest, api };
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the relay process did not become ready");
+}
+
+async fn post_to(ingest: std::net::SocketAddr, from: usize, n: usize) -> u16 {
+    let records: Vec<Value> = (from..from + n).map(|i| record("web-1", &format!("m {i}"))).collect();
+    request(
+        ingest,
+        "POST",
+        "/flow/shop/web",
+        &[("Authorization", INGEST_AUTH), ("Content-Type", "application/json")],
+        array(&records).as_bytes(),
+    )
+    .await
+    .0
+}
+
+/// Record frames until the connection ends or `quiet` passes without one.
+async fn records_until_gone(ws: &mut Ws, quiet: Duration) -> Vec<Value> {
+    use futures::StreamExt;
+    let mut out = vec![];
+    loop {
+        match tokio::time::timeout(quiet, ws.next()).await {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => {
+                let f: Value = serde_json::from_str(t.as_str()).unwrap();
+                if f["type"] == "record" {
+                    out.push(f);
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            _ => return out,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_killed_relay_costs_no_record_the_stream_kept_and_its_listener_resumes_on_another() {
+    let dir = tempdir("kill");
+    let Some(server) = Nats::start(&dir.join("nats")) else {
+        return;
+    };
+    let a = relay_process(&server.url(), &dir).await;
+    let b = relay_process(&server.url(), &dir).await;
+    let (mut on_a, status) = try_connect_at(a.api, "/flow/shop/web", "tok-alice").await.unwrap();
+    let epoch = status["epoch"].as_u64().unwrap();
+    let (mut on_b, _) = try_connect_at(b.api, "/flow/shop/web", "tok-alice").await.unwrap();
+    // A sender posts to relay A, as a Service spreads fluentd's requests...
+    for i in 0..30 {
+        assert_eq!(post_to(a.ingest, i * 10, 10).await, 200);
+    }
+    let seen_on_a = records(&mut on_a, 300).await;
+    // ... A is killed (no goodbye to anyone), and the sender's next requests reach B.
+    let mut a = a;
+    a.service.child.kill().await.unwrap();
+    for i in 30..60 {
+        assert_eq!(post_to(b.ingest, i * 10, 10).await, 200);
+    }
+    // The listener on B missed nothing: every record, once, in order.
+    let all = records(&mut on_b, 600).await;
+    assert_eq!(texts(&all), numbered("m", 0..600));
+    assert!(increasing(&all));
+    // The listener that was on A: its connection is gone; it resumes on B after its last record.
+    let rest_on_a = records_until_gone(&mut on_a, Duration::from_secs(5)).await;
+    let last = rest_on_a.last().unwrap_or(&seen_on_a[299])["seq"].as_u64().unwrap();
+    let (mut resumed, status) = try_connect_at(
+        b.api,
+        &format!("/flow/shop/web?after={last}&epoch={epoch}"),
+        "tok-alice",
+    )
+    .await
+    .unwrap();
+    assert_eq!(status["epoch"].as_u64(), Some(epoch), "{status}");
+    let before = seen_on_a.len() + rest_on_a.len();
+    let after = records(&mut resumed, 600 - before).await;
+    let mut whole = texts(&seen_on_a);
+    whole.extend(texts(&rest_on_a));
+    whole.extend(texts(&after));
+    assert_eq!(whole, numbered("m", 0..600), "nothing lost, nothing twice");
+    b.service.terminate();
+    b.service.exited_cleanly().await;
+}

@@ -177,6 +177,12 @@ pub async fn connect(r: &TestRelay, path: &str, token: &str) -> Ws {
 
 /// Connect and read the `status` frame.
 pub async fn try_connect(r: &TestRelay, path: &str, token: &str) -> Result<(Ws, Value), String> {
+    try_connect_at(r.api, path, token).await
+}
+
+/// [`try_connect`] to the API port at `api`.
+pub async fn try_connect_at(api: SocketAddr, path: &str, token: &str) -> Result<(Ws, Value), String> {
+    let r = Api { api };
     let mut req = format!("ws://{}{path}", r.api).into_client_request().unwrap();
     req.headers_mut().insert("x-authorization", token.parse().unwrap());
     req.headers_mut()
@@ -197,6 +203,10 @@ pub async fn try_connect(r: &TestRelay, path: &str, token: &str) -> Result<(Ws, 
     assert_eq!(status["type"], "status", "{status}");
     assert_eq!(status["state"], "listening", "{status}");
     Ok((ws, status))
+}
+
+struct Api {
+    api: SocketAddr,
 }
 
 /// Next JSON frame, except tap `status` frames (which come whenever the FlowTap changes; see

@@ -21,6 +21,9 @@ mod fluentd;
 #[path = "../tests/support/logging_operator.rs"]
 #[allow(dead_code)] // shared with the tests, which use more of it
 mod logging_operator;
+#[path = "../tests/support/nats.rs"]
+#[allow(dead_code)] // shared with the tests, which use more of it
+mod nats;
 #[path = "../tests/support/render.rs"]
 #[allow(dead_code)] // shared with the tests, which use more of it
 mod render;
@@ -72,10 +75,16 @@ fn relay_runtime() -> &'static tokio::runtime::Runtime {
 }
 
 async fn relay(config: RelayConfig, authorizer: Arc<dyn Authorizer>) -> Bench {
-    relay_with(config, authorizer, IngestAuth::basic("fluentd", "s3cret")).await
+    relay_with(config, authorizer, IngestAuth::basic("fluentd", "s3cret"), None).await
 }
 
-async fn relay_with(config: RelayConfig, authorizer: Arc<dyn Authorizer>, ingest_auth: IngestAuth) -> Bench {
+/// A relay on the embedded bus, or on the nats bus at `nats_url`.
+async fn relay_with(
+    config: RelayConfig,
+    authorizer: Arc<dyn Authorizer>,
+    ingest_auth: IngestAuth,
+    nats_url: Option<&str>,
+) -> Bench {
     // One token stands for every listener of the bench: no per-user cap.
     let config = RelayConfig {
         max_listeners_per_user: usize::MAX,
@@ -97,12 +106,26 @@ async fn relay_with(config: RelayConfig, authorizer: Arc<dyn Authorizer>, ingest
     };
     let stop = Shutdown::new();
     let stopped = stop.clone();
+    let url = nats_url.map(str::to_owned);
     let done = relay_runtime().spawn(async move {
         let sockets = Sockets::plain(
             TcpListener::from_std(ingest_std).unwrap(),
             TcpListener::from_std(api_std).unwrap(),
         );
-        let _ = Service::relay(config, parts).run(sockets, stopped).await;
+        let mut relay = log_socket::relay::Relay::new(config);
+        if let Some(url) = url {
+            // Connected on the relay's runtime, so the NATS client's CPU counts as the relay's.
+            let options = log_socket::relay::bus::nats::NatsOptions {
+                url,
+                max_age: Duration::from_secs(3600),
+                ..Default::default()
+            };
+            let bus = log_socket::relay::bus::nats::NatsBus::connect(&options, relay.config.replay, Default::default())
+                .await
+                .unwrap();
+            relay.bus = log_socket::relay::bus::Bus::Nats(Arc::new(bus));
+        }
+        let _ = Service::with_relay(relay, parts).run(sockets, stopped).await;
     });
     Bench {
         ingest,
@@ -255,7 +278,11 @@ async fn listen(
         if let Some(rest) = t.strip_prefix(r#"{"type":"record","seq":"#) {
             let end = rest.find(',').unwrap();
             let seq: u64 = rest[..end].parse().unwrap();
-            if last_seq != 0 {
+            // The nats bus numbers records `stream sequence × 2^20 + position`: a batch starts
+            // at position 0 of a higher stream sequence.
+            const BATCH: u32 = log_socket::relay::bus::nats::BATCH_BITS;
+            let next_batch = seq >> BATCH > last_seq >> BATCH && seq & ((1 << BATCH) - 1) == 0;
+            if last_seq != 0 && !next_batch {
                 skipped += seq - last_seq - 1;
             }
             last_seq = seq;
@@ -332,7 +359,20 @@ async fn throughput(
     total: u64,
     deny_half: bool,
 ) -> Throughput {
-    let b = relay(config, authorizer).await;
+    throughput_on(None, config, authorizer, flows, per_flow, total, deny_half).await
+}
+
+/// [`throughput`] on the embedded bus, or on the nats bus at `nats_url`.
+async fn throughput_on(
+    nats_url: Option<&str>,
+    config: RelayConfig,
+    authorizer: Arc<dyn Authorizer>,
+    flows: usize,
+    per_flow: usize,
+    total: u64,
+    deny_half: bool,
+) -> Throughput {
+    let b = relay_with(config, authorizer, IngestAuth::basic("fluentd", "s3cret"), nats_url).await;
     let origin = Instant::now();
     let ready = Arc::new(AtomicU64::new(0));
     let per_flow_records = total / flows as u64;
@@ -952,6 +992,10 @@ async fn run() {
             }
         }
     }
+    // The nats bus (a real nats-server with JetStream on the same cores) next to the embedded one.
+    if part("bus") {
+        bus_bench().await;
+    }
     // `-- parse`: only the relay's record parser, to profile it.
     if only.iter().any(|o| o == "parse") {
         let mbs = relay_parse(5_000_000);
@@ -1148,6 +1192,39 @@ impl RequestLog {
     }
 }
 
+/// Ingest → listeners through the embedded bus and through NATS JetStream, in one run.
+async fn bus_bench() {
+    let dir = std::env::temp_dir().join(format!("log-socket-bench-nats-{}", std::process::id()));
+    let Some(server) = nats::Nats::start(&dir) else {
+        println!("bus: skipped (no nats-server: apt-get install nats-server)\n");
+        return;
+    };
+    let url = server.url();
+    let row = |name: &str, t: &Throughput| {
+        println!(
+            "| {name} | {:.0} | {:.0} | {:.2} | {:.2} | {} | {} |",
+            t.records_per_s, t.delivered_per_s, t.relay_cpu_us, t.client_cpu_us, t.silent_gaps, t.dropped
+        );
+    };
+    println!("| bus (relay, nats-server and clients on the same cores) | records/s in | records/s delivered | relay CPU µs/record | clients CPU µs/record | silent gaps | dropped |\n|---|---|---|---|---|---|---|");
+    let embedded = throughput(big_queues(), Arc::new(AllowAll), 1, 1, 400_000, false).await;
+    row("embedded, 1 listener", &embedded);
+    let nats = throughput_on(Some(&url), big_queues(), Arc::new(AllowAll), 1, 1, 400_000, false).await;
+    row("nats (JetStream, file storage), 1 listener", &nats);
+    let embedded_100 = throughput(big_queues(), Arc::new(AllowAll), 100, 1, 200_000, false).await;
+    row("embedded, 100 flows × 1 listener", &embedded_100);
+    let nats_100 = throughput_on(Some(&url), big_queues(), Arc::new(AllowAll), 100, 1, 200_000, false).await;
+    row("nats, 100 flows × 1 listener", &nats_100);
+    let nats_cpu = server.cpu_secs();
+    println!(
+        "\nThe nats path delivers {:.2}× the embedded path's records/s to one listener ({:.2}× over 100 flows); nats-server used {nats_cpu:.1} s of CPU in all.\n",
+        nats.records_per_s / embedded.records_per_s,
+        nats_100.records_per_s / embedded_100.records_per_s,
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 struct FluentdFigures {
     records_per_s: f64,
     record_bytes: usize,
@@ -1175,7 +1252,13 @@ async fn fluentd_throughput(secs: u64) -> Option<FluentdFigures> {
     let keys = Arc::new(
         log_socket::auth::ingest_keys::IngestKeys::from_keys(&["bench-key-0123456789abcdef0123456789abcdef"]).unwrap(),
     );
-    let b = relay_with(big_queues(), Arc::new(AllowAll), IngestAuth::per_flow(keys.clone())).await;
+    let b = relay_with(
+        big_queues(),
+        Arc::new(AllowAll),
+        IngestAuth::per_flow(keys.clone()),
+        None,
+    )
+    .await;
     let tap: log_socket::k8s::flowtap::FlowTap = serde_json::from_value(serde_json::json!({
         "apiVersion": "logsocket.dev/v1alpha1", "kind": "FlowTap",
         "metadata": {"name": "flow-web", "namespace": "shop"},

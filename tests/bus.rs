@@ -8,6 +8,7 @@
 mod wire;
 
 #[path = "support/nats.rs"]
+#[allow(dead_code)] // shared with the bench, which uses more of it
 mod nats;
 
 use log_socket::auth::{AllowAll, StaticTokens};

@@ -343,6 +343,7 @@ impl Following {
                         Err(e) => return Err(err(e)),
                     };
                     let Some(tap) = self.tap.upgrade() else { return Ok(()) };
+                    tracing::trace!(tap = %self.key, seq, pending, "bus message");
                     let payload = bytes::Bytes::from(message.payload.to_vec());
                     match record::parse_batch(&payload) {
                         Ok(records) => {

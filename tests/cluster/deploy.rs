@@ -172,6 +172,37 @@ async fn the_helm_chart_lints_strictly_renders_and_the_api_server_accepts_it() {
         assert!(args.contains(flag), "{flag} in {args}");
     }
     dry_run(&rendered);
+
+    // Several replicas need the nats bus: refused with the embedded one, saying what to set ...
+    let (ok, _, err) = helm(&["template", "t", chart, "--set", "replicaCount=2"]);
+    assert!(!ok && err.contains("replicaCount > 1 needs bus.kind: nats"), "{err}");
+    // ... and with it, a PodDisruptionBudget and the bus settings.
+    let (ok, rendered, err) = helm(&[
+        "template",
+        "log-socket",
+        chart,
+        "--namespace",
+        "log-socket",
+        "--kube-version",
+        "1.20.2",
+        "--set",
+        "replicaCount=3,bus.kind=nats,bus.nats.credentialsSecret=nats-creds",
+    ]);
+    assert!(ok, "{err}");
+    let docs = documents(&rendered);
+    assert!(docs.iter().any(|d| d["kind"] == "PodDisruptionBudget"), "{rendered}");
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    for flag in [
+        "--bus=nats",
+        "--nats-url=nats://nats.nats.svc:4222",
+        "--nats-credentials=/etc/log-socket/nats/creds",
+    ] {
+        assert!(args.contains(flag), "{flag} in {args}");
+    }
+    let out = dry_run(&rendered);
+    assert!(out.contains("poddisruptionbudget.policy/log-socket"), "{out}");
 }
 
 fn ensure_namespace(name: &str) {
@@ -182,7 +213,7 @@ fn ensure_namespace(name: &str) {
 #[tokio::test]
 async fn the_examples_are_accepted_by_the_api_server() {
     support::env();
-    for ns in ["log-socket", "logging", "shop"] {
+    for ns in ["log-socket", "logging", "shop", "nats"] {
         ensure_namespace(ns);
     }
     let examples = support::repo().join("examples");
@@ -216,4 +247,20 @@ async fn the_examples_are_accepted_by_the_api_server() {
         .collect();
     assert!(rendered.contains("kind: Certificate") && rendered.contains("--ingest-client-ca="));
     dry_run(&docs.join("\n---\n"));
+
+    // The nats-bus overlay: 2 replicas on the nats bus, with a PodDisruptionBudget (policy/v1,
+    // which the 1.20 test server knows as policy/v1beta1); and the trial NATS server.
+    let (ok, rendered, err) = support::kubectl(&["kustomize", examples.join("nats-bus").to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let docs = documents(&rendered);
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(
+        args.contains("--bus=nats") && args.contains("--nats-url=nats://nats.nats.svc:4222"),
+        "{args}"
+    );
+    assert!(docs.iter().any(|d| d["kind"] == "PodDisruptionBudget"));
+    dry_run(&rendered.replace("apiVersion: policy/v1\n", "apiVersion: policy/v1beta1\n"));
+    dry_run(&std::fs::read_to_string(support::repo().join("config/nats/nats.yaml")).unwrap());
 }

@@ -370,3 +370,20 @@ async fn a_killed_relay_costs_no_record_the_stream_kept_and_its_listener_resumes
     b.service.terminate();
     b.service.exited_cleanly().await;
 }
+
+#[tokio::test]
+async fn a_batch_larger_than_the_nats_max_payload_is_stored_whole_and_delivered_in_order() {
+    let dir = tempdir("large");
+    let Some(server) = Nats::start(&dir) else { return };
+    let (a, b) = (relay(&server.url()).await, relay(&server.url()).await);
+    let mut ws = connect(&b, "/flow/shop/web", "tok-alice").await;
+    // About 3 MB, as a 1 MiB fluentd chunk grows when written as JSON: NATS takes 1 MiB a message.
+    let pad = "x".repeat(500);
+    let batch: Vec<Value> = (0..5000).map(|i| record("web-1", &format!("m {i} {pad}"))).collect();
+    let (code, body) = post(&a, "/flow/shop/web", &array(&batch)).await;
+    assert_eq!(code, 200, "{body}");
+    let got = records(&mut ws, 5000).await;
+    let want: Vec<String> = (0..5000).map(|i| format!("m {i} {pad}")).collect();
+    assert_eq!(texts(&got), want);
+    assert!(increasing(&got));
+}

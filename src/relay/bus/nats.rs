@@ -4,8 +4,9 @@
 //!   Kubernetes name holds, so the mapping is injective) on subject
 //!   `logsocket.{flow|clusterflow}.NS.NAME`, file storage, limits from the replay settings
 //!   (`--replay-records` messages, `--replay-bytes`, oldest discarded) and `--nats-max-age`.
-//! - One message per accepted ingest batch: the records as a JSON array, byte for byte as
-//!   fluentd sent them. Ingest answers only after JetStream stored the message.
+//! - One message per accepted ingest batch (several, in order, when it is larger than the
+//!   server's `max_payload`): the records as a JSON array, byte for byte as fluentd sent them.
+//!   Ingest answers only after JetStream stored every message.
 //! - Record numbers: `stream sequence × 2^20 + position in the batch` (a batch holds fewer than
 //!   2^20 records: `--max-records-per-request`), increasing, the same on every replica; not
 //!   contiguous. The tap's epoch is the stream's creation time, so a resume tells a recreated
@@ -161,6 +162,7 @@ impl NatsBus {
     }
 
     /// Store one accepted batch in the tap's stream; `NoTap` when no stream exists for it.
+    /// A batch larger than the server's `max_payload` goes as several messages, in order.
     pub async fn publish(&self, key: &TapKey, records: &[Record]) -> Result<Stored, BusError> {
         // While disconnected the client would buffer the message and send it on reconnect,
         // after this request was answered 503 and fluentd retried it: a duplicate. Refused
@@ -169,24 +171,25 @@ impl NatsBus {
         if !self.connected() {
             return Err(BusError("not connected to NATS".into()));
         }
-        let mut body = Vec::with_capacity(records.iter().map(|r| r.raw.len() + 1).sum::<usize>() + 2);
-        body.push(b'[');
-        for (i, r) in records.iter().enumerate() {
-            if i > 0 {
-                body.push(b',');
+        let limit = self.client.server_info().max_payload.max(1024);
+        let messages = split(records, limit)?;
+        // Sent one after the other on one connection (JetStream keeps their order), then the
+        // acknowledgements awaited, in order.
+        let mut acks = Vec::with_capacity(messages.len());
+        for body in messages {
+            match self.js.publish(Self::subject(key), body.into()).await {
+                Ok(ack) => acks.push(ack),
+                Err(e) => return Err(err(e)),
             }
-            body.extend_from_slice(r.raw.as_bytes());
         }
-        body.push(b']');
-        let ack = match self.js.publish(Self::subject(key), body.into()).await {
-            Ok(ack) => ack.await,
-            Err(e) => Err(e),
-        };
-        match ack {
-            Ok(_) => Ok(Stored::Yes),
-            Err(e) if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound => Ok(Stored::NoTap),
-            Err(e) => Err(err(e)),
+        for ack in acks {
+            match ack.await {
+                Ok(_) => {}
+                Err(e) if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound => return Ok(Stored::NoTap),
+                Err(e) => return Err(err(e)),
+            }
         }
+        Ok(Stored::Yes)
     }
 
     /// Follow the tap's stream into `tap` (one consumer per tap on this replica), and return
@@ -246,6 +249,35 @@ impl Drop for NatsBus {
             }
         }
     }
+}
+
+/// The records as JSON arrays of at most `limit` bytes each (and fewer than 2^20 records).
+fn split(records: &[Record], limit: usize) -> Result<Vec<Vec<u8>>, BusError> {
+    let mut out = vec![];
+    let mut body: Vec<u8> = Vec::new();
+    let mut count = 0usize;
+    for r in records {
+        let raw = r.raw.as_bytes();
+        if raw.len() + 2 > limit {
+            return Err(BusError(format!(
+                "a record of {} bytes is larger than the NATS server's max_payload ({limit} bytes); raise max_payload",
+                raw.len()
+            )));
+        }
+        if !body.is_empty() && (body.len() + raw.len() + 2 > limit || count + 1 >= 1 << BATCH_BITS) {
+            body.push(b']');
+            out.push(std::mem::take(&mut body));
+            count = 0;
+        }
+        body.push(if body.is_empty() { b'[' } else { b',' });
+        body.extend_from_slice(raw);
+        count += 1;
+    }
+    if !body.is_empty() {
+        body.push(b']');
+        out.push(body);
+    }
+    Ok(out)
 }
 
 fn epoch_of(info: &stream::Info) -> u64 {
@@ -370,5 +402,36 @@ impl Following {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(n: usize, size: usize) -> Vec<Record> {
+        let body = bytes::Bytes::from(format!(
+            "[{}]",
+            (0..n)
+                .map(|i| format!("{{\"message\":\"{i:0size$}\"}}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
+        record::parse_batch(&body).unwrap()
+    }
+
+    #[test]
+    fn a_batch_larger_than_max_payload_is_split_into_arrays_that_each_fit_in_order() {
+        let batch = records(100, 90);
+        let parts = split(&batch, 1000).unwrap();
+        assert!(parts.len() > 1);
+        let mut again = vec![];
+        for p in &parts {
+            assert!(p.len() <= 1000, "{}", p.len());
+            again.extend(record::parse_batch(&bytes::Bytes::from(p.clone())).unwrap());
+        }
+        let raws = |r: &[Record]| r.iter().map(|r| r.raw.to_string()).collect::<Vec<_>>();
+        assert_eq!(raws(&again), raws(&batch));
+        assert!(split(&records(1, 2000), 1000).unwrap_err().0.contains("max_payload"));
     }
 }

@@ -387,3 +387,26 @@ async fn a_batch_larger_than_the_nats_max_payload_is_stored_whole_and_delivered_
     assert_eq!(texts(&got), want);
     assert!(increasing(&got));
 }
+
+#[tokio::test]
+async fn the_stream_state_a_flowtap_status_reports_names_the_stream_and_its_first_and_last_message() {
+    let dir = tempdir("state");
+    let Some(server) = Nats::start(&dir) else { return };
+    let a = relay(&server.url()).await;
+    let _ws = connect(&a, "/flow/shop/web", "tok-alice").await;
+    for i in 0..3 {
+        assert_eq!(post_batch(&a, "m", i * 10, 10).await, 200);
+    }
+    let options = NatsOptions {
+        url: server.url(),
+        max_age: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let bus = NatsBus::connect(&options, RelayConfig::default().replay, Default::default())
+        .await
+        .unwrap();
+    let key = |name: &str| log_socket::relay::TapKey::parse("flow", "shop", name).unwrap();
+    let state = bus.stream_state(&key("web")).await.unwrap();
+    assert_eq!(state, Some(("LOGSOCKET_flow_shop_web".to_owned(), 1, 3)));
+    assert_eq!(bus.stream_state(&key("nobody")).await.unwrap(), None);
+}

@@ -31,6 +31,7 @@ pub const GROUP: &str = "logsocket.dev";
     printcolumn(name = "Listeners", type_ = "integer", json_path = ".status.listeners"),
     printcolumn(name = "Persistent", type_ = "boolean", json_path = ".spec.persistent"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Bus", type_ = "string", json_path = ".status.bus.kind", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -249,6 +250,27 @@ pub struct FlowTapStatus {
     /// this, whatever the spec says by then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patched: Option<PatchedFlow>,
+
+    /// Which bus serves the tap, as the relays with listeners last saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bus: Option<BusStatus>,
+}
+
+/// The bus between ingest and listeners for a tap.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BusStatus {
+    /// `embedded` (in the relay's process) or `nats` (a JetStream stream).
+    pub kind: String,
+    /// The JetStream stream holding the tap's records (`nats`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// The oldest message the stream retains (`nats`; a message is one ingest batch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_seq: Option<u64>,
+    /// The newest message in the stream (`nats`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seq: Option<u64>,
 }
 
 /// A flow log-socket changed for a tap.

@@ -46,6 +46,7 @@ pub(super) async fn taps(kube: &KubeArgs, args: &TapsArgs, out: &mut dyn Write) 
             status.listeners.to_string(),
             tap.spec.persistent.to_string(),
             status.phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "-".into()),
+            bus_cell(status.bus.as_ref()),
             tap.creation_timestamp()
                 .map(|t| age(t.0, Timestamp::now()))
                 .unwrap_or_else(|| "-".into()),
@@ -64,9 +65,22 @@ pub(super) async fn taps(kube: &KubeArgs, args: &TapsArgs, out: &mut dyn Write) 
         "LISTENERS",
         "PERSISTENT",
         "PHASE",
+        "BUS",
         "AGE",
     ];
     write_table(out, &header, &rows).map_err(Error::Output)
+}
+
+/// `embedded`, `nats 12..340` (the stream's first and last message), or `-` when no relay
+/// with listeners has reported it.
+fn bus_cell(bus: Option<&crate::k8s::flowtap::BusStatus>) -> String {
+    match bus {
+        None => "-".into(),
+        Some(b) => match (b.first_seq, b.last_seq) {
+            (Some(first), Some(last)) => format!("{} {first}..{last}", b.kind),
+            _ => b.kind.clone(),
+        },
+    }
 }
 
 fn write_table(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
@@ -110,6 +124,24 @@ pub fn age(since: Timestamp, now: Timestamp) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bus_column_shows_the_kind_and_the_streams_messages() {
+        use crate::k8s::flowtap::BusStatus;
+        assert_eq!(bus_cell(None), "-");
+        let embedded = BusStatus {
+            kind: "embedded".into(),
+            ..Default::default()
+        };
+        assert_eq!(bus_cell(Some(&embedded)), "embedded");
+        let nats = BusStatus {
+            kind: "nats".into(),
+            stream: Some("LOGSOCKET_flow_shop_web".into()),
+            first_seq: Some(12),
+            last_seq: Some(340),
+        };
+        assert_eq!(bus_cell(Some(&nats)), "nats 12..340");
+    }
 
     #[test]
     fn age_is_printed_in_the_largest_readable_unit() {

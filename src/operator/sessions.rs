@@ -30,6 +30,8 @@ pub struct ClusterSessions {
     /// Identities recently allowed to tap a flow (denials are asked again each time, so a
     /// granted permission works at once).
     allowed: crate::auth::cache::Cache<String, ()>,
+    /// The relay's bus, reported in the status of the FlowTaps this relay renews.
+    bus: std::sync::OnceLock<crate::relay::bus::Bus>,
 }
 
 /// How long a SubjectAccessReview that allowed tapping a flow is trusted: like kube-apiserver's
@@ -61,7 +63,35 @@ impl ClusterSessions {
             check_permission,
             mine: Mutex::new(HashMap::new()),
             allowed: crate::auth::cache::Cache::new(PERMISSION_TTL),
+            bus: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Report `bus` in the status of the FlowTaps this relay's listeners renew.
+    pub fn set_bus(&self, bus: crate::relay::bus::Bus) {
+        let _ = self.bus.set(bus);
+    }
+
+    /// What this relay knows of the bus serving the tap of `tap`.
+    async fn bus_status(&self, tap: Option<&SessionInfo>) -> Option<crate::k8s::flowtap::BusStatus> {
+        use crate::relay::bus::Bus;
+        let bus = self.bus.get()?;
+        let mut status = crate::k8s::flowtap::BusStatus {
+            kind: bus.name().to_owned(),
+            ..Default::default()
+        };
+        if let (Bus::Nats(nats), Some(info)) = (bus, tap) {
+            match nats.stream_state(&info.tap).await {
+                Ok(Some((stream, first, last))) => {
+                    status.stream = Some(stream);
+                    status.first_seq = Some(first);
+                    status.last_seq = Some(last);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::debug!(tap = %info.tap, error = %e, "cannot read the tap's stream for its status"),
+            }
+        }
+        Some(status)
     }
 
     fn session_id(&self, id: u64) -> String {
@@ -259,7 +289,11 @@ impl ClusterSessions {
                         renew_time: Some(renewed.clone()),
                     })
                     .collect();
+                let bus = self.bus_status(sessions.first().map(|(_, m)| &m.info)).await;
                 let result = update_status(&api, &name, None, |status| {
+                    if bus.is_some() {
+                        status.bus = bus.clone();
+                    }
                     let mine = self.mine.lock().unwrap();
                     // A listener that left since the list was taken is not added back.
                     let live = |entry: &&Session| {

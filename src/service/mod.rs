@@ -192,6 +192,7 @@ impl Service {
                 cluster.operator.clone(),
                 cluster.tap_permission_check,
             ));
+            sessions.set_bus(relay.bus.clone());
             parts.sessions = sessions.clone();
             (cluster, sessions)
         });

@@ -40,6 +40,7 @@ async fn k8stail_taps_lists_the_flowtaps_of_a_namespace() {
             "LISTENERS",
             "PERSISTENT",
             "PHASE",
+            "BUS",
             "AGE"
         ]
     );

@@ -341,6 +341,13 @@ async fn a_killed_service_restarts_and_k8stail_follows_it_saying_what_may_be_mis
         s.flow_refs(&client).await,
         serde_json::json!(["loki", "logsocket-flow-web"])
     );
+    // The relay renewing k8stail's session reports its bus in the FlowTap's status.
+    let taps: kube::Api<log_socket::k8s::flowtap::FlowTap> = kube::Api::namespaced(client.clone(), &s.ns);
+    support::eventually("the FlowTap status names the bus", async || {
+        let bus = taps.get("flow-web").await.ok()?.status?.bus?;
+        (bus.kind == "embedded" && bus.stream.is_none()).then_some(())
+    })
+    .await;
 
     // Ctrl-C: k8stail says records posted while the relay was down may be missing.
     // SAFETY: signalling our own child process.

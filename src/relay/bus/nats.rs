@@ -145,6 +145,23 @@ impl NatsBus {
         )
     }
 
+    /// The name of the tap's stream and its first and last sequence, if the stream exists.
+    pub async fn stream_state(&self, key: &TapKey) -> Result<Option<(String, u64, u64)>, BusError> {
+        let name = Self::stream_name(key);
+        let mut stream = match self.js.get_stream(&name).await {
+            Ok(stream) => stream,
+            Err(e)
+                if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
+                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(err(e)),
+        };
+        let info = stream.info().await.map_err(err)?;
+        Ok(Some((name, info.state.first_sequence, info.state.last_sequence)))
+    }
+
     /// The tap's stream, created if needed (a listener joins, or a FlowTap exists).
     pub async fn ensure_stream(&self, key: &TapKey) -> Result<stream::Stream, BusError> {
         let config = stream::Config {

@@ -410,3 +410,40 @@ async fn the_stream_state_a_flowtap_status_reports_names_the_stream_and_its_firs
     assert_eq!(state, Some(("LOGSOCKET_flow_shop_web".to_owned(), 1, 3)));
     assert_eq!(bus.stream_state(&key("nobody")).await.unwrap(), None);
 }
+
+#[tokio::test]
+async fn a_stream_no_flowtap_names_any_more_is_removed_unless_a_relay_still_follows_it() {
+    let dir = tempdir("remove");
+    let Some(server) = Nats::start(&dir) else { return };
+    let (a, b) = (relay(&server.url()).await, relay(&server.url()).await);
+    let key = log_socket::relay::TapKey::parse("flow", "shop", "web").unwrap();
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let exists = || async { js.get_stream("LOGSOCKET_flow_shop_web").await.is_ok() };
+    // A FlowTap exists: the stream buffers with nobody listening.
+    a.relay.pin_tap(&key, true);
+    let deadline = std::time::Instant::now() + WAIT;
+    while !exists().await {
+        assert!(std::time::Instant::now() < deadline, "the stream was not created");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(post_batch(&a, "m", 0, 5).await, 200);
+    // While a relay follows it for a listener, it stays.
+    let ws = connect(&b, "/flow/shop/web", "tok-alice").await;
+    a.relay.pin_tap(&key, false);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(exists().await, "removed under a listener");
+    // Nobody follows any more (the listener left and B's tap closed): gone with the FlowTap.
+    drop(ws);
+    drop(b);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        a.relay.pin_tap(&key, false);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if !exists().await {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the stream stayed");
+    }
+    // fluentd's late chunks for the tap are discarded, not an error.
+    assert_eq!(post_batch(&a, "m", 5, 5).await, 202);
+}

@@ -162,6 +162,33 @@ impl NatsBus {
         Ok(Some((name, info.state.first_sequence, info.state.last_sequence)))
     }
 
+    /// Delete the tap's stream if no relay follows it (no consumer); a relay still following
+    /// keeps it until its own listeners are gone and the stream ages out.
+    pub async fn remove_unfollowed_stream(&self, key: &TapKey) -> Result<(), BusError> {
+        let name = Self::stream_name(key);
+        let mut stream = match self.js.get_stream(&name).await {
+            Ok(stream) => stream,
+            Err(e)
+                if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
+                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                return Ok(())
+            }
+            Err(e) => return Err(err(e)),
+        };
+        if stream.info().await.map_err(err)?.state.consumer_count > 0 {
+            return Ok(());
+        }
+        match self.js.delete_stream(&name).await {
+            Ok(_) => {
+                tracing::info!(tap = %key, stream = %name, "removed the tap's stream: no FlowTap names the flow");
+                Ok(())
+            }
+            Err(e) if e.to_string().contains("not found") => Ok(()),
+            Err(e) => Err(err(e)),
+        }
+    }
+
     /// The tap's stream, created if needed (a listener joins, or a FlowTap exists).
     pub async fn ensure_stream(&self, key: &TapKey) -> Result<stream::Stream, BusError> {
         let config = stream::Config {

@@ -32,6 +32,10 @@ pub struct ClusterSessions {
     allowed: crate::auth::cache::Cache<String, ()>,
     /// The relay's bus, reported in the status of the FlowTaps this relay renews.
     bus: std::sync::OnceLock<crate::relay::bus::Bus>,
+    /// When this relay started: a session another relay renewed after it is a live replica.
+    started: k8s_openapi::jiff::Timestamp,
+    /// Whether the error about replicas on the embedded bus was logged.
+    warned_replicas: std::sync::atomic::AtomicBool,
 }
 
 /// How long a SubjectAccessReview that allowed tapping a flow is trusted: like kube-apiserver's
@@ -64,6 +68,36 @@ impl ClusterSessions {
             mine: Mutex::new(HashMap::new()),
             allowed: crate::auth::cache::Cache::new(PERMISSION_TTL),
             bus: std::sync::OnceLock::new(),
+            started: super::status::now(),
+            warned_replicas: Default::default(),
+        }
+    }
+
+    /// With the embedded bus, say so loudly when another live relay serves listeners too: a
+    /// listener there misses what fluentd posts here. A relay that crashed before this one
+    /// started cannot renew after it, so only live replicas count.
+    fn check_replicas(&self) {
+        use std::sync::atomic::Ordering;
+        if !matches!(self.bus.get(), Some(crate::relay::bus::Bus::Embedded))
+            || self.warned_replicas.load(Ordering::Relaxed)
+        {
+            return;
+        }
+        let others: std::collections::BTreeSet<String> = self
+            .taps
+            .state()
+            .iter()
+            .flat_map(|t| t.status.iter().flat_map(|s| s.sessions.iter()))
+            .filter(|s| s.relay != self.config.instance)
+            .filter(|s| s.renew_time.as_ref().is_some_and(|t| t.0 > self.started))
+            .map(|s| s.relay.clone())
+            .collect();
+        if !others.is_empty() {
+            self.warned_replicas.store(true, Ordering::Relaxed);
+            tracing::error!(
+                other_relays = ?others,
+                "several log-socket replicas serve listeners, but this one runs --bus embedded: a listener on one replica misses what fluentd posts to another. Run one replica, or --bus nats (see the README's Scaling out)"
+            );
         }
     }
 
@@ -269,6 +303,7 @@ impl ClusterSessions {
                 _ = tick.tick() => {}
                 _ = &mut stop => break,
             }
+            self.check_replicas();
             let mut by_tap: HashMap<(String, String), Vec<(u64, Mine)>> = HashMap::new();
             for (id, mine) in self.mine.lock().unwrap().iter() {
                 by_tap

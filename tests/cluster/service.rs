@@ -81,6 +81,17 @@ impl Setup {
 
     /// Start the service and wait until it is ready.
     pub async fn start(&self, extra: &[&str]) -> crate::wire::Service {
+        self.start_at(self.ingest, self.api, self.health, extra).await
+    }
+
+    /// Start another replica of the service, on these ports, and wait until it is ready.
+    pub async fn start_at(
+        &self,
+        ingest: std::net::SocketAddr,
+        api: std::net::SocketAddr,
+        health: std::net::SocketAddr,
+        extra: &[&str],
+    ) -> crate::wire::Service {
         let service = crate::wire::Service::spawn(
             tokio::process::Command::new(support::bin("log-socket"))
                 .args([
@@ -94,15 +105,15 @@ impl Setup {
                 .arg(&self.kubeconfig)
                 .arg("--ingest-key-file")
                 .arg(&self.keys)
-                .args(["--ingest-addr", &self.ingest.to_string()])
-                .args(["--api-addr", &self.api.to_string()])
-                .args(["--health-addr", &self.health.to_string()])
+                .args(["--ingest-addr", &ingest.to_string()])
+                .args(["--api-addr", &api.to_string()])
+                .args(["--health-addr", &health.to_string()])
                 .args(extra)
                 .env_remove("RUST_LOG"),
         );
         for _ in 0..200 {
-            if tokio::net::TcpStream::connect(self.health).await.is_ok()
-                && crate::wire::request(self.health, "GET", "/readyz", &[], b"").await.0 == 200
+            if tokio::net::TcpStream::connect(health).await.is_ok()
+                && crate::wire::request(health, "GET", "/readyz", &[], b"").await.0 == 200
             {
                 return service;
             }
@@ -373,4 +384,43 @@ async fn a_killed_service_restarts_and_k8stail_follows_it_saying_what_may_be_mis
     assert!(outputs.get_opt("logsocket-flow-web").await.unwrap().is_none());
     second.terminate();
     second.exited_cleanly().await;
+}
+
+#[tokio::test]
+async fn two_replicas_serving_listeners_on_the_embedded_bus_log_that_listeners_miss_records() {
+    let client = support::client().await;
+    let s = Setup::new(&client, "svc-replicas").await;
+    let token = support::service_account_token(&client, &s.ns, "alice").await;
+    support::grant(&client, &s.ns, "alice", support::may_tap_flows()).await;
+    support::create_flow(&client, &s.ns, "web", serde_json::json!({"localOutputRefs": ["loki"]})).await;
+    let first = s.start(&["--session-ttl", "3s", "--instance", "relay-a"]).await;
+    // A second replica of the same installation, on ports of its own.
+    let port = || std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let second_api = port();
+    let second = s
+        .start_at(
+            port(),
+            second_api,
+            port(),
+            &["--session-ttl", "3s", "--instance", "relay-b"],
+        )
+        .await;
+    let listen = |api: std::net::SocketAddr| {
+        let (ns, token) = (s.ns.clone(), token.clone());
+        async move {
+            let mut req = format!("ws://{api}/flow/{ns}/web").into_client_request().unwrap();
+            req.headers_mut().insert("x-authorization", token.parse().unwrap());
+            tokio_tungstenite::connect_async(req).await.expect("a listener").0
+        }
+    };
+    let (_a, _b) = (listen(s.api).await, listen(second_api).await);
+    // Both renew their sessions on the one FlowTap every second; each sees the other's.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    first.terminate();
+    second.terminate();
+    let logs = format!("{}{}", first.exited_cleanly().await, second.exited_cleanly().await);
+    assert!(
+        logs.contains("several log-socket replicas serve listeners, but this one runs --bus embedded"),
+        "{logs}"
+    );
 }

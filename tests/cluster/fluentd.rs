@@ -474,7 +474,7 @@ async fn a_stalled_or_gone_relay_neither_holds_up_the_flows_own_output_nor_grows
     assert!(sunk_stalled >= sunk_before + rate, "{sunk_before} → {sunk_stalled}");
     assert!(sunk_gone >= sunk_stalled + rate, "{sunk_stalled} → {sunk_gone}");
     // Held to the tap's buffer (plus Ruby's allocator slack), far from what was produced.
-    assert!(produced > 96 << 20, "the outage produced only {produced} bytes");
+    assert!(produced > 64 << 20, "the outage produced only {produced} bytes");
     assert!(growth < 32 << 20, "fluentd grew by {growth} bytes");
 
     // The relay comes back and the tap is removed: the flow is restored, fluentd reloads
@@ -486,13 +486,24 @@ async fn a_stalled_or_gone_relay_neither_holds_up_the_flows_own_output_nor_grows
     })
     .await;
     assert_eq!(s.flow_refs(&client).await, serde_json::json!(["loki"]));
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The reloaded fluentd (Ruby starts slowly on a busy machine) delivers to the sink too.
+    let numbers = |p: &Pipeline| {
+        p.sink("loki")
+            .iter()
+            .filter_map(|r| r["n"].as_u64())
+            .collect::<Vec<u64>>()
+    };
+    support::eventually_within(
+        "the reloaded fluentd's records in the sink",
+        Duration::from_secs(90),
+        async || (runs(&numbers(&pipeline)).len() == 2).then_some(()),
+    )
+    .await;
     pipeline.stop().await;
     let log = pipeline.log().await;
     assert_eq!(pipeline.backups(), Vec::<std::path::PathBuf>::new(), "{log}");
     // Every record of every fluentd run reached the flow's own output, once and in order.
-    let all: Vec<u64> = pipeline.sink("loki").iter().filter_map(|r| r["n"].as_u64()).collect();
-    let runs = runs(&all);
+    let runs = runs(&numbers(&pipeline));
     assert_eq!(runs.len(), 2, "one run with the tap, one after it went");
     for run in &runs {
         assert!(consecutive(run), "a gap or a repeat in the flow's own output");

@@ -145,18 +145,25 @@ impl NatsBus {
         )
     }
 
+    /// The stream `name`, if it exists.
+    async fn stream(&self, name: &str) -> Result<Option<stream::Stream>, BusError> {
+        match self.js.get_stream(name).await {
+            Ok(stream) => Ok(Some(stream)),
+            Err(e)
+                if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(err(e)),
+        }
+    }
+
     /// The name of the tap's stream and its first and last sequence, if the stream exists.
     pub async fn stream_state(&self, key: &TapKey) -> Result<Option<(String, u64, u64)>, BusError> {
         let name = Self::stream_name(key);
-        let mut stream = match self.js.get_stream(&name).await {
-            Ok(stream) => stream,
-            Err(e)
-                if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
-                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
-            {
-                return Ok(None)
-            }
-            Err(e) => return Err(err(e)),
+        let Some(mut stream) = self.stream(&name).await? else {
+            return Ok(None);
         };
         let info = stream.info().await.map_err(err)?;
         Ok(Some((name, info.state.first_sequence, info.state.last_sequence)))
@@ -166,15 +173,8 @@ impl NatsBus {
     /// keeps it until its own listeners are gone and the stream ages out.
     pub async fn remove_unfollowed_stream(&self, key: &TapKey) -> Result<(), BusError> {
         let name = Self::stream_name(key);
-        let mut stream = match self.js.get_stream(&name).await {
-            Ok(stream) => stream,
-            Err(e)
-                if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
-                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
-            {
-                return Ok(())
-            }
-            Err(e) => return Err(err(e)),
+        let Some(mut stream) = self.stream(&name).await? else {
+            return Ok(());
         };
         if stream.info().await.map_err(err)?.state.consumer_count > 0 {
             return Ok(());

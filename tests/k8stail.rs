@@ -149,14 +149,18 @@ fn rec(pod: &str, message: &str) -> Value {
 
 /// Post records once k8stail is attached (the relay discards them with 202 until a tap is open).
 async fn post_when_open(r: &TestRelay, records: &[Value]) {
-    for _ in 0..200 {
-        match post(r, "/flow/shop/web", &array(records)).await.0 {
-            200 => return,
-            202 => tokio::time::sleep(Duration::from_millis(25)).await,
-            code => panic!("ingest answered {code}"),
+    // The tap opens at k8stail's handshake and the listener attaches a moment later (after the
+    // upgrade): a record posted in between is before its live stream starts.
+    let key = log_socket::relay::TapKey::parse("flow", "shop", "web").unwrap();
+    for _ in 0..400 {
+        if r.relay.tap(&key).is_some_and(|t| t.listener_count() > 0) {
+            let (code, body) = post(r, "/flow/shop/web", &array(records)).await;
+            assert_eq!(code, 200, "{body}");
+            return;
         }
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("the tap never opened");
+    panic!("no listener attached to the tap");
 }
 
 fn messages(lines: &[String]) -> Vec<String> {

@@ -108,8 +108,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub fn init_tracing(level: &str, format: service::config::LogFormat) {
     use tracing_subscriber::EnvFilter;
     // RUST_LOG wins over the configured level so a developer can turn on one module's debug logs.
+    // The NATS client's debug logs print its server URLs whole, credentials included: it
+    // logs at info at most unless RUST_LOG asks for it by name.
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
+        .or_else(|_| match level {
+            "debug" | "trace" => EnvFilter::try_new(format!("{level},async_nats=info")),
+            _ => EnvFilter::try_new(level),
+        })
         .unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
     // Colour only for a person at a terminal, and never when NO_COLOR is set (no-color.org).

@@ -105,6 +105,17 @@ fn self_signed_names() -> Vec<String> {
 }
 
 /// Bind a listening socket, naming the address in the error.
+/// URLs with any `user:password@` taken out, for logs (a NATS URL may carry credentials).
+fn without_userinfo(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => format!("{}://{}", &url[..scheme], &url[at + 1..]),
+            _ => url.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The bus `--bus` names, connected (in the background: the service starts while NATS is
 /// down, and ingest answers 503 until it is up).
 async fn bus(cfg: &ServiceConfig, relay: &Relay) -> Result<crate::relay::bus::Bus> {
@@ -129,7 +140,7 @@ async fn bus(cfg: &ServiceConfig, relay: &Relay) -> Result<crate::relay::bus::Bu
             let bus = nats::NatsBus::connect(&options, relay.config.replay, slow_client)
                 .await
                 .map_err(|e| Error::Config(format!("--bus nats: {e}")))?;
-            tracing::info!(url = %cfg.nats_url, "bus: nats");
+            tracing::info!(url = %without_userinfo(&cfg.nats_url), "bus: nats");
             Ok(Bus::Nats(Arc::new(bus)))
         }
     }
@@ -473,4 +484,17 @@ fn ingest_auth(cfg: &ServiceConfig) -> Result<IngestAuth> {
         tracing::warn!("--ingest-insecure: anyone who reaches the ingest port can inject records");
     }
     Ok(auth)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nats_urls_are_logged_without_their_credentials() {
+        assert_eq!(
+            without_userinfo("nats://bob:s3cret@nats-1:4222,tls://nats-2:4222"),
+            "nats://nats-1:4222,tls://nats-2:4222"
+        );
+    }
 }

@@ -1215,7 +1215,7 @@ async fn bus_bench() {
     row("embedded, 100 flows × 1 listener", &embedded_100);
     let nats_100 = throughput_on(Some(&url), big_queues(), Arc::new(AllowAll), 100, 1, 200_000, false).await;
     row("nats, 100 flows × 1 listener", &nats_100);
-    let nats_cpu = server.cpu_secs();
+    let nats_cpu = server.pid().map_or(0.0, process_cpu_secs);
     println!(
         "\nThe nats path delivers {:.2}× the embedded path's records/s to one listener ({:.2}× over 100 flows); nats-server used {nats_cpu:.1} s of CPU in all.\n",
         nats.records_per_s / embedded.records_per_s,

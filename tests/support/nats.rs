@@ -106,16 +106,9 @@ impl Nats {
         }
     }
 
-    /// CPU seconds the server has used (user + system).
-    pub fn cpu_secs(&self) -> f64 {
-        let Some(child) = &self.child else { return 0.0 };
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-        let fields: Vec<f64> = rest.split_whitespace().filter_map(|f| f.parse().ok()).collect();
-        // SAFETY: sysconf has no preconditions.
-        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        // After the command: field 3 (state, not a number) first, so utime/stime are 10 and 11.
-        (fields.get(10).copied().unwrap_or(0.0) + fields.get(11).copied().unwrap_or(0.0)) / ticks
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn log(&self) -> String {

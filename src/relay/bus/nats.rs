@@ -5,8 +5,11 @@
 //!   `logsocket.{flow|clusterflow}.NS.NAME`, file storage, limits from the replay settings
 //!   (`--replay-records` messages, `--replay-bytes`, oldest discarded) and `--nats-max-age`.
 //! - One message per accepted ingest batch (several, in order, when it is larger than the
-//!   server's `max_payload`): the records as a JSON array, byte for byte as fluentd sent them.
-//!   Ingest answers only after JetStream stored every message.
+//!   server's `max_payload`): the records as a JSON array, byte for byte as fluentd sent them,
+//!   LZ4-compressed (header `Logsocket-Encoding: lz4`; a message without it is a plain array).
+//!   nats-server's cost is per byte stored and delivered, and log records compress several
+//!   times over, so this is what lets the bus keep up (BENCHMARKS.md). Ingest answers only
+//!   after JetStream stored every message.
 //! - Record numbers: `stream sequence × 2^20 + position in the batch` (a batch holds fewer than
 //!   2^20 records: `--max-records-per-request`), increasing, the same on every replica; not
 //!   contiguous. The tap's epoch is the stream's creation time, so a resume tells a recreated
@@ -28,6 +31,13 @@ use tokio::sync::watch;
 
 /// Records of one batch (the low bits of a record number).
 pub const BATCH_BITS: u32 = 20;
+
+/// The header naming a message's compression, and its one value.
+const ENCODING: &str = "Logsocket-Encoding";
+const LZ4: &str = "lz4";
+/// A compressed message's JSON array is at most this large: a relay splits at the server's
+/// `max_payload` (64 MiB at most in NATS), so a larger claimed size is not a relay's message.
+const MAX_DECOMPRESSED: usize = 64 << 20;
 
 /// How to reach NATS (`--nats-*`).
 #[derive(Debug, Clone, Default)]
@@ -221,7 +231,14 @@ impl NatsBus {
         // acknowledgements awaited, in order.
         let mut acks = Vec::with_capacity(messages.len());
         for body in messages {
-            match self.js.publish(Self::subject(key), body.into()).await {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(ENCODING, LZ4);
+            let compressed = lz4_flex::block::compress_prepend_size(&body);
+            match self
+                .js
+                .publish_with_headers(Self::subject(key), headers, compressed.into())
+                .await
+            {
                 Ok(ack) => acks.push(ack),
                 Err(e) => return Err(err(e)),
             }
@@ -324,6 +341,33 @@ fn split(records: &[Record], limit: usize) -> Result<Vec<Vec<u8>>, BusError> {
     Ok(out)
 }
 
+/// A bus message's JSON array of records, decompressed when it says so.
+fn decode(message: &async_nats::jetstream::Message) -> Result<bytes::Bytes, BusError> {
+    let encoding = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(ENCODING))
+        .map(|v| v.as_str());
+    match encoding {
+        None => Ok(message.payload.clone()),
+        Some(LZ4) => decompress(&message.payload),
+        Some(other) => Err(BusError(format!("unknown {ENCODING} {other:?}"))),
+    }
+}
+
+fn decompress(payload: &[u8]) -> Result<bytes::Bytes, BusError> {
+    let (size, block) = lz4_flex::block::uncompressed_size(payload).map_err(err)?;
+    if size > MAX_DECOMPRESSED {
+        return Err(BusError(format!("a message claims {size} bytes uncompressed")));
+    }
+    let mut out = vec![0; size];
+    let n = lz4_flex::block::decompress_into(block, &mut out).map_err(err)?;
+    if n != size {
+        return Err(BusError("a message is shorter than it claims".into()));
+    }
+    Ok(out.into())
+}
+
 fn epoch_of(info: &stream::Info) -> u64 {
     info.created.unix_timestamp_nanos() as u64
 }
@@ -420,8 +464,7 @@ impl Following {
                     };
                     let Some(tap) = self.tap.upgrade() else { return Ok(()) };
                     tracing::trace!(tap = %self.key, seq, pending, "bus message");
-                    let payload = bytes::Bytes::from(message.payload.to_vec());
-                    match record::parse_batch(&payload) {
+                    match decode(&message).and_then(|payload| record::parse_batch(&payload).map_err(err)) {
                         Ok(records) => {
                             let published = tap.publish_numbered(seq << BATCH_BITS, records);
                             self.slow_client.inc_by(published.dropped);
@@ -477,5 +520,20 @@ mod tests {
         let raws = |r: &[Record]| r.iter().map(|r| r.raw.to_string()).collect::<Vec<_>>();
         assert_eq!(raws(&again), raws(&batch));
         assert!(split(&records(1, 2000), 1000).unwrap_err().0.contains("max_payload"));
+    }
+
+    #[test]
+    fn a_compressed_message_decodes_to_its_array_and_a_hostile_one_is_refused_without_allocating_its_claim() {
+        let body = b"[{\"message\":\"hello\"},{\"message\":\"hello\"}]".to_vec();
+        let compressed = lz4_flex::block::compress_prepend_size(&body);
+        assert_eq!(&decompress(&compressed).unwrap()[..], &body[..]);
+        // A size prefix of 4 GiB with no data behind it.
+        let hostile = [0xff, 0xff, 0xff, 0xff, 0x00];
+        assert!(decompress(&hostile).unwrap_err().0.contains("claims"));
+        // A prefix that claims more than the block holds.
+        let mut short = compressed.clone();
+        short[0] += 10;
+        assert!(decompress(&short).is_err());
+        assert!(decompress(&compressed[..compressed.len() - 3]).is_err());
     }
 }

@@ -180,6 +180,32 @@ fn batch(start: u64, len: usize, sent_ns: u64, deny_every_other: bool) -> Vec<u8
     body.into_bytes()
 }
 
+/// The batch with a field of `chars` random hex digits added to each record (which LZ4 cannot
+/// compress), so that records compress about as much as real logs instead of 20×.
+fn add_noise(body: Vec<u8>, chars: usize, seed: u64) -> Vec<u8> {
+    if chars == 0 {
+        return body;
+    }
+    let mut x = seed | 1;
+    let text = String::from_utf8(body).unwrap();
+    let mut out = String::with_capacity(text.len() + text.len() / 600 * (chars + 12));
+    for (i, part) in text.split(r#""stream":"stdout","#).enumerate() {
+        if i > 0 {
+            out.push_str(r#""stream":"stdout","trace":""#);
+            for _ in 0..chars {
+                // xorshift64: cheap, and enough to defeat LZ4.
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                out.push(char::from_digit((x & 15) as u32, 16).unwrap());
+            }
+            out.push_str("\",");
+        }
+        out.push_str(part);
+    }
+    out.into_bytes()
+}
+
 /// One keep-alive HTTP/1.1 connection to ingest.
 struct Poster {
     stream: TcpStream,
@@ -359,10 +385,12 @@ async fn throughput(
     total: u64,
     deny_half: bool,
 ) -> Throughput {
-    throughput_on(None, config, authorizer, flows, per_flow, total, deny_half).await
+    throughput_on(None, config, authorizer, flows, per_flow, total, deny_half, 0).await
 }
 
-/// [`throughput`] on the embedded bus, or on the nats bus at `nats_url`.
+/// [`throughput`] on the embedded bus, or on the nats bus at `nats_url`, with `noise` random
+/// characters added to each record (see [`add_noise`]).
+#[allow(clippy::too_many_arguments)] // the bench's knobs, named at each call
 async fn throughput_on(
     nats_url: Option<&str>,
     config: RelayConfig,
@@ -371,6 +399,7 @@ async fn throughput_on(
     per_flow: usize,
     total: u64,
     deny_half: bool,
+    noise: usize,
 ) -> Throughput {
     let b = relay_with(config, authorizer, IngestAuth::basic("fluentd", "s3cret"), nats_url).await;
     let origin = Instant::now();
@@ -397,12 +426,13 @@ async fn throughput_on(
     wait_ready(&ready, (flows * per_flow) as u64).await;
     let batches: Vec<Vec<u8>> = (0..(per_flow_records as usize).div_ceil(BATCH))
         .map(|i| {
-            batch(
+            let b = batch(
                 (i * BATCH) as u64,
                 BATCH.min(per_flow_records as usize - i * BATCH),
                 0,
                 deny_half,
-            )
+            );
+            add_noise(b, noise, i as u64)
         })
         .collect();
     let body_bytes: u64 = batches.iter().map(|b| b.len() as u64).sum::<u64>() * flows as u64;
@@ -1209,20 +1239,132 @@ async fn bus_bench() {
     println!("| bus (relay, nats-server and clients on the same cores) | records/s in | records/s delivered | relay CPU µs/record | clients CPU µs/record | silent gaps | dropped |\n|---|---|---|---|---|---|---|");
     let embedded = throughput(big_queues(), Arc::new(AllowAll), 1, 1, 400_000, false).await;
     row("embedded, 1 listener", &embedded);
-    let nats = throughput_on(Some(&url), big_queues(), Arc::new(AllowAll), 1, 1, 400_000, false).await;
+    let nats = throughput_on(Some(&url), big_queues(), Arc::new(AllowAll), 1, 1, 400_000, false, 0).await;
     row("nats (JetStream, file storage), 1 listener", &nats);
     let embedded_100 = throughput(big_queues(), Arc::new(AllowAll), 100, 1, 200_000, false).await;
     row("embedded, 100 flows × 1 listener", &embedded_100);
-    let nats_100 = throughput_on(Some(&url), big_queues(), Arc::new(AllowAll), 100, 1, 200_000, false).await;
+    let nats_100 = throughput_on(Some(&url), big_queues(), Arc::new(AllowAll), 100, 1, 200_000, false, 0).await;
     row("nats, 100 flows × 1 listener", &nats_100);
+    // Records with 160 random hex digits each (about 4× compression on the bus, like real logs).
+    const NOISE: usize = 160;
+    let embedded_noisy = throughput_on(None, big_queues(), Arc::new(AllowAll), 1, 1, 400_000, false, NOISE).await;
+    row("embedded, 1 listener, records compressing ~4×", &embedded_noisy);
+    let nats_noisy = throughput_on(
+        Some(&url),
+        big_queues(),
+        Arc::new(AllowAll),
+        1,
+        1,
+        400_000,
+        false,
+        NOISE,
+    )
+    .await;
+    row("nats, 1 listener, records compressing ~4×", &nats_noisy);
     let nats_cpu = server.pid().map_or(0.0, process_cpu_secs);
+    let ratio = |b: Vec<u8>| b.len() as f64 / lz4_flex::block::compress_prepend_size(&b).len() as f64;
     println!(
-        "\nThe nats path delivers {:.2}× the embedded path's records/s to one listener ({:.2}× over 100 flows); nats-server used {nats_cpu:.1} s of CPU in all.\n",
+        "\nThe nats path delivers {:.2}× the embedded path's records/s to one listener ({:.2}× over 100 flows, {:.2}× with the noisy records); nats-server used {nats_cpu:.1} s of CPU in all. On the bus a batch of {BATCH} records compresses {:.1}× (LZ4), the noisy ones {:.1}×: nats-server's cost is per byte, so records that compress less cost it more.\n",
         nats.records_per_s / embedded.records_per_s,
         nats_100.records_per_s / embedded_100.records_per_s,
+        nats_noisy.records_per_s / embedded_noisy.records_per_s,
+        ratio(batch(0, BATCH, 0, false)),
+        ratio(add_noise(batch(0, BATCH, 0, false), NOISE, 1)),
     );
+
+    // The same 100 listeners of one flow on one relay, then split over two (both relays on the
+    // same 2 cores, so this shows what a second replica costs, not what it scales to).
+    println!("| 100 listeners of one flow, nats bus | records/s in | records/s delivered | relays' CPU µs per record in | per record delivered |\n|---|---|---|---|---|");
+    for relays in [1, 2] {
+        let t = spread(&url, relays, 100, 100_000).await;
+        println!(
+            "| on {relays} relay{} (ingest at the first) | {:.0} | {:.0} | {:.2} | {:.3} |",
+            if relays > 1 { "s" } else { "" },
+            t.records_per_s,
+            t.delivered_per_s,
+            t.relay_cpu_us,
+            t.relay_cpu_us * t.records_per_s / t.delivered_per_s,
+        );
+    }
+    println!();
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `listeners` listeners of one flow spread round-robin over `relays` relays sharing one NATS,
+/// `total` records posted to the first relay over two connections: until every listener has
+/// every record.
+async fn spread(url: &str, relays: usize, listeners: usize, total: u64) -> Throughput {
+    let mut benches = vec![];
+    for _ in 0..relays {
+        benches.push(
+            relay_with(
+                big_queues(),
+                Arc::new(AllowAll),
+                IngestAuth::basic("fluentd", "s3cret"),
+                Some(url),
+            )
+            .await,
+        );
+    }
+    let path = format!("/flow/shop/spread{relays}");
+    let origin = Instant::now();
+    let ready = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..listeners)
+        .map(|i| {
+            tokio::spawn(listen(
+                benches[i % relays].api,
+                path.clone(),
+                total,
+                origin,
+                false,
+                None,
+                ready.clone(),
+            ))
+        })
+        .collect();
+    wait_ready(&ready, listeners as u64).await;
+    let batches: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..(total as usize).div_ceil(BATCH))
+            .map(|i| batch((i * BATCH) as u64, BATCH.min(total as usize - i * BATCH), 0, false))
+            .collect(),
+    );
+    let cpu_before = cpu_by_side();
+    let start = Instant::now();
+    let senders: Vec<_> = (0..2)
+        .map(|c| {
+            let (batches, ingest, path) = (batches.clone(), benches[0].ingest, path.clone());
+            tokio::spawn(async move {
+                let mut p = Poster::new(ingest).await;
+                for body in batches.iter().skip(c).step_by(2) {
+                    assert_eq!(p.post(&path, body).await, 200);
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.await.unwrap();
+    }
+    let (mut gaps, mut dropped) = (0, 0);
+    for t in tasks {
+        let seen = t.await.unwrap();
+        gaps += seen.silent_gaps;
+        dropped += seen.dropped;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let cpu_after = cpu_by_side();
+    for b in benches {
+        b.stop().await;
+    }
+    Throughput {
+        relay_cpu_us: (cpu_after.0 - cpu_before.0) * 1e6 / total as f64,
+        client_cpu_us: (cpu_after.1 - cpu_before.1) * 1e6 / total as f64,
+        records_per_s: total as f64 / secs,
+        mb_per_s: 0.0,
+        delivered_per_s: (total * listeners as u64) as f64 / secs,
+        silent_gaps: gaps,
+        dropped,
+    }
 }
 
 struct FluentdFigures {

@@ -7,6 +7,14 @@
 #[allow(dead_code)]
 mod wire;
 
+#[path = "support/fluentd.rs"]
+#[allow(dead_code)]
+mod fluentd;
+
+#[path = "support/render.rs"]
+#[allow(dead_code)]
+mod render;
+
 #[path = "support/nats.rs"]
 #[allow(dead_code)] // shared with the bench, which uses more of it
 mod nats;
@@ -446,4 +454,143 @@ async fn a_stream_no_flowtap_names_any_more_is_removed_unless_a_relay_still_foll
     }
     // fluentd's late chunks for the tap are discarded, not an error.
     assert_eq!(post_batch(&a, "m", 5, 5).await, 202);
+}
+
+/// A Kubernetes Service's stand-in on loopback: each connection goes to the first of its
+/// endpoints, and is closed when that endpoint does not answer (as kube-proxy does until the
+/// dead pod leaves the endpoints).
+struct ServiceStandIn {
+    addr: std::net::SocketAddr,
+    endpoints: Arc<std::sync::Mutex<Vec<std::net::SocketAddr>>>,
+}
+
+async fn service_stand_in(endpoints: Vec<std::net::SocketAddr>) -> ServiceStandIn {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let endpoints = Arc::new(std::sync::Mutex::new(endpoints));
+    let current = endpoints.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let first = current.lock().unwrap().first().copied();
+            tokio::spawn(async move {
+                if let Some(Ok(mut server)) = match first {
+                    Some(e) => Some(tokio::net::TcpStream::connect(e).await),
+                    None => None,
+                } {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    ServiceStandIn { addr, endpoints }
+}
+
+/// Read record frames into `seen` (their `n`, fluentd's sample counter) until one numbered
+/// `at_least` or more arrives.
+async fn numbers_until(ws: &mut Ws, at_least: u64, seen: &mut Vec<u64>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while seen.last().is_none_or(|&n| n < at_least) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let frame = tokio::time::timeout(left, next(ws))
+            .await
+            .expect("fluentd's records in time");
+        match frame["type"].as_str() {
+            Some("record") => seen.push(frame["record"]["n"].as_u64().unwrap()),
+            Some("dropped") => panic!("a gap: {frame}"),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_real_fluentd_loses_nothing_when_the_relay_it_posts_to_is_killed() {
+    let dir = tempdir("fluentd-kill");
+    if fluentd::command().is_none() {
+        return;
+    }
+    let Some(server) = Nats::start(&dir.join("nats")) else {
+        return;
+    };
+    let a = relay_process(&server.url(), &dir).await;
+    let b = relay_process(&server.url(), &dir).await;
+    let service = service_stand_in(vec![a.ingest, b.ingest]).await;
+    // The listener is on B; the tap's stream exists from here on.
+    let (mut on_b, _) = try_connect_at(b.api, "/flow/shop/web", "tok-alice").await.unwrap();
+
+    // fluentd with the Output log-socket generates (its buffer and retry settings), posting to
+    // the Service, which sends it to A while A lives.
+    let tap: log_socket::k8s::flowtap::FlowTap = serde_json::from_value(serde_json::json!({
+        "apiVersion": "logsocket.dev/v1alpha1", "kind": "FlowTap",
+        "metadata": {"name": "flow-web", "namespace": "shop"},
+        "spec": {"flowRef": {"kind": "Flow", "name": "web"}},
+    }))
+    .unwrap();
+    let config = log_socket::operator::OperatorConfig {
+        instance: "test".into(),
+        ingest_url: format!("http://{}", service.addr),
+        linger: Duration::ZERO,
+        session_ttl: Duration::from_secs(60),
+        ingest_keys: None,
+        tls_secret: None,
+        output_accept_timeout: Duration::from_secs(30),
+        sweep_interval: Duration::from_secs(60),
+        limits: Default::default(),
+        mode: Default::default(),
+        namespace: None,
+    };
+    let mut spec = log_socket::operator::desired_output_spec(&tap, &config, None);
+    spec["http"]["auth"] = serde_json::json!({"username": {"value": "fluentd"}, "password": {"value": "s3cret"}});
+    let output = render::http_output(&spec, "flow:shop:web:output:shop:logsocket-flow-web");
+    let sample = r#"{"message":"m","kubernetes":{"namespace_name":"shop","pod_name":"web-1","container_name":"app"}}"#;
+    let conf = format!(
+        "{system}<source>\n  @type sample\n  tag kubernetes.web\n  rate 50\n  auto_increment_key n\n  sample {sample}\n</source>\n\
+         <match kubernetes.**>\n{output}</match>\n<label @FLUENT_LOG>\n  <match fluent.**>\n    @type null\n  </match>\n</label>\n",
+        system = fluentd::system(&dir.join("fluentd"))
+    );
+    let mut f = fluentd::Fluentd::start(&dir.join("fluentd"), &conf).unwrap();
+
+    let mut seen: Vec<u64> = vec![];
+    numbers_until(&mut on_b, 100, &mut seen).await;
+    let mut a = a;
+    a.service.child.kill().await.unwrap();
+    let at_kill = *seen.last().unwrap();
+    // The Service still sends fluentd to A for a while: its flushes fail, and it keeps them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !f.log().contains("failed to flush the buffer") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fluentd never failed at the dead relay:\n{}",
+            f.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A leaves the endpoints; fluentd's retry reaches B.
+    service.endpoints.lock().unwrap().remove(0);
+    numbers_until(&mut on_b, at_kill + 200, &mut seen).await;
+    assert!(f.log().contains("retry succeeded"), "{}", f.log());
+    f.stop(Duration::from_secs(5)).await;
+
+    let mut unique = seen.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    let last = *unique.last().unwrap();
+    assert_eq!(
+        unique,
+        (0..=last).collect::<Vec<_>>(),
+        "every record fluentd sent, none missing; log:\n{}",
+        f.log()
+    );
+    // In order, except that a batch answered 503 after JetStream stored it comes again (at
+    // least once: fluentd retries what it was not told was stored).
+    let repeated = seen.len() - unique.len();
+    eprintln!(
+        "{} records, {repeated} delivered twice (fluentd retried a batch A stored but never answered)",
+        seen.len()
+    );
+    assert!(
+        fluentd::backups(&dir.join("fluentd")).is_empty(),
+        "fluentd gave nothing up"
+    );
+    b.service.terminate();
+    b.service.exited_cleanly().await;
 }

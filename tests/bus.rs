@@ -47,6 +47,14 @@ async fn relay(url: &str) -> TestRelay {
 }
 
 async fn relay_with(url: &str, config: RelayConfig) -> TestRelay {
+    relay_authorizing(url, config, Arc::new(AllowAll)).await
+}
+
+async fn relay_authorizing(
+    url: &str,
+    config: RelayConfig,
+    authorizer: Arc<dyn log_socket::auth::Authorizer>,
+) -> TestRelay {
     let mut relay = Relay::new(config);
     let options = NatsOptions {
         url: url.to_owned(),
@@ -58,8 +66,8 @@ async fn relay_with(url: &str, config: RelayConfig) -> TestRelay {
         .unwrap();
     relay.bus = Bus::Nats(Arc::new(bus));
     let parts = Parts {
-        authenticator: Arc::new(StaticTokens::parse("tok-alice,alice\n").unwrap()),
-        authorizer: Arc::new(AllowAll),
+        authenticator: Arc::new(StaticTokens::parse("tok-alice,alice\ntok-bob,bob\n").unwrap()),
+        authorizer,
         sessions: Arc::new(NoSessions),
         ingest_auth: ingest_auth(),
     };
@@ -593,4 +601,54 @@ async fn the_real_fluentd_loses_nothing_when_the_relay_it_posts_to_is_killed() {
     );
     b.service.terminate();
     b.service.exited_cleanly().await;
+}
+
+/// Record frames, and the sum of `denied` counts, until `denied` reaches `want_denied`.
+async fn until_denied(ws: &mut Ws, want_denied: u64) -> (Vec<Value>, u64) {
+    let (mut records, mut denied) = (vec![], 0);
+    while denied < want_denied {
+        let f = tokio::time::timeout(WAIT, next(ws)).await.expect("frames in time");
+        match f["type"].as_str() {
+            Some("record") => records.push(f),
+            Some("denied") => denied += f["count"].as_u64().unwrap(),
+            _ => {}
+        }
+    }
+    (records, denied)
+}
+
+#[tokio::test]
+async fn records_ingested_at_one_relay_are_authorized_for_each_listener_at_the_relay_it_reads() {
+    let dir = tempdir("labels");
+    let Some(server) = Nats::start(&dir) else {
+        return;
+    };
+    let a = relay(&server.url()).await;
+    let b = relay_authorizing(
+        &server.url(),
+        RelayConfig::default(),
+        Arc::new(log_socket::auth::labels::LabelPolicy::default()),
+    )
+    .await;
+    let (mut alice, _) = try_connect_at(b.api, "/flow/shop/web", "tok-alice").await.unwrap();
+    let (mut bob, _) = try_connect_at(b.api, "/flow/shop/web", "tok-bob").await.unwrap();
+    // Every record names alice only: the even ones allow her, the odd ones deny her.
+    let batch: Vec<Value> = (0..20)
+        .map(|i| {
+            let mut r = record("web-1", &format!("m {i}"));
+            r["kubernetes"]["labels"]["rbac/u.alice"] = if i % 2 == 0 { "allow" } else { "deny" }.into();
+            r
+        })
+        .collect();
+    assert_eq!(post(&a, "/flow/shop/web", &array(&batch)).await.0, 200);
+    let (seen, denied) = until_denied(&mut alice, 10).await;
+    assert_eq!(
+        texts(&seen),
+        (0..20).step_by(2).map(|i| format!("m {i}")).collect::<Vec<_>>()
+    );
+    assert_eq!(denied, 10);
+    // bob is named nowhere: nothing of it reaches him, only the count.
+    let (seen, denied) = until_denied(&mut bob, 20).await;
+    assert!(seen.is_empty(), "{seen:?}");
+    assert_eq!(denied, 20);
 }

@@ -298,6 +298,12 @@ async fn proxy_connect(client: &kube::Client, uri: &str, token: &str) -> Result<
         .header(SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL)
         // The service proxy strips `Authorization`; this one reaches log-socket.
         .header("X-Authorization", token)
+        // ... and the query string of an upgrade (kubernetes/kubernetes#77142): the options
+        // travel in a header too.
+        .header(
+            crate::relay::http::OPTIONS_HEADER,
+            uri.split_once('?').map_or("", |(_, q)| q),
+        )
         .body(kube::client::Body::empty())
         .map_err(|e| Refusal::Final(e.to_string()))?;
     let response = client

@@ -27,7 +27,26 @@ pub(crate) struct Options {
     pub(crate) filter: RecordFilter,
 }
 
-const QUERY_OPTIONS: &str = "tail, after, epoch, grep, exclude, pod, container, namespace";
+const QUERY_OPTIONS: &str =
+    "tail, after, epoch, grep, exclude, pod, container, exclude-pod, exclude-container, namespace";
+
+/// The header carrying the query options when the URL cannot: the API server's service proxy
+/// drops the query string of a WebSocket upgrade (kubernetes/kubernetes#77142).
+pub const OPTIONS_HEADER: &str = "x-logsocket-query";
+
+/// The options of the URL's query string, else of [`OPTIONS_HEADER`] (URL-encoded the same way).
+fn options_header(query: Vec<(String, String)>, headers: &HeaderMap) -> Result<Vec<(String, String)>, String> {
+    if !query.is_empty() {
+        return Ok(query);
+    }
+    let Some(value) = headers.get(OPTIONS_HEADER) else {
+        return Ok(query);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| format!("{OPTIONS_HEADER} is not URL-encoded text"))?;
+    serde_urlencoded::from_str(text.trim_start_matches('?')).map_err(|e| format!("{OPTIONS_HEADER}: {e}"))
+}
 
 pub(crate) fn parse_options(query: &[(String, String)]) -> Result<Options, String> {
     let mut filter = RecordFilter::default();
@@ -48,6 +67,8 @@ pub(crate) fn parse_options(query: &[(String, String)]) -> Result<Options, Strin
             "exclude" => filter.exclude = Some(RecordFilter::pattern("exclude", v)?),
             "pod" => filter.pod = Some(RecordFilter::pattern("pod", v)?),
             "container" => filter.container = Some(RecordFilter::pattern("container", v)?),
+            "exclude-pod" => filter.exclude_pod = Some(RecordFilter::pattern("exclude-pod", v)?),
+            "exclude-container" => filter.exclude_container = Some(RecordFilter::pattern("exclude-container", v)?),
             "namespace" => filter.namespace = Some(v.clone()),
             other => return Err(format!("unknown query option {other:?}; supported: {QUERY_OPTIONS}")),
         }
@@ -80,6 +101,10 @@ pub(super) async fn listen(
     let key = match TapKey::parse(&kind, &namespace, &name) {
         Ok(key) => key,
         Err(e) => return text(StatusCode::NOT_FOUND, format!("no such tap: {e}")),
+    };
+    let query = match options_header(query, &headers) {
+        Ok(q) => q,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
     };
     let options = match parse_options(&query) {
         Ok(o) => o,
@@ -502,6 +527,27 @@ mod tests {
 
     fn q(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn options_come_from_the_url_else_from_the_header_the_service_proxy_keeps() {
+        let mut h = HeaderMap::new();
+        h.insert(OPTIONS_HEADER, "tail=5&grep=a%20b".parse().unwrap());
+        let from_header = options_header(vec![], &h).unwrap();
+        assert_eq!(
+            from_header,
+            [
+                ("tail".to_owned(), "5".to_owned()),
+                ("grep".to_owned(), "a b".to_owned())
+            ]
+        );
+        let url = vec![("tail".to_owned(), "1".to_owned())];
+        assert_eq!(options_header(url.clone(), &h).unwrap(), url, "the URL wins");
+        assert_eq!(options_header(vec![], &HeaderMap::new()).unwrap(), vec![]);
+        // The header's options are checked like the URL's.
+        h.insert(OPTIONS_HEADER, "tail=x".parse().unwrap());
+        let options = options_header(vec![], &h).unwrap();
+        assert!(parse_options(&options).unwrap_err().contains("tail"));
     }
 
     #[test]

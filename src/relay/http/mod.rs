@@ -10,6 +10,7 @@
 
 mod ingest;
 mod listen;
+pub use listen::OPTIONS_HEADER;
 mod routes;
 
 #[cfg(any(test, fuzzing))]

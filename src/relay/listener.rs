@@ -27,6 +27,10 @@ pub struct Filter {
     pub pod: Option<Regex>,
     /// Keep records whose container name matches.
     pub container: Option<Regex>,
+    /// Drop records whose pod name matches.
+    pub exclude_pod: Option<Regex>,
+    /// Drop records whose container name matches.
+    pub exclude_container: Option<Regex>,
     /// Keep records of this namespace only.
     pub namespace: Option<String>,
 }
@@ -53,6 +57,14 @@ impl Filter {
             .is_none_or(|ns| meta.namespace() == Some(ns.as_str()))
             && opt_match(&self.pod, meta.pod())
             && opt_match(&self.container, meta.container())
+            && !self
+                .exclude_pod
+                .as_ref()
+                .is_some_and(|re| re.is_match(meta.pod().unwrap_or("")))
+            && !self
+                .exclude_container
+                .as_ref()
+                .is_some_and(|re| re.is_match(meta.container().unwrap_or("")))
             && self.grep.as_ref().is_none_or(|re| re.is_match(message))
             && self.exclude.as_ref().is_none_or(|re| !re.is_match(message))
     }
@@ -210,6 +222,15 @@ mod tests {
         assert!(!l.wants(&entry(3, "web-1", "warn: GET /healthz").meta));
         assert!(!l.wants(&entry(4, "db-1", "error: boom").meta));
         assert!(!l.wants(&meta("other", "web-1", "error")));
+        let out = listener(
+            Filter {
+                exclude_pod: Some(Filter::pattern("exclude-pod", "^db-").unwrap()),
+                ..Default::default()
+            },
+            10,
+        );
+        assert!(out.wants(&entry(1, "web-1", "x").meta));
+        assert!(!out.wants(&entry(2, "db-1", "x").meta));
         // The queue takes every record: filters apply after authorization, in the listener's
         // task, so they never decide what is counted about records it may not read.
         assert_eq!(l.offer(&entry(2, "web-1", "info: fine")), Offer::Queued);

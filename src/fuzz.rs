@@ -193,11 +193,13 @@ pub fn k8stail_frame(data: &[u8]) {
     for args in [
         &["-o", "raw"][..],
         &["-o", "json"],
+        &["-o", "raw", "-H", "e"],
+        &["-o", "extjson"],
         &["-o", "pretty", "--timestamps"],
         &["--field", "kubernetes.pod_name", "--field", "message"],
         &[
             "--template",
-            "{{ _seq }} {{ kubernetes.pod_name }} {{ message | upper }}",
+            "{{ _seq }} {{ kubernetes.pod_name }} {{ message | upper }} {{ Message | tryParseJSON | tojson }} {{ toTimestamp(time, '15:04') if time else '' }}",
         ],
     ] {
         let mut out = Vec::new();
@@ -210,12 +212,11 @@ pub fn k8stail_frame(data: &[u8]) {
 fn render_frame(args: &[&str], frame: &str, out: &mut dyn std::io::Write) -> std::io::Result<()> {
     use crate::k8stail::{render::Renderer, Cli, Target};
     use crate::protocol::{decode, Decoded};
-    use clap::Parser;
-    let cli = Cli::try_parse_from([&["k8stail", "shop/web"], args].concat()).expect("valid arguments");
+    let cli = Cli::try_parse_args([&["k8stail", "shop/web"], args].concat()).expect("valid arguments");
     let target = Target::parse("shop/web", false).expect("valid target");
-    let renderer = Renderer::new(&cli.tail, &target, false).expect("valid renderer");
+    let renderer = Renderer::new(&cli.tail, false, false).expect("valid renderer");
     match decode(frame) {
-        Ok(Decoded::Record { seq, record }) => renderer.record(out, frame, seq, &record),
+        Ok(Decoded::Record { seq, record }) => renderer.record(out, &target, frame, seq, &record),
         _ => Ok(()),
     }
 }

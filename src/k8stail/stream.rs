@@ -1,15 +1,15 @@
 //! Following a flow: connect, print records, report gaps, reconnect with backoff resuming after
 //! the last record, and remember the position in `--resume-file`.
 
-use super::connect::{self, Refusal, Ws};
-use super::render::{self, Renderer};
-use super::{KubeArgs, TailArgs, Target};
+use super::connect::{Refusal, Route, Ws};
+use super::render::Renderer;
+use super::select::Selection;
+use super::{TailArgs, Target};
 use crate::protocol::{self, Decoded, Frame, Status};
-use crate::relay::listener::Filter;
 use crate::{Error, Result};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
+use std::cell::RefCell;
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::time::Duration;
@@ -73,37 +73,38 @@ enum End {
     Failed(String),
     /// The tap behind the stream failed (and `--wait` was not given); stop.
     TapFailed(String),
+    /// `--no-follow`: everything buffered was printed.
+    Done,
 }
 
-/// Follow `target` until Ctrl-C, or until the stream cannot go on.
-pub async fn follow(
-    kube: &KubeArgs,
-    args: &TailArgs,
-    target: Target,
-    renderer: Renderer,
-    out: &mut dyn Write,
-) -> Result<()> {
+/// What every followed flow shares: the route to the relay, the flags, one output.
+pub struct Follow<'a> {
+    pub route: &'a Route,
+    pub token: &'a str,
+    pub args: &'a TailArgs,
+    pub selection: &'a Selection,
+    pub renderer: &'a Renderer,
+    /// stdout, shared by the flows (each writes whole lines).
+    pub out: &'a RefCell<dyn Write + 'a>,
+}
+
+/// Follow `target` until Ctrl-C, or until the stream cannot go on (with `--no-follow`, until
+/// what the relay held is printed).
+pub async fn follow(f: &Follow<'_>, target: &Target) -> Result<()> {
+    let (args, renderer, route, token) = (f.args, f.renderer, f.route, f.token);
+    let target = target.clone();
     let mut notes = Notes {
         tty: std::io::stderr().is_terminal(),
         status_shown: false,
     };
-    let (route, token) = connect::route(kube, args).await?;
-    let mut filters = filters(args);
+    let mut filters = f.selection.query(&target);
     // Set when the relay is older than the filter options: k8stail filters itself then.
-    let mut local: Option<Filter> = None;
+    let mut filter_here = f.selection.local_only;
     let mut position = match &args.resume_file {
         Some(path) => read_resume(path, &target, &mut notes)?,
         None => None,
     };
-    let since = args.since.map(|d| {
-        k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::try_from(d.0).unwrap_or_default()
-    });
-    let first_start = match (args.tail, since) {
-        (Some(n), _) => vec![("tail".to_owned(), n.to_string())],
-        // The relay keeps at most its replay buffer; ask for all of it and keep the recent ones.
-        (None, Some(_)) => vec![("tail".to_owned(), "1000000".to_owned())],
-        (None, None) => vec![],
-    };
+    let first_start: Vec<(String, String)> = f.selection.start_option().into_iter().collect();
     // Ctrl-C or SIGTERM: both end k8stail cleanly (close frame, resume file written).
     let ctrl_c = crate::shutdown::signal();
     tokio::pin!(ctrl_c);
@@ -123,7 +124,7 @@ pub async fn follow(
         let path = format!("{}{}", target.path(), encode_query(&query));
         notes.status(&format!("connecting to {target} via {}…", route.describe()));
         let attempt = tokio::select! {
-            r = route.connect(&path, &token) => r,
+            r = route.connect(&path, token) => r,
             _ = &mut ctrl_c => { notes.clear(); return Ok(()); }
         };
         let ws = match attempt {
@@ -132,7 +133,7 @@ pub async fn follow(
                 notes.note(
                     "this relay does not filter records; k8stail filters them itself (they all cross the network)",
                 );
-                local = Some(local_filter(args)?);
+                filter_here = true;
                 filters.clear();
                 continue;
             }
@@ -155,12 +156,14 @@ pub async fn follow(
         let resume = args.resume_file.as_deref().map(|p| (p, &target));
         let end = read(
             ws,
-            &renderer,
-            out,
+            renderer,
+            f.out,
             &mut position,
             Keep {
-                since,
-                local: local.as_ref(),
+                selection: f.selection,
+                target: &target,
+                filter_here,
+                no_follow: f.selection.no_follow,
             },
             &mut notes,
             &mut backoff,
@@ -173,7 +176,7 @@ pub async fn follow(
             write_resume(path, &target, p).map_err(Error::Stream)?;
         }
         match end? {
-            End::Interrupted => {
+            End::Interrupted | End::Done => {
                 notes.clear();
                 return Ok(());
             }
@@ -219,7 +222,7 @@ async fn wait_to_reconnect(
 async fn read(
     mut ws: Ws,
     renderer: &Renderer,
-    out: &mut dyn Write,
+    out: &RefCell<dyn Write + '_>,
     position: &mut Option<Position>,
     keep: Keep<'_>,
     notes: &mut Notes,
@@ -234,7 +237,18 @@ async fn read(
         wait,
         ..Connection::default()
     };
+    // --no-follow: the buffered records still to come (known from the `listening` status).
+    let mut to_replay: Option<u64> = None;
     loop {
+        if keep.no_follow && to_replay == Some(0) {
+            let _ = ws
+                .close(Some(CloseFrame {
+                    code: CloseCode::Normal,
+                    reason: "".into(),
+                }))
+                .await;
+            return Ok(End::Done);
+        }
         let message = tokio::select! {
             m = ws.next() => m,
             _ = save.tick() => {
@@ -268,13 +282,17 @@ async fn read(
                     epoch: stream.epoch,
                     seq,
                 });
-                if keep.wants(&record) {
+                to_replay = to_replay.map(|n| n.saturating_sub(1));
+                if keep.selection.wants(keep.target, &record, keep.filter_here) {
                     renderer
-                        .record(out, text.as_str(), seq, &record)
+                        .record(&mut *out.borrow_mut(), keep.target, text.as_str(), seq, &record)
                         .map_err(Error::Output)?;
                 }
             }
             Ok(Decoded::Other(frame)) => {
+                if let Frame::Status(Status::Listening { replayed, .. }) = &frame {
+                    to_replay.get_or_insert(*replayed);
+                }
                 if let Some(end) = stream.frame(frame, position, notes, backoff) {
                     let _ = ws.close(None).await;
                     return Ok(end);
@@ -429,56 +447,11 @@ fn dropped_note(reason: &str, count: Option<u64>) -> String {
 /// Which records to print, beyond what the relay filtered.
 #[derive(Clone, Copy)]
 struct Keep<'a> {
-    /// `--since`: drop buffered records older than this.
-    since: Option<k8s_openapi::jiff::Timestamp>,
-    /// The filter flags, when the relay cannot apply them.
-    local: Option<&'a Filter>,
-}
-
-impl Keep<'_> {
-    fn wants(&self, record: &RawValue) -> bool {
-        if self
-            .since
-            .is_some_and(|cutoff| render::record_time(record).is_some_and(|t| t < cutoff))
-        {
-            return false;
-        }
-        match self.local {
-            Some(filter) => crate::relay::record::meta_of(record.get()).is_ok_and(|meta| filter.matches(&meta)),
-            None => true,
-        }
-    }
-}
-
-/// The filter flags as the relay would apply them.
-fn local_filter(args: &TailArgs) -> Result<Filter> {
-    let pattern = |what: &str, v: &Option<String>| {
-        v.as_deref()
-            .map(|p| Filter::pattern(what, p))
-            .transpose()
-            .map_err(Error::Usage)
-    };
-    Ok(Filter {
-        grep: pattern("grep", &args.grep)?,
-        exclude: pattern("exclude", &args.exclude)?,
-        pod: pattern("pod", &args.pod)?,
-        container: pattern("container", &args.container)?,
-        namespace: args.namespace.clone(),
-    })
-}
-
-/// Filter flags as listener query options, evaluated at the relay.
-fn filters(args: &TailArgs) -> Vec<(String, String)> {
-    [
-        ("grep", &args.grep),
-        ("exclude", &args.exclude),
-        ("pod", &args.pod),
-        ("container", &args.container),
-        ("namespace", &args.namespace),
-    ]
-    .into_iter()
-    .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_owned(), v.clone())))
-    .collect()
+    selection: &'a Selection,
+    target: &'a Target,
+    /// The relay applied no filter option: apply them here.
+    filter_here: bool,
+    no_follow: bool,
 }
 
 fn encode_query(query: &[(String, String)]) -> String {
@@ -582,7 +555,6 @@ fn jitter_fraction() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
 
     #[test]
     fn backoff_doubles_up_to_the_cap_with_jitter_and_resets() {
@@ -595,38 +567,6 @@ mod tests {
         }
         b.reset();
         assert!(b.next() <= Duration::from_millis(250));
-    }
-
-    #[test]
-    fn since_drops_older_buffered_records_and_a_local_filter_applies_the_flags() {
-        let rec = |time: &str, pod: &str, msg: &str| {
-            RawValue::from_string(format!(
-                r#"{{"time":"{time}","message":"{msg}","kubernetes":{{"pod_name":"{pod}","namespace_name":"shop"}}}}"#
-            ))
-            .unwrap()
-        };
-        let since = Keep {
-            since: Some("2025-03-14T09:00:00Z".parse().unwrap()),
-            local: None,
-        };
-        assert!(!since.wants(&rec("2025-03-14T08:59:59Z", "web-1", "old")));
-        assert!(since.wants(&rec("2025-03-14T09:00:01Z", "web-1", "new")));
-        assert!(
-            since.wants(&RawValue::from_string("{}".into()).unwrap()),
-            "no time: kept"
-        );
-
-        let cli = super::super::Cli::try_parse_from(["k8stail", "shop/web", "--grep", "^err", "--pod", "web"]).unwrap();
-        let filter = local_filter(&cli.tail).unwrap();
-        let local = Keep {
-            since: None,
-            local: Some(&filter),
-        };
-        assert!(local.wants(&rec("t", "web-1", "error")));
-        assert!(!local.wants(&rec("t", "web-1", "fine")));
-        assert!(!local.wants(&rec("t", "db-1", "error")));
-        let bad = super::super::Cli::try_parse_from(["k8stail", "shop/web", "--grep", "("]).unwrap();
-        assert!(matches!(local_filter(&bad.tail), Err(Error::Usage(m)) if m.contains("grep")));
     }
 
     #[test]

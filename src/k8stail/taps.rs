@@ -14,7 +14,8 @@ use std::io::Write;
 #[derive(Args, Debug)]
 pub struct TapsArgs {
     /// Namespace to list (default: the kubeconfig context's namespace).
-    #[arg(short, long, value_name = "NAMESPACE", conflicts_with = "all_namespaces")]
+    #[arg(short, long, value_name = "NAMESPACE", conflicts_with = "all_namespaces",
+          add = clap_complete::engine::ArgValueCompleter::new(super::complete::complete_namespace))]
     pub namespace: Option<String>,
 
     /// List FlowTaps in all namespaces.

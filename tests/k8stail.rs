@@ -87,6 +87,18 @@ fn follow(r: &TestRelay, extra: &[&str]) -> Tail {
         "500ms",
     ];
     args.extend_from_slice(extra);
+    // These tests read records as JSON and only what arrives once they are attached, unless
+    // they say otherwise.
+    let shaped = ["-o", "--template", "--field"].iter().any(|f| extra.contains(f));
+    if !shaped {
+        args.extend(["-o", "json"]);
+    }
+    if !["--tail", "--since", "--no-follow", "--resume-file"]
+        .iter()
+        .any(|f| extra.contains(f))
+    {
+        args.extend(["--tail", "0"]);
+    }
     let mut child = k8stail(&args).spawn().unwrap();
     let lines = BufReader::new(child.stdout.take().unwrap()).lines();
     Tail { child, lines }
@@ -274,6 +286,10 @@ async fn a_cut_connection_is_resumed_without_a_gap_or_a_duplicate() {
     let net = flaky(r.api).await;
     let server = format!("http://{}", net.addr);
     let mut child = k8stail(&[
+        "-o",
+        "json",
+        "--tail",
+        "0",
         "--server",
         &server,
         "--token",
@@ -388,12 +404,10 @@ async fn refusals_and_bad_arguments_exit_non_zero_with_the_reason() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("NAMESPACE/NAME"), "{err}");
 
+    // A bad regex is refused before connecting, clap-style.
     let (code, err) = run_to_exit(&["--server", &server, "--token", TOKEN, "shop/web", "--grep", "("]).await;
-    assert_eq!(code, Some(1), "{err}");
-    assert!(
-        err.contains("400") && err.contains("grep"),
-        "the relay's reason is shown: {err}"
-    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--include") && err.contains("unclosed group"), "{err}");
 
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
     let (code, err) = run_to_exit(&["--server", &format!("http://{closed}"), "--token", TOKEN, "shop/web"]).await;
@@ -470,6 +484,8 @@ async fn https_servers_are_verified_against_the_ca_file_and_skipping_that_warns(
     let ca = certs.join("ca.crt");
 
     let mut verified = k8stail(&[
+        "-o",
+        "json",
         "--server",
         &server,
         "--ca-file",
@@ -509,6 +525,8 @@ async fn https_servers_are_verified_against_the_ca_file_and_skipping_that_warns(
     );
 
     let mut insecure = k8stail(&[
+        "-o",
+        "json",
         "--server",
         &server,
         "--insecure-skip-tls-verify",
@@ -658,7 +676,8 @@ async fn filters_an_older_relay_does_not_know_are_applied_by_k8stail() {
     let addr = older_relay().await;
     let server = format!("http://{addr}");
     let mut child = k8stail(&[
-        "--server", &server, "--token", TOKEN, "shop/web", "--grep", "^error", "--pod", "^web-",
+        "-o", "json", "--tail", "0", "--server", &server, "--token", TOKEN, "shop/web", "--grep", "^error", "--pod",
+        "^web-",
     ])
     .spawn()
     .unwrap();
@@ -722,4 +741,40 @@ async fn kubeconfig_flags_go_before_a_subcommand_and_tail_options_there_are_refu
         stderr.contains("--tail, a flow cannot be used with `k8stail taps`"),
         "{stderr}"
     );
+}
+
+#[tokio::test]
+async fn no_follow_prints_what_the_relay_holds_and_exits_0() {
+    let r = relay().await;
+    // A listener keeps the tap open; the records are then in its buffer.
+    let mut keeper = follow(&r, &[]);
+    post_when_open(&r, &[rec("web-1", "one"), rec("web-2", "two"), rec("web-1", "three")]).await;
+    keeper.until("three").await;
+    let server = format!("http://{}", r.api);
+    let base = [
+        "--server",
+        server.as_str(),
+        "--token",
+        TOKEN,
+        "shop/web",
+        "--no-follow",
+        "-o",
+        "raw",
+    ];
+    let run = async |extra: &[&str]| {
+        let out = k8stail(&[&base[..], extra].concat()).output().await.unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&[]).await;
+    assert_eq!((code, out.as_str()), (Some(0), "one\ntwo\nthree\n"), "{err}");
+    let (_, out, _) = run(&["--tail", "2"]).await;
+    assert_eq!(out, "two\nthree\n");
+    let (_, out, _) = run(&["--pod", "web-1", "-e", "three"]).await;
+    assert_eq!(out, "one\n");
+    let (_, out, _) = run(&["--tail", "0"]).await;
+    assert_eq!(out, "");
 }

@@ -23,6 +23,7 @@ impl Tail {
         let server = format!("http://{}", s.api);
         let mut child = tokio::process::Command::new(support::bin("k8stail"))
             .args(["--server", &server, "--token", token, target, "--max-backoff", "300ms"])
+            .args(["-o", "json", "--tail", "0"])
             .env_remove("K8STAIL_TOKEN")
             .env("KUBECONFIG", "/nonexistent")
             .stdout(std::process::Stdio::piped())

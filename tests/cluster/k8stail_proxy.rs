@@ -22,6 +22,12 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 /// A kubeconfig whose user gets `token` from an exec plugin, as cloud CLIs do.
 fn exec_kubeconfig(token: &str, dir: &Path) -> PathBuf {
+    exec_kubeconfig_in(token, dir, None)
+}
+
+/// [`exec_kubeconfig`], its contexts set to `namespace` when given (as `kubectl config
+/// set-context --current --namespace` does).
+pub(crate) fn exec_kubeconfig_in(token: &str, dir: &Path, namespace: Option<&str>) -> PathBuf {
     let plugin = dir.join("token-plugin.sh");
     std::fs::write(
         &plugin,
@@ -41,15 +47,29 @@ fn exec_kubeconfig(token: &str, dir: &Path) -> PathBuf {
         ))
         .unwrap();
     }
+    if let Some(ns) = namespace {
+        for context in value["contexts"].as_sequence_mut().unwrap() {
+            context["context"]["namespace"] = ns.into();
+        }
+    }
     let path = dir.join("kubeconfig");
     std::fs::write(&path, serde_yaml::to_string(&value).unwrap()).unwrap();
     path
 }
 
-#[tokio::test]
-async fn k8stail_streams_through_the_api_server_service_proxy_with_exec_plugin_credentials() {
+/// A relay reached through the API server's service proxy (Service `log-socket`, port `api`,
+/// in the test's namespace), listeners authenticated by TokenReview and authorized by the
+/// label policy; ingest on loopback.
+pub(crate) struct Proxied {
+    pub client: kube::Client,
+    pub ns: String,
+    pub relay: TestRelay,
+    pub _netns: support::netns::NetNs,
+}
+
+pub(crate) async fn proxied(name: &str) -> Proxied {
     let client = support::client().await;
-    let ns = support::namespace(&client, "proxy").await;
+    let ns = support::namespace(&client, name).await;
     let netns = support::netns::NetNs::create();
     let ip = netns.addr;
 
@@ -107,7 +127,22 @@ async fn k8stail_streams_through_the_api_server_service_proxy_with_exec_plugin_c
         .create(&PostParams::default(), &endpoints)
         .await
         .unwrap();
+    Proxied {
+        client,
+        ns,
+        relay,
+        _netns: netns,
+    }
+}
 
+#[tokio::test]
+async fn k8stail_streams_through_the_api_server_service_proxy_with_exec_plugin_credentials() {
+    let Proxied {
+        client,
+        ns,
+        relay,
+        _netns,
+    } = proxied("proxy").await;
     let token = support::service_account_token(&client, &ns, "alice").await;
     let mut rules = support::may_tap_flows();
     rules.as_array_mut().unwrap().push(json!({
@@ -125,6 +160,10 @@ async fn k8stail_streams_through_the_api_server_service_proxy_with_exec_plugin_c
             &target,
             "--service-namespace",
             &ns,
+            "-o",
+            "json",
+            "--tail",
+            "0",
         ])
         .env_remove("K8STAIL_TOKEN")
         .stdout(std::process::Stdio::piped())

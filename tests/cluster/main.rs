@@ -14,6 +14,7 @@ mod deploy;
 mod flowtap_crd;
 mod fluentd;
 mod k8stail_proxy;
+mod k8stail_stern;
 mod k8stail_taps;
 mod leader;
 mod logging_models;

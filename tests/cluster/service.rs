@@ -287,6 +287,10 @@ async fn a_killed_service_restarts_and_k8stail_follows_it_saying_what_may_be_mis
             &target,
             "--max-backoff",
             "300ms",
+            "-o",
+            "json",
+            "--tail",
+            "0",
         ])
         .env_remove("K8STAIL_TOKEN")
         .env("KUBECONFIG", "/nonexistent")

@@ -299,11 +299,12 @@ pub fn tempdir(name: &str) -> PathBuf {
     dir
 }
 
-/// Path of a built binary of this package (`log-socket`, `k8stail`).
+/// Path of a built binary of this package (`log-socket`, `k8stail`, `kubectl-flowtail`).
 pub fn bin(name: &str) -> PathBuf {
     match name {
         "log-socket" => PathBuf::from(env!("CARGO_BIN_EXE_log-socket")),
         "k8stail" => PathBuf::from(env!("CARGO_BIN_EXE_k8stail")),
+        "kubectl-flowtail" => PathBuf::from(env!("CARGO_BIN_EXE_kubectl-flowtail")),
         other => panic!("no binary {other}"),
     }
 }

@@ -9,7 +9,11 @@ RUN rustup target add x86_64-unknown-linux-musl \
     && apt-get install -y --no-install-recommends musl-tools=1.2.3-1 \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+# `k8stail --version` names the commit; there is no .git in the build context:
+#   docker build --build-arg LOG_SOCKET_GIT_COMMIT="$(git rev-parse --short=12 HEAD)" ...
+ARG LOG_SOCKET_GIT_COMMIT=unknown
+ENV LOG_SOCKET_GIT_COMMIT=${LOG_SOCKET_GIT_COMMIT}
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 # The manifest declares the bench target, so its file must exist for any build.
 COPY benches ./benches

@@ -16,12 +16,6 @@ fn main() {
         .ok()
         .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
         .unwrap_or_else(|| "unknown".into());
-    let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
-    let commit = if dirty && commit != "unknown" {
-        format!("{commit}-dirty")
-    } else {
-        commit
-    };
     println!("cargo:rustc-env=LOG_SOCKET_GIT_COMMIT={commit}");
     // SOURCE_DATE_EPOCH (reproducible builds), else now; as a UTC date.
     let epoch: i64 = std::env::var("SOURCE_DATE_EPOCH")
@@ -40,7 +34,8 @@ fn main() {
     println!("cargo:rerun-if-env-changed=LOG_SOCKET_GIT_COMMIT");
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
     println!("cargo:rerun-if-changed=build.rs");
-    // A new commit or checkout changes these; the date follows the commit, not every build.
+    // A new commit or checkout changes these (uncommitted edits do not: watching the index
+    // would rebuild on every `git add`); the date follows the commit, not every build.
     if let Some(head) = git(&["rev-parse", "--git-path", "HEAD"]) {
         println!("cargo:rerun-if-changed={head}");
     }
@@ -48,9 +43,6 @@ fn main() {
         if let Some(path) = git(&["rev-parse", "--git-path", &reference]) {
             println!("cargo:rerun-if-changed={path}");
         }
-    }
-    if let Some(index) = git(&["rev-parse", "--git-path", "index"]) {
-        println!("cargo:rerun-if-changed={index}");
     }
 }
 

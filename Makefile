@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help demo test test-env lint fmt crds docs build bench fuzz soak clean-test-env
+.PHONY: help demo test test-env lint fmt crds docs build bench fuzz soak clean-test-env install krew-archive
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -32,6 +32,17 @@ fmt: ## Format the code
 crds: ## Regenerate crds/flowtap.yaml from src/k8s/flowtap.rs
 	$(CARGO) run -q --bin log-socket -- crd > crds/flowtap.yaml
 	cp crds/flowtap.yaml config/helm/log-socket/crds/flowtap.yaml
+
+install: ## Install k8stail and kubectl-flowtail (the kubectl plugin) into ~/.cargo/bin
+	$(CARGO) install --locked --path . --bin k8stail --bin kubectl-flowtail
+
+krew-archive: ## The release archive config/krew/flowtail.yaml points at: target/krew/kubectl-flowtail-linux-amd64.tar.gz
+	rustup target add x86_64-unknown-linux-musl
+	$(CARGO) build --release --locked --target x86_64-unknown-linux-musl --bin kubectl-flowtail
+	mkdir -p target/krew/stage
+	cp target/x86_64-unknown-linux-musl/release/kubectl-flowtail LICENSE target/krew/stage/
+	tar -C target/krew/stage -czf target/krew/kubectl-flowtail-linux-amd64.tar.gz kubectl-flowtail LICENSE
+	sha256sum target/krew/kubectl-flowtail-linux-amd64.tar.gz
 
 docs: ## Regenerate docs/configuration.md from the clap definition (src/service/config.rs)
 	$(CARGO) run -q --bin log-socket -- config-reference > docs/configuration.md

@@ -477,3 +477,50 @@ fn label_key_prints_the_keys_the_label_policy_reads() {
     ));
     assert_eq!(out, "rbac/sa.shop.alice\nrbac/u.alice_40example_2ecom\nrbac/g.oncall\n");
 }
+
+#[test]
+fn the_krew_manifest_installs_the_plugin_binary_this_package_builds() {
+    // Rendered as krew-release-bot renders it at a tag.
+    let template = std::fs::read_to_string(repo().join("config/krew/flowtail.yaml")).unwrap();
+    let rendered = template
+        .replace(
+            "{{ addURIAndSha \"https://example.invalid/log-socket/releases/download/{{ .TagName }}/kubectl-flowtail-linux-amd64.tar.gz\" .TagName }}",
+            "uri: https://example.invalid/log-socket/releases/download/v0.1.0/kubectl-flowtail-linux-amd64.tar.gz\n    sha256: 0000000000000000000000000000000000000000000000000000000000000000",
+        )
+        .replace("{{ .TagName }}", "v0.1.0");
+    assert!(
+        !rendered.contains("{{"),
+        "every template part is one krew-release-bot fills:\n{rendered}"
+    );
+    let plugin: serde_yaml::Value = serde_yaml::from_str(&rendered).unwrap();
+    assert_eq!(plugin["apiVersion"], "krew.googlecontainertools.github.com/v1alpha2");
+    assert_eq!(plugin["kind"], "Plugin");
+    assert_eq!(plugin["metadata"]["name"], "flowtail", "`kubectl flowtail`");
+    let platforms = plugin["spec"]["platforms"].as_sequence().unwrap();
+    let makefile = std::fs::read_to_string(repo().join("Makefile")).unwrap();
+    let manifest = std::fs::read_to_string(repo().join("Cargo.toml")).unwrap();
+    for p in platforms {
+        let bin = p["bin"].as_str().unwrap();
+        assert_eq!(bin, "kubectl-flowtail");
+        assert!(
+            manifest.contains(&format!("name = \"{bin}\"")),
+            "Cargo.toml builds {bin}"
+        );
+        let labels = &p["selector"]["matchLabels"];
+        let archive = format!(
+            "{bin}-{}-{}.tar.gz",
+            labels["os"].as_str().unwrap(),
+            labels["arch"].as_str().unwrap()
+        );
+        assert!(p["uri"].as_str().unwrap().ends_with(&archive), "{p:?}");
+        assert!(makefile.contains(&archive), "make krew-archive builds {archive}");
+        for f in p["files"].as_sequence().unwrap() {
+            let from = f["from"].as_str().unwrap();
+            assert!(
+                makefile.contains(&format!("-czf target/krew/{archive} kubectl-flowtail LICENSE"))
+                    && ["kubectl-flowtail", "LICENSE"].contains(&from),
+                "{from} is packed"
+            );
+        }
+    }
+}

@@ -778,3 +778,90 @@ async fn no_follow_prints_what_the_relay_holds_and_exits_0() {
     let (_, out, _) = run(&["--tail", "0"]).await;
     assert_eq!(out, "");
 }
+
+#[tokio::test]
+async fn several_flows_merge_into_one_stream_each_line_saying_its_flow() {
+    let r = relay().await;
+    let server = format!("http://{}", r.api);
+    let mut child = k8stail(&[
+        "--server", &server, "--token", TOKEN, "-n", "shop", "web", "api", "--tail", "0",
+    ])
+    .spawn()
+    .unwrap();
+    let mut tail = Tail {
+        lines: BufReader::new(child.stdout.take().unwrap()).lines(),
+        child,
+    };
+    // Both taps open (one listener each) before posting.
+    for flow in ["web", "api"] {
+        let key = log_socket::relay::TapKey::parse("flow", "shop", flow).unwrap();
+        for _ in 0..400 {
+            if r.relay.tap(&key).is_some_and(|t| t.listener_count() > 0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+    assert_eq!(
+        post(&r, "/flow/shop/web", &array(&[rec("web-1", "from web")])).await.0,
+        200
+    );
+    assert_eq!(
+        post(&r, "/flow/shop/api", &array(&[rec("api-1", "from api")])).await.0,
+        200
+    );
+    let mut lines = vec![tail.line().await, tail.line().await];
+    lines.sort();
+    assert_eq!(lines, ["shop/api api-1 app from api", "shop/web web-1 app from web"]);
+    let (code, _) = tail.interrupt().await;
+    assert_eq!(code, Some(0));
+}
+
+#[tokio::test]
+async fn the_config_file_named_by_k8stail_config_sets_defaults_and_version_names_the_build() {
+    let r = relay().await;
+    let mut keeper = follow(&r, &[]);
+    post_when_open(&r, &[rec("web-1", "a"), rec("web-1", "b")]).await;
+    keeper.until("b").await;
+    let dir = std::env::temp_dir().join(format!("k8stail-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.yaml");
+    let server = format!("http://{}", r.api);
+    std::fs::write(
+        &config,
+        format!("server: {server}\nno-follow: true\noutput: raw\ntail: 1\n"),
+    )
+    .unwrap();
+    let out = k8stail(&["--token", TOKEN, "shop/web"])
+        .env("K8STAIL_CONFIG", &config)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "b\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A flag wins over the file.
+    let out = k8stail(&["--token", TOKEN, "shop/web", "--tail", "2"])
+        .env("K8STAIL_CONFIG", &config)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "a\nb\n");
+    // A named file that is missing, or a key that is no flag, is a usage error naming the file.
+    std::fs::write(&config, "tial: 3\n").unwrap();
+    let (code, err) = run_to_exit(&["--config", config.to_str().unwrap(), "shop/web"]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("config.yaml") && err.contains("tial"), "{err}");
+    let (code, err) = run_to_exit(&["--config", "/nonexistent/k8stail.yaml", "shop/web"]).await;
+    assert_eq!(code, Some(2), "{err}");
+    let out = k8stail(&["--version"]).output().await.unwrap();
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        version.starts_with(&format!("k8stail {} (commit ", env!("CARGO_PKG_VERSION")))
+            && version.contains(", built 20"),
+        "{version}"
+    );
+}

@@ -450,7 +450,11 @@ async fn sterns_common_invocations_work_alike_or_say_the_k8stail_way_and_kubectl
         "{offered:?}"
     );
     let offered = complete(&kubeconfig, &["-n", ""]).await;
-    assert_eq!(offered, std::slice::from_ref(&ns), "no namespace list for alice: her own");
+    assert_eq!(
+        offered,
+        std::slice::from_ref(&ns),
+        "no namespace list for alice: her own"
+    );
     let offered = complete(&kubeconfig, &["--context", ""]).await;
     assert_eq!(offered, std::slice::from_ref(&context));
     // The admin may list everything: other namespaces' flows are offered as NS/NAME.

@@ -463,10 +463,7 @@ impl Cli {
     }
 
     pub fn parse_from_args(args: Vec<std::ffi::OsString>) -> Cli {
-        let mut command = Cli::command();
-        if let Some(name) = invoked_as_plugin(args.first()) {
-            command = command.bin_name(name).override_usage(USAGE.replace("k8stail", name));
-        }
+        let mut command = command_as_invoked();
         let command = match super::config::with_defaults(command.clone(), &args) {
             Ok(c) => c,
             Err(e) => command.error(clap::error::ErrorKind::InvalidValue, e).exit(),
@@ -514,6 +511,21 @@ impl Cli {
         }
         Ok(cli)
     }
+}
+
+/// The command as this process was invoked (`kubectl flowtail` as kubectl's plugin).
+fn command_as_invoked() -> clap::Command {
+    let command = Cli::command();
+    match invoked_as_plugin(std::env::args_os().next().as_ref()) {
+        Some(name) => command.bin_name(name).override_usage(USAGE.replace("k8stail", name)),
+        None => command,
+    }
+}
+
+/// A usage error found after parsing (a flow, a regex, a zone...), in clap's words and form,
+/// exit code 2: `error: ...`, the usage, and where to read more.
+pub fn usage_error(message: &str) -> clap::Error {
+    command_as_invoked().error(clap::error::ErrorKind::ValueValidation, message)
 }
 
 /// `kubectl flowtail` when run as kubectl's plugin (the binary `kubectl-flowtail`), so usage

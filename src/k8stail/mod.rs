@@ -64,8 +64,9 @@ pub fn main() -> std::process::ExitCode {
         // The reader went away (`k8stail ... | head`): nothing left to say.
         Err(crate::Error::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         // Errors may quote the relay or the API server: escaped to one line, like records.
-        Err(e @ crate::Error::Usage(_)) => {
-            eprintln!("k8stail: {}", one_line(&e.to_string()));
+        // Found before connecting (a flow, a regex, a zone...): said as clap says usage errors.
+        Err(crate::Error::Usage(message)) => {
+            let _ = args::usage_error(&one_line(&message)).print();
             ExitCode::from(2)
         }
         Err(e) => {

@@ -30,7 +30,7 @@ Examples:
   k8stail web --no-follow --tail 100      print what is buffered and exit
   k8stail web -o raw | jq .               the message only (stern's raw)
   k8stail web -o json | jq .kubernetes    the whole record as JSON
-  k8stail web --template '{{ PodName }} {{ message | parseJSON | tojson }}'
+  k8stail web --template '{{ PodName }} {{ (Message | tryParseJSON).level }}'
   k8stail web --resume-file ~/.web.pos    continue where the last run stopped
   k8stail --server https://logs.example.com --ca-file ca.crt shop/web
   k8stail taps -A                         list taps and their listeners

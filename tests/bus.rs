@@ -275,6 +275,10 @@ struct RelayProcess {
 }
 
 async fn relay_process(url: &str, dir: &std::path::Path) -> RelayProcess {
+    relay_process_with(url, dir, &[]).await
+}
+
+async fn relay_process_with(url: &str, dir: &std::path::Path, extra: &[&str]) -> RelayProcess {
     let tokens = dir.join("tokens.csv");
     let creds = dir.join("ingest.txt");
     std::fs::write(&tokens, "tok-alice,alice\n").unwrap();
@@ -296,6 +300,7 @@ async fn relay_process(url: &str, dir: &std::path::Path) -> RelayProcess {
             .args(["--ingest-addr", &ingest.to_string()])
             .args(["--api-addr", &api.to_string()])
             .args(["--health-addr", &health.to_string()])
+            .args(extra)
             .env_remove("RUST_LOG"),
     );
     for _ in 0..200 {
@@ -651,4 +656,53 @@ async fn records_ingested_at_one_relay_are_authorized_for_each_listener_at_the_r
     let (seen, denied) = until_denied(&mut bob, 20).await;
     assert!(seen.is_empty(), "{seen:?}");
     assert_eq!(denied, 20);
+}
+
+#[tokio::test]
+async fn messages_the_stream_discarded_before_a_relay_read_them_are_a_dropped_notice_not_a_silent_gap() {
+    let dir = tempdir("discard");
+    let Some(server) = Nats::start(&dir.join("nats")) else {
+        return;
+    };
+    // The stream keeps 3 messages (batches); relay B, which the listener is on, is stopped
+    // while relay A stores far more than B has asked JetStream for (500 at a time).
+    let a = relay_process_with(&server.url(), &dir, &["--replay-records", "3"]).await;
+    let b = relay_process_with(&server.url(), &dir, &["--replay-records", "3"]).await;
+    let (mut on_b, _) = try_connect_at(b.api, "/flow/shop/web", "tok-alice").await.unwrap();
+    assert_eq!(post_to(a.ingest, 0, 1).await, 200);
+    records(&mut on_b, 1).await;
+    let pid = b.service.child.id().unwrap() as i32;
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    for i in 1..1500 {
+        assert_eq!(post_to(a.ingest, i, 1).await, 200);
+    }
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    // B reads what it had asked for, then the stream's oldest: a jump, told before what follows.
+    let mut notice_at = None;
+    let mut last = String::new();
+    let mut seen = 0;
+    while last != "m 1499" {
+        let f = tokio::time::timeout(WAIT, next(&mut on_b))
+            .await
+            .expect("frames in time");
+        match f["type"].as_str() {
+            Some("dropped") => {
+                assert_eq!(f["reason"], "bus_discarded", "{f}");
+                assert!(f["count"].is_null(), "{f}");
+                notice_at.get_or_insert(seen);
+            }
+            Some("record") => {
+                last = f["record"]["message"].as_str().unwrap().to_owned();
+                seen += 1;
+            }
+            _ => {}
+        }
+    }
+    let notice_at = notice_at.expect("a bus_discarded notice");
+    assert!(
+        seen < 1499 && notice_at < seen,
+        "{seen} records, the notice after {notice_at}"
+    );
+    drop(a);
 }

@@ -434,6 +434,9 @@ fn dropped_note(reason: &str, count: Option<u64>) -> String {
         ("out_of_replay", Some(n)) => {
             format!("{n} records were lost while disconnected (older than the relay's replay buffer)")
         }
+        ("bus_discarded", _) => {
+            "records are missing: the relays' bus discarded them (its stream's --replay-records, --replay-bytes or --nats-max-age limits) before this relay read them".to_owned()
+        }
         ("tap_restarted", _) => {
             "the tap restarted (relay restart or tap re-created): records it received while k8stail was away may be missing".to_owned()
         }

@@ -79,6 +79,8 @@ pub struct Batch {
     pub dropped: u64,
     /// The newest tap status frame announced since the last batch (older ones are superseded).
     pub status: Option<Utf8Bytes>,
+    /// One-off notices (a gap in the tap's source), in order, all older than `records`.
+    pub notices: Vec<Utf8Bytes>,
 }
 
 #[derive(Default)]
@@ -86,6 +88,7 @@ struct Queue {
     items: VecDeque<Arc<Entry>>,
     dropped: u64,
     status: Option<Utf8Bytes>,
+    notices: Vec<Utf8Bytes>,
 }
 
 /// A listener attached to a tap.
@@ -156,7 +159,19 @@ impl Listener {
             records: q.items.drain(..).collect(),
             dropped: std::mem::take(&mut q.dropped),
             status: q.status.take(),
+            notices: std::mem::take(&mut q.notices),
         }
+    }
+
+    /// Queue a notice the listener gets once, before the records offered after it. A listener
+    /// that never reads keeps at most a few: older ones of the same text are merged.
+    pub fn notice(&self, frame: Utf8Bytes) {
+        let mut q = self.queue.lock().unwrap();
+        if q.notices.last() != Some(&frame) && q.notices.len() < 16 {
+            q.notices.push(frame);
+        }
+        drop(q);
+        self.notify.notify_one();
     }
 
     /// Tell the listener how its tap is doing (a `status` frame); replaces one not yet sent.

@@ -250,6 +250,13 @@ impl Tap {
         inner.status = Some(frame);
     }
 
+    /// Tell every listener, once, something about the records that follow (a gap in the source).
+    pub fn notice(&self, frame: Utf8Bytes) {
+        for listener in &self.inner.lock().unwrap().listeners {
+            listener.notice(frame.clone());
+        }
+    }
+
     /// When the tap last received a record.
     pub fn last_record(&self) -> Option<std::time::SystemTime> {
         self.inner.lock().unwrap().last_record

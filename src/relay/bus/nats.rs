@@ -341,6 +341,12 @@ fn split(records: &[Record], limit: usize) -> Result<Vec<Vec<u8>>, BusError> {
     Ok(out)
 }
 
+/// How many messages were skipped when `seq` arrives while `next` was expected (0: from the
+/// oldest, nothing expected yet).
+fn discarded(next: u64, seq: u64) -> Option<u64> {
+    (next != 0 && seq > next).then(|| seq - next)
+}
+
 /// A bus message's JSON array of records, decompressed when it says so.
 fn decode(message: &async_nats::jetstream::Message) -> Result<bytes::Bytes, BusError> {
     let encoding = message
@@ -464,6 +470,13 @@ impl Following {
                     };
                     let Some(tap) = self.tap.upgrade() else { return Ok(()) };
                     tracing::trace!(tap = %self.key, seq, pending, "bus message");
+                    if let Some(lost) = discarded(self.next, seq) {
+                        // JetStream's limits (messages, bytes, age) removed messages this
+                        // replica had not read yet: its listeners are told, not left with a
+                        // silent gap. How many records they held is unknown here.
+                        tracing::warn!(tap = %self.key, messages = lost, "the bus discarded messages before this relay read them");
+                        tap.notice(crate::protocol::dropped(None, "bus_discarded"));
+                    }
                     match decode(&message).and_then(|payload| record::parse_batch(&payload).map_err(err)) {
                         Ok(records) => {
                             let published = tap.publish_numbered(seq << BATCH_BITS, records);
@@ -520,6 +533,17 @@ mod tests {
         let raws = |r: &[Record]| r.iter().map(|r| r.raw.to_string()).collect::<Vec<_>>();
         assert_eq!(raws(&again), raws(&batch));
         assert!(split(&records(1, 2000), 1000).unwrap_err().0.contains("max_payload"));
+    }
+
+    #[test]
+    fn a_jump_in_stream_sequence_is_a_discarded_gap_and_the_first_message_is_not() {
+        assert_eq!(
+            discarded(0, 57),
+            None,
+            "following from the oldest: nothing expected yet"
+        );
+        assert_eq!(discarded(5, 5), None);
+        assert_eq!(discarded(5, 9), Some(4));
     }
 
     #[test]

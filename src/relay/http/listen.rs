@@ -331,7 +331,8 @@ async fn queued(
     denied: &mut BTreeMap<(String, String), u64>,
 ) -> (Vec<Message>, u64) {
     let batch = listener.take();
-    let mut out = Vec::with_capacity(batch.records.len() + 2);
+    let mut out = Vec::with_capacity(batch.records.len() + 2 + batch.notices.len());
+    out.extend(batch.notices.into_iter().map(Message::Text));
     if let Some(status) = batch.status {
         out.push(Message::Text(status));
     }

@@ -1401,26 +1401,7 @@ async fn fluentd_throughput(secs: u64) -> Option<FluentdFigures> {
         None,
     )
     .await;
-    let tap: log_socket::k8s::flowtap::FlowTap = serde_json::from_value(serde_json::json!({
-        "apiVersion": "logsocket.dev/v1alpha1", "kind": "FlowTap",
-        "metadata": {"name": "flow-web", "namespace": "shop"},
-        "spec": {"flowRef": {"kind": "Flow", "name": "web"}},
-    }))
-    .unwrap();
-    let config = log_socket::operator::OperatorConfig {
-        instance: "bench".into(),
-        ingest_url: format!("http://{}", b.ingest),
-        linger: Duration::ZERO,
-        session_ttl: Duration::from_secs(60),
-        ingest_keys: Some(keys),
-        tls_secret: None,
-        output_accept_timeout: Duration::from_secs(30),
-        sweep_interval: Duration::from_secs(60),
-        limits: Default::default(),
-        mode: Default::default(),
-        namespace: None,
-    };
-    let spec = log_socket::operator::desired_output_spec(&tap, &config, None);
+    let spec = render::generated_output_spec(&format!("http://{}", b.ingest), Some(keys), "Flow", None, None, None);
     let output = render::http_output(&spec, "flow:shop:web:output:shop:logsocket-flow-web");
 
     // A record as the other parts send (without the send time), offered at 100k/s: more than

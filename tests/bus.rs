@@ -532,26 +532,7 @@ async fn the_real_fluentd_loses_nothing_when_the_relay_it_posts_to_is_killed() {
 
     // fluentd with the Output log-socket generates (its buffer and retry settings), posting to
     // the Service, which sends it to A while A lives.
-    let tap: log_socket::k8s::flowtap::FlowTap = serde_json::from_value(serde_json::json!({
-        "apiVersion": "logsocket.dev/v1alpha1", "kind": "FlowTap",
-        "metadata": {"name": "flow-web", "namespace": "shop"},
-        "spec": {"flowRef": {"kind": "Flow", "name": "web"}},
-    }))
-    .unwrap();
-    let config = log_socket::operator::OperatorConfig {
-        instance: "test".into(),
-        ingest_url: format!("http://{}", service.addr),
-        linger: Duration::ZERO,
-        session_ttl: Duration::from_secs(60),
-        ingest_keys: None,
-        tls_secret: None,
-        output_accept_timeout: Duration::from_secs(30),
-        sweep_interval: Duration::from_secs(60),
-        limits: Default::default(),
-        mode: Default::default(),
-        namespace: None,
-    };
-    let mut spec = log_socket::operator::desired_output_spec(&tap, &config, None);
+    let mut spec = render::generated_output_spec(&format!("http://{}", service.addr), None, "Flow", None, None, None);
     spec["http"]["auth"] = serde_json::json!({"username": {"value": "fluentd"}, "password": {"value": "s3cret"}});
     let output = render::http_output(&spec, "flow:shop:web:output:shop:logsocket-flow-web");
     let sample = r#"{"message":"m","kubernetes":{"namespace_name":"shop","pod_name":"web-1","container_name":"app"}}"#;

@@ -191,29 +191,7 @@ fn generated_in(
     mode: Option<&str>,
     logging_ref: Option<&str>,
 ) -> serde_json::Value {
-    use log_socket::k8s::flowtap::FlowTap;
-    use log_socket::operator::{desired_output_spec, OperatorConfig};
-    let mut tap: FlowTap = serde_json::from_value(serde_json::json!({
-        "apiVersion": "logsocket.dev/v1alpha1", "kind": "FlowTap",
-        "metadata": {"name": "flow-web", "namespace": "shop"},
-        "spec": {"flowRef": {"kind": kind, "name": "web"}, "mode": mode.unwrap_or("Patch")},
-    }))
-    .unwrap();
-    tap.metadata.namespace = Some("shop".into());
-    let config = OperatorConfig {
-        instance: "test".into(),
-        ingest_url: ingest_url.to_owned(),
-        linger: Duration::ZERO,
-        session_ttl: Duration::from_secs(60),
-        ingest_keys: Some(test_keys()),
-        tls_secret: tls_secret.map(str::to_owned),
-        output_accept_timeout: Duration::from_secs(30),
-        sweep_interval: Duration::from_secs(60),
-        limits: Default::default(),
-        mode: Default::default(),
-        namespace: None,
-    };
-    desired_output_spec(&tap, &config, logging_ref)
+    render::generated_output_spec(ingest_url, Some(test_keys()), kind, tls_secret, mode, logging_ref)
 }
 
 fn per_flow_parts() -> Parts {

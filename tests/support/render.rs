@@ -84,3 +84,39 @@ pub fn http_output_with(spec: &Value, id: &str, mount: &dyn Fn(&str, &str) -> St
     }
     out + &sections
 }
+
+/// The `spec` of the http Output log-socket's operator generates for a tap of `kind` ("Flow" or
+/// "ClusterFlow") `shop/web` in `mode` (`Patch` by default) posting to `ingest_url`: with that
+/// flow's credential under `ingest_keys`, the mTLS Secret `tls_secret`, Logging `logging_ref`.
+pub fn generated_output_spec(
+    ingest_url: &str,
+    ingest_keys: Option<std::sync::Arc<log_socket::auth::ingest_keys::IngestKeys>>,
+    kind: &str,
+    tls_secret: Option<&str>,
+    mode: Option<&str>,
+    logging_ref: Option<&str>,
+) -> Value {
+    use log_socket::k8s::flowtap::FlowTap;
+    use log_socket::operator::{desired_output_spec, OperatorConfig};
+    use std::time::Duration;
+    let tap: FlowTap = serde_json::from_value(serde_json::json!({
+        "apiVersion": "logsocket.dev/v1alpha1", "kind": "FlowTap",
+        "metadata": {"name": "flow-web", "namespace": "shop"},
+        "spec": {"flowRef": {"kind": kind, "name": "web"}, "mode": mode.unwrap_or("Patch")},
+    }))
+    .unwrap();
+    let config = OperatorConfig {
+        instance: "test".into(),
+        ingest_url: ingest_url.to_owned(),
+        linger: Duration::ZERO,
+        session_ttl: Duration::from_secs(60),
+        ingest_keys,
+        tls_secret: tls_secret.map(str::to_owned),
+        output_accept_timeout: Duration::from_secs(30),
+        sweep_interval: Duration::from_secs(60),
+        limits: Default::default(),
+        mode: Default::default(),
+        namespace: None,
+    };
+    desired_output_spec(&tap, &config, logging_ref)
+}

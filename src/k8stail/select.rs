@@ -325,7 +325,7 @@ mod tests {
 
     #[test]
     fn repeated_includes_and_excludes_mean_any_of_them_at_the_relay_and_here() {
-        let s = selection(&[
+        let filters = [
             "-i",
             "^err",
             "-i",
@@ -336,27 +336,14 @@ mod tests {
             "istio-proxy",
             "--exclude-pod",
             "^db-",
-        ])
-        .unwrap();
+        ];
+        let s = selection(&filters).unwrap();
         let web = Target::parse("shop/web", false).unwrap();
         let q = s.query(&web);
         assert!(q.contains(&("grep".into(), "(?:^err)|(?:warn)".into())), "{q:?}");
         assert!(q.contains(&("exclude-container".into(), "istio-proxy".into())), "{q:?}");
         assert_eq!(s.start, Start::Tail(10), "following shows the recent records at once");
-        let local = selection(&[
-            "-i",
-            "^err",
-            "-i",
-            "warn",
-            "-e",
-            "healthz",
-            "-E",
-            "istio-proxy",
-            "--exclude-pod",
-            "^db-",
-            "--no-follow",
-        ])
-        .unwrap();
+        let local = selection(&[&filters[..], &["--no-follow"]].concat()).unwrap();
         assert!(local.query(&web).is_empty(), "--no-follow filters here");
         assert_eq!(local.start, Start::All);
         assert!(local.wants(&web, &rec("web-1", "app", "warn: x"), true));

@@ -269,6 +269,26 @@ fn now_ns(origin: Instant) -> u64 {
     origin.elapsed().as_nanos() as u64
 }
 
+/// Post every (path, body) job over two keep-alive connections taking turns, each answered 200.
+/// Each batch is numbered as a whole, so interleaving keeps every tap's numbering continuous.
+async fn post_on_two_connections(ingest: SocketAddr, jobs: Vec<(String, Arc<Vec<u8>>)>) {
+    let jobs = Arc::new(jobs);
+    let senders: Vec<_> = (0..2)
+        .map(|c| {
+            let jobs = jobs.clone();
+            tokio::spawn(async move {
+                let mut p = Poster::new(ingest).await;
+                for (path, body) in jobs.iter().skip(c).step_by(2) {
+                    assert_eq!(p.post(path, body).await, 200);
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.await.unwrap();
+    }
+}
+
 /// Connect a listener and read until `want` records (or `stop`), checking the numbering.
 async fn listen(
     api: SocketAddr,
@@ -436,30 +456,17 @@ async fn throughput_on(
         })
         .collect();
     let body_bytes: u64 = batches.iter().map(|b| b.len() as u64).sum::<u64>() * flows as u64;
-    let cpu_before = cpu_by_side();
-    let start = Instant::now();
-    // Two keep-alive connections share the (flow, batch) jobs; each batch is numbered as a
-    // whole, so interleaving keeps every tap's numbering continuous.
-    let jobs: Arc<Vec<(usize, usize)>> = Arc::new(
-        (0..flows)
-            .flat_map(|f| (0..batches.len()).map(move |i| (f, i)))
-            .collect(),
-    );
-    let batches = Arc::new(batches);
-    let senders: Vec<_> = (0..2)
-        .map(|c| {
-            let (jobs, batches, ingest) = (jobs.clone(), batches.clone(), b.ingest);
-            tokio::spawn(async move {
-                let mut p = Poster::new(ingest).await;
-                for (f, i) in jobs.iter().skip(c).step_by(2) {
-                    assert_eq!(p.post(&format!("/flow/shop/web{f}"), &batches[*i]).await, 200);
-                }
-            })
+    let batches: Vec<Arc<Vec<u8>>> = batches.into_iter().map(Arc::new).collect();
+    let jobs = (0..flows)
+        .flat_map(|f| {
+            batches
+                .iter()
+                .map(move |body| (format!("/flow/shop/web{f}"), body.clone()))
         })
         .collect();
-    for s in senders {
-        s.await.unwrap();
-    }
+    let cpu_before = cpu_by_side();
+    let start = Instant::now();
+    post_on_two_connections(b.ingest, jobs).await;
     let mut gaps = 0;
     let mut dropped = 0;
     for l in listeners {
@@ -501,22 +508,12 @@ async fn ingest_with_listeners(listeners: usize, filtered: bool, total: u64) -> 
     let batches: Vec<Vec<u8>> = (0..(total as usize).div_ceil(BATCH))
         .map(|i| batch((i * BATCH) as u64, BATCH, 0, false))
         .collect();
-    let batches = Arc::new(batches);
-    let start = Instant::now();
-    let senders: Vec<_> = (0..2)
-        .map(|c| {
-            let (batches, ingest) = (batches.clone(), b.ingest);
-            tokio::spawn(async move {
-                let mut p = Poster::new(ingest).await;
-                for body in batches.iter().skip(c).step_by(2) {
-                    assert_eq!(p.post("/flow/shop/web", body).await, 200);
-                }
-            })
-        })
+    let jobs = batches
+        .into_iter()
+        .map(|body| ("/flow/shop/web".to_owned(), Arc::new(body)))
         .collect();
-    for s in senders {
-        s.await.unwrap();
-    }
+    let start = Instant::now();
+    post_on_two_connections(b.ingest, jobs).await;
     let secs = start.elapsed().as_secs_f64();
     for t in tasks {
         t.abort();
@@ -1324,27 +1321,15 @@ async fn spread(url: &str, relays: usize, listeners: usize, total: u64) -> Throu
         })
         .collect();
     wait_ready(&ready, listeners as u64).await;
-    let batches: Arc<Vec<Vec<u8>>> = Arc::new(
-        (0..(total as usize).div_ceil(BATCH))
-            .map(|i| batch((i * BATCH) as u64, BATCH.min(total as usize - i * BATCH), 0, false))
-            .collect(),
-    );
-    let cpu_before = cpu_by_side();
-    let start = Instant::now();
-    let senders: Vec<_> = (0..2)
-        .map(|c| {
-            let (batches, ingest, path) = (batches.clone(), benches[0].ingest, path.clone());
-            tokio::spawn(async move {
-                let mut p = Poster::new(ingest).await;
-                for body in batches.iter().skip(c).step_by(2) {
-                    assert_eq!(p.post(&path, body).await, 200);
-                }
-            })
+    let jobs = (0..(total as usize).div_ceil(BATCH))
+        .map(|i| {
+            let body = batch((i * BATCH) as u64, BATCH.min(total as usize - i * BATCH), 0, false);
+            (path.clone(), Arc::new(body))
         })
         .collect();
-    for s in senders {
-        s.await.unwrap();
-    }
+    let cpu_before = cpu_by_side();
+    let start = Instant::now();
+    post_on_two_connections(benches[0].ingest, jobs).await;
     let (mut gaps, mut dropped) = (0, 0);
     for t in tasks {
         let seen = t.await.unwrap();

@@ -303,15 +303,8 @@ async fn relay_process_with(url: &str, dir: &std::path::Path, extra: &[&str]) ->
             .args(extra)
             .env_remove("RUST_LOG"),
     );
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(health).await.is_ok()
-            && request(health, "GET", "/readyz", &[], b"").await.0 == 200
-        {
-            return RelayProcess { service, ingest, api };
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the relay process did not become ready");
+    service.wait_ready(health).await;
+    RelayProcess { service, ingest, api }
 }
 
 async fn post_to(ingest: std::net::SocketAddr, from: usize, n: usize) -> u16 {

@@ -111,15 +111,8 @@ impl Setup {
                 .args(extra)
                 .env_remove("RUST_LOG"),
         );
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(health).await.is_ok()
-                && crate::wire::request(health, "GET", "/readyz", &[], b"").await.0 == 200
-            {
-                return service;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the service did not become ready");
+        service.wait_ready(health).await;
+        service
     }
 
     /// POST records to the flow's ingest path, as fluentd does; the status and body.

@@ -296,6 +296,19 @@ impl Service {
         Service { child, stderr }
     }
 
+    /// Wait until its health port answers `/readyz` with 200 (10 s at most, else fail).
+    pub async fn wait_ready(&self, health: SocketAddr) {
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(health).await.is_ok()
+                && request(health, "GET", "/readyz", &[], b"").await.0 == 200
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the service did not become ready");
+    }
+
     /// Send SIGTERM, as Kubernetes does to stop a pod.
     pub fn terminate(&self) {
         // SAFETY: signalling our own child process.

@@ -135,6 +135,46 @@ pub(crate) async fn proxied(name: &str) -> Proxied {
     }
 }
 
+/// k8stail through the API server's proxy to the Service in `ns`, following `target` from now
+/// on as record JSON; stdout and stderr piped.
+pub(crate) fn tail_through_proxy(kubeconfig: &Path, ns: &str, target: &str) -> tokio::process::Child {
+    tokio::process::Command::new(support::bin("k8stail"))
+        .args([
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            target,
+            "--service-namespace",
+            ns,
+        ])
+        .args(["-o", "json", "--tail", "0"])
+        .env_remove("K8STAIL_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// Post `body` to `path` once `tail` is attached (the relay answers 202 until a tap is open);
+/// fails with k8stail's stderr if it exits or never attaches.
+pub(crate) async fn post_once_attached(relay: &TestRelay, tail: &mut tokio::process::Child, path: &str, body: &str) {
+    for _ in 0..200 {
+        if post(relay, path, body).await.0 == 200 {
+            return;
+        }
+        if let Ok(Some(status)) = tail.try_wait() {
+            let mut err = String::new();
+            tail.stderr.take().unwrap().read_to_string(&mut err).await.unwrap();
+            panic!("k8stail exited {status}: {err}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = tail.start_kill();
+    let mut err = String::new();
+    tail.stderr.take().unwrap().read_to_string(&mut err).await.unwrap();
+    panic!("k8stail never attached through the proxy; stderr: {err}");
+}
+
 #[tokio::test]
 async fn k8stail_streams_through_the_api_server_service_proxy_with_exec_plugin_credentials() {
     let Proxied {
@@ -153,48 +193,12 @@ async fn k8stail_streams_through_the_api_server_service_proxy_with_exec_plugin_c
     let kubeconfig = exec_kubeconfig(&token, &dir);
 
     let target = format!("{ns}/web");
-    let mut child = tokio::process::Command::new(support::bin("k8stail"))
-        .args([
-            "--kubeconfig",
-            kubeconfig.to_str().unwrap(),
-            &target,
-            "--service-namespace",
-            &ns,
-            "-o",
-            "json",
-            "--tail",
-            "0",
-        ])
-        .env_remove("K8STAIL_TOKEN")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = tail_through_proxy(&kubeconfig, &ns, &target);
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
 
     let record = json!([{"message": "through the proxy",
         "kubernetes": {"namespace_name": ns, "pod_name": "web-1", "labels": {"rbac/policy": "allow"}}}]);
-    let mut posted = false;
-    for _ in 0..200 {
-        let (code, _) = post(&relay, &format!("/flow/{ns}/web"), &record.to_string()).await;
-        if code == 200 {
-            posted = true;
-            break;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            let mut err = String::new();
-            child.stderr.take().unwrap().read_to_string(&mut err).await.unwrap();
-            panic!("k8stail exited {status}: {err}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    if !posted {
-        let _ = child.start_kill();
-        let mut err = String::new();
-        child.stderr.take().unwrap().read_to_string(&mut err).await.unwrap();
-        panic!("k8stail never attached through the proxy; stderr: {err}");
-    }
+    post_once_attached(&relay, &mut child, &format!("/flow/{ns}/web"), &record.to_string()).await;
     let line = tokio::time::timeout(WAIT, lines.next_line())
         .await
         .unwrap()

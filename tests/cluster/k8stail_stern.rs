@@ -3,7 +3,7 @@
 //! exit 2 saying the k8stail way; the kubectl plugin through the real kubectl's plugin
 //! discovery; shell completion candidates from the real API server.
 
-use crate::k8stail_proxy::{exec_kubeconfig_in, proxied, Proxied};
+use crate::k8stail_proxy::{exec_kubeconfig_in, post_once_attached, proxied, tail_through_proxy, Proxied};
 use crate::support;
 use crate::wire::*;
 use kube::api::{Api, DynamicObject, PostParams};
@@ -11,7 +11,6 @@ use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::Output;
-use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
@@ -135,35 +134,15 @@ async fn sterns_common_invocations_work_alike_or_say_the_k8stail_way_and_kubectl
     };
 
     // A listener keeps the tap open (and its buffer) while the invocations come and go.
-    let mut keeper = tokio::process::Command::new(support::bin("k8stail"))
-        .args([
-            "--kubeconfig",
-            kubeconfig.to_str().unwrap(),
-            "--service-namespace",
-            &ns,
-            "web",
-            "-o",
-            "json",
-            "--tail",
-            "0",
-        ])
-        .env_remove("K8STAIL_TOKEN")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut keeper = tail_through_proxy(&kubeconfig, &ns, "web");
     let mut kept = BufReader::new(keeper.stdout.take().unwrap()).lines();
-    let batch = records(&ns).to_string();
-    let mut posted = false;
-    for _ in 0..200 {
-        if post(&relay, &format!("/flow/{ns}/web"), &batch).await.0 == 200 {
-            posted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(posted, "the keeper never attached");
+    post_once_attached(
+        &relay,
+        &mut keeper,
+        &format!("/flow/{ns}/web"),
+        &records(&ns).to_string(),
+    )
+    .await;
     for _ in 0..3 {
         tokio::time::timeout(WAIT, kept.next_line())
             .await

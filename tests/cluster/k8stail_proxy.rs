@@ -135,6 +135,16 @@ pub(crate) async fn proxied(name: &str) -> Proxied {
     }
 }
 
+/// What a listener needs to tail through the proxy: `get` on the flows and on the Service's
+/// proxy subresource (`https:log-socket:api`).
+pub(crate) fn may_tail_through_proxy() -> serde_json::Value {
+    let mut rules = support::may_tap_flows();
+    rules.as_array_mut().unwrap().push(json!({
+        "apiGroups": [""], "resources": ["services/proxy"], "resourceNames": ["https:log-socket:api"], "verbs": ["get"]
+    }));
+    rules
+}
+
 /// k8stail through the API server's proxy to the Service in `ns`, following `target` from now
 /// on as record JSON; stdout and stderr piped.
 pub(crate) fn tail_through_proxy(kubeconfig: &Path, ns: &str, target: &str) -> tokio::process::Child {
@@ -184,11 +194,7 @@ async fn k8stail_streams_through_the_api_server_service_proxy_with_exec_plugin_c
         _netns,
     } = proxied("proxy").await;
     let token = support::service_account_token(&client, &ns, "alice").await;
-    let mut rules = support::may_tap_flows();
-    rules.as_array_mut().unwrap().push(json!({
-        "apiGroups": [""], "resources": ["services/proxy"], "resourceNames": ["https:log-socket:api"], "verbs": ["get"]
-    }));
-    support::grant(&client, &ns, "alice", rules).await;
+    support::grant(&client, &ns, "alice", may_tail_through_proxy()).await;
     let dir = support::tempdir("k8stail-proxy");
     let kubeconfig = exec_kubeconfig(&token, &dir);
 

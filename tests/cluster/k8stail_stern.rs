@@ -3,7 +3,9 @@
 //! exit 2 saying the k8stail way; the kubectl plugin through the real kubectl's plugin
 //! discovery; shell completion candidates from the real API server.
 
-use crate::k8stail_proxy::{exec_kubeconfig_in, post_once_attached, proxied, tail_through_proxy, Proxied};
+use crate::k8stail_proxy::{
+    exec_kubeconfig_in, may_tail_through_proxy, post_once_attached, proxied, tail_through_proxy, Proxied,
+};
 use crate::support;
 use crate::wire::*;
 use kube::api::{Api, DynamicObject, PostParams};
@@ -104,11 +106,11 @@ async fn sterns_common_invocations_work_alike_or_say_the_k8stail_way_and_kubectl
         _netns,
     } = proxied("stern").await;
     let token = support::service_account_token(&client, &ns, "alice").await;
-    let mut rules = support::may_tap_flows();
-    rules.as_array_mut().unwrap().extend([
-        json!({"apiGroups": [""], "resources": ["services/proxy"], "resourceNames": ["https:log-socket:api"], "verbs": ["get"]}),
+    let mut rules = may_tail_through_proxy();
+    // Completion lists flows in her namespace.
+    rules.as_array_mut().unwrap().push(
         json!({"apiGroups": ["logging.banzaicloud.io"], "resources": ["flows", "clusterflows"], "verbs": ["list"]}),
-    ]);
+    );
     support::grant(&client, &ns, "alice", rules).await;
     let dir = support::tempdir("k8stail-stern");
     // The context's namespace is the test's: `k8stail web` means this namespace's Flow web.

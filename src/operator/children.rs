@@ -6,14 +6,14 @@
 //! render of the whole Logging). Flow output lists are atomic: each edit is a full replace
 //! guarded by resourceVersion. Nothing here touches an object log-socket did not create.
 
-use super::controller::{publish, Context};
+use super::context::{publish, Context};
 use super::status::FlowState;
 use super::{output_name, OperatorConfig, MANAGED_BY};
 use crate::k8s::flowtap::{FlowKind, FlowRef, FlowTap, OutputKind, PatchedFlow, TapMode};
 use crate::k8s::logging::{
     ClusterFlow, ClusterOutput, ClusterOutputSpec, Flow, HasStatus, LoggingStatus, Output, OutputSpec,
 };
-use crate::relay::TapKey;
+use crate::protocol::TapKey;
 use crate::{Error, Result};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, PostParams};

@@ -36,7 +36,7 @@ pub async fn remove(client: &kube::Client, config: &OperatorConfig) -> Result<us
 /// generated output accounts for. Only then is the sweep run (it lists everything, in the order
 /// that makes it exact), so an idle cluster costs no request a minute; a cache that lags can
 /// only cause a sweep that finds nothing, never a wrong removal.
-pub fn suspected(ctx: &super::controller::Context) -> bool {
+pub fn suspected(ctx: &super::context::Context) -> bool {
     let taps = ctx.taps.state();
     let known = Known::of(taps.iter().map(|t| &**t));
     let key = |meta: &kube::api::ObjectMeta| {

@@ -2,30 +2,45 @@
 //! controller turns each FlowTap into a logging-operator output appended to its flow
 //! ([`controller`]).
 //!
-//! - [`controller`]: run, reconcile (Apply/Cleanup through a finalizer), error policy;
+//! The controller runs in one replica (the leader):
+//! - [`controller`]: its wiring: the watches and what triggers a pass over which FlowTap;
+//! - [`context`]: what every pass shares (client, settings, caches, bookkeeping), and Events;
+//! - `reconcile`: one reconcile: finalizer (Apply/Cleanup), session expiry, idle taps, status
+//!   write, requeue, error backoff;
+//! - `pass`: the pass over the children, in order: preflight, output, validation, flow ref,
+//!   configuration check; sharing, contested refs, sticky refusals;
+//! - [`preflight`]: what must hold before a flow may name the tap's output;
 //! - `children`: the generated output, the flow ref or mirror flow, created and removed in
 //!   the order logging-operator needs;
 //! - [`status`]: conditions and phase as a pure function of what was observed;
+//! - `events`: Normal Events for what a pass changed;
+//! - [`leftovers`]: outputs and refs left by FlowTaps that are gone;
+//! - [`lease`]: leader election, so one replica runs the controller.
+//!
+//! Every replica runs the relay's cluster adapters:
 //! - [`sessions`]: listeners registering on (and creating) FlowTaps, renewed by each relay;
-//! - [`track`]: every relay keeps its taps open for existing FlowTaps;
-//! - [`lease`]: leader election, so one replica runs the controller;
-//! - [`leftovers`]: outputs and refs left by FlowTaps that are gone.
+//! - [`track`]: every relay keeps its taps open for existing FlowTaps.
 //!
 //! The operator never reads records: it only shapes the pipeline that delivers them.
 
 mod children;
-/// The http output a FlowTap gets (what logging-operator then renders for fluentd).
-pub use children::desired_output_spec;
+pub mod context;
 pub mod controller;
+mod events;
 pub mod lease;
 pub mod leftovers;
+mod pass;
 pub mod preflight;
+mod reconcile;
 pub mod sessions;
 pub mod status;
 pub mod track;
 
+/// The http output a FlowTap gets (what logging-operator then renders for fluentd).
+pub use children::desired_output_spec;
+
 use crate::k8s::flowtap::{FlowKind, FlowTap, FlowTapStatus};
-use crate::relay::TapKey;
+use crate::protocol::TapKey;
 use kube::api::{Api, PostParams};
 use std::time::Duration;
 

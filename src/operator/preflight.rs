@@ -10,6 +10,7 @@
 //!
 //! A check that cannot be made counts as failed: nothing is changed on a guess.
 
+use super::status::Refusal;
 use crate::k8s::flowtap::FlowKind;
 use crate::k8s::logging::{Logging, LoggingStatus};
 use crate::Result;
@@ -19,23 +20,6 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams};
 use serde_json::Value;
 use std::time::Duration;
-
-/// Why the operator will not patch (or keep patched) a flow for a tap. `reason` is the
-/// FlowTap condition reason and the Event reason.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Refusal {
-    pub reason: &'static str,
-    pub message: String,
-}
-
-impl Refusal {
-    pub fn new(reason: &'static str, message: impl Into<String>) -> Refusal {
-        Refusal {
-            reason,
-            message: message.into(),
-        }
-    }
-}
 
 pub const SECRET_MISSING: &str = "SecretMissing";
 pub const LOGGING_MISMATCH: &str = "LoggingMismatch";

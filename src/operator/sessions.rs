@@ -5,7 +5,7 @@
 //! renews its sessions; sessions of a relay that stopped renewing expire (see the controller).
 
 use super::{ephemeral_tap_name, update_status, OperatorConfig};
-use crate::auth::kubernetes::check_tap_permission;
+use crate::auth::kubernetes::may_get_flow;
 use crate::k8s::flowtap::{FlowTap, FlowTapSpec, Session};
 use crate::relay::{JoinError, SessionInfo, Sessions};
 use futures::future::BoxFuture;
@@ -136,7 +136,7 @@ impl ClusterSessions {
     fn over_taps_per_user(&self, session: &SessionInfo) -> Option<String> {
         let user = &session.identity.username;
         let mine = self.mine.lock().unwrap();
-        let flows: std::collections::HashSet<&crate::relay::TapKey> = mine
+        let flows: std::collections::HashSet<&crate::protocol::TapKey> = mine
             .values()
             .filter(|m| &m.info.identity.username == user)
             .map(|m| &m.info.tap)
@@ -464,6 +464,46 @@ impl Liveness {
             .flat_map(|s| s.sessions.iter().map(|s| s.id.clone()))
             .collect();
         self.seen.lock().unwrap().retain(|id, _| live.contains(id));
+    }
+}
+
+/// Cluster-mode listener registration without FlowTaps (tests of the permission check):
+/// checks the listener may `get` the tapped Flow or ClusterFlow before it may make the service
+/// tap it.
+pub struct KubeSessions {
+    pub client: kube::Client,
+    /// Whether to check the tap permission at all.
+    pub check_tap_permission: bool,
+}
+
+/// Check that the listener may `get` the Flow or ClusterFlow it wants to tap.
+pub async fn check_tap_permission(client: &kube::Client, session: &SessionInfo) -> Result<(), JoinError> {
+    match may_get_flow(client, &session.identity, &session.tap).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(JoinError::Forbidden(format!(
+            "{} may not get {}.{} {:?} in namespace {:?}; tapping a flow needs that permission",
+            session.identity.username,
+            session.tap.kind.resource(),
+            crate::k8s::logging::GROUP,
+            session.tap.name,
+            session.tap.namespace
+        ))),
+        Err(e) => Err(JoinError::Unavailable(e)),
+    }
+}
+
+impl Sessions for KubeSessions {
+    fn joined<'a>(&'a self, session: &'a SessionInfo) -> BoxFuture<'a, Result<(), JoinError>> {
+        Box::pin(async move {
+            if self.check_tap_permission {
+                check_tap_permission(&self.client, session).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn left<'a>(&'a self, _: &'a SessionInfo) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
     }
 }
 

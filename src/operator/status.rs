@@ -2,12 +2,28 @@
 //! phase, and whether an ephemeral tap's linger is over. No API calls here, so every rule is
 //! unit-tested directly.
 
-use super::preflight::Refusal;
 use crate::k8s::flowtap::{FlowTap, FlowTapStatus, Phase};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use std::time::Duration;
+
+/// Why the operator will not patch (or keep patched) a flow for a tap. `reason` is the
+/// FlowTap condition reason and the Event reason.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(reason: &'static str, message: impl Into<String>) -> Refusal {
+        Refusal {
+            reason,
+            message: message.into(),
+        }
+    }
+}
 
 /// How long a new ephemeral tap waits for the session of the listener that created it.
 pub const REGISTRATION_GRACE: Duration = Duration::from_secs(5);

@@ -4,7 +4,8 @@
 
 use super::OperatorConfig;
 use crate::k8s::flowtap::FlowTap;
-use crate::relay::{Relay, TapKey};
+use crate::protocol::TapKey;
+use crate::relay::Relay;
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;

@@ -1,0 +1,292 @@
+//! The pass over a FlowTap's children. Check first, then change: refuse before the flow would
+//! name anything logging-operator cannot render; create the output before the flow names it,
+//! validated first; the configuration check after. Also the policies a pass applies: which of
+//! several taps on one flow owns the output (sharing), a flow ref someone keeps removing
+//! (contested), and refusals that stand until the spec changes.
+
+use super::children::{self, ensure_flow_ref, ensure_flow_ref_removed, ensure_mirror, ensure_output, remove_mirror};
+use super::context::Context;
+use super::preflight::{self, Validation};
+use super::status::{self, FlowState, OutputState, Refusal, Shared};
+use crate::k8s::flowtap::{FlowTap, PatchedFlow, TapMode};
+use crate::Result;
+use kube::runtime::reflector::Store;
+use kube::ResourceExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A flow whose ref is removed this often, this fast, is contested (a GitOps tool keeps
+/// removing it): the operator stops putting it back.
+pub const CONTESTED_REPAIRS: usize = 3;
+pub const CONTESTED_WINDOW: Duration = Duration::from_secs(300);
+
+/// What one pass did to the tap's children.
+pub(super) struct Step {
+    pub(super) output_state: OutputState,
+    pub(super) flow_state: FlowState,
+    /// What is patched now (for `status.patched`).
+    pub(super) patched: Option<PatchedFlow>,
+    /// Look again this soon (a validation or a configuration check is pending).
+    pub(super) recheck: Option<Duration>,
+    /// Nothing worth a status write yet (an output created just now, validated in a moment).
+    pub(super) quiet: bool,
+}
+
+/// Check first, then change: refuse before the flow would name anything logging-operator
+/// cannot render; the output before the flow, validated before it is named; the configuration
+/// check after. Any refusal restores the flow (and, where the refusal is the output's or the
+/// configuration's, removes what the tap made).
+pub(super) async fn ensure_children(
+    tap: &FlowTap,
+    output: &str,
+    patched: Option<&PatchedFlow>,
+    ctx: &Context,
+) -> Result<Step> {
+    let ns = tap.namespace().unwrap_or_default();
+    let refuse = |output_state, flow_state| Step {
+        output_state,
+        flow_state,
+        patched: None,
+        recheck: Some(Duration::from_secs(10)),
+        quiet: false,
+    };
+    // A failed configuration check, or a contested flow, is final until the spec changes.
+    if let Some(r) = sticky_refusal(tap) {
+        children::teardown(tap, patched, ctx).await?;
+        return Ok(Step {
+            recheck: None,
+            ..refuse(OutputState::Ready, FlowState::Refused(r))
+        });
+    }
+    let Some(logging_ref) = children::flow_logging_ref(tap, ctx).await? else {
+        children::teardown(tap, patched, ctx).await?;
+        return Ok(Step {
+            recheck: None,
+            ..refuse(OutputState::Ready, FlowState::Missing)
+        });
+    };
+    // From the cache when it has the answer; a cache that does not (yet) is asked no further.
+    let cached = preflight::pick_logging(
+        ctx.loggings.state().iter().map(|l| (**l).clone()).collect(),
+        tap.spec.flow_ref.kind,
+        &ns,
+        &logging_ref,
+    );
+    let found = match cached {
+        Ok(logging) => Ok(logging),
+        Err(_) => preflight::find_logging(&ctx.client, tap.spec.flow_ref.kind, &ns, &logging_ref).await?,
+    };
+    let logging = match found {
+        Ok(logging) => logging,
+        Err(r) => {
+            children::teardown(tap, patched, ctx).await?;
+            return Ok(refuse(OutputState::Refused(r), FlowState::Skipped));
+        }
+    };
+    let spec = children::desired_output_spec(tap, &ctx.config, Some(&logging_ref));
+    if let Some(r) = preflight::check_secrets(&ctx.client, &ns, &preflight::secret_refs(&spec)).await {
+        children::teardown(tap, patched, ctx).await?;
+        return Ok(refuse(OutputState::Refused(r), FlowState::Skipped));
+    }
+
+    let ensured = ensure_output(tap, output, ctx, Some(&logging_ref)).await?;
+    if ensured.taken {
+        if let Some(p) = patched {
+            children::unpatch(tap, p, ctx).await?;
+        }
+        return Ok(Step {
+            recheck: None,
+            ..refuse(OutputState::NameTaken, FlowState::Skipped)
+        });
+    }
+    let validation = preflight::validation(
+        ensured.status.as_ref(),
+        ensured.created.as_ref(),
+        ctx.config.output_accept_timeout,
+        status::now(),
+    );
+    match validation {
+        Validation::Accepted => {}
+        Validation::Waiting(left) => {
+            // Not validated yet. An output that was just (re)created while a flow still names
+            // it (someone deleted it): that flow no longer renders, so restore it right away.
+            let mut still = patched.cloned();
+            if let (Some(p), false) = (patched, ensured.existed) {
+                children::unpatch(tap, p, ctx).await?;
+                still = None;
+            }
+            return Ok(Step {
+                output_state: OutputState::Validating(left),
+                flow_state: FlowState::Skipped,
+                patched: still,
+                recheck: Some(left.min(Duration::from_secs(2))),
+                // Validation usually comes within the second (its status write brings the
+                // next pass); the phase is written if it does not.
+                quiet: patched.is_none()
+                    && ensured
+                        .created
+                        .as_ref()
+                        .is_none_or(|t| status::age(t, status::now()) < Duration::from_secs(2)),
+            });
+        }
+        Validation::Refused(r) => {
+            // The output stays, unnamed (logging-operator renders only outputs a flow names),
+            // so its status keeps telling what is wrong; the tap proceeds once it is fixed.
+            if let Some(p) = patched {
+                children::unpatch(tap, p, ctx).await?;
+            }
+            return Ok(refuse(OutputState::Refused(r), FlowState::Skipped));
+        }
+    }
+
+    // Baseline of the Logging's configuration checks before the flow names the output.
+    let before: Vec<String> = logging.config_checks().into_keys().collect();
+    let flow_state = match tap.spec.mode {
+        TapMode::Patch => {
+            // A repair is putting back a ref this tap had in the flow (status.patched), not the
+            // first append after the output's validation.
+            let state = ensure_flow_ref(tap, output, ctx, patched.is_some()).await?;
+            // A mirror can only exist from Mirror mode: look for one only when switching.
+            if patched.is_none_or(|p| p.mode == TapMode::Mirror) {
+                let was_mirror = patched.is_some();
+                remove_mirror(tap, tap.spec.flow_ref.kind, ctx, was_mirror).await?;
+            }
+            if matches!(state, FlowState::Repaired) && contested(ctx, tap) {
+                let r = Refusal::new(
+                    CONTESTED,
+                    format!(
+                        "the ref to {output} was removed from {} {} {CONTESTED_REPAIRS} times within {} minutes, probably by a GitOps tool; log-socket stopped putting it back. Use `spec.mode: Mirror` (the flow is then never edited), or make the tool ignore the flow's output refs",
+                        tap.spec.flow_ref.kind,
+                        tap.spec.flow_ref.name,
+                        CONTESTED_WINDOW.as_secs() / 60
+                    ),
+                );
+                children::teardown(tap, patched, ctx).await?;
+                return Ok(Step {
+                    recheck: None,
+                    ..refuse(OutputState::Ready, FlowState::Refused(r))
+                });
+            }
+            state
+        }
+        TapMode::Mirror => {
+            // The mirror first, so switching from Patch loses no record.
+            let state = ensure_mirror(tap, output, ctx).await?;
+            let was_patch = patched.is_some_and(|p| p.mode == TapMode::Patch);
+            ensure_flow_ref_removed(tap, &tap.spec.flow_ref, output, ctx, was_patch).await?;
+            state
+        }
+    };
+    let in_place = matches!(
+        flow_state,
+        FlowState::Patched | FlowState::Repaired | FlowState::Mirrored | FlowState::Problems(_)
+    );
+    if !in_place {
+        return Ok(Step {
+            output_state: OutputState::Ready,
+            flow_state,
+            patched: None,
+            recheck: None,
+            quiet: false,
+        });
+    }
+    let logging_name = logging.name_any();
+    let mut record = match patched {
+        Some(p) if p.mode == tap.spec.mode && p.logging.as_deref() == Some(logging_name.as_str()) => p.clone(),
+        _ => PatchedFlow {
+            flow_ref: tap.spec.flow_ref.clone(),
+            output: output.to_owned(),
+            mode: tap.spec.mode,
+            logging: Some(logging_name),
+            config_checks_before: before,
+            config_accepted: false,
+        },
+    };
+    // Checked on every pass, also after a passing check: a check that started before the patch
+    // may finish after it, so a pass is no proof that a later one with the tap will pass too.
+    let mut recheck = None;
+    {
+        match preflight::config_check_since(&logging, &record.config_checks_before) {
+            Some(true) => record.config_accepted = true,
+            Some(false) => {
+                let r = Refusal::new(
+                    preflight::CONFIG_CHECK_FAILED,
+                    format!(
+                        "logging-operator's check of the fluentd configuration with the tap failed (Logging {}); the previous configuration kept running",
+                        record.logging.as_deref().unwrap_or("-")
+                    ),
+                );
+                children::teardown(tap, Some(&record), ctx).await?;
+                return Ok(Step {
+                    recheck: None,
+                    ..refuse(OutputState::Ready, FlowState::Refused(r))
+                });
+            }
+            None => recheck = Some(Duration::from_secs(3)),
+        }
+    }
+    Ok(Step {
+        output_state: OutputState::Ready,
+        flow_state,
+        patched: Some(record),
+        recheck,
+        quiet: false,
+    })
+}
+
+/// Several FlowTaps on one flow share its relay tap, and only one of them has an output: the
+/// first by (persistent first, then name), the order listeners join in. Another tap shares it;
+/// so does the first while a tap before it still has its output in a flow (being deleted), so
+/// two outputs never feed one relay tap.
+pub(super) fn sharing(taps: &Store<FlowTap>, tap: &FlowTap) -> Option<Shared> {
+    let same_flow: Vec<Arc<FlowTap>> = taps
+        .state()
+        .into_iter()
+        .filter(|t| t.metadata.namespace == tap.metadata.namespace && t.spec.flow_ref == tap.spec.flow_ref)
+        .collect();
+    let order = |t: &FlowTap| (!t.spec.persistent, t.name_any());
+    let first = same_flow
+        .iter()
+        .filter(|t| t.metadata.deletion_timestamp.is_none())
+        .min_by_key(|t| order(t))?;
+    let shared = |t: &FlowTap| Shared {
+        with: t.name_any(),
+        phase: t.status.as_ref().and_then(|s| s.phase),
+    };
+    if first.name_any() != tap.name_any() {
+        return Some(shared(first));
+    }
+    same_flow
+        .iter()
+        .find(|t| t.name_any() != tap.name_any() && t.status.as_ref().is_some_and(|s| s.patched.is_some()))
+        .map(|t| shared(t))
+}
+
+/// The `FlowPatched` reason of a tap whose flow ref keeps being removed by someone else.
+pub const CONTESTED: &str = "Contested";
+
+/// Whether this repair of `tap`'s flow ref is one too many (see [`CONTESTED_REPAIRS`]).
+fn contested(ctx: &Context, tap: &FlowTap) -> bool {
+    let now = std::time::Instant::now();
+    let mut all = ctx.repairs.lock().unwrap();
+    let recent = all.entry(tap.uid().unwrap_or_default()).or_default();
+    recent.retain(|t| now.duration_since(*t) < CONTESTED_WINDOW);
+    recent.push(now);
+    recent.len() >= CONTESTED_REPAIRS
+}
+
+/// A refusal that stands until the spec changes: a failed configuration check, or a contested
+/// flow (the user decides: Mirror mode, or telling the tool to leave the ref alone).
+fn sticky_refusal(tap: &FlowTap) -> Option<Refusal> {
+    let status = tap.status.as_ref()?;
+    let c = status::condition(&status.conditions, "FlowPatched")?;
+    let reason = [preflight::CONFIG_CHECK_FAILED, CONTESTED]
+        .into_iter()
+        .find(|r| *r == c.reason)?;
+    (c.observed_generation == tap.metadata.generation).then(|| {
+        Refusal::new(
+            reason,
+            c.message.trim_start_matches("the flow was restored: ").to_owned(),
+        )
+    })
+}

@@ -1,0 +1,315 @@
+//! One reconcile of a FlowTap: the finalizer (apply or clean up), expiry of sessions whose
+//! relay stopped renewing, the end of an idle ephemeral tap, the pass over its children
+//! ([`super::pass`]), the status derived from what the pass observed ([`super::status`], pure),
+//! written only when it changed, and when to look again. Failures back off per tap.
+
+use super::children::{self};
+use super::context::{publish, Context};
+use super::status::{self, FlowState, Observed, OutputState};
+use super::{output_name, update_status, FINALIZER};
+use crate::k8s::flowtap::{FlowTap, OutputRef, Phase};
+use crate::{Error, Result};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{finalizer, Event};
+use kube::ResourceExt;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::events::{lifecycle_events, patch_note};
+use super::pass::{ensure_children, sharing, Step};
+
+/// How often a tap with nothing time-driven pending is looked at again, as a safety net.
+pub const IDLE_RECHECK: Duration = Duration::from_secs(600);
+
+pub(super) fn error_policy(tap: Arc<FlowTap>, error: &Error, ctx: Arc<Context>) -> Action {
+    if matches!(error, Error::Kube(_) | Error::Finalizer(_)) {
+        ctx.liveness.api_trouble();
+    }
+    let uid = tap.uid().unwrap_or_default();
+    let failures = {
+        let mut all = ctx.failures.lock().unwrap();
+        let n = all.entry(uid).or_default();
+        *n += 1;
+        *n
+    };
+    let wait = error_backoff(failures);
+    tracing::warn!(tap = %tap.name_any(), error = %error, "will retry in {wait:?}");
+    Action::requeue(wait)
+}
+
+/// Wait after the `failures`-th failed reconcile in a row: 1 s doubling to 5 minutes, jittered
+/// to 50–100 %, so a persistent failure (RBAC, a broken webhook) does not hammer the API server.
+fn error_backoff(failures: u32) -> Duration {
+    use ring::rand::SecureRandom;
+    let base = Duration::from_secs(1).saturating_mul(1 << failures.saturating_sub(1).min(9));
+    let base = base.min(Duration::from_secs(300));
+    let mut byte = [0u8; 1];
+    let _ = ring::rand::SystemRandom::new().fill(&mut byte);
+    base.mul_f64(0.5 + f64::from(byte[0]) / 510.0)
+}
+
+pub(super) async fn reconcile(tap: Arc<FlowTap>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = tap.namespace().unwrap_or_default();
+    let api: Api<FlowTap> = Api::namespaced(ctx.client.clone(), &ns);
+    let uid = tap.uid().unwrap_or_default();
+    let deleting = tap.metadata.deletion_timestamp.is_some();
+    if deleting && ctx.cleaned.lock().unwrap().contains(&uid) {
+        return Ok(Action::await_change());
+    }
+    let result = finalizer(&api, FINALIZER, tap, |event| async {
+        match event {
+            Event::Apply(tap) => apply(&tap, &ctx).await,
+            Event::Cleanup(tap) => cleanup(&tap, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    if result.is_ok() {
+        ctx.failures.lock().unwrap().remove(&uid);
+        // Cleaned up and the finalizer removed (a FlowTap without ours is not ours to clean).
+        if deleting {
+            let mut cleaned = ctx.cleaned.lock().unwrap();
+            if cleaned.len() >= 10_000 {
+                cleaned.clear();
+            }
+            cleaned.insert(uid);
+        }
+    }
+    result
+}
+
+async fn apply(tap: &FlowTap, ctx: &Context) -> Result<Action> {
+    let name = tap.name_any();
+    let api: Api<FlowTap> = Api::namespaced(ctx.client.clone(), &tap.namespace().unwrap_or_default());
+    let now = status::now();
+    let Some(tap) = expire_sessions(&api, tap, ctx).await? else {
+        return Ok(Action::await_change());
+    };
+    let linger = status::linger(&tap, ctx.config.linger, now);
+    if linger.left == Some(Duration::ZERO) {
+        return delete_idle(&api, &tap, linger.idle).await;
+    }
+
+    let output = output_name(&name);
+    let mut current = tap.status.clone().unwrap_or_default();
+    if let Some(written) = ctx.written.lock().unwrap().get(&tap.uid().unwrap_or_default()) {
+        current.patched = written.clone();
+    }
+    let mut patched = current.patched.clone();
+    // A flowRef that changed (clusters without CEL do not stop it): undo the old flow first.
+    if let Some(old) = patched.as_ref().filter(|p| p.flow_ref != tap.spec.flow_ref) {
+        children::unpatch(&tap, old, ctx).await?;
+        tracing::info!(tap = %name, flow = %old.flow_ref.name, "flowRef changed: the old flow was restored");
+        patched = None;
+    }
+    let step = match sharing(&ctx.taps, &tap) {
+        // Another FlowTap feeds this flow's relay tap: share it, never a second output.
+        Some(shared) => {
+            children::teardown(&tap, patched.as_ref(), ctx).await?;
+            Step {
+                output_state: OutputState::Shared(shared.clone()),
+                flow_state: FlowState::Shared(shared),
+                patched: None,
+                recheck: Some(Duration::from_secs(5)),
+                quiet: false,
+            }
+        }
+        None => ensure_children(&tap, &output, patched.as_ref(), ctx).await?,
+    };
+    let refused = match (&step.output_state, &step.flow_state) {
+        (OutputState::Refused(r), _) | (_, FlowState::Refused(r)) => Some(r.clone()),
+        _ => None,
+    };
+    let seen = Observed {
+        output: &output,
+        output_state: &step.output_state,
+        flow_state: &step.flow_state,
+        never_listened: linger.never_listened,
+    };
+    let (conditions, phase) = status::derive(&tap, &seen, now);
+    let generation = tap.metadata.generation;
+    let changed = current.phase != Some(phase)
+        || current.conditions != conditions
+        || current.observed_generation != generation
+        || current.output.as_ref().map(|o| &o.name) != Some(&output)
+        || current.patched != step.patched;
+    if changed && !step.quiet {
+        let output_kind = tap.spec.flow_ref.kind.output_kind();
+        let patch = json!({"status": {
+            "phase": phase,
+            "conditions": conditions,
+            "output": OutputRef { kind: output_kind, name: output.clone() },
+            "observedGeneration": generation,
+            "patched": step.patched,
+        }});
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        ctx.written
+            .lock()
+            .unwrap()
+            .insert(tap.uid().unwrap_or_default(), step.patched.clone());
+    }
+    // Events on transitions only, so a tap that stays refused does not flood them.
+    let had =
+        |type_: &str, reason: &str| status::condition(&current.conditions, type_).is_some_and(|c| c.reason == reason);
+    if let Some(r) = &refused {
+        if !had("OutputReady", r.reason) && !had("FlowPatched", r.reason) {
+            publish(ctx, &tap, EventType::Warning, r.reason, &r.message).await;
+        }
+    } else if phase == Phase::Active && !had("Ready", "Active") {
+        // An ephemeral tap tells its story in this one Event: it lives only as long as its
+        // listeners, who see every step in their status frames, and each Event is a write.
+        let story = match (tap.spec.persistent, step.patched.as_ref()) {
+            (false, Some(p)) => format!("{}; ", patch_note(p)),
+            _ => String::new(),
+        };
+        let note = format!("{story}{output} validated and in the flow; records follow once fluentd has reloaded");
+        publish(ctx, &tap, EventType::Normal, "Active", &note).await;
+    }
+    if matches!(step.flow_state, FlowState::Repaired) {
+        let note = format!("appended {output} to the flow again");
+        publish(ctx, &tap, EventType::Normal, "FlowRepaired", &note).await;
+    }
+    lifecycle_events(ctx, &tap, &current, &conditions, step.patched.as_ref()).await;
+
+    // Come back for what only time brings: session expiry, the linger deadline, the end of
+    // Receiving, a validation or a configuration check. Drift of flows, outputs and Loggings,
+    // spec changes and listeners arriving or leaving come as watch events, so an idle tap is
+    // only looked at again as a safety net.
+    let mut next = IDLE_RECHECK;
+    if !tap.status.as_ref().is_none_or(|s| s.sessions.is_empty()) {
+        next = next.min(session_pass(ctx.config.session_ttl));
+    }
+    if let Some(last) = tap.status.as_ref().and_then(|s| s.last_record_time.as_ref()) {
+        let quiet_in = status::RECEIVING_WINDOW.saturating_sub(status::age(last, now));
+        if !quiet_in.is_zero() {
+            next = next.min(quiet_in + Duration::from_secs(1));
+        }
+    }
+    // The linger as the status just written has it (Listening may have turned False in this
+    // very pass, and the controller's own write does not trigger another).
+    let mut written = tap.clone();
+    written.status.get_or_insert_with(Default::default).conditions = conditions.clone();
+    if let Some(left) = status::linger(&written, ctx.config.linger, now).left {
+        next = next.min(left + Duration::from_secs(1));
+    }
+    if let Some(wait) = step.recheck {
+        next = next.min(wait);
+    }
+    Ok(Action::requeue(next.max(Duration::from_secs(1))))
+}
+
+/// How often a tap with sessions is looked at (their expiry is only seen on a pass).
+fn session_pass(ttl: Duration) -> Duration {
+    Duration::from_secs(30).min(ttl / 2)
+}
+
+/// Drop the sessions of relays that stopped renewing (crashed, partitioned). Returns the tap as
+/// it is now, `None` when it is gone.
+async fn expire_sessions(api: &Api<FlowTap>, tap: &FlowTap, ctx: &Context) -> Result<Option<FlowTap>> {
+    let ttl = ctx.config.session_ttl;
+    ctx.liveness.sweep(&ctx.taps);
+    let expired = |s: &crate::k8s::flowtap::Session| ctx.liveness.expired(s, ttl);
+    if !tap.status.as_ref().is_some_and(|s| s.sessions.iter().any(expired)) {
+        return Ok(Some(tap.clone()));
+    }
+    // Before a session is dropped: the tap as the API server has it now (a renewal the cache
+    // has not shown yet), and proof the controller is hearing from the API server (passes
+    // come every SESSION_PASS while a tap has sessions; a longer silence was an outage as far
+    // as the sessions' clocks go).
+    let fresh = match api.get_opt(&tap.name_any()).await {
+        Ok(fresh) => fresh,
+        Err(e) => {
+            ctx.liveness.api_trouble();
+            return Err(e.into());
+        }
+    };
+    ctx.liveness.answered(session_pass(ttl) + Duration::from_secs(5));
+    let Some(fresh) = fresh else { return Ok(None) };
+    if !fresh.status.as_ref().is_some_and(|s| s.sessions.iter().any(expired)) {
+        return Ok(Some(fresh));
+    }
+    let updated = update_status(api, &tap.name_any(), Some(fresh), |status| {
+        let before = status.sessions.len();
+        status.sessions.retain(|s| !expired(s));
+        status.sessions.len() != before
+    })
+    .await?;
+    tracing::info!(tap = %tap.name_any(), "expired sessions of relays that stopped renewing");
+    Ok(updated)
+}
+
+/// Delete an ephemeral tap whose linger is over, but only the version looked at: a session
+/// registered since then makes this a conflict, and the next reconcile sees the listener.
+async fn delete_idle(api: &Api<FlowTap>, tap: &FlowTap, idle: Duration) -> Result<Action> {
+    let name = tap.name_any();
+    let params = kube::api::DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            resource_version: tap.resource_version(),
+            uid: tap.uid(),
+        }),
+        ..Default::default()
+    };
+    match api.delete(&name, &params).await {
+        Ok(_) => tracing::info!(tap = %name, "deleted ephemeral FlowTap: no listener for {idle:?}"),
+        Err(kube::Error::Api(e)) if e.code == 409 => return Ok(Action::requeue(Duration::from_secs(1))),
+        // Someone else deleted it first: nothing left to do.
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(Action::await_change())
+}
+
+async fn cleanup(tap: &FlowTap, ctx: &Context) -> Result<Action> {
+    let name = tap.name_any();
+    let uid = tap.uid().unwrap_or_default();
+    // What status says was patched (as last written), and the spec's flow; flows first, then
+    // the output.
+    let written = ctx.written.lock().unwrap().get(&uid).cloned();
+    let patched = match &written {
+        Some(w) => w.as_ref(),
+        None => tap.status.as_ref().and_then(|s| s.patched.as_ref()),
+    };
+    match children::teardown(tap, patched, ctx).await {
+        Ok(removed) => {
+            ctx.written.lock().unwrap().remove(&uid);
+            if removed {
+                tracing::info!(tap = %name, "tap removed: flow restored, output deleted");
+            }
+        }
+        Err(e) => {
+            // Only a cleanup that does not finish at once is worth a status write: the
+            // finalizer stays, and the phase says why the FlowTap is still there.
+            if tap.status.as_ref().and_then(|s| s.phase) != Some(Phase::Terminating) {
+                let api: Api<FlowTap> = Api::namespaced(ctx.client.clone(), &tap.namespace().unwrap_or_default());
+                let patch = json!({"status": {"phase": Phase::Terminating}});
+                if let Err(e) = api
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
+                    tracing::debug!(tap = %name, error = %e, "could not mark the tap Terminating");
+                }
+            }
+            return Err(e);
+        }
+    }
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_reconciles_back_off_exponentially_up_to_five_minutes() {
+        for failures in 1..20 {
+            let wait = error_backoff(failures);
+            let base = Duration::from_secs(1 << (failures - 1).min(9)).min(Duration::from_secs(300));
+            assert!(wait <= base && wait >= base / 2, "{failures}: {wait:?}");
+        }
+        assert!(error_backoff(6) > error_backoff(1) * 8, "grows");
+    }
+}

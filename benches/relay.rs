@@ -922,7 +922,7 @@ async fn full_replay(taps: u64) -> (u64, u64) {
 fn main() {
     // RUST_LOG=log_socket=debug shows what the relay and the controller do during a run.
     if std::env::var_os("RUST_LOG").is_some() {
-        log_socket::init_tracing("warn", log_socket::service::config::LogFormat::Text);
+        log_socket::telemetry::init_tracing("warn", log_socket::telemetry::LogFormat::Text);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

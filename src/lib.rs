@@ -22,9 +22,7 @@
 //! `src/bin/` holds two thin binaries over this library.
 
 pub mod auth;
-#[cfg(any(test, fuzzing))]
-#[doc(hidden)]
-pub mod fuzz;
+pub mod duration;
 pub mod k8s;
 pub mod k8stail;
 pub mod operator;
@@ -32,6 +30,7 @@ pub mod protocol;
 pub mod relay;
 pub mod service;
 pub mod shutdown;
+pub mod telemetry;
 
 /// Every error log-socket reports. Messages are written for the person running the command:
 /// they say what went wrong and what to do about it.
@@ -103,28 +102,3 @@ impl Error {
 
 /// Result with log-socket's [`Error`] as the default error type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// Set up `tracing` output on stderr.
-pub fn init_tracing(level: &str, format: service::config::LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    // RUST_LOG wins over the configured level so a developer can turn on one module's debug logs.
-    // The NATS client's debug logs print its server URLs whole, credentials included: it
-    // logs at info at most unless RUST_LOG asks for it by name.
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| match level {
-            "debug" | "trace" => EnvFilter::try_new(format!("{level},async_nats=info")),
-            _ => EnvFilter::try_new(level),
-        })
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    // Colour only for a person at a terminal, and never when NO_COLOR is set (no-color.org).
-    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    match format {
-        service::config::LogFormat::Json => builder.json().init(),
-        service::config::LogFormat::Text => builder.init(),
-    }
-}

@@ -419,7 +419,7 @@ async fn the_stream_state_a_flowtap_status_reports_names_the_stream_and_its_firs
     let bus = NatsBus::connect(&options, RelayConfig::default().replay, Default::default())
         .await
         .unwrap();
-    let key = |name: &str| log_socket::relay::TapKey::parse("flow", "shop", name).unwrap();
+    let key = |name: &str| log_socket::protocol::TapKey::parse("flow", "shop", name).unwrap();
     let state = bus.stream_state(&key("web")).await.unwrap();
     assert_eq!(state, Some(("LOGSOCKET_flow_shop_web".to_owned(), 1, 3)));
     assert_eq!(bus.stream_state(&key("nobody")).await.unwrap(), None);
@@ -430,7 +430,7 @@ async fn a_stream_no_flowtap_names_any_more_is_removed_unless_a_relay_still_foll
     let dir = tempdir("remove");
     let Some(server) = Nats::start(&dir) else { return };
     let (a, b) = (relay(&server.url()).await, relay(&server.url()).await);
-    let key = log_socket::relay::TapKey::parse("flow", "shop", "web").unwrap();
+    let key = log_socket::protocol::TapKey::parse("flow", "shop", "web").unwrap();
     let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
     let exists = || async { js.get_stream("LOGSOCKET_flow_shop_web").await.is_ok() };
     // A FlowTap exists: the stream buffers with nobody listening.

@@ -163,7 +163,7 @@ fn rec(pod: &str, message: &str) -> Value {
 async fn post_when_open(r: &TestRelay, records: &[Value]) {
     // The tap opens at k8stail's handshake and the listener attaches a moment later (after the
     // upgrade): a record posted in between is before its live stream starts.
-    let key = log_socket::relay::TapKey::parse("flow", "shop", "web").unwrap();
+    let key = log_socket::protocol::TapKey::parse("flow", "shop", "web").unwrap();
     for _ in 0..400 {
         if r.relay.tap(&key).is_some_and(|t| t.listener_count() > 0) {
             let (code, body) = post(r, "/flow/shop/web", &array(records)).await;
@@ -794,7 +794,7 @@ async fn several_flows_merge_into_one_stream_each_line_saying_its_flow() {
     };
     // Both taps open (one listener each) before posting.
     for flow in ["web", "api"] {
-        let key = log_socket::relay::TapKey::parse("flow", "shop", flow).unwrap();
+        let key = log_socket::protocol::TapKey::parse("flow", "shop", flow).unwrap();
         for _ in 0..400 {
             if r.relay.tap(&key).is_some_and(|t| t.listener_count() > 0) {
                 break;

@@ -6,8 +6,8 @@
 mod wire;
 
 use log_socket::auth::{AllowAll, Authorizer, Decision, Identity, StaticTokens};
+use log_socket::protocol::Meta;
 use log_socket::relay::http::Parts;
-use log_socket::relay::record::Meta;
 use log_socket::relay::{NoSessions, RelayConfig};
 use serde_json::{json, Value};
 use std::sync::Arc;

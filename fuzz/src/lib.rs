@@ -1,11 +1,14 @@
-//! Entry points of the fuzz targets (`fuzz/`, `make fuzz`). Each takes arbitrary bytes,
-//! must never panic, and checks what must hold for any input. The unit test at the bottom
-//! replays the committed corpus through them, so every `cargo test` runs it without a fuzzer.
+//! Entry points of the fuzz targets (`fuzz/fuzz_targets`, `make fuzz`). Each takes arbitrary
+//! bytes, must never panic, and checks what must hold for any input. The unit test at the bottom
+//! replays the committed corpus through them, so every `cargo test --workspace` runs it without a
+//! fuzzer. They live here, not in the library, so log-socket ships no fuzz code; they use only
+//! its public API.
 
-use crate::auth::labels::LabelPolicy;
-use crate::auth::Identity;
-use crate::relay::record::{self, BodyError};
 use bytes::Bytes;
+use log_socket::auth::labels::LabelPolicy;
+use log_socket::auth::Identity;
+use log_socket::protocol;
+use log_socket::relay::record::{self, BodyError};
 use std::collections::BTreeMap;
 
 /// The body limit the ingest target runs with; small, so the fuzzer reaches it.
@@ -82,7 +85,7 @@ pub fn label_policy(data: &[u8]) {
         .map(|(k, v)| format!("{}:{}", serde_json::Value::from(*k), serde_json::Value::from(*v)))
         .collect();
     let json = format!(r#"{{"kubernetes":{{"labels":{{{}}}}}}}"#, pairs.join(","));
-    let meta = record::meta_of(&json).expect("labels written as JSON parse");
+    let meta = protocol::meta_of(&json).expect("labels written as JSON parse");
     let who = Identity { username, groups };
     let map: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     for flattened in [false, true] {
@@ -180,9 +183,20 @@ pub fn listener_query(data: &[u8]) {
             (k.to_owned(), v.to_owned())
         })
         .collect();
-    if let Ok(options) = crate::relay::http::parse_options(&pairs) {
-        if let Ok(meta) = record::meta_of(record) {
-            let _ = options.filter.matches(&meta);
+    let Ok(query) = protocol::ListenQuery::from_pairs(&pairs) else {
+        return;
+    };
+    // What one end writes, the other reads back.
+    let encoded = query.encode();
+    let again: Vec<(String, String)> = serde_urlencoded::from_str(&encoded).expect("an encoded query decodes");
+    assert_eq!(
+        protocol::ListenQuery::from_pairs(&again).as_ref(),
+        Ok(&query),
+        "{encoded}"
+    );
+    if let Ok(filter) = query.filter.compile() {
+        if let Ok(meta) = protocol::meta_of(record) {
+            let _ = filter.matches(&meta);
         }
     }
 }
@@ -210,10 +224,10 @@ pub fn k8stail_frame(data: &[u8]) {
 /// Print one relay frame as `k8stail shop/web ARGS` would (records only; other frames print
 /// nothing).
 fn render_frame(args: &[&str], frame: &str, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-    use crate::k8stail::{render::Renderer, Cli, Target};
-    use crate::protocol::{decode, Decoded};
+    use log_socket::k8stail::{render::Renderer, Cli};
+    use log_socket::protocol::{decode, Decoded};
     let cli = Cli::try_parse_args([&["k8stail", "shop/web"], args].concat()).expect("valid arguments");
-    let target = Target::parse("shop/web", false).expect("valid target");
+    let target = log_socket::k8stail::parse_target("shop/web", false).expect("valid target");
     let renderer = Renderer::new(&cli.tail, false, false).expect("valid renderer");
     match decode(frame) {
         Ok(Decoded::Record { seq, record }) => renderer.record(out, &target, frame, seq, &record),
@@ -228,7 +242,7 @@ mod tests {
     /// Every input in the committed corpus of every target, through its target.
     #[test]
     fn the_committed_fuzz_corpus_passes_every_target() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
         type Target = fn(&[u8]);
         let targets: [(&str, Target); 4] = [
             ("ingest_body", super::ingest_body),

@@ -162,7 +162,7 @@ pub fn credential_for(path: &str, file: &Path) -> Result<(String, String), Strin
         parts.next().unwrap_or(""),
         parts.next().unwrap_or(""),
     );
-    let key = crate::relay::TapKey::parse(kind, ns, name)
+    let key = crate::protocol::TapKey::parse(kind, ns, name)
         .map_err(|e| format!("{path:?} is not a flow path (flow/NAMESPACE/NAME or clusterflow/NAMESPACE/NAME): {e}"))?;
     Ok(IngestKeys::load(file)?.credential(&key.to_string()))
 }

@@ -4,8 +4,7 @@
 use super::cache::Cache;
 use super::labels::LabelPolicy;
 use super::{Authorizer, Decision, Identity};
-use crate::relay::record::Meta;
-use crate::relay::{JoinError, SessionInfo, Sessions};
+use crate::protocol::{Meta, TapKey};
 use futures::future::BoxFuture;
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
 use kube::api::{Api, PostParams};
@@ -203,54 +202,18 @@ impl Authorizer for LabelsOrKubernetes {
     }
 }
 
-/// Cluster-mode listener registration: checks the listener may `get` the tapped Flow or
-/// ClusterFlow before it may make the service tap it.
-pub struct KubeSessions {
-    pub client: kube::Client,
-    /// Whether to check the tap permission at all.
-    pub check_tap_permission: bool,
-}
-
-/// Check that the listener may `get` the Flow or ClusterFlow it wants to tap.
-pub async fn check_tap_permission(client: &kube::Client, session: &SessionInfo) -> Result<(), JoinError> {
-    let resource = match session.tap.kind {
-        crate::k8s::flowtap::FlowKind::Flow => "flows",
-        crate::k8s::flowtap::FlowKind::ClusterFlow => "clusterflows",
-    };
+/// Whether `who` may `get` the Flow or ClusterFlow `tap` (what tapping a flow needs); `Err`
+/// when the API server did not answer.
+pub async fn may_get_flow(client: &kube::Client, who: &Identity, tap: &TapKey) -> Result<bool, String> {
     let attrs = ResourceAttributes {
         group: Some(crate::k8s::logging::GROUP.into()),
-        resource: Some(resource.into()),
+        resource: Some(tap.kind.resource().into()),
         verb: Some("get".into()),
-        namespace: Some(session.tap.namespace.clone()),
-        name: Some(session.tap.name.clone()),
+        namespace: Some(tap.namespace.clone()),
+        name: Some(tap.name.clone()),
         ..Default::default()
     };
-    match access_review(client, &session.identity, attrs).await {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(JoinError::Forbidden(format!(
-            "{} may not get {resource}.{} {:?} in namespace {:?}; tapping a flow needs that permission",
-            session.identity.username,
-            crate::k8s::logging::GROUP,
-            session.tap.name,
-            session.tap.namespace
-        ))),
-        Err(e) => Err(JoinError::Unavailable(e)),
-    }
-}
-
-impl Sessions for KubeSessions {
-    fn joined<'a>(&'a self, session: &'a SessionInfo) -> BoxFuture<'a, Result<(), JoinError>> {
-        Box::pin(async move {
-            if self.check_tap_permission {
-                check_tap_permission(&self.client, session).await?;
-            }
-            Ok(())
-        })
-    }
-
-    fn left<'a>(&'a self, _: &'a SessionInfo) -> BoxFuture<'a, ()> {
-        Box::pin(async {})
-    }
+    access_review(client, who, attrs).await
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@
 //! the mapping stays injective then too.
 
 use crate::auth::{Authorizer, Decision, Identity};
-use crate::relay::record::Meta;
+use crate::protocol::Meta;
 use prometheus_client::metrics::counter::Counter;
 
 /// The longest label name Kubernetes accepts (the part after `rbac/`).
@@ -251,7 +251,7 @@ mod tests {
     fn labels(pairs: &[(&str, &str)]) -> Meta {
         let labels: serde_json::Map<String, serde_json::Value> =
             pairs.iter().map(|(k, v)| (k.to_string(), (*v).into())).collect();
-        crate::relay::record::meta_of(&serde_json::json!({ "kubernetes": { "labels": labels } }).to_string()).unwrap()
+        crate::protocol::meta_of(&serde_json::json!({ "kubernetes": { "labels": labels } }).to_string()).unwrap()
     }
 
     fn sa(ns: &str, name: &str) -> Identity {

@@ -20,7 +20,7 @@ pub mod tokens;
 pub use ingest::IngestAuth;
 pub use tokens::StaticTokens;
 
-use crate::relay::record::Meta;
+use crate::protocol::Meta;
 use futures::future::BoxFuture;
 
 /// An authenticated listener.

@@ -46,7 +46,7 @@ async fn main() -> ExitCode {
         }
         Command::Run(cfg) if cfg.print_config => print!("{}", cfg.to_yaml()),
         Command::Run(cfg) => {
-            log_socket::init_tracing(&cfg.log_level, cfg.log_format);
+            log_socket::telemetry::init_tracing(&cfg.log_level, cfg.log_format);
             let shutdown = log_socket::shutdown::on_signal();
             let run = async {
                 Service::from_config(&cfg)

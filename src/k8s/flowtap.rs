@@ -98,6 +98,14 @@ impl FlowKind {
         }
     }
 
+    /// The API resource (plural) of this kind of flow.
+    pub fn resource(self) -> &'static str {
+        match self {
+            FlowKind::Flow => "flows",
+            FlowKind::ClusterFlow => "clusterflows",
+        }
+    }
+
     /// Kind of the logging-operator output generated for a tap on this kind of flow.
     pub fn output_kind(self) -> OutputKind {
         match self {

@@ -5,7 +5,7 @@
 //! to flows; stern flags with no meaning for a flow are recognised and refused with the
 //! k8stail way to get the same thing ([`SternOnly`]).
 
-use crate::service::config::HumanDuration;
+use crate::duration::GoDuration;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use clap_complete::engine::ArgValueCompleter;
 use std::path::PathBuf;
@@ -204,7 +204,7 @@ pub struct TailArgs {
     /// First the buffered records of the last DURATION (`15m`, `1h30m`), as far as the relay's
     /// buffer reaches.
     #[arg(short = 's', long, value_name = "DURATION")]
-    pub since: Option<HumanDuration>,
+    pub since: Option<GoDuration>,
 
     /// First the last N buffered records (default 10; with --no-follow, all; -1: all).
     #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(-1..))]
@@ -314,7 +314,7 @@ pub struct TailArgs {
 
     /// Longest wait between reconnection attempts (the wait doubles from 250ms, with jitter).
     #[arg(long, default_value = "10s", value_name = "DURATION", help_heading = "Connection")]
-    pub max_backoff: HumanDuration,
+    pub max_backoff: GoDuration,
 
     /// Remember the last record in FILE and continue after it next time (within the relay's
     /// replay buffer; a gap is reported). One flow only.

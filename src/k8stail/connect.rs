@@ -301,7 +301,7 @@ async fn proxy_connect(client: &kube::Client, uri: &str, token: &str) -> Result<
         // ... and the query string of an upgrade (kubernetes/kubernetes#77142): the options
         // travel in a header too.
         .header(
-            crate::relay::http::OPTIONS_HEADER,
+            crate::protocol::OPTIONS_HEADER,
             uri.split_once('?').map_or("", |(_, q)| q),
         )
         .body(kube::client::Body::empty())

@@ -17,17 +17,18 @@ mod clock;
 pub mod complete;
 mod config;
 mod connect;
-pub(crate) mod render;
+pub mod render;
 mod select;
 mod stream;
 mod taps;
 mod target;
 mod template;
 
+use crate::protocol::TapKey;
 pub use args::{Cli, ColorChoice, KubeArgs, OutputFormat, Scheme, TailArgs, TailCommand, TimestampFormat, VERSION};
 pub use render::one_line;
 pub use taps::age;
-pub use target::{Named, Target};
+pub use target::{parse as parse_target, Named};
 
 use crate::{Error, Result};
 use std::io::{IsTerminal, Write};
@@ -48,7 +49,7 @@ pub fn main() -> std::process::ExitCode {
         _ => Some("trace"),
     };
     if std::env::var_os("RUST_LOG").is_some() || level.is_some() {
-        crate::init_tracing(level.unwrap_or("warn"), crate::service::config::LogFormat::Text);
+        crate::telemetry::init_tracing(level.unwrap_or("warn"), crate::telemetry::LogFormat::Text);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
@@ -117,7 +118,7 @@ async fn follow(cli: &Cli, out: &mut dyn Write) -> Result<()> {
         (None, false) => String::new(),
         (None, true) => context_namespace(&cli.kube).await?,
     };
-    let mut targets: Vec<Target> = vec![];
+    let mut targets: Vec<TapKey> = vec![];
     for n in named {
         let t = n.in_namespace(&default_namespace);
         if !targets.contains(&t) {

@@ -2,7 +2,7 @@
 //! protocol frame, a template, or selected fields.
 
 use super::clock;
-use super::{ColorChoice, OutputFormat, TailArgs, Target, TimestampFormat};
+use super::{ColorChoice, OutputFormat, TailArgs, TapKey, TimestampFormat};
 use crate::k8s::flowtap::FlowKind;
 use regex::Regex;
 use serde_json::value::RawValue;
@@ -100,7 +100,7 @@ impl Renderer {
         let highlight = args
             .highlight
             .iter()
-            .map(|h| crate::relay::listener::Filter::pattern("--highlight", h))
+            .map(|h| crate::protocol::Filter::pattern("--highlight", h))
             .collect::<Result<_, _>>()?;
         let pod_colors = match &args.pod_colors {
             Some(text) => palette("--pod-colors", text)?,
@@ -127,7 +127,7 @@ impl Renderer {
     pub fn record(
         &self,
         out: &mut dyn Write,
-        target: &Target,
+        target: &TapKey,
         frame: &str,
         seq: u64,
         record: &RawValue,
@@ -245,7 +245,7 @@ impl Renderer {
     }
 
     /// stern's template variables beside the record's own (which win on a clash), and ours.
-    fn template_variables(&self, value: &mut Value, target: &Target, seq: u64) {
+    fn template_variables(&self, value: &mut Value, target: &TapKey, seq: u64) {
         let stamp = self.stamp(value).unwrap_or_default();
         let k = value["kubernetes"].clone();
         let pod = k["pod_name"].as_str().unwrap_or_default().to_owned();
@@ -318,7 +318,7 @@ impl Renderer {
         out
     }
 
-    fn default_line(&self, line: &mut String, target: &Target, v: &Value) {
+    fn default_line(&self, line: &mut String, target: &TapKey, v: &Value) {
         let k = &v["kubernetes"];
         let pod = k["pod_name"].as_str().unwrap_or("-");
         let container = k["container_name"].as_str().unwrap_or("-");
@@ -443,11 +443,11 @@ mod tests {
         Renderer::new(&cli.tail, false, tty).unwrap()
     }
 
-    fn web() -> Target {
-        Target::parse("shop/web", false).unwrap()
+    fn web() -> TapKey {
+        crate::k8stail::parse_target("shop/web", false).unwrap()
     }
 
-    fn show_for(r: &Renderer, target: &Target, record: &str) -> String {
+    fn show_for(r: &Renderer, target: &TapKey, record: &str) -> String {
         let raw = RawValue::from_string(record.to_owned()).unwrap();
         let frame = format!(r#"{{"type":"record","seq":7,"record":{record}}}"#);
         let mut out = vec![];
@@ -499,7 +499,7 @@ mod tests {
     fn merged_flows_tag_each_record_with_its_flow() {
         let cli = super::super::Cli::try_parse_args(["k8stail", "web", "api"]).unwrap();
         let r = Renderer::new(&cli.tail, true, false).unwrap();
-        let all = Target::parse("clusterflow/logging/all", false).unwrap();
+        let all = crate::k8stail::parse_target("clusterflow/logging/all", false).unwrap();
         assert_eq!(show_for(&r, &web(), REC), "shop/web web-1 app hello\n");
         assert_eq!(
             show_for(&r, &all, REC),

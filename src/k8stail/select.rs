@@ -2,27 +2,11 @@
 //! filtered-out records never cross the network) and compiled here for what the relay cannot
 //! do (label selectors, nodes, `--since`, an older relay), checked before connecting.
 
-use super::{TailArgs, Target};
+use super::{TailArgs, TapKey};
 use crate::k8s::flowtap::FlowKind;
-use crate::relay::listener::Filter;
+use crate::protocol::query::{FilterOptions, MAX_OPTION};
+use crate::protocol::{Filter, Start};
 use serde_json::Value;
-
-/// How many buffered records to ask for first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Start {
-    /// Only what arrives from now on (`--tail 0`).
-    Live,
-    /// The last N buffered records.
-    Tail(u64),
-    /// Everything the relay holds.
-    All,
-}
-
-/// The relay's buffer is at most this many records; asking for more asks for all of it.
-const ALL: u64 = 1_000_000;
-
-/// The longest query option a relay takes.
-const MAX_OPTION: usize = 1024;
 
 /// Everything about which records to print, validated.
 #[derive(Debug)]
@@ -33,7 +17,7 @@ pub struct Selection {
     /// Records of this namespace only, for ClusterFlows (`-n` without `-A`).
     namespace: Option<String>,
     /// Filter options the relay evaluates (namespace apart), and the same compiled here.
-    query: Vec<(String, String)>,
+    options: FilterOptions,
     filter: Filter,
     /// Filters only k8stail applies: `-l`, `--node`.
     selector: Option<Selector>,
@@ -54,37 +38,28 @@ fn any_of(patterns: &[String]) -> Option<String> {
 
 impl Selection {
     pub fn new(args: &TailArgs) -> Result<Selection, String> {
-        let pairs = [
-            ("grep", "--include", any_of(&args.include)),
-            ("exclude", "--exclude", any_of(&args.exclude)),
-            ("pod", "--pod", args.pod.clone()),
-            ("container", "--container", args.container.clone()),
-            ("exclude-pod", "--exclude-pod", any_of(&args.exclude_pod)),
-            (
-                "exclude-container",
-                "--exclude-container",
-                any_of(&args.exclude_container),
-            ),
-        ];
-        let mut filter = Filter::default();
-        let mut query = vec![];
-        for (option, flag, pattern) in pairs {
-            let Some(pattern) = pattern else { continue };
-            let re = Filter::pattern(flag, &pattern)?;
-            match option {
-                "grep" => filter.grep = Some(re),
-                "exclude" => filter.exclude = Some(re),
-                "pod" => filter.pod = Some(re),
-                "container" => filter.container = Some(re),
-                "exclude-pod" => filter.exclude_pod = Some(re),
-                _ => filter.exclude_container = Some(re),
-            }
-            query.push((option.to_owned(), pattern));
-        }
+        let options = FilterOptions {
+            grep: any_of(&args.include),
+            exclude: any_of(&args.exclude),
+            pod: args.pod.clone(),
+            container: args.container.clone(),
+            exclude_pod: any_of(&args.exclude_pod),
+            exclude_container: any_of(&args.exclude_container),
+            namespace: None,
+        };
+        // Checked before connecting, named as the user wrote them.
+        let filter = options.compile_as(|option| match option {
+            "grep" => "--include",
+            "exclude" => "--exclude",
+            "pod" => "--pod",
+            "container" => "--container",
+            "exclude-pod" => "--exclude-pod",
+            "exclude-container" => "--exclude-container",
+            other => other,
+        })?;
         let tail = match args.tail {
-            Some(-1) => Some(Start::All),
             Some(0) => Some(Start::Live),
-            Some(n) => Some(Start::Tail(u64::try_from(n).unwrap_or(ALL))),
+            Some(n) => Some(u64::try_from(n).map_or(Start::All, Start::Tail)),
             None => None,
         };
         let since = args
@@ -98,13 +73,13 @@ impl Selection {
             (None, false) => Start::Tail(10),
         };
         let selector = args.selector.as_deref().map(Selector::parse).transpose()?;
-        let local_only = args.no_follow || query.iter().any(|(_, v)| v.len() > MAX_OPTION);
+        let local_only = args.no_follow || options.pairs().any(|(_, v)| v.len() > MAX_OPTION);
         Ok(Selection {
             start,
             since,
             no_follow: args.no_follow,
             namespace: args.namespace.clone().filter(|_| !args.all_namespaces),
-            query,
+            options,
             filter,
             selector,
             node: args.node.clone(),
@@ -114,34 +89,24 @@ impl Selection {
 
     /// The namespace filter for `target`: `-n` narrows ClusterFlows only (a Flow's records are
     /// all from its own namespace).
-    fn namespace_for(&self, target: &Target) -> Option<&String> {
+    fn namespace_for(&self, target: &TapKey) -> Option<&String> {
         self.namespace.as_ref().filter(|_| target.kind == FlowKind::ClusterFlow)
     }
 
-    /// The query options for `target`'s first connection (before the start option).
-    pub fn query(&self, target: &Target) -> Vec<(String, String)> {
+    /// The filter options the relay applies for `target` (none when k8stail filters itself).
+    pub fn filter_options(&self, target: &TapKey) -> FilterOptions {
         if self.local_only {
-            return vec![];
+            return FilterOptions::default();
         }
-        let mut q = self.query.clone();
-        if let Some(ns) = self.namespace_for(target) {
-            q.push(("namespace".into(), ns.clone()));
-        }
-        q
-    }
-
-    /// The start option of the first connection.
-    pub fn start_option(&self) -> Option<(String, String)> {
-        match self.start {
-            Start::Live => Some(("tail".into(), "0".into())),
-            Start::Tail(n) => Some(("tail".into(), n.min(ALL).to_string())),
-            Start::All => Some(("tail".into(), ALL.to_string())),
+        FilterOptions {
+            namespace: self.namespace_for(target).cloned(),
+            ..self.options.clone()
         }
     }
 
     /// Whether k8stail prints `record` (of `target`), beyond what the relay filtered;
     /// `filter_here`: the relay applied none of the filter options.
-    pub fn wants(&self, target: &Target, record: &serde_json::value::RawValue, filter_here: bool) -> bool {
+    pub fn wants(&self, target: &TapKey, record: &serde_json::value::RawValue, filter_here: bool) -> bool {
         let needs_value = self.since.is_some() || self.selector.is_some() || self.node.is_some();
         let value: Option<Value> = needs_value.then(|| serde_json::from_str(record.get()).unwrap_or(Value::Null));
         if let Some(v) = &value {
@@ -166,7 +131,7 @@ impl Selection {
         if !filter_here {
             return true;
         }
-        let Ok(meta) = crate::relay::record::meta_of(record.get()) else {
+        let Ok(meta) = crate::protocol::meta_of(record.get()) else {
             return false;
         };
         self.filter.matches(&meta)
@@ -285,6 +250,15 @@ impl Selector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The options of a first connection, as they travel.
+    fn query(s: &Selection, target: &TapKey) -> Vec<(String, String)> {
+        let q = crate::protocol::ListenQuery {
+            start: s.start,
+            filter: s.filter_options(target),
+        };
+        q.to_pairs()
+    }
     use serde_json::json;
     use serde_json::value::RawValue;
 
@@ -338,13 +312,13 @@ mod tests {
             "^db-",
         ];
         let s = selection(&filters).unwrap();
-        let web = Target::parse("shop/web", false).unwrap();
-        let q = s.query(&web);
+        let web = crate::k8stail::parse_target("shop/web", false).unwrap();
+        let q = query(&s, &web);
         assert!(q.contains(&("grep".into(), "(?:^err)|(?:warn)".into())), "{q:?}");
         assert!(q.contains(&("exclude-container".into(), "istio-proxy".into())), "{q:?}");
         assert_eq!(s.start, Start::Tail(10), "following shows the recent records at once");
         let local = selection(&[&filters[..], &["--no-follow"]].concat()).unwrap();
-        assert!(local.query(&web).is_empty(), "--no-follow filters here");
+        assert!(local.filter_options(&web).is_empty(), "--no-follow filters here");
         assert_eq!(local.start, Start::All);
         assert!(local.wants(&web, &rec("web-1", "app", "warn: x"), true));
         assert!(!local.wants(&web, &rec("web-1", "app", "info"), true));
@@ -356,13 +330,13 @@ mod tests {
     #[test]
     fn the_namespace_narrows_clusterflows_only_and_nodes_and_labels_are_checked_here() {
         let s = selection(&["-n", "shop", "--node", "node-2", "-l", "app=web"]).unwrap();
-        let all = Target::parse("clusterflow/logging/all", false).unwrap();
-        let web = Target::parse("shop/web", false).unwrap();
-        assert!(s.query(&all).contains(&("namespace".into(), "shop".into())));
-        assert!(!s.query(&web).iter().any(|(k, _)| k == "namespace"));
+        let all = crate::k8stail::parse_target("clusterflow/logging/all", false).unwrap();
+        let web = crate::k8stail::parse_target("shop/web", false).unwrap();
+        assert!(query(&s, &all).contains(&("namespace".into(), "shop".into())));
+        assert!(!query(&s, &web).iter().any(|(k, _)| k == "namespace"));
         assert!(!s.wants(&web, &rec("web-1", "app", "x"), false), "another node");
         let s = selection(&["-n", "shop", "-A", "--node", "node-1", "-l", "app=web"]).unwrap();
-        assert!(!s.query(&all).iter().any(|(k, _)| k == "namespace"), "-A");
+        assert!(!query(&s, &all).iter().any(|(k, _)| k == "namespace"), "-A");
         assert!(s.wants(&web, &rec("web-1", "app", "x"), false));
         let s = selection(&["-l", "app=api"]).unwrap();
         assert!(!s.wants(&web, &rec("web-1", "app", "x"), false));
@@ -370,10 +344,7 @@ mod tests {
 
     #[test]
     fn tail_and_since_pick_the_first_records() {
-        assert_eq!(
-            selection(&["--tail", "0"]).unwrap().start_option(),
-            Some(("tail".into(), "0".into()))
-        );
+        assert_eq!(selection(&["--tail", "0"]).unwrap().start, Start::Live);
         assert_eq!(selection(&["--tail", "-1"]).unwrap().start, Start::All);
         assert_eq!(
             selection(&["--tail", "5", "--no-follow"]).unwrap().start,

@@ -4,8 +4,9 @@
 use super::connect::{Refusal, Route, Ws};
 use super::render::Renderer;
 use super::select::Selection;
-use super::{TailArgs, Target};
+use super::{TailArgs, TapKey};
 use crate::protocol::{self, Decoded, Frame, Status};
+use crate::protocol::{ListenQuery, Start};
 use crate::{Error, Result};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -90,38 +91,44 @@ pub struct Follow<'a> {
 
 /// Follow `target` until Ctrl-C, or until the stream cannot go on (with `--no-follow`, until
 /// what the relay held is printed).
-pub async fn follow(f: &Follow<'_>, target: &Target) -> Result<()> {
+pub async fn follow(f: &Follow<'_>, target: &TapKey) -> Result<()> {
     let (args, renderer, route, token) = (f.args, f.renderer, f.route, f.token);
     let target = target.clone();
     let mut notes = Notes {
         tty: std::io::stderr().is_terminal(),
         status_shown: false,
     };
-    let mut filters = f.selection.query(&target);
+    let mut filters = f.selection.filter_options(&target);
     // Set when the relay is older than the filter options: k8stail filters itself then.
     let mut filter_here = f.selection.local_only;
     let mut position = match &args.resume_file {
         Some(path) => read_resume(path, &target, &mut notes)?,
         None => None,
     };
-    let first_start: Vec<(String, String)> = f.selection.start_option().into_iter().collect();
     // Ctrl-C or SIGTERM: both end k8stail cleanly (close frame, resume file written).
     let ctrl_c = crate::shutdown::signal();
     tokio::pin!(ctrl_c);
     let mut connected_once = false;
     let mut backoff = Backoff::new(args.max_backoff.0);
     loop {
-        let mut query = filters.clone();
-        match position {
+        let start = match position {
             // Resume after the last record seen.
-            Some(p) => query.extend([
-                ("after".into(), p.seq.to_string()),
-                ("epoch".into(), p.epoch.to_string()),
-            ]),
-            None if !connected_once => query.extend(first_start.iter().cloned()),
-            None => {}
+            Some(p) => Start::After {
+                seq: p.seq,
+                epoch: Some(p.epoch),
+            },
+            None if !connected_once => f.selection.start,
+            None => Start::Live,
+        };
+        let query = ListenQuery {
+            start,
+            filter: filters.clone(),
         }
-        let path = format!("{}{}", target.path(), encode_query(&query));
+        .encode();
+        let path = match query.as_str() {
+            "" => target.path(),
+            q => format!("{}?{q}", target.path()),
+        };
         notes.status(&format!("connecting to {target} via {}…", route.describe()));
         let attempt = tokio::select! {
             r = route.connect(&path, token) => r,
@@ -134,7 +141,7 @@ pub async fn follow(f: &Follow<'_>, target: &Target) -> Result<()> {
                     "this relay does not filter records; k8stail filters them itself (they all cross the network)",
                 );
                 filter_here = true;
-                filters.clear();
+                filters = Default::default();
                 continue;
             }
             Err(Refusal::Final(reason)) => {
@@ -228,7 +235,7 @@ async fn read(
     notes: &mut Notes,
     backoff: &mut Backoff,
     ctrl_c: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
-    resume: Option<(&Path, &Target)>,
+    resume: Option<(&Path, &TapKey)>,
     wait: bool,
 ) -> Result<End> {
     let mut save = tokio::time::interval(Duration::from_secs(1));
@@ -451,29 +458,13 @@ fn dropped_note(reason: &str, count: Option<u64>) -> String {
 #[derive(Clone, Copy)]
 struct Keep<'a> {
     selection: &'a Selection,
-    target: &'a Target,
+    target: &'a TapKey,
     /// The relay applied no filter option: apply them here.
     filter_here: bool,
     no_follow: bool,
 }
 
-fn encode_query(query: &[(String, String)]) -> String {
-    if query.is_empty() {
-        return String::new();
-    }
-    let encode = |s: &str| -> String {
-        s.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-                b => format!("%{b:02X}"),
-            })
-            .collect()
-    };
-    let pairs: Vec<String> = query.iter().map(|(k, v)| format!("{k}={}", encode(v))).collect();
-    format!("?{}", pairs.join("&"))
-}
-
-fn read_resume(path: &Path, target: &Target, notes: &mut Notes) -> Result<Option<Position>> {
+fn read_resume(path: &Path, target: &TapKey, notes: &mut Notes) -> Result<Option<Position>> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -504,7 +495,7 @@ fn read_resume(path: &Path, target: &Target, notes: &mut Notes) -> Result<Option
     }))
 }
 
-fn write_resume(path: &Path, target: &Target, p: Position) -> Result<(), String> {
+fn write_resume(path: &Path, target: &TapKey, p: Position) -> Result<(), String> {
     let file = ResumeFile {
         tap: target.to_string(),
         epoch: p.epoch,
@@ -573,21 +564,11 @@ mod tests {
     }
 
     #[test]
-    fn filters_are_sent_as_escaped_query_options() {
-        let q = vec![
-            ("grep".to_owned(), "a b&c=d/é".to_owned()),
-            ("tail".to_owned(), "5".to_owned()),
-        ];
-        assert_eq!(encode_query(&q), "?grep=a%20b%26c%3Dd%2F%C3%A9&tail=5");
-        assert_eq!(encode_query(&[]), "");
-    }
-
-    #[test]
     fn a_resume_file_round_trips_and_one_for_another_tap_is_ignored() {
         let dir = std::env::temp_dir().join(format!("k8stail-resume-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("pos");
-        let web = Target::parse("shop/web", false).unwrap();
+        let web = crate::k8stail::parse_target("shop/web", false).unwrap();
         let mut notes = Notes {
             tty: false,
             status_shown: false,
@@ -602,7 +583,7 @@ mod tests {
             read_resume(&path, &web, &mut notes).unwrap(),
             Some(Position { epoch: 9, seq: 41 })
         );
-        let other = Target::parse("shop/api", false).unwrap();
+        let other = crate::k8stail::parse_target("shop/api", false).unwrap();
         assert_eq!(read_resume(&path, &other, &mut notes).unwrap(), None);
         std::fs::write(&path, "garbage").unwrap();
         assert!(matches!(read_resume(&path, &web, &mut notes), Err(Error::Usage(m)) if m.contains("delete it")));

@@ -1,14 +1,8 @@
 //! What to follow: a Flow or a ClusterFlow, named as kubectl users name objects.
 
 use crate::k8s::flowtap::FlowKind;
-
-/// A flow to follow.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Target {
-    pub kind: FlowKind,
-    pub namespace: String,
-    pub name: String,
-}
+use crate::protocol::tap_key::valid_name;
+use crate::protocol::TapKey;
 
 /// A target as written: its namespace may still be missing (taken from `-n` or the context).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,15 +21,6 @@ fn kind_of(word: &str) -> Option<FlowKind> {
         "clusterflow" | "clusterflows" => Some(FlowKind::ClusterFlow),
         _ => None,
     }
-}
-
-fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
-        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
 
 impl Named {
@@ -79,8 +64,8 @@ impl Named {
     }
 
     /// The target, its namespace defaulted.
-    pub fn in_namespace(self, default: &str) -> Target {
-        Target {
+    pub fn in_namespace(self, default: &str) -> TapKey {
+        TapKey {
             kind: self.kind,
             namespace: self.namespace.unwrap_or_else(|| default.to_owned()),
             name: self.name,
@@ -130,26 +115,13 @@ fn not_a_flow(text: &str) -> String {
     )
 }
 
-impl Target {
-    /// Parse a fully written `[flow/|clusterflow/]NAMESPACE/NAME`.
-    pub fn parse(text: &str, clusterflow: bool) -> Result<Target, String> {
-        let named = Named::parse(text, clusterflow)?;
-        if named.namespace.is_none() {
-            return Err(format!("{text:?} names no namespace: write NAMESPACE/NAME"));
-        }
-        Ok(named.in_namespace(""))
+/// Parse a fully written `[flow/|clusterflow/]NAMESPACE/NAME`.
+pub fn parse(text: &str, clusterflow: bool) -> Result<TapKey, String> {
+    let named = Named::parse(text, clusterflow)?;
+    if named.namespace.is_none() {
+        return Err(format!("{text:?} names no namespace: write NAMESPACE/NAME"));
     }
-
-    /// The listener path on the service: `/flow/NS/NAME` or `/clusterflow/NS/NAME`.
-    pub fn path(&self) -> String {
-        format!("/{}/{}/{}", self.kind.path_segment(), self.namespace, self.name)
-    }
-}
-
-impl std::fmt::Display for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}/{}", self.kind.path_segment(), self.namespace, self.name)
-    }
+    Ok(named.in_namespace(""))
 }
 
 #[cfg(test)]
@@ -175,8 +147,8 @@ mod tests {
         assert!(n("shop/Web", false).unwrap_err().contains("object names"));
         assert!(n("shop/", false).is_err());
         assert!(n("a/b/c/d", false).unwrap_err().contains("not a flow"));
-        assert_eq!(Target::parse("shop/web", false).unwrap().path(), "/flow/shop/web");
-        assert!(Target::parse("web", false).is_err());
+        assert_eq!(parse("shop/web", false).unwrap().path(), "/flow/shop/web");
+        assert!(parse("web", false).is_err());
     }
 
     #[test]

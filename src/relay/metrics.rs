@@ -18,8 +18,8 @@ pub struct TapLabels {
     pub name: String,
 }
 
-impl From<&crate::relay::TapKey> for TapLabels {
-    fn from(key: &crate::relay::TapKey) -> Self {
+impl From<&crate::protocol::TapKey> for TapLabels {
+    fn from(key: &crate::protocol::TapKey) -> Self {
         TapLabels {
             kind: key.kind.path_segment().to_owned(),
             namespace: key.namespace.clone(),
@@ -139,7 +139,7 @@ impl Metrics {
     /// Count an error of `kind`.
     /// Drop the series of a closed tap, so a relay that saw many flows come and go does not
     /// keep (and serve) a series for each.
-    pub fn forget_tap(&self, key: &crate::relay::TapKey) {
+    pub fn forget_tap(&self, key: &crate::protocol::TapKey) {
         let labels = TapLabels::from(key);
         self.ingested_records.remove(&labels);
         self.ingested_bytes.remove(&labels);

@@ -18,55 +18,14 @@ pub mod record;
 mod scan;
 pub mod tap;
 
-use crate::k8s::flowtap::FlowKind;
+use crate::protocol::TapKey;
 use crate::relay::metrics::Metrics;
 use futures::future::BoxFuture;
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tap::{ReplayLimits, Tap};
-
-/// Which flow a tap follows: the path segment `/{flow|clusterflow}/{namespace}/{name}`.
-#[derive(Clone, PartialEq, Eq, Hash, Debug)]
-pub struct TapKey {
-    pub kind: FlowKind,
-    pub namespace: String,
-    pub name: String,
-}
-
-impl TapKey {
-    /// Parse path segments, refusing anything that cannot name a Kubernetes object.
-    pub fn parse(kind: &str, namespace: &str, name: &str) -> Result<TapKey, String> {
-        let kind = match kind {
-            "flow" => FlowKind::Flow,
-            "clusterflow" => FlowKind::ClusterFlow,
-            other => return Err(format!("unknown flow kind {other:?}; use flow or clusterflow")),
-        };
-        for (what, value) in [("namespace", namespace), ("name", name)] {
-            let ok = !value.is_empty()
-                && value.len() <= 253
-                && value
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-            if !ok {
-                return Err(format!("invalid {what} {value:?}: not a Kubernetes object name"));
-            }
-        }
-        Ok(TapKey {
-            kind,
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        })
-    }
-}
-
-impl fmt::Display for TapKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}", self.kind.path_segment(), self.namespace, self.name)
-    }
-}
 
 /// Tunables of the relay.
 #[derive(Debug, Clone)]

@@ -3,9 +3,8 @@
 //! one lock, so a listener never sees a gap or a duplicate between replay and live records.
 
 use super::listener::{Batch, Listener, Offer};
-use super::record::{Meta, Record};
-use super::TapKey;
-use crate::protocol;
+use super::record::{Entry, Record};
+use crate::protocol::{self, Start, TapKey};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -16,26 +15,6 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 pub struct ReplayLimits {
     pub records: usize,
     pub bytes: usize,
-}
-
-/// A numbered record with its WebSocket frame, serialised once and shared by all listeners.
-#[derive(Debug, Clone)]
-pub struct Entry {
-    pub seq: u64,
-    pub meta: Meta,
-    pub frame: Utf8Bytes,
-}
-
-/// Where a new listener starts reading.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Start {
-    /// New records only.
-    Live,
-    /// The last N buffered records, then live (like `kubectl logs --tail N | grep`: the
-    /// listener's authorization and filters apply to those N).
-    Tail(usize),
-    /// Everything after `seq`, when it was read from the tap with this `epoch` (if given).
-    After { seq: u64, epoch: Option<u64> },
 }
 
 /// Records a listener asked for but cannot have.
@@ -278,9 +257,13 @@ impl Tap {
         let (candidates, gap): (Vec<&Arc<Entry>>, Option<Gap>) = match start {
             Start::Live => (vec![], None),
             Start::Tail(n) => {
-                let skip = inner.replay.len().saturating_sub(n);
+                let skip = inner
+                    .replay
+                    .len()
+                    .saturating_sub(usize::try_from(n).unwrap_or(usize::MAX));
                 (inner.replay.iter().skip(skip).collect(), None)
             }
+            Start::All => (inner.replay.iter().collect(), None),
             Start::After { seq, epoch } => {
                 let restarted = epoch.is_some_and(|e| e != self.epoch()) || seq > last_seq;
                 if restarted {
@@ -348,7 +331,7 @@ mod tests {
     use super::*;
     use crate::auth::Identity;
     use crate::k8s::flowtap::FlowKind;
-    use crate::relay::listener::Filter;
+    use crate::protocol::Filter;
 
     fn tap(records: usize) -> Tap {
         let key = TapKey {
@@ -370,7 +353,7 @@ mod tests {
         (0..n)
             .map(|i| Record {
                 raw: format!("{{\"message\":\"m{i}\"}}").into(),
-                meta: Meta::default(),
+                meta: crate::protocol::Meta::default(),
             })
             .collect()
     }
@@ -642,7 +625,7 @@ mod tests {
                                     next += 1;
                                     Record {
                                         raw: format!("{{\"message\":\"tap{tap}-r{next}\"}}").into(),
-                                        meta: Meta::default(),
+                                        meta: crate::protocol::Meta::default(),
                                     }
                                 })
                                 .collect();

@@ -6,7 +6,9 @@
 //! names (`health-addr: 0.0.0.0:10002`); the file works by replacing clap's defaults before the
 //! final parse, so env and flags override it with no per-setting merge code.
 
+use crate::duration::GoDuration;
 use crate::k8s::flowtap::TapMode;
+use crate::telemetry::LogFormat;
 use clap::{error::ErrorKind, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use std::ffi::OsString;
@@ -183,7 +185,7 @@ pub struct ServiceConfig {
         default_value = "10s",
         value_name = "DURATION"
     )]
-    pub tls_reload_interval: HumanDuration,
+    pub tls_reload_interval: GoDuration,
 
     /// Accept records from anyone who can reach the ingest port. Only for isolated test setups.
     #[arg(long, env = "LOG_SOCKET_INGEST_INSECURE")]
@@ -255,7 +257,7 @@ pub struct ServiceConfig {
 
     /// How long a tap without listeners is kept, so a reconnecting listener can resume.
     #[arg(long, env = "LOG_SOCKET_TAP_LINGER", default_value = "60s", value_name = "DURATION")]
-    pub tap_linger: HumanDuration,
+    pub tap_linger: GoDuration,
 
     /// Interval of WebSocket pings to listeners.
     #[arg(
@@ -264,7 +266,7 @@ pub struct ServiceConfig {
         default_value = "20s",
         value_name = "DURATION"
     )]
-    pub ping_interval: HumanDuration,
+    pub ping_interval: GoDuration,
 
     /// A listener that sends nothing (not even a pong) for this long is disconnected.
     #[arg(
@@ -273,7 +275,7 @@ pub struct ServiceConfig {
         default_value = "60s",
         value_name = "DURATION"
     )]
-    pub idle_timeout: HumanDuration,
+    pub idle_timeout: GoDuration,
 
     /// A listener whose socket does not take a write within this time is disconnected.
     #[arg(
@@ -282,7 +284,7 @@ pub struct ServiceConfig {
         default_value = "10s",
         value_name = "DURATION"
     )]
-    pub write_timeout: HumanDuration,
+    pub write_timeout: GoDuration,
 
     /// An ingest request's body must arrive completely within this time, else 408 (a trickling
     /// client cannot hold an ingest slot).
@@ -292,7 +294,7 @@ pub struct ServiceConfig {
         default_value = "30s",
         value_name = "DURATION"
     )]
-    pub ingest_body_timeout: HumanDuration,
+    pub ingest_body_timeout: GoDuration,
 
     /// Request headers must arrive within this time on both ports; slower connections are
     /// closed (an idle keep-alive connection, too: fluentd reconnects).
@@ -302,7 +304,7 @@ pub struct ServiceConfig {
         default_value = "10s",
         value_name = "DURATION"
     )]
-    pub header_timeout: HumanDuration,
+    pub header_timeout: GoDuration,
 
     /// Audiences a listener's token must be valid for (TokenReview), comma-separated; empty:
     /// the API server's own.
@@ -321,7 +323,7 @@ pub struct ServiceConfig {
         default_value = "10s",
         value_name = "DURATION"
     )]
-    pub token_cache_ttl: HumanDuration,
+    pub token_cache_ttl: GoDuration,
 
     /// Where accepted records go between ingest and listeners: `embedded` (in this process;
     /// run one replica) or `nats` (a NATS JetStream stream per tap, shared by every replica:
@@ -350,7 +352,7 @@ pub struct ServiceConfig {
     /// With `--bus nats`: how long a tap's stream keeps a record at most (besides
     /// --replay-records messages and --replay-bytes).
     #[arg(long, env = "LOG_SOCKET_NATS_MAX_AGE", default_value = "1h", value_name = "DURATION")]
-    pub nats_max_age: HumanDuration,
+    pub nats_max_age: GoDuration,
 
     /// Which records a listener may read: `labels` (pod labels rbac/...), `kubernetes` (may
     /// `get pods/log` in the record's namespace), or `labels-or-kubernetes`.
@@ -369,7 +371,7 @@ pub struct ServiceConfig {
         default_value = "30s",
         value_name = "DURATION"
     )]
-    pub authz_cache_ttl: HumanDuration,
+    pub authz_cache_ttl: GoDuration,
 
     /// Require listeners to be allowed to `get` the Flow/ClusterFlow they tap.
     #[arg(long, env = "LOG_SOCKET_TAP_PERMISSION_CHECK", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
@@ -391,7 +393,7 @@ pub struct ServiceConfig {
 
     /// Sessions a relay stopped renewing (it crashed) are dropped after this long.
     #[arg(long, env = "LOG_SOCKET_SESSION_TTL", default_value = "60s", value_name = "DURATION")]
-    pub session_ttl: HumanDuration,
+    pub session_ttl: GoDuration,
 
     /// Secret (in each tapped namespace) with `ca.crt`, `tls.crt` and `tls.key`, mounted as the
     /// generated outputs' TLS client certificate (matching --ingest-client-ca).
@@ -414,7 +416,7 @@ pub struct ServiceConfig {
         default_value = "30s",
         value_name = "DURATION"
     )]
-    pub output_accept_timeout: HumanDuration,
+    pub output_accept_timeout: GoDuration,
 
     /// How the taps listeners create reach their flow: `patch` appends the tap's output to the
     /// flow; `mirror` leaves the flow alone and feeds the tap from a managed sibling flow (for
@@ -449,7 +451,7 @@ pub struct ServiceConfig {
         default_value = "15s",
         value_name = "DURATION"
     )]
-    pub lease_duration: HumanDuration,
+    pub lease_duration: GoDuration,
 
     /// Address of the health endpoints (`/healthz`, `/readyz`); the only unauthenticated port.
     #[arg(
@@ -482,91 +484,6 @@ pub struct ServiceConfig {
     pub print_config: bool,
 }
 
-/// A duration written like `500ms`, `10s`, `5m`, `1h`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HumanDuration(pub std::time::Duration);
-
-impl std::str::FromStr for HumanDuration {
-    type Err = String;
-    /// A Go-style duration: one or more of a decimal number and a unit (`ns`, `us`/`µs`, `ms`,
-    /// `s`, `m`, `h`), e.g. `500ms`, `10s`, `1h30m`, `1.5h`; or `0`.
-    fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        let bad = || format!("{s:?} is not a duration like 500ms, 10s, 5m, 1h or 1h30m");
-        if s == "0" {
-            return Ok(HumanDuration(std::time::Duration::ZERO));
-        }
-        let mut rest = s;
-        // Whole nanoseconds, so `300ms` is exactly 300 ms (floating point would make it less).
-        let mut total: u128 = 0;
-        if rest.is_empty() {
-            return Err(bad());
-        }
-        while !rest.is_empty() {
-            let number_end = rest
-                .find(|c: char| !c.is_ascii_digit() && c != '.')
-                .unwrap_or(rest.len());
-            let (number, after) = rest.split_at(number_end);
-            let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-            if (whole.is_empty() && fraction.is_empty()) || fraction.contains('.') || whole.len() > 20 {
-                return Err(bad());
-            }
-            let unit_end = after
-                .find(|c: char| c.is_ascii_digit() || c == '.')
-                .unwrap_or(after.len());
-            let (unit, after) = after.split_at(unit_end);
-            let unit_ns: u128 = match unit {
-                "ns" => 1,
-                "us" | "µs" => 1_000,
-                "ms" => 1_000_000,
-                "s" => 1_000_000_000,
-                "m" => 60_000_000_000,
-                "h" => 3_600_000_000_000,
-                _ => return Err(bad()),
-            };
-            let whole: u128 = if whole.is_empty() {
-                0
-            } else {
-                whole.parse().map_err(|_| bad())?
-            };
-            let mut part = whole * unit_ns;
-            // At most 9 fraction digits matter (nanoseconds of a second, fewer of a smaller unit).
-            let mut scale = unit_ns;
-            for digit in fraction.bytes().take(18) {
-                scale /= 10;
-                part += u128::from(digit - b'0') * scale;
-            }
-            total = total
-                .checked_add(part)
-                .ok_or_else(|| format!("{s:?} is too long a duration"))?;
-            rest = after;
-        }
-        let secs = u64::try_from(total / 1_000_000_000).map_err(|_| format!("{s:?} is too long a duration"))?;
-        Ok(HumanDuration(std::time::Duration::new(
-            secs,
-            (total % 1_000_000_000) as u32,
-        )))
-    }
-}
-
-impl std::fmt::Display for HumanDuration {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ms = self.0.as_millis();
-        match ms {
-            ms if ms % 3_600_000 == 0 && ms > 0 => write!(f, "{}h", ms / 3_600_000),
-            ms if ms % 60_000 == 0 && ms > 0 => write!(f, "{}m", ms / 60_000),
-            ms if ms % 1000 == 0 => write!(f, "{}s", ms / 1000),
-            ms => write!(f, "{ms}ms"),
-        }
-    }
-}
-
-impl Serialize for HumanDuration {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
 /// The bus between ingest and listeners.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -594,16 +511,6 @@ pub enum RecordPolicy {
 fn as_value_name<S: serde::Serializer, T: ValueEnum>(value: &T, s: S) -> Result<S::Ok, S::Error> {
     let name = value.to_possible_value().expect("no skipped variants");
     s.serialize_str(name.get_name())
-}
-
-/// Format of the service's own log lines.
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line, for log collectors.
-    Json,
 }
 
 /// The settings of `log-socket run` as a Markdown reference (docs/configuration.md): flag,
@@ -806,21 +713,6 @@ impl ServiceConfig {
 
 #[cfg(test)]
 mod tests {
-
-    #[test]
-    fn durations_read_like_go_durations_compound_and_fractional() {
-        use std::time::Duration;
-        let d = |s: &str| s.parse::<HumanDuration>().map(|d| d.0);
-        assert_eq!(d("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(d("1.5h").unwrap(), Duration::from_secs(5400));
-        assert_eq!(d("300ms").unwrap(), Duration::from_millis(300));
-        assert_eq!(d("2m3s500ms").unwrap(), Duration::from_millis(123_500));
-        assert_eq!(d("0").unwrap(), Duration::ZERO);
-        for bad in ["", "5", "1x", "h", "1..5s", "-1s", "99999999999999999999999h"] {
-            assert!(d(bad).is_err(), "{bad:?}");
-        }
-        assert_eq!(HumanDuration(d("90m").unwrap()).to_string(), "90m");
-    }
 
     use super::*;
 

@@ -3,10 +3,11 @@
 
 use crate::support;
 use crate::wire::*;
-use log_socket::auth::kubernetes::{KubeSessions, PodLogAccess};
+use log_socket::auth::kubernetes::PodLogAccess;
 use log_socket::auth::labels::LabelPolicy;
 use log_socket::auth::tokens::TokenReviewAuthenticator;
 use log_socket::auth::Authorizer;
+use log_socket::operator::sessions::KubeSessions;
 use log_socket::relay::http::Parts;
 use log_socket::relay::RelayConfig;
 use serde_json::{json, Value};

@@ -265,7 +265,7 @@ async fn two_flowtaps_on_one_flow_share_one_output_and_the_survivor_takes_over()
 
     // The relay tap stays open throughout: deleting one FlowTap does not close what the other
     // still needs, and the survivor takes the flow over.
-    let key = log_socket::relay::TapKey::parse("flow", &h.ns, "web").unwrap();
+    let key = log_socket::protocol::TapKey::parse("flow", &h.ns, "web").unwrap();
     Api::<FlowTap>::namespaced(h.client.clone(), &h.ns)
         .delete("web-a", &Default::default())
         .await

@@ -18,9 +18,9 @@
 //!   oldest retained message, into the local tap (its replay buffer mirrors the stream), and
 //!   lets a listener attach once it has caught up, so a resume finds every retained record.
 
+use crate::protocol::TapKey;
 use crate::relay::record::{self, Record};
 use crate::relay::tap::{ReplayLimits, Tap};
-use crate::relay::TapKey;
 use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
 use std::collections::HashMap;

@@ -2,11 +2,11 @@
 
 use super::{text, Reply, State};
 use crate::auth::ingest::{IngestDenied, PeerCertificate};
+use crate::protocol::TapKey;
 use crate::relay::bus::nats::Stored;
 use crate::relay::bus::Bus;
 use crate::relay::metrics::{CodeLabels, DropLabels, DropReason, TapLabels};
 use crate::relay::record::{self, BodyError};
-use crate::relay::TapKey;
 use bytes::{Buf, Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use std::sync::Arc;

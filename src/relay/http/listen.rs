@@ -3,11 +3,12 @@
 
 use super::{authenticate, text, Reply, State, TOKEN_SUBPROTOCOL_PREFIX};
 use crate::auth::{Decision, Identity};
-use crate::protocol::{self, close, SUBPROTOCOL};
-use crate::relay::listener::{Filter as RecordFilter, Listener};
+use crate::protocol::{self, close, Filter as RecordFilter, ListenQuery, Start, TapKey, OPTIONS_HEADER, SUBPROTOCOL};
+use crate::relay::listener::Listener;
 use crate::relay::metrics::TapLabels;
-use crate::relay::tap::{Entry, Gap, Start, Tap};
-use crate::relay::{JoinError, SessionInfo, TapKey};
+use crate::relay::record::Entry;
+use crate::relay::tap::{Gap, Tap};
+use crate::relay::{JoinError, SessionInfo};
 use futures::{SinkExt, StreamExt};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -20,67 +21,25 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use warp::http::{HeaderMap, Response, StatusCode};
 
-/// Query options of a listener.
+/// Query options of a listener, read and compiled.
 #[derive(Debug)]
 pub(crate) struct Options {
     pub(crate) start: Start,
     pub(crate) filter: RecordFilter,
 }
 
-const QUERY_OPTIONS: &str =
-    "tail, after, epoch, grep, exclude, pod, container, exclude-pod, exclude-container, namespace";
-
-/// The header carrying the query options when the URL cannot: the API server's service proxy
-/// drops the query string of a WebSocket upgrade (kubernetes/kubernetes#77142).
-pub const OPTIONS_HEADER: &str = "x-logsocket-query";
-
 /// The options of the URL's query string, else of [`OPTIONS_HEADER`] (URL-encoded the same way).
 fn options_header(query: Vec<(String, String)>, headers: &HeaderMap) -> Result<Vec<(String, String)>, String> {
-    if !query.is_empty() {
-        return Ok(query);
-    }
-    let Some(value) = headers.get(OPTIONS_HEADER) else {
-        return Ok(query);
-    };
-    let text = value
-        .to_str()
-        .map_err(|_| format!("{OPTIONS_HEADER} is not URL-encoded text"))?;
-    serde_urlencoded::from_str(text.trim_start_matches('?')).map_err(|e| format!("{OPTIONS_HEADER}: {e}"))
+    ListenQuery::pairs_of(query, headers.get(OPTIONS_HEADER).map(|v| v.as_bytes()))
 }
 
+/// Read a listener's options and compile its filters.
 pub(crate) fn parse_options(query: &[(String, String)]) -> Result<Options, String> {
-    let mut filter = RecordFilter::default();
-    let (mut tail, mut after, mut epoch) = (None, None, None);
-    let number = |k: &str, v: &str| {
-        v.parse::<u64>()
-            .map_err(|_| format!("{k} must be a whole number, not {v:?}"))
-    };
-    for (k, v) in query {
-        if v.len() > 1024 {
-            return Err(format!("{k} is longer than 1024 characters"));
-        }
-        match k.as_str() {
-            "tail" => tail = Some(number(k, v)?),
-            "after" => after = Some(number(k, v)?),
-            "epoch" => epoch = Some(number(k, v)?),
-            "grep" => filter.grep = Some(RecordFilter::pattern("grep", v)?),
-            "exclude" => filter.exclude = Some(RecordFilter::pattern("exclude", v)?),
-            "pod" => filter.pod = Some(RecordFilter::pattern("pod", v)?),
-            "container" => filter.container = Some(RecordFilter::pattern("container", v)?),
-            "exclude-pod" => filter.exclude_pod = Some(RecordFilter::pattern("exclude-pod", v)?),
-            "exclude-container" => filter.exclude_container = Some(RecordFilter::pattern("exclude-container", v)?),
-            "namespace" => filter.namespace = Some(v.clone()),
-            other => return Err(format!("unknown query option {other:?}; supported: {QUERY_OPTIONS}")),
-        }
-    }
-    let start = match (tail, after) {
-        (Some(_), Some(_)) => return Err("use either tail or after, not both".into()),
-        (Some(n), None) => Start::Tail(n as usize),
-        (None, Some(seq)) => Start::After { seq, epoch },
-        (None, None) if epoch.is_some() => return Err("epoch goes with after".into()),
-        (None, None) => Start::Live,
-    };
-    Ok(Options { start, filter })
+    let q = ListenQuery::from_pairs(query)?;
+    Ok(Options {
+        start: q.start,
+        filter: q.filter.compile()?,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -10,11 +10,7 @@
 
 mod ingest;
 mod listen;
-pub use listen::OPTIONS_HEADER;
 mod routes;
-
-#[cfg(any(test, fuzzing))]
-pub(crate) use listen::parse_options;
 
 use super::{Relay, Sessions};
 use crate::auth::kubernetes::MetricsAccess;

@@ -9,7 +9,8 @@
 //!
 //! A value from the file is the flag's default: the command line and the environment win.
 
-use clap::{ArgAction, Command};
+use crate::config_file::{self, expand_home, Problem, Rules};
+use clap::Command;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
@@ -35,72 +36,25 @@ pub fn with_defaults(command: Command, args: &[OsString]) -> Result<Command, Str
 }
 
 /// Apply the YAML `text` (from `path`, for messages) to `command`.
-pub fn apply(mut command: Command, text: &str, path: &Path) -> Result<Command, String> {
-    let where_ = path.display();
-    let value: serde_yaml::Value =
-        serde_yaml::from_str(text).map_err(|e| format!("the config file {where_} is not YAML: {e}"))?;
-    let map = match value {
-        serde_yaml::Value::Null => return Ok(command),
-        serde_yaml::Value::Mapping(m) => m,
-        _ => {
-            return Err(format!(
-                "the config file {where_} must be a mapping of flag names to values"
-            ))
-        }
+pub fn apply(command: Command, text: &str, path: &Path) -> Result<Command, String> {
+    let rules = Rules {
+        not_in_file: NOT_IN_FILE,
+        lists: true,
+        expand_home: true,
     };
-    for (key, value) in map {
-        let Some(key) = key.as_str().map(str::to_owned) else {
-            return Err(format!(
-                "the config file {where_} has a key that is not a flag name: {key:?}"
-            ));
-        };
-        let arg = command
-            .get_arguments()
-            .find(|a| a.get_long() == Some(key.as_str()) && !a.is_hide_set())
-            .filter(|a| !NOT_IN_FILE.contains(&a.get_id().as_str()));
-        let Some(arg) = arg else {
-            return Err(format!(
-                "the config file {where_} sets {key:?}, which is not a k8stail flag it can set (keys are long flag names: tail, timestamps, namespace, output...)"
-            ));
-        };
-        let id = arg.get_id().clone();
-        let flag = matches!(arg.get_action(), ArgAction::SetTrue);
-        let values: Vec<String> = match value {
-            serde_yaml::Value::Sequence(items) => items.iter().map(scalar).collect::<Option<_>>(),
-            other => scalar(&other).map(|v| vec![v]),
-        }
-        .ok_or_else(|| {
+    let where_ = path.display();
+    config_file::apply(command, text, &rules).map_err(|problem| match problem {
+        Problem::NotYaml(e) => format!("the config file {where_} is not YAML: {e}"),
+        Problem::NotAMapping => format!("the config file {where_} must be a mapping of flag names to values"),
+        Problem::KeyNotAString(key) => format!("the config file {where_} has a key that is not a flag name: {key}"),
+        Problem::Unknown { key, .. } => format!(
+            "the config file {where_} sets {key:?}, which is not a k8stail flag it can set (keys are long flag names: tail, timestamps, namespace, output...)"
+        ),
+        Problem::NotAValue(key) => {
             format!("the config file {where_}: {key} must be a string, a number, a boolean or a list of them")
-        })?;
-        if flag {
-            match values.as_slice() {
-                [v] if v == "true" => command = command.mut_arg(id, |a| a.default_value("true")),
-                [v] if v == "false" => {}
-                _ => return Err(format!("the config file {where_}: {key} is true or false")),
-            }
-            continue;
         }
-        let values: Vec<String> = values.into_iter().map(|v| expand_home(&v)).collect();
-        command = command.mut_arg(id, |a| a.default_values(values));
-    }
-    Ok(command)
-}
-
-fn scalar(v: &serde_yaml::Value) -> Option<String> {
-    match v {
-        serde_yaml::Value::String(s) => Some(s.clone()),
-        serde_yaml::Value::Number(n) => Some(n.to_string()),
-        serde_yaml::Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
-/// `~/x` as the home directory's `x`, as a shell would have written it on the command line.
-fn expand_home(v: &str) -> String {
-    match (v.strip_prefix("~/"), std::env::var_os("HOME")) {
-        (Some(rest), Some(home)) => Path::new(&home).join(rest).to_string_lossy().into_owned(),
-        _ => v.to_owned(),
-    }
+        Problem::NotABool(key) => format!("the config file {where_}: {key} is true or false"),
+    })
 }
 
 /// `--config FILE` / `--config=FILE` on the command line, else `K8STAIL_CONFIG`.

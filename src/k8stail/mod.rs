@@ -17,6 +17,7 @@ mod clock;
 pub mod complete;
 mod config;
 mod connect;
+mod escape;
 pub mod render;
 mod select;
 mod stream;
@@ -26,7 +27,7 @@ mod template;
 
 use crate::protocol::TapKey;
 pub use args::{Cli, ColorChoice, KubeArgs, OutputFormat, Scheme, TailArgs, TailCommand, TimestampFormat, VERSION};
-pub use render::one_line;
+pub use escape::one_line;
 pub use taps::age;
 pub use target::{parse as parse_target, Named};
 

@@ -44,7 +44,7 @@ impl Notes {
     /// error reasons): escaped to one line, like records.
     fn status(&mut self, text: &str) {
         if self.tty {
-            eprint!("\r\x1b[2K{}", super::render::one_line(text));
+            eprint!("\r\x1b[2K{}", super::escape::one_line(text));
             self.status_shown = true;
         }
     }
@@ -58,7 +58,7 @@ impl Notes {
 
     fn note(&mut self, text: &str) {
         self.clear();
-        eprintln!("k8stail: {}", super::render::one_line(text));
+        eprintln!("k8stail: {}", super::escape::one_line(text));
     }
 }
 

@@ -60,17 +60,17 @@ pub fn sanitize(v: &mut serde_json::Value) {
     use serde_json::Value as J;
     match v {
         J::String(s) => {
-            if let std::borrow::Cow::Owned(clean) = super::render::printable(s) {
+            if let std::borrow::Cow::Owned(clean) = super::escape::printable(s) {
                 *s = clean;
             }
         }
         J::Array(items) => items.iter_mut().for_each(sanitize),
         J::Object(map) => {
-            if map.keys().any(|k| super::render::printable(k).len() != k.len()) {
+            if map.keys().any(|k| super::escape::printable(k).len() != k.len()) {
                 let old = std::mem::take(map);
                 for (k, mut value) in old {
                     sanitize(&mut value);
-                    map.insert(super::render::printable(&k).into_owned(), value);
+                    map.insert(super::escape::printable(&k).into_owned(), value);
                 }
             } else {
                 map.values_mut().for_each(sanitize);

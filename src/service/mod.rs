@@ -18,6 +18,7 @@ pub mod checks;
 pub mod config;
 pub mod health;
 pub mod http;
+pub mod settings;
 pub mod tls;
 
 use crate::auth::ingest_keys::IngestKeys;
@@ -81,15 +82,19 @@ impl Sockets {
             _ => Ok(None),
         };
         Ok(Sockets {
-            ingest: bind(cfg.ingest_addr).await?,
-            api: bind(cfg.api_addr).await?,
+            ingest: bind(cfg.ingest.ingest_addr).await?,
+            api: bind(cfg.api.api_addr).await?,
             health: Some(bind(cfg.health_addr).await?),
-            ingest_tls: tls(&cfg.ingest_tls_cert, &cfg.ingest_tls_key, &cfg.ingest_client_ca)?,
-            api_tls: match cfg.api_tls_self_signed {
+            ingest_tls: tls(
+                &cfg.ingest.ingest_tls_cert,
+                &cfg.ingest.ingest_tls_key,
+                &cfg.ingest.ingest_client_ca,
+            )?,
+            api_tls: match cfg.api.api_tls_self_signed {
                 true => Some(ReloadingConfig::self_signed(&self_signed_names()).map_err(Error::Config)?),
-                false => tls(&cfg.api_tls_cert, &cfg.api_tls_key, &None)?,
+                false => tls(&cfg.api.api_tls_cert, &cfg.api.api_tls_key, &None)?,
             },
-            tls_reload_interval: cfg.tls_reload_interval.0,
+            tls_reload_interval: cfg.api.tls_reload_interval.0,
         })
     }
 }
@@ -121,14 +126,14 @@ fn without_userinfo(urls: &str) -> String {
 async fn bus(cfg: &ServiceConfig, relay: &Relay) -> Result<crate::relay::bus::Bus> {
     use crate::relay::bus::{nats, Bus};
     use crate::relay::metrics::{DropLabels, DropReason};
-    match cfg.bus {
+    match cfg.bus_settings.bus {
         config::BusKind::Embedded => Ok(Bus::Embedded),
         config::BusKind::Nats => {
             let options = nats::NatsOptions {
-                url: cfg.nats_url.clone(),
-                credentials: cfg.nats_credentials.clone(),
-                ca_file: cfg.nats_ca_file.clone(),
-                max_age: cfg.nats_max_age.0,
+                url: cfg.bus_settings.nats_url.clone(),
+                credentials: cfg.bus_settings.nats_credentials.clone(),
+                ca_file: cfg.bus_settings.nats_ca_file.clone(),
+                max_age: cfg.bus_settings.nats_max_age.0,
             };
             let slow_client = relay
                 .metrics
@@ -140,7 +145,7 @@ async fn bus(cfg: &ServiceConfig, relay: &Relay) -> Result<crate::relay::bus::Bu
             let bus = nats::NatsBus::connect(&options, relay.config.replay, slow_client)
                 .await
                 .map_err(|e| Error::Config(format!("--bus nats: {e}")))?;
-            tracing::info!(url = %without_userinfo(&cfg.nats_url), "bus: nats");
+            tracing::info!(url = %without_userinfo(&cfg.bus_settings.nats_url), "bus: nats");
             Ok(Bus::Nats(Arc::new(bus)))
         }
     }
@@ -218,25 +223,25 @@ impl Service {
     /// the cluster (the FlowTap CRD, logging-operator's CRDs with `--operator`).
     pub async fn from_config(cfg: &ServiceConfig) -> Result<Service> {
         let relay_config = cfg.relay();
-        if !cfg.standalone && cfg.ingest_credentials.is_some() {
+        if !cfg.standalone && cfg.ingest.ingest_credentials.is_some() {
             return Err(Error::Config(
                 "--ingest-credentials is for standalone mode: one shared credential would let any tenant who can read a generated Output post records into every other flow's stream. In cluster mode use --ingest-key-file FILE (per-flow credentials; see the README's Security section)".into(),
             ));
         }
         // A client certificate is fluentd's, the same for every flow: it binds to no path.
-        if !cfg.standalone && cfg.ingest_key_file.is_none() && !cfg.ingest_insecure {
+        if !cfg.standalone && cfg.ingest.ingest_key_file.is_none() && !cfg.ingest.ingest_insecure {
             return Err(Error::Config(
                 "cluster mode needs --ingest-key-file FILE: each generated output then carries its own flow's credential, so no tenant can post into another's stream (a client certificate, --ingest-client-ca, is fluentd's and binds to no flow; it can be required on top). Create the keys with: kubectl -n log-socket create secret generic log-socket-ingest-key --from-literal=keys=\"$(openssl rand -hex 32)\"".into(),
             ));
         }
-        if cfg.standalone && cfg.ingest_key_file.is_some() {
+        if cfg.standalone && cfg.ingest.ingest_key_file.is_some() {
             return Err(Error::Config(
                 "--ingest-key-file is for cluster mode, where the operator gives each generated output its flow's credential; standalone mode uses --ingest-credentials FILE".into(),
             ));
         }
         let ingest_auth = ingest_auth(cfg)?;
         if cfg.standalone {
-            let Some(token_file) = &cfg.token_file else {
+            let Some(token_file) = &cfg.api.token_file else {
                 return Err(Error::Config(
                     "standalone mode needs --token-file FILE (lines of token,user): listeners must authenticate".into(),
                 ));
@@ -253,17 +258,17 @@ impl Service {
         }
         let client = crate::k8s::client::client(cfg.kubeconfig.as_deref(), cfg.context.as_deref()).await?;
         checks::check_cluster_access(&client).await?;
-        if cfg.operator {
-            checks::check_logging_operator(&client, cfg.watch_namespace.as_deref()).await?;
+        if cfg.operator_settings.operator {
+            checks::check_logging_operator(&client, cfg.operator_settings.watch_namespace.as_deref()).await?;
         }
         let mut relay = Relay::new(relay_config);
         relay.bus = bus(cfg, &relay).await?;
-        let pod_log = || PodLogAccess::new(client.clone(), cfg.authz_cache_ttl.0);
+        let pod_log = || PodLogAccess::new(client.clone(), cfg.policy.authz_cache_ttl.0);
         let labels = || {
             LabelPolicy::counting_into(relay.metrics.invalid_rbac_labels.clone())
-                .with_flattened_keys(cfg.label_policy_flattened_keys)
+                .with_flattened_keys(cfg.policy.label_policy_flattened_keys)
         };
-        let authorizer: Arc<dyn Authorizer> = match cfg.record_policy {
+        let authorizer: Arc<dyn Authorizer> = match cfg.policy.record_policy {
             RecordPolicy::Labels => Arc::new(labels()),
             RecordPolicy::Kubernetes => Arc::new(pod_log()),
             RecordPolicy::LabelsOrKubernetes => Arc::new(LabelsOrKubernetes {
@@ -275,27 +280,28 @@ impl Service {
             ingest_keys: ingest_auth.keys().cloned(),
             ..operator_config(cfg)
         });
-        let controller = match (cfg.operator, cfg.leader_election) {
+        let controller = match (cfg.operator_settings.operator, cfg.operator_settings.leader_election) {
             (false, _) => Controller::Off,
             (true, false) => Controller::Always,
             (true, true) => Controller::Elected(LeaseConfig {
                 namespace: cfg
+                    .operator_settings
                     .lease_namespace
                     .clone()
                     .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|n| !n.is_empty()))
-                    .or_else(|| cfg.watch_namespace.clone())
+                    .or_else(|| cfg.operator_settings.watch_namespace.clone())
                     // The kubeconfig context's namespace, or the service account's in a pod.
                     .unwrap_or_else(|| client.default_namespace().to_owned()),
-                name: cfg.lease_name.clone(),
+                name: cfg.operator_settings.lease_name.clone(),
                 holder: operator.instance.clone(),
-                duration: cfg.lease_duration.0,
+                duration: cfg.operator_settings.lease_duration.0,
             }),
         };
         let parts = Parts {
             authenticator: Arc::new(TokenReviewAuthenticator::new(
                 client.clone(),
-                cfg.token_audiences.clone(),
-                cfg.token_cache_ttl.0,
+                cfg.api.token_audiences.clone(),
+                cfg.api.token_cache_ttl.0,
             )),
             authorizer,
             sessions: Arc::new(NoSessions),
@@ -304,7 +310,7 @@ impl Service {
         let cluster = Cluster {
             client,
             operator,
-            tap_permission_check: cfg.tap_permission_check,
+            tap_permission_check: cfg.policy.tap_permission_check,
             controller,
         };
         // The relay built above, whose metrics the label policy counts invalid labels into.
@@ -444,22 +450,23 @@ async fn reap(relay: Arc<Relay>, shutdown: Shutdown) {
 fn operator_config(cfg: &ServiceConfig) -> OperatorConfig {
     OperatorConfig {
         instance: cfg
+            .operator_settings
             .instance
             .clone()
             .or_else(|| std::env::var("HOSTNAME").ok())
             .unwrap_or_else(|| "log-socket".into()),
-        ingest_url: cfg.ingest_url.clone(),
-        linger: cfg.tap_linger.0,
-        session_ttl: cfg.session_ttl.0,
+        ingest_url: cfg.operator_settings.ingest_url.clone(),
+        linger: cfg.taps.tap_linger.0,
+        session_ttl: cfg.operator_settings.session_ttl.0,
         ingest_keys: None,
-        tls_secret: cfg.output_tls_secret.clone(),
-        namespace: cfg.watch_namespace.clone(),
-        mode: cfg.tap_mode,
-        output_accept_timeout: cfg.output_accept_timeout.0,
+        tls_secret: cfg.operator_settings.output_tls_secret.clone(),
+        namespace: cfg.operator_settings.watch_namespace.clone(),
+        mode: cfg.operator_settings.tap_mode,
+        output_accept_timeout: cfg.operator_settings.output_accept_timeout.0,
         sweep_interval: Duration::from_secs(60),
         limits: crate::operator::Limits {
-            taps_per_user: cfg.max_taps_per_user.max(1),
-            sessions_per_tap: cfg.max_sessions_per_tap.max(1),
+            taps_per_user: cfg.taps.max_taps_per_user.max(1),
+            sessions_per_tap: cfg.taps.max_sessions_per_tap.max(1),
         },
     }
 }
@@ -467,16 +474,16 @@ fn operator_config(cfg: &ServiceConfig) -> OperatorConfig {
 /// Who may send records, from `--ingest-key-file`, `--ingest-credentials`, `--ingest-client-ca` and
 /// `--ingest-insecure`; refuses an open ingest port unless asked for explicitly.
 fn ingest_auth(cfg: &ServiceConfig) -> Result<IngestAuth> {
-    let mut auth = match (&cfg.ingest_credentials, &cfg.ingest_key_file) {
+    let mut auth = match (&cfg.ingest.ingest_credentials, &cfg.ingest.ingest_key_file) {
         (Some(path), _) => IngestAuth::load_basic(path).map_err(Error::Config)?,
         (None, Some(path)) => IngestAuth::per_flow(Arc::new(IngestKeys::load(path).map_err(Error::Config)?)),
         (None, None) => IngestAuth::insecure(),
     };
-    if cfg.ingest_client_ca.is_some() {
+    if cfg.ingest.ingest_client_ca.is_some() {
         auth = auth.and_client_cert();
     }
     if auth.is_open() {
-        if !cfg.ingest_insecure {
+        if !cfg.ingest.ingest_insecure {
             return Err(Error::Config(
                 "ingest needs client identity: --ingest-key-file FILE (cluster mode: per-flow credentials signed with these keys) or --ingest-credentials FILE (standalone: username:password, sent by fluentd's http output `auth`), and/or --ingest-client-ca FILE (mTLS), or --ingest-insecure for an isolated test setup".into(),
             ));

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Provides a real kube-apiserver + etcd (+ kubectl, helm) for the tests, and prints the directory holding them.
+# Provides a real kube-apiserver + etcd (+ kubectl, helm, nats-server) for the tests, and prints the directory holding them.
 #
 # Order of sources:
 #   1. $KUBEBUILDER_ASSETS (the envtest convention), if it holds kube-apiserver and etcd;
@@ -53,6 +53,14 @@ ensure_helm() {
   rm -rf "$d"
 }
 
+ensure_nats() {
+  # The real nats-server (JetStream) for the `nats` bus tests: Debian's, extracted into the cache
+  # (not installed: no system service, no root-owned files beyond the cache).
+  if [ -x "$CACHE/nats-server" ]; then return; fi
+  log "extracting nats-server from Debian's nats-server"
+  deb_extract nats-server usr/sbin/nats-server "$CACHE/nats-server"
+}
+
 # deb_extract PACKAGE PATH-IN-PACKAGE DEST: copy one file out of a Debian package without installing it.
 deb_extract() {
   local d; d=$(mktemp -d "${TMPDIR:-/tmp}/log-socket-deb.XXXXXX")
@@ -79,6 +87,7 @@ apt_install() {
 if complete "$CACHE"; then
   ensure_kubectl
   ensure_helm
+  ensure_nats
   log "using cached binaries in $CACHE"
   echo "$CACHE"; exit 0
 fi
@@ -120,5 +129,6 @@ fi
 
 ensure_kubectl
 ensure_helm
+ensure_nats
 "$CACHE/kube-apiserver" --version >&2
 echo "$CACHE"

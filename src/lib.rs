@@ -22,6 +22,7 @@
 //! `src/bin/` holds two thin binaries over this library.
 
 pub mod auth;
+pub mod backoff;
 pub mod config_file;
 pub mod duration;
 pub mod k8s;

@@ -5,6 +5,7 @@ use super::connect::{Refusal, Route, Ws};
 use super::render::Renderer;
 use super::select::Selection;
 use super::{TailArgs, TapKey};
+use crate::backoff::Backoff;
 use crate::protocol::{self, Decoded, Frame, Status};
 use crate::protocol::{ListenQuery, Start};
 use crate::{Error, Result};
@@ -89,6 +90,10 @@ pub struct Follow<'a> {
     pub out: &'a RefCell<dyn Write + 'a>,
 }
 
+/// The first wait before reconnecting; it doubles up to `--max-backoff`, jittered, so many
+/// clients of a restarted relay do not reconnect in lockstep.
+const FIRST_RECONNECT: Duration = Duration::from_millis(250);
+
 /// Follow `target` until Ctrl-C, or until the stream cannot go on (with `--no-follow`, until
 /// what the relay held is printed).
 pub async fn follow(f: &Follow<'_>, target: &TapKey) -> Result<()> {
@@ -109,7 +114,7 @@ pub async fn follow(f: &Follow<'_>, target: &TapKey) -> Result<()> {
     let ctrl_c = crate::shutdown::signal();
     tokio::pin!(ctrl_c);
     let mut connected_once = false;
-    let mut backoff = Backoff::new(args.max_backoff.0);
+    let mut backoff = Backoff::new(FIRST_RECONNECT, args.max_backoff.0);
     loop {
         let start = match position {
             // Resume after the last record seen.
@@ -507,52 +512,13 @@ fn write_resume(path: &Path, target: &TapKey, p: Position) -> Result<(), String>
         .map_err(|e| format!("cannot write --resume-file {}: {e}", path.display()))
 }
 
-/// Capped exponential backoff with jitter, so many clients of a restarted relay do not
-/// reconnect in lockstep.
-struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(250);
-
-    fn new(max: Duration) -> Self {
-        Backoff {
-            next: Self::FIRST,
-            max: max.max(Self::FIRST),
-        }
-    }
-
-    fn next(&mut self) -> Duration {
-        let base = self.next;
-        self.next = (self.next * 2).min(self.max);
-        // 50% to 100% of the step.
-        let jitter = jitter_fraction();
-        base.mul_f64(0.5 + 0.5 * jitter)
-    }
-
-    fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
-}
-
-fn jitter_fraction() -> f64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .subsec_nanos();
-    let mixed = (u64::from(nanos) ^ u64::from(std::process::id())).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (mixed >> 11) as f64 / (1u64 << 53) as f64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn backoff_doubles_up_to_the_cap_with_jitter_and_resets() {
-        let mut b = Backoff::new(Duration::from_secs(2));
+        let mut b = Backoff::new(FIRST_RECONNECT, Duration::from_secs(2));
         let waits: Vec<Duration> = (0..6).map(|_| b.next()).collect();
         let steps = [250, 500, 1000, 2000, 2000, 2000];
         for (w, step) in waits.iter().zip(steps) {

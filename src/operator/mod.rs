@@ -222,12 +222,9 @@ pub async fn update_status(
 /// jittered to 50–150 %, so concurrent writers (many listeners connecting at once, several
 /// relays, the controller) spread out instead of colliding again in lockstep.
 fn conflict_backoff(attempt: u64) -> Duration {
-    use ring::rand::SecureRandom;
-    let base = (10.0 * 1.5f64.powi(attempt.min(20) as i32)).min(250.0);
-    let mut byte = [0u8; 1];
-    let _ = ring::rand::SystemRandom::new().fill(&mut byte);
-    let jitter = 0.5 + f64::from(byte[0]) / 255.0;
-    Duration::from_micros((base * jitter * 1000.0) as u64)
+    let attempt = u32::try_from(attempt).unwrap_or(u32::MAX).saturating_add(1);
+    let base = crate::backoff::step(Duration::from_millis(10), 1.5, Duration::from_millis(250), attempt);
+    crate::backoff::jittered(base, 0.5, 1.5)
 }
 
 #[cfg(test)]

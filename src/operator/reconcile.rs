@@ -43,12 +43,8 @@ pub(super) fn error_policy(tap: Arc<FlowTap>, error: &Error, ctx: Arc<Context>) 
 /// Wait after the `failures`-th failed reconcile in a row: 1 s doubling to 5 minutes, jittered
 /// to 50–100 %, so a persistent failure (RBAC, a broken webhook) does not hammer the API server.
 fn error_backoff(failures: u32) -> Duration {
-    use ring::rand::SecureRandom;
-    let base = Duration::from_secs(1).saturating_mul(1 << failures.saturating_sub(1).min(9));
-    let base = base.min(Duration::from_secs(300));
-    let mut byte = [0u8; 1];
-    let _ = ring::rand::SystemRandom::new().fill(&mut byte);
-    base.mul_f64(0.5 + f64::from(byte[0]) / 510.0)
+    let base = crate::backoff::step(Duration::from_secs(1), 2.0, Duration::from_secs(300), failures);
+    crate::backoff::jittered(base, 0.5, 1.0)
 }
 
 pub(super) async fn reconcile(tap: Arc<FlowTap>, ctx: Arc<Context>) -> Result<Action> {

@@ -36,7 +36,7 @@ Examples:
   k8stail taps -A                         list taps and their listeners
   source <(k8stail completions bash)      completion of flows, namespaces and contexts
 
-Coming from stern: the README's table maps every stern flag; stern flags that mean nothing for a
+Coming from stern: docs/k8stail.md (COMING FROM STERN) maps every stern flag; stern flags that mean nothing for a
 flow are refused with the k8stail way to do the same.";
 
 const USAGE: &str = "k8stail [OPTIONS] [flow/|clusterflow/][NAMESPACE/]NAME...\n       k8stail taps [-n NAMESPACE | -A]\n       k8stail completions SHELL";
@@ -212,7 +212,7 @@ pub struct TailArgs {
 
     /// Print each record through a minijinja template (`{{ message }}`,
     /// `{{ kubernetes.pod_name }}`, stern's names `{{ PodName }}`, helpers `color`,
-    /// `levelColor`, `parseJSON`, `tojson`, `toTimestamp`...; see the README).
+    /// `levelColor`, `parseJSON`, `tojson`, `toTimestamp`...; see docs/k8stail.md).
     #[arg(long, value_name = "TEMPLATE", conflicts_with_all = ["output", "template_file"])]
     pub template: Option<String>,
 
@@ -405,7 +405,7 @@ impl SternOnly {
         if self.show_hidden_options {
             return say(
                 "--show-hidden-options",
-                "the stern flags k8stail recognises are in the README's \"Coming from stern\" table",
+                "the stern flags k8stail recognises are in docs/k8stail.md, \"Coming from stern\"",
             );
         }
         None

@@ -178,7 +178,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    /// The helpers, documented in the README (`k8stail --template`).
+    /// The helpers, documented in docs/k8stail.md (`k8stail --template`).
     const HELPERS: &[&str] = &[
         "tojson",
         "json",

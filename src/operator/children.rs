@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 use std::fmt::Debug;
 use std::time::Duration;
 
-/// The http output a tap needs (see the logging-operator notes in the README).
+/// The http output a tap needs (see the logging-operator notes in docs/operator.md).
 pub fn desired_output_spec(tap: &FlowTap, config: &OperatorConfig, logging_ref: Option<&str>) -> Value {
     let key = TapKey {
         kind: tap.spec.flow_ref.kind,

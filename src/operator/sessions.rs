@@ -96,7 +96,7 @@ impl ClusterSessions {
             self.warned_replicas.store(true, Ordering::Relaxed);
             tracing::error!(
                 other_relays = ?others,
-                "several log-socket replicas serve listeners, but this one runs --bus embedded: a listener on one replica misses what fluentd posts to another. Run one replica, or --bus nats (see the README's Scaling out)"
+                "several log-socket replicas serve listeners, but this one runs --bus embedded: a listener on one replica misses what fluentd posts to another. Run one replica, or --bus nats (see docs/scaling.md)"
             );
         }
     }

@@ -225,7 +225,7 @@ impl Service {
         let relay_config = cfg.relay();
         if !cfg.standalone && cfg.ingest.ingest_credentials.is_some() {
             return Err(Error::Config(
-                "--ingest-credentials is for standalone mode: one shared credential would let any tenant who can read a generated Output post records into every other flow's stream. In cluster mode use --ingest-key-file FILE (per-flow credentials; see the README's Security section)".into(),
+                "--ingest-credentials is for standalone mode: one shared credential would let any tenant who can read a generated Output post records into every other flow's stream. In cluster mode use --ingest-key-file FILE (per-flow credentials; see docs/security.md)".into(),
             ));
         }
         // A client certificate is fluentd's, the same for every flow: it binds to no path.

@@ -8,18 +8,8 @@
 //!            operator: FlowTap ─▶ Output + Flow ref (k8s::logging)      k8stail::connect (API proxy)
 //! ```
 //!
-//! - [`relay`]: records in from fluentd, out to listeners, per tap; never calls the Kubernetes
-//!   API on the record path.
-//! - [`auth`]: who a listener is, which records it may see, who may send records.
-//! - [`operator`]: the FlowTap controller, listener sessions, leader election, leftovers.
-//! - [`service`]: the composition root of the `log-socket` process ([`service::Service`]): its
-//!   configuration, the one HTTP accept loop, TLS, health.
-//! - [`k8stail`]: the CLI.
-//! - [`protocol`]: the listener protocol, shared by the relay (encode) and k8stail (decode).
-//! - [`k8s`]: the FlowTap CRD, logging-operator's types, client set-up.
-//! - [`shutdown`]: the one shutdown signal of a process.
-//!
-//! `src/bin/` holds two thin binaries over this library.
+//! The source map, floor by floor, is docs/development.md ("Layout"); each module's own `//!`
+//! says its job and what it must not do. `src/bin/` holds three thin binaries over this library.
 
 pub mod auth;
 pub mod backoff;

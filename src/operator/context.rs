@@ -53,3 +53,115 @@ pub async fn publish(ctx: &Context, tap: &FlowTap, type_: EventType, reason: &st
         tracing::warn!(error = %e, reason, "could not record an event");
     }
 }
+
+/// Scenario tests of the pass against kube's `tower-test` mock (as kube-rs/controller-rs
+/// does): [`Context::test`] gives a context whose client talks to an [`ApiServerVerifier`]
+/// that answers every request and records it, and whose caches start empty. The cluster tests
+/// (tests/cluster) stay the truth; these run in milliseconds and name the requests a pass makes.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+    use http::{Request, Response};
+    use kube::client::Body;
+    use kube::runtime::events::Reporter;
+    use kube::runtime::reflector;
+    use std::sync::Mutex;
+
+    /// The answer to one request: status code and JSON body.
+    pub type Answer = (u16, serde_json::Value);
+
+    /// Answers the client's requests with `answer(method, path)`, recording `METHOD path` of each.
+    pub struct ApiServerVerifier {
+        pub requests: Arc<Mutex<Vec<String>>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl ApiServerVerifier {
+        /// The requests seen so far.
+        pub fn seen(&self) -> Vec<String> {
+            self.requests.lock().unwrap().clone()
+        }
+
+        /// The requests that change something (anything but GET and LIST).
+        pub fn writes(&self) -> Vec<String> {
+            self.seen().into_iter().filter(|r| !r.starts_with("GET ")).collect()
+        }
+    }
+
+    impl Drop for ApiServerVerifier {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    /// A `404 NotFound` Status, what the API server says of an object that is not there.
+    pub fn not_found() -> Answer {
+        (
+            404,
+            serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                               "code": 404, "reason": "NotFound", "message": "not found"}),
+        )
+    }
+
+    impl OperatorConfig {
+        /// Settings for tests, the operator's own namespace being `namespace`.
+        pub fn test(namespace: &str) -> OperatorConfig {
+            OperatorConfig {
+                instance: "relay-0".into(),
+                ingest_url: format!("http://log-socket.{namespace}.svc:10000"),
+                linger: std::time::Duration::from_secs(60),
+                session_ttl: std::time::Duration::from_secs(60),
+                ingest_keys: None,
+                tls_secret: None,
+                output_accept_timeout: std::time::Duration::from_secs(30),
+                sweep_interval: std::time::Duration::from_secs(600),
+                mode: crate::k8s::flowtap::TapMode::Patch,
+                namespace: None,
+                limits: Default::default(),
+            }
+        }
+    }
+
+    impl Context {
+        /// A context over a mocked API server that answers with `answer(method, path)`.
+        pub fn test(answer: impl Fn(&str, &str) -> Answer + Send + 'static) -> (Arc<Context>, ApiServerVerifier) {
+            let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+            let client = kube::Client::new(service, "default");
+            let requests = Arc::new(Mutex::new(vec![]));
+            let seen = requests.clone();
+            let task = tokio::spawn(async move {
+                while let Some((request, send)) = handle.next_request().await {
+                    let (method, path) = (request.method().to_string(), request.uri().path().to_owned());
+                    seen.lock().unwrap().push(format!("{method} {path}"));
+                    let (code, body) = answer(&method, &path);
+                    let response = Response::builder()
+                        .status(code)
+                        .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                        .unwrap();
+                    send.send_response(response);
+                }
+            });
+            let reporter = Reporter {
+                controller: "log-socket-test".into(),
+                instance: None,
+            };
+            let ctx = Context {
+                client: client.clone(),
+                config: Arc::new(OperatorConfig::test("log-socket")),
+                recorder: Recorder::new(client, reporter),
+                taps: reflector::store().0,
+                liveness: Default::default(),
+                repairs: Default::default(),
+                failures: Default::default(),
+                flows: reflector::store().0,
+                cluster_flows: reflector::store().0,
+                loggings: reflector::store().0,
+                outputs: reflector::store().0,
+                cluster_outputs: reflector::store().0,
+                written: Default::default(),
+                cleaned: Default::default(),
+            };
+            (Arc::new(ctx), ApiServerVerifier { requests, task })
+        }
+    }
+}

@@ -290,3 +290,107 @@ fn sticky_refusal(tap: &FlowTap) -> Option<Refusal> {
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::context::fixtures::{not_found, Answer};
+    use serde_json::json;
+
+    fn tap(flow: &str) -> FlowTap {
+        serde_json::from_value(json!({
+            "apiVersion": "logsocket.dev/v1alpha1", "kind": "FlowTap",
+            "metadata": {"name": "web-tap", "namespace": "shop", "uid": "u-1", "generation": 1},
+            "spec": {"flowRef": {"kind": "Flow", "name": flow}},
+        }))
+        .unwrap()
+    }
+
+    fn flow(name: &str) -> Answer {
+        (
+            200,
+            json!({"apiVersion": "logging.banzaicloud.io/v1beta1", "kind": "Flow",
+                   "metadata": {"name": name, "namespace": "shop", "resourceVersion": "7"},
+                   "spec": {"localOutputRefs": ["app-logs"]}}),
+        )
+    }
+
+    fn list(kind: &str) -> Answer {
+        (
+            200,
+            json!({"apiVersion": "logging.banzaicloud.io/v1beta1", "kind": kind,
+                   "metadata": {"resourceVersion": "1"}, "items": []}),
+        )
+    }
+
+    /// Nothing was created or edited: the flow, outputs and everything else left as they were.
+    fn changed_nothing(writes: &[String]) -> bool {
+        !writes
+            .iter()
+            .any(|w| w.starts_with("POST ") || w.starts_with("PUT ") || w.starts_with("PATCH "))
+    }
+
+    #[tokio::test]
+    async fn a_tap_of_a_flow_that_does_not_exist_creates_nothing_and_says_so() {
+        let (ctx, api) = Context::test(|_, _| not_found());
+        let step = ensure_children(&tap("web"), "logsocket-web-tap", None, &ctx)
+            .await
+            .unwrap();
+        assert_eq!(step.flow_state, FlowState::Missing);
+        assert_eq!(
+            step.recheck, None,
+            "a flow that appears triggers a pass through the watch"
+        );
+        assert!(changed_nothing(&api.writes()), "{:?}", api.seen());
+        assert!(
+            api.seen()
+                .iter()
+                .any(|r| r == "GET /apis/logging.banzaicloud.io/v1beta1/namespaces/shop/flows/web"),
+            "the flow is read when the cache does not have it: {:?}",
+            api.seen()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_tap_of_a_flow_no_logging_renders_is_refused_before_the_flow_is_touched() {
+        let (ctx, api) = Context::test(|method, path| match (method, path) {
+            ("GET", "/apis/logging.banzaicloud.io/v1beta1/namespaces/shop/flows/web") => flow("web"),
+            ("GET", "/apis/logging.banzaicloud.io/v1beta1/loggings") => list("LoggingList"),
+            _ => not_found(),
+        });
+        let step = ensure_children(&tap("web"), "logsocket-web-tap", None, &ctx)
+            .await
+            .unwrap();
+        match &step.output_state {
+            OutputState::Refused(r) => assert_eq!(r.reason, preflight::LOGGING_MISMATCH, "{r:?}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(step.flow_state, FlowState::Skipped);
+        assert!(step.recheck.is_some(), "looked at again: a Logging may appear");
+        assert!(changed_nothing(&api.writes()), "{:?}", api.seen());
+    }
+
+    #[tokio::test]
+    async fn a_refused_configuration_check_stands_until_the_spec_changes() {
+        let mut tap = tap("web");
+        tap.status = Some(serde_json::from_value(json!({
+            "conditions": [{"type": "FlowPatched", "status": "False", "reason": preflight::CONFIG_CHECK_FAILED,
+                            "observedGeneration": 1,
+                            "message": "fluentd rejected the configuration", "lastTransitionTime": "2026-12-04T10:00:00Z"}],
+        })).unwrap());
+        let (ctx, api) = Context::test(|_, _| not_found());
+        let step = ensure_children(&tap, "logsocket-web-tap", None, &ctx).await.unwrap();
+        match &step.flow_state {
+            FlowState::Refused(r) => assert_eq!(r.reason, preflight::CONFIG_CHECK_FAILED),
+            other => panic!("expected the sticky refusal, got {other:?}"),
+        }
+        assert_eq!(
+            step.recheck, None,
+            "not retried on a timer: only a spec change lifts it"
+        );
+        assert!(changed_nothing(&api.writes()), "{:?}", api.seen());
+        tap.metadata.generation = Some(2);
+        let step = ensure_children(&tap, "logsocket-web-tap", None, &ctx).await.unwrap();
+        assert_eq!(step.flow_state, FlowState::Missing, "a new spec is looked at afresh");
+    }
+}

@@ -45,7 +45,7 @@ impl Backoff {
     }
 
     /// How long to wait before the next try.
-    pub fn next(&mut self) -> Duration {
+    pub fn next_wait(&mut self) -> Duration {
         self.tries = self.tries.saturating_add(1);
         jittered(step(self.first, 2.0, self.max, self.tries), 0.5, 1.0)
     }

@@ -7,7 +7,8 @@
 //! - `connect`: the route to the relay (the API server's service proxy, or `--server`);
 //! - `stream`: following a flow, reconnecting and resuming, notes on stderr;
 //! - `render`, `template`, `clock`: the output formats, `--template`, timestamps;
-//! - `complete`: dynamic shell completion from the cluster; `taps`: `k8stail taps`.
+//! - `complete`: dynamic shell completion from the cluster; `taps`: `k8stail taps`;
+//! - `run`: the program itself (`main`, `run`), over the modules above; this file is its face.
 //!
 //! Text from the network (records, notes) is never printed raw to a terminal in the human
 //! formats: control characters are escaped, so a pod cannot move the cursor or forge lines.
@@ -19,6 +20,7 @@ mod config;
 mod connect;
 mod escape;
 pub mod render;
+mod run;
 mod select;
 mod stream;
 mod taps;
@@ -28,131 +30,9 @@ mod template;
 use crate::protocol::TapKey;
 pub use args::{Cli, ColorChoice, KubeArgs, OutputFormat, Scheme, TailArgs, TailCommand, TimestampFormat, VERSION};
 pub use escape::one_line;
+pub use run::{main, run};
 pub use taps::age;
 pub use target::{parse as parse_target, Named};
-
-use crate::{Error, Result};
-use std::io::{IsTerminal, Write};
-
-/// The whole program (both binaries, `k8stail` and `kubectl-flowtail`, are this): exit 2 on
-/// usage errors, 1 when the stream cannot go on, 0 otherwise (a closed pipe included).
-pub fn main() -> std::process::ExitCode {
-    use std::process::ExitCode;
-    // A shell asking for completions (COMPLETE=bash ...) is answered before anything else.
-    complete::handle_request();
-    let cli = Cli::parse_args();
-    // Diagnostics only when asked for: -v N, or RUST_LOG for the full control.
-    let level = match cli.tail.verbosity {
-        0 => None,
-        1..=2 => Some("log_socket=info"),
-        3..=5 => Some("log_socket=debug"),
-        6..=7 => Some("log_socket=debug,kube=debug"),
-        _ => Some("trace"),
-    };
-    if std::env::var_os("RUST_LOG").is_some() || level.is_some() {
-        crate::telemetry::init_tracing(level.unwrap_or("warn"), crate::telemetry::LogFormat::Text);
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("k8stail: cannot start: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let mut out = std::io::stdout().lock();
-    let result = runtime.block_on(run(cli, &mut out));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        // The reader went away (`k8stail ... | head`): nothing left to say.
-        Err(crate::Error::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
-        // Errors may quote the relay or the API server: escaped to one line, like records.
-        // Found before connecting (a flow, a regex, a zone...): said as clap says usage errors.
-        Err(crate::Error::Usage(message)) => {
-            let _ = args::usage_error(&one_line(&message)).print();
-            ExitCode::from(2)
-        }
-        Err(e) => {
-            eprintln!("k8stail: {}", one_line(&e.to_string()));
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Run `k8stail` with parsed arguments, writing records to `out`.
-pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
-    match cli.command {
-        Some(TailCommand::Taps(args)) => taps::taps(&cli.kube, &args, out).await,
-        Some(TailCommand::Completions { shell }) => complete::script(shell, out),
-        None => follow(&cli, out).await,
-    }
-}
-
-/// Everything checked before connecting: a bad flow, regex, duration, template or zone is a
-/// usage error (exit 2), not a failed connection.
-async fn follow(cli: &Cli, out: &mut dyn Write) -> Result<()> {
-    let args = &cli.tail;
-    if args.targets.is_empty() {
-        return Err(Error::Usage(
-            "name the flow to follow: k8stail NAME, NAMESPACE/NAME or clusterflow/NAMESPACE/NAME (`k8stail taps -A` lists the tapped ones; see k8stail --help)".into(),
-        ));
-    }
-    let named = args
-        .targets
-        .iter()
-        .map(|t| Named::parse(t, args.clusterflow))
-        .collect::<Result<Vec<_>, String>>()
-        .map_err(Error::Usage)?;
-    if let Some(ns) = &args.namespace {
-        Named::parse(&format!("{ns}/x"), false)
-            .map_err(|_| Error::Usage(format!("-n {ns:?} is not a namespace name")))?;
-    }
-    if args.resume_file.is_some() && named.len() > 1 {
-        return Err(Error::Usage(
-            "--resume-file follows one flow: name one, or run k8stail once per flow".into(),
-        ));
-    }
-    let selection = select::Selection::new(args).map_err(Error::Usage)?;
-    let stdout_tty = std::io::stdout().is_terminal();
-    let renderer = render::Renderer::new(args, named.len() > 1, stdout_tty).map_err(Error::Usage)?;
-    let default_namespace = match (&args.namespace, named.iter().any(|n| n.namespace.is_none())) {
-        (Some(ns), _) => ns.clone(),
-        (None, false) => String::new(),
-        (None, true) => context_namespace(&cli.kube).await?,
-    };
-    let mut targets: Vec<TapKey> = vec![];
-    for n in named {
-        let t = n.in_namespace(&default_namespace);
-        if !targets.contains(&t) {
-            targets.push(t);
-        }
-    }
-    let (route, token) = connect::route(&cli.kube, args).await?;
-    let out = std::cell::RefCell::new(out);
-    let follow = stream::Follow {
-        route: &route,
-        token: &token,
-        args,
-        selection: &selection,
-        renderer: &renderer,
-        out: &out,
-    };
-    // One stream per flow, polled together on this task, writing whole lines to one stdout;
-    // the first that cannot go on ends them all.
-    futures::future::try_join_all(targets.iter().map(|t| stream::follow(&follow, t))).await?;
-    Ok(())
-}
-
-/// The kubeconfig context's namespace (`default` when it names none), as kubectl takes it.
-async fn context_namespace(kube: &KubeArgs) -> Result<String> {
-    let config = crate::k8s::client::config(kube.kubeconfig.as_deref(), kube.context.as_deref())
-        .await
-        .map_err(|e| {
-            Error::Usage(format!(
-                "a flow named without its namespace takes the kubeconfig context's, which could not be read ({e}): pass -n NAMESPACE or write NAMESPACE/NAME"
-            ))
-        })?;
-    Ok(config.default_namespace)
-}
 
 #[cfg(test)]
 mod tests {

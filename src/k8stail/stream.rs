@@ -222,7 +222,7 @@ async fn wait_to_reconnect(
     notes: &mut Notes,
     ctrl_c: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> bool {
-    let wait = backoff.next();
+    let wait = backoff.next_wait();
     notes.status(&format!("{reason}; reconnecting in {:.1}s…", wait.as_secs_f32()));
     tokio::select! {
         _ = tokio::time::sleep(wait) => true,
@@ -519,14 +519,14 @@ mod tests {
     #[test]
     fn backoff_doubles_up_to_the_cap_with_jitter_and_resets() {
         let mut b = Backoff::new(FIRST_RECONNECT, Duration::from_secs(2));
-        let waits: Vec<Duration> = (0..6).map(|_| b.next()).collect();
+        let waits: Vec<Duration> = (0..6).map(|_| b.next_wait()).collect();
         let steps = [250, 500, 1000, 2000, 2000, 2000];
         for (w, step) in waits.iter().zip(steps) {
             let step = Duration::from_millis(step);
             assert!(*w >= step / 2 && *w <= step, "{w:?} within half of {step:?}");
         }
         b.reset();
-        assert!(b.next() <= Duration::from_millis(250));
+        assert!(b.next_wait() <= Duration::from_millis(250));
     }
 
     #[test]

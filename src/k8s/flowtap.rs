@@ -171,8 +171,10 @@ impl Default for ReplaySpec {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BufferSpec {
-    /// How often fluentd sends buffered records to the relay (fluentd time, e.g. `1s`, `500ms`).
-    /// Lower is livelier; higher sends fewer, larger requests.
+    /// How often fluentd sends buffered records to the relay: a number and a unit (`ms`, `s`,
+    /// `m`, `h`; seconds without one), e.g. `1s`, `500ms`, `1.5s`. Rendered to fluentd in plain
+    /// seconds (`0.5`), the one form it reads exactly. Lower is livelier; higher sends fewer,
+    /// larger requests.
     #[serde(default = "default_flush_interval")]
     #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(ms|s|m|h)?$"))]
     pub flush_interval: String,

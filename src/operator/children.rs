@@ -26,6 +26,35 @@ use serde_json::{json, Value};
 use std::fmt::Debug;
 use std::time::Duration;
 
+/// A FlowTap duration (`500ms`, `1.5s`, `2m`, `1h`, or bare seconds) as fluentd reads it
+/// exactly: plain seconds, fractional where needed (`0.5`, `1.5`, `120`). Not the unit form:
+/// fluentd's `time_value` matches `([0-9]+)s`, then `([0-9]+)m` (minutes) unanchored, so `500ms`
+/// would be 500 minutes and `1.5s` five seconds. The CRD's pattern admits only what this reads.
+pub fn fluentd_seconds(value: &str) -> String {
+    let (number, unit_ms) = match value.trim() {
+        v if v.ends_with("ms") => (&v[..v.len() - 2], 1u128),
+        v if v.ends_with('s') => (&v[..v.len() - 1], 1_000),
+        v if v.ends_with('m') => (&v[..v.len() - 1], 60_000),
+        v if v.ends_with('h') => (&v[..v.len() - 1], 3_600_000),
+        v => (v, 1_000),
+    };
+    // Whole microseconds, so `0.1s` is not 0.1000000001.
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    let whole: u128 = whole.parse().unwrap_or(0);
+    let mut micros = whole * unit_ms * 1000;
+    let mut scale = unit_ms * 1000;
+    for digit in fraction.bytes().take(12).filter(u8::is_ascii_digit) {
+        scale /= 10;
+        micros += u128::from(digit - b'0') * scale;
+    }
+    let (secs, rest) = (micros / 1_000_000, micros % 1_000_000);
+    if rest == 0 {
+        secs.to_string()
+    } else {
+        format!("{secs}.{rest:06}").trim_end_matches('0').to_owned()
+    }
+}
+
 /// The http output a tap needs (see the logging-operator notes in docs/operator.md).
 pub fn desired_output_spec(tap: &FlowTap, config: &OperatorConfig, logging_ref: Option<&str>) -> Value {
     let key = TapKey {
@@ -46,7 +75,7 @@ pub fn desired_output_spec(tap: &FlowTap, config: &OperatorConfig, logging_ref: 
             // No chunk keys: flush on the interval instead of fluentd's 10-minute time chunks.
             "tags": "[]",
             "flush_mode": "interval",
-            "flush_interval": b.flush_interval,
+            "flush_interval": fluentd_seconds(&b.flush_interval),
             "chunk_limit_size": b.chunk_limit_size,
             "total_limit_size": b.total_limit_size,
             "overflow_action": "drop_oldest_chunk",
@@ -538,4 +567,40 @@ pub(super) async fn teardown(tap: &FlowTap, patched: Option<&PatchedFlow>, ctx: 
         deleted |= gone;
     }
     Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_reach_fluentd_as_the_seconds_the_user_meant() {
+        for (written, seconds) in [
+            ("500ms", "0.5"),
+            ("1s", "1"),
+            ("1.5s", "1.5"),
+            ("0.1s", "0.1"),
+            ("2m", "120"),
+            ("1.5m", "90"),
+            ("1h", "3600"),
+            ("3", "3"),
+            ("0.25", "0.25"),
+            ("1ms", "0.001"),
+        ] {
+            assert_eq!(fluentd_seconds(written), seconds, "{written}");
+        }
+    }
+
+    #[test]
+    fn the_generated_output_flushes_in_plain_seconds() {
+        let tap: FlowTap = serde_json::from_value(serde_json::json!({
+            "apiVersion": "logsocket.dev/v1alpha1", "kind": "FlowTap",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"flowRef": {"kind": "Flow", "name": "web"}, "buffer": {"flushInterval": "500ms"}},
+        }))
+        .unwrap();
+        let spec = desired_output_spec(&tap, &OperatorConfig::test("log-socket"), None);
+        assert_eq!(spec["http"]["buffer"]["flush_interval"], "0.5");
+        assert_eq!(spec["http"]["endpoint"], "http://log-socket.log-socket.svc:10000/flow/shop/web");
+    }
 }

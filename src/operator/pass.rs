@@ -84,7 +84,7 @@ pub(super) async fn ensure_children(
         }
     };
     let spec = children::desired_output_spec(tap, &ctx.config, Some(&logging_ref));
-    if let Some(r) = preflight::check_secrets(&ctx.client, &ns, &preflight::secret_refs(&spec)).await {
+    if let Some(r) = preflight::check_secrets(&ctx.client, &ns, &preflight::secret_refs(&spec)).await? {
         children::teardown(tap, patched, ctx).await?;
         return Ok(refuse(OutputState::Refused(r), FlowState::Skipped));
     }
@@ -295,6 +295,7 @@ fn sticky_refusal(tap: &FlowTap) -> Option<Refusal> {
 mod tests {
     use super::*;
     use crate::operator::context::fixtures::{not_found, Answer};
+    use crate::operator::OperatorConfig;
     use serde_json::json;
 
     fn tap(flow: &str) -> FlowTap {
@@ -368,6 +369,82 @@ mod tests {
         assert_eq!(step.flow_state, FlowState::Skipped);
         assert!(step.recheck.is_some(), "looked at again: a Logging may appear");
         assert!(changed_nothing(&api.writes()), "{:?}", api.seen());
+    }
+
+    /// The API server of a cluster where `shop/web` is rendered by Logging `all`, the tap's TLS
+    /// Secret answers `secret`, and everything else is not there.
+    fn with_tls_secret(secret: Answer) -> impl Fn(&str, &str) -> Answer + Send + 'static {
+        move |method, path| match (method, path) {
+            // Patched: the flow names the tap's output, so a teardown would edit it.
+            ("GET", "/apis/logging.banzaicloud.io/v1beta1/namespaces/shop/flows/web") => {
+                let (code, mut body) = flow("web");
+                body["spec"]["localOutputRefs"] = json!(["app-logs", "logsocket-web-tap"]);
+                (code, body)
+            }
+            ("GET", "/apis/logging.banzaicloud.io/v1beta1/loggings") => (
+                200,
+                json!({"apiVersion": "logging.banzaicloud.io/v1beta1", "kind": "LoggingList",
+                       "metadata": {"resourceVersion": "1"},
+                       "items": [{"apiVersion": "logging.banzaicloud.io/v1beta1", "kind": "Logging",
+                                  "metadata": {"name": "all"},
+                                  "spec": {"controlNamespace": "logging", "watchNamespaces": ["shop"]}}]}),
+            ),
+            ("GET", "/api/v1/namespaces/shop/secrets/tap-tls") => secret.clone(),
+            _ => not_found(),
+        }
+    }
+
+    fn tls_context(secret: Answer) -> (Arc<Context>, crate::operator::context::fixtures::ApiServerVerifier) {
+        let (ctx, api) = Context::test(with_tls_secret(secret));
+        let mut ctx = Arc::into_inner(ctx).unwrap();
+        ctx.config = Arc::new(OperatorConfig {
+            tls_secret: Some("tap-tls".into()),
+            ..OperatorConfig::test("log-socket")
+        });
+        (Arc::new(ctx), api)
+    }
+
+    #[tokio::test]
+    async fn an_api_server_shedding_load_is_no_reason_to_tear_a_tap_down() {
+        for code in [429, 500, 503, 504] {
+            let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
+                                "reason": "TooManyRequests", "message": "the server is busy"});
+            let (ctx, api) = tls_context((code, status));
+            let patched = PatchedFlow {
+                flow_ref: tap("web").spec.flow_ref.clone(),
+                output: "logsocket-web-tap".into(),
+                mode: TapMode::Patch,
+                logging: Some("all".into()),
+                config_checks_before: vec![],
+                config_accepted: true,
+            };
+            let result = ensure_children(&tap("web"), "logsocket-web-tap", Some(&patched), &ctx).await;
+            assert!(result.is_err(), "{code}: an error to retry with backoff, not a refusal");
+            assert!(
+                api.writes().is_empty(),
+                "{code}: nothing unpatched or deleted: {:?}",
+                api.seen()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tls_secret_that_is_not_there_refuses_the_tap() {
+        let (ctx, api) = tls_context(not_found());
+        let step = ensure_children(&tap("web"), "logsocket-web-tap", None, &ctx)
+            .await
+            .unwrap();
+        match &step.output_state {
+            OutputState::Refused(r) => assert_eq!(r.reason, preflight::SECRET_MISSING, "{r:?}"),
+            other => panic!("expected SecretMissing, got {other:?}"),
+        }
+        // A definite refusal restores the flow (it named the output) and creates nothing.
+        assert_eq!(
+            api.writes(),
+            ["PUT /apis/logging.banzaicloud.io/v1beta1/namespaces/shop/flows/web"],
+            "{:?}",
+            api.seen()
+        );
     }
 
     #[tokio::test]

@@ -51,16 +51,23 @@ pub fn secret_refs(spec: &Value) -> Vec<(String, String)> {
 }
 
 /// Every (Secret, key) in `refs` exists in `namespace`; the first that does not, as a refusal.
-pub async fn check_secrets(client: &kube::Client, namespace: &str, refs: &[(String, String)]) -> Option<Refusal> {
+/// Only a definite answer refuses (the Secret or its key is not there, or log-socket may not
+/// read it); a timeout, 429 or 5xx is an error, so the pass changes nothing and backs off:
+/// a tap in place is not torn down because the API server sheds load.
+pub async fn check_secrets(
+    client: &kube::Client,
+    namespace: &str,
+    refs: &[(String, String)],
+) -> crate::Result<Option<Refusal>> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     for (name, key) in refs {
         let missing = |why: String| {
-            Some(Refusal::new(
+            Ok(Some(Refusal::new(
                 SECRET_MISSING,
                 format!(
                     "{why}; the generated output needs key {key:?} of Secret {namespace}/{name}, and logging-operator cannot render the Logging without it (create the Secret, then the tap proceeds)"
                 ),
-            ))
+            )))
         };
         match api.get_opt(name).await {
             Ok(Some(secret)) => {
@@ -76,10 +83,10 @@ pub async fn check_secrets(client: &kube::Client, namespace: &str, refs: &[(Stri
                     "log-socket may not read Secret {namespace}/{name} to check it (give its ClusterRole `get` on that Secret name)"
                 ))
             }
-            Err(e) => return missing(format!("cannot read Secret {namespace}/{name}: {e}")),
+            Err(e) => return Err(e.into()),
         }
     }
-    None
+    Ok(None)
 }
 
 /// The one Logging that renders a `kind` in `namespace` with `logging_ref`, or why there is

@@ -22,8 +22,9 @@ pub struct ClusterSessions {
     client: kube::Client,
     config: Arc<OperatorConfig>,
     check_permission: bool,
-    /// Our sessions: session id → where it is registered, and what to register again.
-    mine: Mutex<HashMap<u64, Mine>>,
+    /// Our sessions: which are live, and where each is registered. One lock for both, so a
+    /// listener that leaves while its session is being (re-)registered is never added back.
+    mine: Mutex<Registry>,
     /// This relay's view of the FlowTaps, kept by its tap tracking ([`super::track`]).
     taps: Store<FlowTap>,
     taps_in: Mutex<Option<Writer<FlowTap>>>,
@@ -41,6 +42,15 @@ pub struct ClusterSessions {
 /// How long a SubjectAccessReview that allowed tapping a flow is trusted: like kube-apiserver's
 /// own webhook authorizer cache, short enough that a revoked permission ends new taps soon.
 const PERMISSION_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// This relay's sessions.
+#[derive(Default)]
+struct Registry {
+    /// Listeners connected now (from `joined` until `left`).
+    live: std::collections::HashSet<u64>,
+    /// Session id → where it is registered, and what to register again.
+    registered: HashMap<u64, Mine>,
+}
 
 /// One of this relay's sessions.
 #[derive(Clone)]
@@ -65,7 +75,7 @@ impl ClusterSessions {
             client,
             config,
             check_permission,
-            mine: Mutex::new(HashMap::new()),
+            mine: Mutex::new(Registry::default()),
             allowed: crate::auth::cache::Cache::new(PERMISSION_TTL),
             bus: std::sync::OnceLock::new(),
             started: super::status::now(),
@@ -137,6 +147,7 @@ impl ClusterSessions {
         let user = &session.identity.username;
         let mine = self.mine.lock().unwrap();
         let flows: std::collections::HashSet<&crate::protocol::TapKey> = mine
+            .registered
             .values()
             .filter(|m| &m.info.identity.username == user)
             .map(|m| &m.info.tap)
@@ -252,11 +263,23 @@ impl ClusterSessions {
                 Some(_) if !deleting => {
                     let mine = Mine {
                         namespace: session.tap.namespace.clone(),
-                        tap: name,
+                        tap: name.clone(),
                         info: session.clone(),
                         since,
                     };
-                    self.mine.lock().unwrap().insert(session.id, mine);
+                    let live = {
+                        let mut registry = self.mine.lock().unwrap();
+                        let live = registry.live.contains(&session.id);
+                        if live {
+                            registry.registered.insert(session.id, mine);
+                        }
+                        live
+                    };
+                    if !live {
+                        // The listener left while this ran: take back what was just added,
+                        // or it would hold the tap (and the flow's ref) until it expires.
+                        remove_session(&api, &name, &id).await;
+                    }
                     return Ok(());
                 }
                 _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
@@ -269,26 +292,22 @@ impl ClusterSessions {
     }
 
     async fn unregister(&self, session: &SessionInfo) {
+        let registered = {
+            let mut registry = self.mine.lock().unwrap();
+            registry.live.remove(&session.id);
+            registry.registered.remove(&session.id)
+        };
+        // Not registered (yet): a registration under way sees the listener gone and undoes itself.
         let Some(Mine {
             namespace: ns,
             tap: name,
             ..
-        }) = self.mine.lock().unwrap().remove(&session.id)
+        }) = registered
         else {
             return;
         };
         let api: Api<FlowTap> = Api::namespaced(self.client.clone(), &ns);
-        let id = self.session_id(session.id);
-        let result = update_status(&api, &name, None, |status| {
-            let before = status.sessions.len();
-            status.sessions.retain(|s| s.id != id);
-            status.sessions.len() != before
-        })
-        .await;
-        if let Err(e) = result {
-            // The controller expires it after the session TTL.
-            tracing::warn!(tap = %name, error = %e, "could not remove a session; it will expire");
-        }
+        remove_session(&api, &name, &self.session_id(session.id)).await;
     }
 
     /// Renew this relay's sessions every third of the session TTL until `stop` completes. A
@@ -305,7 +324,7 @@ impl ClusterSessions {
             }
             self.check_replicas();
             let mut by_tap: HashMap<(String, String), Vec<(u64, Mine)>> = HashMap::new();
-            for (id, mine) in self.mine.lock().unwrap().iter() {
+            for (id, mine) in self.mine.lock().unwrap().registered.iter() {
                 by_tap
                     .entry((mine.namespace.clone(), mine.tap.clone()))
                     .or_default()
@@ -334,7 +353,7 @@ impl ClusterSessions {
                     let live = |entry: &&Session| {
                         sessions
                             .iter()
-                            .any(|(id, _)| self.session_id(*id) == entry.id && mine.contains_key(id))
+                            .any(|(id, _)| self.session_id(*id) == entry.id && mine.registered.contains_key(id))
                     };
                     for entry in entries.iter().filter(live) {
                         match status.sessions.iter_mut().find(|s| s.id == entry.id) {
@@ -366,6 +385,20 @@ impl ClusterSessions {
     }
 }
 
+/// Take session `id` out of FlowTap `name` (a failure is logged: the controller expires it
+/// after the session TTL).
+async fn remove_session(api: &Api<FlowTap>, name: &str, id: &str) {
+    let result = update_status(api, name, None, |status| {
+        let before = status.sessions.len();
+        status.sessions.retain(|s| s.id != id);
+        status.sessions.len() != before
+    })
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(tap = %name, error = %e, "could not remove a session; it will expire");
+    }
+}
+
 impl Sessions for ClusterSessions {
     fn joined<'a>(&'a self, session: &'a SessionInfo) -> BoxFuture<'a, Result<(), JoinError>> {
         Box::pin(async move {
@@ -379,7 +412,12 @@ impl Sessions for ClusterSessions {
             if let Some(why) = self.over_taps_per_user(session) {
                 return Err(JoinError::TooMany(why));
             }
-            self.register(session, now()).await.map_err(|e| match &e {
+            self.mine.lock().unwrap().live.insert(session.id);
+            let registered = self.register(session, now()).await;
+            if registered.is_err() {
+                self.mine.lock().unwrap().live.remove(&session.id);
+            }
+            registered.map_err(|e| match &e {
                 kube::Error::Api(s) if s.code == 429 => JoinError::TooMany(s.message.clone()),
                 kube::Error::Api(s) if s.code == 403 => JoinError::Unavailable(format!(
                     "log-socket may not manage FlowTaps in namespace {:?}: {}",
@@ -511,6 +549,106 @@ impl Sessions for KubeSessions {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    mod registration {
+        use super::*;
+        use http::{Request, Response};
+        use kube::client::Body;
+        use serde_json::{json, Value};
+        use tower_test::mock::{Handle, SendResponse};
+
+        type ApiServer = Handle<Request<Body>, Response<Body>>;
+
+        async fn next(api: &mut ApiServer) -> (String, Value, SendResponse<Response<Body>>) {
+            let (request, send) = tokio::time::timeout(Duration::from_secs(5), api.next_request())
+                .await
+                .expect("a request within 5 s")
+                .expect("the client is alive");
+            let line = format!("{} {}", request.method(), request.uri().path());
+            let body = http_body_util::BodyExt::collect(request.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            (line, body, send)
+        }
+
+        fn answer(send: SendResponse<Response<Body>>, code: u16, body: Value) {
+            let response = Response::builder()
+                .status(code)
+                .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                .unwrap();
+            send.send_response(response);
+        }
+
+        fn with_version(mut tap: Value, version: &str) -> Value {
+            tap["metadata"]["resourceVersion"] = json!(version);
+            tap["metadata"]["uid"] = json!("u-1");
+            tap
+        }
+
+        const TAPS: &str = "/apis/logsocket.dev/v1alpha1/namespaces/shop/flowtaps";
+
+        /// A listener that leaves while its session is being written to a new FlowTap is taken
+        /// out again: no ghost session keeps the tap, its output and the flow's ref alive.
+        #[tokio::test]
+        async fn a_listener_that_leaves_while_it_registers_leaves_no_ghost_session() {
+            let (service, mut api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+            let client = kube::Client::new(service, "default");
+            let sessions = Arc::new(ClusterSessions::new(
+                client,
+                Arc::new(OperatorConfig::test("log-socket")),
+                false,
+            ));
+            let info = SessionInfo {
+                id: 7,
+                tap: crate::protocol::TapKey::parse("flow", "shop", "web").unwrap(),
+                identity: crate::auth::Identity {
+                    username: "alice".into(),
+                    groups: vec![],
+                },
+            };
+            let joining = tokio::spawn({
+                let (sessions, info) = (sessions.clone(), info.clone());
+                async move { sessions.joined(&info).await.map_err(|e| e.to_string()) }
+            });
+            // No FlowTap yet: the listener's relay creates the flow's ephemeral one.
+            let (line, _, send) = next(&mut api).await;
+            assert_eq!(line, format!("GET {TAPS}"));
+            answer(
+                send,
+                200,
+                json!({"apiVersion": "logsocket.dev/v1alpha1", "kind": "FlowTapList",
+                                     "metadata": {"resourceVersion": "1"}, "items": []}),
+            );
+            let (line, created, send) = next(&mut api).await;
+            assert_eq!(line, format!("POST {TAPS}"));
+            answer(send, 201, with_version(created, "2"));
+            // Its session is being written...
+            let (line, with_session, send) = next(&mut api).await;
+            assert_eq!(line, format!("PUT {TAPS}/flow-web/status"));
+            assert_eq!(with_session["status"]["sessions"][0]["id"], "relay-0/7");
+            // ...when the listener leaves.
+            sessions.left(&info).await;
+            answer(send, 200, with_version(with_session.clone(), "3"));
+            // The registration sees it gone and takes its session out again.
+            let (line, _, send) = next(&mut api).await;
+            assert_eq!(line, format!("GET {TAPS}/flow-web"));
+            answer(send, 200, with_version(with_session, "3"));
+            let (line, without, send) = next(&mut api).await;
+            assert_eq!(line, format!("PUT {TAPS}/flow-web/status"));
+            let left = &without["status"]["sessions"];
+            assert!(left.is_null() || left == &json!([]), "{without}");
+            assert_eq!(without["status"]["listeners"], 0, "{without}");
+            answer(send, 200, with_version(without, "4"));
+            joining.await.unwrap().unwrap();
+            let registry = sessions.mine.lock().unwrap();
+            assert!(
+                registry.registered.is_empty() && registry.live.is_empty(),
+                "nothing to renew"
+            );
+        }
+    }
 
     fn session(renewed: i64) -> Session {
         serde_json::from_value(serde_json::json!({

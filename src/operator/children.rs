@@ -8,7 +8,7 @@
 
 use super::context::{publish, Context};
 use super::status::FlowState;
-use super::{output_name, OperatorConfig, MANAGED_BY};
+use super::{output_name, output_name_of, OperatorConfig, MANAGED_BY};
 use crate::k8s::flowtap::{FlowKind, FlowRef, FlowTap, OutputKind, PatchedFlow, TapMode};
 use crate::k8s::logging::{
     ClusterFlow, ClusterOutput, ClusterOutputSpec, Flow, HasStatus, LoggingStatus, Output, OutputSpec,
@@ -164,8 +164,10 @@ pub(super) async fn ensure_output(
             ensure_managed(api, cached, &mut obj, tap, ctx, |o| &mut o.spec, repaired).await
         }
         OutputKind::ClusterOutput => {
+            // Protected: no tenant's Flow may name it (records injected into the tap's stream
+            // under log-socket's credential, and a ref left dangling when the tap ends).
             let spec = ClusterOutputSpec {
-                protected: None,
+                protected: Some(true),
                 output,
             };
             let mut obj = ClusterOutput::new(name, spec);
@@ -331,7 +333,7 @@ pub(super) async fn ensure_flow_ref(
 /// the tap's output as its only output. Follows the flow; removed when the flow is gone.
 pub(super) async fn ensure_mirror(tap: &FlowTap, output: &str, ctx: &Context) -> Result<FlowState> {
     let ns = tap.namespace().unwrap_or_default();
-    let name = output_name(&tap.name_any());
+    let name = output_name(tap);
     let flow = &tap.spec.flow_ref.name;
     let synced = || ("MirrorSynced", format!("{name} was brought in line with {flow}"));
     let state = match tap.spec.flow_ref.kind {
@@ -383,7 +385,7 @@ fn without_custom_label(spec: &mut crate::k8s::logging::Other) {
 /// even if the cache has not seen it yet, and the output must not go before it).
 pub(super) async fn remove_mirror(tap: &FlowTap, kind: FlowKind, ctx: &Context, sure: bool) -> Result<()> {
     let ns = tap.namespace().unwrap_or_default();
-    let name = output_name(&tap.name_any());
+    let name = output_name_of(kind, &ns, &tap.name_any());
     let removed = match kind {
         FlowKind::Flow => {
             let copy = cached(&ctx.flows, &ns, &name);
@@ -539,7 +541,7 @@ pub(super) async fn unpatch(tap: &FlowTap, patched: &PatchedFlow, ctx: &Context)
 /// Everything the tap changed, undone in the order logging-operator needs: flows first (what
 /// `patched` records, and the spec's flow), then the mirror, then the output.
 pub(super) async fn teardown(tap: &FlowTap, patched: Option<&PatchedFlow>, ctx: &Context) -> Result<bool> {
-    let output = output_name(&tap.name_any());
+    let output = output_name(tap);
     if let Some(patched) = patched {
         unpatch(tap, patched, ctx).await?;
     }
@@ -553,7 +555,14 @@ pub(super) async fn teardown(tap: &FlowTap, patched: Option<&PatchedFlow>, ctx: 
     // Both kinds: a flowRef that changed kind leaves the other kind of output behind. The watch
     // cache decides: an output it has not seen yet is named by no flow, and the sweep removes
     // it once its FlowTap is gone.
-    for kind in [FlowKind::Flow, FlowKind::ClusterFlow] {
+    // And the output `patched` records, when an earlier version named it otherwise (before
+    // ClusterOutput names carried their namespace): unpatched above, so no flow names it.
+    let legacy = patched
+        .filter(|p| p.output != output_name_of(p.flow_ref.kind, &ns, &tap.name_any()))
+        .map(|p| (p.flow_ref.kind, p.output.clone()));
+    let current =
+        [FlowKind::Flow, FlowKind::ClusterFlow].map(|kind| (kind, output_name_of(kind, &ns, &tap.name_any())));
+    for (kind, output) in current.into_iter().chain(legacy) {
         let gone = match kind.output_kind() {
             OutputKind::Output => {
                 let copy = Some(cached(&ctx.outputs, &ns, &output));
@@ -601,6 +610,9 @@ mod tests {
         .unwrap();
         let spec = desired_output_spec(&tap, &OperatorConfig::test("log-socket"), None);
         assert_eq!(spec["http"]["buffer"]["flush_interval"], "0.5");
-        assert_eq!(spec["http"]["endpoint"], "http://log-socket.log-socket.svc:10000/flow/shop/web");
+        assert_eq!(
+            spec["http"]["endpoint"],
+            "http://log-socket.log-socket.svc:10000/flow/shop/web"
+        );
     }
 }

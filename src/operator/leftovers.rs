@@ -92,7 +92,7 @@ impl Known {
         Known {
             uids: taps.clone().filter_map(|t| t.uid()).collect(),
             outputs: taps
-                .map(|t| (t.namespace().unwrap_or_default(), output_name(&t.name_any())))
+                .map(|t| (t.namespace().unwrap_or_default(), output_name(t)))
                 .collect(),
         }
     }

@@ -123,9 +123,23 @@ pub fn ephemeral_tap_name(kind: FlowKind, flow: &str) -> String {
     bounded(&format!("{}-{flow}", kind.path_segment()), 253)
 }
 
-/// Name of the output generated for a FlowTap.
-pub fn output_name(tap: &str) -> String {
-    bounded(&format!("logsocket-{tap}"), 253)
+/// Name of the output generated for a FlowTap (and of its mirror flow in Mirror mode).
+pub fn output_name(tap: &FlowTap) -> String {
+    let ns = kube::ResourceExt::namespace(tap).unwrap_or_default();
+    output_name_of(tap.spec.flow_ref.kind, &ns, &kube::ResourceExt::name_any(tap))
+}
+
+/// Name of the output generated for FlowTap `tap` of namespace `ns` tapping a `kind` flow:
+/// `logsocket-TAP` for an Output; `logsocket-NS.TAP` for a ClusterOutput, because
+/// logging-operator resolves a ClusterFlow's `globalOutputRefs` by name alone, across every
+/// namespace it reads (with `allowClusterResourcesFromAllNamespaces`): same-named ClusterFlows
+/// in two namespaces must not get same-named ClusterOutputs, or one's records feed the other's
+/// tap. A namespace has no '.', so the name says which namespace and tap it is for.
+pub fn output_name_of(kind: FlowKind, ns: &str, tap: &str) -> String {
+    match kind {
+        FlowKind::Flow => bounded(&format!("logsocket-{tap}"), 253),
+        FlowKind::ClusterFlow => bounded(&format!("logsocket-{ns}.{tap}"), 253),
+    }
 }
 
 fn bounded(name: &str, max: usize) -> String {
@@ -235,7 +249,16 @@ mod tests {
     fn names_are_deterministic_and_never_too_long() {
         assert_eq!(ephemeral_tap_name(FlowKind::Flow, "web"), "flow-web");
         assert_eq!(ephemeral_tap_name(FlowKind::ClusterFlow, "all"), "clusterflow-all");
-        assert_eq!(output_name("flow-web"), "logsocket-flow-web");
+        assert_eq!(output_name_of(FlowKind::Flow, "shop", "flow-web"), "logsocket-flow-web");
+        assert_eq!(
+            output_name_of(FlowKind::ClusterFlow, "shop", "clusterflow-all"),
+            "logsocket-shop.clusterflow-all"
+        );
+        assert_ne!(
+            output_name_of(FlowKind::ClusterFlow, "a", "clusterflow-audit"),
+            output_name_of(FlowKind::ClusterFlow, "b", "clusterflow-audit"),
+            "same-named ClusterFlows in two namespaces get two ClusterOutputs"
+        );
         let long = "a".repeat(253);
         let name = ephemeral_tap_name(FlowKind::Flow, &long);
         assert_eq!(name.len(), 253);

@@ -89,7 +89,7 @@ async fn apply(tap: &FlowTap, ctx: &Context) -> Result<Action> {
         return delete_idle(&api, &tap, linger.idle).await;
     }
 
-    let output = output_name(&name);
+    let output = output_name(&tap);
     let mut current = tap.status.clone().unwrap_or_default();
     if let Some(written) = ctx.written.lock().unwrap().get(&tap.uid().unwrap_or_default()) {
         current.patched = written.clone();

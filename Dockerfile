@@ -15,8 +15,11 @@ ARG LOG_SOCKET_GIT_COMMIT=unknown
 ENV LOG_SOCKET_GIT_COMMIT=${LOG_SOCKET_GIT_COMMIT}
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
-# The manifest declares the bench target, so its file must exist for any build.
+# The manifest declares the bench target, and the workspace its other members (the fuzz entry
+# points, the test kit), so their files must exist for any build.
 COPY benches ./benches
+COPY fuzz ./fuzz
+COPY testkit ./testkit
 RUN cargo build --release --locked --target x86_64-unknown-linux-musl --bins \
     && cp target/x86_64-unknown-linux-musl/release/log-socket target/x86_64-unknown-linux-musl/release/k8stail /
 

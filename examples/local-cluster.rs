@@ -4,35 +4,23 @@
 //! Starts etcd + kube-apiserver (from `make test-env`), installs the FlowTap and
 //! logging-operator CRDs, applies `examples/flow.yaml`, plays logging-operator's part (a
 //! Logging for `default`, output validation, configuration checks; see
-//! tests/support/logging_operator.rs), runs `log-socket run` (its log in
+//! testkit/src/logging_operator.rs), runs `log-socket run` (its log in
 //! `target/demo/log-socket.log`), then fluentd as logging-operator would configure it for
 //! Flow default/web: a `sample` source of realistic container records, the flow's outputs
-//! rendered from the cluster and fluentd reloaded when they change (tests/support/pipeline.rs;
+//! rendered from the cluster and fluentd reloaded when they change (testkit/src/pipeline.rs;
 //! its files in `target/demo/fluentd/`). fluentd is `$LOG_SOCKET_FLUENTD` or `fluentd` on
 //! PATH; without one, a synthetic shipper POSTs what fluentd would (and the demo says so).
 //! `k8stail default/web` runs on this terminal; once records flow, a second step applies
 //! `examples/flowtap-persistent.yaml` and shows `kubectl get flowtaps` and `k8stail taps`.
 //! Ctrl-C stops everything.
 
-#[path = "../tests/support/control_plane.rs"]
-#[allow(dead_code)] // shared with the tests, which use more of it
-mod control_plane;
-#[path = "../tests/support/fluentd.rs"]
-#[allow(dead_code)]
-mod fluentd;
-#[path = "../tests/support/logging_operator.rs"]
-#[allow(dead_code)]
-mod logging_operator;
-#[path = "../tests/support/pipeline.rs"]
-#[allow(dead_code)]
-mod pipeline;
-#[path = "../tests/support/render.rs"]
-#[allow(dead_code)]
-mod render;
-
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
+// Children that die with the demo even when it is killed (kill_on_drop needs it to unwind); they
+// are spawned from the main thread, which lives as long as the demo.
+use testkit::child::DieWithParent;
+use testkit::{control_plane, fluentd, logging_operator, pipeline};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -96,7 +84,7 @@ async fn run() -> Result<(), String> {
         ])
         .stderr(service_log)
         .kill_on_drop(true)
-        .pre_exec_die_with_demo()
+        .die_with_parent()
         .spawn()
         .map_err(|e| format!("start {}: {e}", service_bin.display()))?;
 
@@ -151,7 +139,7 @@ async fn run() -> Result<(), String> {
         .args(["--server", "http://127.0.0.1:10001", "default/web"])
         .env("K8STAIL_TOKEN", token.trim())
         .kill_on_drop(true)
-        .pre_exec_die_with_demo()
+        .die_with_parent()
         .spawn()
         .map_err(|e| format!("start {}: {e}", k8stail_bin.display()))?;
 
@@ -204,24 +192,6 @@ async fn run() -> Result<(), String> {
     let _ = std::fs::remove_file(&keys);
     let _ = std::fs::remove_file(&viewer_token);
     Ok(())
-}
-
-/// Children that die with the demo even when it is killed (kill_on_drop needs it to unwind).
-trait DieWithDemo {
-    fn pre_exec_die_with_demo(&mut self) -> &mut Self;
-}
-
-impl DieWithDemo for tokio::process::Command {
-    fn pre_exec_die_with_demo(&mut self) -> &mut Self {
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent. Spawned from
-        // the main thread, which lives as long as the demo.
-        unsafe {
-            self.pre_exec(|| match libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) {
-                0 => Ok(()),
-                _ => Err(std::io::Error::last_os_error()),
-            })
-        }
-    }
 }
 
 /// What sends the flow's records: the real fluentd, or the synthetic shipper without one.

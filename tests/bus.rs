@@ -1,23 +1,7 @@
 //! The `nats` bus against a real NATS server with JetStream (Debian's nats-server): several
 //! relays share one NATS, listeners resume on any relay and across restarts, and NATS going
 //! away is a 503 and a status frame, not silence. Skipped, and says so, without nats-server
-//! (see tests/support/nats.rs). No timing assertions: waits are upper bounds on hangs.
-
-#[path = "support/wire.rs"]
-#[allow(dead_code)]
-mod wire;
-
-#[path = "support/fluentd.rs"]
-#[allow(dead_code)]
-mod fluentd;
-
-#[path = "support/render.rs"]
-#[allow(dead_code)]
-mod render;
-
-#[path = "support/nats.rs"]
-#[allow(dead_code)] // shared with the bench, which uses more of it
-mod nats;
+//! (see testkit/src/nats.rs). No timing assertions: waits are upper bounds on hangs.
 
 use log_socket::auth::{AllowAll, StaticTokens};
 use log_socket::relay::bus::nats::{NatsBus, NatsOptions};
@@ -25,11 +9,13 @@ use log_socket::relay::bus::Bus;
 use log_socket::relay::http::Parts;
 use log_socket::relay::{NoSessions, Relay, RelayConfig};
 use log_socket::service::Service;
-use nats::Nats;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
-use wire::*;
+use testkit::nats::Nats;
+use testkit::poll::{eventually_within, free_port};
+use testkit::relay::*;
+use testkit::{fluentd, render};
 
 fn tempdir(name: &str) -> std::path::PathBuf {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
@@ -252,14 +238,10 @@ async fn nats_going_away_is_a_503_and_a_status_frame_and_both_recover_without_a_
     // numbered on from where it was (same stream).
     server.restart();
     assert_eq!(bus_status(&mut ws).await["up"], true);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if post_batch(&a, "m", 10, 1).await == 200 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "ingest did not recover");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually_within("ingest to recover", Duration::from_secs(60), || async {
+        (post_batch(&a, "m", 10, 1).await == 200).then_some(())
+    })
+    .await;
     let got = records(&mut ws, 1).await;
     assert_eq!(texts(&got), ["m 10"]);
     assert!(got[0]["seq"].as_u64().unwrap() > last);
@@ -269,7 +251,7 @@ async fn nats_going_away_is_a_503_and_a_status_frame_and_both_recover_without_a_
 /// `log-socket run --standalone --bus nats` as its own process (token `tok-alice`, ingest
 /// `fluentd:s3cret`), ready.
 struct RelayProcess {
-    service: wire::Service,
+    service: testkit::relay::Service,
     ingest: std::net::SocketAddr,
     api: std::net::SocketAddr,
 }
@@ -283,14 +265,9 @@ async fn relay_process_with(url: &str, dir: &std::path::Path, extra: &[&str]) ->
     let creds = dir.join("ingest.txt");
     std::fs::write(&tokens, "tok-alice,alice\n").unwrap();
     std::fs::write(&creds, "fluentd:s3cret\n").unwrap();
-    let port = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    };
+    let port = || std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let (ingest, api, health) = (port(), port(), port());
-    let service = wire::Service::spawn(
+    let service = testkit::relay::Service::spawn(
         tokio::process::Command::new(env!("CARGO_BIN_EXE_log-socket"))
             .args(["run", "--standalone", "--bus", "nats", "--nats-url", url])
             .arg("--token-file")
@@ -435,11 +412,10 @@ async fn a_stream_no_flowtap_names_any_more_is_removed_unless_a_relay_still_foll
     let exists = || async { js.get_stream("LOGSOCKET_flow_shop_web").await.is_ok() };
     // A FlowTap exists: the stream buffers with nobody listening.
     a.relay.pin_tap(&key, true);
-    let deadline = std::time::Instant::now() + WAIT;
-    while !exists().await {
-        assert!(std::time::Instant::now() < deadline, "the stream was not created");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually_within("the stream to be created", WAIT, || async {
+        exists().await.then_some(())
+    })
+    .await;
     assert_eq!(post_batch(&a, "m", 0, 5).await, 200);
     // While a relay follows it for a listener, it stays.
     let ws = connect(&b, "/flow/shop/web", "tok-alice").await;
@@ -449,15 +425,12 @@ async fn a_stream_no_flowtap_names_any_more_is_removed_unless_a_relay_still_foll
     // Nobody follows any more (the listener left and B's tap closed): gone with the FlowTap.
     drop(ws);
     drop(b);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
+    eventually_within("the stream to go", Duration::from_secs(60), || async {
         a.relay.pin_tap(&key, false);
         tokio::time::sleep(Duration::from_millis(500)).await;
-        if !exists().await {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the stream stayed");
-    }
+        (!exists().await).then_some(())
+    })
+    .await;
     // fluentd's late chunks for the tap are discarded, not an error.
     assert_eq!(post_batch(&a, "m", 5, 5).await, 202);
 }

@@ -1,12 +1,9 @@
 //! Tests of the binaries that need no cluster: the committed CRD, configuration precedence,
 //! and clear errors for bad input.
 
-#[path = "support/wire.rs"]
-#[allow(dead_code)]
-mod wire;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use testkit::poll::{eventually_within, free_port};
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -142,14 +139,6 @@ fn a_missing_or_malformed_config_file_is_named_in_the_error() {
     assert!(stderr.contains("must be a YAML mapping"), "{stderr}");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn standalone_mode_refuses_to_start_without_listener_tokens() {
     let out = log_socket(
@@ -186,7 +175,7 @@ async fn the_standalone_service_relays_records_and_stops_cleanly_on_sigterm() {
     let tokens = config_file("tokens.csv", "listener-secret-token,alice,1,\"dev\"\n");
     let creds = config_file("ingest.txt", "fluentd:ingest-secret-password\n");
     let (ingest, api, health) = (free_port(), free_port(), free_port());
-    let service = wire::Service::spawn(
+    let service = testkit::relay::Service::spawn(
         tokio::process::Command::new(env!("CARGO_BIN_EXE_log-socket"))
             .args(["run", "--standalone", "--log-level", "debug"])
             .arg("--token-file")
@@ -199,20 +188,19 @@ async fn the_standalone_service_relays_records_and_stops_cleanly_on_sigterm() {
             .env_remove("RUST_LOG"),
     );
 
-    let mut ws = None;
-    for _ in 0..200 {
-        let mut req = format!("ws://127.0.0.1:{api}/flow/shop/web")
-            .into_client_request()
-            .unwrap();
-        req.headers_mut()
-            .insert("x-authorization", "listener-secret-token".parse().unwrap());
-        if let Ok((s, _)) = tokio_tungstenite::connect_async(req).await {
-            ws = Some(s);
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let mut ws = ws.expect("the service accepts listeners");
+    let mut ws = eventually_within(
+        "the service accepts listeners",
+        std::time::Duration::from_secs(15),
+        || async {
+            let mut req = format!("ws://127.0.0.1:{api}/flow/shop/web")
+                .into_client_request()
+                .unwrap();
+            req.headers_mut()
+                .insert("x-authorization", "listener-secret-token".parse().unwrap());
+            tokio_tungstenite::connect_async(req).await.ok().map(|(s, _)| s)
+        },
+    )
+    .await;
     async fn next<S: futures::Stream<Item = Result<Message, E>> + Unpin, E: std::fmt::Debug>(ws: &mut S) -> Message {
         tokio::time::timeout(std::time::Duration::from_secs(20), ws.next())
             .await

@@ -1,17 +1,14 @@
 //! Faults against a real API server this test binary has to itself: freezing it would stall the
 //! tests that share the control plane in tests/cluster.
 
-#[path = "support/mod.rs"]
-mod support;
-#[path = "support/wire.rs"]
-#[allow(dead_code)]
-mod wire;
-
 use kube::api::Api;
 use log_socket::k8s::flowtap::{FlowTap, Phase};
 use serde_json::json;
 use std::time::Duration;
-use wire::*;
+use testkit::cluster;
+use testkit::control_plane::pause_apiserver;
+use testkit::poll::eventually;
+use testkit::relay::*;
 
 /// The tests here freeze the one API server they share: one at a time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -21,24 +18,24 @@ struct Frozen;
 
 impl Frozen {
     fn api_server() -> Frozen {
-        support::control_plane::pause_apiserver(true);
+        pause_apiserver(true);
         Frozen
     }
 }
 
 impl Drop for Frozen {
     fn drop(&mut self) {
-        support::control_plane::pause_apiserver(false);
+        pause_apiserver(false);
     }
 }
 
 #[tokio::test]
 async fn while_the_api_server_is_down_listeners_keep_their_records_and_new_ones_get_a_clear_error() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let client = support::client().await;
-    let ns = support::namespace(&client, "outage").await;
-    support::create_flow(&client, &ns, "web", json!({"localOutputRefs": ["loki"]})).await;
-    let h = support::harness_with(
+    let client = cluster::client().await;
+    let ns = cluster::namespace(&client, "outage").await;
+    cluster::create_flow(&client, &ns, "web", json!({"localOutputRefs": ["loki"]})).await;
+    let h = cluster::harness_with(
         client.clone(),
         ns.clone(),
         true,
@@ -48,19 +45,17 @@ async fn while_the_api_server_is_down_listeners_keep_their_records_and_new_ones_
     .await;
     let relay = &h.relay;
 
-    let alice = support::service_account_token(&client, &ns, "alice").await;
-    let bob = support::service_account_token(&client, &ns, "bob").await;
-    support::grant(&client, &ns, "alice", support::may_tap_flows()).await;
-    support::grant(&client, &ns, "bob", support::may_tap_flows()).await;
+    let alice = cluster::service_account_token(&client, &ns, "alice").await;
+    let bob = cluster::service_account_token(&client, &ns, "bob").await;
+    cluster::grant(&client, &ns, "alice", cluster::may_tap_flows()).await;
+    cluster::grant(&client, &ns, "bob", cluster::may_tap_flows()).await;
     let path = format!("/flow/{ns}/web");
     let mut ws = connect(relay, &path, &alice).await;
     let taps: Api<FlowTap> = Api::namespaced(client.clone(), &ns);
-    for _ in 0..300 {
-        if taps.get_opt("flow-web").await.unwrap().and_then(|t| t.status?.phase) == Some(Phase::Active) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("the tap Active", || async {
+        (taps.get_opt("flow-web").await.unwrap().and_then(|t| t.status?.phase) == Some(Phase::Active)).then_some(())
+    })
+    .await;
     let allowed = |m: &str| json!({"message": m, "kubernetes": {"namespace_name": ns, "pod_name": "web-1", "labels": {"rbac/policy": "allow"}}});
 
     {
@@ -98,32 +93,26 @@ async fn while_the_api_server_is_down_listeners_keep_their_records_and_new_ones_
     assert_eq!(post(relay, &path, &array(&[allowed("after")])).await.0, 200);
     records_until(&mut ws, "after").await;
     records_until(&mut ws_bob, "after").await;
-    let mut counted = false;
-    for _ in 0..300 {
-        if taps
+    eventually("both listeners registered on the FlowTap after the outage", || async {
+        let listeners = taps
             .get_opt("flow-web")
             .await
             .unwrap()
             .and_then(|t| t.status)
-            .map(|s| s.listeners)
-            == Some(2)
-        {
-            counted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(counted, "both listeners registered on the FlowTap after the outage");
+            .map(|s| s.listeners);
+        (listeners == Some(2)).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn sessions_outlive_an_api_server_outage_longer_than_their_ttl() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let client = support::client().await;
-    let ns = support::namespace(&client, "ttl").await;
-    support::create_flow(&client, &ns, "web", json!({"localOutputRefs": ["loki"]})).await;
+    let client = cluster::client().await;
+    let ns = cluster::namespace(&client, "ttl").await;
+    cluster::create_flow(&client, &ns, "web", json!({"localOutputRefs": ["loki"]})).await;
     // Session TTL 10 s, linger 5 s: a live session wrongly expired would get its tap deleted.
-    let h = support::harness_with(
+    let h = cluster::harness_with(
         client.clone(),
         ns.clone(),
         true,
@@ -131,12 +120,12 @@ async fn sessions_outlive_an_api_server_outage_longer_than_their_ttl() {
         Duration::from_secs(10),
     )
     .await;
-    let alice = support::service_account_token(&client, &ns, "alice").await;
-    support::grant(&client, &ns, "alice", support::may_tap_flows()).await;
+    let alice = cluster::service_account_token(&client, &ns, "alice").await;
+    cluster::grant(&client, &ns, "alice", cluster::may_tap_flows()).await;
     let path = format!("/flow/{ns}/web");
     let mut ws = connect(&h.relay, &path, &alice).await;
     let taps: Api<FlowTap> = Api::namespaced(client.clone(), &ns);
-    let active = support::eventually("the tap Active with alice's session", || async {
+    let active = eventually("the tap Active with alice's session", || async {
         let tap = taps.get_opt("flow-web").await.ok()??;
         let s = tap.status.as_ref()?;
         (s.phase == Some(Phase::Active) && s.listeners == 1).then_some(tap)

@@ -1,17 +1,6 @@
 //! The relay against the real fluentd `out_http`, configured as the generated Output renders.
-//! Skipped (and says so) without a fluentd; see tests/support/fluentd.rs for where it comes
+//! Skipped (and says so) without a fluentd; see testkit/src/fluentd.rs for where it comes
 //! from. No timing assertions: waits are upper bounds on hangs.
-
-#[path = "support/wire.rs"]
-#[allow(dead_code)]
-mod wire;
-
-#[path = "support/fluentd.rs"]
-#[allow(dead_code)]
-mod fluentd;
-
-#[path = "support/render.rs"]
-mod render;
 
 use fluentd::Fluentd;
 use log_socket::auth::{AllowAll, StaticTokens};
@@ -20,7 +9,8 @@ use log_socket::relay::{NoSessions, RelayConfig};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wire::*;
+use testkit::relay::*;
+use testkit::{fluentd, render};
 
 fn relay_parts() -> Parts {
     Parts {

@@ -2,10 +2,6 @@
 //! filters, reconnects without gaps, relay restarts, the resume file, exit codes, pipes.
 //! The path through the API server's service proxy is tested in tests/cluster/k8stail_proxy.rs.
 
-#[path = "support/wire.rs"]
-#[allow(dead_code)]
-mod wire;
-
 use log_socket::auth::{AllowAll, StaticTokens};
 use log_socket::relay::http::Parts;
 use log_socket::relay::{NoSessions, RelayConfig};
@@ -15,10 +11,11 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
+use testkit::poll::eventually_within;
+use testkit::relay::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
 use tokio::net::TcpListener;
 use tokio::process::{Child, ChildStdout, Command};
-use wire::*;
 
 const TOKEN: &str = "tok-alice";
 
@@ -164,15 +161,12 @@ async fn post_when_open(r: &TestRelay, records: &[Value]) {
     // The tap opens at k8stail's handshake and the listener attaches a moment later (after the
     // upgrade): a record posted in between is before its live stream starts.
     let key = log_socket::protocol::TapKey::parse("flow", "shop", "web").unwrap();
-    for _ in 0..400 {
-        if r.relay.tap(&key).is_some_and(|t| t.listener_count() > 0) {
-            let (code, body) = post(r, "/flow/shop/web", &array(records)).await;
-            assert_eq!(code, 200, "{body}");
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("no listener attached to the tap");
+    eventually_within("a listener attached to the tap", Duration::from_secs(15), || async {
+        r.relay.tap(&key).is_some_and(|t| t.listener_count() > 0).then_some(())
+    })
+    .await;
+    let (code, body) = post(r, "/flow/shop/web", &array(records)).await;
+    assert_eq!(code, 200, "{body}");
 }
 
 fn messages(lines: &[String]) -> Vec<String> {
@@ -795,12 +789,10 @@ async fn several_flows_merge_into_one_stream_each_line_saying_its_flow() {
     // Both taps open (one listener each) before posting.
     for flow in ["web", "api"] {
         let key = log_socket::protocol::TapKey::parse("flow", "shop", flow).unwrap();
-        for _ in 0..400 {
-            if r.relay.tap(&key).is_some_and(|t| t.listener_count() > 0) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        eventually_within(&format!("a listener on {flow}"), Duration::from_secs(15), || async {
+            r.relay.tap(&key).is_some_and(|t| t.listener_count() > 0).then_some(())
+        })
+        .await;
     }
     assert_eq!(
         post(&r, "/flow/shop/web", &array(&[rec("web-1", "from web")])).await.0,

@@ -1,10 +1,6 @@
 //! The relay over real sockets: fluentd-style HTTP POSTs in, tokio-tungstenite WebSocket
 //! listeners out. No cluster needed. No timing assertions: waits are upper bounds on hangs.
 
-#[path = "support/wire.rs"]
-#[allow(dead_code)]
-mod wire;
-
 use log_socket::auth::{AllowAll, Authorizer, Decision, Identity, StaticTokens};
 use log_socket::protocol::Meta;
 use log_socket::relay::http::Parts;
@@ -12,9 +8,9 @@ use log_socket::relay::{NoSessions, RelayConfig};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
+use testkit::relay::*;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use wire::*;
 
 async fn start_with(config: RelayConfig, authorizer: Arc<dyn Authorizer>) -> TestRelay {
     let parts = Parts {

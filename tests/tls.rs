@@ -1,9 +1,5 @@
 //! TLS on the relay's ports: mTLS ingest, wss listeners, and certificates reloaded from files.
 
-#[path = "support/wire.rs"]
-#[allow(dead_code)]
-mod wire;
-
 use log_socket::auth::{AllowAll, IngestAuth, StaticTokens};
 use log_socket::relay::http::Parts;
 use log_socket::relay::{NoSessions, RelayConfig};
@@ -14,10 +10,11 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use testkit::poll::eventually_within;
+use testkit::relay::*;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use wire::*;
 
 fn dir(name: &str) -> PathBuf {
     let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("tls-{name}-{}", std::process::id()));
@@ -180,15 +177,10 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
     for f in ["server.crt", "server.key"] {
         std::fs::copy(renewed.join(f), live.join(f)).unwrap();
     }
-    let mut switched = false;
-    for _ in 0..200 {
-        if tls_connect(r.api, &renewed, None).await.is_ok() {
-            switched = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(switched, "the renewed certificate is served");
+    eventually_within("the renewed certificate is served", Duration::from_secs(15), || async {
+        tls_connect(r.api, &renewed, None).await.ok().map(|_| ())
+    })
+    .await;
     assert!(tls_connect(r.api, &first, None).await.is_err(), "the old one is not");
     let mut ws = wss(&r, &renewed, "/flow/shop/web").await;
     assert_eq!(next_json(&mut ws).await["type"], "status");

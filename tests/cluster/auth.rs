@@ -1,8 +1,6 @@
 //! Listener authentication and record authorization against the real API server, with real
 //! ServiceAccount tokens and RBAC.
 
-use crate::support;
-use crate::wire::*;
 use log_socket::auth::kubernetes::PodLogAccess;
 use log_socket::auth::labels::LabelPolicy;
 use log_socket::auth::tokens::TokenReviewAuthenticator;
@@ -13,6 +11,9 @@ use log_socket::relay::RelayConfig;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
+use testkit::cluster;
+use testkit::poll::eventually;
+use testkit::relay::*;
 
 async fn cluster_relay(client: &kube::Client, authorizer: Arc<dyn Authorizer>) -> TestRelay {
     let parts = Parts {
@@ -44,12 +45,12 @@ async fn split(ws: &mut Ws, marker: &str) -> (Vec<String>, Vec<Value>) {
 
 #[tokio::test]
 async fn label_policy_gives_each_service_account_exactly_its_records() {
-    let client = support::client().await;
-    let ns = support::namespace(&client, "labels").await;
-    let alice = support::service_account_token(&client, &ns, "alice").await;
-    let bob = support::service_account_token(&client, &ns, "bob").await;
+    let client = cluster::client().await;
+    let ns = cluster::namespace(&client, "labels").await;
+    let alice = cluster::service_account_token(&client, &ns, "alice").await;
+    let bob = cluster::service_account_token(&client, &ns, "bob").await;
     for sa in ["alice", "bob"] {
-        support::grant(&client, &ns, sa, support::may_tap_flows()).await;
+        cluster::grant(&client, &ns, sa, cluster::may_tap_flows()).await;
     }
     // Flattened keys read too, as a pipeline that de-dots label keys needs.
     let r = cluster_relay(&client, Arc::new(LabelPolicy::default().with_flattened_keys(true))).await;
@@ -122,17 +123,17 @@ async fn label_policy_gives_each_service_account_exactly_its_records() {
 
 #[tokio::test]
 async fn kubernetes_policy_follows_pods_log_rbac_per_namespace() {
-    let client = support::client().await;
-    let ns = support::namespace(&client, "sar").await;
-    let logs_ns = support::namespace(&client, "sar-logs").await;
-    let alice = support::service_account_token(&client, &ns, "alice").await;
-    let bob = support::service_account_token(&client, &ns, "bob").await;
+    let client = cluster::client().await;
+    let ns = cluster::namespace(&client, "sar").await;
+    let logs_ns = cluster::namespace(&client, "sar-logs").await;
+    let alice = cluster::service_account_token(&client, &ns, "alice").await;
+    let bob = cluster::service_account_token(&client, &ns, "bob").await;
     for sa in ["alice", "bob"] {
-        support::grant(&client, &ns, sa, support::may_tap_flows()).await;
+        cluster::grant(&client, &ns, sa, cluster::may_tap_flows()).await;
     }
     // alice may read pod logs in logs_ns; bob may not.
     let rules = json!([{"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]}]);
-    support::grant_in(&client, &logs_ns, &ns, "alice", rules).await;
+    cluster::grant_in(&client, &logs_ns, &ns, "alice", rules).await;
     let r = cluster_relay(
         &client,
         Arc::new(PodLogAccess::new(client.clone(), Duration::from_secs(30))),
@@ -170,9 +171,9 @@ async fn kubernetes_policy_follows_pods_log_rbac_per_namespace() {
 
 #[tokio::test]
 async fn tapping_a_flow_needs_get_on_it_and_the_refusal_says_so() {
-    let client = support::client().await;
-    let ns = support::namespace(&client, "tap-perm").await;
-    let carol = support::service_account_token(&client, &ns, "carol").await;
+    let client = cluster::client().await;
+    let ns = cluster::namespace(&client, "tap-perm").await;
+    let carol = cluster::service_account_token(&client, &ns, "carol").await;
     let r = cluster_relay(&client, Arc::new(LabelPolicy::default())).await;
 
     let err = try_connect(&r, &format!("/flow/{ns}/web"), &carol).await.unwrap_err();
@@ -184,16 +185,16 @@ async fn tapping_a_flow_needs_get_on_it_and_the_refusal_says_so() {
         "{err}"
     );
 
-    support::grant(&client, &ns, "carol", support::may_tap_flows()).await;
+    cluster::grant(&client, &ns, "carol", cluster::may_tap_flows()).await;
     // The relay does not cache this check: once the grant is in effect, carol gets in.
     connect(&r, &format!("/flow/{ns}/web"), &carol).await;
 }
 
 #[tokio::test]
 async fn only_tokens_the_api_server_accepts_get_in() {
-    let client = support::client().await;
-    let ns = support::namespace(&client, "tokens").await;
-    let valid = support::service_account_token(&client, &ns, "dave").await;
+    let client = cluster::client().await;
+    let ns = cluster::namespace(&client, "tokens").await;
+    let valid = cluster::service_account_token(&client, &ns, "dave").await;
     let r = cluster_relay(&client, Arc::new(LabelPolicy::default())).await;
 
     // Change one character in the middle of the signature (the last character of a base64url
@@ -219,9 +220,9 @@ async fn only_tokens_the_api_server_accepts_get_in() {
 async fn metrics_are_read_only_by_identities_allowed_to_get_the_metrics_url() {
     use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
     use kube::api::{Api, PostParams};
-    let client = support::client().await;
-    let ns = support::namespace(&client, "metrics").await;
-    let h = support::harness_with(
+    let client = cluster::client().await;
+    let ns = cluster::namespace(&client, "metrics").await;
+    let h = cluster::harness_with(
         client.clone(),
         ns.clone(),
         false,
@@ -229,8 +230,8 @@ async fn metrics_are_read_only_by_identities_allowed_to_get_the_metrics_url() {
         Duration::from_secs(60),
     )
     .await;
-    let prom = support::service_account_token(&client, &ns, "prometheus").await;
-    let tenant = support::service_account_token(&client, &ns, "tenant").await;
+    let prom = cluster::service_account_token(&client, &ns, "prometheus").await;
+    let tenant = cluster::service_account_token(&client, &ns, "tenant").await;
     // What a Prometheus ClusterRole grants for the API server's own /metrics.
     let name = format!("{ns}-metrics-reader");
     let role: ClusterRole = serde_json::from_value(json!({
@@ -271,7 +272,7 @@ async fn metrics_are_read_only_by_identities_allowed_to_get_the_metrics_url() {
     assert!(body.contains("may not get /metrics"), "{body}");
     assert!(!body.contains("log_socket_"), "no metric in a refusal");
     // The API server's RBAC cache takes a moment to see the new binding.
-    let body = support::eventually("prometheus reads the metrics", || {
+    let body = eventually("prometheus reads the metrics", || {
         let get = get(prom.clone());
         async move {
             let (code, body) = get.await;
@@ -284,6 +285,6 @@ async fn metrics_are_read_only_by_identities_allowed_to_get_the_metrics_url() {
         "{body}"
     );
     for kind in ["ClusterRoleBinding", "ClusterRole"] {
-        let _ = support::kubectl(&["delete", kind, &name, "--ignore-not-found"]);
+        let _ = cluster::kubectl(&["delete", kind, &name, "--ignore-not-found"]);
     }
 }

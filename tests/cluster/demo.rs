@@ -1,14 +1,15 @@
 //! `make demo`, run headless: it comes up, shows the example FlowTap, streams the synthetic
 //! fluentd's records through k8stail, and stops cleanly.
 
-use crate::support;
 use std::path::PathBuf;
 use std::time::Duration;
+use testkit::cluster;
+use testkit::poll::eventually_within;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 fn demo_binary() -> PathBuf {
     // cargo test builds examples next to the package's binaries.
-    support::bin("log-socket")
+    cluster::bin("log-socket")
         .parent()
         .unwrap()
         .join("examples/local-cluster")
@@ -17,7 +18,7 @@ fn demo_binary() -> PathBuf {
 #[tokio::test]
 async fn the_demo_shows_live_records_of_the_example_flow_and_stops_cleanly_on_ctrl_c() {
     // The demo starts its own control plane (and uses fixed ports 10000-10002).
-    support::env();
+    cluster::env();
     let mut demo = tokio::process::Command::new(demo_binary())
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -49,23 +50,21 @@ async fn the_demo_shows_live_records_of_the_example_flow_and_stops_cleanly_on_ct
         }
     });
     // Without a fluentd the demo falls back, and says so; with one (CI has one) it is used.
-    let real = crate::support::fluentd::find().is_some();
+    let real = testkit::fluentd::find().is_some();
     assert_eq!(seen.contains("the real fluentd"), real, "{seen}");
     assert_eq!(seen.contains("a synthetic shipper sends instead"), !real, "{seen}");
 
     let health = std::net::SocketAddr::from(([127, 0, 0, 1], 10002));
-    let mut ready = 0;
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(health).await.is_ok() {
-            ready = crate::wire::request(health, "GET", "/readyz", &[], b"").await.0;
-            if ready == 200 {
-                break;
-            }
+    let ready = eventually_within("the demo's service ready", Duration::from_secs(15), || async {
+        if tokio::net::TcpStream::connect(health).await.is_err() {
+            return None;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        let ready = testkit::relay::request(health, "GET", "/readyz", &[], b"").await.0;
+        (ready == 200).then_some(ready)
+    })
+    .await;
     assert_eq!(ready, 200);
-    let kubeconfig = support::repo().join("target/demo/kubeconfig");
+    let kubeconfig = cluster::repo().join("target/demo/kubeconfig");
 
     // The synthetic fluentd's records reach k8stail, which the demo runs on its stdout.
     let mut records = BufReader::new(demo.stdout.take().unwrap()).lines();
@@ -88,7 +87,7 @@ async fn the_demo_shows_live_records_of_the_example_flow_and_stops_cleanly_on_ct
     tokio::spawn(async move { while let Ok(Some(_)) = records.next_line().await {} });
 
     // Step 2: the example's persistent FlowTap joins k8stail's, in kubectl and in k8stail taps.
-    let step2 = support::eventually_within("the demo's second step", Duration::from_secs(90), async || {
+    let step2 = eventually_within("the demo's second step", Duration::from_secs(90), async || {
         let rest = rest.lock().unwrap();
         let done = rest.find("demo step 2 done.")?;
         let start = rest.find("demo step 2:")?;
@@ -103,7 +102,7 @@ async fn the_demo_shows_live_records_of_the_example_flow_and_stops_cleanly_on_ct
     };
     // Each tap once in kubectl's table and once in k8stail's.
     assert_eq!((listed("web"), listed("flow-web")), (2, 2), "{step2}");
-    let (ok, out, err) = support::kubectl_with(&kubeconfig, &["get", "flowtaps", "-A"], None);
+    let (ok, out, err) = cluster::kubectl_with(&kubeconfig, &["get", "flowtaps", "-A"], None);
     assert!(ok, "{err}");
     assert!(
         out.lines()
@@ -111,7 +110,7 @@ async fn the_demo_shows_live_records_of_the_example_flow_and_stops_cleanly_on_ct
         "{out}"
     );
     assert!(
-        std::fs::read_to_string(support::repo().join("target/demo/log-socket.log"))
+        std::fs::read_to_string(cluster::repo().join("target/demo/log-socket.log"))
             .unwrap()
             .contains("listener connected"),
         "the service logs to its file"

@@ -1,7 +1,7 @@
 //! The shipped manifests (config/ kustomize base, the Helm chart) against the real API server:
 //! rendered, then applied with server-side dry-run, which runs validation and admission.
 
-use crate::support;
+use testkit::cluster;
 
 /// What both the kustomize base and the chart install (the base also creates its Namespace).
 const INSTALLED_KINDS: [&str; 9] = [
@@ -18,10 +18,10 @@ const INSTALLED_KINDS: [&str; 9] = [
 
 /// Make sure the install namespace exists (server-side dry-run does not create it).
 fn install_namespace() {
-    let (ok, out, err) = support::kubectl(&["get", "namespace", "log-socket", "--ignore-not-found", "-o", "name"]);
+    let (ok, out, err) = cluster::kubectl(&["get", "namespace", "log-socket", "--ignore-not-found", "-o", "name"]);
     assert!(ok, "{err}");
     if out.trim().is_empty() {
-        let (ok, _, err) = support::kubectl(&["create", "namespace", "log-socket"]);
+        let (ok, _, err) = cluster::kubectl(&["create", "namespace", "log-socket"]);
         assert!(ok || err.contains("AlreadyExists"), "{err}");
     }
 }
@@ -35,12 +35,12 @@ fn dry_run(manifests: &str) -> String {
         if value.is_null() {
             continue;
         }
-        support::control_plane::without_cel(&mut value);
+        testkit::control_plane::without_cel(&mut value);
         docs.push(serde_yaml::to_string(&value).unwrap());
     }
     let manifests = docs.join("---\n");
-    let (ok, out, err) = support::kubectl_with(
-        &support::env().kubeconfig,
+    let (ok, out, err) = cluster::kubectl_with(
+        &cluster::env().kubeconfig,
         &["apply", "--dry-run=server", "-f", "-"],
         Some(&manifests),
     );
@@ -50,9 +50,9 @@ fn dry_run(manifests: &str) -> String {
 
 #[tokio::test]
 async fn the_kustomize_base_renders_and_the_api_server_accepts_it() {
-    support::env();
-    let base = support::repo().join("config/default");
-    let (ok, rendered, err) = support::kubectl(&["kustomize", base.to_str().unwrap()]);
+    cluster::env();
+    let base = cluster::repo().join("config/default");
+    let (ok, rendered, err) = cluster::kubectl(&["kustomize", base.to_str().unwrap()]);
     assert!(ok, "{err}");
     for kind in std::iter::once("Namespace").chain(INSTALLED_KINDS) {
         assert!(
@@ -74,12 +74,12 @@ async fn the_kustomize_base_renders_and_the_api_server_accepts_it() {
 
 /// Run the test helm (fetched by tests/test-env.sh) with its state in a scratch directory.
 fn helm(args: &[&str]) -> (bool, String, String) {
-    let helm = crate::support::control_plane::assets_dir()
+    let helm = testkit::control_plane::assets_dir()
         .ok()
         .map(|d| d.join("helm"))
         .filter(|h| h.exists())
         .unwrap_or_else(|| "helm".into());
-    let home = support::tempdir("helm-home");
+    let home = cluster::tempdir("helm-home");
     let out = std::process::Command::new(&helm)
         .args(args)
         .env("HELM_CACHE_HOME", &home)
@@ -104,8 +104,8 @@ fn documents(rendered: &str) -> Vec<serde_json::Value> {
 
 #[tokio::test]
 async fn the_helm_chart_lints_strictly_renders_and_the_api_server_accepts_it() {
-    support::env();
-    let chart = support::repo().join("config/helm/log-socket");
+    cluster::env();
+    let chart = cluster::repo().join("config/helm/log-socket");
     let chart = chart.to_str().unwrap();
     let (ok, out, err) = helm(&["lint", "--strict", chart]);
     assert!(ok, "helm lint --strict:\n{out}\n{err}");
@@ -126,7 +126,7 @@ async fn the_helm_chart_lints_strictly_renders_and_the_api_server_accepts_it() {
     }
     // The chart grants exactly what the kustomize base grants.
     let shipped: serde_json::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(support::repo().join("config/rbac/cluster_role.yaml")).unwrap())
+        serde_yaml::from_str(&std::fs::read_to_string(cluster::repo().join("config/rbac/cluster_role.yaml")).unwrap())
             .unwrap();
     let role = docs.iter().find(|d| d["kind"] == "ClusterRole").unwrap();
     assert_eq!(
@@ -206,17 +206,17 @@ async fn the_helm_chart_lints_strictly_renders_and_the_api_server_accepts_it() {
 }
 
 fn ensure_namespace(name: &str) {
-    let (ok, _, err) = support::kubectl(&["create", "namespace", name]);
+    let (ok, _, err) = cluster::kubectl(&["create", "namespace", name]);
     assert!(ok || err.contains("AlreadyExists"), "{err}");
 }
 
 #[tokio::test]
 async fn the_examples_are_accepted_by_the_api_server() {
-    support::env();
+    cluster::env();
     for ns in ["log-socket", "logging", "shop", "nats"] {
         ensure_namespace(ns);
     }
-    let examples = support::repo().join("examples");
+    let examples = cluster::repo().join("examples");
     for file in [
         "flow.yaml",
         "flowtap-persistent.yaml",
@@ -238,7 +238,7 @@ async fn the_examples_are_accepted_by_the_api_server() {
     assert!(serde_yaml::from_str::<serde_json::Value>(&flux).unwrap()["kind"] == "Kustomization");
     // The mTLS overlay renders; what is not cert-manager's is accepted (cert-manager's CRDs are
     // not installed here).
-    let (ok, rendered, err) = support::kubectl(&["kustomize", examples.join("mtls").to_str().unwrap()]);
+    let (ok, rendered, err) = cluster::kubectl(&["kustomize", examples.join("mtls").to_str().unwrap()]);
     assert!(ok, "{err}");
     let docs: Vec<String> = rendered
         .split("\n---\n")
@@ -250,7 +250,7 @@ async fn the_examples_are_accepted_by_the_api_server() {
 
     // The nats-bus overlay: 2 replicas on the nats bus, with a PodDisruptionBudget (policy/v1,
     // which the 1.20 test server knows as policy/v1beta1); and the trial NATS server.
-    let (ok, rendered, err) = support::kubectl(&["kustomize", examples.join("nats-bus").to_str().unwrap()]);
+    let (ok, rendered, err) = cluster::kubectl(&["kustomize", examples.join("nats-bus").to_str().unwrap()]);
     assert!(ok, "{err}");
     let docs = documents(&rendered);
     let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
@@ -262,5 +262,5 @@ async fn the_examples_are_accepted_by_the_api_server() {
     );
     assert!(docs.iter().any(|d| d["kind"] == "PodDisruptionBudget"));
     dry_run(&rendered.replace("apiVersion: policy/v1\n", "apiVersion: policy/v1beta1\n"));
-    dry_run(&std::fs::read_to_string(support::repo().join("config/nats/nats.yaml")).unwrap());
+    dry_run(&std::fs::read_to_string(cluster::repo().join("config/nats/nats.yaml")).unwrap());
 }

@@ -1,7 +1,7 @@
-use crate::support;
 use kube::api::{Api, PostParams};
 use log_socket::k8s::flowtap::{FlowKind, FlowRef, FlowTap, FlowTapSpec};
 use serde_json::json;
+use testkit::cluster;
 
 fn tap_yaml(ns: &str, name: &str, kind: &str, flow: &str, persistent: bool) -> String {
     format!(
@@ -12,8 +12,8 @@ fn tap_yaml(ns: &str, name: &str, kind: &str, flow: &str, persistent: bool) -> S
 
 #[tokio::test]
 async fn the_generated_crd_is_accepted_and_fills_in_defaults() {
-    let client = support::client().await;
-    let ns = support::namespace(&client, "crd").await;
+    let client = cluster::client().await;
+    let ns = cluster::namespace(&client, "crd").await;
     let api: Api<FlowTap> = Api::namespaced(client, &ns);
     let tap = FlowTap::new(
         "flow1",
@@ -55,10 +55,10 @@ async fn the_generated_crd_is_accepted_and_fills_in_defaults() {
 
 #[tokio::test]
 async fn kubectl_get_flowtaps_shows_the_printer_columns() {
-    let client = support::client().await;
-    let ns = support::namespace(&client, "columns").await;
-    let (ok, _, err) = support::kubectl_with(
-        &support::env().kubeconfig,
+    let client = cluster::client().await;
+    let ns = cluster::namespace(&client, "columns").await;
+    let (ok, _, err) = cluster::kubectl_with(
+        &cluster::env().kubeconfig,
         &["apply", "-f", "-"],
         Some(&tap_yaml(&ns, "shop-tap", "ClusterFlow", "all-logs", true)),
     );
@@ -74,7 +74,7 @@ async fn kubectl_get_flowtaps_shows_the_printer_columns() {
     .await
     .expect("status patched");
 
-    let (ok, out, err) = support::kubectl(&["get", "flowtaps", "-n", &ns]);
+    let (ok, out, err) = cluster::kubectl(&["get", "flowtaps", "-n", &ns]);
     assert!(ok, "kubectl get flowtaps: {err}");
     let mut lines = out.lines();
     let header: Vec<&str> = lines.next().expect("header").split_whitespace().collect();
@@ -101,17 +101,17 @@ async fn kubectl_get_flowtaps_shows_the_printer_columns() {
     assert!(row[6].ends_with('s'), "age in seconds: {out}");
 
     // The short name works too.
-    let (ok, out, err) = support::kubectl(&["get", "ftap", "-n", &ns, "-o", "name"]);
+    let (ok, out, err) = cluster::kubectl(&["get", "ftap", "-n", &ns, "-o", "name"]);
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "flowtap.logsocket.dev/shop-tap");
 }
 
 #[tokio::test]
 async fn a_flowtap_with_an_unknown_flow_kind_is_rejected_with_a_clear_message() {
-    let client = support::client().await;
-    let ns = support::namespace(&client, "invalid").await;
-    let (ok, _, err) = support::kubectl_with(
-        &support::env().kubeconfig,
+    let client = cluster::client().await;
+    let ns = cluster::namespace(&client, "invalid").await;
+    let (ok, _, err) = cluster::kubectl_with(
+        &cluster::env().kubeconfig,
         &["apply", "-f", "-"],
         Some(&tap_yaml(&ns, "bad", "Deployment", "web", false)),
     );
@@ -120,20 +120,20 @@ async fn a_flowtap_with_an_unknown_flow_kind_is_rejected_with_a_clear_message() 
     assert!(err.contains("Unsupported value: \"Deployment\""), "{err}");
     assert!(err.contains("\"Flow\", \"ClusterFlow\""), "{err}");
 
-    let (ok, out, _) = support::kubectl(&["get", "flowtaps", "-n", &ns, "-o", "name"]);
+    let (ok, out, _) = cluster::kubectl(&["get", "flowtaps", "-n", &ns, "-o", "name"]);
     assert!(ok);
     assert!(out.trim().is_empty(), "nothing was stored: {out}");
 }
 
 #[tokio::test]
 async fn a_flowtap_with_an_invalid_buffer_setting_is_rejected() {
-    let client = support::client().await;
-    let ns = support::namespace(&client, "badbuf").await;
+    let client = cluster::client().await;
+    let ns = cluster::namespace(&client, "badbuf").await;
     let yaml = format!(
         "{}  buffer:\n    flushInterval: soon\n",
         tap_yaml(&ns, "t", "Flow", "f", false)
     );
-    let (ok, _, err) = support::kubectl_with(&support::env().kubeconfig, &["apply", "-f", "-"], Some(&yaml));
+    let (ok, _, err) = cluster::kubectl_with(&cluster::env().kubeconfig, &["apply", "-f", "-"], Some(&yaml));
     assert!(!ok, "flushInterval: soon must be rejected");
     assert!(err.contains("spec.buffer.flushInterval"), "{err}");
 }
@@ -142,8 +142,8 @@ async fn a_flowtap_with_an_invalid_buffer_setting_is_rejected() {
 async fn status_is_a_subresource_with_list_maps_and_survives_a_spec_update() {
     use kube::api::{Patch, PatchParams};
     use log_socket::k8s::flowtap::{FlowTapStatus, Phase, Session};
-    let client = support::client().await;
-    let ns = support::namespace(&client, "status").await;
+    let client = cluster::client().await;
+    let ns = cluster::namespace(&client, "status").await;
     let api: Api<FlowTap> = Api::namespaced(client, &ns);
     let tap: FlowTap = serde_json::from_value(json!({
         "apiVersion": "logsocket.dev/v1alpha1", "kind": "FlowTap",

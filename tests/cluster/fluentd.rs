@@ -1,14 +1,15 @@
 //! The whole pipeline with the real fluentd 1.16.11: the `log-socket run` binary (operator and
 //! relay, under the shipped RBAC) generates the tap's Output, the flow's fluentd configuration
-//! is rendered as logging-operator renders it (tests/support/pipeline.rs), the real fluentd
+//! is rendered as logging-operator renders it (testkit/src/pipeline.rs), the real fluentd
 //! posts into the relay, and k8stail prints what arrives. Skipped, and says so, without a
-//! fluentd (under CI a missing fluentd fails; see tests/support/fluentd.rs).
+//! fluentd (under CI a missing fluentd fails; see testkit/src/fluentd.rs).
 
 use crate::service::Setup;
-use crate::support;
-use crate::support::pipeline::{FlowId, Pipeline};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use testkit::cluster;
+use testkit::pipeline::{FlowId, Pipeline};
+use testkit::poll::{eventually, eventually_within};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// `k8stail` running against the service's API port; its printed records arrive on `lines`.
@@ -21,7 +22,7 @@ struct Tail {
 impl Tail {
     fn start(s: &Setup, token: &str, target: &str) -> Tail {
         let server = format!("http://{}", s.api);
-        let mut child = tokio::process::Command::new(support::bin("k8stail"))
+        let mut child = tokio::process::Command::new(cluster::bin("k8stail"))
             .args(["--server", &server, "--token", token, target, "--max-backoff", "300ms"])
             .args(["-o", "json", "--tail", "0"])
             .env_remove("K8STAIL_TOKEN")
@@ -121,7 +122,7 @@ const CLIENT_SECRET: &str = "log-socket-ingest-client";
 
 /// The rule examples/mtls adds to the service's ClusterRole (to check that Secret exists).
 fn mtls_secret_rule() -> serde_json::Value {
-    let text = std::fs::read_to_string(support::repo().join("examples/mtls/kustomization.yaml")).unwrap();
+    let text = std::fs::read_to_string(cluster::repo().join("examples/mtls/kustomization.yaml")).unwrap();
     let k: serde_json::Value = serde_yaml::from_str(&text).unwrap();
     let patch = k["patches"]
         .as_array()
@@ -143,8 +144,8 @@ async fn tap_patched(client: &kube::Client, flow: &FlowId) {
     } else {
         "globalOutputRefs"
     };
-    support::eventually("the flow names the tap's output", async || {
-        let f = support::logging_api(client, &flow.namespace, flow.kind)
+    eventually("the flow names the tap's output", async || {
+        let f = cluster::logging_api(client, &flow.namespace, flow.kind)
             .get(&flow.name)
             .await
             .ok()?;
@@ -165,18 +166,18 @@ fn consecutive(seen: &[u64]) -> bool {
 /// Records from fluentd through the generated Output of a `kind` tap, over mTLS or Basic, to
 /// k8stail: record for record and in order; the flow's other output gets them all as well.
 async fn streams_end_to_end(kind: &'static str, mtls: bool) {
-    let client = support::client().await;
+    let client = cluster::client().await;
     let s = Setup::new(&client, if mtls { "fd-mtls" } else { "fd-basic" }).await;
     let ns = s.ns.clone();
-    let token = support::service_account_token(&client, &ns, "alice").await;
-    support::grant(&client, &ns, "alice", support::may_tap_flows()).await;
+    let token = cluster::service_account_token(&client, &ns, "alice").await;
+    cluster::grant(&client, &ns, "alice", cluster::may_tap_flows()).await;
     let (name, other, target) = match kind {
         "Flow" => {
-            support::create_flow(&client, &ns, "web", serde_json::json!({"localOutputRefs": ["loki"]})).await;
+            cluster::create_flow(&client, &ns, "web", serde_json::json!({"localOutputRefs": ["loki"]})).await;
             ("web", "loki", format!("{ns}/web"))
         }
         _ => {
-            support::create_cluster_flow(
+            cluster::create_cluster_flow(
                 &client,
                 &ns,
                 "all",
@@ -186,12 +187,12 @@ async fn streams_end_to_end(kind: &'static str, mtls: bool) {
             ("all", "archive", format!("clusterflow/{ns}/all"))
         }
     };
-    let dir = support::tempdir("fd-e2e");
+    let dir = cluster::tempdir("fd-e2e");
     let mut flags: Vec<String> = vec![];
     if mtls {
         // `log-socket certs`, and the client half in the Secret the generated Output mounts,
         // which the service may read as examples/mtls lets it.
-        support::grant_in(&client, &ns, &ns, "log-socket", mtls_secret_rule()).await;
+        cluster::grant_in(&client, &ns, &ns, "log-socket", mtls_secret_rule()).await;
         let certs = dir.join("certs");
         log_socket::service::certs::generate(&certs, &["log-socket.test.svc".into()], 2).unwrap();
         let read = |f: &str| std::fs::read_to_string(certs.join(f)).unwrap();
@@ -283,16 +284,16 @@ async fn fluentd_streams_a_clusterflow_to_k8stail_over_mtls() {
 
 /// Basic-auth setup for Flow `web` (other output `loki`), and alice's token.
 async fn flow_setup(prefix: &str) -> (kube::Client, Setup, String) {
-    let client = support::client().await;
+    let client = cluster::client().await;
     let s = Setup::new(&client, prefix).await;
-    let token = support::service_account_token(&client, &s.ns, "alice").await;
-    support::grant(&client, &s.ns, "alice", support::may_tap_flows()).await;
-    support::create_flow(&client, &s.ns, "web", serde_json::json!({"localOutputRefs": ["loki"]})).await;
+    let token = cluster::service_account_token(&client, &s.ns, "alice").await;
+    cluster::grant(&client, &s.ns, "alice", cluster::may_tap_flows()).await;
+    cluster::create_flow(&client, &s.ns, "web", serde_json::json!({"localOutputRefs": ["loki"]})).await;
     (client, s, token)
 }
 
 /// Start the service with generated Outputs posting to its ingest port over plain HTTP.
-async fn start_plain(s: &Setup, extra: &[&str]) -> crate::wire::Service {
+async fn start_plain(s: &Setup, extra: &[&str]) -> testkit::relay::Service {
     let url = format!("http://{}", s.ingest);
     let mut flags = vec!["--ingest-url", &url];
     flags.extend(extra);
@@ -313,7 +314,7 @@ async fn a_relay_killed_while_fluentd_sends_is_followed_by_k8stail_and_the_loss_
     let (client, s, token) = flow_setup("fd-kill").await;
     let first = start_plain(&s, &flags).await;
     let mut tail = Tail::start(&s, &token, &format!("{}/web", s.ns));
-    let dir = support::tempdir("fd-kill");
+    let dir = cluster::tempdir("fd-kill");
     let rate = 50;
     tap_patched(&client, &web(&s.ns)).await;
     let Some(pipeline) = Pipeline::start(
@@ -421,7 +422,7 @@ async fn a_stalled_or_gone_relay_neither_holds_up_the_flows_own_output_nor_grows
     let taps = kube::Api::<log_socket::k8s::flowtap::FlowTap>::namespaced(client.clone(), &s.ns);
     taps.create(&Default::default(), &tap).await.unwrap();
     tap_patched(&client, &web(&s.ns)).await;
-    let dir = support::tempdir("fd-harm");
+    let dir = cluster::tempdir("fd-harm");
     let (rate, pad): (u64, usize) = (2000, 1000);
     let source = padded_source(&s.ns, rate as u32, pad);
     let Some(pipeline) = Pipeline::start(client.clone(), &dir, web(&s.ns), source, Duration::from_millis(300)).await
@@ -429,7 +430,7 @@ async fn a_stalled_or_gone_relay_neither_holds_up_the_flows_own_output_nor_grows
         return;
     };
     let sunk = |p: &Pipeline| p.sink("loki").iter().filter_map(|r| r["n"].as_u64()).max().unwrap_or(0);
-    support::eventually("the sink receives records", async || {
+    eventually("the sink receives records", async || {
         (sunk(&pipeline) > rate).then_some(())
     })
     .await;
@@ -482,7 +483,7 @@ async fn a_stalled_or_gone_relay_neither_holds_up_the_flows_own_output_nor_grows
     // without the tap, and gave up no chunk to its backup directory.
     let service = start_plain(&s, &[]).await;
     taps.delete("web", &Default::default()).await.unwrap();
-    support::eventually("fluentd reloaded without the tap", async || {
+    eventually("fluentd reloaded without the tap", async || {
         (pipeline.reloads().await >= 1 && !pipeline.config().await.contains("logsocket-")).then_some(())
     })
     .await;
@@ -494,7 +495,7 @@ async fn a_stalled_or_gone_relay_neither_holds_up_the_flows_own_output_nor_grows
             .filter_map(|r| r["n"].as_u64())
             .collect::<Vec<u64>>()
     };
-    support::eventually_within(
+    eventually_within(
         "the reloaded fluentd's records in the sink",
         Duration::from_secs(90),
         async || (runs(&numbers(&pipeline)).len() == 2).then_some(()),

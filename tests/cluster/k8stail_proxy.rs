@@ -5,8 +5,6 @@
 //! points there (through a never-started Pod whose status carries that address, which the API
 //! server checks). Ingest stays on loopback.
 
-use crate::support;
-use crate::wire::*;
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use log_socket::auth::labels::LabelPolicy;
@@ -18,6 +16,8 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use testkit::cluster;
+use testkit::relay::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 /// A kubeconfig whose user gets `token` from an exec plugin, as cloud CLIs do.
@@ -38,7 +38,7 @@ pub(crate) fn exec_kubeconfig_in(token: &str, dir: &Path, namespace: Option<&str
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let admin = std::fs::read_to_string(&support::env().kubeconfig).unwrap();
+    let admin = std::fs::read_to_string(&cluster::env().kubeconfig).unwrap();
     let mut value: serde_yaml::Value = serde_yaml::from_str(&admin).unwrap();
     for user in value["users"].as_sequence_mut().unwrap() {
         user["user"] = serde_yaml::from_str(&format!(
@@ -64,13 +64,13 @@ pub(crate) struct Proxied {
     pub client: kube::Client,
     pub ns: String,
     pub relay: TestRelay,
-    pub _netns: support::netns::NetNs,
+    pub _netns: testkit::netns::NetNs,
 }
 
 pub(crate) async fn proxied(name: &str) -> Proxied {
-    let client = support::client().await;
-    let ns = support::namespace(&client, name).await;
-    let netns = support::netns::NetNs::create();
+    let client = cluster::client().await;
+    let ns = cluster::namespace(&client, name).await;
+    let netns = testkit::netns::NetNs::create();
     let ip = netns.addr;
 
     // The relay, authenticating listeners with TokenReview; its API port in the namespace.
@@ -104,7 +104,7 @@ pub(crate) async fn proxied(name: &str) -> Proxied {
     // The API server only proxies to an endpoint address backed by a Pod with that IP. No
     // kubelet runs here, so the Pod never starts; its status carries the relay's address.
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
-    let _ = support::service_account_token(&client, &ns, "default").await;
+    let _ = cluster::service_account_token(&client, &ns, "default").await;
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "log-socket-0", "labels": {"app": "log-socket"}},
         "spec": {"automountServiceAccountToken": false, "containers": [{"name": "log-socket", "image": "log-socket"}]}
@@ -138,7 +138,7 @@ pub(crate) async fn proxied(name: &str) -> Proxied {
 /// What a listener needs to tail through the proxy: `get` on the flows and on the Service's
 /// proxy subresource (`https:log-socket:api`).
 pub(crate) fn may_tail_through_proxy() -> serde_json::Value {
-    let mut rules = support::may_tap_flows();
+    let mut rules = cluster::may_tap_flows();
     rules.as_array_mut().unwrap().push(json!({
         "apiGroups": [""], "resources": ["services/proxy"], "resourceNames": ["https:log-socket:api"], "verbs": ["get"]
     }));
@@ -148,7 +148,7 @@ pub(crate) fn may_tail_through_proxy() -> serde_json::Value {
 /// k8stail through the API server's proxy to the Service in `ns`, following `target` from now
 /// on as record JSON; stdout and stderr piped.
 pub(crate) fn tail_through_proxy(kubeconfig: &Path, ns: &str, target: &str) -> tokio::process::Child {
-    tokio::process::Command::new(support::bin("k8stail"))
+    tokio::process::Command::new(cluster::bin("k8stail"))
         .args([
             "--kubeconfig",
             kubeconfig.to_str().unwrap(),
@@ -193,9 +193,9 @@ async fn k8stail_streams_through_the_api_server_service_proxy_with_exec_plugin_c
         relay,
         _netns,
     } = proxied("proxy").await;
-    let token = support::service_account_token(&client, &ns, "alice").await;
-    support::grant(&client, &ns, "alice", may_tail_through_proxy()).await;
-    let dir = support::tempdir("k8stail-proxy");
+    let token = cluster::service_account_token(&client, &ns, "alice").await;
+    cluster::grant(&client, &ns, "alice", may_tail_through_proxy()).await;
+    let dir = cluster::tempdir("k8stail-proxy");
     let kubeconfig = exec_kubeconfig(&token, &dir);
 
     let target = format!("{ns}/web");
@@ -215,11 +215,11 @@ async fn k8stail_streams_through_the_api_server_service_proxy_with_exec_plugin_c
     drop(child);
 
     // Without `services/proxy`, the API server refuses and k8stail says what is missing.
-    let bob = support::service_account_token(&client, &ns, "bob").await;
-    support::grant(&client, &ns, "bob", support::may_tap_flows()).await;
-    let bob_kubeconfig = exec_kubeconfig(&bob, &support::tempdir("k8stail-proxy-bob"));
+    let bob = cluster::service_account_token(&client, &ns, "bob").await;
+    cluster::grant(&client, &ns, "bob", cluster::may_tap_flows()).await;
+    let bob_kubeconfig = exec_kubeconfig(&bob, &cluster::tempdir("k8stail-proxy-bob"));
     let bob_tails = |extra: &[&str]| {
-        tokio::process::Command::new(support::bin("k8stail"))
+        tokio::process::Command::new(cluster::bin("k8stail"))
             .args([
                 "--kubeconfig",
                 bob_kubeconfig.to_str().unwrap(),

@@ -6,13 +6,13 @@
 use crate::k8stail_proxy::{
     exec_kubeconfig_in, may_tail_through_proxy, post_once_attached, proxied, tail_through_proxy, Proxied,
 };
-use crate::support;
-use crate::wire::*;
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::Output;
+use testkit::cluster;
+use testkit::relay::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
@@ -78,7 +78,7 @@ async fn create_flow(client: &kube::Client, ns: &str, kind: &str, name: &str) {
 async fn complete(kubeconfig: &Path, words: &[&str]) -> Vec<String> {
     let mut line = vec!["k8stail", "--kubeconfig", kubeconfig.to_str().unwrap()];
     line.extend_from_slice(words);
-    let out = Command::new(support::bin("k8stail"))
+    let out = Command::new(cluster::bin("k8stail"))
         .arg("--")
         .args(&line)
         .env("COMPLETE", "bash")
@@ -105,14 +105,14 @@ async fn sterns_common_invocations_work_alike_or_say_the_k8stail_way_and_kubectl
         relay,
         _netns,
     } = proxied("stern").await;
-    let token = support::service_account_token(&client, &ns, "alice").await;
+    let token = cluster::service_account_token(&client, &ns, "alice").await;
     let mut rules = may_tail_through_proxy();
     // Completion lists flows in her namespace.
     rules.as_array_mut().unwrap().push(
         json!({"apiGroups": ["logging.banzaicloud.io"], "resources": ["flows", "clusterflows"], "verbs": ["list"]}),
     );
-    support::grant(&client, &ns, "alice", rules).await;
-    let dir = support::tempdir("k8stail-stern");
+    cluster::grant(&client, &ns, "alice", rules).await;
+    let dir = cluster::tempdir("k8stail-stern");
     // The context's namespace is the test's: `k8stail web` means this namespace's Flow web.
     let kubeconfig = exec_kubeconfig_in(&token, &dir, Some(&ns));
     let ns_flag = ["--service-namespace", ns.as_str()];
@@ -120,7 +120,7 @@ async fn sterns_common_invocations_work_alike_or_say_the_k8stail_way_and_kubectl
     let run = async |args: &[&str]| -> Output {
         let mut all: Vec<&str> = ns_flag.to_vec();
         all.extend_from_slice(args);
-        let child = Command::new(support::bin("k8stail"))
+        let child = Command::new(cluster::bin("k8stail"))
             .args(["--kubeconfig", kubeconfig.to_str().unwrap()])
             .args(&all)
             .env_remove("K8STAIL_TOKEN")
@@ -362,8 +362,8 @@ async fn sterns_common_invocations_work_alike_or_say_the_k8stail_way_and_kubectl
     // kubectl's plugin discovery finds kubectl-flowtail on PATH and runs it.
     let plugins = dir.join("plugins");
     std::fs::create_dir_all(&plugins).unwrap();
-    std::os::unix::fs::symlink(support::bin("kubectl-flowtail"), plugins.join("kubectl-flowtail")).unwrap();
-    let kubectl = support::control_plane::kubectl_path(support::env().assets.as_deref());
+    std::os::unix::fs::symlink(cluster::bin("kubectl-flowtail"), plugins.join("kubectl-flowtail")).unwrap();
+    let kubectl = testkit::control_plane::kubectl_path(cluster::env().assets.as_deref());
     let path = format!("{}:{}", plugins.display(), std::env::var("PATH").unwrap_or_default());
     let list = Command::new(&kubectl)
         .args(["plugin", "list"])
@@ -410,7 +410,7 @@ async fn sterns_common_invocations_work_alike_or_say_the_k8stail_way_and_kubectl
     create_flow(&client, &ns, "Flow", "web").await;
     create_flow(&client, &ns, "Flow", "api").await;
     create_flow(&client, &ns, "ClusterFlow", "all").await;
-    let other = support::namespace(&client, "stern-other").await;
+    let other = cluster::namespace(&client, "stern-other").await;
     create_flow(&client, &other, "Flow", "hidden").await;
     let offered = complete(&kubeconfig, &["w"]).await;
     assert!(
@@ -439,7 +439,7 @@ async fn sterns_common_invocations_work_alike_or_say_the_k8stail_way_and_kubectl
     let offered = complete(&kubeconfig, &["--context", ""]).await;
     assert_eq!(offered, std::slice::from_ref(&context));
     // The admin may list everything: other namespaces' flows are offered as NS/NAME.
-    let admin = support::env().kubeconfig.clone();
+    let admin = cluster::env().kubeconfig.clone();
     let offered = complete(&admin, &[&format!("{other}/")]).await;
     assert_eq!(offered, [format!("{other}/hidden")]);
     let offered = complete(&admin, &["-n", "stern-oth"]).await;

@@ -1,12 +1,12 @@
 //! `k8stail taps` against the real API server.
 
-use crate::support;
+use testkit::cluster;
 
 #[tokio::test]
 async fn k8stail_taps_lists_the_flowtaps_of_a_namespace() {
-    let client = support::client().await;
-    let ns = support::namespace(&client, "taps").await;
-    let other = support::namespace(&client, "taps-other").await;
+    let client = cluster::client().await;
+    let ns = cluster::namespace(&client, "taps").await;
+    let other = cluster::namespace(&client, "taps-other").await;
     for (ns, name, kind, flow) in [
         (&ns, "a", "Flow", "web"),
         (&ns, "b", "ClusterFlow", "all"),
@@ -16,13 +16,13 @@ async fn k8stail_taps_lists_the_flowtaps_of_a_namespace() {
             "apiVersion: logsocket.dev/v1alpha1\nkind: FlowTap\nmetadata: {{name: {name}, namespace: {ns}}}\n\
              spec: {{flowRef: {{kind: {kind}, name: {flow}}}, persistent: true}}\n"
         );
-        let (ok, _, err) = support::kubectl_with(&support::env().kubeconfig, &["apply", "-f", "-"], Some(&yaml));
+        let (ok, _, err) = cluster::kubectl_with(&cluster::env().kubeconfig, &["apply", "-f", "-"], Some(&yaml));
         assert!(ok, "{err}");
     }
 
-    let out = std::process::Command::new(support::bin("k8stail"))
+    let out = std::process::Command::new(cluster::bin("k8stail"))
         .args(["taps", "-n", &ns, "--kubeconfig"])
-        .arg(&support::env().kubeconfig)
+        .arg(&cluster::env().kubeconfig)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -53,12 +53,12 @@ async fn k8stail_taps_lists_the_flowtaps_of_a_namespace() {
 
 #[tokio::test]
 async fn k8stail_taps_says_what_is_missing_when_the_user_may_not_list_taps() {
-    let client = support::client().await;
-    let ns = support::namespace(&client, "taps-denied").await;
-    let token = support::service_account_token(&client, &ns, "viewer").await;
-    let dir = support::tempdir("taps-denied");
-    let kubeconfig = support::kubeconfig_with_token(&token, &dir.join("kubeconfig"));
-    let out = std::process::Command::new(support::bin("k8stail"))
+    let client = cluster::client().await;
+    let ns = cluster::namespace(&client, "taps-denied").await;
+    let token = cluster::service_account_token(&client, &ns, "viewer").await;
+    let dir = cluster::tempdir("taps-denied");
+    let kubeconfig = cluster::kubeconfig_with_token(&token, &dir.join("kubeconfig"));
+    let out = std::process::Command::new(cluster::bin("k8stail"))
         .args(["taps", "-n", &ns, "--kubeconfig"])
         .arg(&kubeconfig)
         .output()

@@ -1,13 +1,14 @@
 //! Leader election on a real Lease: of several replicas exactly one leads; a stopping leader
 //! hands over at once, a crashed one after the lease duration.
 
-use crate::support;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use log_socket::operator::lease::{run_elected, LeaseConfig};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use testkit::cluster;
+use testkit::poll::{eventually, eventually_within};
 
 /// A replica whose "controller" records that it leads while it runs.
 struct Replica {
@@ -74,8 +75,8 @@ async fn until_led_by(client: &kube::Client, ns: &str, leaders: &Leaders, who: &
 
 #[tokio::test]
 async fn one_replica_leads_a_stopping_leader_hands_over_and_a_crashed_one_expires() {
-    let client = support::client().await;
-    let ns = support::namespace(&client, "lease").await;
+    let client = cluster::client().await;
+    let ns = cluster::namespace(&client, "lease").await;
     let leaders = Arc::new(Leaders::default());
     let a = replica(&client, &ns, "replica-a", &leaders);
     until_led_by(&client, &ns, &leaders, "replica-a").await;
@@ -93,12 +94,10 @@ async fn one_replica_leads_a_stopping_leader_hands_over_and_a_crashed_one_expire
     // A graceful stop releases the lease: one of the others takes over.
     a.stop.send(()).unwrap();
     a.task.await.unwrap();
-    for _ in 0..300 {
-        if matches!(holder(&client, &ns).await.as_deref(), Some("replica-b" | "replica-c")) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("replica-b or replica-c to hold the lease", || async {
+        matches!(holder(&client, &ns).await.as_deref(), Some("replica-b" | "replica-c")).then_some(())
+    })
+    .await;
     let next = holder(&client, &ns).await.unwrap();
     until_led_by(&client, &ns, &leaders, &next).await;
 
@@ -107,12 +106,10 @@ async fn one_replica_leads_a_stopping_leader_hands_over_and_a_crashed_one_expire
     crashed.task.abort();
     let _ = crashed.task.await;
     // Its controller dies with it (its stop channel is gone), without releasing the lease.
-    for _ in 0..100 {
-        if leaders.now.load(Ordering::SeqCst) == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually_within("no leader", Duration::from_secs(5), || async {
+        (leaders.now.load(Ordering::SeqCst) == 0).then_some(())
+    })
+    .await;
     assert_eq!(leaders.now.load(Ordering::SeqCst), 0);
     assert_eq!(
         holder(&client, &ns).await.as_deref(),

@@ -1,15 +1,15 @@
 //! The partially typed logging-operator models keep every field they do not model.
 
-use crate::support;
-use crate::support::{create_cluster_flow, create_flow, create_logging, logging_api as raw_api};
 use kube::api::{Api, PostParams};
 use log_socket::k8s::logging::{ClusterFlow, ClusterOutput, Flow, HttpOutput, Output};
 use serde_json::json;
+use testkit::cluster;
+use testkit::cluster::{create_cluster_flow, create_flow, create_logging, logging_api as raw_api};
 
 #[tokio::test]
 async fn a_flow_read_modified_and_replaced_keeps_fields_the_model_does_not_know() {
-    let client = support::client().await;
-    let ns = support::namespace(&client, "flow-rt").await;
+    let client = cluster::client().await;
+    let ns = cluster::namespace(&client, "flow-rt").await;
     let spec = json!({
         "match": [{"select": {"labels": {"app": "web"}, "container_names": ["nginx"]}},
                   {"exclude": {"labels": {"noisy": "true"}}}],
@@ -49,8 +49,8 @@ async fn a_flow_read_modified_and_replaced_keeps_fields_the_model_does_not_know(
 
 #[tokio::test]
 async fn a_stale_flow_update_is_refused_rather_than_overwriting_a_concurrent_change() {
-    let client = support::client().await;
-    let ns = support::namespace(&client, "flow-rv").await;
+    let client = cluster::client().await;
+    let ns = cluster::namespace(&client, "flow-rv").await;
     create_flow(&client, &ns, "f", json!({"localOutputRefs": ["a"]})).await;
     let flows: Api<Flow> = Api::namespaced(client.clone(), &ns);
     let mut first = flows.get("f").await.unwrap();
@@ -66,8 +66,8 @@ async fn a_stale_flow_update_is_refused_rather_than_overwriting_a_concurrent_cha
 
 #[tokio::test]
 async fn cluster_flows_and_outputs_round_trip_with_unknown_fields() {
-    let client = support::client().await;
-    let ns = support::namespace(&client, "lo-rt").await;
+    let client = cluster::client().await;
+    let ns = cluster::namespace(&client, "lo-rt").await;
 
     let cf_spec = json!({
         "match": [{"select": {"namespaces": ["shop"], "labels": {"app": "web"}}}],

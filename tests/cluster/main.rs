@@ -1,11 +1,5 @@
 //! Integration tests against a real kube-apiserver + etcd (one per test binary, started on
-//! first use; see tests/support). Each test works in its own namespace.
-
-#[path = "../support/mod.rs"]
-mod support;
-#[path = "../support/wire.rs"]
-#[allow(dead_code)]
-mod wire;
+//! first use; see testkit/src/cluster.rs). Each test works in its own namespace.
 
 mod auth;
 mod control_plane;

@@ -1,37 +1,38 @@
 //! The tap operator against the real API server: listeners refcount FlowTaps, the controller
 //! turns them into outputs appended to flows, and everything is restored when they go.
 
-use crate::support;
-use crate::wire::*;
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use log_socket::k8s::flowtap::FlowTap;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
+use testkit::cluster;
+use testkit::relay::*;
 
 pub(crate) const LINGER: Duration = Duration::from_secs(2);
 
-use support::{eventually, Harness, INGEST_URL};
+use testkit::cluster::{Harness, INGEST_URL};
+use testkit::poll::eventually;
 
 pub(crate) async fn harness(prefix: &str) -> Harness {
-    let client = support::client().await;
-    let ns = support::namespace(&client, prefix).await;
+    let client = cluster::client().await;
+    let ns = cluster::namespace(&client, prefix).await;
     harness_in(client, ns, true).await
 }
 
 pub(crate) async fn harness_in(client: kube::Client, ns: String, with_controller: bool) -> Harness {
-    support::harness_with(client, ns, with_controller, LINGER, Duration::from_secs(6)).await
+    cluster::harness_with(client, ns, with_controller, LINGER, Duration::from_secs(6)).await
 }
 
 /// A listener's token, allowed to tap flows in the namespace.
 pub(crate) async fn listener(h: &Harness, name: &str) -> String {
-    let token = support::service_account_token(&h.client, &h.ns, name).await;
-    support::grant(&h.client, &h.ns, name, support::may_tap_flows()).await;
+    let token = cluster::service_account_token(&h.client, &h.ns, name).await;
+    cluster::grant(&h.client, &h.ns, name, cluster::may_tap_flows()).await;
     token
 }
 
 pub(crate) async fn raw(h: &Harness, kind: &str, name: &str) -> Option<Value> {
-    support::logging_api(&h.client, &h.ns, kind)
+    cluster::logging_api(&h.client, &h.ns, kind)
         .get_opt(name)
         .await
         .unwrap()
@@ -60,7 +61,7 @@ pub(crate) fn flow_spec() -> Value {
 #[tokio::test]
 async fn a_listener_taps_a_flow_and_the_flow_is_restored_exactly_after_the_last_one_leaves() {
     let h = harness("op-flow").await;
-    support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    cluster::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
     let before = raw(&h, "Flow", "web").await.unwrap()["spec"].clone();
     let alice = listener(&h, "alice").await;
     let bob = listener(&h, "bob").await;
@@ -89,7 +90,7 @@ async fn a_listener_taps_a_flow_and_the_flow_is_restored_exactly_after_the_last_
     assert_eq!(buffer["retry_forever"], false);
     // The credential of this flow's path only, inline (no Secret in the tenant's namespace).
     let path = format!("flow/{}/web", h.ns);
-    let (user, password) = crate::wire::test_keys().credential(&path);
+    let (user, password) = testkit::relay::test_keys().credential(&path);
     assert_eq!(
         http["auth"],
         json!({"username": {"value": user}, "password": {"value": password}})
@@ -119,7 +120,7 @@ async fn a_listener_taps_a_flow_and_the_flow_is_restored_exactly_after_the_last_
         (tap(&h, "flow-web").await?.status?.phase == Some(log_socket::k8s::flowtap::Phase::Active)).then_some(())
     })
     .await;
-    let (ok, out, err) = support::kubectl(&["get", "flowtaps", "-n", &h.ns]);
+    let (ok, out, err) = cluster::kubectl(&["get", "flowtaps", "-n", &h.ns]);
     assert!(ok, "{err}");
     let row: Vec<&str> = out.lines().nth(1).expect("a row").split_whitespace().collect();
     assert_eq!(&row[..6], ["flow-web", "Flow", "web", "1", "false", "Active"], "{out}");
@@ -127,7 +128,7 @@ async fn a_listener_taps_a_flow_and_the_flow_is_restored_exactly_after_the_last_
     // A second listener shares the tap: count 2, still one output.
     let mut b = connect(&h.relay, &format!("/flow/{}/web", h.ns), &bob).await;
     assert_eq!(listeners(&h, "flow-web").await, Some(2));
-    let outputs = support::logging_api(&h.client, &h.ns, "Output")
+    let outputs = cluster::logging_api(&h.client, &h.ns, "Output")
         .list(&ListParams::default())
         .await
         .unwrap();
@@ -171,10 +172,10 @@ async fn a_listener_taps_a_flow_and_the_flow_is_restored_exactly_after_the_last_
 async fn with_no_linger_a_new_tap_waits_for_its_listener_to_register_and_goes_when_it_leaves() {
     // The listener creates the FlowTap, then registers its session: in between the controller
     // saw a tap with no listener, and with no linger deleted it (found by the bench).
-    let client = support::client().await;
-    let ns = support::namespace(&client, "op-nolinger").await;
-    let h = support::harness_with(client, ns, true, Duration::ZERO, Duration::from_secs(6)).await;
-    support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    let client = cluster::client().await;
+    let ns = cluster::namespace(&client, "op-nolinger").await;
+    let h = cluster::harness_with(client, ns, true, Duration::ZERO, Duration::from_secs(6)).await;
+    cluster::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
     let alice = listener(&h, "alice").await;
     for round in 0..3 {
         let ws = connect(&h.relay, &format!("/flow/{}/web", h.ns), &alice).await;
@@ -199,7 +200,7 @@ async fn with_no_linger_a_new_tap_waits_for_its_listener_to_register_and_goes_wh
 async fn a_clusterflow_tap_gets_a_clusteroutput_in_the_global_refs() {
     let h = harness("op-cf").await;
     let spec = json!({"match": [{"select": {"namespaces": ["shop"]}}], "globalOutputRefs": ["archive"]});
-    support::create_cluster_flow(&h.client, &h.ns, "all", spec.clone()).await;
+    cluster::create_cluster_flow(&h.client, &h.ns, "all", spec.clone()).await;
     let alice = listener(&h, "alice").await;
     let ws = connect(&h.relay, &format!("/clusterflow/{}/all", h.ns), &alice).await;
 
@@ -228,14 +229,14 @@ async fn a_clusterflow_tap_gets_a_clusteroutput_in_the_global_refs() {
 #[tokio::test]
 async fn a_persistent_tap_from_yaml_stays_without_listeners_and_listeners_join_it() {
     let h = harness("op-gitops").await;
-    support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    cluster::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
     let yaml = format!(
         "apiVersion: logsocket.dev/v1alpha1\nkind: FlowTap\nmetadata: {{name: web-tap, namespace: {}}}\n\
          spec: {{flowRef: {{kind: Flow, name: web}}, persistent: true, replay: {{records: 2}},\n\
          buffer: {{flushInterval: 500ms}}}}\n",
         h.ns
     );
-    let (ok, _, err) = support::kubectl_with(&support::env().kubeconfig, &["apply", "-f", "-"], Some(&yaml));
+    let (ok, _, err) = cluster::kubectl_with(&cluster::env().kubeconfig, &["apply", "-f", "-"], Some(&yaml));
     assert!(ok, "{err}");
     let output = eventually("the Output", || async { raw(&h, "Output", "logsocket-web-tap").await }).await;
     assert_eq!(
@@ -281,7 +282,7 @@ async fn a_persistent_tap_from_yaml_stays_without_listeners_and_listeners_join_i
     drop(ws);
 
     // Deleting it (from git) restores the flow and removes the output.
-    let (ok, _, err) = support::kubectl(&["delete", "flowtap", "web-tap", "-n", &h.ns, "--wait=false"]);
+    let (ok, _, err) = cluster::kubectl(&["delete", "flowtap", "web-tap", "-n", &h.ns, "--wait=false"]);
     assert!(ok, "{err}");
     eventually("the tap gone", || async {
         tap(&h, "web-tap").await.is_none().then_some(())
@@ -297,7 +298,7 @@ async fn a_persistent_tap_from_yaml_stays_without_listeners_and_listeners_join_i
 #[tokio::test]
 async fn concurrent_listeners_are_all_counted_and_all_removed() {
     let h = harness("op-many").await;
-    support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    cluster::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
     let token = listener(&h, "alice").await;
     let path = format!("/flow/{}/web", h.ns);
     let connects = (0..8).map(|_| connect(&h.relay, &path, &token));
@@ -323,7 +324,7 @@ async fn concurrent_listeners_are_all_counted_and_all_removed() {
 #[tokio::test]
 async fn the_controller_repairs_a_removed_ref_and_keeps_concurrent_flow_edits() {
     let h = harness("op-drift").await;
-    support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    cluster::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
     let alice = listener(&h, "alice").await;
     let _ws = connect(&h.relay, &format!("/flow/{}/web", h.ns), &alice).await;
     eventually("the flow patched", || async {
@@ -406,7 +407,7 @@ pub(crate) fn condition<'a>(s: &'a log_socket::k8s::flowtap::FlowTapStatus, type
 #[tokio::test]
 async fn a_mirror_tap_leaves_the_flow_untouched_and_follows_its_match_and_filters() {
     let h = harness("op-mirror").await;
-    support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    cluster::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
     let before = raw(&h, "Flow", "web").await.unwrap();
     persistent_tap(
         &h,
@@ -449,7 +450,7 @@ async fn a_mirror_tap_leaves_the_flow_untouched_and_follows_its_match_and_filter
     );
 
     // The user changes the flow's filters: the mirror follows.
-    let flows = support::logging_api(&h.client, &h.ns, "Flow");
+    let flows = cluster::logging_api(&h.client, &h.ns, "Flow");
     let mut f = flows.get("web").await.unwrap();
     f.data["spec"]["filters"] =
         json!([{"tag_normaliser": {}}, {"grep": {"regexp": [{"key": "level", "pattern": "/error/"}]}}]);
@@ -461,7 +462,7 @@ async fn a_mirror_tap_leaves_the_flow_untouched_and_follows_its_match_and_filter
     .await;
     event(&h, "MirrorSynced").await;
 
-    let (ok, _, err) = support::kubectl(&["delete", "flowtap", "web-tap", "-n", &h.ns, "--wait=false"]);
+    let (ok, _, err) = cluster::kubectl(&["delete", "flowtap", "web-tap", "-n", &h.ns, "--wait=false"]);
     assert!(ok, "{err}");
     eventually("the tap gone", || async {
         tap(&h, "web-tap").await.is_none().then_some(())
@@ -478,14 +479,14 @@ async fn a_mirror_tap_leaves_the_flow_untouched_and_follows_its_match_and_filter
 
 #[tokio::test]
 async fn leftovers_of_deleted_taps_are_removed_at_start_and_foreign_objects_are_kept() {
-    let client = support::client().await;
-    let ns = support::namespace(&client, "op-orphans").await;
+    let client = cluster::client().await;
+    let ns = cluster::namespace(&client, "op-orphans").await;
     let managed = json!({"app.kubernetes.io/managed-by": "log-socket"});
     let gone_owner = json!([{"apiVersion": "logsocket.dev/v1alpha1", "kind": "FlowTap", "name": "old",
                              "uid": "00000000-0000-0000-0000-000000000000", "controller": true}]);
     let http = json!({"http": {"endpoint": "http://log-socket.test.svc:10000/flow/x/web"}});
     let object = |kind: &str, name: &str, meta: Value, spec: Value| {
-        let mut o = support::logging_object(kind, name, spec);
+        let mut o = cluster::logging_object(kind, name, spec);
         o["metadata"]
             .as_object_mut()
             .unwrap()
@@ -494,7 +495,7 @@ async fn leftovers_of_deleted_taps_are_removed_at_start_and_foreign_objects_are_
     };
     // Left by a tap that is gone: its output, a ref to it, a ref to an output already deleted,
     // and a mirror flow.
-    support::create_logging(
+    cluster::create_logging(
         &client,
         &ns,
         object(
@@ -505,7 +506,7 @@ async fn leftovers_of_deleted_taps_are_removed_at_start_and_foreign_objects_are_
         ),
     )
     .await;
-    support::create_logging(
+    cluster::create_logging(
         &client,
         &ns,
         object(
@@ -517,7 +518,7 @@ async fn leftovers_of_deleted_taps_are_removed_at_start_and_foreign_objects_are_
     )
     .await;
     // Someone else's: an unlabelled output that happens to use our prefix.
-    support::create_logging(
+    cluster::create_logging(
         &client,
         &ns,
         object("Output", "logsocket-theirs", json!({}), http.clone()),
@@ -525,7 +526,7 @@ async fn leftovers_of_deleted_taps_are_removed_at_start_and_foreign_objects_are_
     .await;
     let mut spec = flow_spec();
     spec["localOutputRefs"] = json!(["loki", "logsocket-old", "logsocket-deleted", "logsocket-theirs"]);
-    support::create_flow(&client, &ns, "web", spec).await;
+    cluster::create_flow(&client, &ns, "web", spec).await;
 
     let h = harness_in(client, ns, true).await;
     eventually("the leftover refs removed", || async {
@@ -549,7 +550,7 @@ async fn leftovers_of_deleted_taps_are_removed_at_start_and_foreign_objects_are_
 #[tokio::test]
 async fn a_tap_reports_arriving_records_and_the_problems_logging_operator_finds() {
     let h = harness("op-status").await;
-    support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    cluster::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
     persistent_tap(
         &h,
         "web-tap",
@@ -582,7 +583,7 @@ async fn a_tap_reports_arriving_records_and_the_problems_logging_operator_finds(
     );
 
     // logging-operator finds a problem with the flow: the tap says so and is Degraded.
-    let flows = support::logging_api(&h.client, &h.ns, "Flow");
+    let flows = cluster::logging_api(&h.client, &h.ns, "Flow");
     let mut f = flows.get("web").await.unwrap();
     f.data["status"] =
         json!({"active": true, "problems": ["dangling global output reference: nowhere"], "problemsCount": 1});
@@ -604,7 +605,7 @@ async fn a_tap_reports_arriving_records_and_the_problems_logging_operator_finds(
 #[tokio::test]
 async fn sessions_of_a_relay_that_stopped_renewing_expire() {
     let h = harness("op-expire").await;
-    support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    cluster::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
     let api: Api<FlowTap> = Api::namespaced(h.client.clone(), &h.ns);
     persistent_tap(
         &h,
@@ -628,10 +629,10 @@ async fn sessions_of_a_relay_that_stopped_renewing_expire() {
 
 #[tokio::test]
 async fn a_restart_between_creating_the_output_and_patching_the_flow_completes_the_tap() {
-    let client = support::client().await;
-    let ns = support::namespace(&client, "op-crash").await;
+    let client = cluster::client().await;
+    let ns = cluster::namespace(&client, "op-crash").await;
     // First life: no controller; the tap and its output exist, the flow was never patched.
-    support::create_flow(&client, &ns, "web", flow_spec()).await;
+    cluster::create_flow(&client, &ns, "web", flow_spec()).await;
     let api: Api<FlowTap> = Api::namespaced(client.clone(), &ns);
     let tap: FlowTap = serde_json::from_value(json!({
         "apiVersion": "logsocket.dev/v1alpha1", "kind": "FlowTap",
@@ -645,7 +646,7 @@ async fn a_restart_between_creating_the_output_and_patching_the_flow_completes_t
                      "ownerReferences": [{"apiVersion": "logsocket.dev/v1alpha1", "kind": "FlowTap", "name": "web-tap",
                                           "uid": tap.metadata.uid, "controller": true}]},
         "spec": {"http": {"endpoint": "http://stale.example/flow/x/y"}}});
-    support::create_logging(&client, &ns, output).await;
+    cluster::create_logging(&client, &ns, output).await;
 
     // Second life: the controller finishes the job (and repairs the stale output).
     let h = harness_in(client, ns, true).await;
@@ -664,10 +665,10 @@ async fn a_restart_between_creating_the_output_and_patching_the_flow_completes_t
 #[tokio::test]
 async fn an_output_name_taken_by_someone_else_is_left_alone_and_reported() {
     let h = harness("op-taken").await;
-    support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    cluster::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
     let theirs = json!({"apiVersion": "logging.banzaicloud.io/v1beta1", "kind": "Output",
         "metadata": {"name": "logsocket-web-tap"}, "spec": {"loki": {"url": "http://loki:3100"}}});
-    support::create_logging(&h.client, &h.ns, theirs).await;
+    cluster::create_logging(&h.client, &h.ns, theirs).await;
     let api: Api<FlowTap> = Api::namespaced(h.client.clone(), &h.ns);
     persistent_tap(
         &h,
@@ -710,7 +711,7 @@ async fn tap_statuses(ws: &mut Ws, done: impl Fn(&Value) -> bool) -> Vec<Value> 
 #[tokio::test]
 async fn a_listener_is_told_how_its_tap_warms_up() {
     let h = harness("op-warmup").await;
-    support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    cluster::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
     let alice = listener(&h, "alice").await;
     let path = format!("/flow/{}/web", h.ns);
     let mut ws = connect(&h.relay, &path, &alice).await;
@@ -737,7 +738,7 @@ async fn k8stail_reports_a_tap_that_cannot_work_and_exits_1_unless_it_waits() {
     // No Flow named web: the tap fails with FlowNotFound.
     let alice = listener(&h, "alice").await;
     let k8stail = |wait: bool| {
-        let mut cmd = tokio::process::Command::new(support::bin("k8stail"));
+        let mut cmd = tokio::process::Command::new(cluster::bin("k8stail"));
         cmd.args(["--server", &format!("http://{}", h.relay.api), "--token", &alice])
             .arg(format!("{}/web", h.ns))
             .env("KUBECONFIG", "/nonexistent")
@@ -784,7 +785,7 @@ async fn connect_and_disconnect_churn_leaves_no_tap_output_or_ref_behind() {
     let h = harness("op-churn").await;
     let flows = ["web0", "web1", "web2"];
     for f in flows {
-        support::create_flow(&h.client, &h.ns, f, flow_spec()).await;
+        cluster::create_flow(&h.client, &h.ns, f, flow_spec()).await;
     }
     let alice = listener(&h, "alice").await;
     let workers = 10;
@@ -821,7 +822,7 @@ async fn connect_and_disconnect_churn_leaves_no_tap_output_or_ref_behind() {
 
     // After the linger, nothing is left: no FlowTap, no Output, every Flow as before.
     let taps: Api<FlowTap> = Api::namespaced(h.client.clone(), &h.ns);
-    let outputs = support::logging_api(&h.client, &h.ns, "Output");
+    let outputs = cluster::logging_api(&h.client, &h.ns, "Output");
     for _ in 0..600 {
         let left_taps = taps.list(&ListParams::default()).await.unwrap().items.len();
         let left_outputs = outputs.list(&ListParams::default()).await.unwrap().items.len();
@@ -854,15 +855,15 @@ async fn connect_and_disconnect_churn_leaves_no_tap_output_or_ref_behind() {
 
 #[tokio::test]
 async fn a_user_taps_only_so_many_flows_and_a_flowtap_holds_only_so_many_sessions() {
-    let client = support::client().await;
-    let ns = support::namespace(&client, "op-caps").await;
-    let h = support::harness_configured(client, ns, true, LINGER, Duration::from_secs(6), |c| {
+    let client = cluster::client().await;
+    let ns = cluster::namespace(&client, "op-caps").await;
+    let h = cluster::harness_configured(client, ns, true, LINGER, Duration::from_secs(6), |c| {
         c.limits.taps_per_user = 1;
         c.limits.sessions_per_tap = 2;
     })
     .await;
     for flow in ["web", "api"] {
-        support::create_flow(&h.client, &h.ns, flow, flow_spec()).await;
+        cluster::create_flow(&h.client, &h.ns, flow, flow_spec()).await;
     }
     let alice = listener(&h, "alice").await;
     let bob = listener(&h, "bob").await;

@@ -1,21 +1,22 @@
 //! The `log-socket run` binary in cluster mode against the real API server.
 
-use crate::support;
 use futures::StreamExt;
 use std::time::Duration;
+use testkit::cluster;
+use testkit::poll::{eventually, free_port};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn the_service_binary_refuses_to_start_without_permission_and_says_which() {
-    let client = support::client().await;
-    let ns = support::namespace(&client, "svc-perm").await;
-    let token = support::service_account_token(&client, &ns, "log-socket").await;
-    let dir = support::tempdir("svc-perm");
-    let kubeconfig = support::kubeconfig_with_token(&token, &dir.join("kubeconfig"));
+    let client = cluster::client().await;
+    let ns = cluster::namespace(&client, "svc-perm").await;
+    let token = cluster::service_account_token(&client, &ns, "log-socket").await;
+    let dir = cluster::tempdir("svc-perm");
+    let kubeconfig = cluster::kubeconfig_with_token(&token, &dir.join("kubeconfig"));
 
-    let out = tokio::process::Command::new(support::bin("log-socket"))
+    let out = tokio::process::Command::new(cluster::bin("log-socket"))
         .args([
             "run",
             "--ingest-insecure",
@@ -35,21 +36,13 @@ async fn the_service_binary_refuses_to_start_without_permission_and_says_which()
     assert!(!stderr.contains(&token), "the token never appears in the logs");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `log-socket run` in cluster mode for one namespace, as its own ServiceAccount with exactly
 /// the shipped RBAC (config/rbac, so a missing verb fails here), on fixed ports so it can be
 /// restarted where its clients expect it.
 pub(crate) struct Setup {
     pub ns: String,
     /// logging-operator's part for the namespace.
-    _logging_operator: support::logging_operator::LoggingOperator,
+    _logging_operator: testkit::logging_operator::LoggingOperator,
     kubeconfig: std::path::PathBuf,
     /// The server's ingest keys (`--ingest-key-file`), with the tests' key.
     keys: std::path::PathBuf,
@@ -60,16 +53,16 @@ pub(crate) struct Setup {
 
 impl Setup {
     pub async fn new(client: &kube::Client, prefix: &str) -> Setup {
-        let ns = support::namespace(client, prefix).await;
-        let dir = support::tempdir(prefix);
+        let ns = cluster::namespace(client, prefix).await;
+        let dir = cluster::tempdir(prefix);
         let keys = dir.join("ingest-keys");
-        std::fs::write(&keys, format!("{}\n", crate::wire::TEST_KEY)).unwrap();
-        let token = support::service_account_token(client, &ns, "log-socket").await;
-        support::grant_shipped_rbac(client, &ns, "log-socket").await;
-        let kubeconfig = support::kubeconfig_with_token(&token, &dir.join("kubeconfig"));
+        std::fs::write(&keys, format!("{}\n", testkit::relay::TEST_KEY)).unwrap();
+        let token = cluster::service_account_token(client, &ns, "log-socket").await;
+        cluster::grant_shipped_rbac(client, &ns, "log-socket").await;
+        let kubeconfig = cluster::kubeconfig_with_token(&token, &dir.join("kubeconfig"));
         let addr = || std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
         Setup {
-            _logging_operator: support::logging_operator::start(client, &ns).await,
+            _logging_operator: testkit::logging_operator::start(client, &ns).await,
             ns,
             kubeconfig,
             keys,
@@ -80,7 +73,7 @@ impl Setup {
     }
 
     /// Start the service and wait until it is ready.
-    pub async fn start(&self, extra: &[&str]) -> crate::wire::Service {
+    pub async fn start(&self, extra: &[&str]) -> testkit::relay::Service {
         self.start_at(self.ingest, self.api, self.health, extra).await
     }
 
@@ -91,9 +84,9 @@ impl Setup {
         api: std::net::SocketAddr,
         health: std::net::SocketAddr,
         extra: &[&str],
-    ) -> crate::wire::Service {
-        let service = crate::wire::Service::spawn(
-            tokio::process::Command::new(support::bin("log-socket"))
+    ) -> testkit::relay::Service {
+        let service = testkit::relay::Service::spawn(
+            tokio::process::Command::new(cluster::bin("log-socket"))
                 .args([
                     "run",
                     "--log-level",
@@ -117,13 +110,13 @@ impl Setup {
 
     /// POST records to the flow's ingest path, as fluentd does; the status and body.
     async fn post(&self, records: &serde_json::Value) -> (u16, String) {
-        crate::wire::request(
+        testkit::relay::request(
             self.ingest,
             "POST",
             &format!("/flow/{}/web", self.ns),
             &[(
                 "Authorization",
-                &crate::wire::flow_auth(&format!("flow/{}/web", self.ns)),
+                &testkit::relay::flow_auth(&format!("flow/{}/web", self.ns)),
             )],
             records.to_string().as_bytes(),
         )
@@ -144,19 +137,19 @@ impl Setup {
     }
 
     pub async fn flow_refs(&self, client: &kube::Client) -> serde_json::Value {
-        let flow = support::logging_api(client, &self.ns, "Flow").get("web").await.unwrap();
+        let flow = cluster::logging_api(client, &self.ns, "Flow").get("web").await.unwrap();
         flow.data["spec"]["localOutputRefs"].clone()
     }
 }
 
 #[tokio::test]
 async fn the_service_relays_to_a_service_account_and_stops_cleanly_on_sigterm() {
-    let client = support::client().await;
+    let client = cluster::client().await;
     let s = Setup::new(&client, "svc-run").await;
     let ns = s.ns.clone();
-    let token = support::service_account_token(&client, &ns, "alice").await;
-    support::grant(&client, &ns, "alice", support::may_tap_flows()).await;
-    support::create_flow(&client, &ns, "web", serde_json::json!({"localOutputRefs": ["loki"]})).await;
+    let token = cluster::service_account_token(&client, &ns, "alice").await;
+    cluster::grant(&client, &ns, "alice", cluster::may_tap_flows()).await;
+    cluster::create_flow(&client, &ns, "web", serde_json::json!({"localOutputRefs": ["loki"]})).await;
     let service = s.start(&[]).await;
     let api = s.api.port();
 
@@ -188,7 +181,7 @@ async fn the_service_relays_to_a_service_account_and_stops_cleanly_on_sigterm() 
 
     // With only the shipped RBAC, the operator takes the Lease, creates the output, patches the
     // flow and reports the tap Active.
-    support::eventually("the tap became Active under the shipped RBAC", async || {
+    eventually("the tap became Active under the shipped RBAC", async || {
         matches!(
             s.tap(&client).await,
             Some((Some(log_socket::k8s::flowtap::Phase::Active), _))
@@ -200,7 +193,7 @@ async fn the_service_relays_to_a_service_account_and_stops_cleanly_on_sigterm() 
         s.flow_refs(&client).await,
         serde_json::json!(["loki", "logsocket-flow-web"])
     );
-    let output = support::logging_api(&client, &ns, "Output")
+    let output = cluster::logging_api(&client, &ns, "Output")
         .get("logsocket-flow-web")
         .await
         .unwrap();
@@ -217,7 +210,7 @@ async fn the_service_relays_to_a_service_account_and_stops_cleanly_on_sigterm() 
     let post_to = |flow: &str| {
         let path = format!("/flow/{ns}/{flow}");
         let (header, body, ingest) = (header.clone(), body.clone(), s.ingest);
-        async move { crate::wire::request(ingest, "POST", &path, &[("Authorization", &header)], body.as_bytes()).await }
+        async move { testkit::relay::request(ingest, "POST", &path, &[("Authorization", &header)], body.as_bytes()).await }
     };
     let (code, text) = post_to("web").await;
     assert!(code == 200 || code == 202, "{code} {text}");
@@ -259,11 +252,11 @@ async fn the_service_relays_to_a_service_account_and_stops_cleanly_on_sigterm() 
 
 #[tokio::test]
 async fn a_killed_service_restarts_and_k8stail_follows_it_saying_what_may_be_missing() {
-    let client = support::client().await;
+    let client = cluster::client().await;
     let s = Setup::new(&client, "svc-kill").await;
-    let token = support::service_account_token(&client, &s.ns, "alice").await;
-    support::grant(&client, &s.ns, "alice", support::may_tap_flows()).await;
-    support::create_flow(&client, &s.ns, "web", serde_json::json!({"localOutputRefs": ["loki"]})).await;
+    let token = cluster::service_account_token(&client, &s.ns, "alice").await;
+    cluster::grant(&client, &s.ns, "alice", cluster::may_tap_flows()).await;
+    cluster::create_flow(&client, &s.ns, "web", serde_json::json!({"localOutputRefs": ["loki"]})).await;
     // A short session TTL, so the killed relay's session (never unregistered) expires quickly;
     // no linger, so the tap goes as soon as the last listener leaves.
     let flags = ["--session-ttl", "3s", "--tap-linger", "0s"];
@@ -271,7 +264,7 @@ async fn a_killed_service_restarts_and_k8stail_follows_it_saying_what_may_be_mis
 
     let server = format!("http://{}", s.api);
     let target = format!("{}/web", s.ns);
-    let mut tail = tokio::process::Command::new(support::bin("k8stail"))
+    let mut tail = tokio::process::Command::new(cluster::bin("k8stail"))
         .args([
             "--server",
             &server,
@@ -341,7 +334,7 @@ async fn a_killed_service_restarts_and_k8stail_follows_it_saying_what_may_be_mis
     until_printed("after the restart").await;
 
     // One listener (the dead relay's session expired), one ref, the tap working again.
-    support::eventually("the tap is Active with exactly k8stail's session", async || {
+    eventually("the tap is Active with exactly k8stail's session", async || {
         (s.tap(&client).await == Some((Some(log_socket::k8s::flowtap::Phase::Active), 1))).then_some(())
     })
     .await;
@@ -351,7 +344,7 @@ async fn a_killed_service_restarts_and_k8stail_follows_it_saying_what_may_be_mis
     );
     // The relay renewing k8stail's session reports its bus in the FlowTap's status.
     let taps: kube::Api<log_socket::k8s::flowtap::FlowTap> = kube::Api::namespaced(client.clone(), &s.ns);
-    support::eventually("the FlowTap status names the bus", async || {
+    eventually("the FlowTap status names the bus", async || {
         let bus = taps.get("flow-web").await.ok()?.status?.bus?;
         (bus.kind == "embedded" && bus.stream.is_none()).then_some(())
     })
@@ -375,9 +368,9 @@ async fn a_killed_service_restarts_and_k8stail_follows_it_saying_what_may_be_mis
     );
 
     // Nothing left behind by the crash: the tap, its Output and the Flow's ref go.
-    support::eventually("the tap is gone", async || s.tap(&client).await.is_none().then_some(())).await;
+    eventually("the tap is gone", async || s.tap(&client).await.is_none().then_some(())).await;
     assert_eq!(s.flow_refs(&client).await, serde_json::json!(["loki"]));
-    let outputs = support::logging_api(&client, &s.ns, "Output");
+    let outputs = cluster::logging_api(&client, &s.ns, "Output");
     assert!(outputs.get_opt("logsocket-flow-web").await.unwrap().is_none());
     second.terminate();
     second.exited_cleanly().await;
@@ -385,11 +378,11 @@ async fn a_killed_service_restarts_and_k8stail_follows_it_saying_what_may_be_mis
 
 #[tokio::test]
 async fn two_replicas_serving_listeners_on_the_embedded_bus_log_that_listeners_miss_records() {
-    let client = support::client().await;
+    let client = cluster::client().await;
     let s = Setup::new(&client, "svc-replicas").await;
-    let token = support::service_account_token(&client, &s.ns, "alice").await;
-    support::grant(&client, &s.ns, "alice", support::may_tap_flows()).await;
-    support::create_flow(&client, &s.ns, "web", serde_json::json!({"localOutputRefs": ["loki"]})).await;
+    let token = cluster::service_account_token(&client, &s.ns, "alice").await;
+    cluster::grant(&client, &s.ns, "alice", cluster::may_tap_flows()).await;
+    cluster::create_flow(&client, &s.ns, "web", serde_json::json!({"localOutputRefs": ["loki"]})).await;
     let first = s.start(&["--session-ttl", "3s", "--instance", "relay-a"]).await;
     // A second replica of the same installation, on ports of its own.
     let port = || std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));

@@ -1,12 +1,13 @@
 //! A tap never breaks the Logging: every refusal leaves the flow as it was, says why in the
 //! FlowTap's status and in a Warning Event, and proceeds once the cause is fixed. The tests
-//! play logging-operator's part with tests/support/logging_operator.rs.
+//! play logging-operator's part with testkit/src/logging_operator.rs.
 
 use crate::operator::{condition, event, flow_spec, harness, has_reason, persistent_tap, raw, status_when};
-use crate::support::{self, eventually};
 use kube::api::{Api, Patch, PatchParams};
 use log_socket::k8s::flowtap::{FlowTap, Phase};
 use serde_json::json;
+use testkit::cluster;
+use testkit::poll::eventually;
 
 fn web_tap() -> serde_json::Value {
     json!({"flowRef": {"kind": "Flow", "name": "web"}, "persistent": true})
@@ -18,9 +19,9 @@ fn refs(flow: &serde_json::Value) -> serde_json::Value {
 
 #[tokio::test]
 async fn without_its_tls_secret_a_tap_changes_nothing_and_proceeds_once_it_exists() {
-    let client = support::client().await;
-    let ns = support::namespace(&client, "safe-secret").await;
-    let h = support::harness_configured(
+    let client = cluster::client().await;
+    let ns = cluster::namespace(&client, "safe-secret").await;
+    let h = cluster::harness_configured(
         client,
         ns,
         true,
@@ -29,7 +30,7 @@ async fn without_its_tls_secret_a_tap_changes_nothing_and_proceeds_once_it_exist
         |c| c.tls_secret = Some("log-socket-ingest-tls".into()),
     )
     .await;
-    support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    cluster::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
     persistent_tap(&h, "web-tap", web_tap()).await;
     let s = status_when(&h, "web-tap", "Failed: SecretMissing", |s| {
         s.phase == Some(Phase::Failed)
@@ -42,7 +43,7 @@ async fn without_its_tls_secret_a_tap_changes_nothing_and_proceeds_once_it_exist
     assert!(raw(&h, "Output", "logsocket-web-tap").await.is_none());
     assert_eq!(refs(&raw(&h, "Flow", "web").await.unwrap()), json!(["loki"]));
 
-    support::output_tls_secret(&h.client, &h.ns).await;
+    cluster::output_tls_secret(&h.client, &h.ns).await;
     status_when(&h, "web-tap", "Active", |s| s.phase == Some(Phase::Active)).await;
     assert_eq!(
         refs(&raw(&h, "Flow", "web").await.unwrap()),
@@ -54,7 +55,7 @@ async fn without_its_tls_secret_a_tap_changes_nothing_and_proceeds_once_it_exist
 async fn the_flow_names_the_output_only_after_logging_operator_validated_it() {
     let h = harness("safe-validate").await;
     h.logging_operator.behaviour.lock().unwrap().paused = true;
-    support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    cluster::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
     persistent_tap(&h, "web-tap", web_tap()).await;
     let s = status_when(&h, "web-tap", "Validating", |s| {
         has_reason(s, "OutputReady", "Validating")
@@ -89,7 +90,7 @@ async fn an_output_logging_operator_rejects_is_never_named_by_the_flow() {
         .unwrap()
         .reject_outputs
         .insert("logsocket-web-tap".into());
-    support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    cluster::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
     persistent_tap(&h, "web-tap", web_tap()).await;
     let s = status_when(&h, "web-tap", "Failed: OutputRejected", |s| {
         s.phase == Some(Phase::Failed)
@@ -111,7 +112,7 @@ async fn a_flow_no_logging_renders_is_not_tapped() {
     let h = harness("safe-logging").await;
     let mut spec = flow_spec();
     spec["loggingRef"] = json!("elsewhere");
-    support::create_flow(&h.client, &h.ns, "web", spec).await;
+    cluster::create_flow(&h.client, &h.ns, "web", spec).await;
     persistent_tap(&h, "web-tap", web_tap()).await;
     let s = status_when(&h, "web-tap", "Failed: LoggingMismatch", |s| {
         s.phase == Some(Phase::Failed)
@@ -132,7 +133,7 @@ async fn a_configuration_check_that_fails_with_the_tap_restores_the_flow_and_rem
         .unwrap()
         .fail_config_with
         .insert("logsocket-web-tap".into());
-    support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    cluster::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
     persistent_tap(&h, "web-tap", web_tap()).await;
     let s = status_when(&h, "web-tap", "Failed: ConfigCheckFailed", |s| {
         has_reason(s, "FlowPatched", "ConfigCheckFailed")
@@ -173,7 +174,7 @@ async fn the_output_and_a_mirror_belong_to_the_flows_logging_and_a_mirror_has_no
     spec["loggingRef"] = json!("blue");
     spec["flowLabel"] = json!("@web");
     spec["includeLabelInRouter"] = json!(true);
-    support::create_flow(&h.client, &h.ns, "web", spec).await;
+    cluster::create_flow(&h.client, &h.ns, "web", spec).await;
     persistent_tap(&h, "web-tap", web_tap()).await;
     // Without configuration checks on "blue", the tap is validated by the stand-in and patched.
     status_when(&h, "web-tap", "Active", |s| s.phase == Some(Phase::Active)).await;
@@ -207,8 +208,8 @@ async fn the_output_and_a_mirror_belong_to_the_flows_logging_and_a_mirror_has_no
 #[tokio::test]
 async fn a_changed_flow_ref_restores_the_old_flow_before_the_new_one_is_patched() {
     let h = harness("safe-move").await;
-    support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
-    support::create_flow(&h.client, &h.ns, "api", flow_spec()).await;
+    cluster::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    cluster::create_flow(&h.client, &h.ns, "api", flow_spec()).await;
     persistent_tap(&h, "moving", web_tap()).await;
     status_when(&h, "moving", "Active on web", |s| {
         s.phase == Some(Phase::Active) && s.patched.as_ref().is_some_and(|p| p.flow_ref.name == "web")
@@ -243,7 +244,7 @@ async fn a_changed_flow_ref_restores_the_old_flow_before_the_new_one_is_patched(
 #[tokio::test]
 async fn two_flowtaps_on_one_flow_share_one_output_and_the_survivor_takes_over() {
     let h = harness("safe-share").await;
-    support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    cluster::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
     persistent_tap(&h, "web-a", web_tap()).await;
     status_when(&h, "web-a", "web-a Active", |s| s.phase == Some(Phase::Active)).await;
     persistent_tap(&h, "web-b", web_tap()).await;
@@ -286,7 +287,7 @@ async fn two_flowtaps_on_one_flow_share_one_output_and_the_survivor_takes_over()
 #[tokio::test]
 async fn a_tap_whose_finalizer_was_removed_by_hand_has_its_flow_restored_before_its_output_goes() {
     let h = harness("safe-orphan").await;
-    support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    cluster::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
     persistent_tap(&h, "web-tap", web_tap()).await;
     status_when(&h, "web-tap", "Active", |s| s.phase == Some(Phase::Active)).await;
     let output = raw(&h, "Output", "logsocket-web-tap").await.unwrap();
@@ -306,8 +307,8 @@ async fn a_tap_whose_finalizer_was_removed_by_hand_has_its_flow_restored_before_
     taps.delete("web-tap", &Default::default()).await.unwrap();
     // The periodic sweep (2 s here, 60 s in the service) restores the flow, then removes the
     // output; the flow never names a missing output.
-    let flows = support::logging_api(&h.client, &h.ns, "Flow");
-    let outputs = support::logging_api(&h.client, &h.ns, "Output");
+    let flows = cluster::logging_api(&h.client, &h.ns, "Flow");
+    let outputs = cluster::logging_api(&h.client, &h.ns, "Output");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let flow = serde_json::to_value(flows.get("web").await.unwrap()).unwrap();
@@ -326,7 +327,7 @@ async fn a_tap_whose_finalizer_was_removed_by_hand_has_its_flow_restored_before_
 #[tokio::test]
 async fn a_flow_whose_ref_keeps_being_removed_is_left_alone_as_contested() {
     let h = harness("safe-contested").await;
-    support::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    cluster::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
     persistent_tap(&h, "web-tap", web_tap()).await;
     status_when(&h, "web-tap", "Active", |s| s.phase == Some(Phase::Active)).await;
     // What the story of a tap looks like in `kubectl describe flowtap`.
@@ -334,7 +335,7 @@ async fn a_flow_whose_ref_keeps_being_removed_is_left_alone_as_contested() {
         event(&h, reason).await;
     }
     // A GitOps tool puts the flow back as it is in git, again and again.
-    let flows = support::logging_api(&h.client, &h.ns, "Flow");
+    let flows = cluster::logging_api(&h.client, &h.ns, "Flow");
     for round in 0..3 {
         eventually(&format!("the ref back, round {round}"), || async {
             let flow = serde_json::to_value(flows.get("web").await.ok()?).unwrap();

@@ -5,6 +5,8 @@
 //! (`apt-get install nats-server`). Without one a test says it is skipped; under `CI=true`
 //! it fails.
 
+use crate::child::DieWithParent;
+use crate::poll::free_port;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -40,11 +42,7 @@ impl Nats {
     /// Start one on a free loopback port, storing JetStream data under `dir`.
     pub fn start(dir: &Path) -> Option<Nats> {
         command()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let mut nats = Nats {
             child: None,
             port,
@@ -67,20 +65,14 @@ impl Nats {
             .append(true)
             .open(self.dir.join("nats.log"))
             .unwrap();
-        use std::os::unix::process::CommandExt;
         let mut cmd = Command::new(command().unwrap());
         cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
             .arg(self.dir.join("store"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        // SAFETY: prctl is async-signal-safe; the server dies with the test.
-        unsafe {
-            cmd.pre_exec(|| match libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) {
-                0 => Ok(()),
-                _ => Err(std::io::Error::last_os_error()),
-            });
-        }
+            .stderr(log)
+            // The server dies with the test.
+            .die_with_parent();
         self.child = Some(cmd.spawn().expect("start nats-server"));
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {

@@ -1,5 +1,7 @@
-//! Talking to a relay over real sockets, as fluentd (HTTP POST) and listeners (WebSocket) do.
+//! A relay under test on loopback, and talking to it over real sockets as fluentd (HTTP POST)
+//! and listeners (WebSocket) do; [`Service`], the `log-socket` binary as a child process.
 
+use crate::poll::eventually_within;
 use futures::StreamExt;
 use log_socket::auth::ingest_keys::{basic_authorization, IngestKeys};
 use log_socket::auth::IngestAuth;
@@ -296,17 +298,14 @@ impl Service {
         Service { child, stderr }
     }
 
-    /// Wait until its health port answers `/readyz` with 200 (10 s at most, else fail).
+    /// Wait until its health port answers `/readyz` with 200 (15 s at most, else fail).
     pub async fn wait_ready(&self, health: SocketAddr) {
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(health).await.is_ok()
-                && request(health, "GET", "/readyz", &[], b"").await.0 == 200
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the service did not become ready");
+        eventually_within("the service to become ready", Duration::from_secs(15), || async {
+            let up = tokio::net::TcpStream::connect(health).await.is_ok()
+                && request(health, "GET", "/readyz", &[], b"").await.0 == 200;
+            up.then_some(())
+        })
+        .await
     }
 
     /// Send SIGTERM, as Kubernetes does to stop a pod.

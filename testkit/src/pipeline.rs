@@ -10,8 +10,8 @@
 //! reload; `mountFrom` Secret keys are written to `DIR/secret/NS-SECRET-KEY` as
 //! logging-operator mounts them under `/fluentd/secret`.
 
-use super::fluentd::{self, Fluentd};
-use super::render;
+use crate::fluentd::{self, Fluentd};
+use crate::render;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::Value;
 use std::path::{Path, PathBuf};

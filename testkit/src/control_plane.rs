@@ -8,6 +8,8 @@
 //! (tests passed or failed) an `atexit` hook stops the API server first, then etcd (the other
 //! order makes the API server hang), and removes the data directory.
 
+use crate::child::DieWithParent;
+use crate::poll::free_port;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams};
@@ -15,8 +17,6 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::{await_condition, conditions};
 use serde::Deserialize as _;
 use std::io::Read;
-use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -65,7 +65,6 @@ pub fn assets_dir() -> Result<PathBuf, String> {
     ))
 }
 
-/// The kubectl the tests use: the one in the assets directory, else the one on PATH.
 /// The CRDs a log-socket control plane needs: FlowTap (as committed) and logging-operator's five
 /// (the test copies, without what API server 1.20 rejects; see their SOURCE.md).
 pub fn crd_files(repo: &Path) -> Vec<PathBuf> {
@@ -77,31 +76,12 @@ pub fn crd_files(repo: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// The kubectl the tests use: the one in the assets directory, else the one on PATH.
 pub fn kubectl_path(assets: Option<&Path>) -> PathBuf {
     if let Some(k) = assets.map(|a| a.join("kubectl")).filter(|k| k.exists()) {
         return k;
     }
     PathBuf::from("kubectl")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-/// Kill the children if this thread's process dies, whatever the way (see module docs).
-fn die_with_parent(cmd: &mut Command) {
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
 }
 
 fn spawn(mut cmd: Command, log: &Path) -> Result<Child, String> {
@@ -112,7 +92,8 @@ fn spawn(mut cmd: Command, log: &Path) -> Result<Child, String> {
     // A process group of its own: a terminal's Ctrl-C reaches the demo and the service, which
     // still need the API server to unregister; the control plane goes last, at teardown.
     cmd.process_group(0);
-    die_with_parent(&mut cmd);
+    // Killed if this thread's process dies, whatever the way (see the module docs).
+    cmd.die_with_parent();
     cmd.spawn().map_err(|e| format!("start {:?}: {e}", cmd.get_program()))
 }
 

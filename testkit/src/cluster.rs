@@ -1,15 +1,11 @@
-//! Test support shared by the integration tests: one real control plane per test binary,
-//! a namespace per test, real ServiceAccount tokens, kubectl.
-#![allow(dead_code)] // each test binary uses a different part of it
+//! One real control plane per test binary, a namespace per test, real ServiceAccount tokens and
+//! RBAC grants, kubectl, logging-operator objects, and [`Harness`]: a relay with the operator,
+//! scoped to one test namespace.
 
-pub mod control_plane;
-pub mod fluentd;
-pub mod logging_operator;
-pub mod netns;
-pub mod pipeline;
-pub mod render;
-
-use control_plane::ControlPlane;
+use crate::control_plane::{self, ControlPlane};
+use crate::logging_operator;
+use crate::poll::eventually_within;
+use crate::relay::{loopback_sockets, start_service_on, test_keys, TestRelay};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ObjectMeta, PostParams};
@@ -21,6 +17,28 @@ use std::time::Duration;
 /// Root of the repository.
 pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the test kit sits in the repository")
+}
+
+/// The directory of this build's executables (`target/debug`, `target/release`): the running
+/// test, bench or example is in its `deps/` or `examples/`.
+fn build_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the path of this executable");
+    let dir = exe.parent().expect("the executable's directory");
+    match dir.file_name() {
+        Some(n) if n == "deps" || n == "examples" => dir.parent().unwrap_or(dir).to_owned(),
+        _ => dir.to_owned(),
+    }
+}
+
+/// Cargo's scratch directory for tests and benches (`target/tmp`, the directory
+/// `CARGO_TARGET_TMPDIR` names to integration tests when they are compiled).
+pub fn target_tmpdir() -> PathBuf {
+    let build = build_dir();
+    let dir = build.parent().unwrap_or(&build).join("tmp");
+    std::fs::create_dir_all(&dir).expect("create the target's tmp directory");
+    dir
 }
 
 /// The CRDs every test cluster gets: FlowTap (as committed) and logging-operator's.
@@ -46,7 +64,7 @@ pub fn env() -> &'static ControlPlane {
                 let result = rt.block_on(async {
                     let cp = match ControlPlane::from_env() {
                         Some(cp) => cp,
-                        None => control_plane::start(Path::new(env!("CARGO_TARGET_TMPDIR")))?,
+                        None => control_plane::start(&target_tmpdir())?,
                     };
                     cp.wait_ready(Duration::from_secs(90)).await?;
                     cp.install_crds(&crd_files()).await?;
@@ -270,17 +288,15 @@ async fn wait_allowed(
     what: &str,
 ) {
     let api = Api::<k8s_openapi::api::authorization::v1::SubjectAccessReview>::all(client.clone());
-    for _ in 0..300 {
+    let review = &review;
+    eventually_within(&format!("{what} to take effect"), Duration::from_secs(30), || async {
         let answer = api
-            .create(&PostParams::default(), &review)
+            .create(&PostParams::default(), review)
             .await
             .expect("SubjectAccessReview");
-        if answer.status.is_some_and(|s| s.allowed) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what} did not take effect within 30s");
+        answer.status.is_some_and(|s| s.allowed).then_some(())
+    })
+    .await
 }
 
 /// Rules allowing `get` on Flows and ClusterFlows (what tapping needs).
@@ -290,23 +306,22 @@ pub fn may_tap_flows() -> serde_json::Value {
 
 /// A scratch directory for one test, removed with the control plane's data directory.
 pub fn tempdir(name: &str) -> PathBuf {
-    let base = env()
-        .run_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
+    let base = env().run_dir.clone().unwrap_or_else(target_tmpdir);
     let dir = base.join(format!("{name}-{}", NAMESPACES.fetch_add(1, Ordering::SeqCst)));
     std::fs::create_dir_all(&dir).expect("create test directory");
     dir
 }
 
-/// Path of a built binary of this package (`log-socket`, `k8stail`, `kubectl-flowtail`).
+/// Path of a built binary of log-socket (`log-socket`, `k8stail`, `kubectl-flowtail`), next to
+/// the running test: cargo builds a package's binaries for its integration tests.
 pub fn bin(name: &str) -> PathBuf {
-    match name {
-        "log-socket" => PathBuf::from(env!("CARGO_BIN_EXE_log-socket")),
-        "k8stail" => PathBuf::from(env!("CARGO_BIN_EXE_k8stail")),
-        "kubectl-flowtail" => PathBuf::from(env!("CARGO_BIN_EXE_kubectl-flowtail")),
-        other => panic!("no binary {other}"),
-    }
+    let path = build_dir().join(name);
+    assert!(
+        path.is_file(),
+        "no binary {name} at {} (cargo builds it for log-socket's integration tests)",
+        path.display()
+    );
+    path
 }
 
 /// Give the ServiceAccount `ns/sa` exactly the permissions the shipped manifests give the
@@ -362,7 +377,7 @@ pub const INGEST_URL: &str = "http://log-socket.test.svc:10000";
 /// A relay with listener registration, tap tracking and (optionally) the controller, all scoped
 /// to one test namespace, built as the binary builds it; stopped when dropped.
 pub struct Harness {
-    pub relay: crate::wire::TestRelay,
+    pub relay: TestRelay,
     pub client: kube::Client,
     pub ns: String,
     /// logging-operator's part for `ns` (a Logging, output statuses, configuration checks).
@@ -396,7 +411,7 @@ pub async fn harness_configured(
         ingest_url: INGEST_URL.into(),
         linger,
         session_ttl,
-        ingest_keys: Some(crate::wire::test_keys()),
+        ingest_keys: Some(test_keys()),
         tls_secret: None,
         namespace: Some(ns.clone()),
         mode: Default::default(),
@@ -414,7 +429,7 @@ pub async fn harness_configured(
         )),
         authorizer: Arc::new(log_socket::auth::labels::LabelPolicy::default()),
         sessions: Arc::new(log_socket::relay::NoSessions),
-        ingest_auth: log_socket::auth::IngestAuth::per_flow(crate::wire::test_keys()),
+        ingest_auth: log_socket::auth::IngestAuth::per_flow(test_keys()),
     };
     let cluster = Cluster {
         client: client.clone(),
@@ -428,7 +443,7 @@ pub async fn harness_configured(
     };
     let service = Service::cluster(log_socket::relay::RelayConfig::default(), parts, cluster);
     let logging_operator = logging_operator::start(&client, &ns).await;
-    let mut relay = crate::wire::start_service_on(crate::wire::loopback_sockets().await, service);
+    let mut relay = start_service_on(loopback_sockets().await, service);
     relay.per_flow = true;
     Harness {
         relay,
@@ -455,29 +470,4 @@ pub async fn output_tls_secret(client: &kube::Client, ns: &str) {
         Err(kube::Error::Api(s)) if s.code == 409 => {}
         Err(e) => panic!("create Secret {ns}/log-socket-ingest-tls: {e}"),
     }
-}
-
-/// Poll until `check` returns Some, or panic with `what` after 30 s.
-pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    eventually_within(what, Duration::from_secs(30), check).await
-}
-
-/// [`eventually`], giving up after `limit`.
-pub async fn eventually_within<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = std::time::Instant::now() + limit;
-    while std::time::Instant::now() < deadline {
-        if let Some(v) = check().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }

@@ -5,6 +5,7 @@
 //! -v 1.16.11`). Without one, a fluentd test says it is skipped and why; under CI (`CI=true`) a
 //! missing fluentd fails instead.
 
+use crate::child::DieWithParent;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -60,15 +61,9 @@ impl Fluentd {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
-            .process_group(0);
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent. A test or
-        // demo that dies (a panic, SIGKILL) takes its fluentd along.
-        unsafe {
-            cmd.pre_exec(|| match libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) {
-                0 => Ok(()),
-                _ => Err(std::io::Error::last_os_error()),
-            });
-        }
+            .process_group(0)
+            // A test or demo that dies (a panic, SIGKILL) takes its fluentd along.
+            .die_with_parent();
         let child = cmd
             // Ruby's GC lets RSS grow by up to 128 MiB of freed-but-unswept strings before a
             // full collection (its oldmalloc limit), tap or no tap; bounded to 16 MB so RSS

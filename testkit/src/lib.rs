@@ -1,0 +1,27 @@
+//! log-socket's test kit: what the integration tests, the bench and the demo share to run
+//! log-socket for real. A crate of its own, so it compiles once for all of them (see its
+//! Cargo.toml).
+//!
+//! - [`relay`]: a relay under test on loopback and its clients, as fluentd (HTTP POST) and
+//!   listeners (WebSocket) talk to it; the `log-socket` binary as a child process.
+//! - [`cluster`]: one real control plane per test binary, a namespace per test, real
+//!   ServiceAccount tokens and RBAC grants, kubectl, and [`cluster::Harness`] (a relay with the
+//!   operator, scoped to one namespace).
+//! - [`control_plane`]: etcd + kube-apiserver on loopback (also for `make demo` and `make bench`).
+//! - [`logging_operator`], [`render`], [`pipeline`]: logging-operator's part, played here.
+//! - [`fluentd`], [`nats`]: the real fluentd and nats-server as child processes.
+//! - [`netns`]: a network namespace for a non-loopback address.
+//! - [`poll`]: [`poll::eventually`] and [`poll::free_port`]; [`child`]: children that die with
+//!   the process that started them.
+
+pub mod child;
+pub mod cluster;
+pub mod control_plane;
+pub mod fluentd;
+pub mod logging_operator;
+pub mod nats;
+pub mod netns;
+pub mod pipeline;
+pub mod poll;
+pub mod relay;
+pub mod render;

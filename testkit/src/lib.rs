@@ -12,7 +12,8 @@
 //! - [`fluentd`], [`nats`]: the real fluentd and nats-server as child processes.
 //! - [`netns`]: a network namespace for a non-loopback address.
 //! - [`poll`]: [`poll::eventually`] and [`poll::free_port`]; [`child`]: children that die with
-//!   the process that started them.
+//!   the process that started them; [`skip`]: a test that cannot run here says so, and
+//!   `make test` names it.
 
 pub mod child;
 pub mod cluster;
@@ -25,3 +26,4 @@ pub mod pipeline;
 pub mod poll;
 pub mod relay;
 pub mod render;
+pub mod skip;

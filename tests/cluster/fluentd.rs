@@ -242,7 +242,10 @@ async fn streams_end_to_end(kind: &'static str, mtls: bool) {
     // from the first one k8stail shows, every record arrives once and in order.
     assert!(consecutive(&seen), "{seen:?}");
     let config = pipeline.config().await;
-    let tap_output = format!("logsocket-{}-{name}", kind.to_lowercase());
+    let tap_output = match kind {
+        "ClusterFlow" => format!("logsocket-{ns}.clusterflow-{name}"),
+        _ => format!("logsocket-{}-{name}", kind.to_lowercase()),
+    };
     assert!(config.contains(&tap_output), "{config}");
     assert!(config.contains(&format!("{scheme}://{}", s.ingest)), "{config}");
     assert_eq!(config.contains("tls_client_cert_path"), mtls, "{config}");

@@ -205,16 +205,18 @@ async fn a_clusterflow_tap_gets_a_clusteroutput_in_the_global_refs() {
     let ws = connect(&h.relay, &format!("/clusterflow/{}/all", h.ns), &alice).await;
 
     let co = eventually("the ClusterOutput", || async {
-        raw(&h, "ClusterOutput", "logsocket-clusterflow-all").await
+        raw(&h, "ClusterOutput", &format!("logsocket-{}.clusterflow-all", h.ns)).await
     })
     .await;
     assert_eq!(
         co["spec"]["http"]["endpoint"],
         format!("{INGEST_URL}/clusterflow/{}/all", h.ns)
     );
+    assert_eq!(co["spec"]["protected"], true, "no tenant Flow may name it");
     eventually("the ClusterFlow patched", || async {
         let f = raw(&h, "ClusterFlow", "all").await.unwrap();
-        (f["spec"]["globalOutputRefs"] == json!(["archive", "logsocket-clusterflow-all"])).then_some(())
+        let generated = format!("logsocket-{}.clusterflow-all", h.ns);
+        (f["spec"]["globalOutputRefs"] == json!(["archive", generated])).then_some(())
     })
     .await;
     drop(ws);
@@ -222,7 +224,9 @@ async fn a_clusterflow_tap_gets_a_clusteroutput_in_the_global_refs() {
         tap(&h, "clusterflow-all").await.is_none().then_some(())
     })
     .await;
-    assert!(raw(&h, "ClusterOutput", "logsocket-clusterflow-all").await.is_none());
+    assert!(raw(&h, "ClusterOutput", &format!("logsocket-{}.clusterflow-all", h.ns))
+        .await
+        .is_none());
     assert_eq!(raw(&h, "ClusterFlow", "all").await.unwrap()["spec"], spec);
 }
 

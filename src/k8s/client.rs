@@ -28,10 +28,25 @@ pub async fn config(kubeconfig: Option<&Path>, context: Option<&str>) -> Result<
     }
 }
 
-/// A client for [`config`].
+/// How long a request may wait for the API server's answer (its response headers; a watch's
+/// stream is not cut, its events come after). kube sets no such timeout: without one a request
+/// on a dead connection hangs for as long as the TCP stack lets it, and a controller waiting on
+/// it cannot stop in time when it loses its lease.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A client for [`config`], its requests bounded by [`REQUEST_TIMEOUT`].
 pub async fn client(kubeconfig: Option<&Path>, context: Option<&str>) -> Result<kube::Client> {
     let config = config(kubeconfig, context).await?;
-    kube::Client::try_from(config).map_err(|e| Error::kube_config("the client configuration", e))
+    bounded(config)
+}
+
+/// A client for `config`, its requests bounded by [`REQUEST_TIMEOUT`].
+pub fn bounded(config: Config) -> Result<kube::Client> {
+    let builder =
+        kube::client::ClientBuilder::try_from(config).map_err(|e| Error::kube_config("the client configuration", e))?;
+    Ok(builder
+        .with_layer(&tower::timeout::TimeoutLayer::new(REQUEST_TIMEOUT))
+        .build())
 }
 
 /// Map an API error on `what` into a message that says which permission is missing.

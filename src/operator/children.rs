@@ -139,6 +139,8 @@ fn is_ours(meta: &kube::api::ObjectMeta, tap: &FlowTap) -> bool {
 pub(super) struct Ensured {
     /// An object of that name exists and is not log-socket's: left alone.
     pub taken: bool,
+    /// It is ours and being deleted (held by its in-use finalizer until no flow names it).
+    pub going: bool,
     /// It existed before this reconcile.
     pub existed: bool,
     /// Its status, as logging-operator last wrote it.
@@ -221,6 +223,11 @@ where
 {
     let name = desired.meta().name.clone().unwrap_or_default();
     mark(desired.meta_mut(), tap);
+    // Outputs are held while a flow names them (see super::in_use); mirror flows are not.
+    let in_use = matches!(K::kind(&Default::default()).as_ref(), "Output" | "ClusterOutput");
+    if in_use {
+        super::in_use::hold(desired.meta_mut());
+    }
     let mut found = cached;
     for attempt in 0..5 {
         let mut existing = match found.take() {
@@ -235,6 +242,7 @@ where
                     }
                     return Ok(Ensured {
                         taken: false,
+                        going: false,
                         existed: false,
                         status: None,
                         created: created.meta().creation_timestamp.clone(),
@@ -251,13 +259,16 @@ where
         if !is_ours(existing.meta(), tap) {
             return Ok(Ensured {
                 taken: true,
+                going: false,
                 existed: true,
                 status: None,
                 created: None,
             });
         }
+        let going = existing.meta().deletion_timestamp.is_some();
         let ensured = Ensured {
             taken: false,
+            going,
             existed: true,
             status: existing.status_of().cloned(),
             created: existing.meta().creation_timestamp.clone(),
@@ -265,7 +276,11 @@ where
         let want = spec(desired).clone();
         // An object an earlier version generated (with an ownerReference) is adopted; a changed
         // spec is put back.
-        let adopt = mark(existing.meta_mut(), tap);
+        if going {
+            // Its deletion stands: the pass restores the flow and lets it go, then makes anew.
+            return Ok(ensured);
+        }
+        let adopt = mark(existing.meta_mut(), tap) | (in_use && super::in_use::hold(existing.meta_mut()));
         let repair = *spec(&mut existing) != want;
         if !adopt && !repair {
             return Ok(ensured);
@@ -302,11 +317,23 @@ where
         None => api.get_opt(name).await?,
     };
     match existing {
-        Some(existing) if is_ours(existing.meta(), tap) => match api.delete(name, &Default::default()).await {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
-            Err(e) => Err(e.into()),
-        },
+        Some(existing) if is_ours(existing.meta(), tap) => {
+            // Only the object looked at: a late DELETE (a deposed leader's) never removes one
+            // created anew under the same name.
+            let params = kube::api::DeleteParams {
+                preconditions: existing.meta().uid.clone().map(|uid| kube::api::Preconditions {
+                    uid: Some(uid),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            match api.delete(name, &params).await {
+                Ok(_) => Ok(true),
+                // Gone, or another object by now (the precondition failed): nothing of ours.
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(false),
+                Err(e) => Err(e.into()),
+            }
+        }
         _ => Ok(false),
     }
 }
@@ -573,6 +600,10 @@ pub(super) async fn teardown(tap: &FlowTap, patched: Option<&PatchedFlow>, ctx: 
                 delete_managed::<ClusterOutput>(Api::namespaced(ctx.client.clone(), &ns), &output, tap, copy).await?
             }
         };
+        if gone {
+            // Marked for deletion; it goes once a fresh read shows no flow names it.
+            super::in_use::release(&ctx.client, &ctx.config, kind.output_kind(), &ns, &output).await?;
+        }
         deleted |= gone;
     }
     Ok(deleted)

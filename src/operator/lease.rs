@@ -158,10 +158,12 @@ pub async fn run_elected<F, Fut>(
     loop {
         // Wait to be leader.
         loop {
-            match elector.try_acquire_or_renew().await {
-                Ok(true) => break,
-                Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "leader election: cannot read or write the lease; retrying"),
+            // Bounded: a hung request must not stall the election (kube sets no read timeout).
+            match tokio::time::timeout(renew_deadline, elector.try_acquire_or_renew()).await {
+                Ok(Ok(true)) => break,
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "leader election: cannot read or write the lease; retrying"),
+                Err(_) => tracing::warn!("leader election: the lease request did not answer in time; retrying"),
             }
             tokio::select! {
                 _ = tokio::time::sleep(retry) => {}
@@ -186,7 +188,15 @@ pub async fn run_elected<F, Fut>(
                     break false;
                 }
             }
-            match elector.try_acquire_or_renew().await {
+            // A renewal that hangs is cut at the renew deadline (client-go's rule: stop acting
+            // before the lease can pass on), so a silent API server cannot keep this replica
+            // leading while another already may.
+            let left = renew_deadline.saturating_sub(last_renewal.elapsed());
+            let renewed = match tokio::time::timeout(left, elector.try_acquire_or_renew()).await {
+                Ok(result) => result,
+                Err(_) => Err(kube::Error::Service("the lease renewal did not answer in time".into()).into()),
+            };
+            match renewed {
                 Ok(true) => last_renewal = Instant::now(),
                 Ok(false) => {
                     tracing::warn!("lost the lease to another replica; stopping the controller");
@@ -203,7 +213,14 @@ pub async fn run_elected<F, Fut>(
         };
         drop(stop);
         if !work_ended {
-            let _ = work.await;
+            // The controller gets what is left of the lease to stop, and is aborted after: its
+            // requests in flight must not outlive this replica's leadership by more than that.
+            let left = elector.config.duration.saturating_sub(last_renewal.elapsed());
+            if tokio::time::timeout(left, &mut work).await.is_err() {
+                tracing::warn!("the controller did not stop before the lease could pass on; aborting it");
+                work.abort();
+                let _ = work.await;
+            }
         }
         elector.release().await;
         if shutting_down {

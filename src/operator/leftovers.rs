@@ -10,6 +10,7 @@
 
 use super::children::{edit_refs, Edit};
 use super::{output_name, OperatorConfig};
+use crate::k8s::flowtap::OutputKind;
 use crate::k8s::logging::{ClusterFlow, ClusterOutput, Flow, HasStatus, Output};
 use crate::Result;
 use k8s_openapi::NamespaceResourceScope;
@@ -26,8 +27,11 @@ const PREFIX: &str = "logsocket-";
 /// Remove leftovers in the operator's scope; returns how many objects or refs were removed.
 pub async fn remove(client: &kube::Client, config: &OperatorConfig) -> Result<usize> {
     let mut removed = 0;
-    removed += sweep::<Flow, Output>(client, config, |f| &mut f.spec.local_output_refs).await?;
-    removed += sweep::<ClusterFlow, ClusterOutput>(client, config, |f| &mut f.spec.global_output_refs).await?;
+    removed += sweep::<Flow, Output>(client, config, OutputKind::Output, |f| &mut f.spec.local_output_refs).await?;
+    removed += sweep::<ClusterFlow, ClusterOutput>(client, config, OutputKind::ClusterOutput, |f| {
+        &mut f.spec.global_output_refs
+    })
+    .await?;
     Ok(removed)
 }
 
@@ -108,6 +112,7 @@ impl Known {
 async fn sweep<F, O>(
     client: &kube::Client,
     config: &OperatorConfig,
+    kind: OutputKind,
     refs: impl Fn(&mut F) -> &mut Option<Vec<String>> + Copy,
 ) -> Result<usize>
 where
@@ -167,8 +172,11 @@ where
         }
     }
     for output in orphaned {
-        let api = Api::<O>::namespaced(client.clone(), &output.namespace().unwrap_or_default());
+        let ns = output.namespace().unwrap_or_default();
+        let api = Api::<O>::namespaced(client.clone(), &ns);
         delete(&api, &output.name_any()).await?;
+        // Its in-use finalizer goes once a fresh read shows no flow names it.
+        super::in_use::release(client, config, kind, &ns, &output.name_any()).await?;
         tracing::info!(output = %output.name_any(), "deleted the output of a FlowTap that is gone");
         removed += 1;
     }

@@ -12,6 +12,7 @@
 //! - [`preflight`]: what must hold before a flow may name the tap's output;
 //! - `children`: the generated output, the flow ref or mirror flow, created and removed in
 //!   the order logging-operator needs;
+//! - [`in_use`]: the finalizer that keeps a generated output while any flow names it;
 //! - [`status`]: conditions and phase as a pure function of what was observed;
 //! - `events`: Normal Events for what a pass changed;
 //! - [`leftovers`]: outputs and refs left by FlowTaps that are gone;
@@ -27,6 +28,7 @@ mod children;
 pub mod context;
 pub mod controller;
 mod events;
+pub mod in_use;
 pub mod lease;
 pub mod leftovers;
 mod pass;

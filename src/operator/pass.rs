@@ -90,6 +90,23 @@ pub(super) async fn ensure_children(
     }
 
     let ensured = ensure_output(tap, output, ctx, Some(&logging_ref)).await?;
+    if ensured.going {
+        // Someone deleted the output (a user, a late request of a deposed leader); its in-use
+        // finalizer holds it while a flow names it. Restore the flow, let it go, make it anew.
+        if let Some(p) = patched {
+            children::unpatch(tap, p, ctx).await?;
+        }
+        let kind = tap.spec.flow_ref.kind.output_kind();
+        super::in_use::release(&ctx.client, &ctx.config, kind, &ns, output).await?;
+        return Ok(Step {
+            recheck: Some(Duration::from_secs(1)),
+            quiet: false,
+            ..refuse(
+                OutputState::Validating(ctx.config.output_accept_timeout),
+                FlowState::Skipped,
+            )
+        });
+    }
     if ensured.taken {
         if let Some(p) = patched {
             children::unpatch(tap, p, ctx).await?;

@@ -374,3 +374,129 @@ async fn a_flow_whose_ref_keeps_being_removed_is_left_alone_as_contested() {
     .await;
     assert_eq!(refs(&raw(&h, "Flow", "web").await.unwrap()), json!(["loki"]));
 }
+
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(u64, &'static str, serde_json::Value)>>>;
+
+/// Every event of the object `name` of `kind` in the namespace from resourceVersion `from`, as
+/// (resourceVersion, event type, the object), collected until the returned task is aborted.
+fn watch_events(
+    h: &testkit::cluster::Harness,
+    kind: &str,
+    name: &str,
+    from: &str,
+) -> (Seen, tokio::task::JoinHandle<()>) {
+    use futures::StreamExt;
+    use kube::api::{WatchEvent, WatchParams};
+    let api = cluster::logging_api(&h.client, &h.ns, kind);
+    let params = WatchParams::default()
+        .fields(&format!("metadata.name={name}"))
+        .timeout(120);
+    let from = from.to_owned();
+    let seen: Seen = Default::default();
+    let into = seen.clone();
+    let task = tokio::spawn(async move {
+        let stream = api.watch(&params, &from).await.unwrap();
+        futures::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            let (what, object) = match event.unwrap() {
+                WatchEvent::Added(o) => ("ADDED", o),
+                WatchEvent::Modified(o) => ("MODIFIED", o),
+                WatchEvent::Deleted(o) => ("DELETED", o),
+                _ => continue,
+            };
+            let rv = object
+                .metadata
+                .resource_version
+                .as_deref()
+                .unwrap_or("0")
+                .parse()
+                .unwrap();
+            into.lock()
+                .unwrap()
+                .push((rv, what, serde_json::to_value(object).unwrap()));
+        }
+    });
+    (seen, task)
+}
+
+#[tokio::test]
+async fn a_deleted_output_stays_while_its_flow_names_it_and_the_tap_comes_back() {
+    let h = harness("safe-inuse").await;
+    cluster::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    persistent_tap(&h, "web-tap", web_tap()).await;
+    status_when(&h, "web-tap", "Active", |s| s.phase == Some(Phase::Active)).await;
+    let output = raw(&h, "Output", "logsocket-web-tap").await.unwrap();
+    assert!(
+        output["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| f.contains(&json!("logsocket.dev/in-use"))),
+        "{output}"
+    );
+    let old_uid = output["metadata"]["uid"].clone();
+    let from = output["metadata"]["resourceVersion"].as_str().unwrap().to_owned();
+    let (flow_seen, flow_watch) = watch_events(&h, "Flow", "web", &from);
+    let (output_seen, output_watch) = watch_events(&h, "Output", "logsocket-web-tap", &from);
+    // The watches are open before anything happens (their first answer is the initial state).
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // A DELETE that lands while the flow names the output: a deposed leader's late request, a
+    // user's `kubectl delete output`, a namespace going. Issued as that user, not the operator.
+    let (ok, _, err) = cluster::kubectl_with(
+        &cluster::env().kubeconfig,
+        &[
+            "-n",
+            &h.ns,
+            "delete",
+            "outputs.logging.banzaicloud.io",
+            "logsocket-web-tap",
+            "--wait=false",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    // The tap comes back: a new output (another uid), named by the flow again.
+    eventually("a new output, named by the flow again", || async {
+        let output = raw(&h, "Output", "logsocket-web-tap").await?;
+        let flow = raw(&h, "Flow", "web").await?;
+        (output["metadata"]["uid"] != old_uid && refs(&flow) == json!(["loki", "logsocket-web-tap"])).then_some(())
+    })
+    .await;
+    // Both watches caught up: the old output's deletion and the flow's last change seen.
+    let gone = eventually("the watches caught up", || async {
+        let gone = output_seen
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(_, what, o)| *what == "DELETED" && o["metadata"]["uid"] == old_uid)
+            .map(|(rv, _, _)| *rv)?;
+        let flow = flow_seen.lock().unwrap();
+        flow.last()
+            .is_some_and(|(rv, _, f)| *rv > gone && refs(f) == json!(["loki", "logsocket-web-tap"]))
+            .then_some(gone)
+    })
+    .await;
+    flow_watch.abort();
+    output_watch.abort();
+    let output_events = output_seen.lock().unwrap().clone();
+    let flow_events = flow_seen.lock().unwrap().clone();
+    // In the API server's own order (resourceVersion): the old output was gone only after the
+    // flow had stopped naming it; before that it was held (terminating, still rendered).
+    let named_at = |rv: u64| {
+        flow_events
+            .iter()
+            .take_while(|(at, _, _)| *at <= rv)
+            .last()
+            .map_or(true, |(_, _, f)| {
+                refs(f).as_array().unwrap().contains(&json!("logsocket-web-tap"))
+            })
+    };
+    assert!(
+        !named_at(gone),
+        "the flow named the output when it was deleted (rv {gone}): {flow_events:?}"
+    );
+    assert!(
+        output_events
+            .iter()
+            .any(|(_, _, o)| o["metadata"]["uid"] == old_uid && !o["metadata"]["deletionTimestamp"].is_null()),
+        "held by its finalizer first: {output_events:?}"
+    );
+}

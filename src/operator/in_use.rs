@@ -10,7 +10,7 @@
 //! names it, and a pass that finds its output going restores the flow first and then lets it go.
 //!
 //! The cost: an output whose FlowTap cleanup never runs (log-socket uninstalled first) stays
-//! `Terminating`; docs/operations.md says to delete FlowTaps before uninstalling.
+//! `Terminating`; docs/operator.md says to delete FlowTaps before uninstalling.
 
 use super::OperatorConfig;
 use crate::k8s::flowtap::OutputKind;

@@ -17,7 +17,7 @@ test: test-env ## Run every test (unit, CLI, against the real kube-apiserver, fl
 	if [ -z "$$LOG_SOCKET_NATS_SERVER" ] && [ -x "$$KUBEBUILDER_ASSETS/nats-server" ]; then export LOG_SOCKET_NATS_SERVER="$$KUBEBUILDER_ASSETS/nats-server"; fi; \
 	if [ -z "$$LOG_SOCKET_FLUENTD" ] && ! command -v fluentd >/dev/null; then echo "make test: no fluentd (set LOG_SOCKET_FLUENTD to a fluentd 1.16 command): the fluentd tests will be skipped"; fi; \
 	mkdir -p target && : > $(SKIP_LOG); export LOG_SOCKET_SKIP_LOG="$$PWD/$(SKIP_LOG)"; \
-	$(CARGO) test --workspace; status=$$?; \
+	$(CARGO) test --workspace --no-fail-fast; status=$$?; \
 	if [ -s $(SKIP_LOG) ]; then echo "make test: $$(wc -l < $(SKIP_LOG)) tests skipped:"; sort $(SKIP_LOG) | uniq -c; \
 	else echo "make test: nothing skipped"; fi; exit $$status
 

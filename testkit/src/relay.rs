@@ -142,6 +142,20 @@ pub async fn request_on<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>
     (code, body)
 }
 
+/// Whether `/readyz` on `health` answers 200 now; a refused or reset connection (a service
+/// still starting) is "not yet", never a failure.
+pub async fn ready(health: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect(health).await else {
+        return false;
+    };
+    let asked = s
+        .write_all(b"GET /readyz HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
+        .await;
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    asked.is_ok() && matches!(read, Ok(Ok(_))) && buf.starts_with(b"HTTP/1.1 200")
+}
+
 pub async fn post(r: &TestRelay, path: &str, body: &str) -> (u16, String) {
     let auth = match r.per_flow {
         true => flow_auth(path),
@@ -301,9 +315,7 @@ impl Service {
     /// Wait until its health port answers `/readyz` with 200 (15 s at most, else fail).
     pub async fn wait_ready(&self, health: SocketAddr) {
         eventually_within("the service to become ready", Duration::from_secs(15), || async {
-            let up = tokio::net::TcpStream::connect(health).await.is_ok()
-                && request(health, "GET", "/readyz", &[], b"").await.0 == 200;
-            up.then_some(())
+            ready(health).await.then_some(())
         })
         .await
     }

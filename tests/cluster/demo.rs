@@ -55,15 +55,10 @@ async fn the_demo_shows_live_records_of_the_example_flow_and_stops_cleanly_on_ct
     assert_eq!(seen.contains("a synthetic shipper sends instead"), !real, "{seen}");
 
     let health = std::net::SocketAddr::from(([127, 0, 0, 1], 10002));
-    let ready = eventually_within("the demo's service ready", Duration::from_secs(15), || async {
-        if tokio::net::TcpStream::connect(health).await.is_err() {
-            return None;
-        }
-        let ready = testkit::relay::request(health, "GET", "/readyz", &[], b"").await.0;
-        (ready == 200).then_some(ready)
+    eventually_within("the demo's service ready", Duration::from_secs(15), || async {
+        testkit::relay::ready(health).await.then_some(())
     })
     .await;
-    assert_eq!(ready, 200);
     let kubeconfig = cluster::repo().join("target/demo/kubeconfig");
 
     // The synthetic fluentd's records reach k8stail, which the demo runs on its stdout.

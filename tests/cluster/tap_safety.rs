@@ -485,9 +485,7 @@ async fn a_deleted_output_stays_while_its_flow_names_it_and_the_tap_comes_back()
             .iter()
             .take_while(|(at, _, _)| *at <= rv)
             .last()
-            .map_or(true, |(_, _, f)| {
-                refs(f).as_array().unwrap().contains(&json!("logsocket-web-tap"))
-            })
+            .is_none_or(|(_, _, f)| refs(f).as_array().unwrap().contains(&json!("logsocket-web-tap")))
     };
     assert!(
         !named_at(gone),

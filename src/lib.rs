@@ -69,6 +69,10 @@ pub enum Error {
     #[error("the flow {flow} kept changing while its outputs were edited; will retry")]
     FlowKeptChanging { flow: String },
 
+    /// A generated output is still named by a flow, so it cannot go yet (retried).
+    #[error("the output {output} is still named by a flow; it is removed once no flow names it (retrying)")]
+    OutputStillNamed { output: String },
+
     /// The command line cannot work as given (exit code 2).
     #[error("{0}")]
     Usage(String),

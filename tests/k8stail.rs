@@ -624,6 +624,12 @@ async fn scripted_relay(frames: Vec<Value>, close: bool, older: bool) -> SocketA
                 #[allow(clippy::result_large_err)]
                 let check = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
                     let query = req.uri().query().unwrap_or_default();
+                    // It took only numbers for `tail` (no `tail=all`).
+                    let tail = query.split('&').find_map(|kv| kv.strip_prefix("tail="));
+                    if let Some(tail) = tail.filter(|t| older && t.parse::<u64>().is_err()) {
+                        let body = format!("tail must be a whole number, not {tail:?}");
+                        return Err(http::Response::builder().status(400).body(Some(body)).unwrap());
+                    }
                     if let Some(option) = query
                         .split('&')
                         .map(|kv| kv.split('=').next().unwrap())
@@ -686,6 +692,24 @@ async fn filters_an_older_relay_does_not_know_are_applied_by_k8stail() {
     let (code, err) = tail.interrupt().await;
     assert_eq!(code, Some(0));
     assert!(err.contains("k8stail filters them itself"), "{err}");
+}
+
+#[tokio::test]
+async fn a_relay_from_before_tail_all_still_gets_asked_for_everything_it_holds() {
+    let addr = older_relay().await;
+    let server = format!("http://{addr}");
+    let mut child = k8stail(&[
+        "-o", "json", "--tail", "-1", "--server", &server, "--token", TOKEN, "shop/web",
+    ])
+    .spawn()
+    .unwrap();
+    let mut tail = Tail {
+        lines: BufReader::new(child.stdout.take().unwrap()).lines(),
+        child,
+    };
+    assert_eq!(messages(&[tail.line().await, tail.line().await]), ["error one", "fine"]);
+    let (code, _) = tail.interrupt().await;
+    assert_eq!(code, Some(0));
 }
 
 /// A relay that sends text meant to fool a terminal in every frame k8stail prints about.

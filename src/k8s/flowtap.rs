@@ -51,7 +51,8 @@ pub struct FlowTapSpec {
 
     /// How the tap reaches the flow's records. `Patch` (default) appends the generated output
     /// to the flow's own output refs. `Mirror` leaves the flow untouched and creates a sibling
-    /// flow (`logsocket-<tap name>`, same match and filters, kept in sync) whose only output is
+    /// flow (named like the generated output: `logsocket-<tap name>`, for a ClusterFlow
+    /// `logsocket-<namespace>.<tap name>`; same match and filters, kept in sync) whose only output is
     /// the tap: use it when the flow is owned by a GitOps tool that must not see drift.
     #[serde(default)]
     pub mode: TapMode,
@@ -176,7 +177,7 @@ pub struct BufferSpec {
     /// seconds (`0.5`), the one form it reads exactly. Lower is livelier; higher sends fewer,
     /// larger requests.
     #[serde(default = "default_flush_interval")]
-    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(ms|s|m|h)?$"))]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(ms|s|m|h)?$"), length(max = 16))]
     pub flush_interval: String,
 
     /// Largest single request body fluentd sends (fluentd size, e.g. `1m`, `512k`).
@@ -300,7 +301,8 @@ pub struct PatchedFlow {
     /// after it means the configuration with the tap was rejected.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub config_checks_before: Vec<String>,
-    /// Whether a configuration including the tap has passed its check.
+    /// Whether the tap's trial is over with the Logging's checks passing: later failures are
+    /// not the tap's.
     #[serde(default)]
     pub config_accepted: bool,
 }

@@ -90,6 +90,10 @@ pub struct Follow<'a> {
     pub out: &'a RefCell<dyn Write + 'a>,
 }
 
+/// "Every buffered record" for a relay that takes only numbers (relays before `tail=all`): more
+/// than any replay buffer holds.
+const LEGACY_ALL: u64 = 1_000_000;
+
 /// The first wait before reconnecting; it doubles up to `--max-backoff`, jittered, so many
 /// clients of a restarted relay do not reconnect in lockstep.
 const FIRST_RECONNECT: Duration = Duration::from_millis(250);
@@ -114,6 +118,9 @@ pub async fn follow(f: &Follow<'_>, target: &TapKey) -> Result<()> {
     let ctrl_c = crate::shutdown::signal();
     tokio::pin!(ctrl_c);
     let mut connected_once = false;
+    // Set when the relay predates `tail=all`: everything is then asked for as a number larger
+    // than any replay buffer, as k8stail did before.
+    let mut all_as_number = false;
     let mut backoff = Backoff::new(FIRST_RECONNECT, args.max_backoff.0);
     loop {
         let start = match position {
@@ -124,6 +131,10 @@ pub async fn follow(f: &Follow<'_>, target: &TapKey) -> Result<()> {
             },
             None if !connected_once => f.selection.start,
             None => Start::Live,
+        };
+        let start = match start {
+            Start::All if all_as_number => Start::Tail(LEGACY_ALL),
+            start => start,
         };
         let query = ListenQuery {
             start,
@@ -141,6 +152,10 @@ pub async fn follow(f: &Follow<'_>, target: &TapKey) -> Result<()> {
         };
         let ws = match attempt {
             Ok(ws) => ws,
+            Err(Refusal::Final(reason)) if reason.contains("tail must be a whole number") && !all_as_number => {
+                all_as_number = true;
+                continue;
+            }
             Err(Refusal::Final(reason)) if reason.contains("unknown query option") && !filters.is_empty() => {
                 notes.note(
                     "this relay does not filter records; k8stail filters them itself (they all cross the network)",

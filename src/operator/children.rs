@@ -40,12 +40,13 @@ pub fn fluentd_seconds(value: &str) -> String {
     };
     // Whole microseconds, so `0.1s` is not 0.1000000001.
     let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-    let whole: u128 = whole.parse().unwrap_or(0);
-    let mut micros = whole * unit_ms * 1000;
+    // Saturating: the CRD bounds the length, but a value never panics the controller.
+    let whole: u128 = whole.parse().unwrap_or(u128::MAX);
+    let mut micros = whole.saturating_mul(unit_ms * 1000);
     let mut scale = unit_ms * 1000;
     for digit in fraction.bytes().take(12).filter(u8::is_ascii_digit) {
         scale /= 10;
-        micros += u128::from(digit - b'0') * scale;
+        micros = micros.saturating_add(u128::from(digit - b'0') * scale);
     }
     let (secs, rest) = (micros / 1_000_000, micros % 1_000_000);
     if rest == 0 {
@@ -407,22 +408,29 @@ fn without_custom_label(spec: &mut crate::k8s::logging::Other) {
     spec.remove("includeLabelInRouter");
 }
 
-/// Delete the tap's mirror of a `kind` flow, if there is one. `sure`: ask the API server, not
-/// only the watch cache (the tap was in Mirror mode, so a mirror naming its output may exist
-/// even if the cache has not seen it yet, and the output must not go before it).
-pub(super) async fn remove_mirror(tap: &FlowTap, kind: FlowKind, ctx: &Context, sure: bool) -> Result<()> {
+/// Delete the tap's mirror of a `kind` flow, if there is one: named like the output it feeds,
+/// `output`. `sure`: ask the API server, not only the watch cache (the tap was in Mirror mode,
+/// so a mirror naming its output may exist even if the cache has not seen it yet, and the
+/// output must not go before it).
+pub(super) async fn remove_mirror(
+    tap: &FlowTap,
+    kind: FlowKind,
+    output: &str,
+    ctx: &Context,
+    sure: bool,
+) -> Result<()> {
     let ns = tap.namespace().unwrap_or_default();
-    let name = output_name_of(kind, &ns, &tap.name_any());
+    let name = output;
     let removed = match kind {
         FlowKind::Flow => {
-            let copy = cached(&ctx.flows, &ns, &name);
+            let copy = cached(&ctx.flows, &ns, name);
             let cache = (copy.is_some() || !sure).then_some(copy);
-            delete_managed::<Flow>(Api::namespaced(ctx.client.clone(), &ns), &name, tap, cache).await?
+            delete_managed::<Flow>(Api::namespaced(ctx.client.clone(), &ns), name, tap, cache).await?
         }
         FlowKind::ClusterFlow => {
-            let copy = cached(&ctx.cluster_flows, &ns, &name);
+            let copy = cached(&ctx.cluster_flows, &ns, name);
             let cache = (copy.is_some() || !sure).then_some(copy);
-            delete_managed::<ClusterFlow>(Api::namespaced(ctx.client.clone(), &ns), &name, tap, cache).await?
+            delete_managed::<ClusterFlow>(Api::namespaced(ctx.client.clone(), &ns), name, tap, cache).await?
         }
     };
     if removed {
@@ -562,7 +570,33 @@ pub(super) async fn flow_logging_ref(tap: &FlowTap, ctx: &Context) -> Result<Opt
 pub(super) async fn unpatch(tap: &FlowTap, patched: &PatchedFlow, ctx: &Context) -> Result<()> {
     let patch_mode = patched.mode == TapMode::Patch;
     ensure_flow_ref_removed(tap, &patched.flow_ref, &patched.output, ctx, patch_mode).await?;
-    remove_mirror(tap, patched.flow_ref.kind, ctx, !patch_mode).await
+    remove_mirror(tap, patched.flow_ref.kind, &patched.output, ctx, !patch_mode).await
+}
+
+/// Undo `old` (what the tap patched under another flow or output name: a changed flowRef, or an
+/// output an earlier version named otherwise) and delete that output: the flow first (or its
+/// mirror, named like the output), then the output, held until no flow names it.
+pub(super) async fn retire(tap: &FlowTap, old: &PatchedFlow, ctx: &Context) -> Result<()> {
+    unpatch(tap, old, ctx).await?;
+    if old.output == output_name_of(old.flow_ref.kind, &tap.namespace().unwrap_or_default(), &tap.name_any()) {
+        return Ok(());
+    }
+    let ns = tap.namespace().unwrap_or_default();
+    let kind = old.flow_ref.kind.output_kind();
+    let gone = match kind {
+        OutputKind::Output => {
+            delete_managed::<Output>(Api::namespaced(ctx.client.clone(), &ns), &old.output, tap, None).await?
+        }
+        OutputKind::ClusterOutput => {
+            delete_managed::<ClusterOutput>(Api::namespaced(ctx.client.clone(), &ns), &old.output, tap, None).await?
+        }
+    };
+    if gone && !super::in_use::release(&ctx.client, &ctx.config, kind, &ns, &old.output).await? {
+        return Err(Error::OutputStillNamed {
+            output: old.output.clone(),
+        });
+    }
+    Ok(())
 }
 
 /// Everything the tap changed, undone in the order logging-operator needs: flows first (what
@@ -575,7 +609,7 @@ pub(super) async fn teardown(tap: &FlowTap, patched: Option<&PatchedFlow>, ctx: 
     // The spec's flow, unless that is what was just restored: the cache may not show that yet.
     if patched.is_none_or(|p| p.flow_ref != tap.spec.flow_ref || p.output != output) {
         ensure_flow_ref_removed(tap, &tap.spec.flow_ref, &output, ctx, false).await?;
-        remove_mirror(tap, tap.spec.flow_ref.kind, ctx, false).await?;
+        remove_mirror(tap, tap.spec.flow_ref.kind, &output, ctx, false).await?;
     }
     let ns = tap.namespace().unwrap_or_default();
     let mut deleted = false;
@@ -600,9 +634,10 @@ pub(super) async fn teardown(tap: &FlowTap, patched: Option<&PatchedFlow>, ctx: 
                 delete_managed::<ClusterOutput>(Api::namespaced(ctx.client.clone(), &ns), &output, tap, copy).await?
             }
         };
-        if gone {
-            // Marked for deletion; it goes once a fresh read shows no flow names it.
-            super::in_use::release(&ctx.client, &ctx.config, kind.output_kind(), &ns, &output).await?;
+        // Marked for deletion; it goes once a fresh read shows no flow names it (until then
+        // an error: the cleanup is retried, and the FlowTap stays until its output is gone).
+        if gone && !super::in_use::release(&ctx.client, &ctx.config, kind.output_kind(), &ns, &output).await? {
+            return Err(Error::OutputStillNamed { output });
         }
         deleted |= gone;
     }
@@ -629,6 +664,9 @@ mod tests {
         ] {
             assert_eq!(fluentd_seconds(written), seconds, "{written}");
         }
+        // Past what the CRD admits: saturated, never a panic of the controller.
+        let huge = fluentd_seconds(&format!("{}h", "9".repeat(60)));
+        assert!(huge.parse::<f64>().is_ok_and(|s| s > 1e30), "{huge}");
     }
 
     #[test]

@@ -123,6 +123,21 @@ pub(crate) mod fixtures {
     }
 
     impl Context {
+        /// [`Context::test`] whose FlowTap cache holds `taps`.
+        pub fn test_with_taps(
+            answer: impl Fn(&str, &str) -> Answer + Send + 'static,
+            taps: Vec<FlowTap>,
+        ) -> (Arc<Context>, ApiServerVerifier) {
+            let (ctx, api) = Context::test(answer);
+            let mut ctx = Arc::into_inner(ctx).expect("not shared yet");
+            let (store, mut writer) = reflector::store();
+            for tap in taps {
+                writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(tap));
+            }
+            ctx.taps = store;
+            (Arc::new(ctx), api)
+        }
+
         /// A context over a mocked API server that answers with `answer(method, path)`.
         pub fn test(answer: impl Fn(&str, &str) -> Answer + Send + 'static) -> (Arc<Context>, ApiServerVerifier) {
             let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();

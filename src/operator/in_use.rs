@@ -36,7 +36,9 @@ pub fn hold(meta: &mut kube::api::ObjectMeta) -> bool {
 /// Whether a flow, read now from the API server (not a cache), names output `name` of `kind`
 /// in namespace `ns`: a Flow of `ns` in its `localOutputRefs` for an Output; any ClusterFlow
 /// in the operator's scope in its `globalOutputRefs` for a ClusterOutput (logging-operator
-/// resolves those by name across namespaces); and any Flow's `globalOutputRefs` in scope.
+/// resolves those by name across namespaces). Not Flows' `globalOutputRefs`: generated
+/// ClusterOutputs are `protected`, logging-operator refuses such refs, and counting them would
+/// let any tenant's Flow pin a tap's ClusterOutput.
 pub async fn named(
     client: &kube::Client,
     config: &OperatorConfig,

@@ -178,6 +178,8 @@ pub async fn run_elected<F, Fut>(
         let stop = stop.drop_guard();
         let mut last_renewal = Instant::now();
         let mut work_ended = false;
+        // Another replica holds the lease already: nothing of this controller may go on.
+        let mut lost = false;
         let shutting_down = loop {
             tokio::select! {
                 _ = tokio::time::sleep(retry) => {}
@@ -192,14 +194,18 @@ pub async fn run_elected<F, Fut>(
             // before the lease can pass on), so a silent API server cannot keep this replica
             // leading while another already may.
             let left = renew_deadline.saturating_sub(last_renewal.elapsed());
+            // The renewal counts from when it was asked for, not answered: the lease's time
+            // runs from the API server's write, which is no earlier than the request.
+            let asked = Instant::now();
             let renewed = match tokio::time::timeout(left, elector.try_acquire_or_renew()).await {
                 Ok(result) => result,
                 Err(_) => Err(kube::Error::Service("the lease renewal did not answer in time".into()).into()),
             };
             match renewed {
-                Ok(true) => last_renewal = Instant::now(),
+                Ok(true) => last_renewal = asked,
                 Ok(false) => {
                     tracing::warn!("lost the lease to another replica; stopping the controller");
+                    lost = true;
                     break false;
                 }
                 Err(e) => {
@@ -215,7 +221,10 @@ pub async fn run_elected<F, Fut>(
         if !work_ended {
             // The controller gets what is left of the lease to stop, and is aborted after: its
             // requests in flight must not outlive this replica's leadership by more than that.
-            let left = elector.config.duration.saturating_sub(last_renewal.elapsed());
+            let left = match lost {
+                true => Duration::ZERO,
+                false => elector.config.duration.saturating_sub(last_renewal.elapsed()),
+            };
             if tokio::time::timeout(left, &mut work).await.is_err() {
                 tracing::warn!("the controller did not stop before the lease could pass on; aborting it");
                 work.abort();

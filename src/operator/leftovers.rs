@@ -141,8 +141,12 @@ where
         let api = Api::<F>::namespaced(client.clone(), &ns);
         if known.orphaned(flow.meta()) {
             // A mirror flow of a tap that is gone.
-            delete(&api, &flow.name_any()).await?;
-            removed += 1;
+            match delete(&api, &flow.name_any()).await {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::warn!(flow = %flow.name_any(), namespace = %ns, error = %e, "could not remove a leftover mirror flow; next sweep")
+                }
+            }
             continue;
         }
         let stale: Vec<String> = refs(&mut flow)
@@ -155,8 +159,10 @@ where
             })
             .cloned()
             .collect();
+        // Each item on its own: one flow that cannot be edited (a webhook, a flow that keeps
+        // changing) must not hold up every other leftover, nor the outputs waiting to go.
         for output in stale {
-            if let Some((true, _)) = edit_refs(
+            let edited = edit_refs(
                 api.clone(),
                 None,
                 &flow.name_any(),
@@ -164,21 +170,40 @@ where
                 &output,
                 Edit::Remove { sure: false },
             )
-            .await?
-            {
-                tracing::info!(flow = %flow.name_any(), namespace = %ns, output = %output, "removed a leftover tap ref");
-                removed += 1;
+            .await;
+            match edited {
+                Ok(Some((true, _))) => {
+                    tracing::info!(flow = %flow.name_any(), namespace = %ns, output = %output, "removed a leftover tap ref");
+                    removed += 1;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(flow = %flow.name_any(), namespace = %ns, output = %output, error = %e, "could not remove a leftover tap ref; next sweep")
+                }
             }
         }
     }
     for output in orphaned {
         let ns = output.namespace().unwrap_or_default();
         let api = Api::<O>::namespaced(client.clone(), &ns);
-        delete(&api, &output.name_any()).await?;
+        let name = output.name_any();
         // Its in-use finalizer goes once a fresh read shows no flow names it.
-        super::in_use::release(client, config, kind, &ns, &output.name_any()).await?;
-        tracing::info!(output = %output.name_any(), "deleted the output of a FlowTap that is gone");
-        removed += 1;
+        let result = match delete(&api, &name).await {
+            Ok(()) => super::in_use::release(client, config, kind, &ns, &name).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(true) => {
+                tracing::info!(output = %name, namespace = %ns, "deleted the output of a FlowTap that is gone");
+                removed += 1;
+            }
+            Ok(false) => {
+                tracing::info!(output = %name, namespace = %ns, "the output of a FlowTap that is gone is still named by a flow; next sweep")
+            }
+            Err(e) => {
+                tracing::warn!(output = %name, namespace = %ns, error = %e, "could not delete the output of a FlowTap that is gone; next sweep")
+            }
+        }
     }
     Ok(removed)
 }

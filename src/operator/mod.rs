@@ -10,6 +10,8 @@
 //! - `pass`: the pass over the children, in order: preflight, output, validation, flow ref,
 //!   configuration check; sharing, contested refs, sticky refusals;
 //! - [`preflight`]: what must hold before a flow may name the tap's output;
+//! - [`trial`]: one new patch at a time per Logging, so a failed configuration check is blamed
+//!   on the right tap (or on none);
 //! - `children`: the generated output, the flow ref or mirror flow, created and removed in
 //!   the order logging-operator needs;
 //! - [`in_use`]: the finalizer that keeps a generated output while any flow names it;
@@ -37,6 +39,7 @@ mod reconcile;
 pub mod sessions;
 pub mod status;
 pub mod track;
+pub mod trial;
 
 /// The http output a FlowTap gets (what logging-operator then renders for fluentd).
 pub use children::desired_output_spec;

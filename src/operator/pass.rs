@@ -8,6 +8,7 @@ use super::children::{self, ensure_flow_ref, ensure_flow_ref_removed, ensure_mir
 use super::context::Context;
 use super::preflight::{self, Validation};
 use super::status::{self, FlowState, OutputState, Refusal, Shared};
+use super::trial;
 use crate::k8s::flowtap::{FlowTap, PatchedFlow, TapMode};
 use crate::Result;
 use kube::runtime::reflector::Store;
@@ -50,11 +51,12 @@ pub(super) async fn ensure_children(
         recheck: Some(Duration::from_secs(10)),
         quiet: false,
     };
-    // A failed configuration check, or a contested flow, is final until the spec changes.
-    if let Some(r) = sticky_refusal(tap) {
+    // A contested flow is final until the spec changes; a failed configuration check until
+    // then or until it is tried again (see `trial`).
+    if let Some((r, retry_in)) = sticky_refusal(tap) {
         children::teardown(tap, patched, ctx).await?;
         return Ok(Step {
-            recheck: None,
+            recheck: retry_in,
             ..refuse(OutputState::Ready, FlowState::Refused(r))
         });
     }
@@ -93,8 +95,13 @@ pub(super) async fn ensure_children(
     if ensured.going {
         // Someone deleted the output (a user, a late request of a deposed leader); its in-use
         // finalizer holds it while a flow names it. Restore the flow, let it go, make it anew.
-        if let Some(p) = patched {
-            children::unpatch(tap, p, ctx).await?;
+        match patched {
+            Some(p) => children::unpatch(tap, p, ctx).await?,
+            // Not recorded (a status write lost): the spec's flow and mirror, asked for sure.
+            None => {
+                ensure_flow_ref_removed(tap, &tap.spec.flow_ref, output, ctx, true).await?;
+                remove_mirror(tap, tap.spec.flow_ref.kind, output, ctx, true).await?;
+            }
         }
         let kind = tap.spec.flow_ref.kind.output_kind();
         super::in_use::release(&ctx.client, &ctx.config, kind, &ns, output).await?;
@@ -158,6 +165,23 @@ pub(super) async fn ensure_children(
 
     // Baseline of the Logging's configuration checks before the flow names the output.
     let before: Vec<String> = logging.config_checks().into_keys().collect();
+    // A new patch (not a repair) starts a trial: it waits its turn (see `trial`).
+    let new_trial =
+        patched.is_none_or(|p| p.mode != tap.spec.mode || p.logging.as_deref() != Some(logging.name_any().as_str()));
+    if new_trial && tap.spec.mode == TapMode::Patch {
+        if let Err(r) = trial::admit(ctx, tap, &logging) {
+            let wait = if r.reason == trial::LOGGING_CONFIG_INVALID {
+                10
+            } else {
+                2
+            };
+            return Ok(Step {
+                recheck: Some(Duration::from_secs(wait)),
+                patched: patched.cloned(),
+                ..refuse(OutputState::Ready, FlowState::Waiting(r))
+            });
+        }
+    }
     let flow_state = match tap.spec.mode {
         TapMode::Patch => {
             // A repair is putting back a ref this tap had in the flow (status.patched), not the
@@ -166,7 +190,7 @@ pub(super) async fn ensure_children(
             // A mirror can only exist from Mirror mode: look for one only when switching.
             if patched.is_none_or(|p| p.mode == TapMode::Mirror) {
                 let was_mirror = patched.is_some();
-                remove_mirror(tap, tap.spec.flow_ref.kind, ctx, was_mirror).await?;
+                remove_mirror(tap, tap.spec.flow_ref.kind, output, ctx, was_mirror).await?;
             }
             if matches!(state, FlowState::Repaired) && contested(ctx, tap) {
                 let r = Refusal::new(
@@ -219,27 +243,30 @@ pub(super) async fn ensure_children(
             config_accepted: false,
         },
     };
-    // Checked on every pass, also after a passing check: a check that started before the patch
-    // may finish after it, so a pass is no proof that a later one with the tap will pass too.
+    // Judged until a check with the tap passed; never after (see `trial`).
     let mut recheck = None;
-    {
-        match preflight::config_check_since(&logging, &record.config_checks_before) {
-            Some(true) => record.config_accepted = true,
-            Some(false) => {
-                let r = Refusal::new(
-                    preflight::CONFIG_CHECK_FAILED,
-                    format!(
-                        "logging-operator's check of the fluentd configuration with the tap failed (Logging {}); the previous configuration kept running",
-                        record.logging.as_deref().unwrap_or("-")
-                    ),
-                );
-                children::teardown(tap, Some(&record), ctx).await?;
-                return Ok(Step {
-                    recheck: None,
-                    ..refuse(OutputState::Ready, FlowState::Refused(r))
-                });
+    match trial::judge(ctx, tap, &record, &logging, trial::patched_for(tap)) {
+        trial::Verdict::Accepted => {
+            if !record.config_accepted {
+                record.config_accepted = true;
+                record.config_checks_before = logging.config_checks().into_keys().collect();
             }
-            None => recheck = Some(Duration::from_secs(3)),
+        }
+        trial::Verdict::Pending => recheck = Some(Duration::from_secs(3)),
+        trial::Verdict::Failed(r) => {
+            children::teardown(tap, Some(&record), ctx).await?;
+            return Ok(Step {
+                recheck: Some(trial::CONFIG_RETRY),
+                ..refuse(OutputState::Ready, FlowState::Refused(r))
+            });
+        }
+        trial::Verdict::Unclear(r) => {
+            // Not blamed: the flow restored, the tap tries again alone, a little later.
+            children::unpatch(tap, &record, ctx).await?;
+            return Ok(Step {
+                recheck: Some(crate::backoff::jittered(Duration::from_secs(10), 0.5, 1.5)),
+                ..refuse(OutputState::Ready, FlowState::Waiting(r))
+            });
         }
     }
     Ok(Step {
@@ -292,20 +319,30 @@ fn contested(ctx: &Context, tap: &FlowTap) -> bool {
     recent.len() >= CONTESTED_REPAIRS
 }
 
-/// A refusal that stands until the spec changes: a failed configuration check, or a contested
-/// flow (the user decides: Mirror mode, or telling the tool to leave the ref alone).
-fn sticky_refusal(tap: &FlowTap) -> Option<Refusal> {
+/// A refusal that stands until the spec changes: a contested flow (the user decides: Mirror
+/// mode, or telling the tool to leave the ref alone), or a failed configuration check, which
+/// also lifts after [`trial::CONFIG_RETRY`] (with how long is left).
+fn sticky_refusal(tap: &FlowTap) -> Option<(Refusal, Option<Duration>)> {
     let status = tap.status.as_ref()?;
     let c = status::condition(&status.conditions, "FlowPatched")?;
     let reason = [preflight::CONFIG_CHECK_FAILED, CONTESTED]
         .into_iter()
         .find(|r| *r == c.reason)?;
-    (c.observed_generation == tap.metadata.generation).then(|| {
-        Refusal::new(
-            reason,
-            c.message.trim_start_matches("the flow was restored: ").to_owned(),
-        )
-    })
+    if c.observed_generation != tap.metadata.generation {
+        return None;
+    }
+    let retry_in = if reason == preflight::CONFIG_CHECK_FAILED {
+        let waited = status::age(&c.last_transition_time, status::now());
+        let left = trial::CONFIG_RETRY.checked_sub(waited).filter(|d| !d.is_zero())?;
+        Some(left)
+    } else {
+        None
+    };
+    let refusal = Refusal::new(
+        reason,
+        c.message.trim_start_matches("the flow was restored: ").to_owned(),
+    );
+    Some((refusal, retry_in))
 }
 
 #[cfg(test)]
@@ -465,26 +502,40 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_refused_configuration_check_stands_until_the_spec_changes() {
-        let mut tap = tap("web");
-        tap.status = Some(serde_json::from_value(json!({
-            "conditions": [{"type": "FlowPatched", "status": "False", "reason": preflight::CONFIG_CHECK_FAILED,
-                            "observedGeneration": 1,
-                            "message": "fluentd rejected the configuration", "lastTransitionTime": "2026-12-04T10:00:00Z"}],
-        })).unwrap());
+    async fn a_refused_configuration_check_stands_until_the_spec_changes_or_its_retry_time() {
+        let refused_at = |ago: i64| {
+            let at = k8s_openapi::jiff::Timestamp::from_second(status::now().as_second() - ago).unwrap();
+            let mut tap = tap("web");
+            tap.status = Some(
+                serde_json::from_value(json!({
+                    "conditions": [{"type": "FlowPatched", "status": "False", "reason": preflight::CONFIG_CHECK_FAILED,
+                                    "observedGeneration": 1,
+                                    "message": "fluentd rejected the configuration", "lastTransitionTime": at.to_string()}],
+                }))
+                .unwrap(),
+            );
+            tap
+        };
         let (ctx, api) = Context::test(|_, _| not_found());
+        let mut tap = refused_at(60);
         let step = ensure_children(&tap, "logsocket-web-tap", None, &ctx).await.unwrap();
         match &step.flow_state {
             FlowState::Refused(r) => assert_eq!(r.reason, preflight::CONFIG_CHECK_FAILED),
             other => panic!("expected the sticky refusal, got {other:?}"),
         }
-        assert_eq!(
-            step.recheck, None,
-            "not retried on a timer: only a spec change lifts it"
+        let retry = step.recheck.expect("looked at again when the retry is due");
+        assert!(
+            retry <= trial::CONFIG_RETRY - Duration::from_secs(59)
+                && retry >= trial::CONFIG_RETRY - Duration::from_secs(62),
+            "retried {:?} after the refusal, not before: {retry:?}",
+            trial::CONFIG_RETRY
         );
         assert!(changed_nothing(&api.writes()), "{:?}", api.seen());
         tap.metadata.generation = Some(2);
         let step = ensure_children(&tap, "logsocket-web-tap", None, &ctx).await.unwrap();
         assert_eq!(step.flow_state, FlowState::Missing, "a new spec is looked at afresh");
+        let due = refused_at(trial::CONFIG_RETRY.as_secs() as i64 + 1);
+        let step = ensure_children(&due, "logsocket-web-tap", None, &ctx).await.unwrap();
+        assert_eq!(step.flow_state, FlowState::Missing, "tried again once the retry is due");
     }
 }

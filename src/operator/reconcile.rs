@@ -25,7 +25,10 @@ use super::pass::{ensure_children, sharing, Step};
 pub const IDLE_RECHECK: Duration = Duration::from_secs(600);
 
 pub(super) fn error_policy(tap: Arc<FlowTap>, error: &Error, ctx: Arc<Context>) -> Action {
-    if matches!(error, Error::Kube(_) | Error::Finalizer(_)) {
+    // Only an API server that did not answer stops the sessions' clocks: a tap failing for its
+    // own reasons (a webhook, RBAC, a flow that keeps changing) must not keep every crashed
+    // relay's sessions alive.
+    if unreachable(error) {
         ctx.liveness.api_trouble();
     }
     let uid = tap.uid().unwrap_or_default();
@@ -38,6 +41,25 @@ pub(super) fn error_policy(tap: Arc<FlowTap>, error: &Error, ctx: Arc<Context>) 
     let wait = error_backoff(failures);
     tracing::warn!(tap = %tap.name_any(), error = %error, "will retry in {wait:?}");
     Action::requeue(wait)
+}
+
+/// Whether `error` says the API server could not be reached or did not answer (transport
+/// errors, timeouts, 429 and 5xx), as opposed to an answer that refused something.
+fn unreachable(error: &Error) -> bool {
+    let kube = match error {
+        Error::Kube(e) => e,
+        Error::Finalizer(e) => match e.as_ref() {
+            kube::runtime::finalizer::Error::ApplyFailed(inner)
+            | kube::runtime::finalizer::Error::CleanupFailed(inner) => return unreachable(inner),
+            kube::runtime::finalizer::Error::AddFinalizer(e) | kube::runtime::finalizer::Error::RemoveFinalizer(e) => e,
+            _ => return false,
+        },
+        _ => return false,
+    };
+    match kube {
+        kube::Error::Api(s) => s.code == 429 || s.code >= 500,
+        _ => true,
+    }
 }
 
 /// Wait after the `failures`-th failed reconcile in a row: 1 s doubling to 5 minutes, jittered
@@ -95,10 +117,14 @@ async fn apply(tap: &FlowTap, ctx: &Context) -> Result<Action> {
         current.patched = written.clone();
     }
     let mut patched = current.patched.clone();
-    // A flowRef that changed (clusters without CEL do not stop it): undo the old flow first.
-    if let Some(old) = patched.as_ref().filter(|p| p.flow_ref != tap.spec.flow_ref) {
-        children::unpatch(&tap, old, ctx).await?;
-        tracing::info!(tap = %name, flow = %old.flow_ref.name, "flowRef changed: the old flow was restored");
+    // A flowRef that changed (clusters without CEL do not stop it), or an output an earlier
+    // version named otherwise: undo the old flow (or mirror) first, then retire that output.
+    if let Some(old) = patched
+        .as_ref()
+        .filter(|p| p.flow_ref != tap.spec.flow_ref || p.output != output)
+    {
+        children::retire(&tap, old, ctx).await?;
+        tracing::info!(tap = %name, flow = %old.flow_ref.name, output = %old.output, "the old flow was restored and its output retired");
         patched = None;
     }
     let step = match sharing(&ctx.taps, &tap) {
@@ -298,6 +324,21 @@ async fn cleanup(tap: &FlowTap, ctx: &Context) -> Result<Action> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_api_server_that_did_not_answer_stops_the_sessions_clocks() {
+        let api = |code: u16| {
+            Error::Kube(kube::Error::Api(
+                kube::core::Status::failure("x", "Reason").with_code(code).boxed(),
+            ))
+        };
+        assert!(unreachable(&api(503)) && unreachable(&api(429)) && unreachable(&api(500)));
+        assert!(!unreachable(&api(403)), "RBAC answered");
+        assert!(!unreachable(&api(422)), "a webhook answered");
+        assert!(!unreachable(&Error::FlowKeptChanging { flow: "web".into() }));
+        let wrapped = Error::Finalizer(Box::new(kube::runtime::finalizer::Error::ApplyFailed(api(504))));
+        assert!(unreachable(&wrapped));
+    }
 
     #[test]
     fn failed_reconciles_back_off_exponentially_up_to_five_minutes() {

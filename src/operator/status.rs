@@ -70,6 +70,8 @@ pub enum FlowState {
     Refused(Refusal),
     /// Fed through another FlowTap's output.
     Shared(Shared),
+    /// Left as it is for now, and why (a new patch waits its turn, see `trial`).
+    Waiting(Refusal),
 }
 
 /// Now, to the second (condition times are whole seconds).
@@ -250,6 +252,7 @@ fn flow_patched(tap: &FlowTap, seen: &Observed) -> (bool, &'static str, String) 
             "the flow is left as it is until the output is validated".to_owned(),
         ),
         FlowState::Refused(r) => (false, r.reason, format!("the flow was restored: {}", r.message)),
+        FlowState::Waiting(r) => (false, r.reason, r.message.clone()),
         FlowState::Shared(s) => (
             s.phase == Some(Phase::Active),
             SHARED,

@@ -396,6 +396,13 @@ pub(crate) async fn status_when(
 }
 
 /// Whether the status has a condition `type_` with `reason`.
+/// logging-operator's render of the Logging never failed during the test: no flow ever named
+/// an output that did not exist (the stand-in renders every 200 ms).
+pub(crate) fn never_broke_the_render(h: &Harness) {
+    let failures = h.logging_operator.render_failures();
+    assert!(failures.is_empty(), "the render failed: {failures:?}");
+}
+
 pub(crate) fn has_reason(s: &log_socket::k8s::flowtap::FlowTapStatus, type_: &str, reason: &str) -> bool {
     s.conditions.iter().any(|c| c.type_ == type_ && c.reason == reason)
 }

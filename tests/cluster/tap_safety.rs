@@ -2,7 +2,9 @@
 //! FlowTap's status and in a Warning Event, and proceeds once the cause is fixed. The tests
 //! play logging-operator's part with testkit/src/logging_operator.rs.
 
-use crate::operator::{condition, event, flow_spec, harness, has_reason, persistent_tap, raw, status_when};
+use crate::operator::{
+    condition, event, flow_spec, harness, has_reason, never_broke_the_render, persistent_tap, raw, status_when,
+};
 use kube::api::{Api, Patch, PatchParams};
 use log_socket::k8s::flowtap::{FlowTap, Phase};
 use serde_json::json;
@@ -49,6 +51,7 @@ async fn without_its_tls_secret_a_tap_changes_nothing_and_proceeds_once_it_exist
         refs(&raw(&h, "Flow", "web").await.unwrap()),
         json!(["loki", "logsocket-web-tap"])
     );
+    never_broke_the_render(&h);
 }
 
 #[tokio::test]
@@ -79,6 +82,7 @@ async fn the_flow_names_the_output_only_after_logging_operator_validated_it() {
         refs(&raw(&h, "Flow", "web").await.unwrap()),
         json!(["loki", "logsocket-web-tap"])
     );
+    never_broke_the_render(&h);
 }
 
 #[tokio::test]
@@ -105,6 +109,7 @@ async fn an_output_logging_operator_rejects_is_never_named_by_the_flow() {
     // Fixed (logging-operator no longer objects): the tap proceeds.
     h.logging_operator.behaviour.lock().unwrap().reject_outputs.clear();
     status_when(&h, "web-tap", "Active", |s| s.phase == Some(Phase::Active)).await;
+    never_broke_the_render(&h);
 }
 
 #[tokio::test]
@@ -150,6 +155,7 @@ async fn a_configuration_check_that_fails_with_the_tap_restores_the_flow_and_rem
     // It stays refused (no retry loop against the Logging) until the spec changes.
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     assert!(raw(&h, "Output", "logsocket-web-tap").await.is_none());
+    never_broke_the_render(&h);
 }
 
 #[tokio::test]
@@ -497,4 +503,166 @@ async fn a_deleted_output_stays_while_its_flow_names_it_and_the_tap_comes_back()
             .any(|(_, _, o)| o["metadata"]["uid"] == old_uid && !o["metadata"]["deletionTimestamp"].is_null()),
         "held by its finalizer first: {output_events:?}"
     );
+    never_broke_the_render(&h);
+}
+
+/// [`status_when`] with room for configuration checks that take a while and taps tried one at
+/// a time.
+async fn status_within(
+    h: &testkit::cluster::Harness,
+    name: &str,
+    what: &str,
+    ok: impl Fn(&log_socket::k8s::flowtap::FlowTapStatus) -> bool,
+) -> log_socket::k8s::flowtap::FlowTapStatus {
+    testkit::poll::eventually_within(what, std::time::Duration::from_secs(90), || async {
+        let s = crate::operator::tap(h, name).await?.status?;
+        ok(&s).then_some(s)
+    })
+    .await
+}
+
+/// Watch `h`'s tap `name` for `how_long` (every 200 ms): its phase and its flow's refs must stay
+/// as `ok` says at every look.
+async fn holds_for(
+    h: &testkit::cluster::Harness,
+    how_long: std::time::Duration,
+    ok: impl Fn(&serde_json::Value, Option<Phase>) -> bool,
+) {
+    let until = tokio::time::Instant::now() + how_long;
+    while tokio::time::Instant::now() < until {
+        let flow = raw(h, "Flow", "web").await.unwrap();
+        let phase = crate::operator::tap(h, "web-tap")
+            .await
+            .and_then(|t| t.status)
+            .and_then(|s| s.phase);
+        assert!(ok(&flow, phase), "{phase:?}: {flow}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_failed_check_caused_by_another_flow_tears_no_tap_down() {
+    let h = harness("safe-other").await;
+    cluster::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    persistent_tap(&h, "web-tap", web_tap()).await;
+    status_when(&h, "web-tap", "Active", |s| s.phase == Some(Phase::Active)).await;
+    // Its trial ends 30 s (trial::TRIAL) after its patch.
+    testkit::poll::eventually_within("its trial over", std::time::Duration::from_secs(120), || async {
+        let s = crate::operator::tap(&h, "web-tap").await?.status?;
+        s.patched.as_ref().is_some_and(|p| p.config_accepted).then_some(())
+    })
+    .await;
+    // Another tenant's flow fails the Logging's check (logging-operator keeps only that result).
+    h.logging_operator
+        .behaviour
+        .lock()
+        .unwrap()
+        .fail_config_with
+        .insert("flow/bad".into());
+    cluster::create_flow(&h.client, &h.ns, "bad", json!({"localOutputRefs": ["loki"]})).await;
+    let loggings = Api::<kube::api::DynamicObject>::all_with(
+        h.client.clone(),
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("logging.banzaicloud.io", "v1beta1", "Logging"),
+            "loggings",
+        ),
+    );
+    eventually("the Logging's check failed", || async {
+        let l = loggings.get(&h.logging_operator.logging).await.ok()?;
+        let results = l.data["status"]["configCheckResults"].as_object()?.clone();
+        (results.len() == 1 && results.values().all(|ok| ok == false)).then_some(())
+    })
+    .await;
+    // Across several passes (the Logging's change wakes every tap on it): nothing torn down.
+    holds_for(&h, std::time::Duration::from_secs(8), |flow, phase| {
+        refs(flow) == json!(["loki", "logsocket-web-tap"]) && phase == Some(Phase::Active)
+    })
+    .await;
+    assert!(raw(&h, "Output", "logsocket-web-tap").await.is_some());
+    never_broke_the_render(&h);
+}
+
+#[tokio::test]
+async fn a_new_tap_waits_while_the_loggings_configuration_fails_and_proceeds_when_it_passes() {
+    let h = harness("safe-wait").await;
+    h.logging_operator
+        .behaviour
+        .lock()
+        .unwrap()
+        .fail_config_with
+        .insert("flow/bad".into());
+    cluster::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    cluster::create_flow(&h.client, &h.ns, "bad", json!({"localOutputRefs": ["loki"]})).await;
+    let loggings = Api::<kube::api::DynamicObject>::all_with(
+        h.client.clone(),
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("logging.banzaicloud.io", "v1beta1", "Logging"),
+            "loggings",
+        ),
+    );
+    eventually("the Logging's check failed", || async {
+        let l = loggings.get(&h.logging_operator.logging).await.ok()?;
+        let results = l.data["status"]["configCheckResults"].as_object()?.clone();
+        results.values().any(|ok| ok == false).then_some(())
+    })
+    .await;
+    persistent_tap(&h, "web-tap", web_tap()).await;
+    let s = status_when(&h, "web-tap", "waiting: LoggingConfigInvalid", |s| {
+        has_reason(s, "FlowPatched", "LoggingConfigInvalid")
+    })
+    .await;
+    assert_eq!(s.phase, Some(Phase::Pending), "waiting, not failed");
+    holds_for(&h, std::time::Duration::from_secs(4), |flow, _| {
+        refs(flow) == json!(["loki"])
+    })
+    .await;
+    // The other tenant fixes their flow: the Logging passes, the tap proceeds.
+    h.logging_operator.behaviour.lock().unwrap().fail_config_with.clear();
+    cluster::logging_api(&h.client, &h.ns, "Flow")
+        .delete("bad", &Default::default())
+        .await
+        .unwrap();
+    status_when(&h, "web-tap", "Active", |s| s.phase == Some(Phase::Active)).await;
+    never_broke_the_render(&h);
+}
+
+#[tokio::test]
+async fn taps_patched_together_are_tried_one_at_a_time_and_only_the_broken_one_is_blamed() {
+    let h = harness("safe-trial").await;
+    {
+        let mut b = h.logging_operator.behaviour.lock().unwrap();
+        // A check takes a while, so both taps would otherwise land in one configuration.
+        b.check_delay = std::time::Duration::from_secs(2);
+        b.fail_config_with.insert("logsocket-bad-tap".into());
+    }
+    cluster::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    cluster::create_flow(&h.client, &h.ns, "api", flow_spec()).await;
+    persistent_tap(&h, "web-tap", web_tap()).await;
+    persistent_tap(
+        &h,
+        "bad-tap",
+        json!({"flowRef": {"kind": "Flow", "name": "api"}, "persistent": true}),
+    )
+    .await;
+    let failed = status_within(&h, "bad-tap", "bad-tap refused", |s| {
+        has_reason(s, "FlowPatched", "ConfigCheckFailed")
+    })
+    .await;
+    assert_eq!(failed.phase, Some(Phase::Failed));
+    let good = status_within(&h, "web-tap", "web-tap accepted", |s| {
+        s.phase == Some(Phase::Active) && s.patched.as_ref().is_some_and(|p| p.config_accepted)
+    })
+    .await;
+    assert!(!has_reason(&good, "FlowPatched", "ConfigCheckFailed"), "{good:?}");
+    // Over the other's trial and its failure: never blamed, never unpatched.
+    holds_for(&h, std::time::Duration::from_secs(6), |flow, phase| {
+        refs(flow) == json!(["loki", "logsocket-web-tap"]) && phase == Some(Phase::Active)
+    })
+    .await;
+    assert_eq!(
+        refs(&raw(&h, "Flow", "api").await.unwrap()),
+        json!(["loki"]),
+        "the broken one restored"
+    );
+    never_broke_the_render(&h);
 }

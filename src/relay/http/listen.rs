@@ -92,6 +92,12 @@ pub(super) async fn listen(
         tap: key.clone(),
         identity: identity.clone(),
     };
+    // From here until the listener's task owns it, a dropped request (the client gone while
+    // the session registers or the bus is joined: hyper drops this future) still leaves.
+    let mut leave = Leave {
+        state: state.clone(),
+        session: Some(session.clone()),
+    };
     if let Err(e) = state.sessions.joined(&session).await {
         return match e {
             JoinError::Forbidden(why) => text(StatusCode::FORBIDDEN, format!("forbidden: {why}")),
@@ -105,6 +111,7 @@ pub(super) async fn listen(
         // resume then finds every record the stream retains.
         if let Err(e) = nats.follow(&key, &tap).await {
             drop(slot);
+            leave.session = None;
             state.sessions.left(&session).await;
             state.relay.metrics.error("listener_bus_unavailable");
             return text(
@@ -121,6 +128,8 @@ pub(super) async fn listen(
     ));
     let task_guard = state.listener_tasks.clone();
     let start = options.start;
+    // The task leaves when the listener is done.
+    leave.session = None;
     tokio::spawn(async move {
         let _guard = task_guard;
         match on_upgrade.await {
@@ -149,6 +158,21 @@ pub(super) async fn listen(
         reply = reply.header("sec-websocket-protocol", SUBPROTOCOL);
     }
     reply.body("".into()).expect("valid response")
+}
+
+/// Leaves the session when dropped while still holding it.
+struct Leave {
+    state: Arc<State>,
+    session: Option<SessionInfo>,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.take() {
+            let state = self.state.clone();
+            tokio::spawn(async move { state.sessions.left(&session).await });
+        }
+    }
 }
 
 fn upgrade_required() -> Reply {

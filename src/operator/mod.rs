@@ -12,6 +12,7 @@
 //! - [`preflight`]: what must hold before a flow may name the tap's output;
 //! - [`trial`]: one new patch at a time per Logging, so a failed configuration check is blamed
 //!   on the right tap (or on none);
+//! - `output_spec`: the generated output's spec, pure (and `flushInterval` in fluentd's seconds);
 //! - `children`: the generated output, the flow ref or mirror flow, created and removed in
 //!   the order logging-operator needs;
 //! - [`in_use`]: the finalizer that keeps a generated output while any flow names it;
@@ -33,6 +34,7 @@ mod events;
 pub mod in_use;
 pub mod lease;
 pub mod leftovers;
+mod output_spec;
 mod pass;
 pub mod preflight;
 mod reconcile;
@@ -42,7 +44,7 @@ pub mod track;
 pub mod trial;
 
 /// The http output a FlowTap gets (what logging-operator then renders for fluentd).
-pub use children::desired_output_spec;
+pub use output_spec::{desired_output_spec, fluentd_seconds};
 
 use crate::k8s::flowtap::{FlowKind, FlowTap, FlowTapStatus};
 use crate::protocol::TapKey;

@@ -85,7 +85,7 @@ pub(super) async fn ensure_children(
             return Ok(refuse(OutputState::Refused(r), FlowState::Skipped));
         }
     };
-    let spec = children::desired_output_spec(tap, &ctx.config, Some(&logging_ref));
+    let spec = super::output_spec::desired_output_spec(tap, &ctx.config, Some(&logging_ref));
     if let Some(r) = preflight::check_secrets(&ctx.client, &ns, &preflight::secret_refs(&spec)).await? {
         children::teardown(tap, patched, ctx).await?;
         return Ok(refuse(OutputState::Refused(r), FlowState::Skipped));

@@ -322,3 +322,35 @@ async fn every_generated_output_shape_rendered_as_logging_operator_does_passes_f
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_sub_second_flush_interval_reaches_fluentd_as_the_half_second_meant() {
+    use log_socket::k8s::flowtap::FlowTap;
+    use log_socket::operator::{desired_output_spec, OperatorConfig};
+    let r = start_relay(RelayConfig::default(), per_flow_parts()).await;
+    let tap: FlowTap = serde_json::from_value(serde_json::json!({
+        "apiVersion": "logsocket.dev/v1alpha1", "kind": "FlowTap",
+        "metadata": {"name": "flow-web", "namespace": "shop"},
+        "spec": {"flowRef": {"kind": "Flow", "name": "web"}, "buffer": {"flushInterval": "500ms"}},
+    }))
+    .unwrap();
+    let config = OperatorConfig {
+        ingest_keys: Some(test_keys()),
+        ..OperatorConfig::new("test", &format!("http://{}", r.ingest))
+    };
+    let spec = desired_output_spec(&tap, &config, None);
+    let output = render::http_output(&spec, "flow:shop:web:output:shop:logsocket-flow-web");
+    assert!(output.contains("flush_interval 0.5\n"), "{output}");
+    let dir = tempdir("fluentd-flush");
+    let Some(mut f) = Fluentd::start(&dir, &config_with_output(&dir, &output)) else {
+        return;
+    };
+    let mut ws = connect(&r, "/flow/shop/web", "tok-alice").await;
+    // fluentd read `500ms` as 500 minutes: with 1 MiB chunks filling at a few KiB a second,
+    // nothing would come for minutes. Half a second means records within a few seconds of
+    // fluentd's start (Ruby starts slowly on a busy machine: 30 s of room).
+    let frame = next_record(&mut f, &mut ws, Instant::now() + Duration::from_secs(30)).await;
+    assert_eq!(frame["record"]["message"], "hello from fluentd");
+    f.stop(Duration::from_secs(10)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -107,17 +107,8 @@ pub(crate) mod fixtures {
         /// Settings for tests, the operator's own namespace being `namespace`.
         pub fn test(namespace: &str) -> OperatorConfig {
             OperatorConfig {
-                instance: "relay-0".into(),
-                ingest_url: format!("http://log-socket.{namespace}.svc:10000"),
-                linger: std::time::Duration::from_secs(60),
-                session_ttl: std::time::Duration::from_secs(60),
-                ingest_keys: None,
-                tls_secret: None,
-                output_accept_timeout: std::time::Duration::from_secs(30),
                 sweep_interval: std::time::Duration::from_secs(600),
-                mode: crate::k8s::flowtap::TapMode::Patch,
-                namespace: None,
-                limits: Default::default(),
+                ..OperatorConfig::new("relay-0", &format!("http://log-socket.{namespace}.svc:10000"))
             }
         }
     }

@@ -106,6 +106,23 @@ impl Default for Limits {
 }
 
 impl OperatorConfig {
+    /// Settings with the service's defaults: relay `instance`, fluentd posting to `ingest_url`.
+    pub fn new(instance: &str, ingest_url: &str) -> OperatorConfig {
+        OperatorConfig {
+            instance: instance.to_owned(),
+            ingest_url: ingest_url.to_owned(),
+            linger: Duration::from_secs(60),
+            session_ttl: Duration::from_secs(60),
+            ingest_keys: None,
+            tls_secret: None,
+            output_accept_timeout: Duration::from_secs(30),
+            sweep_interval: Duration::from_secs(60),
+            mode: crate::k8s::flowtap::TapMode::Patch,
+            namespace: None,
+            limits: Default::default(),
+        }
+    }
+
     /// Objects of kind `K` in the operator's scope.
     pub fn scoped<K>(&self, client: &kube::Client) -> Api<K>
     where

@@ -407,17 +407,12 @@ pub async fn harness_configured(
     use log_socket::service::{Cluster, Controller, Service};
     use std::sync::Arc;
     let mut operator = OperatorConfig {
-        instance: format!("relay-{ns}"),
-        ingest_url: INGEST_URL.into(),
         linger,
         session_ttl,
         ingest_keys: Some(test_keys()),
-        tls_secret: None,
         namespace: Some(ns.clone()),
-        mode: Default::default(),
-        output_accept_timeout: Duration::from_secs(30),
         sweep_interval: Duration::from_secs(2),
-        limits: Default::default(),
+        ..OperatorConfig::new(&format!("relay-{ns}"), INGEST_URL)
     };
     tweak(&mut operator);
     let operator = Arc::new(operator);

@@ -106,17 +106,10 @@ pub fn generated_output_spec(
     }))
     .unwrap();
     let config = OperatorConfig {
-        instance: "test".into(),
-        ingest_url: ingest_url.to_owned(),
         linger: Duration::ZERO,
-        session_ttl: Duration::from_secs(60),
         ingest_keys,
         tls_secret: tls_secret.map(str::to_owned),
-        output_accept_timeout: Duration::from_secs(30),
-        sweep_interval: Duration::from_secs(60),
-        limits: Default::default(),
-        mode: Default::default(),
-        namespace: None,
+        ..OperatorConfig::new("test", ingest_url)
     };
     desired_output_spec(&tap, &config, logging_ref)
 }

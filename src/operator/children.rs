@@ -55,6 +55,13 @@ fn is_ours(meta: &kube::api::ObjectMeta, tap: &FlowTap) -> bool {
             .is_some_and(|uid| super::owning_tap_uids(meta).contains(&uid.as_str()))
 }
 
+/// Whether the FlowTaps `meta` was generated for are all gone (by the controller's cache, which
+/// holds every FlowTap in scope).
+fn left_behind(meta: &kube::api::ObjectMeta, ctx: &Context) -> bool {
+    let live: std::collections::HashSet<String> = ctx.taps.state().iter().filter_map(|t| t.uid()).collect();
+    super::owning_tap_uids(meta).iter().all(|uid| !live.contains(*uid))
+}
+
 /// What [`ensure_output`] and [`ensure_mirror`] found.
 pub(super) struct Ensured {
     /// An object of that name exists and is not log-socket's: left alone.
@@ -149,6 +156,7 @@ where
         super::in_use::hold(desired.meta_mut());
     }
     let mut found = cached;
+    let mut read_fresh = false;
     for attempt in 0..5 {
         let mut existing = match found.take() {
             Some(existing) => existing,
@@ -177,13 +185,26 @@ where
             },
         };
         if !is_ours(existing.meta(), tap) {
-            return Ok(Ensured {
-                taken: true,
-                going: false,
-                existed: true,
-                status: None,
-                created: None,
-            });
+            // A watch cache's copy may be of an object gone since: ask before calling it taken.
+            if !read_fresh {
+                read_fresh = true;
+                match api.get_opt(&name).await? {
+                    Some(fresh) => found = Some(fresh),
+                    None => found = None,
+                }
+                continue;
+            }
+            // log-socket's, for a FlowTap that no longer exists (one deleted and created again
+            // under the same name): adopted, or let go first if it is being deleted.
+            if !super::is_managed(existing.meta()) || !left_behind(existing.meta(), ctx) {
+                return Ok(Ensured {
+                    taken: true,
+                    going: false,
+                    existed: true,
+                    status: None,
+                    created: None,
+                });
+            }
         }
         let going = existing.meta().deletion_timestamp.is_some();
         let ensured = Ensured {

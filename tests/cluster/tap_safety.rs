@@ -666,3 +666,26 @@ async fn taps_patched_together_are_tried_one_at_a_time_and_only_the_broken_one_i
     );
     never_broke_the_render(&h);
 }
+
+#[tokio::test]
+async fn a_flowtap_deleted_and_created_again_under_the_same_name_proceeds_at_once() {
+    let h = harness("safe-recreate").await;
+    cluster::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    persistent_tap(&h, "web-tap", web_tap()).await;
+    status_when(&h, "web-tap", "Active", |s| s.phase == Some(Phase::Active)).await;
+    let taps = Api::<FlowTap>::namespaced(h.client.clone(), &h.ns);
+    taps.delete("web-tap", &Default::default()).await.unwrap();
+    eventually("the old FlowTap gone", || async {
+        taps.get_opt("web-tap").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    // At once, as GitOps `Replace=true` or `kubectl replace --force` do: the controller's
+    // caches may still show the old output.
+    persistent_tap(&h, "web-tap", web_tap()).await;
+    let s = status_when(&h, "web-tap", "Active again", |s| {
+        s.phase == Some(Phase::Active) || has_reason(s, "OutputReady", "NameTaken")
+    })
+    .await;
+    assert_eq!(s.phase, Some(Phase::Active), "{s:?}");
+    never_broke_the_render(&h);
+}

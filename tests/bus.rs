@@ -435,6 +435,32 @@ async fn a_stream_no_flowtap_names_any_more_is_removed_unless_a_relay_still_foll
     assert_eq!(post_batch(&a, "m", 5, 5).await, 202);
 }
 
+#[tokio::test]
+async fn a_stream_removed_while_its_flowtap_exists_is_made_again_and_nothing_is_discarded() {
+    let dir = tempdir("remade");
+    let Some(server) = Nats::start(&dir) else { return };
+    let (a, b) = (relay(&server.url()).await, relay(&server.url()).await);
+    let key = log_socket::protocol::TapKey::parse("flow", "shop", "web").unwrap();
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    // A FlowTap exists, seen by both relays.
+    a.relay.pin_tap(&key, true);
+    b.relay.pin_tap(&key, true);
+    eventually_within("the stream to be created", WAIT, || async {
+        js.get_stream("LOGSOCKET_flow_shop_web").await.is_ok().then_some(())
+    })
+    .await;
+    let mut ws = connect(&b, "/flow/shop/web", "tok-alice").await;
+    // Removed behind its back (another relay that saw the FlowTap go before it came back, or
+    // NATS losing its store).
+    js.delete_stream("LOGSOCKET_flow_shop_web").await.unwrap();
+    // Ingest stores the batch in a stream made again (fluentd never gets "discarded" for a
+    // tap that exists), and the listener's relay follows the new stream.
+    assert_eq!(post_batch(&a, "again", 0, 5).await, 200);
+    assert!(js.get_stream("LOGSOCKET_flow_shop_web").await.is_ok());
+    let frames = records(&mut ws, 5).await;
+    assert_eq!(texts(&frames), numbered("again", 0..5));
+}
+
 /// A Kubernetes Service's stand-in on loopback: each connection goes to the first of its
 /// endpoints, and is closed when that endpoint does not answer (as kube-proxy does until the
 /// dead pod leaves the endpoints).

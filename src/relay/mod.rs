@@ -184,14 +184,13 @@ impl Relay {
     /// created instead, and buffers there.
     pub fn pin_tap(&self, key: &TapKey, pinned: bool) {
         if let bus::Bus::Nats(nats) = &self.bus {
+            // Recorded at once (ingest and followers read it); the stream follows in order. No
+            // FlowTap names the flow any more: its records leave NATS now rather than after
+            // --nats-max-age (unless a relay still follows the stream).
+            nats.set_pinned(key, pinned);
             let (nats, key) = (nats.clone(), key.clone());
             tokio::spawn(async move {
-                let result = match pinned {
-                    true => nats.ensure_stream(&key).await.map(|_| ()),
-                    // No FlowTap names the flow any more: its records leave NATS now rather
-                    // than after --nats-max-age (unless a relay still follows the stream).
-                    false => nats.remove_unfollowed_stream(&key).await,
-                };
+                let result = nats.sync_stream(&key).await;
                 if let Err(e) = result {
                     tracing::warn!(tap = %key, pinned, error = %e, "cannot create or remove the tap's stream");
                 }

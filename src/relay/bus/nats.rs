@@ -88,6 +88,12 @@ pub struct NatsBus {
     /// Whether the connection to NATS is up, as the client reports it; followers tell their
     /// listeners when it changes.
     connected: watch::Receiver<bool>,
+    /// Taps a FlowTap names (as this relay's tap tracking sees them): their streams must exist,
+    /// so a stream found missing is created again, never taken for "nobody listens".
+    pinned: Arc<std::sync::Mutex<std::collections::HashSet<TapKey>>>,
+    /// One lock per tap for creating and removing its stream, so pin and unpin apply in order
+    /// and the last state wins.
+    stream_locks: std::sync::Mutex<HashMap<TapKey, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl NatsBus {
@@ -134,7 +140,49 @@ impl NatsBus {
             followers: Default::default(),
             slow_client,
             connected,
+            pinned: Default::default(),
+            stream_locks: Default::default(),
         })
+    }
+
+    /// Record whether a FlowTap names `key`'s flow, then bring its stream in line with what
+    /// is recorded at that moment (created while pinned; removed, if no relay follows it, when
+    /// not), under the tap's lock: events applied out of order cannot leave a pinned tap
+    /// without its stream.
+    pub async fn pin(&self, key: &TapKey, pinned: bool) -> Result<(), BusError> {
+        self.set_pinned(key, pinned);
+        self.sync_stream(key).await
+    }
+
+    /// Bring `key`'s stream in line with whether it is pinned now (see [`NatsBus::pin`]).
+    pub async fn sync_stream(&self, key: &TapKey) -> Result<(), BusError> {
+        let lock = self
+            .stream_locks
+            .lock()
+            .unwrap()
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let _held = lock.lock().await;
+        if self.is_pinned(key) {
+            self.ensure_stream(key).await.map(|_| ())
+        } else {
+            self.remove_unfollowed_stream(key).await
+        }
+    }
+
+    /// Record whether a FlowTap names `key`'s flow (see [`NatsBus::pin`]).
+    pub fn set_pinned(&self, key: &TapKey, pinned: bool) {
+        let mut set = self.pinned.lock().unwrap();
+        match pinned {
+            true => set.insert(key.clone()),
+            false => set.remove(key),
+        };
+    }
+
+    /// Whether a FlowTap names `key`'s flow.
+    pub fn is_pinned(&self, key: &TapKey) -> bool {
+        self.pinned.lock().unwrap().contains(key)
     }
 
     /// Whether the connection to NATS is up.
@@ -201,7 +249,12 @@ impl NatsBus {
 
     /// The tap's stream, created if needed (a listener joins, or a FlowTap exists).
     pub async fn ensure_stream(&self, key: &TapKey) -> Result<stream::Stream, BusError> {
-        let config = stream::Config {
+        self.js.get_or_create_stream(self.stream_config(key)).await.map_err(err)
+    }
+
+    /// How a tap's stream is made.
+    fn stream_config(&self, key: &TapKey) -> stream::Config {
+        stream::Config {
             name: Self::stream_name(key),
             subjects: vec![Self::subject(key)],
             max_messages: self.limits.records.max(1) as i64,
@@ -211,13 +264,29 @@ impl NatsBus {
             storage: stream::StorageType::File,
             num_replicas: 1,
             ..Default::default()
-        };
-        self.js.get_or_create_stream(config).await.map_err(err)
+        }
     }
 
-    /// Store one accepted batch in the tap's stream; `NoTap` when no stream exists for it.
-    /// A batch larger than the server's `max_payload` goes as several messages, in order.
+    /// Store one accepted batch in the tap's stream; `NoTap` when no stream exists for it and
+    /// no FlowTap names the flow. A pinned tap whose stream is missing (removed by a relay
+    /// that saw the FlowTap go before this one saw it come back, or lost by NATS) gets it
+    /// created again, and the batch is stored there: never discarded as "nobody listens".
     pub async fn publish(&self, key: &TapKey, records: &[Record]) -> Result<Stored, BusError> {
+        match self.publish_once(key, records).await? {
+            Stored::NoTap if self.is_pinned(key) => {
+                self.ensure_stream(key).await?;
+                match self.publish_once(key, records).await? {
+                    Stored::NoTap => Err(BusError(format!("the stream of {key} could not be created"))),
+                    stored => Ok(stored),
+                }
+            }
+            stored => Ok(stored),
+        }
+    }
+
+    /// One try of [`NatsBus::publish`]. A batch larger than the server's `max_payload` goes as
+    /// several messages, in order.
+    async fn publish_once(&self, key: &TapKey, records: &[Record]) -> Result<Stored, BusError> {
         // While disconnected the client would buffer the message and send it on reconnect,
         // after this request was answered 503 and fluentd retried it: a duplicate. Refused
         // instead. (A connection lost while a publish waits for its ack can still store a
@@ -273,6 +342,8 @@ impl NatsBus {
                     let (tx, rx) = watch::channel(info.state.messages == 0);
                     let task = tokio::spawn(follow_stream(Following {
                         js: self.js.clone(),
+                        pinned: self.pinned.clone(),
+                        stream_config: self.stream_config(key),
                         key: key.clone(),
                         tap: Arc::downgrade(tap),
                         next: 0,
@@ -396,6 +467,9 @@ async fn follow_stream(mut follower: Following) {
 /// One tap's follower: where it is in the stream.
 struct Following {
     js: jetstream::Context,
+    /// The taps a FlowTap names: a missing stream of one is created again, not waited for.
+    pinned: Arc<std::sync::Mutex<std::collections::HashSet<TapKey>>>,
+    stream_config: stream::Config,
     key: TapKey,
     tap: Weak<Tap>,
     /// The next stream sequence to read (0: from the oldest retained).
@@ -430,7 +504,15 @@ impl Following {
 
     /// Follow until an error, or `Ok` once the local tap is gone.
     async fn follow_once(&mut self) -> Result<(), BusError> {
-        let mut stream = self.js.get_stream(NatsBus::stream_name(&self.key)).await.map_err(err)?;
+        let pinned = self.pinned.lock().unwrap().contains(&self.key);
+        let mut stream = match pinned {
+            true => self
+                .js
+                .get_or_create_stream(self.stream_config.clone())
+                .await
+                .map_err(err)?,
+            false => self.js.get_stream(NatsBus::stream_name(&self.key)).await.map_err(err)?,
+        };
         let info = stream.info().await.map_err(err)?;
         let epoch = epoch_of(info);
         {

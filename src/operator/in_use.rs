@@ -59,9 +59,7 @@ pub async fn named(
                 .scoped::<ClusterFlow>(client)
                 .list(&ListParams::default())
                 .await?;
-            let flows = config.scoped::<Flow>(client).list(&ListParams::default()).await?;
             cluster_flows.items.iter().any(|f| has(&f.spec.global_output_refs))
-                || flows.items.iter().any(|f| has(&f.spec.global_output_refs))
         }
     })
 }

@@ -521,6 +521,31 @@ async fn status_within(
     .await
 }
 
+/// Another tenant's Flow `bad` makes the Logging's configuration check fail; returns once the
+/// Logging's only (current) result is that failure.
+async fn another_flow_fails_the_check(h: &testkit::cluster::Harness) {
+    h.logging_operator
+        .behaviour
+        .lock()
+        .unwrap()
+        .fail_config_with
+        .insert("flow/bad".into());
+    cluster::create_flow(&h.client, &h.ns, "bad", json!({"localOutputRefs": ["loki"]})).await;
+    let loggings = Api::<kube::api::DynamicObject>::all_with(
+        h.client.clone(),
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("logging.banzaicloud.io", "v1beta1", "Logging"),
+            "loggings",
+        ),
+    );
+    eventually("the Logging's check failed", || async {
+        let l = loggings.get(&h.logging_operator.logging).await.ok()?;
+        let results = l.data["status"]["configCheckResults"].as_object()?.clone();
+        (results.len() == 1 && results.values().all(|ok| ok == false)).then_some(())
+    })
+    .await;
+}
+
 /// Watch `h`'s tap `name` for `how_long` (every 200 ms): its phase and its flow's refs must stay
 /// as `ok` says at every look.
 async fn holds_for(
@@ -553,26 +578,7 @@ async fn a_failed_check_caused_by_another_flow_tears_no_tap_down() {
     })
     .await;
     // Another tenant's flow fails the Logging's check (logging-operator keeps only that result).
-    h.logging_operator
-        .behaviour
-        .lock()
-        .unwrap()
-        .fail_config_with
-        .insert("flow/bad".into());
-    cluster::create_flow(&h.client, &h.ns, "bad", json!({"localOutputRefs": ["loki"]})).await;
-    let loggings = Api::<kube::api::DynamicObject>::all_with(
-        h.client.clone(),
-        &kube::api::ApiResource::from_gvk_with_plural(
-            &kube::api::GroupVersionKind::gvk("logging.banzaicloud.io", "v1beta1", "Logging"),
-            "loggings",
-        ),
-    );
-    eventually("the Logging's check failed", || async {
-        let l = loggings.get(&h.logging_operator.logging).await.ok()?;
-        let results = l.data["status"]["configCheckResults"].as_object()?.clone();
-        (results.len() == 1 && results.values().all(|ok| ok == false)).then_some(())
-    })
-    .await;
+    another_flow_fails_the_check(&h).await;
     // Across several passes (the Logging's change wakes every tap on it): nothing torn down.
     holds_for(&h, std::time::Duration::from_secs(8), |flow, phase| {
         refs(flow) == json!(["loki", "logsocket-web-tap"]) && phase == Some(Phase::Active)
@@ -585,27 +591,8 @@ async fn a_failed_check_caused_by_another_flow_tears_no_tap_down() {
 #[tokio::test]
 async fn a_new_tap_waits_while_the_loggings_configuration_fails_and_proceeds_when_it_passes() {
     let h = harness("safe-wait").await;
-    h.logging_operator
-        .behaviour
-        .lock()
-        .unwrap()
-        .fail_config_with
-        .insert("flow/bad".into());
     cluster::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
-    cluster::create_flow(&h.client, &h.ns, "bad", json!({"localOutputRefs": ["loki"]})).await;
-    let loggings = Api::<kube::api::DynamicObject>::all_with(
-        h.client.clone(),
-        &kube::api::ApiResource::from_gvk_with_plural(
-            &kube::api::GroupVersionKind::gvk("logging.banzaicloud.io", "v1beta1", "Logging"),
-            "loggings",
-        ),
-    );
-    eventually("the Logging's check failed", || async {
-        let l = loggings.get(&h.logging_operator.logging).await.ok()?;
-        let results = l.data["status"]["configCheckResults"].as_object()?.clone();
-        results.values().any(|ok| ok == false).then_some(())
-    })
-    .await;
+    another_flow_fails_the_check(&h).await;
     persistent_tap(&h, "web-tap", web_tap()).await;
     let s = status_when(&h, "web-tap", "waiting: LoggingConfigInvalid", |s| {
         has_reason(s, "FlowPatched", "LoggingConfigInvalid")

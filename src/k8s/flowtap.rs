@@ -305,6 +305,9 @@ pub struct PatchedFlow {
     /// not the tap's.
     #[serde(default)]
     pub config_accepted: bool,
+    /// When this patch was made: its configuration-check trial counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
 /// Life-cycle phase of a FlowTap.

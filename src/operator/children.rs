@@ -59,7 +59,8 @@ fn is_ours(meta: &kube::api::ObjectMeta, tap: &FlowTap) -> bool {
 /// holds every FlowTap in scope).
 fn left_behind(meta: &kube::api::ObjectMeta, ctx: &Context) -> bool {
     let live: std::collections::HashSet<String> = ctx.taps.state().iter().filter_map(|t| t.uid()).collect();
-    super::owning_tap_uids(meta).iter().all(|uid| !live.contains(*uid))
+    let owners = super::owning_tap_uids(meta);
+    !owners.is_empty() && owners.iter().all(|uid| !live.contains(*uid))
 }
 
 /// What [`ensure_output`] and [`ensure_mirror`] found.
@@ -196,7 +197,19 @@ where
             }
             // log-socket's, for a FlowTap that no longer exists (one deleted and created again
             // under the same name): adopted, or let go first if it is being deleted.
-            if !super::is_managed(existing.meta()) || !left_behind(existing.meta(), ctx) {
+            // An output another flow still names is not taken over (its records would feed this
+            // tap): it stays taken until the sweep has cleared it.
+            let kind = match K::kind(&Default::default()).as_ref() {
+                "Output" => Some(OutputKind::Output),
+                "ClusterOutput" => Some(OutputKind::ClusterOutput),
+                _ => None,
+            };
+            let ns = tap.namespace().unwrap_or_default();
+            let named = match kind {
+                Some(kind) => super::in_use::named(&ctx.client, &ctx.config, kind, &ns, &name).await?,
+                None => false,
+            };
+            if !super::is_managed(existing.meta()) || !left_behind(existing.meta(), ctx) || named {
                 return Ok(Ensured {
                     taken: true,
                     going: false,

@@ -38,6 +38,11 @@ pub struct Context {
     /// FlowTaps (by UID) whose cleanup finished here: a pass on a cached copy that still shows
     /// the finalizer would only repeat it.
     pub cleaned: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Failed configuration checks (`LOGGING/HASH`) found with several taps on trial: unclear
+    /// for every tap they concern, whichever is judged last.
+    pub unclear_checks: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// FlowTaps (by UID) retrying after an unclear check: they are tried one at a time.
+    pub retrying: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Record an Event on the FlowTap (a failure to record is logged, never fatal).
@@ -166,6 +171,8 @@ pub(crate) mod fixtures {
                 cluster_outputs: reflector::store().0,
                 written: Default::default(),
                 cleaned: Default::default(),
+                unclear_checks: Default::default(),
+                retrying: Default::default(),
             };
             (Arc::new(ctx), ApiServerVerifier { requests, task })
         }

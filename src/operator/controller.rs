@@ -82,6 +82,8 @@ pub async fn run(
         cluster_outputs,
         written: Default::default(),
         cleaned: Default::default(),
+        unclear_checks: Default::default(),
+        retrying: Default::default(),
     });
     sweep(&client, &ctx.config).await;
     let (store, store2, store3) = (controller.store(), controller.store(), controller.store());

@@ -168,8 +168,14 @@ pub(super) async fn ensure_children(
     // A new patch (not a repair) starts a trial: it waits its turn (see `trial`).
     let new_trial =
         patched.is_none_or(|p| p.mode != tap.spec.mode || p.logging.as_deref() != Some(logging.name_any().as_str()));
-    if new_trial && tap.spec.mode == TapMode::Patch {
+    if new_trial {
         if let Err(r) = trial::admit(ctx, tap, &logging) {
+            // A patch that was made but never recorded (its status write lost) must not stay
+            // while the tap waits: the flow goes back to as it was.
+            if patched.is_none() {
+                ensure_flow_ref_removed(tap, &tap.spec.flow_ref, output, ctx, false).await?;
+                remove_mirror(tap, tap.spec.flow_ref.kind, output, ctx, false).await?;
+            }
             let wait = if r.reason == trial::LOGGING_CONFIG_INVALID {
                 10
             } else {
@@ -241,12 +247,14 @@ pub(super) async fn ensure_children(
             logging: Some(logging_name),
             config_checks_before: before,
             config_accepted: false,
+            since: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(status::now())),
         },
     };
     // Judged until a check with the tap passed; never after (see `trial`).
     let mut recheck = None;
-    match trial::judge(ctx, tap, &record, &logging, trial::patched_for(tap)) {
+    match trial::judge(ctx, tap, &record, &logging, trial::patched_for(&record)) {
         trial::Verdict::Accepted => {
+            ctx.retrying.lock().unwrap().remove(&tap.uid().unwrap_or_default());
             if !record.config_accepted {
                 record.config_accepted = true;
                 record.config_checks_before = logging.config_checks().into_keys().collect();
@@ -254,6 +262,7 @@ pub(super) async fn ensure_children(
         }
         trial::Verdict::Pending => recheck = Some(Duration::from_secs(3)),
         trial::Verdict::Failed(r) => {
+            ctx.retrying.lock().unwrap().remove(&tap.uid().unwrap_or_default());
             children::teardown(tap, Some(&record), ctx).await?;
             return Ok(Step {
                 recheck: Some(trial::CONFIG_RETRY),
@@ -261,6 +270,7 @@ pub(super) async fn ensure_children(
             });
         }
         trial::Verdict::Unclear(r) => {
+            ctx.retrying.lock().unwrap().insert(tap.uid().unwrap_or_default());
             // Not blamed: the flow restored, the tap tries again alone, a little later.
             children::unpatch(tap, &record, ctx).await?;
             return Ok(Step {
@@ -471,6 +481,7 @@ mod tests {
                 logging: Some("all".into()),
                 config_checks_before: vec![],
                 config_accepted: true,
+                since: None,
             };
             let result = ensure_children(&tap("web"), "logsocket-web-tap", Some(&patched), &ctx).await;
             assert!(result.is_err(), "{code}: an error to retry with backoff, not a refusal");

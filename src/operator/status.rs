@@ -295,8 +295,12 @@ fn set_condition(
     generation: Option<i64>,
 ) {
     let status = if ok { "True" } else { "False" };
+    // A refusal that is timed (a failed configuration check is tried again after a while)
+    // counts from when it was made, even when the condition was already False for another
+    // reason.
+    let timed = reason == super::preflight::CONFIG_CHECK_FAILED;
     let transition = match condition(conditions, type_) {
-        Some(c) if c.status == status => c.last_transition_time.clone(),
+        Some(c) if c.status == status && (!timed || c.reason == reason) => c.last_transition_time.clone(),
         _ => Time(now),
     };
     conditions.retain(|c| c.type_ != type_);

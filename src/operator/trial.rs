@@ -28,6 +28,8 @@ use std::time::Duration;
 pub const LOGGING_CONFIG_INVALID: &str = "LoggingConfigInvalid";
 /// A new patch waits: another tap of the same Logging is on trial.
 pub const CONFIG_CHECK_QUEUED: &str = "ConfigCheckQueued";
+/// A check failed with several taps on trial: restored without blame, tried again in turn.
+pub const CONFIG_CHECK_UNCLEAR: &str = "ConfigCheckUnclear";
 /// A tap whose configuration check failed is tried again after this long (the Logging's
 /// configuration must pass by then): one more render and check of the shared Logging at most
 /// this often, for a tap that really is broken.
@@ -85,12 +87,22 @@ fn has_reason(tap: &FlowTap, reason: &str) -> bool {
 /// trial (or it already waited). A first patch does not wait for others: failures are rare,
 /// and only when one comes are the taps it concerns tried again one at a time.
 pub fn takes_turns(tap: &FlowTap) -> bool {
+    status_takes_turns(tap)
+}
+
+/// [`takes_turns`], or this controller has just found the tap's check unclear (its status may
+/// not be in the cache yet).
+fn retrying(ctx: &Context, tap: &FlowTap) -> bool {
+    takes_turns(tap) || ctx.retrying.lock().unwrap().contains(&tap.uid().unwrap_or_default())
+}
+
+fn status_takes_turns(tap: &FlowTap) -> bool {
     tap.status
         .as_ref()
         .and_then(|s| status::condition(&s.conditions, "FlowPatched"))
         .is_some_and(|c| {
             [
-                LOGGING_CONFIG_INVALID,
+                CONFIG_CHECK_UNCLEAR,
                 CONFIG_CHECK_QUEUED,
                 preflight::CONFIG_CHECK_FAILED,
             ]
@@ -109,7 +121,7 @@ pub fn admit(ctx: &Context, tap: &FlowTap, logging: &Logging) -> Result<(), Refu
             ),
         ));
     }
-    if !takes_turns(tap) {
+    if !retrying(ctx, tap) {
         return Ok(());
     }
     // Taps retrying together go in order (by name; those of the tap's namespace, which share
@@ -118,7 +130,7 @@ pub fn admit(ctx: &Context, tap: &FlowTap, logging: &Logging) -> Result<(), Refu
         .taps
         .state()
         .iter()
-        .filter(|t| t.uid() != tap.uid() && t.namespace() == tap.namespace() && takes_turns(t))
+        .filter(|t| t.uid() != tap.uid() && t.namespace() == tap.namespace() && retrying(ctx, t))
         .filter(|t| t.status.as_ref().is_none_or(|s| s.patched.is_none()))
         .filter(|t| !has_reason(t, preflight::CONFIG_CHECK_FAILED))
         .map(|t| t.name_any())
@@ -153,8 +165,21 @@ pub fn judge(
     match preflight::config_check_since(logging, &record.config_checks_before) {
         // Within the trial a failure is the tap's if it was alone; after it, not the tap's.
         Some(false) if !settled => {
+            let failing: Vec<String> = logging
+                .config_checks()
+                .into_iter()
+                .filter(|(hash, ok)| !ok && !record.config_checks_before.contains(hash))
+                .map(|(hash, _)| format!("{name}/{hash}"))
+                .collect();
+            let mut unclear = ctx.unclear_checks.lock().unwrap();
+            // A failure already found unclear for another tap is unclear for every tap of it:
+            // the last one judged must not take the blame because the others left the trial.
+            let known = failing.iter().any(|f| unclear.contains(f));
             let others = others_on_trial(ctx, tap, &name);
-            if others.is_empty() {
+            if !others.is_empty() {
+                unclear.extend(failing);
+            }
+            if others.is_empty() && !known {
                 Verdict::Failed(Refusal::new(
                     preflight::CONFIG_CHECK_FAILED,
                     format!(
@@ -163,11 +188,14 @@ pub fn judge(
                     ),
                 ))
             } else {
+                let with = match others.is_empty() {
+                    true => "other taps".to_owned(),
+                    false => format!("FlowTap(s) {}", others.join(", ")),
+                };
                 Verdict::Unclear(Refusal::new(
-                    LOGGING_CONFIG_INVALID,
+                    CONFIG_CHECK_UNCLEAR,
                     format!(
-                        "logging-operator's check of a configuration with this tap and FlowTap(s) {} failed; not clearly this tap's fault, so its flow was restored and it tries again alone",
-                        others.join(", ")
+                        "logging-operator's check of a configuration with this tap and {with} failed; not clearly this tap's fault, so its flow was restored and it tries again alone"
                     ),
                 ))
             }
@@ -177,11 +205,9 @@ pub fn judge(
     }
 }
 
-/// How long the flow has named the tap's output: since its `FlowPatched` condition turned true.
-pub fn patched_for(tap: &FlowTap) -> Option<Duration> {
-    let status = tap.status.as_ref()?;
-    let c = status::condition(&status.conditions, "FlowPatched")?;
-    (c.status == "True").then(|| status::age(&c.last_transition_time, status::now()))
+/// How long the flow has named the tap's output under `record`: since the patch was made.
+pub fn patched_for(record: &PatchedFlow) -> Option<Duration> {
+    record.since.as_ref().map(|t| status::age(t, status::now()))
 }
 
 #[cfg(test)]
@@ -245,7 +271,7 @@ mod tests {
         // ...a tap retrying after a failure shared with others takes its turn.
         let mut retrying = web.clone();
         retrying.status.get_or_insert_with(Default::default).conditions = vec![serde_json::from_value(json!({
-            "type": "FlowPatched", "status": "False", "reason": LOGGING_CONFIG_INVALID, "message": "",
+            "type": "FlowPatched", "status": "False", "reason": CONFIG_CHECK_UNCLEAR, "message": "",
             "lastTransitionTime": "2026-01-01T00:00:00Z"}))
         .unwrap()];
         assert!(takes_turns(&retrying) && !takes_turns(&web));
@@ -274,8 +300,16 @@ mod tests {
         let together =
             Context::test_with_taps(|_, _| not_found(), vec![web.clone(), tap("api", Some(("main", false)))]).0;
         assert!(
-            matches!(judge(&together, &web, &before, &failed, soon), Verdict::Unclear(r) if r.reason == LOGGING_CONFIG_INVALID)
+            matches!(judge(&together, &web, &before, &failed, soon), Verdict::Unclear(r) if r.reason == CONFIG_CHECK_UNCLEAR)
         );
+        // The other, judged after this one left the trial, is not blamed for the same failure.
+        let api = tap("api", Some(("main", false)));
+        let after = Context::test_with_taps(|_, _| not_found(), vec![api.clone()]).0;
+        *after.unclear_checks.lock().unwrap() = together.unclear_checks.lock().unwrap().clone();
+        assert!(matches!(
+            judge(&after, &api, &before, &failed, soon),
+            Verdict::Unclear(_)
+        ));
         let accepted = PatchedFlow {
             config_accepted: true,
             ..before.clone()

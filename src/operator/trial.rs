@@ -76,38 +76,30 @@ pub fn others_on_trial(ctx: &Context, tap: &FlowTap, logging: &str) -> Vec<Strin
     names
 }
 
-fn has_reason(tap: &FlowTap, reason: &str) -> bool {
-    tap.status
-        .as_ref()
-        .and_then(|s| status::condition(&s.conditions, "FlowPatched"))
-        .is_some_and(|c| c.reason == reason)
+/// The reason of `tap`'s `FlowPatched` condition, as its status last said.
+fn flow_patched_reason(tap: &FlowTap) -> Option<&str> {
+    let status = tap.status.as_ref()?;
+    status::condition(&status.conditions, "FlowPatched").map(|c| c.reason.as_str())
 }
 
 /// Whether `tap` takes its turn: it is retrying after a check that failed with others on
 /// trial (or it already waited). A first patch does not wait for others: failures are rare,
 /// and only when one comes are the taps it concerns tried again one at a time.
 pub fn takes_turns(tap: &FlowTap) -> bool {
-    status_takes_turns(tap)
+    flow_patched_reason(tap).is_some_and(|r| {
+        [
+            CONFIG_CHECK_UNCLEAR,
+            CONFIG_CHECK_QUEUED,
+            preflight::CONFIG_CHECK_FAILED,
+        ]
+        .contains(&r)
+    })
 }
 
 /// [`takes_turns`], or this controller has just found the tap's check unclear (its status may
 /// not be in the cache yet).
 fn retrying(ctx: &Context, tap: &FlowTap) -> bool {
     takes_turns(tap) || ctx.retrying.lock().unwrap().contains(&tap.uid().unwrap_or_default())
-}
-
-fn status_takes_turns(tap: &FlowTap) -> bool {
-    tap.status
-        .as_ref()
-        .and_then(|s| status::condition(&s.conditions, "FlowPatched"))
-        .is_some_and(|c| {
-            [
-                CONFIG_CHECK_UNCLEAR,
-                CONFIG_CHECK_QUEUED,
-                preflight::CONFIG_CHECK_FAILED,
-            ]
-            .contains(&c.reason.as_str())
-        })
 }
 
 /// Whether a new patch of `tap` may start its trial on `logging` now; why it waits otherwise.
@@ -132,7 +124,7 @@ pub fn admit(ctx: &Context, tap: &FlowTap, logging: &Logging) -> Result<(), Refu
         .iter()
         .filter(|t| t.uid() != tap.uid() && t.namespace() == tap.namespace() && retrying(ctx, t))
         .filter(|t| t.status.as_ref().is_none_or(|s| s.patched.is_none()))
-        .filter(|t| !has_reason(t, preflight::CONFIG_CHECK_FAILED))
+        .filter(|t| flow_patched_reason(t) != Some(preflight::CONFIG_CHECK_FAILED))
         .map(|t| t.name_any())
         .filter(|n| *n < tap.name_any())
         .min();

@@ -187,16 +187,20 @@ fn anchor(heading: &str) -> String {
         .collect()
 }
 
-fn anchors(markdown: &str) -> BTreeSet<String> {
-    let mut seen = BTreeSet::new();
+/// The lines of a Markdown file outside fenced code blocks.
+fn prose_lines(markdown: &str) -> impl Iterator<Item = &str> {
     let mut fenced = false;
-    for line in markdown.lines() {
+    markdown.lines().filter(move |line| {
         if line.trim_start().starts_with("```") {
             fenced = !fenced;
         }
-        if fenced {
-            continue;
-        }
+        !fenced
+    })
+}
+
+fn anchors(markdown: &str) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    for line in prose_lines(markdown) {
         if let Some(h) = line.strip_prefix('#') {
             let text = h.trim_start_matches('#');
             if text.starts_with(' ') {
@@ -217,14 +221,7 @@ fn anchors(markdown: &str) -> BTreeSet<String> {
 /// The relative links `[text](target)` of a Markdown file, outside code.
 fn links(markdown: &str) -> Vec<String> {
     let mut out = vec![];
-    let mut fenced = false;
-    for line in markdown.lines() {
-        if line.trim_start().starts_with("```") {
-            fenced = !fenced;
-        }
-        if fenced {
-            continue;
-        }
+    for line in prose_lines(markdown) {
         // Drop inline code so `[a](b)` inside backticks is not a link.
         let line: String = line.split('`').step_by(2).collect::<Vec<_>>().join(" ");
         for (i, _) in line.match_indices("](") {

@@ -388,7 +388,18 @@ pub(crate) async fn status_when(
     what: &str,
     ok: impl Fn(&log_socket::k8s::flowtap::FlowTapStatus) -> bool,
 ) -> log_socket::k8s::flowtap::FlowTapStatus {
-    eventually(what, || async {
+    status_within(h, name, what, Duration::from_secs(30), ok).await
+}
+
+/// [`status_when`], giving up after `limit`.
+pub(crate) async fn status_within(
+    h: &Harness,
+    name: &str,
+    what: &str,
+    limit: Duration,
+    ok: impl Fn(&log_socket::k8s::flowtap::FlowTapStatus) -> bool,
+) -> log_socket::k8s::flowtap::FlowTapStatus {
+    testkit::poll::eventually_within(what, limit, || async {
         let s = tap(h, name).await?.status?;
         ok(&s).then_some(s)
     })

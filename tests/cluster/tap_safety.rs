@@ -4,6 +4,7 @@
 
 use crate::operator::{
     condition, event, flow_spec, harness, has_reason, never_broke_the_render, persistent_tap, raw, status_when,
+    status_within,
 };
 use kube::api::{Api, Patch, PatchParams};
 use log_socket::k8s::flowtap::{FlowTap, Phase};
@@ -506,21 +507,6 @@ async fn a_deleted_output_stays_while_its_flow_names_it_and_the_tap_comes_back()
     never_broke_the_render(&h);
 }
 
-/// [`status_when`] with room for configuration checks that take a while and taps tried one at
-/// a time.
-async fn status_within(
-    h: &testkit::cluster::Harness,
-    name: &str,
-    what: &str,
-    ok: impl Fn(&log_socket::k8s::flowtap::FlowTapStatus) -> bool,
-) -> log_socket::k8s::flowtap::FlowTapStatus {
-    testkit::poll::eventually_within(what, std::time::Duration::from_secs(90), || async {
-        let s = crate::operator::tap(h, name).await?.status?;
-        ok(&s).then_some(s)
-    })
-    .await
-}
-
 /// Another tenant's Flow `bad` makes the Logging's configuration check fail; returns once the
 /// Logging's only (current) result is that failure.
 async fn another_flow_fails_the_check(h: &testkit::cluster::Harness) {
@@ -631,12 +617,14 @@ async fn taps_patched_together_are_tried_one_at_a_time_and_only_the_broken_one_i
         json!({"flowRef": {"kind": "Flow", "name": "api"}, "persistent": true}),
     )
     .await;
-    let failed = status_within(&h, "bad-tap", "bad-tap refused", |s| {
+    // Room for checks that take a while and taps tried one at a time.
+    let room = std::time::Duration::from_secs(90);
+    let failed = status_within(&h, "bad-tap", "bad-tap refused", room, |s| {
         has_reason(s, "FlowPatched", "ConfigCheckFailed")
     })
     .await;
     assert_eq!(failed.phase, Some(Phase::Failed));
-    let good = status_within(&h, "web-tap", "web-tap accepted", |s| {
+    let good = status_within(&h, "web-tap", "web-tap accepted", room, |s| {
         s.phase == Some(Phase::Active) && s.patched.as_ref().is_some_and(|p| p.config_accepted)
     })
     .await;

@@ -63,7 +63,7 @@ fn left_behind(meta: &kube::api::ObjectMeta, ctx: &Context) -> bool {
     !owners.is_empty() && owners.iter().all(|uid| !live.contains(*uid))
 }
 
-/// What [`ensure_output`] and [`ensure_mirror`] found.
+/// What [`ensure_output`] and [`super::mirror::ensure_mirror`] found.
 pub(super) struct Ensured {
     /// An object of that name exists and is not log-socket's: left alone.
     pub taken: bool,
@@ -74,6 +74,10 @@ pub(super) struct Ensured {
     /// Its status, as logging-operator last wrote it.
     pub status: Option<LoggingStatus>,
     pub created: Option<Time>,
+    /// Its spec was not what the tap wants and was written now (an upgrade, a changed flag or
+    /// loggingRef). `status` judged the old spec: logging-operator's statuses carry no
+    /// generation, so only a new configuration check tells whether the new one renders.
+    pub rewritten: bool,
 }
 
 pub(super) async fn ensure_output(
@@ -119,7 +123,7 @@ where
 
 /// `name` in `ns` from a watch cache, else (not there, or not yet) from the API server;
 /// `None` when it does not exist.
-async fn cached_or_read<K>(store: &Store<K>, api: &Api<K>, ns: &str, name: &str) -> Result<Option<K>>
+pub(super) async fn cached_or_read<K>(store: &Store<K>, api: &Api<K>, ns: &str, name: &str) -> Result<Option<K>>
 where
     K: Resource + Clone + DeserializeOwned + Debug,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
@@ -135,7 +139,7 @@ where
 /// own. `cached` is the watch cache's copy: without one the object is created right away (a
 /// conflict reads it from the API server), with one the object is only written when its spec
 /// must be repaired (a stale copy makes that a conflict, and it is read again).
-async fn ensure_managed<K, S>(
+pub(super) async fn ensure_managed<K, S>(
     api: Api<K>,
     cached: Option<K>,
     desired: &mut K,
@@ -175,6 +179,7 @@ where
                         existed: false,
                         status: None,
                         created: created.meta().creation_timestamp.clone(),
+                        rewritten: false,
                     });
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 => match api.get_opt(&name).await? {
@@ -216,6 +221,7 @@ where
                     existed: true,
                     status: None,
                     created: None,
+                    rewritten: false,
                 });
             }
         }
@@ -226,6 +232,7 @@ where
             existed: true,
             status: existing.status_of().cloned(),
             created: existing.meta().creation_timestamp.clone(),
+            rewritten: false,
         };
         let want = spec(desired).clone();
         // An object an earlier version generated (with an ownerReference) is adopted; a changed
@@ -251,10 +258,11 @@ where
         }
         if repair {
             publish(ctx, tap, EventType::Normal, reason, &note).await;
-            // The status still judges the spec before the repair; the next pass reads the
-            // judgement of the restored one.
         }
-        return Ok(ensured);
+        return Ok(Ensured {
+            rewritten: repair,
+            ..ensured
+        });
     }
     Err(Error::FlowKeptChanging { flow: name })
 }
@@ -308,57 +316,6 @@ pub(super) async fn ensure_flow_ref(
             Some(_) => FlowState::Patched,
         },
     )
-}
-
-/// Mirror mode: a managed sibling of the tapped flow, with its spec (match, filters, ...) and
-/// the tap's output as its only output. Follows the flow; removed when the flow is gone.
-pub(super) async fn ensure_mirror(tap: &FlowTap, output: &str, ctx: &Context) -> Result<FlowState> {
-    let ns = tap.namespace().unwrap_or_default();
-    let name = output_name(tap);
-    let flow = &tap.spec.flow_ref.name;
-    let synced = || ("MirrorSynced", format!("{name} was brought in line with {flow}"));
-    let state = match tap.spec.flow_ref.kind {
-        FlowKind::Flow => {
-            let api = Api::<Flow>::namespaced(ctx.client.clone(), &ns);
-            let Some(original) = cached_or_read(&ctx.flows, &api, &ns, flow).await? else {
-                delete_managed(api, &name, tap, None).await?;
-                return Ok(FlowState::Missing);
-            };
-            let mut spec = original.spec;
-            spec.local_output_refs = Some(vec![output.to_owned()]);
-            spec.global_output_refs = None;
-            without_custom_label(&mut spec.other);
-            let mut mirror = Flow::new(&name, spec);
-            let existing = cached(&ctx.flows, &ns, &name);
-            ensure_managed(api, existing, &mut mirror, tap, ctx, |f| &mut f.spec, synced()).await?
-        }
-        FlowKind::ClusterFlow => {
-            let api = Api::<ClusterFlow>::namespaced(ctx.client.clone(), &ns);
-            let Some(original) = cached_or_read(&ctx.cluster_flows, &api, &ns, flow).await? else {
-                delete_managed(api, &name, tap, None).await?;
-                return Ok(FlowState::Missing);
-            };
-            let mut spec = original.spec;
-            spec.global_output_refs = Some(vec![output.to_owned()]);
-            without_custom_label(&mut spec.other);
-            let mut mirror = ClusterFlow::new(&name, spec);
-            let existing = cached(&ctx.cluster_flows, &ns, &name);
-            ensure_managed(api, existing, &mut mirror, tap, ctx, |f| &mut f.spec, synced()).await?
-        }
-    };
-    let problems = state.status.and_then(|s| s.problems).unwrap_or_default();
-    Ok(match (state.taken, problems.is_empty()) {
-        (true, _) => FlowState::NameTaken(name),
-        (false, false) => FlowState::Problems(problems),
-        (false, true) => FlowState::Mirrored,
-    })
-}
-
-/// A mirror must not carry the flow's custom fluentd label: two flows with one label would
-/// render a duplicate `<label>` section.
-fn without_custom_label(spec: &mut crate::k8s::logging::Other) {
-    spec.remove("flowLabel");
-    spec.remove("includeLabelInRouter");
 }
 
 /// Delete the tap's mirror of a `kind` flow, if there is one: named like the output it feeds,

@@ -34,6 +34,7 @@ mod events;
 pub mod in_use;
 pub mod lease;
 pub mod leftovers;
+mod mirror;
 mod output_spec;
 mod pass;
 pub mod preflight;

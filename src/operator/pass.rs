@@ -4,8 +4,10 @@
 //! several taps on one flow owns the output (sharing), a flow ref someone keeps removing
 //! (contested), and refusals that stand until the spec changes.
 
-use super::children::{self, ensure_flow_ref, ensure_flow_ref_removed, ensure_mirror, ensure_output, remove_mirror};
+use super::children::remove_mirror;
+use super::children::{self, ensure_flow_ref, ensure_flow_ref_removed, ensure_output};
 use super::context::Context;
+use super::mirror::ensure_mirror;
 use super::preflight::{self, Validation};
 use super::status::{self, FlowState, OutputState, Refusal, Shared};
 use super::trial;
@@ -238,8 +240,14 @@ pub(super) async fn ensure_children(
         });
     }
     let logging_name = logging.name_any();
+    // An output whose spec was rewritten under a flow that names it is a new configuration:
+    // judged again, like a new patch (its old acceptance said nothing about the new spec).
     let mut record = match patched {
-        Some(p) if p.mode == tap.spec.mode && p.logging.as_deref() == Some(logging_name.as_str()) => p.clone(),
+        Some(p)
+            if p.mode == tap.spec.mode && p.logging.as_deref() == Some(logging_name.as_str()) && !ensured.rewritten =>
+        {
+            p.clone()
+        }
         _ => PatchedFlow {
             flow_ref: tap.spec.flow_ref.clone(),
             output: output.to_owned(),
@@ -548,5 +556,72 @@ mod tests {
         let due = refused_at(trial::CONFIG_RETRY.as_secs() as i64 + 1);
         let step = ensure_children(&due, "logsocket-web-tap", None, &ctx).await.unwrap();
         assert_eq!(step.flow_state, FlowState::Missing, "tried again once the retry is due");
+    }
+
+    #[tokio::test]
+    async fn an_output_log_socket_rewrites_under_a_flow_is_judged_again_not_taken_as_accepted() {
+        // The tap was accepted with an output an older version generated (another endpoint);
+        // logging-operator's `active: true` judged that spec, not the one written now.
+        let (ctx, api) = Context::test(|method, path| match (method, path) {
+            ("GET", "/apis/logging.banzaicloud.io/v1beta1/namespaces/shop/flows/web") => {
+                let (code, mut body) = flow("web");
+                body["spec"]["localOutputRefs"] = json!(["app-logs", "logsocket-web-tap"]);
+                (code, body)
+            }
+            ("GET", "/apis/logging.banzaicloud.io/v1beta1/loggings") => (
+                200,
+                json!({"apiVersion": "logging.banzaicloud.io/v1beta1", "kind": "LoggingList",
+                       "metadata": {"resourceVersion": "1"},
+                       "items": [{"apiVersion": "logging.banzaicloud.io/v1beta1", "kind": "Logging",
+                                  "metadata": {"name": "all"},
+                                  "spec": {"controlNamespace": "logging", "watchNamespaces": ["shop"]},
+                                  "status": {"configCheckResults": {"abc": true}}}]}),
+            ),
+            ("POST", "/apis/logging.banzaicloud.io/v1beta1/namespaces/shop/outputs") => (
+                409,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 409, "reason": "AlreadyExists"}),
+            ),
+            ("GET" | "PUT", "/apis/logging.banzaicloud.io/v1beta1/namespaces/shop/outputs/logsocket-web-tap") => (
+                200,
+                json!({"apiVersion": "logging.banzaicloud.io/v1beta1", "kind": "Output",
+                       "metadata": {"name": "logsocket-web-tap", "namespace": "shop", "resourceVersion": "9",
+                                    "uid": "o-1", "creationTimestamp": "2026-01-01T00:00:00Z",
+                                    "labels": {(crate::operator::MANAGED_BY.0): crate::operator::MANAGED_BY.1},
+                                    "annotations": {(crate::operator::TAP_UID): "u-1"},
+                                    "finalizers": [crate::operator::in_use::IN_USE]},
+                       "spec": {"loggingRef": "all", "http": {"endpoint": "http://old.example:10000/ingest"}},
+                       "status": {"active": true}}),
+            ),
+            _ => not_found(),
+        });
+        let mut tap = tap("web");
+        tap.metadata.namespace = Some("shop".into());
+        let accepted = PatchedFlow {
+            flow_ref: tap.spec.flow_ref.clone(),
+            output: "logsocket-web-tap".into(),
+            mode: TapMode::Patch,
+            logging: Some("all".into()),
+            config_checks_before: vec![],
+            config_accepted: true,
+            since: None,
+        };
+        let step = ensure_children(&tap, "logsocket-web-tap", Some(&accepted), &ctx)
+            .await
+            .unwrap();
+        assert!(
+            api.writes()
+                .contains(&"PUT /apis/logging.banzaicloud.io/v1beta1/namespaces/shop/outputs/logsocket-web-tap".into()),
+            "the spec is put back: {:?}",
+            api.seen()
+        );
+        let record = step.patched.expect("still in the flow");
+        assert!(!record.config_accepted, "on trial again: {record:?}");
+        assert!(record.since.is_some(), "its trial counts from the rewrite: {record:?}");
+        assert_eq!(
+            record.config_checks_before,
+            ["abc"],
+            "judged by checks after the rewrite"
+        );
+        assert!(step.recheck.is_some(), "looked at again until a check judged it");
     }
 }

@@ -226,6 +226,27 @@ pub(super) async fn ensure_children(
             state
         }
     };
+    // logging-operator says the flow cannot use the tap's output (a `referenced output ... not
+    // found`, `... has problems`): with `skipInvalidResources` it now drops the user's whole
+    // flow, without it the whole Logging stops rendering. Restore the flow at once.
+    if let FlowState::Problems(problems) = &flow_state {
+        if let Some(problem) = problems.iter().find(|p| names_output(p, output)) {
+            let r = Refusal::new(
+                FLOW_REJECTS_OUTPUT,
+                format!(
+                    "logging-operator reports that {} {} cannot use {output} ({problem}); the flow was restored. The tap is tried again in {} minutes, or when its spec changes",
+                    tap.spec.flow_ref.kind,
+                    tap.spec.flow_ref.name,
+                    trial::CONFIG_RETRY.as_secs() / 60
+                ),
+            );
+            children::teardown(tap, patched, ctx).await?;
+            return Ok(Step {
+                recheck: Some(trial::CONFIG_RETRY),
+                ..refuse(OutputState::Ready, FlowState::Refused(r))
+            });
+        }
+    }
     let in_place = matches!(
         flow_state,
         FlowState::Patched | FlowState::Repaired | FlowState::Mirrored | FlowState::Problems(_)
@@ -326,6 +347,16 @@ pub(super) fn sharing(taps: &Store<FlowTap>, tap: &FlowTap) -> Option<Shared> {
 
 /// The `FlowPatched` reason of a tap whose flow ref keeps being removed by someone else.
 pub const CONTESTED: &str = "Contested";
+/// The `FlowPatched` reason of a tap whose output the flow's status says it cannot use.
+pub const FLOW_REJECTS_OUTPUT: &str = "FlowRejectsOutput";
+
+/// Whether a problem logging-operator reports on a flow is about `output` (its messages quote
+/// the name: `referenced output "X" not found`, `local output reference: X has problems`).
+fn names_output(problem: &str, output: &str) -> bool {
+    problem
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_'))
+        .any(|word| word == output)
+}
 
 /// Whether this repair of `tap`'s flow ref is one too many (see [`CONTESTED_REPAIRS`]).
 fn contested(ctx: &Context, tap: &FlowTap) -> bool {
@@ -338,18 +369,19 @@ fn contested(ctx: &Context, tap: &FlowTap) -> bool {
 }
 
 /// A refusal that stands until the spec changes: a contested flow (the user decides: Mirror
-/// mode, or telling the tool to leave the ref alone), or a failed configuration check, which
-/// also lifts after [`trial::CONFIG_RETRY`] (with how long is left).
+/// mode, or telling the tool to leave the ref alone), or a failed configuration check or a flow
+/// that cannot use the output, which also lift after [`trial::CONFIG_RETRY`] (with how long is
+/// left).
 fn sticky_refusal(tap: &FlowTap) -> Option<(Refusal, Option<Duration>)> {
     let status = tap.status.as_ref()?;
     let c = status::condition(&status.conditions, "FlowPatched")?;
-    let reason = [preflight::CONFIG_CHECK_FAILED, CONTESTED]
+    let reason = [preflight::CONFIG_CHECK_FAILED, CONTESTED, FLOW_REJECTS_OUTPUT]
         .into_iter()
         .find(|r| *r == c.reason)?;
     if c.observed_generation != tap.metadata.generation {
         return None;
     }
-    let retry_in = if reason == preflight::CONFIG_CHECK_FAILED {
+    let retry_in = if reason != CONTESTED {
         let waited = status::age(&c.last_transition_time, status::now());
         let left = trial::CONFIG_RETRY.checked_sub(waited).filter(|d| !d.is_zero())?;
         Some(left)
@@ -558,16 +590,17 @@ mod tests {
         assert_eq!(step.flow_state, FlowState::Missing, "tried again once the retry is due");
     }
 
-    #[tokio::test]
-    async fn an_output_log_socket_rewrites_under_a_flow_is_judged_again_not_taken_as_accepted() {
-        // The tap was accepted with an output an older version generated (another endpoint);
-        // logging-operator's `active: true` judged that spec, not the one written now.
-        let (ctx, api) = Context::test(|method, path| match (method, path) {
+    /// An API server where `shop/web` names the tap's output (its status `flow_status`), Logging
+    /// `all` renders it, and the output exists with an endpoint an older version generated.
+    fn patched_world(flow_status: serde_json::Value) -> impl Fn(&str, &str) -> Answer + Send + 'static {
+        move |method, path| match (method, path) {
             ("GET", "/apis/logging.banzaicloud.io/v1beta1/namespaces/shop/flows/web") => {
                 let (code, mut body) = flow("web");
                 body["spec"]["localOutputRefs"] = json!(["app-logs", "logsocket-web-tap"]);
+                body["status"] = flow_status.clone();
                 (code, body)
             }
+            ("PUT", "/apis/logging.banzaicloud.io/v1beta1/namespaces/shop/flows/web") => flow("web"),
             ("GET", "/apis/logging.banzaicloud.io/v1beta1/loggings") => (
                 200,
                 json!({"apiVersion": "logging.banzaicloud.io/v1beta1", "kind": "LoggingList",
@@ -593,19 +626,27 @@ mod tests {
                        "status": {"active": true}}),
             ),
             _ => not_found(),
-        });
-        let mut tap = tap("web");
-        tap.metadata.namespace = Some("shop".into());
-        let accepted = PatchedFlow {
-            flow_ref: tap.spec.flow_ref.clone(),
+        }
+    }
+
+    fn accepted() -> PatchedFlow {
+        PatchedFlow {
+            flow_ref: tap("web").spec.flow_ref.clone(),
             output: "logsocket-web-tap".into(),
             mode: TapMode::Patch,
             logging: Some("all".into()),
             config_checks_before: vec![],
             config_accepted: true,
             since: None,
-        };
-        let step = ensure_children(&tap, "logsocket-web-tap", Some(&accepted), &ctx)
+        }
+    }
+
+    #[tokio::test]
+    async fn an_output_log_socket_rewrites_under_a_flow_is_judged_again_not_taken_as_accepted() {
+        // The tap was accepted with an output an older version generated (another endpoint);
+        // logging-operator's `active: true` judged that spec, not the one written now.
+        let (ctx, api) = Context::test(patched_world(json!({"active": true})));
+        let step = ensure_children(&tap("web"), "logsocket-web-tap", Some(&accepted()), &ctx)
             .await
             .unwrap();
         assert!(
@@ -623,5 +664,50 @@ mod tests {
             "judged by checks after the rewrite"
         );
         assert!(step.recheck.is_some(), "looked at again until a check judged it");
+    }
+
+    #[tokio::test]
+    async fn a_flow_that_cannot_use_the_output_is_restored_at_once_and_the_tap_refused() {
+        // With skipInvalidResources logging-operator drops the whole flow and says why in its
+        // status; without, the whole Logging stops rendering.
+        let problem = "local output reference: logsocket-web-tap has problems";
+        let (ctx, api) = Context::test(patched_world(
+            json!({"active": false, "problems": [problem], "problemsCount": 1}),
+        ));
+        let step = ensure_children(&tap("web"), "logsocket-web-tap", Some(&accepted()), &ctx)
+            .await
+            .unwrap();
+        match &step.flow_state {
+            FlowState::Refused(r) => {
+                assert_eq!(r.reason, FLOW_REJECTS_OUTPUT);
+                assert!(r.message.contains(problem), "logging-operator's words: {r:?}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert!(step.patched.is_none());
+        assert_eq!(step.recheck, Some(trial::CONFIG_RETRY));
+        assert!(
+            api.writes()
+                .contains(&"PUT /apis/logging.banzaicloud.io/v1beta1/namespaces/shop/flows/web".into()),
+            "the flow restored: {:?}",
+            api.seen()
+        );
+    }
+
+    #[test]
+    fn a_problem_is_about_the_output_only_when_it_names_it_whole() {
+        assert!(names_output(
+            "referenced output \"logsocket-web\" not found",
+            "logsocket-web"
+        ));
+        assert!(names_output(
+            "local output reference: logsocket-web has problems",
+            "logsocket-web"
+        ));
+        assert!(!names_output(
+            "local output reference: logsocket-web-2 has problems",
+            "logsocket-web"
+        ));
+        assert!(!names_output("referenced output loki not found", "logsocket-web"));
     }
 }

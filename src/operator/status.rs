@@ -167,13 +167,29 @@ pub fn derive(tap: &FlowTap, seen: &Observed, now: Timestamp) -> (Vec<Condition>
     let ready = match phase {
         Phase::Active => (
             true,
-            "Active",
+            "Active".to_owned(),
             "the tap's output is in the flow and validated".to_owned(),
         ),
-        other => (false, phase_name(other), "see the other conditions".to_owned()),
+        // Not ready: the cause, in the words of the condition that holds it back (Kubernetes
+        // conventions: a reason that names the cause, a message that says what to do).
+        other => ["OutputReady", "FlowPatched"]
+            .iter()
+            .find_map(|t| condition(&conditions, t).filter(|c| c.status == "False"))
+            .map(|c| (false, c.reason.clone(), c.message.clone()))
+            .unwrap_or_else(|| (false, phase_name(other).to_owned(), phase_message(other).to_owned())),
     };
-    set_condition(&mut conditions, "Ready", ready.0, ready.1, &ready.2, now, generation);
+    set_condition(&mut conditions, "Ready", ready.0, &ready.1, &ready.2, now, generation);
     (conditions, phase)
+}
+
+fn phase_message(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Pending => "the tap is being set up",
+        Phase::Active => "the tap's output is in the flow and validated",
+        Phase::Degraded => "the tap is in place, but logging-operator reports problems for the flow",
+        Phase::Failed => "the tap cannot work as declared",
+        Phase::Terminating => "the tap is being removed: the flow is restored first, then its output deleted",
+    }
 }
 
 fn phase_name(phase: Phase) -> &'static str {
@@ -457,5 +473,27 @@ mod tests {
         );
         let ready = condition(&fixed, "Ready").unwrap();
         assert_eq!((ready.status.as_str(), ready.observed_generation), ("True", Some(3)));
+    }
+
+    #[test]
+    fn a_tap_that_is_not_ready_names_the_cause_and_what_to_do_in_its_ready_condition() {
+        let t = tap(0, false);
+        let refused = Refusal::new("SecretMissing", "Secret shop/x does not exist: create it");
+        let (conditions, _) = derive(
+            &t,
+            &observed(&OutputState::Refused(refused), &FlowState::Skipped),
+            at(1),
+        );
+        let ready = condition(&conditions, "Ready").unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str(), ready.message.as_str()),
+            ("False", "SecretMissing", "Secret shop/x does not exist: create it")
+        );
+        let (conditions, _) = derive(&t, &observed(&OutputState::Ready, &FlowState::Missing), at(1));
+        let ready = condition(&conditions, "Ready").unwrap();
+        assert_eq!(
+            (ready.reason.as_str(), ready.message.as_str()),
+            ("FlowNotFound", "Flow web does not exist")
+        );
     }
 }

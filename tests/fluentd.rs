@@ -323,6 +323,84 @@ async fn every_generated_output_shape_rendered_as_logging_operator_does_passes_f
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The logging-operator stand-in's render of a whole Logging (testkit/src/logging_model.rs), as
+/// the safety tests have the real fluentd check it after every change.
+fn rendered_logging(dir: &std::path::Path, mount: &dyn Fn(&str, &str, &str) -> String) -> String {
+    use testkit::logging_model::{render, Judging, Scope, World};
+    let object = |kind: &str, name: &str, spec: serde_json::Value| -> kube::api::DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "logging.banzaicloud.io/v1beta1", "kind": kind,
+            "metadata": {"name": name, "namespace": "shop"}, "spec": spec,
+        }))
+        .unwrap()
+    };
+    let tap = generated(
+        "https://log-socket.log-socket.svc:10000",
+        "Flow",
+        Some("log-socket-ingest-client"),
+    );
+    let world = World {
+        flows: vec![
+            object(
+                "Flow",
+                "web",
+                serde_json::json!({"localOutputRefs": ["loki", "logsocket-web"]}),
+            ),
+            object("Flow", "api", serde_json::json!({"localOutputRefs": ["loki"]})),
+        ],
+        outputs: vec![object("Output", "logsocket-web", tap)],
+        ..Default::default()
+    };
+    let scope = Scope {
+        logging: "all".into(),
+        logging_ref: String::new(),
+        control_namespace: "logging".into(),
+        watch_namespaces: vec!["shop".into()],
+        all_namespaces: false,
+        skip_invalid: false,
+    };
+    let judging = Judging {
+        external: ["loki".to_owned()].into(),
+        ..Default::default()
+    };
+    let rendered = render(&scope, &world, &judging, mount);
+    format!("{}{}", fluentd::system(dir), rendered.fluentd.expect("rendered"))
+}
+
+#[tokio::test]
+async fn the_stand_ins_render_of_a_whole_logging_passes_the_real_fluentd_and_a_broken_one_does_not() {
+    let dir = tempdir("fluentd-logging");
+    let certs = dir.join("certs");
+    log_socket::service::certs::generate(&certs, &["log-socket.log-socket.svc".into()], 30).unwrap();
+    let mounted = |_ns: &str, _secret: &str, key: &str| -> String {
+        let from = match key {
+            "ca.crt" => "ca.crt",
+            "tls.crt" => "client.crt",
+            _ => "client.key",
+        };
+        certs.join(from).display().to_string()
+    };
+    let config = rendered_logging(&dir, &mounted);
+    assert!(
+        config.contains("@type relabel") && config.contains("@type http"),
+        "{config}"
+    );
+    match fluentd::Fluentd::dry_run(&dir, &config) {
+        None => return,
+        Some(Ok(())) => {}
+        Some(Err(log)) => panic!("fluentd refused the stand-in's render:\n{config}\n{log}"),
+    }
+    // A Secret logging-operator could not mount: fluentd refuses the configuration, so the
+    // stand-in counts it as a failed render.
+    let missing = |ns: &str, secret: &str, key: &str| dir.join(format!("{ns}-{secret}-{key}")).display().to_string();
+    let broken = rendered_logging(&dir, &missing);
+    assert!(
+        fluentd::Fluentd::dry_run(&dir, &broken).unwrap().is_err(),
+        "fluentd --dry-run accepted missing certificate files:\n{broken}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn a_sub_second_flush_interval_reaches_fluentd_as_the_half_second_meant() {
     use log_socket::k8s::flowtap::FlowTap;

@@ -104,6 +104,8 @@ pub async fn control_plane_bench(cycles: u32) -> Result<(), String> {
     created?;
     // logging-operator's part: the Logging, output validation, configuration checks.
     let _lo = logging_operator::start(&client, "default").await;
+    // No fluentd dry runs: the bench measures the API server's side.
+    _lo.behaviour.lock().unwrap().dry_run = false;
     // log-socket gets a client of its own, so that only its requests are counted.
     let log = RequestLog::default();
     let service_client = log.client(cp.config().await);

@@ -19,6 +19,7 @@ pub mod child;
 pub mod cluster;
 pub mod control_plane;
 pub mod fluentd;
+pub mod logging_model;
 pub mod logging_operator;
 pub mod nats;
 pub mod netns;

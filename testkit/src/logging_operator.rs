@@ -1,30 +1,35 @@
 //! logging-operator's part, played for the tests, the demo and the bench (no logging-operator
-//! runs here). It writes what logging-operator writes (see its `pkg/resources/model/
-//! reconciler.go` and config check):
+//! runs here), as strict as the real one where log-socket's promises depend on it. For every
+//! Logging whose control namespace is the stand-in's (the one it creates, `logging-NS`, and any
+//! a test adds, like a second `loggingRef`), each pass (every 200 ms) does what logging-operator's
+//! reconcile of that Logging does (see logging_model.rs for the scope and resolution rules):
 //!
-//! - a `Logging` for the namespace (control namespace and watched namespace), with
-//!   `status.watchNamespaces`;
-//! - on every Output and ClusterOutput: `status.active` (whether a flow names it) and
-//!   `status.problems` / `problemsCount` (here: the names a test marks as rejected);
-//! - for every new set of flow output refs (a new fluentd configuration):
-//!   `Logging.status.configCheckResults[<hash>]`, `false` when the configuration names an
-//!   output (or is a flow, `flow/NAME`) a test marks as failing the check. As logging-operator
-//!   does, it keeps the result of the *current* configuration only (older hashes are pruned),
-//!   checks a configuration it has a result for only once, and a check takes time
-//!   ([`Behaviour::check_delay`]; configurations that change meanwhile wait for the next one).
-//! - a render of every flow on every pass: each `localOutputRefs` entry must name an Output of
-//!   the namespace, each `globalOutputRefs` entry a ClusterOutput; a ref that does not resolve
-//!   fails logging-operator's render of the whole Logging, and is recorded
-//!   ([`LoggingOperator::render_failures`]) so a test asserts it never happened.
+//! - **render** the whole Logging: every flow of its scope, every ref resolved (ClusterOutputs
+//!   by name only). A flow that cannot be rendered fails the whole render, or with
+//!   `skipInvalidResources` is dropped; either is recorded ([`LoggingOperator::render_failures`])
+//!   so a test asserts it never happened. Each new rendered configuration is also given to the
+//!   **real fluentd's `--dry-run`** (when there is one, see fluentd.rs), one at a time, in the
+//!   background; a configuration fluentd rejects is a render failure too.
+//! - write **status** on the objects of its scope only: `active` (a rendered flow uses it) and
+//!   `problems` on Outputs and ClusterOutputs; `active` and `problems` on flows.
+//! - **check** each new configuration once (`Logging.status.configCheckResults[<hash>]`,
+//!   `false` when it names an output, or is a flow `flow/NAME`, a test marks as failing), keeping
+//!   the current configuration's result only (older hashes pruned). A check takes
+//!   [`Behaviour::check_delay`]; configurations that change meanwhile wait for the next one. A
+//!   Logging whose render failed is not checked (the real one stops before the check).
 //!
-//! It polls (every 200 ms) instead of watching: simpler, and what it writes is the same.
+//! It polls instead of watching: simpler, and what it writes is the same.
 
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use crate::logging_model::{self, Judging, Rendered, Scope, World};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
+use kube::ResourceExt;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What the stand-in does differently from a happy logging-operator; changeable while it runs.
 #[derive(Debug)]
@@ -32,7 +37,7 @@ pub struct Behaviour {
     /// Outputs of the user's own pipeline that the tests name in flows without creating them
     /// as objects (`loki`, `archive`): they resolve in the render.
     pub external_outputs: BTreeSet<String>,
-    /// Outputs (by name) it reports problems for.
+    /// Outputs (by name) it reports problems for; a flow naming one cannot be rendered.
     pub reject_outputs: BTreeSet<String>,
     /// A configuration naming any of these outputs, or holding any of these flows (`flow/NAME`,
     /// `clusterflow/NAME`), fails its check.
@@ -41,6 +46,9 @@ pub struct Behaviour {
     pub check_delay: Duration,
     /// Stop writing anything (logging-operator not running).
     pub paused: bool,
+    /// Give every new rendered configuration to the real fluentd's `--dry-run` (when there is
+    /// one). On by default; a bench turns it off.
+    pub dry_run: bool,
 }
 
 impl Default for Behaviour {
@@ -51,6 +59,7 @@ impl Default for Behaviour {
             fail_config_with: Default::default(),
             check_delay: Duration::ZERO,
             paused: false,
+            dry_run: true,
         }
     }
 }
@@ -60,24 +69,50 @@ pub struct LoggingOperator {
     pub logging: String,
     pub behaviour: Arc<Mutex<Behaviour>>,
     /// API requests it has made (a bench takes them out of log-socket's count).
-    pub requests: Arc<std::sync::atomic::AtomicU64>,
+    pub requests: Arc<AtomicU64>,
     renders: Arc<Mutex<Renders>>,
     task: tokio::task::JoinHandle<()>,
 }
 
-/// What the renders found, and the check under way.
+/// What the renders found, and the checks under way.
 #[derive(Default, Debug)]
 struct Renders {
-    /// Renders that failed: a flow naming an output that does not exist.
+    /// Renders that failed or dropped a flow, and configurations fluentd rejected.
     failures: Vec<String>,
-    /// The configuration being checked, its verdict, and when its check started.
-    checking: Option<(String, bool, std::time::Instant)>,
+    /// Per Logging: the configuration being checked, its verdict, and when its check started.
+    checking: BTreeMap<String, (String, bool, Instant)>,
+    /// Rendered configurations given to fluentd `--dry-run` (by hash), and how many are still
+    /// under way.
+    dry_run: BTreeSet<u64>,
+    dry_runs_pending: usize,
+    /// Passes finished.
+    passes: u64,
 }
 
 impl LoggingOperator {
-    /// Every render that failed so far (a flow named a missing output), with what was missing.
+    /// Every render that failed so far (a flow that could not be rendered, a configuration
+    /// fluentd rejected), with why.
     pub fn render_failures(&self) -> Vec<String> {
         self.renders.lock().unwrap().failures.clone()
+    }
+
+    /// [`LoggingOperator::render_failures`], once the fluentd dry runs of what was rendered so
+    /// far have finished.
+    /// A pass that started after this call rendered what the test left, and the dry runs
+    /// before it finished.
+    pub async fn render_failures_settled(&self) -> Vec<String> {
+        let from = self.renders.lock().unwrap().passes;
+        let until = Instant::now() + Duration::from_secs(120);
+        loop {
+            let settled = {
+                let r = self.renders.lock().unwrap();
+                r.passes >= from + 2 && r.dry_runs_pending == 0
+            };
+            if settled || Instant::now() > until || self.behaviour.lock().unwrap().paused {
+                return self.render_failures();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 
@@ -102,7 +137,7 @@ pub fn logging_name(ns: &str) -> String {
 }
 
 /// Create the Logging of `ns` (control namespace and only watched namespace) and start
-/// playing logging-operator for it.
+/// playing logging-operator for it and every other Logging with control namespace `ns`.
 pub async fn start(client: &kube::Client, ns: &str) -> LoggingOperator {
     let name = logging_name(ns);
     let loggings = api(client, None, "Logging");
@@ -123,16 +158,27 @@ pub async fn start(client: &kube::Client, ns: &str) -> LoggingOperator {
         .await
         .unwrap_or_else(|e| panic!("Logging {name} status: {e}"));
     let behaviour = Arc::new(Mutex::new(Behaviour::default()));
-    let requests = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let requests = Arc::new(AtomicU64::new(0));
     let renders = Arc::new(Mutex::new(Renders::default()));
-    let task = tokio::spawn(play(
-        client.clone(),
-        ns.to_owned(),
-        name.clone(),
-        behaviour.clone(),
-        requests.clone(),
-        renders.clone(),
-    ));
+    let stand_in = StandIn {
+        client: client.clone(),
+        ns: ns.to_owned(),
+        behaviour: behaviour.clone(),
+        requests: requests.clone(),
+        renders: renders.clone(),
+        dir: crate::cluster::target_tmpdir().join(format!("logging-operator-{ns}")),
+    };
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if stand_in.behaviour.lock().unwrap().paused {
+                continue;
+            }
+            if let Err(e) = stand_in.pass().await {
+                eprintln!("logging-operator stand-in for {}: {e}", stand_in.ns);
+            }
+        }
+    });
     LoggingOperator {
         logging: name,
         behaviour,
@@ -142,181 +188,288 @@ pub async fn start(client: &kube::Client, ns: &str) -> LoggingOperator {
     }
 }
 
-async fn play(
+struct StandIn {
     client: kube::Client,
     ns: String,
-    logging: String,
     behaviour: Arc<Mutex<Behaviour>>,
-    requests: Arc<std::sync::atomic::AtomicU64>,
+    requests: Arc<AtomicU64>,
     renders: Arc<Mutex<Renders>>,
-) {
-    loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if behaviour.lock().unwrap().paused {
-            continue;
-        }
-        if let Err(e) = pass(&client, &ns, &logging, &behaviour, &requests, &renders).await {
-            eprintln!("logging-operator stand-in for {ns}: {e}");
-        }
-    }
+    dir: PathBuf,
 }
 
-fn refs(obj: &DynamicObject, field: &str) -> Vec<String> {
-    obj.data["spec"][field]
-        .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
-        .unwrap_or_default()
-}
+/// One fluentd `--dry-run` at a time in the whole test binary: a run costs a Ruby start.
+static DRY_RUNS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
-async fn pass(
-    client: &kube::Client,
-    ns: &str,
-    logging: &str,
-    behaviour: &Mutex<Behaviour>,
-    requests: &std::sync::atomic::AtomicU64,
-    renders: &Mutex<Renders>,
-) -> Result<(), kube::Error> {
-    let count = |n: u64| requests.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-    // Two flow lists, two output lists and the Logging, plus each write below.
-    count(5);
-    let lp = Default::default();
-    let flows = api(client, Some(ns), "Flow").list(&lp).await?.items;
-    let cluster_flows = api(client, Some(ns), "ClusterFlow").list(&lp).await?.items;
-    let mut local: BTreeSet<String> = BTreeSet::new();
-    let mut global: BTreeSet<String> = BTreeSet::new();
-    // The configuration: every flow with its refs, in a stable order.
-    let mut config: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for f in &flows {
-        local.extend(refs(f, "localOutputRefs"));
-        global.extend(refs(f, "globalOutputRefs"));
-        let mut all = refs(f, "localOutputRefs");
-        all.extend(refs(f, "globalOutputRefs"));
-        config.insert(format!("flow/{}", kube::ResourceExt::name_any(f)), all);
+impl StandIn {
+    fn count(&self, n: u64) {
+        self.requests.fetch_add(n, Ordering::Relaxed);
     }
-    for f in &cluster_flows {
-        global.extend(refs(f, "globalOutputRefs"));
-        config.insert(
-            format!("clusterflow/{}", kube::ResourceExt::name_any(f)),
-            refs(f, "globalOutputRefs"),
-        );
+
+    async fn list(&self, kind: &str, namespaces: Option<&[String]>) -> Result<Vec<DynamicObject>, kube::Error> {
+        let lp = ListParams::default();
+        match namespaces {
+            None => {
+                self.count(1);
+                Ok(api(&self.client, None, kind).list(&lp).await?.items)
+            }
+            Some(namespaces) => {
+                let mut all = vec![];
+                for ns in namespaces {
+                    self.count(1);
+                    all.extend(api(&self.client, Some(ns), kind).list(&lp).await?.items);
+                }
+                Ok(all)
+            }
+        }
     }
-    let (reject, fail, delay, external) = {
-        let b = behaviour.lock().unwrap();
-        (
-            b.reject_outputs.clone(),
-            b.fail_config_with.clone(),
-            b.check_delay,
-            b.external_outputs.clone(),
-        )
-    };
-    let mut existing: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
-    for (kind, named) in [("Output", &local), ("ClusterOutput", &global)] {
-        let outputs = api(client, Some(ns), kind);
-        let listed = outputs.list(&lp).await?.items;
-        // A terminating output is still listed, and still rendered.
-        existing.insert(kind, listed.iter().map(kube::ResourceExt::name_any).collect());
-        for o in listed {
-            let name = kube::ResourceExt::name_any(&o);
-            let problems: Vec<String> = if reject.contains(&name) {
+
+    async fn pass(&self) -> Result<(), kube::Error> {
+        let loggings: Vec<DynamicObject> = self
+            .list("Logging", None)
+            .await?
+            .into_iter()
+            .filter(|l| l.data["spec"]["controlNamespace"].as_str() == Some(self.ns.as_str()))
+            .collect();
+        for logging in &loggings {
+            self.reconcile(logging).await?;
+        }
+        self.renders.lock().unwrap().passes += 1;
+        Ok(())
+    }
+
+    /// What logging-operator's reconcile of `logging` does.
+    async fn reconcile(&self, logging: &DynamicObject) -> Result<(), kube::Error> {
+        let scope = Scope::of(logging);
+        let cluster_namespaces = vec![scope.control_namespace.clone()];
+        let cluster_ns = (!scope.all_namespaces).then_some(cluster_namespaces.as_slice());
+        let watched = Some(scope.watch_namespaces.as_slice());
+        let mine = |kind: &str, all: Vec<DynamicObject>| -> Vec<DynamicObject> {
+            all.into_iter().filter(|o| scope.owns(kind, o)).collect()
+        };
+        let world = World {
+            flows: mine("Flow", self.list("Flow", watched).await?),
+            cluster_flows: mine("ClusterFlow", self.list("ClusterFlow", cluster_ns).await?),
+            outputs: mine("Output", self.list("Output", watched).await?),
+            cluster_outputs: mine("ClusterOutput", self.list("ClusterOutput", cluster_ns).await?),
+        };
+        let (judging, fail, delay, dry_run) = {
+            let b = self.behaviour.lock().unwrap();
+            let judging = Judging {
+                external: b.external_outputs.clone(),
+                reject: b.reject_outputs.clone(),
+            };
+            (judging, b.fail_config_with.clone(), b.check_delay, b.dry_run)
+        };
+        // logging-operator copies the Secret keys outputs mount to /fluentd/secret/NS-SECRET-KEY
+        // (fluentd refuses a TLS path to a file that is not there).
+        let secrets = self.dir.join("secret");
+        std::fs::create_dir_all(&secrets).unwrap();
+        for o in world.outputs.iter().chain(&world.cluster_outputs) {
+            let ns = o.namespace().unwrap_or_default();
+            let mounted = crate::pipeline::mounted_secrets(&self.client, &ns, &o.data["spec"])
+                .await
+                .map_err(|e| kube::Error::Service(e.into()))?;
+            for (secret, key, bytes) in mounted.into_iter().filter(|m| !m.2.is_empty()) {
+                self.count(1);
+                std::fs::write(secrets.join(format!("{ns}-{secret}-{key}")), bytes).unwrap();
+            }
+        }
+        let mount = |ns: &str, secret: &str, key: &str| -> String {
+            secrets.join(format!("{ns}-{secret}-{key}")).display().to_string()
+        };
+        let rendered = logging_model::render(&scope, &world, &judging, &mount);
+        self.write_statuses(&world, &rendered, &judging).await?;
+        let failures = rendered.failures();
+        if !failures.is_empty() {
+            let what = if scope.skip_invalid {
+                "dropped (skipInvalidResources)"
+            } else {
+                "failed the render of the whole Logging"
+            };
+            let mut renders = self.renders.lock().unwrap();
+            renders.failures.extend(
+                failures
+                    .iter()
+                    .map(|f| format!("Logging {}: {f}: {what}", scope.logging)),
+            );
+        }
+        let (Some(config), Some(fluentd)) = (&rendered.config, &rendered.fluentd) else {
+            return Ok(());
+        };
+        if dry_run {
+            self.dry_run(&scope.logging, fluentd);
+        }
+        self.check(logging, config, &fail, delay).await
+    }
+
+    /// `active` and `problems` on every object of the scope, written when they change.
+    async fn write_statuses(&self, world: &World, rendered: &Rendered, judging: &Judging) -> Result<(), kube::Error> {
+        let outputs = world
+            .outputs
+            .iter()
+            .map(|o| ("Output", o))
+            .chain(world.cluster_outputs.iter().map(|o| ("ClusterOutput", o)));
+        for (kind, o) in outputs {
+            let ns = o.namespace().unwrap_or_default();
+            let name = o.name_any();
+            let problems: Vec<String> = if judging.reject.contains(&name) {
                 vec![format!(
                     "key \"ca.crt\" not found in secret \"missing\" in namespace \"{ns}\""
                 )]
             } else {
                 vec![]
             };
-            let want = json!({
-                "active": named.contains(&name),
-                "problems": if problems.is_empty() { Value::Null } else { json!(problems) },
-                "problemsCount": if problems.is_empty() { Value::Null } else { json!(problems.len()) },
-            });
-            let have = &o.data["status"];
-            let same =
-                have["active"] == want["active"] && have.get("problems").unwrap_or(&Value::Null) == &want["problems"];
-            if !same {
-                count(1);
-                match outputs
-                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": want})))
-                    .await
-                {
-                    Ok(_) | Err(kube::Error::Api(_)) => {}
-                    Err(e) => return Err(e),
-                }
-            }
+            let active = rendered.active.contains(&(kind.to_owned(), ns.clone(), name.clone()));
+            self.set_status(kind, o, active, &problems).await?;
+        }
+        let flows = world
+            .flows
+            .iter()
+            .map(|f| ("Flow", "flow", f))
+            .chain(world.cluster_flows.iter().map(|f| ("ClusterFlow", "clusterflow", f)));
+        for (kind, prefix, f) in flows {
+            let id = format!("{prefix}/{}/{}", f.namespace().unwrap_or_default(), f.name_any());
+            let problems = rendered.problems.get(&id).cloned().unwrap_or_default();
+            self.set_status(kind, f, problems.is_empty(), &problems).await?;
+        }
+        Ok(())
+    }
+
+    async fn set_status(
+        &self,
+        kind: &str,
+        obj: &DynamicObject,
+        active: bool,
+        problems: &[String],
+    ) -> Result<(), kube::Error> {
+        let want = json!({
+            "active": active,
+            "problems": if problems.is_empty() { Value::Null } else { json!(problems) },
+            "problemsCount": if problems.is_empty() { Value::Null } else { json!(problems.len()) },
+        });
+        let have = &obj.data["status"];
+        if have["active"] == want["active"] && have.get("problems").unwrap_or(&Value::Null) == &want["problems"] {
+            return Ok(());
+        }
+        self.count(1);
+        let ns = obj.namespace().unwrap_or_default();
+        match api(&self.client, Some(&ns), kind)
+            .patch_status(
+                &obj.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"status": want})),
+            )
+            .await
+        {
+            // Gone or changed meanwhile: the next pass writes it.
+            Ok(_) | Err(kube::Error::Api(_)) => Ok(()),
+            Err(e) => Err(e),
         }
     }
-    // The render: every ref must resolve, or the whole Logging's render fails.
-    let missing: Vec<String> = flows
-        .iter()
-        .flat_map(|f| {
-            let name = kube::ResourceExt::name_any(f);
-            let local = refs(f, "localOutputRefs")
-                .into_iter()
-                .map(move |r| ("Output", format!("flow/{name}"), r));
-            let name = kube::ResourceExt::name_any(f);
-            let global = refs(f, "globalOutputRefs")
-                .into_iter()
-                .map(move |r| ("ClusterOutput", format!("flow/{name}"), r));
-            local.chain(global).collect::<Vec<_>>()
-        })
-        .chain(cluster_flows.iter().flat_map(|f| {
-            let name = kube::ResourceExt::name_any(f);
-            refs(f, "globalOutputRefs")
-                .into_iter()
-                .map(move |r| ("ClusterOutput", format!("clusterflow/{name}"), r))
-        }))
-        .filter(|(kind, _, r)| !existing[kind].contains(r) && !external.contains(r))
-        .map(|(kind, flow, r)| format!("{flow} names {kind} {r}, which does not exist"))
-        .collect();
-    if !missing.is_empty() {
-        renders.lock().unwrap().failures.extend(missing);
-        return Ok(());
-    }
-    // A new configuration is checked once, which takes `delay`; only the current one's result
-    // is kept.
-    let hash = {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        config.hash(&mut h);
-        format!("{:016x}", h.finish())
-    };
-    let loggings = api(client, None, "Logging");
-    let current = loggings.get(logging).await?;
-    let results = current.data["status"]["configCheckResults"]
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-    let done = {
-        let mut r = renders.lock().unwrap();
-        match &r.checking {
-            Some((h, ok, started)) if started.elapsed() >= delay => {
-                let done = (h.clone(), *ok);
-                r.checking = None;
-                Some(done)
+
+    /// Give `fluentd` (a rendered configuration of `logging`) to the real fluentd's `--dry-run`
+    /// in the background, once per distinct configuration; a rejection is a render failure.
+    fn dry_run(&self, logging: &str, fluentd: &str) {
+        if crate::fluentd::command().is_none() {
+            return;
+        }
+        let config = format!("{}{fluentd}", crate::fluentd::system(&self.dir));
+        let key = logging_model::hash(&config);
+        {
+            let mut renders = self.renders.lock().unwrap();
+            if !renders.dry_run.insert(key) {
+                return;
             }
-            Some(_) => None,
-            None if results.contains_key(&hash) => None,
-            None => {
-                let ok = !config
-                    .iter()
-                    .any(|(flow, refs)| fail.contains(flow) || refs.iter().any(|r| fail.contains(r)));
-                r.checking = Some((hash.clone(), ok, std::time::Instant::now()));
-                if delay.is_zero() {
-                    r.checking = None;
-                    Some((hash.clone(), ok))
-                } else {
-                    None
+            renders.dry_runs_pending += 1;
+        }
+        let (renders, dir, logging) = (
+            self.renders.clone(),
+            self.dir.join(format!("{key:016x}")),
+            logging.to_owned(),
+        );
+        tokio::spawn(async move {
+            let _one = DRY_RUNS.acquire().await.unwrap();
+            let outcome = tokio::task::spawn_blocking(move || {
+                let outcome = crate::fluentd::Fluentd::dry_run(&dir, &config);
+                let _ = std::fs::remove_dir_all(&dir);
+                (outcome, config)
+            })
+            .await;
+            let mut renders = renders.lock().unwrap();
+            renders.dry_runs_pending -= 1;
+            match outcome {
+                Ok((Some(Err(output)), config)) => renders.failures.push(format!(
+                    "Logging {logging}: fluentd --dry-run rejected the rendered configuration:\n{config}\n{output}"
+                )),
+                Ok(_) => {}
+                Err(e) => renders
+                    .failures
+                    .push(format!("Logging {logging}: fluentd --dry-run: {e}")),
+            }
+        });
+    }
+
+    /// A new configuration is checked once, which takes `delay`; only the current one's result
+    /// is kept.
+    async fn check(
+        &self,
+        logging: &DynamicObject,
+        config: &BTreeMap<String, Vec<String>>,
+        fail: &BTreeSet<String>,
+        delay: Duration,
+    ) -> Result<(), kube::Error> {
+        let name = logging.name_any();
+        let hash = format!("{:016x}", logging_model::hash(config));
+        let results = logging.data["status"]["configCheckResults"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let done = {
+            let mut r = self.renders.lock().unwrap();
+            match r.checking.get(&name) {
+                Some((h, ok, started)) if started.elapsed() >= delay => {
+                    let done = (h.clone(), *ok);
+                    r.checking.remove(&name);
+                    Some(done)
+                }
+                Some(_) => None,
+                None if results.contains_key(&hash) => None,
+                None => {
+                    // The tests' flow names: `flow/NAME` for a Flow of any namespace.
+                    let ok = !config.iter().any(|(flow, outputs)| {
+                        let short = short_flow_name(flow);
+                        fail.contains(&short)
+                            || outputs
+                                .iter()
+                                .any(|o| fail.contains(o.rsplit('/').next().unwrap_or_default()))
+                    });
+                    if delay.is_zero() {
+                        Some((hash.clone(), ok))
+                    } else {
+                        r.checking.insert(name.clone(), (hash.clone(), ok, Instant::now()));
+                        None
+                    }
                 }
             }
+        };
+        if let Some((checked, ok)) = done {
+            let mut pruned: serde_json::Map<String, Value> = results.keys().map(|k| (k.clone(), Value::Null)).collect();
+            pruned.insert(checked, json!(ok));
+            self.count(1);
+            let patch = json!({"status": {"configCheckResults": pruned}});
+            api(&self.client, None, "Logging")
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
         }
-    };
-    if let Some((checked, ok)) = done {
-        let mut pruned: serde_json::Map<String, Value> = results.keys().map(|k| (k.clone(), Value::Null)).collect();
-        pruned.insert(checked, json!(ok));
-        count(1);
-        let patch = json!({"status": {"configCheckResults": pruned}});
-        loggings
-            .patch_status(logging, &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
+        Ok(())
     }
-    Ok(())
+}
+
+/// `flow/NS/NAME` → `flow/NAME` (how tests name a flow in [`Behaviour::fail_config_with`]).
+fn short_flow_name(id: &str) -> String {
+    let mut parts = id.splitn(3, '/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(kind), Some(_), Some(name)) => format!("{kind}/{name}"),
+        _ => id.to_owned(),
+    }
 }

@@ -260,7 +260,7 @@ fn indent(body: &str) -> String {
 
 /// The (secret, key, bytes) of every `mountFrom` Secret key an output spec names, read from
 /// `ns` (missing keys come back empty, as a missing mount would leave the file absent or empty).
-async fn mounted_secrets(
+pub async fn mounted_secrets(
     client: &kube::Client,
     ns: &str,
     spec: &Value,

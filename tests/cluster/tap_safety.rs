@@ -52,7 +52,7 @@ async fn without_its_tls_secret_a_tap_changes_nothing_and_proceeds_once_it_exist
         refs(&raw(&h, "Flow", "web").await.unwrap()),
         json!(["loki", "logsocket-web-tap"])
     );
-    never_broke_the_render(&h);
+    never_broke_the_render(&h).await;
 }
 
 #[tokio::test]
@@ -83,7 +83,7 @@ async fn the_flow_names_the_output_only_after_logging_operator_validated_it() {
         refs(&raw(&h, "Flow", "web").await.unwrap()),
         json!(["loki", "logsocket-web-tap"])
     );
-    never_broke_the_render(&h);
+    never_broke_the_render(&h).await;
 }
 
 #[tokio::test]
@@ -110,7 +110,7 @@ async fn an_output_logging_operator_rejects_is_never_named_by_the_flow() {
     // Fixed (logging-operator no longer objects): the tap proceeds.
     h.logging_operator.behaviour.lock().unwrap().reject_outputs.clear();
     status_when(&h, "web-tap", "Active", |s| s.phase == Some(Phase::Active)).await;
-    never_broke_the_render(&h);
+    never_broke_the_render(&h).await;
 }
 
 #[tokio::test]
@@ -156,7 +156,7 @@ async fn a_configuration_check_that_fails_with_the_tap_restores_the_flow_and_rem
     // It stays refused (no retry loop against the Logging) until the spec changes.
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     assert!(raw(&h, "Output", "logsocket-web-tap").await.is_none());
-    never_broke_the_render(&h);
+    never_broke_the_render(&h).await;
 }
 
 #[tokio::test]
@@ -504,7 +504,7 @@ async fn a_deleted_output_stays_while_its_flow_names_it_and_the_tap_comes_back()
             .any(|(_, _, o)| o["metadata"]["uid"] == old_uid && !o["metadata"]["deletionTimestamp"].is_null()),
         "held by its finalizer first: {output_events:?}"
     );
-    never_broke_the_render(&h);
+    never_broke_the_render(&h).await;
 }
 
 /// Another tenant's Flow `bad` makes the Logging's configuration check fail; returns once the
@@ -571,7 +571,7 @@ async fn a_failed_check_caused_by_another_flow_tears_no_tap_down() {
     })
     .await;
     assert!(raw(&h, "Output", "logsocket-web-tap").await.is_some());
-    never_broke_the_render(&h);
+    never_broke_the_render(&h).await;
 }
 
 #[tokio::test]
@@ -596,7 +596,7 @@ async fn a_new_tap_waits_while_the_loggings_configuration_fails_and_proceeds_whe
         .await
         .unwrap();
     status_when(&h, "web-tap", "Active", |s| s.phase == Some(Phase::Active)).await;
-    never_broke_the_render(&h);
+    never_broke_the_render(&h).await;
 }
 
 #[tokio::test]
@@ -639,7 +639,7 @@ async fn taps_patched_together_are_tried_one_at_a_time_and_only_the_broken_one_i
         json!(["loki"]),
         "the broken one restored"
     );
-    never_broke_the_render(&h);
+    never_broke_the_render(&h).await;
 }
 
 #[tokio::test]
@@ -662,5 +662,5 @@ async fn a_flowtap_deleted_and_created_again_under_the_same_name_proceeds_at_onc
     })
     .await;
     assert_eq!(s.phase, Some(Phase::Active), "{s:?}");
-    never_broke_the_render(&h);
+    never_broke_the_render(&h).await;
 }

@@ -403,14 +403,41 @@ pub async fn harness_configured(
     session_ttl: Duration,
     tweak: impl FnOnce(&mut log_socket::operator::OperatorConfig),
 ) -> Harness {
+    use log_socket::service::Controller;
+    let controller = if with_controller {
+        Controller::Always
+    } else {
+        Controller::Off
+    };
+    let logging_operator = logging_operator::start(&client, &ns).await;
+    let relay = replica(client.clone(), &ns, controller, linger, session_ttl, tweak).await;
+    Harness {
+        relay,
+        client,
+        ns,
+        logging_operator,
+    }
+}
+
+/// One replica of the service scoped to `ns`, built as the binary builds it: the relay with
+/// listener registration and tap tracking, and the controller as `controller` says (always, off,
+/// or while it holds a Lease). No logging-operator stand-in (see [`harness_configured`]).
+pub async fn replica(
+    client: kube::Client,
+    ns: &str,
+    controller: log_socket::service::Controller,
+    linger: Duration,
+    session_ttl: Duration,
+    tweak: impl FnOnce(&mut log_socket::operator::OperatorConfig),
+) -> TestRelay {
     use log_socket::operator::OperatorConfig;
-    use log_socket::service::{Cluster, Controller, Service};
+    use log_socket::service::{Cluster, Service};
     use std::sync::Arc;
     let mut operator = OperatorConfig {
         linger,
         session_ttl,
         ingest_keys: Some(test_keys()),
-        namespace: Some(ns.clone()),
+        namespace: Some(ns.to_owned()),
         sweep_interval: Duration::from_secs(2),
         ..OperatorConfig::new(&format!("relay-{ns}"), INGEST_URL)
     };
@@ -427,25 +454,15 @@ pub async fn harness_configured(
         ingest_auth: log_socket::auth::IngestAuth::per_flow(test_keys()),
     };
     let cluster = Cluster {
-        client: client.clone(),
+        client,
         operator,
         tap_permission_check: true,
-        controller: if with_controller {
-            Controller::Always
-        } else {
-            Controller::Off
-        },
+        controller,
     };
     let service = Service::cluster(log_socket::relay::RelayConfig::default(), parts, cluster);
-    let logging_operator = logging_operator::start(&client, &ns).await;
     let mut relay = start_service_on(loopback_sockets().await, service);
     relay.per_flow = true;
-    Harness {
-        relay,
-        client,
-        ns,
-        logging_operator,
-    }
+    relay
 }
 
 /// The Secret `--output-tls-secret` names in the tests, with the keys the generated outputs'

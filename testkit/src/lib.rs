@@ -27,4 +27,5 @@ pub mod pipeline;
 pub mod poll;
 pub mod relay;
 pub mod render;
+pub mod shedding;
 pub mod skip;

@@ -14,4 +14,5 @@ mod leader;
 mod logging_models;
 mod operator;
 mod service;
+mod tap_failures;
 mod tap_safety;

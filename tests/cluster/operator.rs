@@ -406,9 +406,6 @@ pub(crate) async fn status_within(
     .await
 }
 
-/// Whether the status has a condition `type_` with `reason`.
-/// logging-operator's render of the Logging never failed during the test: no flow ever named
-/// an output that did not exist (the stand-in renders every 200 ms).
 /// Every render of the test's Loggings succeeded (every ref resolved, no flow dropped, the real
 /// fluentd accepted every rendered configuration), from the harness's start until now.
 pub(crate) async fn never_broke_the_render(h: &Harness) {
@@ -416,6 +413,7 @@ pub(crate) async fn never_broke_the_render(h: &Harness) {
     assert!(failures.is_empty(), "the render failed: {failures:?}");
 }
 
+/// Whether the status has a condition `type_` with `reason`.
 pub(crate) fn has_reason(s: &log_socket::k8s::flowtap::FlowTapStatus, type_: &str, reason: &str) -> bool {
     s.conditions.iter().any(|c| c.type_ == type_ && c.reason == reason)
 }

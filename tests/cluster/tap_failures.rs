@@ -1,0 +1,486 @@
+//! The operator under failures, against the real API server and the logging-operator stand-in
+//! that renders every change: an API server shedding load, ClusterFlows of one name in two
+//! namespaces, and a leader that loses its lease while taps come and go. Each test watches the
+//! objects from its start and checks the property over every version the API server served, in
+//! its order (resourceVersion), not a sample taken after a sleep.
+
+use crate::operator::{flow_spec, never_broke_the_render, persistent_tap, raw, status_when, LINGER};
+use futures::StreamExt;
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, WatchEvent, WatchParams};
+use log_socket::k8s::flowtap::{FlowTap, Phase};
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use testkit::cluster::{self, Harness};
+use testkit::poll::{eventually, eventually_within};
+use testkit::shedding::Shedding;
+
+type Seen = Arc<Mutex<Vec<(u64, &'static str, Value)>>>;
+
+/// Every event of `api`'s objects from resourceVersion `from`, as (resourceVersion, type,
+/// object), collected until the returned task is aborted.
+fn watch_all(api: Api<DynamicObject>, from: String) -> (Seen, tokio::task::JoinHandle<()>) {
+    let seen: Seen = Default::default();
+    let into = seen.clone();
+    let task = tokio::spawn(async move {
+        let stream = api.watch(&WatchParams::default().timeout(290), &from).await.unwrap();
+        futures::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            let (what, object) = match event.unwrap() {
+                WatchEvent::Added(o) => ("ADDED", o),
+                WatchEvent::Modified(o) => ("MODIFIED", o),
+                WatchEvent::Deleted(o) => ("DELETED", o),
+                _ => continue,
+            };
+            let rv = object
+                .metadata
+                .resource_version
+                .as_deref()
+                .unwrap_or("0")
+                .parse()
+                .unwrap();
+            into.lock()
+                .unwrap()
+                .push((rv, what, serde_json::to_value(object).unwrap()));
+        }
+    });
+    (seen, task)
+}
+
+fn api(client: &kube::Client, ns: &str, group: &str, kind: &str) -> Api<DynamicObject> {
+    let (group, version) = group.split_once('/').unwrap();
+    let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
+    let ar = kube::api::ApiResource::from_gvk_with_plural(&gvk, &format!("{}s", kind.to_lowercase()));
+    Api::namespaced_with(client.clone(), ns, &ar)
+}
+
+/// The resourceVersion of the namespace's `kind` list now: watches from it see what follows.
+async fn now(api: &Api<DynamicObject>) -> String {
+    api.list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap()
+}
+
+fn names(obj: &Value, field: &str) -> Vec<String> {
+    obj["spec"][field]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// In the API server's order: no output was gone (deleted) while a flow still named it.
+fn no_output_went_while_named(flows: &[(u64, &str, Value)], outputs: &[(u64, &str, Value)], field: &str) {
+    for (gone_at, _, output) in outputs.iter().filter(|(_, what, _)| *what == "DELETED") {
+        let name = output["metadata"]["name"].as_str().unwrap();
+        let mut latest: std::collections::BTreeMap<&str, &Value> = Default::default();
+        for (_, what, flow) in flows.iter().filter(|(rv, _, _)| rv <= gone_at) {
+            let flow_name = flow["metadata"]["name"].as_str().unwrap();
+            if *what == "DELETED" {
+                latest.remove(flow_name);
+            } else {
+                latest.insert(flow_name, flow);
+            }
+        }
+        for (flow_name, flow) in latest {
+            assert!(
+                !names(flow, field).iter().any(|r| r == name),
+                "output {name} was deleted (rv {gone_at}) while flow {flow_name} named it: {flow}"
+            );
+        }
+    }
+}
+
+/// Change `flow`'s annotation `poke` to `n`: a watch event that makes the controller look again.
+async fn poke(client: &kube::Client, ns: &str, kind: &str, flow: &str, n: u32) {
+    let patch = json!({"metadata": {"annotations": {"poke": n.to_string()}}});
+    api(client, ns, "logging.banzaicloud.io/v1beta1", kind)
+        .patch(flow, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_api_server_shedding_load_while_a_taps_secret_is_read_tears_nothing_down() {
+    let admin = cluster::client().await;
+    let ns = cluster::namespace(&admin, "fail-shed").await;
+    cluster::output_tls_secret(&admin, &ns).await;
+    let shedding = Shedding::default();
+    let client = shedding.client(cluster::env().config().await);
+    let h = cluster::harness_configured(client, ns.clone(), true, LINGER, Duration::from_secs(6), |c| {
+        c.tls_secret = Some("log-socket-ingest-tls".into())
+    })
+    .await;
+    cluster::create_flow(&admin, &ns, "web", flow_spec()).await;
+    persistent_tap(
+        &h,
+        "web-tap",
+        json!({"flowRef": {"kind": "Flow", "name": "web"}, "persistent": true}),
+    )
+    .await;
+    status_when(&h, "web-tap", "Active", |s| s.phase == Some(Phase::Active)).await;
+
+    let flows = api(&admin, &ns, "logging.banzaicloud.io/v1beta1", "Flow");
+    let outputs = api(&admin, &ns, "logging.banzaicloud.io/v1beta1", "Output");
+    let taps = api(&admin, &ns, "logsocket.dev/v1alpha1", "FlowTap");
+    let (flow_seen, flow_watch) = watch_all(flows.clone(), now(&flows).await);
+    let (output_seen, output_watch) = watch_all(outputs.clone(), now(&outputs).await);
+    let (tap_seen, tap_watch) = watch_all(taps.clone(), now(&taps).await);
+
+    // Every read of a Secret is answered 503, then 429, while the flow's changes make the
+    // controller look again (and its error policy retries).
+    let mut pokes = 0;
+    for code in [503, 429] {
+        shedding.start("GET", "/secrets/", code);
+        let before = shedding.shed();
+        pokes += 1;
+        poke(&admin, &ns, "Flow", "web", pokes).await;
+        eventually_within(
+            &format!("three Secret reads answered {code}"),
+            Duration::from_secs(60),
+            || async { (shedding.shed() >= before + 3).then_some(()) },
+        )
+        .await;
+    }
+    shedding.stop();
+    // Once the API server answers again, a pass goes through: the tap is still Active.
+    pokes += 1;
+    poke(&admin, &ns, "Flow", "web", pokes).await;
+    let reads = shedding.sent().len();
+    eventually("a Secret read that went through", || async {
+        shedding.sent()[reads..]
+            .iter()
+            .any(|s| s.path.contains("/secrets/") && !s.shed)
+            .then_some(())
+    })
+    .await;
+    // The watches saw the last poke: everything before it is in.
+    eventually("the flow watch caught up", || async {
+        flow_seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, _, f)| f["metadata"]["annotations"]["poke"].as_str() == Some(pokes.to_string().as_str()))
+            .then_some(())
+    })
+    .await;
+    flow_watch.abort();
+    output_watch.abort();
+    tap_watch.abort();
+    for (rv, _, flow) in flow_seen.lock().unwrap().iter() {
+        assert!(
+            names(flow, "localOutputRefs").contains(&"logsocket-web-tap".to_owned()),
+            "the flow lost the tap's ref at rv {rv}: {flow}"
+        );
+    }
+    for (rv, what, output) in output_seen.lock().unwrap().iter() {
+        assert!(
+            *what != "DELETED" && output["metadata"]["deletionTimestamp"].is_null(),
+            "the output went at rv {rv}: {output}"
+        );
+    }
+    for (rv, _, tap) in tap_seen.lock().unwrap().iter() {
+        assert_eq!(tap["status"]["phase"], "Active", "the tap changed at rv {rv}: {tap}");
+    }
+    never_broke_the_render(&h).await;
+}
+
+#[tokio::test]
+async fn cluster_flows_of_one_name_in_two_namespaces_each_feed_only_their_own_tap() {
+    let admin = cluster::client().await;
+    let a = cluster::namespace(&admin, "fail-cf-a").await;
+    let b = cluster::namespace(&admin, "fail-cf-b").await;
+    let ha = cluster::harness_with(admin.clone(), a.clone(), true, LINGER, Duration::from_secs(6)).await;
+    let hb = cluster::harness_with(admin.clone(), b.clone(), true, LINGER, Duration::from_secs(6)).await;
+    // One Logging renders both namespaces and reads cluster resources from every namespace;
+    // the stand-in of `a` plays it (its control namespace).
+    let loggings = Api::<DynamicObject>::all_with(
+        admin.clone(),
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("logging.banzaicloud.io", "v1beta1", "Logging"),
+            "loggings",
+        ),
+    );
+    let shared: DynamicObject = serde_json::from_value(cluster::logging_object(
+        "Logging",
+        &format!("shared-{a}"),
+        json!({"loggingRef": "shared", "controlNamespace": a, "watchNamespaces": [a, b],
+               "allowClusterResourcesFromAllNamespaces": true}),
+    ))
+    .unwrap();
+    loggings.create(&Default::default(), &shared).await.unwrap();
+    for ns in [&a, &b] {
+        cluster::create_cluster_flow(
+            &admin,
+            ns,
+            "all",
+            json!({"loggingRef": "shared", "globalOutputRefs": ["loki"]}),
+        )
+        .await;
+    }
+    for h in [&ha, &hb] {
+        persistent_tap(
+            h,
+            "tap",
+            json!({"flowRef": {"kind": "ClusterFlow", "name": "all"}, "persistent": true}),
+        )
+        .await;
+    }
+    for h in [&ha, &hb] {
+        status_when(h, "tap", &format!("{} Active", h.ns), |s| {
+            s.phase == Some(Phase::Active)
+        })
+        .await;
+    }
+    // logging-operator resolves a ClusterFlow's refs to ClusterOutputs by name only, across
+    // both namespaces: each name must resolve to the output posting to that very flow's tap.
+    let mut every: Vec<Value> = vec![];
+    for ns in [&a, &b] {
+        let list = api(&admin, ns, "logging.banzaicloud.io/v1beta1", "ClusterOutput")
+            .list(&ListParams::default())
+            .await
+            .unwrap();
+        every.extend(list.items.into_iter().map(|o| serde_json::to_value(o).unwrap()));
+    }
+    for ns in [&a, &b] {
+        let flow = raw(if ns == &a { &ha } else { &hb }, "ClusterFlow", "all")
+            .await
+            .unwrap();
+        let tap_refs: Vec<String> = names(&flow, "globalOutputRefs")
+            .into_iter()
+            .filter(|r| r.starts_with("logsocket-"))
+            .collect();
+        assert_eq!(tap_refs.len(), 1, "{flow}");
+        let resolved: Vec<&Value> = every
+            .iter()
+            .filter(|o| o["metadata"]["name"] == tap_refs[0].as_str())
+            .collect();
+        assert_eq!(
+            resolved.len(),
+            1,
+            "{} names {:?}, which resolves to {resolved:?}",
+            ns,
+            tap_refs
+        );
+        let endpoint = resolved[0]["spec"]["http"]["endpoint"].as_str().unwrap();
+        assert!(
+            endpoint.ends_with(&format!("/clusterflow/{ns}/all")),
+            "ClusterFlow {ns}/all feeds {endpoint}"
+        );
+        assert_eq!(resolved[0]["spec"]["protected"], true, "no Flow may name it");
+    }
+    never_broke_the_render(&ha).await;
+    never_broke_the_render(&hb).await;
+    let _ = loggings.delete(&format!("shared-{a}"), &Default::default()).await;
+}
+
+/// A replica whose controller runs while it holds the Lease `log-socket` of `ns` (3 s).
+async fn elected(h: &Harness, holder: &str, shedding: &Shedding) -> testkit::relay::TestRelay {
+    use log_socket::operator::lease::LeaseConfig;
+    use log_socket::service::Controller;
+    let lease = LeaseConfig {
+        namespace: h.ns.clone(),
+        name: "log-socket".into(),
+        holder: holder.into(),
+        duration: LEASE,
+    };
+    let client = shedding.client(cluster::env().config().await);
+    cluster::replica(
+        client,
+        &h.ns,
+        Controller::Elected(lease),
+        LINGER,
+        Duration::from_secs(6),
+        |_| {},
+    )
+    .await
+}
+
+const LEASE: Duration = Duration::from_secs(3);
+
+async fn holder(h: &Harness) -> Option<String> {
+    Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(h.client.clone(), &h.ns)
+        .get_opt("log-socket")
+        .await
+        .unwrap()?
+        .spec?
+        .holder_identity
+}
+
+/// Writes (anything but GET) a replica sent to the API server other than its Lease's.
+fn writes(sent: &[testkit::shedding::Sent]) -> Vec<&testkit::shedding::Sent> {
+    sent.iter()
+        .filter(|s| s.method != "GET" && !s.path.contains("/leases/") && !s.shed)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_leader_that_cannot_renew_stops_acting_before_another_may_lead_and_taps_come_and_go_unharmed() {
+    let admin = cluster::client().await;
+    let ns = cluster::namespace(&admin, "fail-leader").await;
+    // The stand-in and a replica without a controller make the harness; two elected replicas
+    // run the controller.
+    let h = cluster::harness_with(admin.clone(), ns.clone(), false, LINGER, Duration::from_secs(6)).await;
+    for i in 0..6 {
+        cluster::create_flow(&admin, &ns, &format!("web-{i}"), flow_spec()).await;
+    }
+    let flows = api(&admin, &ns, "logging.banzaicloud.io/v1beta1", "Flow");
+    let outputs = api(&admin, &ns, "logging.banzaicloud.io/v1beta1", "Output");
+    let (flow_seen, flow_watch) = watch_all(flows.clone(), now(&flows).await);
+    let (output_seen, output_watch) = watch_all(outputs.clone(), now(&outputs).await);
+    let (shed_a, shed_b) = (Shedding::default(), Shedding::default());
+    let a = elected(&h, "replica-a", &shed_a).await;
+    eventually("replica-a leads", || async {
+        (holder(&h).await.as_deref() == Some("replica-a")).then_some(())
+    })
+    .await;
+    let b = elected(&h, "replica-b", &shed_b).await;
+
+    // Taps come and go throughout: a new one every 700 ms, each deleted three later.
+    let churn = {
+        let client = admin.clone();
+        let ns = ns.clone();
+        tokio::spawn(async move {
+            let taps = Api::<FlowTap>::namespaced(client, &ns);
+            for i in 0u32.. {
+                let tap: FlowTap = serde_json::from_value(json!({
+                    "apiVersion": "logsocket.dev/v1alpha1", "kind": "FlowTap",
+                    "metadata": {"name": format!("tap-{i}")},
+                    "spec": {"flowRef": {"kind": "Flow", "name": format!("web-{}", i % 6)}, "persistent": true},
+                }))
+                .unwrap();
+                taps.create(&Default::default(), &tap).await.unwrap();
+                if i >= 3 {
+                    taps.delete(&format!("tap-{}", i - 3), &Default::default())
+                        .await
+                        .unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(700)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // replica-a can no longer reach its Lease (every request to it fails); the rest of the API
+    // server still answers it, so only its own rule can stop it from acting.
+    shed_a.start("*", "/leases/", 503);
+    eventually_within("replica-b leads", Duration::from_secs(30), || async {
+        (holder(&h).await.as_deref() == Some("replica-b")).then_some(())
+    })
+    .await;
+    // Let replica-b work through the churn, then give replica-a its Lease back and stop
+    // replica-b gracefully: it releases the Lease and replica-a takes over at once.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    shed_a.stop();
+    let b_stopped = std::time::Instant::now();
+    drop(b);
+    eventually_within("replica-a leads again", Duration::from_secs(30), || async {
+        (holder(&h).await.as_deref() == Some("replica-a")).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    churn.abort();
+    let _ = churn.await;
+
+    // Every tap left is Active, named by its flow; every deleted one left its flow as it was.
+    let taps = Api::<FlowTap>::namespaced(admin.clone(), &ns);
+    eventually_within("the taps settled", Duration::from_secs(60), || async {
+        let live = taps.list(&ListParams::default()).await.ok()?.items;
+        if live.iter().any(|t| t.metadata.deletion_timestamp.is_some()) {
+            return None;
+        }
+        let mut named: Vec<String> = vec![];
+        for i in 0..6 {
+            let flow = raw(&h, "Flow", &format!("web-{i}")).await?;
+            named.extend(names(&flow, "localOutputRefs").into_iter().filter(|r| r != "loki"));
+        }
+        let mut want: Vec<String> = live
+            .iter()
+            .filter(|t| t.status.as_ref().and_then(|s| s.phase) == Some(Phase::Active))
+            .map(|t| format!("logsocket-{}", kube::ResourceExt::name_any(t)))
+            .collect();
+        named.sort();
+        want.sort();
+        (want.len() == live.len() && named == want).then_some(())
+    })
+    .await;
+
+    // What replica-a sent while it could not renew: nothing after the moment another replica
+    // could take the Lease (its last renewal that went through, plus the lease duration).
+    let sent_a = shed_a.sent();
+    let cut = sent_a
+        .iter()
+        .position(|s| s.shed)
+        .expect("replica-a's Lease requests were shed");
+    let last_renewal = sent_a[..cut]
+        .iter()
+        .filter(|s| s.path.contains("/leases/") && s.method == "PUT")
+        .map(|s| s.at)
+        .max()
+        .expect("replica-a renewed before");
+    let back = sent_a.iter().rposition(|s| s.shed).unwrap();
+    let late: Vec<_> = writes(&sent_a[cut..=back])
+        .into_iter()
+        .filter(|s| s.at >= last_renewal + LEASE)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "replica-a acted after it could have lost the Lease: {late:?}"
+    );
+    assert!(
+        !writes(&shed_b.sent()).is_empty(),
+        "replica-b took over and acted (created outputs, patched flows)"
+    );
+    assert!(
+        writes(&sent_a).iter().any(|s| s.at > b_stopped),
+        "replica-a acted again once it led again"
+    );
+    drop(a);
+
+    // Both watches caught up (a marker change after everything else), then: no output was
+    // deleted while a flow named it, in the API server's order.
+    poke(&admin, &ns, "Flow", "web-0", 1).await;
+    eventually("the flow watch caught up", || async {
+        flow_seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, _, f)| f["metadata"]["annotations"]["poke"] == "1")
+            .then_some(())
+    })
+    .await;
+    let marker = outputs.list(&ListParams::default()).await.unwrap().items[0]
+        .metadata
+        .name
+        .clone()
+        .unwrap();
+    let patch = json!({"metadata": {"annotations": {"poke": "1"}}});
+    outputs
+        .patch(&marker, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    eventually("the output watch caught up", || async {
+        output_seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, _, o)| o["metadata"]["annotations"]["poke"] == "1")
+            .then_some(())
+    })
+    .await;
+    flow_watch.abort();
+    output_watch.abort();
+    let flow_events = flow_seen.lock().unwrap().clone();
+    let output_events = output_seen.lock().unwrap().clone();
+    assert!(
+        output_events.iter().filter(|(_, what, _)| *what == "DELETED").count() >= 3,
+        "outputs were deleted during the test: {}",
+        output_events.len()
+    );
+    no_output_went_while_named(&flow_events, &output_events, "localOutputRefs");
+    never_broke_the_render(&h).await;
+}

@@ -51,6 +51,7 @@ use crate::k8s::flowtap::{FlowKind, FlowTap, FlowTapStatus};
 use crate::protocol::TapKey;
 use kube::api::{Api, PostParams};
 use std::time::Duration;
+use trial::CONFIG_RETRY;
 
 /// Label on everything log-socket creates.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "log-socket");
@@ -79,6 +80,9 @@ pub struct OperatorConfig {
     pub output_accept_timeout: Duration,
     /// How often leftovers of FlowTaps that are gone without their cleanup are swept.
     pub sweep_interval: Duration,
+    /// A tap refused for its configuration check (or a flow that cannot use its output) is
+    /// tried again after this long ([`CONFIG_RETRY`]; tests shorten it).
+    pub config_retry: Duration,
     /// Mode of the ephemeral taps listeners create.
     pub mode: crate::k8s::flowtap::TapMode,
     /// Only FlowTaps of this namespace (a namespaced install); all namespaces when `None`.
@@ -118,6 +122,7 @@ impl OperatorConfig {
             tls_secret: None,
             output_accept_timeout: Duration::from_secs(30),
             sweep_interval: Duration::from_secs(60),
+            config_retry: CONFIG_RETRY,
             mode: crate::k8s::flowtap::TapMode::Patch,
             namespace: None,
             limits: Default::default(),

@@ -55,7 +55,7 @@ pub(super) async fn ensure_children(
     };
     // A contested flow is final until the spec changes; a failed configuration check until
     // then or until it is tried again (see `trial`).
-    if let Some((r, retry_in)) = sticky_refusal(tap) {
+    if let Some((r, retry_in)) = sticky_refusal(tap, ctx.config.config_retry) {
         children::teardown(tap, patched, ctx).await?;
         return Ok(Step {
             recheck: retry_in,
@@ -237,12 +237,12 @@ pub(super) async fn ensure_children(
                     "logging-operator reports that {} {} cannot use {output} ({problem}); the flow was restored. The tap is tried again in {} minutes, or when its spec changes",
                     tap.spec.flow_ref.kind,
                     tap.spec.flow_ref.name,
-                    trial::CONFIG_RETRY.as_secs() / 60
+                    ctx.config.config_retry.as_secs().div_ceil(60)
                 ),
             );
             children::teardown(tap, patched, ctx).await?;
             return Ok(Step {
-                recheck: Some(trial::CONFIG_RETRY),
+                recheck: Some(ctx.config.config_retry),
                 ..refuse(OutputState::Ready, FlowState::Refused(r))
             });
         }
@@ -294,7 +294,7 @@ pub(super) async fn ensure_children(
             ctx.retrying.lock().unwrap().remove(&tap.uid().unwrap_or_default());
             children::teardown(tap, Some(&record), ctx).await?;
             return Ok(Step {
-                recheck: Some(trial::CONFIG_RETRY),
+                recheck: Some(ctx.config.config_retry),
                 ..refuse(OutputState::Ready, FlowState::Refused(r))
             });
         }
@@ -370,9 +370,9 @@ fn contested(ctx: &Context, tap: &FlowTap) -> bool {
 
 /// A refusal that stands until the spec changes: a contested flow (the user decides: Mirror
 /// mode, or telling the tool to leave the ref alone), or a failed configuration check or a flow
-/// that cannot use the output, which also lift after [`trial::CONFIG_RETRY`] (with how long is
+/// that cannot use the output, which also lift after `retry` (`config_retry`; with how long is
 /// left).
-fn sticky_refusal(tap: &FlowTap) -> Option<(Refusal, Option<Duration>)> {
+fn sticky_refusal(tap: &FlowTap, retry: Duration) -> Option<(Refusal, Option<Duration>)> {
     let status = tap.status.as_ref()?;
     let c = status::condition(&status.conditions, "FlowPatched")?;
     let reason = [preflight::CONFIG_CHECK_FAILED, CONTESTED, FLOW_REJECTS_OUTPUT]
@@ -383,7 +383,7 @@ fn sticky_refusal(tap: &FlowTap) -> Option<(Refusal, Option<Duration>)> {
     }
     let retry_in = if reason != CONTESTED {
         let waited = status::age(&c.last_transition_time, status::now());
-        let left = trial::CONFIG_RETRY.checked_sub(waited).filter(|d| !d.is_zero())?;
+        let left = retry.checked_sub(waited).filter(|d| !d.is_zero())?;
         Some(left)
     } else {
         None

@@ -176,7 +176,7 @@ pub fn judge(
                     preflight::CONFIG_CHECK_FAILED,
                     format!(
                         "logging-operator's check of the fluentd configuration with the tap failed (Logging {name}); the previous configuration kept running. Tried again in {} minutes, or at once when the spec changes",
-                        CONFIG_RETRY.as_secs() / 60
+                        ctx.config.config_retry.as_secs().div_ceil(60)
                     ),
                 ))
             } else {

@@ -16,3 +16,4 @@ mod operator;
 mod service;
 mod tap_failures;
 mod tap_safety;
+mod watch;

@@ -466,9 +466,19 @@ async fn a_mirror_tap_leaves_the_flow_untouched_and_follows_its_match_and_filter
     })
     .await;
     assert_eq!(condition(&status, "FlowPatched"), ("True", "Mirrored"));
+    // Its status is logging-operator's to write; its spec and metadata stay as they were.
+    let after = raw(&h, "Flow", "web").await.unwrap();
     assert_eq!(
-        raw(&h, "Flow", "web").await.unwrap()["metadata"]["resourceVersion"],
-        before["metadata"]["resourceVersion"],
+        (
+            &after["spec"],
+            &after["metadata"]["generation"],
+            &after["metadata"]["annotations"]
+        ),
+        (
+            &before["spec"],
+            &before["metadata"]["generation"],
+            &before["metadata"]["annotations"]
+        ),
         "the original flow was never written"
     );
 
@@ -605,12 +615,31 @@ async fn a_tap_reports_arriving_records_and_the_problems_logging_operator_finds(
         "{last}"
     );
 
-    // logging-operator finds a problem with the flow: the tap says so and is Degraded.
+    // The flow's owner adds a ref to a ClusterOutput that does not exist; with
+    // skipInvalidResources logging-operator drops the flow and says why in its status: the tap
+    // says so and is Degraded (the problem is not its output's).
+    let loggings = Api::<DynamicObject>::all_with(
+        h.client.clone(),
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("logging.banzaicloud.io", "v1beta1", "Logging"),
+            "loggings",
+        ),
+    );
+    let skip = json!({"spec": {"skipInvalidResources": true}});
+    loggings
+        .patch(
+            &h.logging_operator.logging,
+            &Default::default(),
+            &kube::api::Patch::Merge(&skip),
+        )
+        .await
+        .unwrap();
     let flows = cluster::logging_api(&h.client, &h.ns, "Flow");
-    let mut f = flows.get("web").await.unwrap();
-    f.data["status"] =
-        json!({"active": true, "problems": ["dangling global output reference: nowhere"], "problemsCount": 1});
-    flows.replace_status("web", &PostParams::default(), &f).await.unwrap();
+    let dangling = json!({"spec": {"globalOutputRefs": ["nowhere"]}});
+    flows
+        .patch("web", &Default::default(), &kube::api::Patch::Merge(&dangling))
+        .await
+        .unwrap();
     let status = status_when(&h, "web-tap", "phase Degraded", |s| {
         s.phase == Some(log_socket::k8s::flowtap::Phase::Degraded)
     })
@@ -622,7 +651,7 @@ async fn a_tap_reports_arriving_records_and_the_problems_logging_operator_finds(
         .find(|c| c.type_ == "FlowPatched")
         .unwrap()
         .message;
-    assert!(message.contains("dangling global output reference"), "{message}");
+    assert!(message.contains("\"nowhere\" not found"), "{message}");
 }
 
 #[tokio::test]

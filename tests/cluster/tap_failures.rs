@@ -5,104 +5,14 @@
 //! its order (resourceVersion), not a sample taken after a sleep.
 
 use crate::operator::{flow_spec, never_broke_the_render, persistent_tap, raw, status_when, LINGER};
-use futures::StreamExt;
-use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, WatchEvent, WatchParams};
+use crate::watch::{api, names, no_output_went_while_named, now, poke, watch_all};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use log_socket::k8s::flowtap::{FlowTap, Phase};
 use serde_json::{json, Value};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use testkit::cluster::{self, Harness};
 use testkit::poll::{eventually, eventually_within};
 use testkit::shedding::Shedding;
-
-type Seen = Arc<Mutex<Vec<(u64, &'static str, Value)>>>;
-
-/// Every event of `api`'s objects from resourceVersion `from`, as (resourceVersion, type,
-/// object), collected until the returned task is aborted.
-fn watch_all(api: Api<DynamicObject>, from: String) -> (Seen, tokio::task::JoinHandle<()>) {
-    let seen: Seen = Default::default();
-    let into = seen.clone();
-    let task = tokio::spawn(async move {
-        let stream = api.watch(&WatchParams::default().timeout(290), &from).await.unwrap();
-        futures::pin_mut!(stream);
-        while let Some(event) = stream.next().await {
-            let (what, object) = match event.unwrap() {
-                WatchEvent::Added(o) => ("ADDED", o),
-                WatchEvent::Modified(o) => ("MODIFIED", o),
-                WatchEvent::Deleted(o) => ("DELETED", o),
-                _ => continue,
-            };
-            let rv = object
-                .metadata
-                .resource_version
-                .as_deref()
-                .unwrap_or("0")
-                .parse()
-                .unwrap();
-            into.lock()
-                .unwrap()
-                .push((rv, what, serde_json::to_value(object).unwrap()));
-        }
-    });
-    (seen, task)
-}
-
-fn api(client: &kube::Client, ns: &str, group: &str, kind: &str) -> Api<DynamicObject> {
-    let (group, version) = group.split_once('/').unwrap();
-    let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
-    let ar = kube::api::ApiResource::from_gvk_with_plural(&gvk, &format!("{}s", kind.to_lowercase()));
-    Api::namespaced_with(client.clone(), ns, &ar)
-}
-
-/// The resourceVersion of the namespace's `kind` list now: watches from it see what follows.
-async fn now(api: &Api<DynamicObject>) -> String {
-    api.list(&ListParams::default())
-        .await
-        .unwrap()
-        .metadata
-        .resource_version
-        .unwrap()
-}
-
-fn names(obj: &Value, field: &str) -> Vec<String> {
-    obj["spec"][field]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v.as_str().map(str::to_owned))
-        .collect()
-}
-
-/// In the API server's order: no output was gone (deleted) while a flow still named it.
-fn no_output_went_while_named(flows: &[(u64, &str, Value)], outputs: &[(u64, &str, Value)], field: &str) {
-    for (gone_at, _, output) in outputs.iter().filter(|(_, what, _)| *what == "DELETED") {
-        let name = output["metadata"]["name"].as_str().unwrap();
-        let mut latest: std::collections::BTreeMap<&str, &Value> = Default::default();
-        for (_, what, flow) in flows.iter().filter(|(rv, _, _)| rv <= gone_at) {
-            let flow_name = flow["metadata"]["name"].as_str().unwrap();
-            if *what == "DELETED" {
-                latest.remove(flow_name);
-            } else {
-                latest.insert(flow_name, flow);
-            }
-        }
-        for (flow_name, flow) in latest {
-            assert!(
-                !names(flow, field).iter().any(|r| r == name),
-                "output {name} was deleted (rv {gone_at}) while flow {flow_name} named it: {flow}"
-            );
-        }
-    }
-}
-
-/// Change `flow`'s annotation `poke` to `n`: a watch event that makes the controller look again.
-async fn poke(client: &kube::Client, ns: &str, kind: &str, flow: &str, n: u32) {
-    let patch = json!({"metadata": {"annotations": {"poke": n.to_string()}}});
-    api(client, ns, "logging.banzaicloud.io/v1beta1", kind)
-        .patch(flow, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
-}
 
 #[tokio::test]
 async fn an_api_server_shedding_load_while_a_taps_secret_is_read_tears_nothing_down() {

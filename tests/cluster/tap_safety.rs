@@ -6,11 +6,13 @@ use crate::operator::{
     condition, event, flow_spec, harness, has_reason, never_broke_the_render, persistent_tap, raw, status_when,
     status_within,
 };
+use crate::watch::{poke, Watched};
 use kube::api::{Api, Patch, PatchParams};
 use log_socket::k8s::flowtap::{FlowTap, Phase};
 use serde_json::json;
 use testkit::cluster;
 use testkit::poll::eventually;
+use testkit::shedding::Shedding;
 
 fn web_tap() -> serde_json::Value {
     json!({"flowRef": {"kind": "Flow", "name": "web"}, "persistent": true})
@@ -22,18 +24,21 @@ fn refs(flow: &serde_json::Value) -> serde_json::Value {
 
 #[tokio::test]
 async fn without_its_tls_secret_a_tap_changes_nothing_and_proceeds_once_it_exists() {
-    let client = cluster::client().await;
-    let ns = cluster::namespace(&client, "safe-secret").await;
+    let admin = cluster::client().await;
+    let ns = cluster::namespace(&admin, "safe-secret").await;
+    // The controller's client logs what it sends (nothing is shed).
+    let sent = Shedding::default();
     let h = cluster::harness_configured(
-        client,
-        ns,
+        sent.client(cluster::env().config().await),
+        ns.clone(),
         true,
         crate::operator::LINGER,
         std::time::Duration::from_secs(6),
         |c| c.tls_secret = Some("log-socket-ingest-tls".into()),
     )
     .await;
-    cluster::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    cluster::create_flow(&admin, &ns, "web", flow_spec()).await;
+    let mut watched = Watched::start(&admin, &ns).await;
     persistent_tap(&h, "web-tap", web_tap()).await;
     let s = status_when(&h, "web-tap", "Failed: SecretMissing", |s| {
         s.phase == Some(Phase::Failed)
@@ -41,17 +46,51 @@ async fn without_its_tls_secret_a_tap_changes_nothing_and_proceeds_once_it_exist
     .await;
     assert_eq!(condition(&s, "OutputReady"), ("False", "SecretMissing"));
     event(&h, "SecretMissing").await;
-    // Nothing was created and the flow is untouched, several passes later.
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    assert!(raw(&h, "Output", "logsocket-web-tap").await.is_none());
-    assert_eq!(refs(&raw(&h, "Flow", "web").await.unwrap()), json!(["loki"]));
-
-    cluster::output_tls_secret(&h.client, &h.ns).await;
+    // Several passes while the Secret is missing (each reads it), each made by a flow change.
+    let reads = || {
+        sent.sent()
+            .iter()
+            .filter(|r| r.path.ends_with("/secrets/log-socket-ingest-tls"))
+            .count()
+    };
+    let before = reads();
+    for n in 1..=3 {
+        poke(&admin, &ns, "Flow", "web", n).await;
+        eventually(&format!("pass {n} read the Secret"), || async {
+            (reads() >= before + n as usize).then_some(())
+        })
+        .await;
+    }
+    cluster::output_tls_secret(&admin, &ns).await;
+    let secret_rv: u64 = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(admin.clone(), &ns)
+        .get("log-socket-ingest-tls")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap()
+        .parse()
+        .unwrap();
     status_when(&h, "web-tap", "Active", |s| s.phase == Some(Phase::Active)).await;
     assert_eq!(
         refs(&raw(&h, "Flow", "web").await.unwrap()),
         json!(["loki", "logsocket-web-tap"])
     );
+    // In the API server's order: no output and no flow edit before the Secret existed.
+    watched
+        .caught_up(&[("Flow", "web"), ("Output", "logsocket-web-tap")])
+        .await;
+    let first_output = watched.versions("Output", "logsocket-web-tap")[0].0;
+    assert!(
+        first_output > secret_rv,
+        "output at rv {first_output}, Secret at {secret_rv}"
+    );
+    for (rv, _, flow) in watched.versions("Flow", "web") {
+        assert!(
+            rv > secret_rv || refs(&flow) == json!(["loki"]),
+            "edited at rv {rv}: {flow}"
+        );
+    }
     never_broke_the_render(&h).await;
 }
 
@@ -60,6 +99,7 @@ async fn the_flow_names_the_output_only_after_logging_operator_validated_it() {
     let h = harness("safe-validate").await;
     h.logging_operator.behaviour.lock().unwrap().paused = true;
     cluster::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    let mut watched = Watched::start(&h.client, &h.ns).await;
     persistent_tap(&h, "web-tap", web_tap()).await;
     let s = status_when(&h, "web-tap", "Validating", |s| {
         has_reason(s, "OutputReady", "Validating")
@@ -70,12 +110,6 @@ async fn the_flow_names_the_output_only_after_logging_operator_validated_it() {
         raw(&h, "Output", "logsocket-web-tap").await.is_some(),
         "the output comes first"
     );
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    assert_eq!(
-        refs(&raw(&h, "Flow", "web").await.unwrap()),
-        json!(["loki"]),
-        "not named yet"
-    );
 
     h.logging_operator.behaviour.lock().unwrap().paused = false;
     status_when(&h, "web-tap", "Active", |s| s.phase == Some(Phase::Active)).await;
@@ -83,6 +117,24 @@ async fn the_flow_names_the_output_only_after_logging_operator_validated_it() {
         refs(&raw(&h, "Flow", "web").await.unwrap()),
         json!(["loki", "logsocket-web-tap"])
     );
+    // In the API server's order: logging-operator's verdict on the output came before the
+    // first flow version naming it.
+    watched
+        .caught_up(&[("Flow", "web"), ("Output", "logsocket-web-tap")])
+        .await;
+    let validated = watched
+        .versions("Output", "logsocket-web-tap")
+        .into_iter()
+        .find(|(_, _, o)| !o["status"]["active"].is_null())
+        .map(|(rv, _, _)| rv)
+        .expect("validated");
+    let named = watched
+        .versions("Flow", "web")
+        .into_iter()
+        .find(|(_, _, f)| refs(f).as_array().unwrap().contains(&json!("logsocket-web-tap")))
+        .map(|(rv, _, _)| rv)
+        .expect("named");
+    assert!(validated < named, "named at rv {named}, validated at {validated}");
     never_broke_the_render(&h).await;
 }
 
@@ -132,7 +184,19 @@ async fn a_flow_no_logging_renders_is_not_tapped() {
 
 #[tokio::test]
 async fn a_configuration_check_that_fails_with_the_tap_restores_the_flow_and_removes_the_output() {
-    let h = harness("safe-check").await;
+    let client = cluster::client().await;
+    let ns = cluster::namespace(&client, "safe-check").await;
+    // Tried again after 4 s here (10 minutes in the service), to watch it across retry periods.
+    let retry = std::time::Duration::from_secs(4);
+    let h = cluster::harness_configured(
+        client,
+        ns,
+        true,
+        crate::operator::LINGER,
+        std::time::Duration::from_secs(6),
+        |c| c.config_retry = retry,
+    )
+    .await;
     h.logging_operator
         .behaviour
         .lock()
@@ -140,6 +204,7 @@ async fn a_configuration_check_that_fails_with_the_tap_restores_the_flow_and_rem
         .fail_config_with
         .insert("logsocket-web-tap".into());
     cluster::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    let mut watched = Watched::start(&h.client, &h.ns).await;
     persistent_tap(&h, "web-tap", web_tap()).await;
     let s = status_when(&h, "web-tap", "Failed: ConfigCheckFailed", |s| {
         has_reason(s, "FlowPatched", "ConfigCheckFailed")
@@ -153,9 +218,41 @@ async fn a_configuration_check_that_fails_with_the_tap_restores_the_flow_and_rem
         (refs(&flow) == json!(["loki"]) && raw(&h, "Output", "logsocket-web-tap").await.is_none()).then_some(())
     })
     .await;
-    // It stays refused (no retry loop against the Logging) until the spec changes.
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    assert!(raw(&h, "Output", "logsocket-web-tap").await.is_none());
+    // Across retry periods: tried again, refused again, never sooner than the retry period
+    // after the refusal (no retry loop against the shared Logging).
+    testkit::poll::eventually_within("two more tries", std::time::Duration::from_secs(90), || async {
+        let created = watched
+            .versions("Output", "logsocket-web-tap")
+            .iter()
+            .filter(|(_, what, _)| *what == "ADDED")
+            .count();
+        (created >= 3).then_some(())
+    })
+    .await;
+    status_when(&h, "web-tap", "refused again", |s| {
+        has_reason(s, "FlowPatched", "ConfigCheckFailed") && s.patched.is_none()
+    })
+    .await;
+    watched.caught_up(&[("Flow", "web")]).await;
+    let versions = watched.versions("Output", "logsocket-web-tap");
+    let time = |o: &serde_json::Value, field: &str| -> i64 {
+        let at: k8s_openapi::jiff::Timestamp = o["metadata"][field].as_str().unwrap().parse().unwrap();
+        at.as_second()
+    };
+    let created: Vec<i64> = versions
+        .iter()
+        .filter(|(_, what, _)| *what == "ADDED")
+        .map(|(_, _, o)| time(o, "creationTimestamp"))
+        .collect();
+    for pair in created.windows(2) {
+        // The API server's clock, to the second: a try begins after the previous one was
+        // created, checked, refused, and the retry period passed.
+        assert!(
+            pair[1] - pair[0] >= retry.as_secs() as i64 - 1,
+            "tried again {} s after the previous try: {created:?}",
+            pair[1] - pair[0]
+        );
+    }
     never_broke_the_render(&h).await;
 }
 
@@ -252,6 +349,7 @@ async fn a_changed_flow_ref_restores_the_old_flow_before_the_new_one_is_patched(
 async fn two_flowtaps_on_one_flow_share_one_output_and_the_survivor_takes_over() {
     let h = harness("safe-share").await;
     cluster::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    let mut watched = Watched::start(&h.client, &h.ns).await;
     persistent_tap(&h, "web-a", web_tap()).await;
     status_when(&h, "web-a", "web-a Active", |s| s.phase == Some(Phase::Active)).await;
     persistent_tap(&h, "web-b", web_tap()).await;
@@ -260,11 +358,6 @@ async fn two_flowtaps_on_one_flow_share_one_output_and_the_survivor_takes_over()
         s.phase,
         Some(Phase::Active),
         "a sharing tap shows the phase of the one it shares"
-    );
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    assert!(
-        raw(&h, "Output", "logsocket-web-b").await.is_none(),
-        "never a second output"
     );
     assert_eq!(
         refs(&raw(&h, "Flow", "web").await.unwrap()),
@@ -289,12 +382,31 @@ async fn two_flowtaps_on_one_flow_share_one_output_and_the_survivor_takes_over()
     .await;
     let tap = h.relay.relay.tap(&key).expect("the relay tap is still open");
     assert!(tap.is_pinned(), "still pinned by web-b");
+    // In the API server's order: never two outputs feeding the one relay tap (a terminating
+    // output is still rendered), and the flow never named both.
+    watched
+        .caught_up(&[("Flow", "web"), ("Output", "logsocket-web-b")])
+        .await;
+    let mut alive = std::collections::BTreeSet::new();
+    for (rv, what, o) in watched.events("Output") {
+        let name = o["metadata"]["name"].as_str().unwrap().to_owned();
+        if what == "DELETED" {
+            alive.remove(&name);
+        } else {
+            alive.insert(name);
+        }
+        assert!(alive.len() <= 1, "two outputs at rv {rv}: {alive:?}");
+    }
+    for (rv, _, flow) in watched.versions("Flow", "web") {
+        assert!(refs(&flow).as_array().unwrap().len() <= 2, "rv {rv}: {flow}");
+    }
 }
 
 #[tokio::test]
 async fn a_tap_whose_finalizer_was_removed_by_hand_has_its_flow_restored_before_its_output_goes() {
     let h = harness("safe-orphan").await;
     cluster::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    let mut watched = Watched::start(&h.client, &h.ns).await;
     persistent_tap(&h, "web-tap", web_tap()).await;
     status_when(&h, "web-tap", "Active", |s| s.phase == Some(Phase::Active)).await;
     let output = raw(&h, "Output", "logsocket-web-tap").await.unwrap();
@@ -313,21 +425,17 @@ async fn a_tap_whose_finalizer_was_removed_by_hand_has_its_flow_restored_before_
     .unwrap();
     taps.delete("web-tap", &Default::default()).await.unwrap();
     // The periodic sweep (2 s here, 60 s in the service) restores the flow, then removes the
-    // output; the flow never names a missing output.
-    let flows = cluster::logging_api(&h.client, &h.ns, "Flow");
-    let outputs = cluster::logging_api(&h.client, &h.ns, "Output");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let flow = serde_json::to_value(flows.get("web").await.unwrap()).unwrap();
-        let output = outputs.get_opt("logsocket-web-tap").await.unwrap();
-        if refs(&flow).as_array().unwrap().iter().any(|r| r == "logsocket-web-tap") {
-            assert!(output.is_some(), "the flow names an output that is gone");
-        } else if output.is_none() {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "not swept: {flow}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    // output; the flow never names a missing output, in any version the API server served.
+    testkit::poll::eventually_within("swept", std::time::Duration::from_secs(30), || async {
+        let gone = watched
+            .versions("Output", "logsocket-web-tap")
+            .iter()
+            .any(|(_, what, _)| *what == "DELETED");
+        gone.then_some(())
+    })
+    .await;
+    watched.caught_up(&[("Flow", "web")]).await;
+    crate::watch::no_output_went_while_named(&watched.events("Flow"), &watched.events("Output"), "localOutputRefs");
     assert_eq!(refs(&raw(&h, "Flow", "web").await.unwrap()), json!(["loki"]));
 }
 
@@ -335,6 +443,7 @@ async fn a_tap_whose_finalizer_was_removed_by_hand_has_its_flow_restored_before_
 async fn a_flow_whose_ref_keeps_being_removed_is_left_alone_as_contested() {
     let h = harness("safe-contested").await;
     cluster::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    let mut watched = Watched::start(&h.client, &h.ns).await;
     persistent_tap(&h, "web-tap", web_tap()).await;
     status_when(&h, "web-tap", "Active", |s| s.phase == Some(Phase::Active)).await;
     // What the story of a tap looks like in `kubectl describe flowtap`.
@@ -361,10 +470,25 @@ async fn a_flow_whose_ref_keeps_being_removed_is_left_alone_as_contested() {
     let message = &s.conditions.iter().find(|c| c.type_ == "FlowPatched").unwrap().message;
     assert!(message.contains("Mirror"), "suggests Mirror mode: {message}");
     event(&h, "Contested").await;
-    // It stops fighting: the flow stays as the tool wants it, the output is gone.
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    assert_eq!(refs(&raw(&h, "Flow", "web").await.unwrap()), json!(["loki"]));
-    assert!(raw(&h, "Output", "logsocket-web-tap").await.is_none());
+    // It stops fighting: through more changes of the flow (each a pass of the tap), the flow
+    // stays as the tool wants it in every version, and the output is gone for good.
+    eventually("the output gone", || async {
+        raw(&h, "Output", "logsocket-web-tap").await.is_none().then_some(())
+    })
+    .await;
+    let contested_at = watched.versions("Flow", "web").last().map(|(rv, _, _)| *rv).unwrap();
+    for n in 1..=3 {
+        poke(&h.client, &h.ns, "Flow", "web", n).await;
+    }
+    watched.caught_up(&[("Flow", "web")]).await;
+    for (rv, _, flow) in watched.versions("Flow", "web") {
+        assert!(
+            rv <= contested_at || refs(&flow) == json!(["loki"]),
+            "put back at rv {rv}: {flow}"
+        );
+    }
+    let last_output = watched.versions("Output", "logsocket-web-tap").last().cloned().unwrap();
+    assert_eq!(last_output.1, "DELETED", "{last_output:?}");
 
     // Switching to Mirror mode (a spec change) taps it without touching the flow.
     Api::<FlowTap>::namespaced(h.client.clone(), &h.ns)
@@ -443,8 +567,7 @@ async fn a_deleted_output_stays_while_its_flow_names_it_and_the_tap_comes_back()
     let from = output["metadata"]["resourceVersion"].as_str().unwrap().to_owned();
     let (flow_seen, flow_watch) = watch_events(&h, "Flow", "web", &from);
     let (output_seen, output_watch) = watch_events(&h, "Output", "logsocket-web-tap", &from);
-    // The watches are open before anything happens (their first answer is the initial state).
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // The watches start at `from`: they see everything after it, however late they open.
     // A DELETE that lands while the flow names the output: a deposed leader's late request, a
     // user's `kubectl delete output`, a namespace going. Issued as that user, not the operator.
     let (ok, _, err) = cluster::kubectl_with(
@@ -532,22 +655,44 @@ async fn another_flow_fails_the_check(h: &testkit::cluster::Harness) {
     .await;
 }
 
-/// Watch `h`'s tap `name` for `how_long` (every 200 ms): its phase and its flow's refs must stay
-/// as `ok` says at every look.
+/// Over `how_long` from now (passes of the tap meanwhile: the Logging's changes wake every
+/// tap on it, and the flow is changed each second), every version of flow `web` and of tap
+/// `web-tap` the API server served must be as `ok` says, and the tap's output must stay.
 async fn holds_for(
     h: &testkit::cluster::Harness,
+    watched: &mut Watched,
     how_long: std::time::Duration,
-    ok: impl Fn(&serde_json::Value, Option<Phase>) -> bool,
+    ok: impl Fn(&serde_json::Value, Option<&str>) -> bool,
 ) {
-    let until = tokio::time::Instant::now() + how_long;
-    while tokio::time::Instant::now() < until {
-        let flow = raw(h, "Flow", "web").await.unwrap();
-        let phase = crate::operator::tap(h, "web-tap")
-            .await
-            .and_then(|t| t.status)
-            .and_then(|s| s.phase);
-        assert!(ok(&flow, phase), "{phase:?}: {flow}");
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let from = watched.versions("Flow", "web").last().map_or(0, |(rv, _, _)| *rv);
+    for n in 1..=how_long.as_secs() as u32 {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        poke(&h.client, &h.ns, "Flow", "web", 1000 + n).await;
+    }
+    watched.caught_up(&[("Flow", "web"), ("FlowTap", "web-tap")]).await;
+    let flows = watched.versions("Flow", "web");
+    let taps = watched.versions("FlowTap", "web-tap");
+    let phase_at = |rv: u64| {
+        taps.iter()
+            .take_while(|(at, _, _)| *at <= rv)
+            .last()
+            .and_then(|(_, _, t)| t["status"]["phase"].as_str().map(str::to_owned))
+    };
+    for (rv, _, flow) in flows.iter().filter(|(rv, _, _)| *rv > from) {
+        assert!(
+            ok(flow, phase_at(*rv).as_deref()),
+            "rv {rv}: {:?} {flow}",
+            phase_at(*rv)
+        );
+    }
+    for (rv, _, tap) in taps.iter().filter(|(rv, _, _)| *rv > from) {
+        let flow = flows
+            .iter()
+            .take_while(|(at, _, _)| at <= rv)
+            .last()
+            .map(|(_, _, f)| f.clone());
+        let phase = tap["status"]["phase"].as_str();
+        assert!(flow.is_some_and(|f| ok(&f, phase)), "rv {rv}: {tap}");
     }
 }
 
@@ -555,6 +700,7 @@ async fn holds_for(
 async fn a_failed_check_caused_by_another_flow_tears_no_tap_down() {
     let h = harness("safe-other").await;
     cluster::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    let mut watched = Watched::start(&h.client, &h.ns).await;
     persistent_tap(&h, "web-tap", web_tap()).await;
     status_when(&h, "web-tap", "Active", |s| s.phase == Some(Phase::Active)).await;
     // Its trial ends 30 s (trial::TRIAL) after its patch.
@@ -566,11 +712,17 @@ async fn a_failed_check_caused_by_another_flow_tears_no_tap_down() {
     // Another tenant's flow fails the Logging's check (logging-operator keeps only that result).
     another_flow_fails_the_check(&h).await;
     // Across several passes (the Logging's change wakes every tap on it): nothing torn down.
-    holds_for(&h, std::time::Duration::from_secs(8), |flow, phase| {
-        refs(flow) == json!(["loki", "logsocket-web-tap"]) && phase == Some(Phase::Active)
+    holds_for(&h, &mut watched, std::time::Duration::from_secs(8), |flow, phase| {
+        refs(flow) == json!(["loki", "logsocket-web-tap"]) && phase == Some("Active")
     })
     .await;
-    assert!(raw(&h, "Output", "logsocket-web-tap").await.is_some());
+    let output = watched.versions("Output", "logsocket-web-tap");
+    assert!(
+        output
+            .iter()
+            .all(|(_, what, o)| *what != "DELETED" && o["metadata"]["deletionTimestamp"].is_null()),
+        "{output:?}"
+    );
     never_broke_the_render(&h).await;
 }
 
@@ -578,6 +730,7 @@ async fn a_failed_check_caused_by_another_flow_tears_no_tap_down() {
 async fn a_new_tap_waits_while_the_loggings_configuration_fails_and_proceeds_when_it_passes() {
     let h = harness("safe-wait").await;
     cluster::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    let mut watched = Watched::start(&h.client, &h.ns).await;
     another_flow_fails_the_check(&h).await;
     persistent_tap(&h, "web-tap", web_tap()).await;
     let s = status_when(&h, "web-tap", "waiting: LoggingConfigInvalid", |s| {
@@ -585,7 +738,7 @@ async fn a_new_tap_waits_while_the_loggings_configuration_fails_and_proceeds_whe
     })
     .await;
     assert_eq!(s.phase, Some(Phase::Pending), "waiting, not failed");
-    holds_for(&h, std::time::Duration::from_secs(4), |flow, _| {
+    holds_for(&h, &mut watched, std::time::Duration::from_secs(4), |flow, _| {
         refs(flow) == json!(["loki"])
     })
     .await;
@@ -610,6 +763,7 @@ async fn taps_patched_together_are_tried_one_at_a_time_and_only_the_broken_one_i
     }
     cluster::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
     cluster::create_flow(&h.client, &h.ns, "api", flow_spec()).await;
+    let mut watched = Watched::start(&h.client, &h.ns).await;
     persistent_tap(&h, "web-tap", web_tap()).await;
     persistent_tap(
         &h,
@@ -630,8 +784,8 @@ async fn taps_patched_together_are_tried_one_at_a_time_and_only_the_broken_one_i
     .await;
     assert!(!has_reason(&good, "FlowPatched", "ConfigCheckFailed"), "{good:?}");
     // Over the other's trial and its failure: never blamed, never unpatched.
-    holds_for(&h, std::time::Duration::from_secs(6), |flow, phase| {
-        refs(flow) == json!(["loki", "logsocket-web-tap"]) && phase == Some(Phase::Active)
+    holds_for(&h, &mut watched, std::time::Duration::from_secs(6), |flow, phase| {
+        refs(flow) == json!(["loki", "logsocket-web-tap"]) && phase == Some("Active")
     })
     .await;
     assert_eq!(

@@ -117,17 +117,9 @@ pub async fn control_plane_bench(cycles: u32) -> Result<(), String> {
         .to_owned();
 
     let config = Arc::new(OperatorConfig {
-        instance: "bench".into(),
-        ingest_url: "http://log-socket.bench.svc:10000".into(),
         linger: Duration::ZERO,
-        session_ttl: Duration::from_secs(60),
-        ingest_keys: None,
-        tls_secret: None,
         namespace: Some("default".into()),
-        mode: Default::default(),
-        output_accept_timeout: Duration::from_secs(30),
-        sweep_interval: Duration::from_secs(60),
-        limits: Default::default(),
+        ..OperatorConfig::new("bench", "http://log-socket.bench.svc:10000")
     });
     let parts = Parts {
         authenticator: Arc::new(TokenReviewAuthenticator::new(

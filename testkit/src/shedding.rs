@@ -37,7 +37,8 @@ pub struct Sent {
 }
 
 impl Shedding {
-    /// Shed `method` requests whose path contains `fragment` with `code` from now on.
+    /// Shed `method` requests whose path contains `fragment` with `code` from now on; code `0`
+    /// never answers them (a hung request: the client's own timeouts must end it).
     pub fn start(&self, method: &str, fragment: &str, code: u16) {
         *self.rule.lock().unwrap() = Some((method.to_owned(), fragment.to_owned(), code));
     }
@@ -113,6 +114,9 @@ where
             return Box::pin(self.inner.call(req));
         };
         self.shedding.shed.fetch_add(1, Ordering::SeqCst);
+        if code == 0 {
+            return Box::pin(std::future::pending());
+        }
         let reason = if code == 429 {
             "TooManyRequests"
         } else {

@@ -24,12 +24,16 @@ struct Leaders {
 }
 
 fn replica(client: &kube::Client, ns: &str, holder: &str, leaders: &Arc<Leaders>) -> Replica {
+    replica_for(client, ns, holder, leaders, Duration::from_secs(3))
+}
+
+fn replica_for(client: &kube::Client, ns: &str, holder: &str, leaders: &Arc<Leaders>, duration: Duration) -> Replica {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let config = LeaseConfig {
         namespace: ns.into(),
         name: "log-socket".into(),
         holder: holder.into(),
-        duration: Duration::from_secs(3),
+        duration,
     };
     let (leaders, holder) = (leaders.clone(), holder.to_owned());
     let task = tokio::spawn(run_elected(
@@ -61,6 +65,30 @@ async fn holder(client: &kube::Client, ns: &str) -> Option<String> {
         .holder_identity
 }
 
+/// The holder of every version of the Lease from now on, as the API server serves them.
+async fn holders(client: &kube::Client, ns: &str) -> Arc<Mutex<Vec<Option<String>>>> {
+    use futures::StreamExt;
+    use kube::api::{ListParams, WatchEvent, WatchParams};
+    let api = Api::<Lease>::namespaced(client.clone(), ns);
+    let from = api
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let seen: Arc<Mutex<Vec<Option<String>>>> = Default::default();
+    let into = seen.clone();
+    tokio::spawn(async move {
+        let stream = api.watch(&WatchParams::default().timeout(120), &from).await.unwrap();
+        futures::pin_mut!(stream);
+        while let Some(Ok(WatchEvent::Modified(lease) | WatchEvent::Added(lease))) = stream.next().await {
+            into.lock().unwrap().push(lease.spec.and_then(|s| s.holder_identity));
+        }
+    });
+    seen
+}
+
 async fn until_led_by(client: &kube::Client, ns: &str, leaders: &Leaders, who: &str) {
     for _ in 0..300 {
         if holder(client, ns).await.as_deref() == Some(who)
@@ -80,14 +108,23 @@ async fn one_replica_leads_a_stopping_leader_hands_over_and_a_crashed_one_expire
     let leaders = Arc::new(Leaders::default());
     let a = replica(&client, &ns, "replica-a", &leaders);
     until_led_by(&client, &ns, &leaders, "replica-a").await;
+    let lease_watch = holders(&client, &ns).await;
     let b = replica(&client, &ns, "replica-b", &leaders);
     let c = replica(&client, &ns, "replica-c", &leaders);
-    // Several renewal rounds with three replicas competing.
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(
-        holder(&client, &ns).await.as_deref(),
-        Some("replica-a"),
-        "the leader keeps renewing"
+    // Several renewal rounds with three replicas competing: in every version of the Lease the
+    // API server served meanwhile, the leader kept it (renewals change the Lease each second).
+    eventually_within("four renewals", Duration::from_secs(30), || async {
+        (lease_watch.lock().unwrap().len() >= 4).then_some(())
+    })
+    .await;
+    assert!(
+        lease_watch
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|h| h.as_deref() == Some("replica-a")),
+        "the leader keeps renewing: {:?}",
+        lease_watch.lock().unwrap()
     );
     assert_eq!(leaders.now.load(Ordering::SeqCst), 1);
 
@@ -134,4 +171,32 @@ async fn one_replica_leads_a_stopping_leader_hands_over_and_a_crashed_one_expire
     );
     assert_eq!(holder(&client, &ns).await, None, "released on stop");
     drop(crashed.stop);
+}
+
+#[tokio::test]
+async fn a_leader_whose_renewal_hangs_stops_leading_before_another_replica_starts() {
+    let admin = cluster::client().await;
+    let ns = cluster::namespace(&admin, "lease-hang").await;
+    let leaders = Arc::new(Leaders::default());
+    let hang = testkit::shedding::Shedding::default();
+    let a_client = hang.client(cluster::env().config().await);
+    let duration = Duration::from_secs(4);
+    let a = replica_for(&a_client, &ns, "replica-a", &leaders, duration);
+    until_led_by(&admin, &ns, &leaders, "replica-a").await;
+    let b = replica_for(&admin, &ns, "replica-b", &leaders, duration);
+    // replica-a's Lease requests never come back (a dead connection, a frozen API server on
+    // its side): only its own deadline ends its renewal.
+    hang.start("*", "/leases/", 0);
+    until_led_by(&admin, &ns, &leaders, "replica-b").await;
+    assert_eq!(
+        leaders.most_at_once.load(Ordering::SeqCst),
+        1,
+        "replica-a's controller stopped before replica-b's started: {:?}",
+        leaders.who.lock().unwrap()
+    );
+    assert!(hang.shed() >= 1, "a renewal hung");
+    b.stop.send(()).unwrap();
+    b.task.await.unwrap();
+    a.task.abort();
+    drop(a.stop);
 }

@@ -655,7 +655,7 @@ async fn a_tap_reports_arriving_records_and_the_problems_logging_operator_finds(
 }
 
 #[tokio::test]
-async fn sessions_of_a_relay_that_stopped_renewing_expire() {
+async fn sessions_live_while_renewed_whatever_their_relays_clock_and_expire_when_renewals_stop() {
     let h = harness("op-expire").await;
     cluster::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
     let api: Api<FlowTap> = Api::namespaced(h.client.clone(), &h.ns);
@@ -665,18 +665,63 @@ async fn sessions_of_a_relay_that_stopped_renewing_expire() {
         json!({"flowRef": {"kind": "Flow", "name": "web"}, "persistent": true}),
     )
     .await;
-    // A crashed relay's session: renewed long ago.
-    let old = "2020-01-01T00:00:00Z";
-    let stale = json!({"status": {"listeners": 1, "sessions": [
-        {"id": "gone-relay/1", "user": "someone", "since": old, "relay": "gone-relay", "renewTime": old}]}});
-    api.patch_status("web-tap", &Default::default(), &kube::api::Patch::Merge(&stale))
+    // Two relays whose clocks are an hour behind and an hour ahead of the controller's. Their
+    // renewals are what a live relay writes: its own clock's time, every second.
+    let sessions = |tick: i64| {
+        let at = |skew: i64| {
+            k8s_openapi::jiff::Timestamp::from_second(k8s_openapi::jiff::Timestamp::now().as_second() + skew + tick)
+                .unwrap()
+                .to_string()
+        };
+        json!({"status": {"listeners": 2, "sessions": [
+            {"id": "behind/1", "user": "someone", "since": at(-3600), "relay": "behind", "renewTime": at(-3600)},
+            {"id": "ahead/1", "user": "someone", "since": at(3600), "relay": "ahead", "renewTime": at(3600)}]}})
+    };
+    let taps = crate::watch::api(&h.client, &h.ns, "logsocket.dev/v1alpha1", "FlowTap");
+    let from = crate::watch::now(&taps).await;
+    let (seen, watch) = crate::watch::watch_all(taps, from);
+    // Renewed for three session TTLs (6 s here): neither may expire.
+    for tick in 0..18 {
+        api.patch_status(
+            "web-tap",
+            &Default::default(),
+            &kube::api::Patch::Merge(&sessions(tick)),
+        )
         .await
         .unwrap();
-    eventually("the stale session expired", || async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let renewed_until = std::time::Instant::now();
+    // Renewals stop (both relays crashed): both expire, after the TTL as this process counts it.
+    eventually("both sessions expired", || async {
         let s = api.get("web-tap").await.ok()?.status?;
         (s.sessions.is_empty() && s.listeners == 0).then_some(())
     })
     .await;
+    assert!(
+        renewed_until.elapsed() >= Duration::from_secs(5),
+        "expired {:?} after the last renewal",
+        renewed_until.elapsed()
+    );
+    watch.abort();
+    // While renewed, every version the API server served kept both (a version without them
+    // before the renewals stopped would be the controller expiring a live session).
+    let versions = seen.lock().unwrap().clone();
+    let renewals: Vec<&(u64, &str, Value)> = versions
+        .iter()
+        .skip_while(|(_, _, t)| t["status"]["sessions"].as_array().is_none_or(|s| s.is_empty()))
+        .take_while(|(_, _, t)| t["status"]["sessions"].as_array().is_some_and(|s| !s.is_empty()))
+        .collect();
+    assert!(renewals.len() >= 18, "{} versions with sessions", renewals.len());
+    for (rv, _, t) in &renewals {
+        let ids: Vec<&str> = t["status"]["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|s| s["id"].as_str())
+            .collect();
+        assert_eq!(ids.len(), 2, "a live session expired at rv {rv}: {t}");
+    }
 }
 
 #[tokio::test]

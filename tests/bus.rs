@@ -679,3 +679,50 @@ async fn messages_the_stream_discarded_before_a_relay_read_them_are_a_dropped_no
     );
     drop(a);
 }
+
+#[tokio::test]
+async fn three_relays_seeing_a_flowtap_go_and_come_back_at_different_times_discard_nothing_a_listener_awaits() {
+    let dir = tempdir("churn");
+    let Some(server) = Nats::start(&dir) else { return };
+    let relays = [
+        relay(&server.url()).await,
+        relay(&server.url()).await,
+        relay(&server.url()).await,
+    ];
+    let key = log_socket::protocol::TapKey::parse("flow", "shop", "web").unwrap();
+    let mut posted = 0;
+    for round in 0..9 {
+        // Who sees what when: one relay sees the FlowTap go (the last listener lingered out
+        // there) while the others already see it again (a listener joined through them), then
+        // it catches up. A listener follows on the third.
+        let (gone, joined, listening) = (round % 3, (round + 1) % 3, (round + 2) % 3);
+        relays[listening].relay.pin_tap(&key, true);
+        let mut ws = connect(&relays[listening], "/flow/shop/web", "tok-alice").await;
+        relays[gone].relay.pin_tap(&key, false);
+        relays[joined].relay.pin_tap(&key, true);
+        let mut sent = vec![];
+        for at in [joined, listening] {
+            // A relay that sees the FlowTap stores what fluentd posts, whatever the others did
+            // to the stream meanwhile: never 202 (discarded).
+            let status = post_batch(&relays[at], "r", posted, 5).await;
+            assert_eq!(status, 200, "round {round}: relay {at} answered {status}");
+            sent.extend(numbered("r", posted..posted + 5));
+            posted += 5;
+        }
+        relays[gone].relay.pin_tap(&key, true);
+        let status = post_batch(&relays[gone], "r", posted, 5).await;
+        assert_eq!(status, 200, "round {round}: relay {gone} caught up, answered {status}");
+        sent.extend(numbered("r", posted..posted + 5));
+        posted += 5;
+        // The listener gets every record the relays accepted, each relay's in its order.
+        let mut got = texts(&records(&mut ws, sent.len()).await);
+        got.sort();
+        sent.sort();
+        assert_eq!(got, sent, "round {round}");
+        drop(ws);
+        // The FlowTap goes everywhere; the stream with it.
+        for r in &relays {
+            r.relay.pin_tap(&key, false);
+        }
+    }
+}

@@ -190,9 +190,17 @@ impl Relay {
             nats.set_pinned(key, pinned);
             let (nats, key) = (nats.clone(), key.clone());
             tokio::spawn(async move {
-                let result = nats.sync_stream(&key).await;
-                if let Err(e) = result {
-                    tracing::warn!(tap = %key, pinned, error = %e, "cannot create or remove the tap's stream");
+                loop {
+                    match nats.sync_stream(&key).await {
+                        // In use too recently to remove: looked at again (pinned again by then,
+                        // it stays).
+                        Ok(Some(wait)) => tokio::time::sleep(wait).await,
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::warn!(tap = %key, pinned, error = %e, "cannot create or remove the tap's stream");
+                            break;
+                        }
+                    }
                 }
             });
             return;

@@ -151,11 +151,17 @@ impl NatsBus {
     /// without its stream.
     pub async fn pin(&self, key: &TapKey, pinned: bool) -> Result<(), BusError> {
         self.set_pinned(key, pinned);
-        self.sync_stream(key).await
+        loop {
+            match self.sync_stream(key).await? {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => return Ok(()),
+            }
+        }
     }
 
     /// Bring `key`'s stream in line with whether it is pinned now (see [`NatsBus::pin`]).
-    pub async fn sync_stream(&self, key: &TapKey) -> Result<(), BusError> {
+    /// `Some(wait)`: a stream to remove was in use too recently; look again after `wait`.
+    pub async fn sync_stream(&self, key: &TapKey) -> Result<Option<Duration>, BusError> {
         let lock = self
             .stream_locks
             .lock()
@@ -165,7 +171,7 @@ impl NatsBus {
             .clone();
         let _held = lock.lock().await;
         if self.is_pinned(key) {
-            self.ensure_stream(key).await.map(|_| ())
+            self.ensure_stream(key).await.map(|_| None)
         } else {
             self.remove_unfollowed_stream(key).await
         }
@@ -227,22 +233,32 @@ impl NatsBus {
         Ok(Some((name, info.state.first_sequence, info.state.last_sequence)))
     }
 
-    /// Delete the tap's stream if no relay follows it (no consumer); a relay still following
-    /// keeps it until its own listeners are gone and the stream ages out.
-    pub async fn remove_unfollowed_stream(&self, key: &TapKey) -> Result<(), BusError> {
+    /// Delete the tap's stream if no relay follows it (no consumer) and it has been idle for
+    /// [`STREAM_GRACE`] (made, or written to, longer ago): another relay may already see a new
+    /// FlowTap for the flow (its watch ahead of this one's) and be storing records or starting
+    /// to follow, and those must not go with the stream. `Some(wait)`: look again then. A relay
+    /// still following keeps the stream until its own listeners are gone and it ages out.
+    pub async fn remove_unfollowed_stream(&self, key: &TapKey) -> Result<Option<Duration>, BusError> {
         let name = Self::stream_name(key);
         let Some(mut stream) = self.stream(&name).await? else {
-            return Ok(());
+            return Ok(None);
         };
-        if stream.info().await.map_err(err)?.state.consumer_count > 0 {
-            return Ok(());
+        let info = stream.info().await.map_err(err)?;
+        if info.state.consumer_count > 0 {
+            return Ok(None);
+        }
+        let used = info.created.max(info.state.last_timestamp);
+        let idle = time::OffsetDateTime::now_utc() - used;
+        if idle < STREAM_GRACE {
+            let wait = (STREAM_GRACE - idle).try_into().unwrap_or(STREAM_GRACE_STD);
+            return Ok(Some(wait));
         }
         match self.js.delete_stream(&name).await {
             Ok(_) => {
                 tracing::info!(tap = %key, stream = %name, "removed the tap's stream: no FlowTap names the flow");
-                Ok(())
+                Ok(None)
             }
-            Err(e) if e.to_string().contains("not found") => Ok(()),
+            Err(e) if e.to_string().contains("not found") => Ok(None),
             Err(e) => Err(err(e)),
         }
     }
@@ -449,12 +465,25 @@ fn epoch_of(info: &stream::Info) -> u64 {
     info.created.unix_timestamp_nanos() as u64
 }
 
+/// How long a tap's stream must have been idle (no write, not just made) before a relay that
+/// no longer sees its FlowTap removes it: longer than relays' FlowTap watches lag each other.
+pub const STREAM_GRACE_STD: Duration = Duration::from_secs(10);
+const STREAM_GRACE: time::Duration = time::Duration::seconds(10);
+
+/// How a follower says its stream was removed or made anew under it.
+const STREAM_REPLACED: &str = "the tap's stream was";
+
 /// Feed the stream of `key` into the tap until the tap is gone, recreating the consumer after
 /// errors (NATS restarted or unreachable) from the message after the last one seen.
 async fn follow_stream(mut follower: Following) {
     let mut backoff = Duration::from_millis(200);
     while follower.tap.strong_count() > 0 {
         if let Err(e) = follower.follow_once().await {
+            if e.to_string().starts_with(STREAM_REPLACED) {
+                // Not the bus going down: follow the stream as it is now, at once.
+                tracing::info!(tap = %follower.key, why = %e, "following the tap's stream again");
+                continue;
+            }
             follower.set_down(Some(&e.to_string()));
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -572,10 +601,27 @@ impl Following {
                         self.caught_up.send_replace(true);
                     }
                 }
-                // The local tap closed (no listener for the linger period): stop following.
-                _ = alive.tick() => if self.tap.strong_count() == 0 {
-                    return Ok(());
-                },
+                _ = alive.tick() => {
+                    // The local tap closed (no listener for the linger period): stop following.
+                    if self.tap.strong_count() == 0 {
+                        return Ok(());
+                    }
+                    // The stream removed under the consumer (by a relay that saw the FlowTap
+                    // go before this one saw it come back) or made anew: the ordered consumer
+                    // would wait on it forever. Follow again (the stream made again if a
+                    // FlowTap names the tap), from its start.
+                    match self.js.get_stream(NatsBus::stream_name(&self.key)).await {
+                        Ok(mut now) => match now.info().await {
+                            Ok(info) if epoch_of(info) != epoch => return Err(BusError(format!("{STREAM_REPLACED} made anew"))),
+                            _ => {}
+                        },
+                        Err(e) if e.to_string().contains("not found") => {
+                            return Err(BusError(format!("{STREAM_REPLACED} removed")))
+                        }
+                        // NATS unreachable: the connection watch below tells the listeners.
+                        Err(_) => {}
+                    }
+                }
                 // The client reconnects by itself and the ordered consumer follows on; the
                 // listeners are told meanwhile.
                 Ok(()) = self.connected.changed() => {

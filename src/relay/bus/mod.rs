@@ -11,6 +11,7 @@
 //! Everything around the bus is shared: ingest parsing and checks, authorization, filters,
 //! listener queues, loss accounting, the protocol.
 
+mod follow;
 pub mod nats;
 
 use std::sync::Arc;

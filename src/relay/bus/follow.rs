@@ -1,0 +1,176 @@
+//! One replica's follower of a tap's stream: one ordered consumer feeding the local tap, made
+//! again after errors (NATS restarted or unreachable) from the message after the last one seen,
+//! and from the start of a stream removed or made anew under it.
+
+use super::nats::{decode, discarded, epoch_of, err, BusError, BATCH_BITS};
+use crate::protocol::TapKey;
+use crate::relay::record;
+use crate::relay::tap::Tap;
+use async_nats::jetstream::{self, consumer, stream};
+use futures::StreamExt;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How a follower says its stream was removed or made anew under it.
+const STREAM_REPLACED: &str = "the tap's stream was";
+
+/// Feed the stream of `key` into the tap until the tap is gone, recreating the consumer after
+/// errors (NATS restarted or unreachable) from the message after the last one seen.
+pub(super) async fn follow_stream(mut follower: Following) {
+    let mut backoff = Duration::from_millis(200);
+    while follower.tap.strong_count() > 0 {
+        if let Err(e) = follower.follow_once().await {
+            if e.to_string().starts_with(STREAM_REPLACED) {
+                // Not the bus going down: follow the stream as it is now, at once.
+                tracing::info!(tap = %follower.key, why = %e, "following the tap's stream again");
+                continue;
+            }
+            follower.set_down(Some(&e.to_string()));
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        } else {
+            backoff = Duration::from_millis(200);
+        }
+    }
+}
+
+/// One tap's follower: where it is in the stream.
+pub(super) struct Following {
+    pub(super) js: jetstream::Context,
+    /// The taps a FlowTap names: a missing stream of one is created again, not waited for.
+    pub(super) pinned: Arc<std::sync::Mutex<std::collections::HashSet<TapKey>>>,
+    pub(super) stream_config: stream::Config,
+    pub(super) key: TapKey,
+    pub(super) tap: Weak<Tap>,
+    /// The next stream sequence to read (0: from the oldest retained).
+    pub(super) next: u64,
+    /// The stream's last sequence when following started: caught up once it is read.
+    pub(super) last_at_start: u64,
+    pub(super) caught_up: watch::Sender<bool>,
+    pub(super) slow_client: prometheus_client::metrics::counter::Counter,
+    pub(super) connected: watch::Receiver<bool>,
+    pub(super) down: bool,
+}
+
+impl Following {
+    /// Tell the tap's listeners when the bus goes down (`Some(why)`) or comes back (`None`).
+    fn set_down(&mut self, why: Option<&str>) {
+        if self.down == why.is_some() {
+            return;
+        }
+        self.down = why.is_some();
+        let Some(tap) = self.tap.upgrade() else { return };
+        match why {
+            Some(why) => {
+                tracing::warn!(tap = %self.key, error = why, "the bus is down; following again when it is back");
+                tap.announce(crate::protocol::bus_status("nats", false, why));
+            }
+            None => {
+                tracing::info!(tap = %self.key, "the bus is back");
+                tap.announce(crate::protocol::bus_status("nats", true, "the bus is back"));
+            }
+        }
+    }
+
+    /// Follow until an error, or `Ok` once the local tap is gone.
+    async fn follow_once(&mut self) -> Result<(), BusError> {
+        let pinned = self.pinned.lock().unwrap().contains(&self.key);
+        let mut stream = match pinned {
+            true => self
+                .js
+                .get_or_create_stream(self.stream_config.clone())
+                .await
+                .map_err(err)?,
+            false => self.js.get_stream(&self.stream_config.name).await.map_err(err)?,
+        };
+        let info = stream.info().await.map_err(err)?;
+        let epoch = epoch_of(info);
+        {
+            let Some(tap) = self.tap.upgrade() else { return Ok(()) };
+            if tap.epoch() != epoch {
+                // The stream was recreated (NATS lost it, or the tap was reopened): earlier
+                // numbers are void.
+                tap.reset(epoch);
+                self.next = 0;
+            }
+        }
+        let deliver_policy = match self.next {
+            0 => consumer::DeliverPolicy::All,
+            n => consumer::DeliverPolicy::ByStartSequence { start_sequence: n },
+        };
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(err)?;
+        let mut messages = consumer.messages().await.map_err(err)?;
+        self.set_down(None);
+        let mut alive = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                message = messages.next() => {
+                    let message = match message {
+                        Some(Ok(m)) => m,
+                        Some(Err(e)) => return Err(err(e)),
+                        None => return Err(BusError("the consumer ended".into())),
+                    };
+                    let (seq, pending) = match message.info() {
+                        Ok(i) => (i.stream_sequence, i.pending),
+                        Err(e) => return Err(err(e)),
+                    };
+                    let Some(tap) = self.tap.upgrade() else { return Ok(()) };
+                    tracing::trace!(tap = %self.key, seq, pending, "bus message");
+                    if let Some(lost) = discarded(self.next, seq) {
+                        // JetStream's limits (messages, bytes, age) removed messages this
+                        // replica had not read yet: its listeners are told, not left with a
+                        // silent gap. How many records they held is unknown here.
+                        tracing::warn!(tap = %self.key, messages = lost, "the bus discarded messages before this relay read them");
+                        tap.notice(crate::protocol::dropped(None, "bus_discarded"));
+                    }
+                    match decode(&message).and_then(|payload| record::parse_batch(&payload).map_err(err)) {
+                        Ok(records) => {
+                            let published = tap.publish_numbered(seq << BATCH_BITS, records);
+                            self.slow_client.inc_by(published.dropped);
+                        }
+                        // Only relays write these subjects; anything else is skipped.
+                        Err(e) => tracing::warn!(tap = %self.key, seq, error = %e, "skipped a bus message that is not a batch of records"),
+                    }
+                    self.next = seq + 1;
+                    if pending == 0 || seq >= self.last_at_start {
+                        self.caught_up.send_replace(true);
+                    }
+                }
+                _ = alive.tick() => {
+                    // The local tap closed (no listener for the linger period): stop following.
+                    if self.tap.strong_count() == 0 {
+                        return Ok(());
+                    }
+                    // The stream removed under the consumer (by a relay that saw the FlowTap
+                    // go before this one saw it come back) or made anew: the ordered consumer
+                    // would wait on it forever. Follow again (the stream made again if a
+                    // FlowTap names the tap), from its start.
+                    match self.js.get_stream(&self.stream_config.name).await {
+                        Ok(mut now) => match now.info().await {
+                            Ok(info) if epoch_of(info) != epoch => return Err(BusError(format!("{STREAM_REPLACED} made anew"))),
+                            _ => {}
+                        },
+                        Err(e) if e.to_string().contains("not found") => {
+                            return Err(BusError(format!("{STREAM_REPLACED} removed")))
+                        }
+                        // NATS unreachable: the connection watch below tells the listeners.
+                        Err(_) => {}
+                    }
+                }
+                // The client reconnects by itself and the ordered consumer follows on; the
+                // listeners are told meanwhile.
+                Ok(()) = self.connected.changed() => {
+                    let up = *self.connected.borrow_and_update();
+                    self.set_down((!up).then_some("the connection to NATS was lost"));
+                }
+            }
+        }
+    }
+}

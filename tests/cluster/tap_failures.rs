@@ -394,3 +394,105 @@ async fn a_leader_that_cannot_renew_stops_acting_before_another_may_lead_and_tap
     no_output_went_while_named(&flow_events, &output_events, "localOutputRefs");
     never_broke_the_render(&h).await;
 }
+
+#[tokio::test]
+async fn an_output_rewritten_by_a_new_ingest_url_goes_on_trial_again_under_its_flow() {
+    let admin = cluster::client().await;
+    let ns = cluster::namespace(&admin, "fail-rewrite").await;
+    let mut h = cluster::harness_with(admin.clone(), ns.clone(), true, LINGER, Duration::from_secs(6)).await;
+    cluster::create_flow(&admin, &ns, "web", flow_spec()).await;
+    persistent_tap(
+        &h,
+        "web-tap",
+        json!({"flowRef": {"kind": "Flow", "name": "web"}, "persistent": true}),
+    )
+    .await;
+    // Accepted: its trial (30 s) over with the Logging's checks passing.
+    crate::operator::status_within(&h, "web-tap", "accepted", Duration::from_secs(120), |s| {
+        s.patched.as_ref().is_some_and(|p| p.config_accepted)
+    })
+    .await;
+    // The service restarts with another --ingest-url (an upgrade, a moved Service): the output's
+    // spec is rewritten under the flow that names it.
+    drop(std::mem::replace(
+        &mut h.relay,
+        cluster::replica(
+            admin.clone(),
+            &ns,
+            log_socket::service::Controller::Always,
+            LINGER,
+            Duration::from_secs(6),
+            |c| c.ingest_url = "http://log-socket-moved.test.svc:10000".into(),
+        )
+        .await,
+    ));
+    let s = status_when(&h, "web-tap", "on trial again", |s| {
+        s.patched.as_ref().is_some_and(|p| !p.config_accepted)
+    })
+    .await;
+    assert_eq!(s.phase, Some(Phase::Active), "the flow keeps naming it meanwhile");
+    let output = raw(&h, "Output", "logsocket-web-tap").await.unwrap();
+    assert!(
+        output["spec"]["http"]["endpoint"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://log-socket-moved."),
+        "{output}"
+    );
+    never_broke_the_render(&h).await;
+}
+
+#[tokio::test]
+async fn a_flow_logging_operator_would_drop_for_the_taps_output_is_restored_at_once() {
+    let admin = cluster::client().await;
+    let ns = cluster::namespace(&admin, "fail-skip").await;
+    let h = cluster::harness_with(admin.clone(), ns.clone(), true, LINGER, Duration::from_secs(6)).await;
+    // skipInvalidResources: a flow that cannot be rendered is dropped, silently for the Logging.
+    let loggings = Api::<DynamicObject>::all_with(
+        admin.clone(),
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("logging.banzaicloud.io", "v1beta1", "Logging"),
+            "loggings",
+        ),
+    );
+    let skip = json!({"spec": {"skipInvalidResources": true}});
+    loggings
+        .patch(
+            &h.logging_operator.logging,
+            &PatchParams::default(),
+            &Patch::Merge(&skip),
+        )
+        .await
+        .unwrap();
+    cluster::create_flow(&admin, &ns, "web", flow_spec()).await;
+    persistent_tap(
+        &h,
+        "web-tap",
+        json!({"flowRef": {"kind": "Flow", "name": "web"}, "persistent": true}),
+    )
+    .await;
+    status_when(&h, "web-tap", "Active", |s| s.phase == Some(Phase::Active)).await;
+    // The output turns unusable after it was named (logging-operator reports problems for it,
+    // as for a Secret gone): the user's flow is dropped until the tap's ref leaves it.
+    h.logging_operator
+        .behaviour
+        .lock()
+        .unwrap()
+        .reject_outputs
+        .insert("logsocket-web-tap".into());
+    let s = status_when(&h, "web-tap", "refused", |s| s.phase == Some(Phase::Failed)).await;
+    assert!(s.patched.is_none(), "{s:?}");
+    eventually("the flow restored and rendered again", || async {
+        let flow = raw(&h, "Flow", "web").await?;
+        (names(&flow, "localOutputRefs") == ["loki"] && flow["status"]["problems"].is_null()).then_some(())
+    })
+    .await;
+    // From now on every render has the user's flow again.
+    let dropped = h.logging_operator.render_failures_settled().await.len();
+    h.logging_operator.render_failures_settled().await;
+    assert_eq!(
+        h.logging_operator.render_failures().len(),
+        dropped,
+        "dropped again after the restore"
+    );
+}

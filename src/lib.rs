@@ -17,6 +17,7 @@ pub mod config_file;
 pub mod duration;
 pub mod k8s;
 pub mod k8stail;
+pub mod key_file;
 pub mod operator;
 pub mod protocol;
 pub mod relay;

@@ -9,147 +9,51 @@
 //! until every generated Output carries the new credential. The file is read again when it
 //! changes (kubelet updates a mounted Secret in place).
 
-use std::path::{Path, PathBuf};
-use std::sync::RwLock;
-use std::time::{Duration, Instant, SystemTime};
+use crate::key_file::KeyFile;
+use std::path::Path;
 
-/// Shortest key accepted: 32 characters (e.g. `openssl rand -hex 32` gives 64).
-pub const MIN_KEY_LEN: usize = 32;
+pub use crate::key_file::MIN_KEY_LEN;
 
-/// How often the key file's modification time is looked at.
-const RELOAD_CHECK: Duration = Duration::from_secs(5);
-
-/// The server's ingest keys.
-pub struct IngestKeys {
-    path: Option<PathBuf>,
-    state: RwLock<Loaded>,
-}
-
-struct Loaded {
-    keys: Vec<ring::hmac::Key>,
-    modified: Option<SystemTime>,
-    checked: Instant,
-}
+/// The server's ingest keys (see [`KeyFile`]).
+pub struct IngestKeys(KeyFile<ring::hmac::Key>);
 
 impl std::fmt::Debug for IngestKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never the keys themselves.
-        let n = self.state.read().map(|s| s.keys.len()).unwrap_or(0);
-        write!(f, "IngestKeys({n} key(s)")?;
-        if let Some(p) = &self.path {
-            write!(f, " from {}", p.display())?;
-        }
-        f.write_str(")")
+        write!(f, "IngestKeys({:?})", self.0)
     }
 }
 
-fn parse(text: &str, origin: &str) -> Result<Vec<ring::hmac::Key>, String> {
-    let lines: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .collect();
-    if lines.is_empty() {
-        return Err(format!(
-            "{origin}: no ingest key; put one per line, the newest first (e.g. `openssl rand -hex 32`)"
-        ));
-    }
-    if let Some(n) = lines.iter().position(|l| l.len() < MIN_KEY_LEN) {
-        return Err(format!(
-            "{origin}: key on line {} is shorter than {MIN_KEY_LEN} characters; use e.g. `openssl rand -hex 32`",
-            n + 1
-        ));
-    }
-    Ok(lines
-        .iter()
-        .map(|l| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, l.as_bytes()))
-        .collect())
-}
-
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+fn hmac_key(line: &str) -> ring::hmac::Key {
+    ring::hmac::Key::new(ring::hmac::HMAC_SHA256, line.as_bytes())
 }
 
 impl IngestKeys {
     /// Keys from a file, one per line, the signing key first.
     pub fn load(path: &Path) -> Result<IngestKeys, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read the ingest key file {}: {e}", path.display()))?;
-        let keys = parse(&text, &path.display().to_string())?;
-        Ok(IngestKeys {
-            path: Some(path.to_owned()),
-            state: RwLock::new(Loaded {
-                keys,
-                modified: modified(path),
-                checked: Instant::now(),
-            }),
-        })
+        KeyFile::load("ingest", path, hmac_key).map(IngestKeys)
     }
 
     /// Fixed keys (tests, benches).
     pub fn from_keys(keys: &[&str]) -> Result<IngestKeys, String> {
-        Ok(IngestKeys {
-            path: None,
-            state: RwLock::new(Loaded {
-                keys: parse(&keys.join("\n"), "ingest keys")?,
-                modified: None,
-                checked: Instant::now(),
-            }),
-        })
-    }
-
-    /// Read the file again if it changed. A file that became unreadable or empty keeps the
-    /// keys in use (and says so): ingest must not stop because a Secret is being rewritten.
-    fn refresh(&self) {
-        let Some(path) = &self.path else { return };
-        {
-            let state = self.state.read().unwrap();
-            if state.checked.elapsed() < RELOAD_CHECK {
-                return;
-            }
-        }
-        let mut state = self.state.write().unwrap();
-        if state.checked.elapsed() < RELOAD_CHECK {
-            return;
-        }
-        state.checked = Instant::now();
-        let now = modified(path);
-        if now == state.modified {
-            return;
-        }
-        match std::fs::read_to_string(path)
-            .map_err(|e| e.to_string())
-            .and_then(|t| parse(&t, &path.display().to_string()))
-        {
-            Ok(keys) => {
-                tracing::info!(keys = keys.len(), file = %path.display(), "ingest keys reloaded");
-                state.keys = keys;
-                state.modified = now;
-            }
-            Err(e) => tracing::warn!(error = %e, "ingest keys not reloaded; the ones in use stay"),
-        }
+        KeyFile::from_keys("ingest", keys, hmac_key).map(IngestKeys)
     }
 
     /// The credential (username, password) for posting to `path` (`flow/NS/NAME`).
     pub fn credential(&self, path: &str) -> (String, String) {
-        self.refresh();
-        let state = self.state.read().unwrap();
-        let tag = ring::hmac::sign(&state.keys[0], path.as_bytes());
+        let tag = self.0.with(|keys| ring::hmac::sign(&keys[0], path.as_bytes()));
         (path.to_owned(), hex(tag.as_ref()))
     }
 
     /// Whether `password` is the credential of `username` under any of the keys.
     pub fn verify(&self, username: &str, password: &str) -> bool {
-        self.refresh();
         let Some(tag) = unhex(password) else {
             return false;
         };
-        let state = self.state.read().unwrap();
         // ring's verify compares in constant time.
-        state
-            .keys
-            .iter()
-            .any(|k| ring::hmac::verify(k, username.as_bytes(), &tag).is_ok())
+        self.0.with(|keys| {
+            keys.iter()
+                .any(|k| ring::hmac::verify(k, username.as_bytes(), &tag).is_ok())
+        })
     }
 }
 
@@ -263,15 +167,12 @@ mod tests {
         let (_, by_a) = keys.credential("flow/a/x");
         std::fs::write(&file, format!("{B}\n{A}\n")).unwrap();
         // The next look at the file is due.
-        let past = SystemTime::now() - Duration::from_secs(60);
-        keys.state.write().unwrap().checked = Instant::now() - RELOAD_CHECK;
-        keys.state.write().unwrap().modified = Some(past);
+        keys.0.due();
         let (_, by_b) = keys.credential("flow/a/x");
         assert_ne!(by_a, by_b, "signs with the new first key");
         assert!(keys.verify("flow/a/x", &by_a), "the old key is still accepted");
         std::fs::write(&file, "").unwrap();
-        keys.state.write().unwrap().checked = Instant::now() - RELOAD_CHECK;
-        keys.state.write().unwrap().modified = Some(past);
+        keys.0.due();
         assert!(keys.verify("flow/a/x", &by_b), "an emptied file keeps the keys in use");
         std::fs::remove_dir_all(&dir).ok();
     }

@@ -45,6 +45,7 @@ async fn relay_authorizing(
     let options = NatsOptions {
         url: url.to_owned(),
         max_age: Duration::from_secs(3600),
+        keys: Some(testkit::nats::bus_keys()),
         ..Default::default()
     };
     let bus = NatsBus::connect(&options, relay.config.replay, Default::default())
@@ -263,8 +264,10 @@ async fn relay_process(url: &str, dir: &std::path::Path) -> RelayProcess {
 async fn relay_process_with(url: &str, dir: &std::path::Path, extra: &[&str]) -> RelayProcess {
     let tokens = dir.join("tokens.csv");
     let creds = dir.join("ingest.txt");
+    let bus_key = dir.join("bus-keys");
     std::fs::write(&tokens, "tok-alice,alice\n").unwrap();
     std::fs::write(&creds, "fluentd:s3cret\n").unwrap();
+    std::fs::write(&bus_key, format!("{}\n", testkit::nats::TEST_BUS_KEY)).unwrap();
     let port = || std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let (ingest, api, health) = (port(), port(), port());
     let service = testkit::relay::Service::spawn(
@@ -274,6 +277,8 @@ async fn relay_process_with(url: &str, dir: &std::path::Path, extra: &[&str]) ->
             .arg(&tokens)
             .arg("--ingest-credentials")
             .arg(&creds)
+            .arg("--bus-key-file")
+            .arg(&bus_key)
             .args(["--ingest-addr", &ingest.to_string()])
             .args(["--api-addr", &api.to_string()])
             .args(["--health-addr", &health.to_string()])
@@ -391,6 +396,7 @@ async fn the_stream_state_a_flowtap_status_reports_names_the_stream_and_its_firs
     let options = NatsOptions {
         url: server.url(),
         max_age: Duration::from_secs(60),
+        keys: Some(testkit::nats::bus_keys()),
         ..Default::default()
     };
     let bus = NatsBus::connect(&options, RelayConfig::default().replay, Default::default())

@@ -87,6 +87,7 @@ pub async fn relay_with(
             let options = log_socket::relay::bus::nats::NatsOptions {
                 url,
                 max_age: Duration::from_secs(3600),
+                keys: Some(testkit::nats::bus_keys()),
                 ..Default::default()
             };
             let bus = log_socket::relay::bus::nats::NatsBus::connect(&options, relay.config.replay, Default::default())

@@ -36,6 +36,9 @@ pub enum DropReason {
     slow_client,
     /// Ingest for a path with no open tap: accepted (202) and discarded.
     no_tap,
+    /// Bus messages (not records: how many a message held is unknown) that did not open (not
+    /// sealed with a bus key, forged, moved from another tap, replayed) or were too large.
+    bus_invalid,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

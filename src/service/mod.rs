@@ -129,11 +129,46 @@ async fn bus(cfg: &ServiceConfig, relay: &Relay) -> Result<crate::relay::bus::Bu
     match cfg.bus_settings.bus {
         config::BusKind::Embedded => Ok(Bus::Embedded),
         config::BusKind::Nats => {
+            let b = &cfg.bus_settings;
+            let Some(key_file) = &b.bus_key_file else {
+                return Err(Error::Config(
+                    "--bus nats needs --bus-key-file FILE: bus messages are sealed with it, so whoever reaches NATS can neither read a tap's records nor forge one. Give every replica the same keys: kubectl -n log-socket create secret generic log-socket-bus-key --from-literal=keys=\"$(openssl rand -hex 32)\"".into(),
+                ));
+            };
+            let keys = crate::relay::bus::seal::BusKeys::load(key_file).map_err(Error::Config)?;
+            let tls = b.nats_ca_file.is_some() || b.nats_url.split(',').all(|u| u.trim().starts_with("tls://"));
+            if !cfg.standalone && !(b.nats_credentials.is_some() && tls) {
+                if !b.nats_insecure {
+                    return Err(Error::Config(format!(
+                        "--bus nats in cluster mode needs NATS credentials and TLS ({}): without them any pod that reaches NATS can delete or squat the taps' streams. Give --nats-credentials FILE (a user of an account allowed only logsocket.> and the JetStream API of LOGSOCKET_* streams; see docs/security.md#the-nats-bus) and a tls:// URL or --nats-ca-file FILE, or --nats-insecure for an isolated test setup",
+                        match (b.nats_credentials.is_some(), tls) {
+                            (false, false) => "neither is set",
+                            (false, true) => "no --nats-credentials",
+                            _ => "no TLS: use a tls:// URL or --nats-ca-file",
+                        }
+                    )));
+                }
+                let warn = || {
+                    tracing::warn!("--nats-insecure: whoever reaches NATS can delete or squat the taps' streams (messages stay sealed: nobody without the bus key reads or forges records)")
+                };
+                warn();
+                tokio::spawn(async move {
+                    let mut hourly = tokio::time::interval(Duration::from_secs(3600));
+                    hourly.tick().await;
+                    loop {
+                        hourly.tick().await;
+                        warn();
+                    }
+                });
+            }
             let options = nats::NatsOptions {
-                url: cfg.bus_settings.nats_url.clone(),
-                credentials: cfg.bus_settings.nats_credentials.clone(),
-                ca_file: cfg.bus_settings.nats_ca_file.clone(),
-                max_age: cfg.bus_settings.nats_max_age.0,
+                url: b.nats_url.clone(),
+                credentials: b.nats_credentials.clone(),
+                ca_file: b.nats_ca_file.clone(),
+                max_age: b.nats_max_age.0,
+                keys: Some(Arc::new(keys)),
+                max_body_bytes: relay.config.max_body_bytes,
+                max_records: relay.config.max_records_per_request,
             };
             let slow_client = relay
                 .metrics
@@ -142,7 +177,15 @@ async fn bus(cfg: &ServiceConfig, relay: &Relay) -> Result<crate::relay::bus::Bu
                     reason: DropReason::slow_client,
                 })
                 .clone();
-            let bus = nats::NatsBus::connect(&options, relay.config.replay, slow_client)
+            let invalid = relay
+                .metrics
+                .dropped_records
+                .get_or_create(&DropLabels {
+                    reason: DropReason::bus_invalid,
+                })
+                .clone();
+            let counters = nats::BusCounters { slow_client, invalid };
+            let bus = nats::NatsBus::connect(&options, relay.config.replay, counters)
                 .await
                 .map_err(|e| Error::Config(format!("--bus nats: {e}")))?;
             tracing::info!(url = %without_userinfo(&cfg.bus_settings.nats_url), "bus: nats");

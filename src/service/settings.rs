@@ -292,6 +292,19 @@ pub struct BusSettings {
     /// --replay-records messages and --replay-bytes).
     #[arg(long, env = "LOG_SOCKET_NATS_MAX_AGE", default_value = "1h", value_name = "DURATION")]
     pub nats_max_age: GoDuration,
+
+    /// Keys that seal bus messages, one per line (at least 32 characters, e.g. `openssl rand
+    /// -hex 32`), the newest first: it seals, every line opens; the file is read again when it
+    /// changes. Required with `--bus nats`: NATS then stores only ciphertext, and a message
+    /// that does not open is never delivered. Give every replica the same file.
+    #[arg(long, env = "LOG_SOCKET_BUS_KEY_FILE", value_name = "FILE")]
+    pub bus_key_file: Option<PathBuf>,
+
+    /// Run `--bus nats` (in cluster mode) without NATS credentials and TLS: anyone who can
+    /// reach NATS can then delete or squat the taps' streams (they cannot read or forge
+    /// records: messages are sealed). Logged as a warning at start and every hour.
+    #[arg(long, env = "LOG_SOCKET_NATS_INSECURE")]
+    pub nats_insecure: bool,
 }
 
 /// Record policy (who reads which record).

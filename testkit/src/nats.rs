@@ -112,3 +112,14 @@ impl Drop for Nats {
         self.stop();
     }
 }
+
+/// The key the test relays seal bus messages with (every relay of a test shares it).
+pub const TEST_BUS_KEY: &str = "test-bus-key-0123456789abcdef0123456789abcdef";
+
+/// [`TEST_BUS_KEY`] as the relays load it.
+pub fn bus_keys() -> std::sync::Arc<log_socket::relay::bus::seal::BusKeys> {
+    static KEYS: std::sync::OnceLock<std::sync::Arc<log_socket::relay::bus::seal::BusKeys>> =
+        std::sync::OnceLock::new();
+    KEYS.get_or_init(|| std::sync::Arc::new(log_socket::relay::bus::seal::BusKeys::from_keys(&[TEST_BUS_KEY]).unwrap()))
+        .clone()
+}

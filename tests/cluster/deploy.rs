@@ -176,7 +176,26 @@ async fn the_helm_chart_lints_strictly_renders_and_the_api_server_accepts_it() {
     // Several replicas need the nats bus: refused with the embedded one, saying what to set ...
     let (ok, _, err) = helm(&["template", "t", chart, "--set", "replicaCount=2"]);
     assert!(!ok && err.contains("replicaCount > 1 needs bus.kind: nats"), "{err}");
-    // ... and with it, a PodDisruptionBudget and the bus settings.
+    // ... and with it: a bus key, NATS credentials and TLS are required, each refused with
+    // what to set ...
+    for (set, says) in [
+        (
+            "replicaCount=3,bus.kind=nats,bus.nats.credentialsSecret=c,bus.nats.caSecret=ca",
+            "bus.nats.keySecret",
+        ),
+        (
+            "replicaCount=3,bus.kind=nats,bus.nats.keySecret=k,bus.nats.caSecret=ca",
+            "bus.nats.credentialsSecret",
+        ),
+        (
+            "replicaCount=3,bus.kind=nats,bus.nats.keySecret=k,bus.nats.credentialsSecret=c",
+            "TLS to NATS",
+        ),
+    ] {
+        let (ok, _, err) = helm(&["template", "t", chart, "--set", set]);
+        assert!(!ok && err.contains(says), "{set}: {err}");
+    }
+    // ... then a PodDisruptionBudget and the bus settings.
     let (ok, rendered, err) = helm(&[
         "template",
         "log-socket",
@@ -186,7 +205,7 @@ async fn the_helm_chart_lints_strictly_renders_and_the_api_server_accepts_it() {
         "--kube-version",
         "1.20.2",
         "--set",
-        "replicaCount=3,bus.kind=nats,bus.nats.credentialsSecret=nats-creds",
+        "replicaCount=3,bus.kind=nats,bus.nats.credentialsSecret=nats-creds,bus.nats.caSecret=nats-ca,bus.nats.keySecret=bus-key",
     ]);
     assert!(ok, "{err}");
     let docs = documents(&rendered);
@@ -198,6 +217,8 @@ async fn the_helm_chart_lints_strictly_renders_and_the_api_server_accepts_it() {
         "--bus=nats",
         "--nats-url=nats://nats.nats.svc:4222",
         "--nats-credentials=/etc/log-socket/nats/creds",
+        "--nats-ca-file=/etc/log-socket/nats-ca/ca.crt",
+        "--bus-key-file=/etc/log-socket/bus/keys",
     ] {
         assert!(args.contains(flag), "{flag} in {args}");
     }

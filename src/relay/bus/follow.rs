@@ -2,9 +2,9 @@
 //! again after errors (NATS restarted or unreachable) from the message after the last one seen,
 //! and from the start of a stream removed or made anew under it.
 
-use super::nats::{decode, discarded, epoch_of, err, BusError, BATCH_BITS};
+use super::nats::{captured, discarded, epoch_of, err, open_batch, BusCounters, BusError, BATCH_BITS};
+use super::seal::{BusKeys, Recent};
 use crate::protocol::TapKey;
-use crate::relay::record;
 use crate::relay::tap::Tap;
 use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// How a follower says its stream was removed or made anew under it.
-const STREAM_REPLACED: &str = "the tap's stream was";
+const STREAM_REPLACED: &str = "following the stream anew";
 
 /// Feed the stream of `key` into the tap until the tap is gone, recreating the consumer after
 /// errors (NATS restarted or unreachable) from the message after the last one seen.
@@ -21,7 +21,7 @@ pub(super) async fn follow_stream(mut follower: Following) {
     let mut backoff = Duration::from_millis(200);
     while follower.tap.strong_count() > 0 {
         if let Err(e) = follower.follow_once().await {
-            if e.to_string().starts_with(STREAM_REPLACED) {
+            if e.0.starts_with(STREAM_REPLACED) {
                 // Not the bus going down: follow the stream as it is now, at once.
                 tracing::info!(tap = %follower.key, why = %e, "following the tap's stream again");
                 continue;
@@ -48,7 +48,12 @@ pub(super) struct Following {
     /// The stream's last sequence when following started: caught up once it is read.
     pub(super) last_at_start: u64,
     pub(super) caught_up: watch::Sender<bool>,
-    pub(super) slow_client: prometheus_client::metrics::counter::Counter,
+    pub(super) counters: BusCounters,
+    pub(super) keys: Arc<BusKeys>,
+    pub(super) max_body_bytes: usize,
+    pub(super) max_records: usize,
+    /// Ids of the messages opened lately: one replayed into the stream is refused.
+    pub(super) recent: Recent,
     pub(super) connected: watch::Receiver<bool>,
     pub(super) down: bool,
 }
@@ -81,7 +86,7 @@ impl Following {
                 .js
                 .get_or_create_stream(self.stream_config.clone())
                 .await
-                .map_err(err)?,
+                .map_err(|e| captured(&self.key, e))?,
             false => self.js.get_stream(&self.stream_config.name).await.map_err(err)?,
         };
         let info = stream.info().await.map_err(err)?;
@@ -130,13 +135,33 @@ impl Following {
                         tracing::warn!(tap = %self.key, messages = lost, "the bus discarded messages before this relay read them");
                         tap.notice(crate::protocol::dropped(None, "bus_discarded"));
                     }
-                    match decode(&message).and_then(|payload| record::parse_batch(&payload).map_err(err)) {
-                        Ok(records) => {
+                    // Opening, decompressing and parsing cost CPU in proportion to the message:
+                    // off the async workers, so one large message does not stall other taps.
+                    let (keys, subject) = (self.keys.clone(), self.stream_config.subjects[0].clone());
+                    let (headers, payload) = (message.headers.clone(), message.payload.clone());
+                    let (max_body, max_records) = (self.max_body_bytes, self.max_records);
+                    let opened = tokio::task::spawn_blocking(move || {
+                        open_batch(&keys, &subject, headers.as_ref(), &payload, max_body, max_records)
+                    })
+                    .await
+                    .map_err(err)
+                    .and_then(|r| r);
+                    match opened {
+                        Ok((id, records)) if self.recent.first_time(&id) => {
                             let published = tap.publish_numbered(seq << BATCH_BITS, records);
-                            self.slow_client.inc_by(published.dropped);
+                            self.counters.slow_client.inc_by(published.dropped);
                         }
-                        // Only relays write these subjects; anything else is skipped.
-                        Err(e) => tracing::warn!(tap = %self.key, seq, error = %e, "skipped a bus message that is not a batch of records"),
+                        // Not sealed with a bus key, forged, moved from another tap, replayed,
+                        // or too large: never delivered, and never a silent gap either.
+                        opened => {
+                            let why = match opened {
+                                Ok(_) => "a message seen before (replayed)".to_owned(),
+                                Err(e) => e.to_string(),
+                            };
+                            tracing::warn!(tap = %self.key, seq, error = %why, "skipped a bus message that did not open");
+                            self.counters.invalid.inc();
+                            tap.notice(crate::protocol::dropped(None, "bus_invalid"));
+                        }
                     }
                     self.next = seq + 1;
                     if pending == 0 || seq >= self.last_at_start {
@@ -154,11 +179,11 @@ impl Following {
                     // FlowTap names the tap), from its start.
                     match self.js.get_stream(&self.stream_config.name).await {
                         Ok(mut now) => match now.info().await {
-                            Ok(info) if epoch_of(info) != epoch => return Err(BusError(format!("{STREAM_REPLACED} made anew"))),
+                            Ok(info) if epoch_of(info) != epoch => return Err(BusError(format!("{STREAM_REPLACED}: it was made anew"))),
                             _ => {}
                         },
                         Err(e) if e.to_string().contains("not found") => {
-                            return Err(BusError(format!("{STREAM_REPLACED} removed")))
+                            return Err(BusError(format!("{STREAM_REPLACED}: it was removed")))
                         }
                         // NATS unreachable: the connection watch below tells the listeners.
                         Err(_) => {}
@@ -168,6 +193,11 @@ impl Following {
                 // listeners are told meanwhile.
                 Ok(()) = self.connected.changed() => {
                     let up = *self.connected.borrow_and_update();
+                    if up && self.down {
+                        // Back: a new consumer from the next message at once (the ordered
+                        // consumer's own recovery can take well over 15 s after a restart).
+                        return Err(BusError(format!("{STREAM_REPLACED}: NATS is back")));
+                    }
                     self.set_down((!up).then_some("the connection to NATS was lost"));
                 }
             }

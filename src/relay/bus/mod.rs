@@ -13,6 +13,7 @@
 
 mod follow;
 pub mod nats;
+pub mod seal;
 
 use std::sync::Arc;
 

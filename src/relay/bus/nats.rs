@@ -19,8 +19,9 @@
 //!   lets a listener attach once it has caught up, so a resume finds every retained record.
 
 use super::follow::{follow_stream, Following};
+use super::seal::{BusKeys, MSG_ID, SEAL};
 use crate::protocol::TapKey;
-use crate::relay::record::Record;
+use crate::relay::record::{self, Record};
 use crate::relay::tap::{ReplayLimits, Tap};
 use async_nats::jetstream::{self, stream};
 use std::collections::HashMap;
@@ -35,12 +36,8 @@ pub const BATCH_BITS: u32 = 20;
 /// The header naming a message's compression, and its one value.
 const ENCODING: &str = "Logsocket-Encoding";
 const LZ4: &str = "lz4";
-/// A compressed message's JSON array is at most this large: a relay splits at the server's
-/// `max_payload` (64 MiB at most in NATS), so a larger claimed size is not a relay's message.
-const MAX_DECOMPRESSED: usize = 64 << 20;
-
 /// How to reach NATS (`--nats-*`).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct NatsOptions {
     pub url: String,
     /// A NATS credentials file (JWT and NKey seed), as `nsc` writes it.
@@ -49,6 +46,35 @@ pub struct NatsOptions {
     pub ca_file: Option<PathBuf>,
     /// How long a stream keeps a record at most.
     pub max_age: Duration,
+    /// The keys that seal and open messages (required: [`NatsBus::connect`] refuses without).
+    pub keys: Option<Arc<BusKeys>>,
+    /// A message larger than this once decompressed is refused (as ingest refuses a body).
+    pub max_body_bytes: usize,
+    /// A message of more records than this is refused (as ingest refuses a request).
+    pub max_records: usize,
+}
+
+impl Default for NatsOptions {
+    fn default() -> Self {
+        NatsOptions {
+            url: "nats://127.0.0.1:4222".into(),
+            credentials: None,
+            ca_file: None,
+            max_age: Duration::from_secs(3600),
+            keys: None,
+            max_body_bytes: 16 << 20,
+            max_records: 100_000,
+        }
+    }
+}
+
+/// What the bus counts into the relay's metrics.
+#[derive(Default, Clone)]
+pub struct BusCounters {
+    /// Records a slow listener lost (`slow_client`), as ingest does with the embedded bus.
+    pub slow_client: prometheus_client::metrics::counter::Counter,
+    /// Messages that did not open or were too large (`bus_invalid`).
+    pub invalid: prometheus_client::metrics::counter::Counter,
 }
 
 /// What went wrong on the bus.
@@ -83,8 +109,11 @@ pub struct NatsBus {
     limits: ReplayLimits,
     max_age: Duration,
     followers: tokio::sync::Mutex<HashMap<TapKey, Follower>>,
-    /// Counts records a slow listener lost (`slow_client`), as ingest does with the embedded bus.
-    slow_client: prometheus_client::metrics::counter::Counter,
+    counters: BusCounters,
+    keys: Arc<BusKeys>,
+    /// Largest message once decompressed, most records in one (see [`NatsOptions`]).
+    max_body_bytes: usize,
+    max_records: usize,
     /// Whether the connection to NATS is up, as the client reports it; followers tell their
     /// listeners when it changes.
     connected: watch::Receiver<bool>,
@@ -101,8 +130,13 @@ impl NatsBus {
     pub async fn connect(
         options: &NatsOptions,
         limits: ReplayLimits,
-        slow_client: prometheus_client::metrics::counter::Counter,
+        counters: BusCounters,
     ) -> Result<NatsBus, BusError> {
+        let Some(keys) = options.keys.clone() else {
+            return Err(BusError(
+                "no bus key: bus messages are sealed, give --bus-key-file FILE (the same on every replica)".into(),
+            ));
+        };
         let (up, connected) = watch::channel(false);
         let mut connect = async_nats::ConnectOptions::new()
             .event_callback(move |event| {
@@ -138,7 +172,11 @@ impl NatsBus {
             limits,
             max_age: options.max_age,
             followers: Default::default(),
-            slow_client,
+            counters,
+            keys,
+            max_body_bytes: options.max_body_bytes,
+            // Record numbers give a message 2^BATCH_BITS of them.
+            max_records: options.max_records.clamp(1, (1 << BATCH_BITS) - 1),
             connected,
             pinned: Default::default(),
             stream_locks: Default::default(),
@@ -265,7 +303,10 @@ impl NatsBus {
 
     /// The tap's stream, created if needed (a listener joins, or a FlowTap exists).
     pub async fn ensure_stream(&self, key: &TapKey) -> Result<stream::Stream, BusError> {
-        self.js.get_or_create_stream(self.stream_config(key)).await.map_err(err)
+        self.js
+            .get_or_create_stream(self.stream_config(key))
+            .await
+            .map_err(|e| captured(key, e))
     }
 
     /// How a tap's stream is made.
@@ -311,26 +352,40 @@ impl NatsBus {
             return Err(BusError("not connected to NATS".into()));
         }
         let limit = self.client.server_info().max_payload.max(1024);
-        let messages = split(records, limit)?;
+        // Room for lz4's worst case on incompressible records, the seal's nonce and tag.
+        let messages = split(records, limit - limit / 255 - 64)?;
         // Sent one after the other on one connection (JetStream keeps their order), then the
         // acknowledgements awaited, in order.
         let mut acks = Vec::with_capacity(messages.len());
+        let subject = Self::subject(key);
         for body in messages {
+            let compressed = lz4_flex::block::compress_prepend_size(&body);
+            let sealed = self.keys.seal(&subject, LZ4, &compressed);
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(ENCODING, LZ4);
-            let compressed = lz4_flex::block::compress_prepend_size(&body);
+            headers.insert(SEAL, sealed.seal.as_str());
+            headers.insert(MSG_ID, sealed.id.as_str());
             match self
                 .js
-                .publish_with_headers(Self::subject(key), headers, compressed.into())
+                .publish_with_headers(subject.clone(), headers, sealed.payload.into())
                 .await
             {
                 Ok(ack) => acks.push(ack),
                 Err(e) => return Err(err(e)),
             }
         }
+        let ours = Self::stream_name(key);
         for ack in acks {
             match ack.await {
-                Ok(_) => {}
+                Ok(ack) if ack.stream == ours => {}
+                // Stored, but in a stream someone else made to capture the subject (NATS open
+                // to others, or misconfigured): not delivered to anyone here. Said, not hidden.
+                Ok(ack) => {
+                    return Err(BusError(format!(
+                        "the subject of {key} is captured by NATS stream {:?}, not {ours:?}: delete that stream (nats stream rm), and lock NATS to log-socket (docs/security.md#the-nats-bus)",
+                        ack.stream
+                    )))
+                }
                 Err(e) if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound => return Ok(Stored::NoTap),
                 Err(e) => return Err(err(e)),
             }
@@ -365,7 +420,11 @@ impl NatsBus {
                         next: 0,
                         last_at_start: info.state.last_sequence,
                         caught_up: tx,
-                        slow_client: self.slow_client.clone(),
+                        counters: self.counters.clone(),
+                        keys: self.keys.clone(),
+                        max_body_bytes: self.max_body_bytes,
+                        max_records: self.max_records,
+                        recent: Default::default(),
                         connected: self.connected.clone(),
                         down: false,
                     }));
@@ -434,24 +493,37 @@ pub(super) fn discarded(next: u64, seq: u64) -> Option<u64> {
     (next != 0 && seq > next).then(|| seq - next)
 }
 
-/// A bus message's JSON array of records, decompressed when it says so.
-pub(super) fn decode(message: &async_nats::jetstream::Message) -> Result<bytes::Bytes, BusError> {
-    let encoding = message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(ENCODING))
-        .map(|v| v.as_str());
-    match encoding {
-        None => Ok(message.payload.clone()),
-        Some(LZ4) => decompress(&message.payload),
-        Some(other) => Err(BusError(format!("unknown {ENCODING} {other:?}"))),
-    }
+/// The records of a bus message of `subject`: opened with the bus keys (it must be sealed),
+/// refused if replayed (`recent`), decompressed into at most `max_body_bytes`, at most
+/// `max_records`. CPU-bound on a large message: run it off the async workers.
+pub(super) fn open_batch(
+    keys: &BusKeys,
+    subject: &str,
+    headers: Option<&async_nats::HeaderMap>,
+    payload: &[u8],
+    max_body_bytes: usize,
+    max_records: usize,
+) -> Result<(String, Vec<record::Record>), BusError> {
+    let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
+    let encoding = header(ENCODING).unwrap_or_default();
+    let id = header(MSG_ID);
+    let body = keys
+        .open(subject, header(SEAL).as_deref(), id.as_deref(), &encoding, payload)
+        .map_err(err)?;
+    let body = match encoding.as_str() {
+        LZ4 => decompress(&body, max_body_bytes)?,
+        other => return Err(BusError(format!("unknown {ENCODING} {other:?}"))),
+    };
+    let records = record::parse_batch_limited(&body, max_records).map_err(err)?;
+    Ok((id.unwrap_or_default(), records))
 }
 
-fn decompress(payload: &[u8]) -> Result<bytes::Bytes, BusError> {
+fn decompress(payload: &[u8], max: usize) -> Result<bytes::Bytes, BusError> {
     let (size, block) = lz4_flex::block::uncompressed_size(payload).map_err(err)?;
-    if size > MAX_DECOMPRESSED {
-        return Err(BusError(format!("a message claims {size} bytes uncompressed")));
+    if size > max {
+        return Err(BusError(format!(
+            "a message claims {size} bytes uncompressed, more than --max-body-bytes ({max})"
+        )));
     }
     let mut out = vec![0; size];
     let n = lz4_flex::block::decompress_into(block, &mut out).map_err(err)?;
@@ -459,6 +531,18 @@ fn decompress(payload: &[u8]) -> Result<bytes::Bytes, BusError> {
         return Err(BusError("a message is shorter than it claims".into()));
     }
     Ok(out.into())
+}
+
+/// An error making `key`'s stream, saying so when another stream captures its subject.
+pub(super) fn captured(key: &TapKey, e: impl std::fmt::Display) -> BusError {
+    let text = e.to_string();
+    if text.contains("overlap") {
+        tracing::error!(tap = %key, error = %text, "another NATS stream captures the tap's subject");
+        return BusError(format!(
+            "another NATS stream captures the subject of {key} ({text}): delete it (nats stream ls; nats stream rm NAME), and lock NATS to log-socket (docs/security.md#the-nats-bus)"
+        ));
+    }
+    BusError(text)
 }
 
 pub(super) fn epoch_of(info: &stream::Info) -> u64 {
@@ -516,14 +600,57 @@ mod tests {
     fn a_compressed_message_decodes_to_its_array_and_a_hostile_one_is_refused_without_allocating_its_claim() {
         let body = b"[{\"message\":\"hello\"},{\"message\":\"hello\"}]".to_vec();
         let compressed = lz4_flex::block::compress_prepend_size(&body);
-        assert_eq!(&decompress(&compressed).unwrap()[..], &body[..]);
-        // A size prefix of 4 GiB with no data behind it.
+        let max = 1 << 20;
+        assert_eq!(&decompress(&compressed, max).unwrap()[..], &body[..]);
+        // A size prefix of 4 GiB with no data behind it, and one just over the limit.
         let hostile = [0xff, 0xff, 0xff, 0xff, 0x00];
-        assert!(decompress(&hostile).unwrap_err().0.contains("claims"));
+        assert!(decompress(&hostile, max).unwrap_err().0.contains("claims"));
+        assert!(decompress(&compressed, body.len() - 1)
+            .unwrap_err()
+            .0
+            .contains("--max-body-bytes"));
         // A prefix that claims more than the block holds.
         let mut short = compressed.clone();
         short[0] += 10;
-        assert!(decompress(&short).is_err());
-        assert!(decompress(&compressed[..compressed.len() - 3]).is_err());
+        assert!(decompress(&short, max).is_err());
+        assert!(decompress(&compressed[..compressed.len() - 3], max).is_err());
+    }
+
+    #[test]
+    fn only_a_sealed_message_of_its_tap_and_within_the_limits_gives_records() {
+        let keys = BusKeys::from_keys(&["0123456789abcdef0123456789abcdef-bus"]).unwrap();
+        let subject = "logsocket.flow.shop.web";
+        let body = b"[{\"message\":\"a\"},{\"message\":\"b\"}]";
+        let sealed = keys.seal(subject, LZ4, &lz4_flex::block::compress_prepend_size(body));
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(ENCODING, LZ4);
+        headers.insert(SEAL, sealed.seal.as_str());
+        headers.insert(MSG_ID, sealed.id.as_str());
+        let (id, records) = open_batch(&keys, subject, Some(&headers), &sealed.payload, 1 << 20, 10).unwrap();
+        assert_eq!((id.as_str(), records.len()), (sealed.id.as_str(), 2));
+        assert!(open_batch(
+            &keys,
+            "logsocket.flow.bank.web",
+            Some(&headers),
+            &sealed.payload,
+            1 << 20,
+            10
+        )
+        .is_err());
+        assert!(
+            open_batch(&keys, subject, Some(&headers), &sealed.payload, 1 << 20, 1).is_err(),
+            "too many records"
+        );
+        let mut plain = async_nats::HeaderMap::new();
+        plain.insert(ENCODING, LZ4);
+        let unsealed = lz4_flex::block::compress_prepend_size(body);
+        assert!(
+            open_batch(&keys, subject, Some(&plain), &unsealed, 1 << 20, 10).is_err(),
+            "not sealed"
+        );
+        assert!(
+            open_batch(&keys, subject, None, body, 1 << 20, 10).is_err(),
+            "a plain array"
+        );
     }
 }

@@ -732,3 +732,156 @@ async fn three_relays_seeing_a_flowtap_go_and_come_back_at_different_times_disca
         }
     }
 }
+
+/// A hostile NATS client: whoever reaches NATS, without the bus key (or, for the bomb and the
+/// oversized batch, a relay's key in the wrong hands: the limits hold even then).
+async fn hostile(server: &Nats) -> async_nats::Client {
+    async_nats::connect(server.url()).await.unwrap()
+}
+
+/// What a listener got next: a record's message, or the reason of a `dropped` notice.
+async fn next_event(ws: &mut Ws) -> String {
+    loop {
+        let f = tokio::time::timeout(WAIT, next(ws)).await.expect("a frame in time");
+        match f["type"].as_str() {
+            Some("record") => return format!("record {}", f["record"]["message"].as_str().unwrap()),
+            Some("dropped") => return format!("dropped {}", f["reason"].as_str().unwrap_or_default()),
+            _ => {}
+        }
+    }
+}
+
+fn vm_rss_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    kb / 1024
+}
+
+#[tokio::test]
+async fn nothing_a_hostile_nats_client_publishes_reaches_a_listener_and_the_next_real_record_does() {
+    let dir = tempdir("hostile");
+    let Some(server) = Nats::start(&dir) else { return };
+    let (a, b) = (relay(&server.url()).await, relay(&server.url()).await);
+    let key = log_socket::protocol::TapKey::parse("flow", "shop", "web").unwrap();
+    a.relay.pin_tap(&key, true);
+    b.relay.pin_tap(&key, true);
+    let mut ws = connect(&b, "/flow/shop/web", "tok-alice").await;
+    assert_eq!(post_batch(&a, "real", 0, 1).await, 200);
+    assert_eq!(next_event(&mut ws).await, "record real 0");
+    let nats = hostile(&server).await;
+    let subject = "logsocket.flow.shop.web";
+    let forged = r#"[{"message":"forged","kubernetes":{"labels":{"rbac/policy":"allow"}}}]"#;
+    let js = async_nats::jetstream::new(nats.clone());
+    let publish = |headers: async_nats::HeaderMap, payload: Vec<u8>| {
+        let js = js.clone();
+        async move {
+            js.publish_with_headers(subject, headers, payload.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    };
+    let lz4 = |body: &[u8]| lz4_flex::block::compress_prepend_size(body);
+    let headers = |seal: Option<&log_socket::relay::bus::seal::Sealed>| {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Logsocket-Encoding", "lz4");
+        if let Some(s) = seal {
+            h.insert("Logsocket-Seal", s.seal.as_str());
+            h.insert("Nats-Msg-Id", s.id.as_str());
+        }
+        h
+    };
+    let stranger =
+        log_socket::relay::bus::seal::BusKeys::from_keys(&["a-key-that-is-not-the-relays-0123456789"]).unwrap();
+    let insider = testkit::nats::bus_keys();
+    // An unsealed plain array, an unsealed compressed one, one sealed with a stranger's key.
+    publish(async_nats::HeaderMap::new(), forged.as_bytes().to_vec()).await;
+    publish(headers(None), lz4(forged.as_bytes())).await;
+    let wrong = stranger.seal(subject, "lz4", &lz4(forged.as_bytes()));
+    publish(headers(Some(&wrong)), wrong.payload.clone()).await;
+    // A real message, from a relay's key (the limits below hold even for those).
+    let real = insider.seal(subject, "lz4", &lz4(br#"[{"message":"sealed"}]"#));
+    publish(headers(Some(&real)), real.payload.clone()).await;
+    let rss = vm_rss_mib();
+    // A bomb: 50 KB that claims 64 MiB uncompressed, and a batch of 2^20 + 1 records, each
+    // sealed with the relays' own key.
+    let bomb_body = vec![b' '; 64 << 20];
+    let bomb = insider.seal(subject, "lz4", &lz4(&bomb_body));
+    drop(bomb_body);
+    publish(headers(Some(&bomb)), bomb.payload.clone()).await;
+    let many = format!("[{}{{}}]", "{},".repeat(1 << 20));
+    let huge = insider.seal(subject, "lz4", &lz4(many.as_bytes()));
+    publish(headers(Some(&huge)), huge.payload.clone()).await;
+    // Then a real record.
+    assert_eq!(post_batch(&a, "real", 1, 1).await, 200);
+    let mut events = vec![];
+    loop {
+        let e = next_event(&mut ws).await;
+        let done = e == "record real 1";
+        events.push(e);
+        if done {
+            break;
+        }
+    }
+    // Nothing forged delivered; each run of skipped messages told (consecutive notices may
+    // reach a listener as one).
+    let sealed = events
+        .iter()
+        .position(|e| e == "record sealed")
+        .expect("the sealed record");
+    let (before, after) = (&events[..sealed], &events[sealed + 1..events.len() - 1]);
+    for run in [before, after] {
+        assert!(
+            !run.is_empty() && run.iter().all(|e| e == "dropped bus_invalid"),
+            "{events:?}"
+        );
+    }
+    assert!(
+        vm_rss_mib() < rss + 200,
+        "the bomb and the huge batch were refused before they cost memory: {} MiB then {} MiB",
+        rss,
+        vm_rss_mib()
+    );
+    // Both relays still serve.
+    assert_eq!(post_batch(&b, "real", 2, 1).await, 200);
+    assert_eq!(next_event(&mut ws).await, "record real 2");
+}
+
+#[tokio::test]
+async fn a_stream_squatting_the_taps_subjects_is_reported_never_taken_for_stored() {
+    let dir = tempdir("squat");
+    let Some(server) = Nats::start(&dir) else { return };
+    let js = async_nats::jetstream::new(hostile(&server).await);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "SQUAT".into(),
+        subjects: vec!["logsocket.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let a = relay(&server.url()).await;
+    let key = log_socket::protocol::TapKey::parse("flow", "shop", "web").unwrap();
+    a.relay.pin_tap(&key, true);
+    // fluentd gets a 5xx and retries, never a 200 for records nobody will read; the answer
+    // says why once the relay is connected.
+    let records = array(&[record("web-1", "m")]);
+    eventually_within("a 5xx that names the squatter", WAIT, || async {
+        let (status, body) = post(&a, "/flow/shop/web", &records).await;
+        assert!(status >= 500, "{status} {body}");
+        body.contains("captured by NATS stream \"SQUAT\"").then_some(())
+    })
+    .await;
+    js.delete_stream("SQUAT").await.unwrap();
+    eventually_within(
+        "stored in the tap's own stream once the squatter is gone",
+        WAIT,
+        || async { (post(&a, "/flow/shop/web", &records).await.0 == 200).then_some(()) },
+    )
+    .await;
+}

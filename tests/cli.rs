@@ -512,3 +512,54 @@ fn the_krew_manifest_installs_the_plugin_binary_this_package_builds() {
         }
     }
 }
+
+#[test]
+fn the_nats_bus_refuses_to_start_without_a_bus_key_and_in_cluster_mode_without_nats_credentials_and_tls() {
+    let tokens = config_file("tokens-nats.csv", "t0k,alice\n");
+    let creds = config_file("ingest-nats.txt", "fluentd:s3cret\n");
+    let key = config_file("bus-key-nats", "0123456789abcdef0123456789abcdef0123456789\n");
+    let refused = |args: &[&str], says: &str| {
+        let out = log_socket(args, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    };
+    let standalone = [
+        "run",
+        "--standalone",
+        "--bus",
+        "nats",
+        "--token-file",
+        tokens.to_str().unwrap(),
+        "--ingest-credentials",
+        creds.to_str().unwrap(),
+        "--health-addr",
+        "127.0.0.1:0",
+    ];
+    refused(&standalone, "--bus nats needs --bus-key-file FILE");
+    // Cluster mode: refused before it looks for a cluster.
+    let cluster = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--bus",
+            "nats",
+            "--ingest-insecure",
+            "--bus-key-file",
+            key.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    for (extra, says) in [
+        (vec![], "needs NATS credentials and TLS (neither is set)"),
+        (vec!["--nats-url", "tls://nats:4222"], "(no --nats-credentials)"),
+        (
+            vec!["--nats-credentials", creds.to_str().unwrap()],
+            "(no TLS: use a tls:// URL or --nats-ca-file)",
+        ),
+    ] {
+        let args = cluster(&extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        refused(&args, says);
+    }
+}

@@ -124,6 +124,9 @@ pub struct Published {
     pub records: u64,
     pub bytes: u64,
     pub dropped: u64,
+    /// Numbered records that came before the tap's next number (already published, or numbered
+    /// wrongly): not published again.
+    pub behind: bool,
 }
 
 impl Tap {
@@ -184,6 +187,7 @@ impl Tap {
         let mut inner = self.inner.lock().unwrap();
         if let Some(first) = first {
             if first < inner.next_seq {
+                out.behind = !records.is_empty();
                 return out;
             }
             inner.next_seq = first;

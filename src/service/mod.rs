@@ -130,37 +130,8 @@ async fn bus(cfg: &ServiceConfig, relay: &Relay) -> Result<crate::relay::bus::Bu
         config::BusKind::Embedded => Ok(Bus::Embedded),
         config::BusKind::Nats => {
             let b = &cfg.bus_settings;
-            let Some(key_file) = &b.bus_key_file else {
-                return Err(Error::Config(
-                    "--bus nats needs --bus-key-file FILE: bus messages are sealed with it, so whoever reaches NATS can neither read a tap's records nor forge one. Give every replica the same keys: kubectl -n log-socket create secret generic log-socket-bus-key --from-literal=keys=\"$(openssl rand -hex 32)\"".into(),
-                ));
-            };
-            let keys = crate::relay::bus::seal::BusKeys::load(key_file).map_err(Error::Config)?;
-            let tls = b.nats_ca_file.is_some() || b.nats_url.split(',').all(|u| u.trim().starts_with("tls://"));
-            if !cfg.standalone && !(b.nats_credentials.is_some() && tls) {
-                if !b.nats_insecure {
-                    return Err(Error::Config(format!(
-                        "--bus nats in cluster mode needs NATS credentials and TLS ({}): without them any pod that reaches NATS can delete or squat the taps' streams. Give --nats-credentials FILE (a user of an account allowed only logsocket.> and the JetStream API of LOGSOCKET_* streams; see docs/security.md#the-nats-bus) and a tls:// URL or --nats-ca-file FILE, or --nats-insecure for an isolated test setup",
-                        match (b.nats_credentials.is_some(), tls) {
-                            (false, false) => "neither is set",
-                            (false, true) => "no --nats-credentials",
-                            _ => "no TLS: use a tls:// URL or --nats-ca-file",
-                        }
-                    )));
-                }
-                let warn = || {
-                    tracing::warn!("--nats-insecure: whoever reaches NATS can delete or squat the taps' streams (messages stay sealed: nobody without the bus key reads or forges records)")
-                };
-                warn();
-                tokio::spawn(async move {
-                    let mut hourly = tokio::time::interval(Duration::from_secs(3600));
-                    hourly.tick().await;
-                    loop {
-                        hourly.tick().await;
-                        warn();
-                    }
-                });
-            }
+            let key_file = nats_policy(cfg)?;
+            let keys = crate::relay::bus::seal::BusKeys::load(&key_file).map_err(Error::Config)?;
             let options = nats::NatsOptions {
                 url: b.nats_url.clone(),
                 credentials: b.nats_credentials.clone(),
@@ -192,6 +163,51 @@ async fn bus(cfg: &ServiceConfig, relay: &Relay) -> Result<crate::relay::bus::Bu
             Ok(Bus::Nats(Arc::new(bus)))
         }
     }
+}
+
+/// What `--bus nats` needs before anything starts: a bus key (every mode) and, in cluster mode,
+/// NATS credentials and TLS unless `--nats-insecure`. Returns the bus key file, and whether
+/// NATS is open (insecure).
+fn nats_policy_checked(cfg: &ServiceConfig) -> Result<(std::path::PathBuf, bool)> {
+    let b = &cfg.bus_settings;
+    let Some(key_file) = &b.bus_key_file else {
+        return Err(Error::Config(
+            "--bus nats needs --bus-key-file FILE: bus messages are sealed with it, so whoever reaches NATS can neither read a tap's records nor forge one. Give every replica the same keys: kubectl -n log-socket create secret generic log-socket-bus-key --from-literal=keys=\"$(openssl rand -hex 32)\"".into(),
+        ));
+    };
+    let tls = b.nats_ca_file.is_some() || b.nats_url.split(',').all(|u| u.trim().starts_with("tls://"));
+    let open = !cfg.standalone && !(b.nats_credentials.is_some() && tls);
+    if open && !b.nats_insecure {
+        return Err(Error::Config(format!(
+            "--bus nats in cluster mode needs NATS credentials and TLS ({}): without them any pod that reaches NATS can delete or squat the taps' streams. Give --nats-credentials FILE (a user of an account allowed only logsocket.> and the JetStream API of LOGSOCKET_* streams; see docs/security.md#the-nats-bus) and a tls:// URL or --nats-ca-file FILE, or --nats-insecure for an isolated test setup",
+            match (b.nats_credentials.is_some(), tls) {
+                (false, false) => "neither is set",
+                (false, true) => "no --nats-credentials",
+                _ => "no TLS: use a tls:// URL or --nats-ca-file",
+            }
+        )));
+    }
+    Ok((key_file.clone(), open))
+}
+
+/// [`nats_policy_checked`], warning at start and every hour when NATS is open.
+fn nats_policy(cfg: &ServiceConfig) -> Result<std::path::PathBuf> {
+    let (key_file, open) = nats_policy_checked(cfg)?;
+    if open {
+        let warn = || {
+            tracing::warn!("--nats-insecure: whoever reaches NATS can delete or squat the taps' streams (messages stay sealed: nobody without the bus key reads or forges records)")
+        };
+        warn();
+        tokio::spawn(async move {
+            let mut hourly = tokio::time::interval(Duration::from_secs(3600));
+            hourly.tick().await;
+            loop {
+                hourly.tick().await;
+                warn();
+            }
+        });
+    }
+    Ok(key_file)
 }
 
 pub async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener> {
@@ -266,6 +282,10 @@ impl Service {
     /// the cluster (the FlowTap CRD, logging-operator's CRDs with `--operator`).
     pub async fn from_config(cfg: &ServiceConfig) -> Result<Service> {
         let relay_config = cfg.relay();
+        if cfg.bus_settings.bus == config::BusKind::Nats {
+            // Refused before anything starts (the warning of --nats-insecure comes with the bus).
+            nats_policy_checked(cfg)?;
+        }
         if !cfg.standalone && cfg.ingest.ingest_credentials.is_some() {
             return Err(Error::Config(
                 "--ingest-credentials is for standalone mode: one shared credential would let any tenant who can read a generated Output post records into every other flow's stream. In cluster mode use --ingest-key-file FILE (per-flow credentials; see docs/security.md)".into(),

@@ -150,6 +150,12 @@ impl Following {
                         Ok((id, records)) if self.recent.first_time(&id) => {
                             let published = tap.publish_numbered(seq << BATCH_BITS, records);
                             self.counters.slow_client.inc_by(published.dropped);
+                            if published.behind {
+                                // Numbered before what the listeners already have: not shown
+                                // twice, and not dropped silently either.
+                                tracing::warn!(tap = %self.key, seq, "a bus message numbered before the records already delivered");
+                                tap.notice(crate::protocol::dropped(None, "bus_invalid"));
+                            }
                         }
                         // Not sealed with a bus key, forged, moved from another tap, replayed,
                         // or too large: never delivered, and never a silent gap either.

@@ -885,3 +885,78 @@ async fn a_stream_squatting_the_taps_subjects_is_reported_never_taken_for_stored
     )
     .await;
 }
+
+/// The `nats.conf` config/nats/nats.yaml ships (the ConfigMap's), with a tenant's account
+/// added beside log-socket's.
+fn shipped_nats_conf() -> String {
+    let yaml = std::fs::read_to_string(testkit::cluster::repo().join("config/nats/nats.yaml")).unwrap();
+    let config = serde_yaml::Deserializer::from_str(&yaml)
+        .map(|d| <serde_yaml::Value as serde::Deserialize>::deserialize(d).unwrap())
+        .find(|d| d["kind"] == "ConfigMap")
+        .expect("the ConfigMap of nats.conf");
+    let conf = config["data"]["nats.conf"].as_str().unwrap().to_owned();
+    conf.replacen(
+        "accounts {",
+        "accounts {\n  TENANT { jetstream: enabled, users = [ { user: tenant, password: tenant } ] }",
+        1,
+    )
+}
+
+#[tokio::test]
+async fn the_shipped_nats_account_serves_log_socket_and_shuts_everyone_else_out() {
+    let dir = tempdir("account");
+    let password = "s3cret-0123456789";
+    let Some(server) = Nats::start_with(&dir, &shipped_nats_conf(), &[("LOGSOCKET_PASSWORD", password)]) else {
+        return;
+    };
+    let url = |user: &str| format!("nats://{user}@127.0.0.1:{}", server.port);
+    // log-socket, with its user: everything it does on the bus is allowed.
+    let (a, b) = (
+        relay(&url(&format!("log-socket:{password}"))).await,
+        relay(&url(&format!("log-socket:{password}"))).await,
+    );
+    let key = log_socket::protocol::TapKey::parse("flow", "shop", "web").unwrap();
+    a.relay.pin_tap(&key, true);
+    b.relay.pin_tap(&key, true);
+    let mut ws = connect(&b, "/flow/shop/web", "tok-alice").await;
+    // A tenant of the same NATS, in its own account, listening on every log-socket subject.
+    let as_user = |user: &str, password: &str| {
+        async_nats::ConnectOptions::with_user_and_password(user.into(), password.into()).connect(server.url())
+    };
+    let tenant = as_user("tenant", "tenant").await.unwrap();
+    let mut spy = tenant.subscribe("logsocket.>").await.unwrap();
+    tenant.flush().await.unwrap();
+    eventually_within("a batch through the bus", WAIT, || async {
+        (post_batch(&a, "m", 0, 3).await == 200).then_some(())
+    })
+    .await;
+    assert_eq!(texts(&records(&mut ws, 3).await), numbered("m", 0..3));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), futures::StreamExt::next(&mut spy))
+            .await
+            .is_err(),
+        "another account sees nothing of log-socket's subjects"
+    );
+    // Nor its streams.
+    let mut names = async_nats::jetstream::new(tenant.clone()).stream_names();
+    while let Some(name) = futures::StreamExt::next(&mut names).await {
+        assert!(
+            !name.unwrap().starts_with("LOGSOCKET_"),
+            "a tenant lists log-socket's streams"
+        );
+    }
+    // Anonymous clients, and a wrong password, are refused.
+    assert!(async_nats::connect(server.url()).await.is_err(), "anonymous");
+    assert!(as_user("log-socket", "guess").await.is_err(), "a wrong password");
+    // log-socket's own user reads records only through JetStream, never by subscribing.
+    let own = as_user("log-socket", password).await.unwrap();
+    let mut direct = own.subscribe("logsocket.>").await.unwrap();
+    let _ = own.flush().await;
+    assert_eq!(post_batch(&a, "m", 3, 1).await, 200);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), futures::StreamExt::next(&mut direct))
+            .await
+            .map_or(true, |m| m.is_none()),
+        "subscribing to the subjects is denied"
+    );
+}

@@ -35,6 +35,8 @@ pub struct Nats {
     child: Option<Child>,
     pub port: u16,
     pub dir: PathBuf,
+    /// A configuration file's text and the environment it reads (see [`Nats::start_with`]).
+    config: Option<(String, Vec<(String, String)>)>,
 }
 
 impl Nats {
@@ -46,6 +48,24 @@ impl Nats {
             child: None,
             port,
             dir: dir.to_owned(),
+            config: None,
+        };
+        nats.restart();
+        Some(nats)
+    }
+
+    /// [`Nats::start`] with the configuration `config` (its `store_dir` and ports replaced by
+    /// the test's) and environment `env` (the variables it names, e.g. passwords).
+    pub fn start_with(dir: &Path, config: &str, env: &[(&str, &str)]) -> Option<Nats> {
+        command()?;
+        let mut nats = Nats {
+            child: None,
+            port: free_port(),
+            dir: dir.to_owned(),
+            config: Some((
+                config.to_owned(),
+                env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            )),
         };
         nats.restart();
         Some(nats)
@@ -65,8 +85,24 @@ impl Nats {
             .open(self.dir.join("nats.log"))
             .unwrap();
         let mut cmd = Command::new(command().unwrap());
-        cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
-            .arg(self.dir.join("store"))
+        if let Some((config, env)) = &self.config {
+            let store = self.dir.join("store");
+            let text = config
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("http_port") && !l.trim_start().starts_with("port"))
+                .map(|l| match l.trim_start().starts_with("store_dir") {
+                    true => format!("  store_dir: {:?}", store.display().to_string()),
+                    false => l.to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            let file = self.dir.join("nats.conf");
+            std::fs::write(&file, text).unwrap();
+            cmd.arg("-c").arg(file).envs(env.iter().map(|(k, v)| (k, v)));
+        } else {
+            cmd.args(["-js", "-sd"]).arg(self.dir.join("store"));
+        }
+        cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -278,8 +278,13 @@ async fn the_examples_are_accepted_by_the_api_server() {
     assert_eq!(deployment["spec"]["replicas"], 2);
     let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
     assert!(
-        args.contains("--bus=nats") && args.contains("--nats-url=nats://nats.nats.svc:4222"),
+        args.contains("--bus=nats") && args.contains("--bus-key-file=/etc/log-socket/bus/keys"),
         "{args}"
+    );
+    let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+    assert!(
+        env.contains("LOG_SOCKET_NATS_URL") && env.contains("log-socket-nats-url"),
+        "{env}"
     );
     assert!(docs.iter().any(|d| d["kind"] == "PodDisruptionBudget"));
     dry_run(&rendered.replace("apiVersion: policy/v1\n", "apiVersion: policy/v1beta1\n"));

@@ -160,6 +160,10 @@ impl NatsBus {
                 .await
                 .map_err(|e| BusError(format!("cannot read the credentials file {}: {e}", path.display())))?;
         }
+        // A user and password in the URL (async-nats reads them only with a bare connect).
+        if let Some((user, password)) = userinfo(&options.url) {
+            connect = connect.user_and_password(user, password);
+        }
         if let Some(ca) = &options.ca_file {
             connect = connect.add_root_certificates(ca.clone()).require_tls(true);
         }
@@ -533,6 +537,15 @@ fn decompress(payload: &[u8], max: usize) -> Result<bytes::Bytes, BusError> {
     Ok(out.into())
 }
 
+/// The user and password of the first URL of `urls` (`nats://USER:PASSWORD@host:port,...`).
+fn userinfo(urls: &str) -> Option<(String, String)> {
+    let first = urls.split(',').next()?.trim();
+    let rest = first.split_once("://").map_or(first, |(_, r)| r);
+    let (info, _) = rest.split_once('@')?;
+    let (user, password) = info.split_once(':').unwrap_or((info, ""));
+    Some((user.to_owned(), password.to_owned()))
+}
+
 /// An error making `key`'s stream, saying so when another stream captures its subject.
 pub(super) fn captured(key: &TapKey, e: impl std::fmt::Display) -> BusError {
     let text = e.to_string();
@@ -652,5 +665,14 @@ mod tests {
             open_batch(&keys, subject, None, body, 1 << 20, 10).is_err(),
             "a plain array"
         );
+    }
+
+    #[test]
+    fn a_user_and_password_are_read_from_the_first_url() {
+        assert_eq!(
+            userinfo("nats://log-socket:s3cret@nats:4222,tls://other:4222"),
+            Some(("log-socket".into(), "s3cret".into()))
+        );
+        assert_eq!(userinfo("nats://nats:4222"), None);
     }
 }

@@ -645,42 +645,70 @@ async fn a_request_of_more_records_than_allowed_is_refused_whole_with_413() {
 }
 
 #[tokio::test]
-async fn a_client_that_keeps_failing_to_authenticate_is_slowed_down_and_others_are_not() {
-    let r = start().await;
-    // Behind the API server's service proxy every user comes from one address; the proxy says
-    // who the client was in X-Forwarded-For.
-    let attempt = |token: &'static str, client: &'static str| {
-        let api = r.api;
-        async move {
-            let headers = [
-                ("X-Authorization", token),
-                ("X-Forwarded-For", client),
-                ("Connection", "Upgrade"),
-                ("Upgrade", "websocket"),
-                ("Sec-WebSocket-Version", "13"),
-                ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
-                ("Sec-WebSocket-Protocol", "logsocket.v1"),
-            ];
-            request(api, "GET", "/flow/shop/web", &headers, b"").await
+async fn a_client_that_keeps_failing_to_authenticate_is_slowed_down_and_a_valid_token_never_is() {
+    for trusted in [true, false] {
+        // Behind the API server's service proxy every user comes from one address, which the
+        // proxy appends to X-Forwarded-For; trusted (--trusted-proxies) or not.
+        let r = start_with(
+            RelayConfig {
+                trusted_proxies: if trusted {
+                    log_socket::auth::limit::TrustedProxies::parse("127.0.0.0/8").unwrap()
+                } else {
+                    Default::default()
+                },
+                ..Default::default()
+            },
+            Arc::new(AllowAll),
+        )
+        .await;
+        let attempt = |token: &'static str, forwarded: String| {
+            let api = r.api;
+            async move {
+                let headers = [
+                    ("X-Authorization", token),
+                    ("X-Forwarded-For", forwarded.as_str()),
+                    ("Connection", "Upgrade"),
+                    ("Upgrade", "websocket"),
+                    ("Sec-WebSocket-Version", "13"),
+                    ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                    ("Sec-WebSocket-Protocol", "logsocket.v1"),
+                ];
+                request(api, "GET", "/flow/shop/web", &headers, b"").await
+            }
+        };
+        // 500 bad tokens from one client, which also writes made-up addresses of its own in
+        // front of what the proxy appends.
+        let mut limited = 0;
+        for i in 0..500 {
+            let (code, body) = attempt("guess", format!("198.51.100.{}, 192.0.2.10", i % 250)).await;
+            match code {
+                401 => assert!(i < 20, "attempt {i}: still 401 past the budget"),
+                429 => {
+                    assert!(body.contains("too many failed authentications"), "{body}");
+                    limited += 1;
+                }
+                other => panic!("attempt {i}: {other} {body}"),
+            }
         }
-    };
-    for i in 0..20 {
-        let (code, body) = attempt("guess", "192.0.2.10").await;
-        assert_eq!(code, 401, "attempt {i}: {body}");
         assert_eq!(
-            body.trim(),
-            "unauthenticated: the token was not accepted (expired, revoked, or not for this cluster)"
+            limited, 480,
+            "trusted {trusted}: told to slow down past its 20 failures"
         );
+        // A valid token is accepted all the same, from that client and from another (past
+        // authentication: this raw request then gets the WebSocket handshake's answer).
+        for forwarded in ["192.0.2.10", "192.0.2.11"] {
+            let (code, body) = attempt("tok-alice", forwarded.into()).await;
+            assert!(
+                code != 429 && code != 401,
+                "trusted {trusted}, {forwarded}: {code} {body}"
+            );
+        }
+        // Another client behind a trusted proxy has its own budget.
+        let (code, body) = attempt("guess", "192.0.2.11".into()).await;
+        assert_eq!(code, if trusted { 401 } else { 429 }, "trusted {trusted}: {body}");
+        let metrics = r.relay.metrics.encode();
+        assert!(metrics.contains(r#"kind="listener_auth_limited""#), "{metrics}");
     }
-    let (code, body) = attempt("tok-alice", "192.0.2.10").await;
-    assert_eq!(code, 429, "even a good token waits out the window: {body}");
-    assert!(body.contains("too many failed authentications"), "{body}");
-    // Another user behind the same proxy is not affected: past authentication (this raw
-    // request then gets the WebSocket handshake's answer).
-    let (code, body) = attempt("tok-bob", "192.0.2.11").await;
-    assert!(code != 429 && code != 401, "{code} {body}");
-    let metrics = r.relay.metrics.encode();
-    assert!(metrics.contains(r#"kind="listener_auth_limited""#), "{metrics}");
 }
 
 #[tokio::test]

@@ -1,11 +1,14 @@
-//! A bound on failed listener authentications per client, so random tokens cannot turn the
-//! relay into a TokenReview flood against the API server (answers to repeated tokens are
-//! already cached, failures included).
+//! A bound on failed listener authentications per client, so a client trying tokens is told to
+//! slow down (`429`) and its reviews queue behind a small, fair allowance instead of flooding
+//! the API server with TokenReviews (answers to repeated tokens are cached, failures included).
+//! A token that authenticates is never refused for it: a blocked client's tokens are still
+//! checked, in turn.
 //!
-//! A client is its address, and behind the API server's service proxy (one address for every
-//! user) the `X-Forwarded-For` the proxy adds: each gets [`PER_CLIENT`] failures per
-//! [`WINDOW`]. Since a direct client can write any `X-Forwarded-For`, its address alone also
-//! gets a larger budget, [`PER_ADDRESS`].
+//! A client is what it cannot choose: its connection's address, or, when that address is a
+//! configured proxy (`--trusted-proxies`, e.g. the API servers whose service proxy k8stail goes
+//! through), the address the proxy appended last to `X-Forwarded-For`. Anything a client writes
+//! itself (the rest of `X-Forwarded-For`) is ignored. Each gets [`PER_CLIENT`] failures per
+//! [`WINDOW`].
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -14,7 +17,6 @@ use std::time::{Duration, Instant};
 
 pub const WINDOW: Duration = Duration::from_secs(10);
 pub const PER_CLIENT: u32 = 20;
-pub const PER_ADDRESS: u32 = 200;
 /// Clients tracked at most; expired entries are dropped when there are more.
 const MAX_TRACKED: usize = 10_000;
 
@@ -33,50 +35,96 @@ pub struct Client<'a> {
     pub forwarded_for: Option<&'a str>,
 }
 
-impl Client<'_> {
-    fn keys(&self) -> [(String, u32); 2] {
-        let address = self.address.map_or_else(|| "-".to_owned(), |a| a.to_string());
-        let forwarded: String = self
-            .forwarded_for
-            .and_then(|f| f.split(',').next())
+/// Networks whose `X-Forwarded-For` is believed (`--trusted-proxies`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(pub Vec<(IpAddr, u8)>);
+
+impl TrustedProxies {
+    /// `ADDRESS[/BITS]`, comma-separated.
+    pub fn parse(text: &str) -> Result<TrustedProxies, String> {
+        text.split(',')
             .map(str::trim)
-            .unwrap_or("")
-            .chars()
-            .take(64)
-            .collect();
-        [(format!("{address} {forwarded}"), PER_CLIENT), (address, PER_ADDRESS)]
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                let (addr, bits) = s.split_once('/').unwrap_or((s, ""));
+                let addr: IpAddr = addr.parse().map_err(|_| format!("{s:?} is not an address or CIDR"))?;
+                let max = if addr.is_ipv4() { 32 } else { 128 };
+                let bits = match bits {
+                    "" => max,
+                    b => b
+                        .parse()
+                        .ok()
+                        .filter(|b| *b <= max)
+                        .ok_or_else(|| format!("{s:?}: bad prefix length"))?,
+                };
+                Ok((addr, bits))
+            })
+            .collect::<Result<_, _>>()
+            .map(TrustedProxies)
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let bits = |ip: IpAddr| -> u128 {
+            match ip {
+                IpAddr::V4(v) => u128::from(u32::from(v)) << 96,
+                IpAddr::V6(v) => u128::from(v),
+            }
+        };
+        self.0.iter().any(|(net, len)| {
+            if net.is_ipv4() != ip.is_ipv4() {
+                return false;
+            }
+            // IPv4 addresses sit in the top 32 bits, so a prefix counts from the top either way.
+            let len = u32::from(*len);
+            let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+            bits(*net) & mask == bits(ip) & mask
+        })
+    }
+}
+
+impl Client<'_> {
+    /// The key of the client: the proxy's last `X-Forwarded-For` entry when the connection
+    /// comes from a trusted proxy, else the connection's address.
+    fn key(&self, trusted: &TrustedProxies) -> String {
+        let address = self.address.map_or_else(|| "-".to_owned(), |a| a.to_string());
+        match (self.address, self.forwarded_for) {
+            (Some(peer), Some(forwarded)) if trusted.contains(peer) => {
+                let last: String = forwarded
+                    .rsplit(',')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .chars()
+                    .take(64)
+                    .collect();
+                format!("{address} {last}")
+            }
+            _ => address,
+        }
     }
 }
 
 impl FailureLimit {
     /// How long until `client` may try again, if it used up its failures.
-    pub fn blocked(&self, client: &Client<'_>) -> Option<Duration> {
+    pub fn blocked(&self, client: &Client<'_>, trusted: &TrustedProxies) -> Option<Duration> {
         let map = self.failures.lock().unwrap();
-        client
-            .keys()
-            .iter()
-            .filter_map(|(k, max)| {
-                let (n, since) = map.get(k)?;
-                let left = WINDOW.checked_sub(since.elapsed())?;
-                (*n >= *max).then_some(left)
-            })
-            .max()
+        let (n, since) = map.get(&client.key(trusted))?;
+        let left = WINDOW.checked_sub(since.elapsed())?;
+        (*n >= PER_CLIENT).then_some(left)
     }
 
     /// Count a failed authentication of `client`.
-    pub fn failed(&self, client: &Client<'_>) {
+    pub fn failed(&self, client: &Client<'_>, trusted: &TrustedProxies) {
         let now = Instant::now();
         let mut map = self.failures.lock().unwrap();
         if map.len() >= MAX_TRACKED {
             map.retain(|_, (_, since)| now.duration_since(*since) < WINDOW);
         }
-        for (key, _) in client.keys() {
-            let entry = map.entry(key).or_insert((0, now));
-            if now.duration_since(entry.1) >= WINDOW {
-                *entry = (0, now);
-            }
-            entry.0 += 1;
+        let entry = map.entry(client.key(trusted)).or_insert((0, now));
+        if now.duration_since(entry.1) >= WINDOW {
+            *entry = (0, now);
         }
+        entry.0 += 1;
     }
 }
 
@@ -84,8 +132,12 @@ impl FailureLimit {
 mod tests {
     use super::*;
 
+    fn proxy() -> TrustedProxies {
+        TrustedProxies::parse("10.0.0.0/24").unwrap()
+    }
+
     #[test]
-    fn a_client_is_stopped_after_its_failures_and_others_are_not() {
+    fn behind_a_trusted_proxy_each_client_has_its_own_budget() {
         let limit = FailureLimit::default();
         let addr = Some("10.0.0.1".parse().unwrap());
         let alice = Client {
@@ -94,32 +146,53 @@ mod tests {
         };
         let bob = Client {
             address: addr,
-            forwarded_for: Some("192.0.2.8, 10.0.0.9"),
+            forwarded_for: Some("192.0.2.8"),
         };
         for _ in 0..PER_CLIENT {
-            assert_eq!(limit.blocked(&alice), None);
-            limit.failed(&alice);
+            assert_eq!(limit.blocked(&alice, &proxy()), None);
+            limit.failed(&alice, &proxy());
         }
-        let left = limit.blocked(&alice).expect("blocked");
+        let left = limit.blocked(&alice, &proxy()).expect("blocked");
         assert!(left <= WINDOW);
-        assert_eq!(limit.blocked(&bob), None, "another client behind the same proxy");
+        assert_eq!(
+            limit.blocked(&bob, &proxy()),
+            None,
+            "another client behind the same proxy"
+        );
     }
 
     #[test]
-    fn a_client_that_invents_forwarded_addresses_is_stopped_by_its_own_address() {
+    fn what_a_client_writes_in_x_forwarded_for_itself_is_ignored() {
         let limit = FailureLimit::default();
-        let addr = Some("10.0.0.2".parse().unwrap());
-        let names: Vec<String> = (0..PER_ADDRESS).map(|i| format!("198.51.100.{i}")).collect();
-        for n in &names {
-            limit.failed(&Client {
-                address: addr,
-                forwarded_for: Some(n),
-            });
-        }
-        let fresh = Client {
-            address: addr,
-            forwarded_for: Some("203.0.113.1"),
+        // Through the trusted proxy: only the entry the proxy appended (the last) counts.
+        let via = |written: &str| Client {
+            address: Some("10.0.0.1".parse().unwrap()),
+            forwarded_for: Some(Box::leak(format!("{written}, 192.0.2.66").into_boxed_str())),
         };
-        assert!(limit.blocked(&fresh).is_some());
+        for i in 0..PER_CLIENT {
+            limit.failed(&via(&format!("198.51.100.{i}")), &proxy());
+        }
+        assert!(limit.blocked(&via("203.0.113.1"), &proxy()).is_some());
+        // Directly (not a trusted proxy): the header is ignored, the address is the client.
+        let direct = |written: &'static str| Client {
+            address: Some("172.16.0.9".parse().unwrap()),
+            forwarded_for: Some(written),
+        };
+        for _ in 0..PER_CLIENT {
+            limit.failed(&direct("198.51.100.1"), &proxy());
+        }
+        assert!(limit.blocked(&direct("203.0.113.1"), &proxy()).is_some());
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_networks() {
+        let t = TrustedProxies::parse("10.0.0.0/8, 192.0.2.1, fd00::/8").unwrap();
+        assert!(t.contains("10.1.2.3".parse().unwrap()));
+        assert!(t.contains("192.0.2.1".parse().unwrap()));
+        assert!(!t.contains("192.0.2.2".parse().unwrap()));
+        assert!(t.contains("fd12::1".parse().unwrap()));
+        assert!(!t.contains("11.0.0.1".parse().unwrap()));
+        assert!(TrustedProxies::parse("10.0.0.0/33").is_err());
+        assert!(TrustedProxies::parse("nope").is_err());
     }
 }

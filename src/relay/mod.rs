@@ -58,6 +58,8 @@ pub struct RelayConfig {
     /// Request headers (on both ports) must arrive within this time, else the connection is
     /// closed: a client trickling headers cannot hold a connection and its buffer.
     pub header_timeout: Duration,
+    /// Proxies whose `X-Forwarded-For` names the client (the login failure budget's key).
+    pub trusted_proxies: crate::auth::limit::TrustedProxies,
 }
 
 impl Default for RelayConfig {
@@ -79,6 +81,7 @@ impl Default for RelayConfig {
             write_timeout: Duration::from_secs(10),
             ingest_body_timeout: Duration::from_secs(30),
             header_timeout: Duration::from_secs(10),
+            trusted_proxies: Default::default(),
         }
     }
 }

@@ -311,6 +311,7 @@ impl ServiceConfig {
             write_timeout: self.api.write_timeout.0,
             ingest_body_timeout: self.ingest.ingest_body_timeout.0,
             header_timeout: self.api.header_timeout.0,
+            trusted_proxies: self.api.trusted_proxies.clone(),
         }
     }
 

@@ -162,6 +162,15 @@ pub struct ApiSettings {
     )]
     pub header_timeout: GoDuration,
 
+    /// Proxies (addresses or CIDRs, comma-separated) whose `X-Forwarded-For` names the
+    /// listener: the API servers whose service proxy k8stail goes through (`kubectl get
+    /// endpoints kubernetes -n default`). Failed logins are then counted per client behind
+    /// them; otherwise per connecting address (every user of one proxy shares the count, and a
+    /// valid token is accepted all the same). `X-Forwarded-For` from anyone else is ignored.
+    #[arg(long, env = "LOG_SOCKET_TRUSTED_PROXIES", value_name = "CIDRS", default_value = "", value_parser = trusted_proxies)]
+    #[serde(serialize_with = "proxies_as_text")]
+    pub trusted_proxies: crate::auth::limit::TrustedProxies,
+
     /// Listeners one user may have open on this relay at once (more: 429).
     #[arg(
         long,
@@ -445,4 +454,13 @@ pub enum RecordPolicy {
 fn as_value_name<S: serde::Serializer, T: ValueEnum>(value: &T, s: S) -> Result<S::Ok, S::Error> {
     let name = value.to_possible_value().expect("no skipped variants");
     s.serialize_str(name.get_name())
+}
+
+fn trusted_proxies(text: &str) -> Result<crate::auth::limit::TrustedProxies, String> {
+    crate::auth::limit::TrustedProxies::parse(text)
+}
+
+fn proxies_as_text<S: serde::Serializer>(p: &crate::auth::limit::TrustedProxies, s: S) -> Result<S::Ok, S::Error> {
+    let text: Vec<String> = p.0.iter().map(|(a, b)| format!("{a}/{b}")).collect();
+    s.serialize_str(&text.join(","))
 }

@@ -44,6 +44,9 @@ struct State {
     ingest_slots: Semaphore,
     /// Failed listener authentications per client.
     failures: FailureLimit,
+    /// TokenReviews of clients over their failure budget go through here, a few at a time and
+    /// in turn: a flood waits its turn, and a valid token in it is still accepted.
+    blocked_reviews: tokio::sync::Semaphore,
     metrics_access: MetricsAccess,
     /// Open listeners per user name.
     listeners_per_user: std::sync::Mutex<std::collections::HashMap<String, usize>>,
@@ -65,6 +68,7 @@ impl Http {
         let state = Arc::new(State {
             ingest_slots: Semaphore::new(relay.config.max_concurrent_ingest),
             failures: FailureLimit::default(),
+            blocked_reviews: tokio::sync::Semaphore::new(BLOCKED_REVIEWS),
             metrics_access,
             listeners_per_user: Default::default(),
             relay,
@@ -145,12 +149,19 @@ fn token(headers: &HeaderMap) -> Option<String> {
 /// (the same scheme as the API server's `base64url.bearer.authorization.k8s.io.`).
 pub const TOKEN_SUBPROTOCOL_PREFIX: &str = "base64url.bearer.logsocket.dev.";
 
+/// TokenReviews at once for clients over their failure budget (all of them together).
+const BLOCKED_REVIEWS: usize = 4;
+/// How long a blocked client's review may wait for its turn before it is told to retry.
+const BLOCKED_REVIEW_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn authenticate(headers: &HeaderMap, peer: Option<PeerAddr>, state: &State) -> Result<Identity, Reply> {
     let client = Client {
         address: peer.map(|p| p.0.ip()),
         forwarded_for: headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
     };
-    if let Some(wait) = state.failures.blocked(&client) {
+    let trusted = &state.relay.config.trusted_proxies;
+    let blocked = state.failures.blocked(&client, trusted);
+    let too_many = |wait: std::time::Duration| {
         state.relay.metrics.error("listener_auth_limited");
         let mut reply = text(
             StatusCode::TOO_MANY_REQUESTS,
@@ -162,19 +173,34 @@ async fn authenticate(headers: &HeaderMap, peer: Option<PeerAddr>, state: &State
         reply
             .headers_mut()
             .insert("retry-after", (wait.as_secs() + 1).to_string().parse().unwrap());
-        return Err(reply);
-    }
+        reply
+    };
     let Some(token) = token(headers) else {
-        state.failures.failed(&client);
+        state.failures.failed(&client, trusted);
+        if let Some(wait) = blocked {
+            return Err(too_many(wait));
+        }
         return Err(text(
             StatusCode::UNAUTHORIZED,
             "missing token: send it in the X-Authorization header (or Authorization: Bearer)",
         ));
     };
+    // A client over its budget still has its token checked (a valid one is never refused for
+    // what others behind the same address did), but only a few such reviews run at once.
+    let _turn = match blocked {
+        Some(wait) => match tokio::time::timeout(BLOCKED_REVIEW_WAIT, state.blocked_reviews.acquire()).await {
+            Ok(Ok(turn)) => Some(turn),
+            _ => return Err(too_many(wait)),
+        },
+        None => None,
+    };
     state.authenticator.authenticate(&token).await.map_err(|e| match e {
         AuthError::Rejected(_) => {
-            state.failures.failed(&client);
+            state.failures.failed(&client, trusted);
             state.relay.metrics.error("listener_unauthenticated");
+            if let Some(wait) = blocked {
+                return too_many(wait);
+            }
             // The reason stays in the service's debug log: what the API server says about a
             // token is not for whoever presented it.
             text(

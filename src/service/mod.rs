@@ -179,7 +179,8 @@ fn nats_policy_checked(cfg: &ServiceConfig) -> Result<(std::path::PathBuf, bool)
     // A credentials file, or a user and password in the URL (from a Secret: the chart's
     // bus.nats.urlSecret).
     let credentials = b.nats_credentials.is_some() || without_userinfo(&b.nats_url) != b.nats_url;
-    let open = !cfg.standalone && !(credentials && tls);
+    let secured = credentials && tls;
+    let open = !cfg.standalone && !secured;
     if open && !b.nats_insecure {
         return Err(Error::Config(format!(
             "--bus nats in cluster mode needs NATS credentials and TLS ({}): without them any pod that reaches NATS can delete or squat the taps' streams. Give --nats-credentials FILE or a user in the URL (of an account of log-socket's own, allowed only logsocket.> and the JetStream API; see docs/security.md#the-nats-bus) and a tls:// URL or --nats-ca-file FILE, or --nats-insecure for an isolated test setup",

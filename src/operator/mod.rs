@@ -27,6 +27,7 @@
 //!
 //! The operator never reads records: it only shapes the pipeline that delivers them.
 
+pub mod buffer_bounds;
 mod children;
 pub mod context;
 pub mod controller;
@@ -83,6 +84,8 @@ pub struct OperatorConfig {
     /// A tap refused for its configuration check (or a flow that cannot use its output) is
     /// tried again after this long ([`CONFIG_RETRY`]; tests shorten it).
     pub config_retry: Duration,
+    /// Memory one tap's buffer may use in the shared fluentd (`--max-tap-buffer-bytes`).
+    pub max_tap_buffer_bytes: u64,
     /// Mode of the ephemeral taps listeners create.
     pub mode: crate::k8s::flowtap::TapMode,
     /// Only FlowTaps of this namespace (a namespaced install); all namespaces when `None`.
@@ -123,6 +126,7 @@ impl OperatorConfig {
             output_accept_timeout: Duration::from_secs(30),
             sweep_interval: Duration::from_secs(60),
             config_retry: CONFIG_RETRY,
+            max_tap_buffer_bytes: buffer_bounds::DEFAULT_MAX_BYTES,
             mode: crate::k8s::flowtap::TapMode::Patch,
             namespace: None,
             limits: Default::default(),

@@ -62,6 +62,14 @@ pub(super) async fn ensure_children(
             ..refuse(OutputState::Ready, FlowState::Refused(r))
         });
     }
+    // The tap's buffer lives in the Logging's shared fluentd: bounded before anything is made.
+    if let Some(r) = super::buffer_bounds::check(&tap.spec.buffer, ctx.config.max_tap_buffer_bytes) {
+        children::teardown(tap, patched, ctx).await?;
+        return Ok(Step {
+            recheck: None,
+            ..refuse(OutputState::Refused(r), FlowState::Skipped)
+        });
+    }
     let Some(logging_ref) = children::flow_logging_ref(tap, ctx).await? else {
         children::teardown(tap, patched, ctx).await?;
         return Ok(Step {

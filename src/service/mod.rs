@@ -532,6 +532,7 @@ fn operator_config(cfg: &ServiceConfig) -> OperatorConfig {
         output_accept_timeout: cfg.operator_settings.output_accept_timeout.0,
         sweep_interval: Duration::from_secs(60),
         config_retry: crate::operator::trial::CONFIG_RETRY,
+        max_tap_buffer_bytes: cfg.operator_settings.max_tap_buffer_bytes,
         limits: crate::operator::Limits {
             taps_per_user: cfg.taps.max_taps_per_user.max(1),
             sessions_per_tap: cfg.taps.max_sessions_per_tap.max(1),

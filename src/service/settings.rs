@@ -391,6 +391,11 @@ pub struct OperatorSettings {
     )]
     pub output_accept_timeout: GoDuration,
 
+    /// Memory one FlowTap's buffer may use in the Logging's shared fluentd, in bytes
+    /// (`spec.buffer.totalLimitSize`; more is refused with `BufferOutOfRange`).
+    #[arg(long, env = "LOG_SOCKET_MAX_TAP_BUFFER_BYTES", default_value_t = crate::operator::buffer_bounds::DEFAULT_MAX_BYTES, value_name = "BYTES")]
+    pub max_tap_buffer_bytes: u64,
+
     /// How the taps listeners create reach their flow: `patch` appends the tap's output to the
     /// flow; `mirror` leaves the flow alone and feeds the tap from a managed sibling flow (for
     /// flows a GitOps tool owns).

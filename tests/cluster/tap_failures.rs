@@ -496,3 +496,49 @@ async fn a_flow_logging_operator_would_drop_for_the_taps_output_is_restored_at_o
         "dropped again after the restore"
     );
 }
+
+#[tokio::test]
+async fn a_tap_asking_for_more_buffer_than_the_shared_fluentd_allows_is_refused_and_renders_nothing() {
+    let admin = cluster::client().await;
+    let ns = cluster::namespace(&admin, "fail-buffer").await;
+    let h = cluster::harness_with(admin.clone(), ns.clone(), true, LINGER, Duration::from_secs(6)).await;
+    cluster::create_flow(&admin, &ns, "web", flow_spec()).await;
+    let watched = crate::watch::Watched::start(&admin, &ns).await;
+    persistent_tap(
+        &h,
+        "greedy",
+        json!({"flowRef": {"kind": "Flow", "name": "web"}, "persistent": true,
+               "buffer": {"totalLimitSize": "500g", "flushInterval": "24h"}}),
+    )
+    .await;
+    let s = status_when(&h, "greedy", "refused", |s| s.phase == Some(Phase::Failed)).await;
+    let ready = s.conditions.iter().find(|c| c.type_ == "OutputReady").unwrap();
+    assert_eq!(ready.reason, "BufferOutOfRange");
+    assert!(
+        ready.message.contains("500g") && ready.message.contains("64Mi"),
+        "{}",
+        ready.message
+    );
+    // Brought within the bounds, it proceeds.
+    Api::<FlowTap>::namespaced(admin.clone(), &ns)
+        .patch(
+            "greedy",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"buffer": {"totalLimitSize": "32m", "flushInterval": "2s"}}})),
+        )
+        .await
+        .unwrap();
+    status_when(&h, "greedy", "Active", |s| s.phase == Some(Phase::Active)).await;
+    // Nothing was made while it asked for too much: the first output has the bounded buffer.
+    let first = watched
+        .versions("Output", "logsocket-greedy")
+        .into_iter()
+        .next()
+        .expect("an output");
+    assert_eq!(
+        first.2["spec"]["http"]["buffer"]["total_limit_size"], "32m",
+        "{}",
+        first.2
+    );
+    never_broke_the_render(&h).await;
+}

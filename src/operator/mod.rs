@@ -97,11 +97,15 @@ pub struct OperatorConfig {
 /// Caps on what listeners may make the operator hold, each refused with 429 and the reason.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Flows one user may be tapping through one relay at once (each a FlowTap it may cause
-    /// to be created).
+    /// Flows one user may be tapping at once, counted over every relay from the FlowTaps'
+    /// sessions (each a FlowTap it may cause to be created); the ServiceAccounts of one
+    /// namespace share one such budget.
     pub taps_per_user: usize,
     /// Sessions one FlowTap holds, from all relays.
     pub sessions_per_tap: usize,
+    /// FlowTaps one namespace may hold before listeners may create no more there (joining an
+    /// existing one stays possible): each is a change of the shared Logging.
+    pub taps_per_namespace: usize,
 }
 
 impl Default for Limits {
@@ -109,6 +113,7 @@ impl Default for Limits {
         Limits {
             taps_per_user: 10,
             sessions_per_tap: 200,
+            taps_per_namespace: 20,
         }
     }
 }

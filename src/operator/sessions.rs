@@ -142,19 +142,74 @@ impl ClusterSessions {
         format!("{}/{id}", self.config.instance)
     }
 
-    /// Why `session` would take its user over the flows one user may tap at once, if it would.
-    fn over_taps_per_user(&self, session: &SessionInfo) -> Option<String> {
+    /// Why `session` would go over a cap, if it would: the flows its user (or the
+    /// ServiceAccounts of its namespace) may tap at once, counted over every relay from the
+    /// FlowTaps' sessions (this relay's own registrations too, which the cache may not show
+    /// yet); and, for a flow no FlowTap taps yet, the FlowTaps its namespace may hold.
+    fn over_caps(&self, session: &SessionInfo) -> Option<String> {
+        use crate::protocol::TapKey;
+        use std::collections::HashSet;
         let user = &session.identity.username;
-        let mine = self.mine.lock().unwrap();
-        let flows: std::collections::HashSet<&crate::protocol::TapKey> = mine
-            .registered
-            .values()
-            .filter(|m| &m.info.identity.username == user)
-            .map(|m| &m.info.tap)
+        // system:serviceaccount:NS:NAME -> every ServiceAccount of NS is one budget.
+        let group = |u: &str| -> String {
+            match u.strip_prefix("system:serviceaccount:").and_then(|r| r.split_once(':')) {
+                Some((ns, _)) => format!("system:serviceaccount:{ns}:*"),
+                None => u.to_owned(),
+            }
+        };
+        let who = group(user);
+        let taps = self.taps.state();
+        let key_of = |t: &FlowTap| TapKey {
+            kind: t.spec.flow_ref.kind,
+            namespace: t.namespace().unwrap_or_default(),
+            name: t.spec.flow_ref.name.clone(),
+        };
+        let mut flows: HashSet<TapKey> = taps
+            .iter()
+            .filter(|t| {
+                t.status
+                    .iter()
+                    .flat_map(|s| s.sessions.iter())
+                    .any(|s| group(&s.user) == who)
+            })
+            .map(|t| key_of(t))
             .collect();
+        {
+            let mine = self.mine.lock().unwrap();
+            flows.extend(
+                mine.registered
+                    .values()
+                    .filter(|m| group(&m.info.identity.username) == who)
+                    .map(|m| m.info.tap.clone()),
+            );
+        }
         let max = self.config.limits.taps_per_user;
-        (!flows.contains(&session.tap) && flows.len() >= max).then(|| {
-            format!("{user} is tapping {max} flows through this relay (--max-taps-per-user); close a listener of another flow first")
+        if !flows.contains(&session.tap) && flows.len() >= max {
+            let whom = if who.ends_with(":*") {
+                format!(
+                    "the ServiceAccounts of namespace {}",
+                    who.trim_start_matches("system:serviceaccount:").trim_end_matches(":*")
+                )
+            } else {
+                user.clone()
+            };
+            return Some(format!(
+                "{whom} tap {} flows already, through all replicas (--max-taps-per-user {max}); close a listener of another flow first",
+                flows.len()
+            ));
+        }
+        let ns = &session.tap.namespace;
+        let in_ns: Vec<&std::sync::Arc<FlowTap>> = taps
+            .iter()
+            .filter(|t| t.namespace().as_deref() == Some(ns.as_str()))
+            .collect();
+        let exists = in_ns.iter().any(|t| key_of(t) == session.tap);
+        let max = self.config.limits.taps_per_namespace;
+        (!exists && in_ns.len() >= max).then(|| {
+            format!(
+                "namespace {ns} holds {} FlowTaps (--max-taps-per-namespace {max}), each a change of the shared Logging; join a flow tapped already, or wait for a tap to end",
+                in_ns.len()
+            )
         })
     }
 
@@ -409,7 +464,7 @@ impl Sessions for ClusterSessions {
                     self.allowed.put(key, ());
                 }
             }
-            if let Some(why) = self.over_taps_per_user(session) {
+            if let Some(why) = self.over_caps(session) {
                 return Err(JoinError::TooMany(why));
             }
             self.mine.lock().unwrap().live.insert(session.id);

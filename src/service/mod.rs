@@ -535,6 +535,7 @@ fn operator_config(cfg: &ServiceConfig) -> OperatorConfig {
         max_tap_buffer_bytes: cfg.operator_settings.max_tap_buffer_bytes,
         limits: crate::operator::Limits {
             taps_per_user: cfg.taps.max_taps_per_user.max(1),
+            taps_per_namespace: cfg.taps.max_taps_per_namespace.max(1),
             sessions_per_tap: cfg.taps.max_sessions_per_tap.max(1),
         },
     }

@@ -236,10 +236,22 @@ pub struct ApiSettings {
 #[serde(rename_all = "kebab-case")]
 #[command(next_help_heading = "Taps (replay, linger, limits)")]
 pub struct TapSettings {
-    /// Cluster mode: flows one user may be tapping through this relay at once, each a FlowTap
-    /// it may cause to be created (more: 429).
+    /// Cluster mode: flows one user may be tapping at once, counted over every replica from
+    /// the FlowTaps' sessions, each a FlowTap it may cause to be created (more: 429). The
+    /// ServiceAccounts of one namespace share one such budget.
     #[arg(long, env = "LOG_SOCKET_MAX_TAPS_PER_USER", default_value_t = 10, value_name = "N")]
     pub max_taps_per_user: usize,
+
+    /// Cluster mode: FlowTaps one namespace may hold before listeners may create no more
+    /// there (joining an existing one stays possible; more: 429). Each new tap changes the
+    /// shared Logging (a render and a fluentd reload for everyone).
+    #[arg(
+        long,
+        env = "LOG_SOCKET_MAX_TAPS_PER_NAMESPACE",
+        default_value_t = 20,
+        value_name = "N"
+    )]
+    pub max_taps_per_namespace: usize,
 
     /// Cluster mode: listener sessions one FlowTap holds, from all relays (more: 429).
     #[arg(

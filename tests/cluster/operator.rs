@@ -981,6 +981,65 @@ async fn a_user_taps_only_so_many_flows_and_a_flowtap_holds_only_so_many_session
         "{err}"
     );
     assert_eq!(listeners(&h, "flow-web").await, Some(2));
-    // Bob's own flow is his first.
-    let _bob_api = connect(&h.relay, &path("api"), &bob).await;
+    // Bob is a ServiceAccount of the same namespace as alice: they share one budget, so his
+    // own first flow is one too many.
+    let err = try_connect(&h.relay, &path("api"), &bob).await.unwrap_err();
+    assert!(
+        err.contains("the ServiceAccounts of namespace") && err.contains("--max-taps-per-user"),
+        "{err}"
+    );
+    // Another replica counts the same sessions (from the FlowTaps), so replicas do not
+    // multiply the budget.
+    let other = cluster::replica(
+        h.client.clone(),
+        &h.ns,
+        log_socket::service::Controller::Off,
+        LINGER,
+        Duration::from_secs(6),
+        |c| c.limits.taps_per_user = 1,
+    )
+    .await;
+    let err = eventually("the other replica refuses alice's second flow", || async {
+        match try_connect(&other, &path("api"), &alice).await {
+            Err(e) => Some(e),
+            // Its FlowTap cache had not seen alice's session yet: leave and look again.
+            Ok(_) => None,
+        }
+    })
+    .await;
+    assert!(err.contains("--max-taps-per-user"), "{err}");
+}
+
+#[tokio::test]
+async fn listeners_create_only_so_many_flowtaps_in_a_namespace_and_may_still_join_tapped_flows() {
+    let client = cluster::client().await;
+    let ns = cluster::namespace(&client, "op-ns-cap").await;
+    let h = cluster::harness_configured(client, ns, true, LINGER, Duration::from_secs(6), |c| {
+        c.limits.taps_per_namespace = 2;
+    })
+    .await;
+    for flow in ["web", "api", "db"] {
+        cluster::create_flow(&h.client, &h.ns, flow, flow_spec()).await;
+    }
+    for flow in ["web", "api"] {
+        persistent_tap(
+            &h,
+            &format!("keep-{flow}"),
+            json!({"flowRef": {"kind": "Flow", "name": flow}, "persistent": true}),
+        )
+        .await;
+    }
+    let alice = listener(&h, "alice").await;
+    let path = |flow: &str| format!("/flow/{}/{flow}", h.ns);
+    let err = eventually("a third FlowTap refused", || async {
+        try_connect(&h.relay, &path("db"), &alice).await.err()
+    })
+    .await;
+    assert!(
+        err.starts_with("429 too many:") && err.contains("--max-taps-per-namespace"),
+        "{err}"
+    );
+    assert!(tap(&h, "flow-db").await.is_none(), "no FlowTap for a refused listener");
+    // A flow tapped already is joined, whatever the count.
+    let _web = connect(&h.relay, &path("web"), &alice).await;
 }

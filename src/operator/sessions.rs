@@ -145,7 +145,7 @@ impl ClusterSessions {
     /// Why `session` would go over a cap, if it would: the flows its user (or the
     /// ServiceAccounts of its namespace) may tap at once, counted over every relay from the
     /// FlowTaps' sessions (this relay's own registrations too, which the cache may not show
-    /// yet); and, for a flow no FlowTap taps yet, the FlowTaps its namespace may hold.
+    /// yet). (The FlowTaps a namespace may hold are counted where one would be created.)
     fn over_caps(&self, session: &SessionInfo) -> Option<String> {
         use crate::protocol::TapKey;
         use std::collections::HashSet;
@@ -198,19 +198,7 @@ impl ClusterSessions {
                 flows.len()
             ));
         }
-        let ns = &session.tap.namespace;
-        let in_ns: Vec<&std::sync::Arc<FlowTap>> = taps
-            .iter()
-            .filter(|t| t.namespace().as_deref() == Some(ns.as_str()))
-            .collect();
-        let exists = in_ns.iter().any(|t| key_of(t) == session.tap);
-        let max = self.config.limits.taps_per_namespace;
-        (!exists && in_ns.len() >= max).then(|| {
-            format!(
-                "namespace {ns} holds {} FlowTaps (--max-taps-per-namespace {max}), each a change of the shared Logging; join a flow tapped already, or wait for a tap to end",
-                in_ns.len()
-            )
-        })
+        None
     }
 
     /// The writer of the FlowTap cache this relay's tap tracking fills (once).
@@ -247,6 +235,18 @@ impl ClusterSessions {
         matching.sort_by_key(|t| (!t.spec.persistent, t.name_any()));
         if let Some(tap) = matching.first() {
             return Ok((tap.name_any(), Some((*tap).clone())));
+        }
+        // A new FlowTap is a change of the shared Logging: a namespace holds only so many.
+        let max = self.config.limits.taps_per_namespace;
+        let live = existing.iter().filter(|t| t.metadata.deletion_timestamp.is_none()).count();
+        if live >= max {
+            let message = format!(
+                "namespace {} holds {live} FlowTaps (--max-taps-per-namespace {max}), each a change of the shared Logging; join a flow tapped already, or wait for a tap to end",
+                session.tap.namespace
+            );
+            return Err(kube::Error::Api(Box::new(
+                kube::core::Status::failure(&message, "TooManyRequests").with_code(429),
+            )));
         }
         let name = ephemeral_tap_name(session.tap.kind, &session.tap.name);
         let mut tap = FlowTap::new(

@@ -563,3 +563,21 @@ fn the_nats_bus_refuses_to_start_without_a_bus_key_and_in_cluster_mode_without_n
         refused(&args, says);
     }
 }
+
+#[test]
+fn print_config_and_help_never_show_the_nats_password() {
+    let out = log_socket(
+        &["run", "--print-config"],
+        &[("LOG_SOCKET_NATS_URL", "nats://log-socket:s3cret-pw@nats:4222")],
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains("nats://nats:4222") && !text.contains("s3cret-pw"),
+        "{text}"
+    );
+    let help = log_socket(
+        &["run", "--help"],
+        &[("LOG_SOCKET_NATS_URL", "nats://log-socket:s3cret-pw@nats:4222")],
+    );
+    assert!(!stdout(&help).contains("s3cret-pw"));
+}

@@ -72,7 +72,14 @@ pub async fn bus_bench() {
     let seal_us = started.elapsed().as_secs_f64() * 1e6 / (rounds * BATCH) as f64;
     let started = Instant::now();
     for _ in 0..rounds {
-        let opened = keys.open(subject, Some(&sealed.seal), Some(&sealed.id), "lz4", &sealed.payload);
+        let opened = keys.open(
+            subject,
+            Some(&sealed.seal),
+            Some(&sealed.id),
+            "lz4",
+            &sealed.payload,
+            None,
+        );
         assert!(opened.is_ok());
     }
     let open_us = started.elapsed().as_secs_f64() * 1e6 / (rounds * BATCH) as f64;

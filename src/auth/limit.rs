@@ -27,6 +27,20 @@ pub struct PeerAddr(pub std::net::SocketAddr);
 #[derive(Default)]
 pub struct FailureLimit {
     failures: Mutex<HashMap<String, (u32, Instant)>>,
+    /// Blocked clients with a review under way: one at a time each.
+    in_review: std::sync::Arc<Mutex<std::collections::HashSet<String>>>,
+}
+
+/// A blocked client's one review under way; ends when dropped.
+pub struct Reviewing {
+    key: String,
+    set: std::sync::Arc<Mutex<std::collections::HashSet<String>>>,
+}
+
+impl Drop for Reviewing {
+    fn drop(&mut self) {
+        self.set.lock().unwrap().remove(&self.key);
+    }
 }
 
 /// Who failed: the address, and what the proxy says the client was.
@@ -64,6 +78,7 @@ impl TrustedProxies {
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
         let bits = |ip: IpAddr| -> u128 {
             match ip {
                 IpAddr::V4(v) => u128::from(u32::from(v)) << 96,
@@ -82,29 +97,57 @@ impl TrustedProxies {
     }
 }
 
+/// An address as a client key: IPv4-mapped IPv6 as IPv4, IPv6 by its /64 (one host gets a
+/// whole /64 to pick from).
+fn client_of(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        v4 => v4.to_string(),
+    }
+}
+
 impl Client<'_> {
-    /// The key of the client: the proxy's last `X-Forwarded-For` entry when the connection
-    /// comes from a trusted proxy, else the connection's address.
+    /// The key of the client: the address the proxy appended last to `X-Forwarded-For` when
+    /// the connection comes from a trusted proxy, else the connection's address. A last entry
+    /// that is not an address gets a bucket of its own, never the proxy's.
     fn key(&self, trusted: &TrustedProxies) -> String {
-        let address = self.address.map_or_else(|| "-".to_owned(), |a| a.to_string());
-        match (self.address, self.forwarded_for) {
-            (Some(peer), Some(forwarded)) if trusted.contains(peer) => {
-                let last: String = forwarded
-                    .rsplit(',')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .chars()
-                    .take(64)
-                    .collect();
-                format!("{address} {last}")
+        let Some(peer) = self.address.map(|a| a.to_canonical()) else {
+            return "-".to_owned();
+        };
+        match self.forwarded_for {
+            Some(forwarded) if trusted.contains(peer) => {
+                let last = forwarded.rsplit(',').next().unwrap_or("").trim();
+                match last.parse::<IpAddr>() {
+                    Ok(ip) => format!("{} {}", client_of(peer), client_of(ip)),
+                    Err(_) => format!("{} ?{}", client_of(peer), last.chars().take(64).collect::<String>()),
+                }
             }
-            _ => address,
+            _ => client_of(peer),
         }
     }
 }
 
 impl FailureLimit {
+    /// What `client` is counted as.
+    pub fn key(&self, client: &Client<'_>, trusted: &TrustedProxies) -> String {
+        client.key(trusted)
+    }
+
+    /// Start the one review a blocked client `key` may have under way; `None` if it has one.
+    pub fn reviewing(&self, key: &str) -> Option<Reviewing> {
+        self.in_review
+            .lock()
+            .unwrap()
+            .insert(key.to_owned())
+            .then(|| Reviewing {
+                key: key.to_owned(),
+                set: self.in_review.clone(),
+            })
+    }
+
     /// How long until `client` may try again, if it used up its failures.
     pub fn blocked(&self, client: &Client<'_>, trusted: &TrustedProxies) -> Option<Duration> {
         let map = self.failures.lock().unwrap();
@@ -119,6 +162,11 @@ impl FailureLimit {
         let mut map = self.failures.lock().unwrap();
         if map.len() >= MAX_TRACKED {
             map.retain(|_, (_, since)| now.duration_since(*since) < WINDOW);
+            if map.len() >= MAX_TRACKED {
+                // Still full of live entries (a flood from many addresses): keep the blocked
+                // ones, forget the rest (they start counting again).
+                map.retain(|_, (n, _)| *n >= PER_CLIENT);
+            }
         }
         let entry = map.entry(client.key(trusted)).or_insert((0, now));
         if now.duration_since(entry.1) >= WINDOW {
@@ -194,5 +242,38 @@ mod tests {
         assert!(!t.contains("11.0.0.1".parse().unwrap()));
         assert!(TrustedProxies::parse("10.0.0.0/33").is_err());
         assert!(TrustedProxies::parse("nope").is_err());
+    }
+
+    #[test]
+    fn a_last_entry_that_is_not_an_address_is_a_bucket_of_its_own_and_ipv6_counts_by_its_64() {
+        let t = proxy();
+        let via = |f: &'static str| Client {
+            address: Some("10.0.0.1".parse().unwrap()),
+            forwarded_for: Some(f),
+        };
+        assert_ne!(via("\u{fffd}").key(&t), via("192.0.2.1").key(&t));
+        assert_ne!(
+            via("\u{fffd}").key(&t),
+            Client {
+                address: Some("10.0.0.1".parse().unwrap()),
+                forwarded_for: None
+            }
+            .key(&t)
+        );
+        assert_eq!(via("2001:db8::1").key(&t), via("2001:db8::ffff").key(&t), "one /64");
+        let mapped = Client {
+            address: Some("::ffff:10.0.0.1".parse().unwrap()),
+            forwarded_for: Some("192.0.2.1"),
+        };
+        assert_eq!(
+            mapped.key(&t),
+            via("192.0.2.1").key(&t),
+            "an IPv4-mapped peer is the IPv4 one"
+        );
+        let limit = FailureLimit::default();
+        let first = limit.reviewing("k").expect("the first review");
+        assert!(limit.reviewing("k").is_none(), "one at a time");
+        drop(first);
+        assert!(limit.reviewing("k").is_some());
     }
 }

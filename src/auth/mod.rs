@@ -52,6 +52,12 @@ pub enum AuthError {
 /// Turns a bearer token into an [`Identity`].
 pub trait Authenticator: Send + Sync {
     fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Identity, AuthError>>;
+
+    /// The answer for `token` if it is known without asking anyone (a cache), so a client over
+    /// its failure budget is not made to wait for a token already known to be valid.
+    fn known(&self, _token: &str) -> Option<Result<Identity, AuthError>> {
+        None
+    }
 }
 
 /// A per-record authorization decision that could be made without waiting.

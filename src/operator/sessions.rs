@@ -238,7 +238,18 @@ impl ClusterSessions {
         }
         // A new FlowTap is a change of the shared Logging: a namespace holds only so many.
         let max = self.config.limits.taps_per_namespace;
-        let live = existing.iter().filter(|t| t.metadata.deletion_timestamp.is_none()).count();
+        let mut live = existing
+            .iter()
+            .filter(|t| t.metadata.deletion_timestamp.is_none())
+            .count();
+        if synced && live + 1 >= max {
+            // Near the cap, the cache (which may lag) is not the last word.
+            let listed = api.list(&ListParams::default()).await?.items;
+            live = listed
+                .iter()
+                .filter(|t| t.metadata.deletion_timestamp.is_none())
+                .count();
+        }
         if live >= max {
             let message = format!(
                 "namespace {} holds {live} FlowTaps (--max-taps-per-namespace {max}), each a change of the shared Logging; join a flow tapped already, or wait for a tap to end",

@@ -111,7 +111,7 @@ fn self_signed_names() -> Vec<String> {
 
 /// Bind a listening socket, naming the address in the error.
 /// URLs with any `user:password@` taken out, for logs (a NATS URL may carry credentials).
-fn without_userinfo(urls: &str) -> String {
+pub(crate) fn without_userinfo(urls: &str) -> String {
     urls.split(',')
         .map(|url| match (url.find("://"), url.rfind('@')) {
             (Some(scheme), Some(at)) if at > scheme => format!("{}://{}", &url[..scheme], &url[at + 1..]),

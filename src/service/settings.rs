@@ -296,9 +296,11 @@ pub struct BusSettings {
     #[arg(
         long,
         env = "LOG_SOCKET_NATS_URL",
+        hide_env_values = true,
         default_value = "nats://nats:4222",
         value_name = "URL"
     )]
+    #[serde(serialize_with = "url_without_userinfo")]
     pub nats_url: String,
 
     /// NATS credentials file (a user JWT and NKey seed, as `nsc` writes it) for `--bus nats`.
@@ -480,4 +482,9 @@ fn trusted_proxies(text: &str) -> Result<crate::auth::limit::TrustedProxies, Str
 fn proxies_as_text<S: serde::Serializer>(p: &crate::auth::limit::TrustedProxies, s: S) -> Result<S::Ok, S::Error> {
     let text: Vec<String> = p.0.iter().map(|(a, b)| format!("{a}/{b}")).collect();
     s.serialize_str(&text.join(","))
+}
+
+/// A NATS URL as `--print-config` shows it: without a user and password.
+fn url_without_userinfo<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::service::without_userinfo(url))
 }

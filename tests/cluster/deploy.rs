@@ -214,11 +214,21 @@ async fn the_helm_chart_lints_strictly_renders_and_the_api_server_accepts_it() {
     assert_eq!(deployment["spec"]["replicas"], 3);
     // The bus's volumes are volumes, whatever scheduling settings come with them.
     let pod = &deployment["spec"]["template"]["spec"];
-    let volumes: Vec<&str> = pod["volumes"].as_array().unwrap().iter().filter_map(|v| v["name"].as_str()).collect();
+    let volumes: Vec<&str> = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
     for v in ["bus-key", "nats-creds", "nats-ca"] {
         assert!(volumes.contains(&v), "{v} in {volumes:?}");
     }
-    assert_eq!(pod["tolerations"].as_array().map(Vec::len), Some(1), "{}", pod["tolerations"]);
+    assert_eq!(
+        pod["tolerations"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        pod["tolerations"]
+    );
     let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
     for flag in [
         "--bus=nats",

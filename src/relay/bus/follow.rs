@@ -122,8 +122,8 @@ impl Following {
                         Some(Err(e)) => return Err(err(e)),
                         None => return Err(BusError("the consumer ended".into())),
                     };
-                    let (seq, pending) = match message.info() {
-                        Ok(i) => (i.stream_sequence, i.pending),
+                    let (seq, pending, stored_ms) = match message.info() {
+                        Ok(i) => (i.stream_sequence, i.pending, (i.published.unix_timestamp_nanos() / 1_000_000) as i64),
                         Err(e) => return Err(err(e)),
                     };
                     let Some(tap) = self.tap.upgrade() else { return Ok(()) };
@@ -141,7 +141,7 @@ impl Following {
                     let (headers, payload) = (message.headers.clone(), message.payload.clone());
                     let (max_body, max_records) = (self.max_body_bytes, self.max_records);
                     let opened = tokio::task::spawn_blocking(move || {
-                        open_batch(&keys, &subject, headers.as_ref(), &payload, max_body, max_records)
+                        open_batch(&keys, &subject, headers.as_ref(), &payload, Some(stored_ms), max_body, max_records)
                     })
                     .await
                     .map_err(err)

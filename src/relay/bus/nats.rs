@@ -505,6 +505,7 @@ pub(super) fn open_batch(
     subject: &str,
     headers: Option<&async_nats::HeaderMap>,
     payload: &[u8],
+    stored_ms: Option<i64>,
     max_body_bytes: usize,
     max_records: usize,
 ) -> Result<(String, Vec<record::Record>), BusError> {
@@ -512,7 +513,14 @@ pub(super) fn open_batch(
     let encoding = header(ENCODING).unwrap_or_default();
     let id = header(MSG_ID);
     let body = keys
-        .open(subject, header(SEAL).as_deref(), id.as_deref(), &encoding, payload)
+        .open(
+            subject,
+            header(SEAL).as_deref(),
+            id.as_deref(),
+            &encoding,
+            payload,
+            stored_ms,
+        )
         .map_err(err)?;
     let body = match encoding.as_str() {
         LZ4 => decompress(&body, max_body_bytes)?,
@@ -541,9 +549,34 @@ fn decompress(payload: &[u8], max: usize) -> Result<bytes::Bytes, BusError> {
 fn userinfo(urls: &str) -> Option<(String, String)> {
     let first = urls.split(',').next()?.trim();
     let rest = first.split_once("://").map_or(first, |(_, r)| r);
-    let (info, _) = rest.split_once('@')?;
+    // The host follows the last `@`; a password may hold one (percent-encoded or not).
+    let (info, _) = rest.rsplit_once('@')?;
     let (user, password) = info.split_once(':').unwrap_or((info, ""));
-    Some((user.to_owned(), password.to_owned()))
+    Some((percent_decoded(user), percent_decoded(password)))
+}
+
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// An error making `key`'s stream, saying so when another stream captures its subject.
@@ -639,30 +672,31 @@ mod tests {
         headers.insert(ENCODING, LZ4);
         headers.insert(SEAL, sealed.seal.as_str());
         headers.insert(MSG_ID, sealed.id.as_str());
-        let (id, records) = open_batch(&keys, subject, Some(&headers), &sealed.payload, 1 << 20, 10).unwrap();
+        let (id, records) = open_batch(&keys, subject, Some(&headers), &sealed.payload, None, 1 << 20, 10).unwrap();
         assert_eq!((id.as_str(), records.len()), (sealed.id.as_str(), 2));
         assert!(open_batch(
             &keys,
             "logsocket.flow.bank.web",
             Some(&headers),
             &sealed.payload,
+            None,
             1 << 20,
             10
         )
         .is_err());
         assert!(
-            open_batch(&keys, subject, Some(&headers), &sealed.payload, 1 << 20, 1).is_err(),
+            open_batch(&keys, subject, Some(&headers), &sealed.payload, None, 1 << 20, 1).is_err(),
             "too many records"
         );
         let mut plain = async_nats::HeaderMap::new();
         plain.insert(ENCODING, LZ4);
         let unsealed = lz4_flex::block::compress_prepend_size(body);
         assert!(
-            open_batch(&keys, subject, Some(&plain), &unsealed, 1 << 20, 10).is_err(),
+            open_batch(&keys, subject, Some(&plain), &unsealed, None, 1 << 20, 10).is_err(),
             "not sealed"
         );
         assert!(
-            open_batch(&keys, subject, None, body, 1 << 20, 10).is_err(),
+            open_batch(&keys, subject, None, body, None, 1 << 20, 10).is_err(),
             "a plain array"
         );
     }
@@ -674,5 +708,9 @@ mod tests {
             Some(("log-socket".into(), "s3cret".into()))
         );
         assert_eq!(userinfo("nats://nats:4222"), None);
+        assert_eq!(
+            userinfo("nats://log-socket:p@ss%2Fword@nats:4222"),
+            Some(("log-socket".into(), "p@ss/word".into()))
+        );
     }
 }

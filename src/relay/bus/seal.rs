@@ -5,9 +5,12 @@
 //! data, so a message moved to another tap's subject, or given another id, does not open.
 //!
 //! A sealed message carries the header `Logsocket-Seal: v1 KEYID` (KEYID: 8 hex digits naming
-//! the key, so an old key still opens what it sealed) and `Nats-Msg-Id` (random; JetStream
-//! drops a message published twice with it, and followers remember the recent ones: a replayed
-//! message is refused). Its payload is a 12-byte random nonce and the sealed body.
+//! the key, so an old key still opens what it sealed) and `Nats-Msg-Id` (random). Its payload
+//! is a 12-byte random nonce and the sealed body: the sealing time (milliseconds since the
+//! epoch, 8 bytes) and the message. A captured message published again is refused: within
+//! JetStream's duplicate window (2 minutes) JetStream drops it by its id; after, the sealing
+//! time is too far from when JetStream stored it ([`REPLAY_WINDOW`]); in between, followers
+//! remember the ids they opened lately ([`Recent`]).
 
 use crate::key_file::KeyFile;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
@@ -18,6 +21,15 @@ use std::path::Path;
 pub const SEAL: &str = "Logsocket-Seal";
 /// JetStream's de-duplication header, the message's id here.
 pub const MSG_ID: &str = "Nats-Msg-Id";
+/// How far the sealing time may be from the time JetStream stored the message: JetStream's
+/// duplicate window (2 minutes) plus 30 s for the clocks of relays and NATS.
+pub const REPLAY_WINDOW_MS: i64 = 150_000;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
 
 /// One bus key: its id and the AEAD key derived from its line.
 pub struct BusKey {
@@ -57,6 +69,8 @@ pub enum Unsealed {
     UnknownKey(String),
     #[error("the message does not open: forged, damaged, or moved from another tap")]
     Forged,
+    #[error("the message was sealed long before NATS stored it: published again (replayed), or the clocks of relays and NATS are more than 30 s apart")]
+    Replayed,
 }
 
 /// A sealed message: its headers' values and its payload.
@@ -90,7 +104,9 @@ impl BusKeys {
         let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
         self.0.with(|keys| {
             let key = &keys[0];
-            let mut sealed = body.to_vec();
+            let mut sealed = Vec::with_capacity(8 + body.len() + 16);
+            sealed.extend_from_slice(&now_ms().to_be_bytes());
+            sealed.extend_from_slice(body);
             key.key
                 .seal_in_place_append_tag(
                     Nonce::assume_unique_for_key(nonce),
@@ -109,7 +125,8 @@ impl BusKeys {
         })
     }
 
-    /// Open a message of `subject` with the headers `seal`, `id` and `encoding`.
+    /// Open a message of `subject` with the headers `seal`, `id` and `encoding`, stored by
+    /// JetStream at `stored_ms` (milliseconds since the epoch) when known.
     pub fn open(
         &self,
         subject: &str,
@@ -117,6 +134,7 @@ impl BusKeys {
         id: Option<&str>,
         encoding: &str,
         payload: &[u8],
+        stored_ms: Option<i64>,
     ) -> Result<Vec<u8>, Unsealed> {
         let (Some(seal), Some(id)) = (seal, id) else {
             return Err(Unsealed::NotSealed);
@@ -145,20 +163,28 @@ impl BusKeys {
                 .map_err(|_| Unsealed::Forged)?
                 .len();
             opened.truncate(n);
-            Ok(opened)
+            if opened.len() < 8 {
+                return Err(Unsealed::Forged);
+            }
+            let sealed_ms = i64::from_be_bytes(opened[..8].try_into().expect("8 bytes"));
+            if stored_ms.is_some_and(|stored| (stored - sealed_ms).abs() > REPLAY_WINDOW_MS) {
+                return Err(Unsealed::Replayed);
+            }
+            Ok(opened.split_off(8))
         })
     }
 }
 
 /// The ids of the messages a follower opened lately, to refuse one replayed into the stream.
 pub struct Recent {
-    order: std::collections::VecDeque<String>,
-    seen: std::collections::HashSet<String>,
+    order: std::collections::VecDeque<u128>,
+    seen: std::collections::HashSet<u128>,
 }
 
 impl Recent {
-    /// How many ids are remembered (per tap a relay follows).
-    pub const KEEP: usize = 16_384;
+    /// How many ids are remembered (per tap a relay follows): the messages of the 30 s between
+    /// JetStream's duplicate window and [`REPLAY_WINDOW_MS`], at a high rate.
+    pub const KEEP: usize = 4_096;
 
     pub fn new() -> Recent {
         Recent {
@@ -169,7 +195,12 @@ impl Recent {
 
     /// Remember `id`; `false` if it was seen already.
     pub fn first_time(&mut self, id: &str) -> bool {
-        if self.seen.contains(id) {
+        // Ids are 32 hex digits; anything else (it opened, so a relay wrote it) by its hash.
+        let id = u128::from_str_radix(id, 16).unwrap_or_else(|_| {
+            let d = ring::digest::digest(&ring::digest::SHA256, id.as_bytes());
+            u128::from_be_bytes(d.as_ref()[..16].try_into().expect("16 bytes"))
+        });
+        if self.seen.contains(&id) {
             return false;
         }
         if self.order.len() >= Self::KEEP {
@@ -177,8 +208,8 @@ impl Recent {
                 self.seen.remove(&old);
             }
         }
-        self.order.push_back(id.to_owned());
-        self.seen.insert(id.to_owned());
+        self.order.push_back(id);
+        self.seen.insert(id);
         true
     }
 }
@@ -202,7 +233,7 @@ mod tests {
         let m = keys.seal("logsocket.flow.shop.web", "lz4", b"[1,2,3]");
         assert!(!m.payload.windows(7).any(|w| w == b"[1,2,3]"), "stored as ciphertext");
         let open = |subject: &str, id: &str, encoding: &str, payload: &[u8]| {
-            keys.open(subject, Some(&m.seal), Some(id), encoding, payload)
+            keys.open(subject, Some(&m.seal), Some(id), encoding, payload, None)
         };
         assert_eq!(
             open("logsocket.flow.shop.web", &m.id, "lz4", &m.payload).unwrap(),
@@ -230,7 +261,7 @@ mod tests {
             Err(Unsealed::Forged)
         );
         assert_eq!(
-            keys.open("logsocket.flow.shop.web", None, None, "lz4", b"[1]"),
+            keys.open("logsocket.flow.shop.web", None, None, "lz4", b"[1]", None),
             Err(Unsealed::NotSealed)
         );
     }
@@ -243,15 +274,28 @@ mod tests {
         let m = old.seal("s", "lz4", b"x");
         assert_eq!(
             rotated
-                .open("s", Some(&m.seal), Some(&m.id), "lz4", &m.payload)
+                .open("s", Some(&m.seal), Some(&m.id), "lz4", &m.payload, None)
                 .unwrap(),
             b"x"
         );
         assert!(matches!(
-            stranger.open("s", Some(&m.seal), Some(&m.id), "lz4", &m.payload),
+            stranger.open("s", Some(&m.seal), Some(&m.id), "lz4", &m.payload, None),
             Err(Unsealed::UnknownKey(_))
         ));
         assert!(rotated.seal("s", "lz4", b"x").seal != m.seal, "the first key seals");
+    }
+
+    #[test]
+    fn a_message_stored_long_after_it_was_sealed_is_a_replay() {
+        let keys = BusKeys::from_keys(&[A]).unwrap();
+        let m = keys.seal("s", "lz4", b"x");
+        let open = |stored: i64| keys.open("s", Some(&m.seal), Some(&m.id), "lz4", &m.payload, Some(stored));
+        assert_eq!(open(now_ms()).unwrap(), b"x");
+        assert_eq!(
+            open(now_ms() + 10 * 60 * 1000),
+            Err(Unsealed::Replayed),
+            "published again ten minutes later"
+        );
     }
 
     #[test]

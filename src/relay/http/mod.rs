@@ -155,9 +155,15 @@ const BLOCKED_REVIEWS: usize = 4;
 const BLOCKED_REVIEW_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn authenticate(headers: &HeaderMap, peer: Option<PeerAddr>, state: &State) -> Result<Identity, Reply> {
+    // The last X-Forwarded-For line, whatever bytes it holds (a proxy appends to the last).
+    let forwarded = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .last()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let client = Client {
         address: peer.map(|p| p.0.ip()),
-        forwarded_for: headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
+        forwarded_for: forwarded.as_deref(),
     };
     let trusted = &state.relay.config.trusted_proxies;
     let blocked = state.failures.blocked(&client, trusted);
@@ -186,14 +192,27 @@ async fn authenticate(headers: &HeaderMap, peer: Option<PeerAddr>, state: &State
         ));
     };
     // A client over its budget still has its token checked (a valid one is never refused for
-    // what others behind the same address did), but only a few such reviews run at once.
-    let _turn = match blocked {
-        Some(wait) => match tokio::time::timeout(BLOCKED_REVIEW_WAIT, state.blocked_reviews.acquire()).await {
+    // what others behind the same address did): at once when the answer is known (cached),
+    // else one review at a time per client, and only a few for all of them together.
+    let mut _turn = None;
+    let mut _own = None;
+    if let Some(wait) = blocked {
+        if let Some(known) = state.authenticator.known(&token) {
+            return known.map_err(|_| {
+                state.failures.failed(&client, trusted);
+                too_many(wait)
+            });
+        }
+        let key = state.failures.key(&client, trusted);
+        _own = match state.failures.reviewing(&key) {
+            Some(own) => Some(own),
+            None => return Err(too_many(wait)),
+        };
+        _turn = match tokio::time::timeout(BLOCKED_REVIEW_WAIT, state.blocked_reviews.acquire()).await {
             Ok(Ok(turn)) => Some(turn),
             _ => return Err(too_many(wait)),
-        },
-        None => None,
-    };
+        };
+    }
     state.authenticator.authenticate(&token).await.map_err(|e| match e {
         AuthError::Rejected(_) => {
             state.failures.failed(&client, trusted);

@@ -159,7 +159,7 @@ async fn authenticate(headers: &HeaderMap, peer: Option<PeerAddr>, state: &State
     let forwarded = headers
         .get_all("x-forwarded-for")
         .iter()
-        .last()
+        .next_back()
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let client = Client {
         address: peer.map(|p| p.0.ip()),

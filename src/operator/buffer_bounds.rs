@@ -37,8 +37,9 @@ fn mib(bytes: u64) -> String {
     format!("{}Mi", bytes >> 20)
 }
 
-/// Why `buffer` is refused with a shared fluentd allowing `max_bytes` per tap, if it is.
-pub fn check(buffer: &BufferSpec, max_bytes: u64) -> Option<Refusal> {
+/// Why `buffer` is refused with a shared fluentd allowing `max_bytes` per tap, and the relay
+/// taking requests of at most `max_request_bytes`, if it is.
+pub fn check(buffer: &BufferSpec, max_bytes: u64, max_request_bytes: u64) -> Option<Refusal> {
     let refuse = |what: String| {
         Some(Refusal::new(
             BUFFER_OUT_OF_RANGE,
@@ -74,6 +75,14 @@ pub fn check(buffer: &BufferSpec, max_bytes: u64) -> Option<Refusal> {
             return refuse(format!(
                 "spec.buffer.chunkLimitSize {} is larger than totalLimitSize {}",
                 buffer.chunk_limit_size, buffer.total_limit_size
+            ))
+        }
+        // fluentd would send requests the relay refuses (413), and drop them.
+        (Some(c), _) if c > max_request_bytes => {
+            return refuse(format!(
+                "spec.buffer.chunkLimitSize {} is larger than the {} the relay takes in one request (--max-body-bytes)",
+                buffer.chunk_limit_size,
+                mib(max_request_bytes)
             ))
         }
         _ => {}
@@ -116,20 +125,20 @@ mod tests {
     #[test]
     fn a_buffer_within_the_bounds_passes_and_one_beyond_says_which_value_and_what_is_allowed() {
         let max = DEFAULT_MAX_BYTES;
-        assert_eq!(check(&BufferSpec::default(), max), None);
-        assert_eq!(check(&buffer("500ms", "1m", "64m"), max), None);
-        let huge = check(&buffer("1s", "1m", "500g"), max).expect("refused");
+        assert_eq!(check(&BufferSpec::default(), max, 16 << 20), None);
+        assert_eq!(check(&buffer("500ms", "1m", "64m"), max, 16 << 20), None);
+        let huge = check(&buffer("1s", "1m", "500g"), max, 16 << 20).expect("refused");
         assert_eq!(huge.reason, BUFFER_OUT_OF_RANGE);
         assert!(
             huge.message.contains("totalLimitSize 500g") && huge.message.contains("64Mi"),
             "{}",
             huge.message
         );
-        let slow = check(&buffer("24h", "1m", "8m"), max).expect("refused");
+        let slow = check(&buffer("24h", "1m", "8m"), max, 16 << 20).expect("refused");
         assert!(slow.message.contains("flushInterval 24h"), "{}", slow.message);
-        assert!(check(&buffer("10ms", "1m", "8m"), max).is_some(), "too fast");
+        assert!(check(&buffer("10ms", "1m", "8m"), max, 16 << 20).is_some(), "too fast");
         assert!(
-            check(&buffer("1s", "16m", "8m"), max).is_some(),
+            check(&buffer("1s", "16m", "8m"), max, 16 << 20).is_some(),
             "a chunk larger than the buffer"
         );
     }

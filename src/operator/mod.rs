@@ -86,6 +86,8 @@ pub struct OperatorConfig {
     pub config_retry: Duration,
     /// Memory one tap's buffer may use in the shared fluentd (`--max-tap-buffer-bytes`).
     pub max_tap_buffer_bytes: u64,
+    /// The relay's largest request (`--max-body-bytes`): a tap's chunk may not be larger.
+    pub max_request_bytes: u64,
     /// Mode of the ephemeral taps listeners create.
     pub mode: crate::k8s::flowtap::TapMode,
     /// Only FlowTaps of this namespace (a namespaced install); all namespaces when `None`.
@@ -132,6 +134,7 @@ impl OperatorConfig {
             sweep_interval: Duration::from_secs(60),
             config_retry: CONFIG_RETRY,
             max_tap_buffer_bytes: buffer_bounds::DEFAULT_MAX_BYTES,
+            max_request_bytes: 16 << 20,
             mode: crate::k8s::flowtap::TapMode::Patch,
             namespace: None,
             limits: Default::default(),

@@ -63,7 +63,11 @@ pub(super) async fn ensure_children(
         });
     }
     // The tap's buffer lives in the Logging's shared fluentd: bounded before anything is made.
-    if let Some(r) = super::buffer_bounds::check(&tap.spec.buffer, ctx.config.max_tap_buffer_bytes) {
+    if let Some(r) = super::buffer_bounds::check(
+        &tap.spec.buffer,
+        ctx.config.max_tap_buffer_bytes,
+        ctx.config.max_request_bytes,
+    ) {
         children::teardown(tap, patched, ctx).await?;
         return Ok(Step {
             recheck: None,

@@ -533,6 +533,7 @@ fn operator_config(cfg: &ServiceConfig) -> OperatorConfig {
         sweep_interval: Duration::from_secs(60),
         config_retry: crate::operator::trial::CONFIG_RETRY,
         max_tap_buffer_bytes: cfg.operator_settings.max_tap_buffer_bytes,
+        max_request_bytes: cfg.ingest.max_body_bytes as u64,
         limits: crate::operator::Limits {
             taps_per_user: cfg.taps.max_taps_per_user.max(1),
             taps_per_namespace: cfg.taps.max_taps_per_namespace.max(1),

@@ -356,8 +356,9 @@ impl NatsBus {
             return Err(BusError("not connected to NATS".into()));
         }
         let limit = self.client.server_info().max_payload.max(1024);
-        // Room for lz4's worst case on incompressible records, the seal's nonce and tag.
-        let messages = split(records, limit - limit / 255 - 64)?;
+        // Room for lz4's worst case on incompressible records, the seal's time, nonce and tag,
+        // and the headers (NATS counts them against max_payload too).
+        let messages = split(records, limit - limit / 255 - 512)?;
         // Sent one after the other on one connection (JetStream keeps their order), then the
         // acknowledgements awaited, in order.
         let mut acks = Vec::with_capacity(messages.len());

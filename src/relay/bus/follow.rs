@@ -2,7 +2,8 @@
 //! again after errors (NATS restarted or unreachable) from the message after the last one seen,
 //! and from the start of a stream removed or made anew under it.
 
-use super::nats::{captured, discarded, epoch_of, err, open_batch, BusCounters, BusError, BATCH_BITS};
+use super::message::{discarded, open_batch};
+use super::nats::{captured, epoch_of, err, BusCounters, BusError, BATCH_BITS};
 use super::seal::{BusKeys, Recent};
 use crate::protocol::TapKey;
 use crate::relay::tap::Tap;

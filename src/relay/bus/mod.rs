@@ -12,6 +12,7 @@
 //! listener queues, loss accounting, the protocol.
 
 mod follow;
+mod message;
 pub mod nats;
 pub mod seal;
 

@@ -38,6 +38,10 @@ pub struct Attached {
     pub first_seq: u64,
     /// The tap's current status frame, if one was announced.
     pub status: Option<Utf8Bytes>,
+    /// Notices of gaps in the source (a bus message skipped or discarded) within the records the
+    /// listener asked for: told first, so a listener that resumes past one is not left with a
+    /// silent gap.
+    pub notices: Vec<Utf8Bytes>,
 }
 
 /// Replay memory shared by every tap of a relay (`--replay-total-bytes`): a tap that would take
@@ -83,6 +87,8 @@ struct Inner {
     status: Option<Utf8Bytes>,
     next_seq: u64,
     replay: VecDeque<Arc<Entry>>,
+    /// Gaps in the source, by the record number they come before, with their notice.
+    marks: VecDeque<(u64, Utf8Bytes)>,
     replay_bytes: usize,
     listeners: Vec<Arc<Listener>>,
     idle_since: Option<Instant>,
@@ -147,6 +153,7 @@ impl Tap {
                 status: None,
                 next_seq: 1,
                 replay: VecDeque::new(),
+                marks: VecDeque::new(),
                 replay_bytes: 0,
                 listeners: Vec::new(),
                 idle_since: Some(Instant::now()),
@@ -167,6 +174,7 @@ impl Tap {
         let bytes = std::mem::take(&mut inner.replay_bytes);
         inner.budget.sub(bytes);
         inner.replay.clear();
+        inner.marks.clear();
         inner.next_seq = 1;
     }
 
@@ -240,6 +248,20 @@ impl Tap {
         }
     }
 
+    /// [`Tap::notice`] of a gap that comes before record number `before`, remembered with the
+    /// buffered records so a listener that later asks for records past it is told too.
+    pub fn notice_at(&self, before: u64, frame: Utf8Bytes) {
+        const KEEP: usize = 64;
+        let mut inner = self.inner.lock().unwrap();
+        for listener in &inner.listeners {
+            listener.notice(frame.clone());
+        }
+        if inner.marks.len() >= KEEP {
+            inner.marks.pop_front();
+        }
+        inner.marks.push_back((before, frame));
+    }
+
     /// When the tap last received a record.
     pub fn last_record(&self) -> Option<std::time::SystemTime> {
         self.inner.lock().unwrap().last_record
@@ -281,6 +303,23 @@ impl Tap {
                 }
             }
         };
+        // Gaps inside what the listener gets: after what it had (a resume), or within the
+        // records it is sent; before the live ones, those it will get from now.
+        let since = match start {
+            Start::After { seq, .. } if gap.is_none() => Some(seq),
+            Start::Live => None,
+            _ => candidates.first().map(|e| e.seq),
+        };
+        let notices = since
+            .map(|since| {
+                inner
+                    .marks
+                    .iter()
+                    .filter(|(before, _)| *before > since)
+                    .map(|(_, frame)| frame.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
         // Unfiltered: the listener's task authorizes, then filters.
         let backlog = candidates.into_iter().cloned().collect();
         inner.listeners.push(listener);
@@ -291,6 +330,7 @@ impl Tap {
             last_seq,
             first_seq,
             status: inner.status.clone(),
+            notices,
         }
     }
 
@@ -368,6 +408,38 @@ mod tests {
 
     fn seqs(entries: &[Arc<Entry>]) -> Vec<u64> {
         entries.iter().map(|e| e.seq).collect()
+    }
+
+    #[test]
+    fn a_listener_resuming_past_a_gap_in_the_source_is_told_of_it() {
+        let t = tap(100);
+        t.publish_numbered(1 << 20, records(2));
+        // The message numbered 2 did not open: records after it are numbered from 3 << 20.
+        t.notice_at(2 << 20, crate::protocol::dropped(None, "bus_invalid"));
+        t.publish_numbered(3 << 20, records(2));
+        let resumed = t.attach(
+            listener(1),
+            Start::After {
+                seq: (1 << 20) + 1,
+                epoch: Some(7),
+            },
+        );
+        assert_eq!(resumed.notices.len(), 1, "resumed before the gap");
+        assert!(resumed.notices[0].contains("bus_invalid"));
+        let past = t.attach(
+            listener(2),
+            Start::After {
+                seq: 3 << 20,
+                epoch: Some(7),
+            },
+        );
+        assert!(past.notices.is_empty(), "resumed after it");
+        assert_eq!(
+            t.attach(listener(3), Start::All).notices.len(),
+            1,
+            "the whole buffer spans it"
+        );
+        assert!(t.attach(listener(4), Start::Live).notices.is_empty());
     }
 
     #[test]

@@ -134,7 +134,7 @@ impl Following {
                         // replica had not read yet: its listeners are told, not left with a
                         // silent gap. How many records they held is unknown here.
                         tracing::warn!(tap = %self.key, messages = lost, "the bus discarded messages before this relay read them");
-                        tap.notice(crate::protocol::dropped(None, "bus_discarded"));
+                        tap.notice_at(seq << BATCH_BITS, crate::protocol::dropped(None, "bus_discarded"));
                     }
                     // Opening, decompressing and parsing cost CPU in proportion to the message:
                     // off the async workers, so one large message does not stall other taps.
@@ -155,7 +155,7 @@ impl Following {
                                 // Numbered before what the listeners already have: not shown
                                 // twice, and not dropped silently either.
                                 tracing::warn!(tap = %self.key, seq, "a bus message numbered before the records already delivered");
-                                tap.notice(crate::protocol::dropped(None, "bus_invalid"));
+                                tap.notice_at(seq << BATCH_BITS, crate::protocol::dropped(None, "bus_invalid"));
                             }
                         }
                         // Not sealed with a bus key, forged, moved from another tap, replayed,
@@ -167,7 +167,7 @@ impl Following {
                             };
                             tracing::warn!(tap = %self.key, seq, error = %why, "skipped a bus message that did not open");
                             self.counters.invalid.inc();
-                            tap.notice(crate::protocol::dropped(None, "bus_invalid"));
+                            tap.notice_at(seq << BATCH_BITS, crate::protocol::dropped(None, "bus_invalid"));
                         }
                     }
                     self.next = seq + 1;

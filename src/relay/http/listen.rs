@@ -361,6 +361,7 @@ async fn greeting(
     if let Some(status) = attached.status {
         first.push(Message::Text(status));
     }
+    first.extend(attached.notices.into_iter().map(Message::Text));
     let backlog = filtered(listener, allowed);
     let replayed = backlog.len() as u64;
     first.extend(backlog);

@@ -877,6 +877,11 @@ async fn a_stream_squatting_the_taps_subjects_is_reported_never_taken_for_stored
         body.contains("captured by NATS stream \"SQUAT\"").then_some(())
     })
     .await;
+    // The FlowTap's status names the squatter (what the relay reports in status.bus.problem).
+    let log_socket::relay::bus::Bus::Nats(bus) = &a.relay.bus else {
+        panic!("a nats relay")
+    };
+    assert_eq!(bus.captured_by(&key).await.as_deref(), Some("SQUAT"));
     js.delete_stream("SQUAT").await.unwrap();
     eventually_within(
         "stored in the tap's own stream once the squatter is gone",

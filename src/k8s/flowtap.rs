@@ -282,6 +282,10 @@ pub struct BusStatus {
     /// The newest message in the stream (`nats`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seq: Option<u64>,
+    /// What keeps the bus from serving the tap, and what to do (`nats`: another stream
+    /// captures the tap's subject).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// A flow log-socket changed for a tap.

@@ -140,6 +140,7 @@ mod tests {
             stream: Some("LOGSOCKET_flow_shop_web".into()),
             first_seq: Some(12),
             last_seq: Some(340),
+            problem: None,
         };
         assert_eq!(bus_cell(Some(&nats)), "nats 12..340");
     }

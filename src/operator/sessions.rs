@@ -133,7 +133,14 @@ impl ClusterSessions {
                     status.first_seq = Some(first);
                     status.last_seq = Some(last);
                 }
-                Ok(None) => {}
+                Ok(None) => {
+                    if let Some(other) = nats.captured_by(&info.tap).await {
+                        tracing::error!(tap = %info.tap, stream = %other, "another NATS stream captures the tap's subject");
+                        status.problem = Some(format!(
+                            "NATS stream {other:?} captures the tap's subject, so its records cannot be stored: delete it (nats stream rm {other}) and lock NATS to log-socket (docs/security.md#the-nats-bus)"
+                        ));
+                    }
+                }
                 Err(e) => tracing::debug!(tap = %info.tap, error = %e, "cannot read the tap's stream for its status"),
             }
         }

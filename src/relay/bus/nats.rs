@@ -264,6 +264,16 @@ impl NatsBus {
     }
 
     /// The name of the tap's stream and its first and last sequence, if the stream exists.
+    /// Another stream that captures `key`'s subject (someone made it with NATS open to them),
+    /// if one does: the tap's own stream cannot exist then, and ingest answers 503.
+    pub async fn captured_by(&self, key: &TapKey) -> Option<String> {
+        let ours = Self::stream_name(key);
+        match self.js.stream_by_subject(Self::subject(key)).await {
+            Ok(name) if name != ours => Some(name),
+            _ => None,
+        }
+    }
+
     pub async fn stream_state(&self, key: &TapKey) -> Result<Option<(String, u64, u64)>, BusError> {
         let name = Self::stream_name(key);
         let Some(mut stream) = self.stream(&name).await? else {

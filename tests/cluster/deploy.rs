@@ -191,10 +191,27 @@ async fn the_helm_chart_lints_strictly_renders_and_the_api_server_accepts_it() {
             "replicaCount=3,bus.kind=nats,bus.nats.keySecret=k,bus.nats.credentialsSecret=c",
             "TLS to NATS",
         ),
+        (
+            "replicaCount=3,bus.kind=nats,bus.nats.keySecret=k,bus.nats.urlSecret=u",
+            "TLS to NATS",
+        ),
     ] {
         let (ok, _, err) = helm(&["template", "t", chart, "--set", set]);
         assert!(!ok && err.contains(says), "{set}: {err}");
     }
+    // A tls:// URL kept in a Secret, said so: accepted, the URL from the Secret.
+    let (ok, rendered, err) = helm(&[
+        "template",
+        "t",
+        chart,
+        "--set",
+        "replicaCount=2,bus.kind=nats,bus.nats.keySecret=k,bus.nats.urlSecret=u,bus.nats.urlSecretIsTLS=true",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        rendered.contains("LOG_SOCKET_NATS_URL") && !rendered.contains("--nats-url="),
+        "{rendered}"
+    );
     // ... then a PodDisruptionBudget and the bus settings.
     let (ok, rendered, err) = helm(&[
         "template",

@@ -171,3 +171,88 @@ pub async fn spread(url: &str, relays: usize, listeners: usize, total: u64) -> T
         dropped,
     }
 }
+
+/// How long after NATS comes back a listener gets records again: ingest at one relay, the
+/// listener on another, NATS stopped and started (same store) three times.
+pub async fn recovery_bench() {
+    use crate::harness::{relay_with, TOKEN};
+    use futures::StreamExt;
+    use log_socket::auth::IngestAuth;
+    use std::time::Duration;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let dir = std::env::temp_dir().join(format!("log-socket-bench-recovery-{}", std::process::id()));
+    let Some(mut server) = testkit::nats::Nats::start(&dir) else {
+        println!("bus recovery: skipped (no nats-server)\n");
+        return;
+    };
+    let url = server.url();
+    let auth = || IngestAuth::basic("fluentd", "s3cret");
+    let a = relay_with(big_queues(), Arc::new(AllowAll), auth(), Some(&url)).await;
+    let b = relay_with(big_queues(), Arc::new(AllowAll), auth(), Some(&url)).await;
+    let path = "/flow/shop/web";
+    // The listener reads on its own task and stamps each record's arrival.
+    let (tx, mut arrivals) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let mut req = format!("ws://{}{path}", b.api).into_client_request().unwrap();
+    req.headers_mut().insert("x-authorization", TOKEN.parse().unwrap());
+    req.headers_mut()
+        .insert("sec-websocket-protocol", "logsocket.v1".parse().unwrap());
+    let stream = tokio::net::TcpStream::connect(b.api).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(req, stream).await.unwrap();
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(m)) = ws.next().await {
+            if m.to_text().is_ok_and(|t| t.contains(r#""type":"record""#)) && tx.send(Instant::now()).is_err() {
+                break;
+            }
+        }
+    });
+    let body = batch(0, 10, 0, false);
+    until_delivered(a.ingest, path, &body, &mut arrivals).await;
+    println!("| NATS stopped for 2 s, then started again (same store) | NATS accepts connections after | ingest answers 200 again after | the listener (another relay) has records again after |\n|---|---|---|---|");
+    for round in 1..=3 {
+        server.stop();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let started = Instant::now();
+        server.restart();
+        let up = started.elapsed();
+        let (accepted, delivered) = until_delivered(a.ingest, path, &body, &mut arrivals).await;
+        println!(
+            "| round {round} | {:.0} ms | {:.0} ms | {:.0} ms |",
+            up.as_secs_f64() * 1e3,
+            (up + accepted).as_secs_f64() * 1e3,
+            (up + delivered).as_secs_f64() * 1e3
+        );
+    }
+    println!("\n(Target of #27: a listener gets records again within 5 s of NATS being back; counted from the start of nats-server, posting every 100 ms.)\n");
+    reader.abort();
+    a.stop().await;
+    b.stop().await;
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Post `body` to `path` every 100 ms until the listener has a record: when ingest took one
+/// again (200), and when the listener got it, from now.
+async fn until_delivered(
+    ingest: std::net::SocketAddr,
+    path: &str,
+    body: &[u8],
+    arrivals: &mut tokio::sync::mpsc::UnboundedReceiver<Instant>,
+) -> (std::time::Duration, std::time::Duration) {
+    use std::time::Duration;
+    while arrivals.try_recv().is_ok() {}
+    let started = Instant::now();
+    let mut accepted = None;
+    loop {
+        let mut poster = crate::harness::Poster::new(ingest).await;
+        if poster.post(path, body).await == 200 && accepted.is_none() {
+            accepted = Some(started.elapsed());
+        }
+        if let Ok(Some(at)) = tokio::time::timeout(Duration::from_millis(100), arrivals.recv()).await {
+            return (accepted.unwrap_or_default(), at.duration_since(started));
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no record within 2 minutes"
+        );
+    }
+}

@@ -8,7 +8,7 @@
 //! HTTP/1.1 keep-alive connections, and reads WebSocket frames as k8stail does, checking the
 //! sequence numbers so that nothing is lost silently.
 //!
-//! Parts: `memory`, `control-plane`, `filters`, `fluentd`, `bus`, `throughput`, `latency` (all
+//! Parts: `memory`, `control-plane`, `filters`, `fluentd`, `bus`, `bus-recovery`, `throughput`, `latency` (all
 //! by default); `one` (only the single-listener throughput) and `parse` (only the record parser)
 //! are for profiling.
 //!
@@ -144,6 +144,10 @@ async fn run() {
     // The nats bus (a real nats-server with JetStream on the same cores) next to the embedded one.
     if part("bus") {
         bus::bus_bench().await;
+    }
+    // How soon records flow again after NATS comes back.
+    if part("bus-recovery") {
+        bus::recovery_bench().await;
     }
     // `-- parse`: only the relay's record parser, to profile it.
     if only.iter().any(|o| o == "parse") {

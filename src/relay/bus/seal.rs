@@ -104,19 +104,22 @@ impl BusKeys {
         let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
         self.0.with(|keys| {
             let key = &keys[0];
-            let mut sealed = Vec::with_capacity(8 + body.len() + 16);
-            sealed.extend_from_slice(&now_ms().to_be_bytes());
-            sealed.extend_from_slice(body);
-            key.key
-                .seal_in_place_append_tag(
+            // One buffer, one copy of the body: nonce, then sealing time and body sealed in
+            // place, then the tag.
+            let tag_len = CHACHA20_POLY1305.tag_len();
+            let mut payload = Vec::with_capacity(NONCE_LEN + 8 + body.len() + tag_len);
+            payload.extend_from_slice(&nonce);
+            payload.extend_from_slice(&now_ms().to_be_bytes());
+            payload.extend_from_slice(body);
+            let tag = key
+                .key
+                .seal_in_place_separate_tag(
                     Nonce::assume_unique_for_key(nonce),
                     Aad::from(aad(subject, &id, encoding)),
-                    &mut sealed,
+                    &mut payload[NONCE_LEN..],
                 )
                 .expect("sealing a message in memory");
-            let mut payload = Vec::with_capacity(NONCE_LEN + sealed.len());
-            payload.extend_from_slice(&nonce);
-            payload.extend_from_slice(&sealed);
+            payload.extend_from_slice(tag.as_ref());
             Sealed {
                 seal: format!("v1 {}", key.id),
                 id,
@@ -170,7 +173,8 @@ impl BusKeys {
             if stored_ms.is_some_and(|stored| (stored - sealed_ms).abs() > REPLAY_WINDOW_MS) {
                 return Err(Unsealed::Replayed);
             }
-            Ok(opened.split_off(8))
+            opened.drain(..8);
+            Ok(opened)
         })
     }
 }

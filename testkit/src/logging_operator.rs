@@ -260,20 +260,9 @@ impl StandIn {
             };
             (judging, b.fail_config_with.clone(), b.check_delay, b.dry_run)
         };
-        // logging-operator copies the Secret keys outputs mount to /fluentd/secret/NS-SECRET-KEY
-        // (fluentd refuses a TLS path to a file that is not there).
+        // logging-operator copies the Secret keys outputs mount to /fluentd/secret/NS-SECRET-KEY;
+        // the files are written for a dry run (below), the render needs their paths.
         let secrets = self.dir.join("secret");
-        std::fs::create_dir_all(&secrets).unwrap();
-        for o in world.outputs.iter().chain(&world.cluster_outputs) {
-            let ns = o.namespace().unwrap_or_default();
-            let mounted = crate::pipeline::mounted_secrets(&self.client, &ns, &o.data["spec"])
-                .await
-                .map_err(|e| kube::Error::Service(e.into()))?;
-            for (secret, key, bytes) in mounted.into_iter().filter(|m| !m.2.is_empty()) {
-                self.count(1);
-                std::fs::write(secrets.join(format!("{ns}-{secret}-{key}")), bytes).unwrap();
-            }
-        }
         let mount = |ns: &str, secret: &str, key: &str| -> String {
             secrets.join(format!("{ns}-{secret}-{key}")).display().to_string()
         };
@@ -297,7 +286,7 @@ impl StandIn {
             return Ok(());
         };
         if dry_run {
-            self.dry_run(&scope.logging, fluentd);
+            self.dry_run(&scope.logging, fluentd, &world).await?;
         }
         self.check(logging, config, &fail, delay).await
     }
@@ -369,16 +358,33 @@ impl StandIn {
 
     /// Give `fluentd` (a rendered configuration of `logging`) to the real fluentd's `--dry-run`
     /// in the background, once per distinct configuration; a rejection is a render failure.
-    fn dry_run(&self, logging: &str, fluentd: &str) {
+    async fn dry_run(&self, logging: &str, fluentd: &str, world: &World) -> Result<(), kube::Error> {
         if crate::fluentd::command().is_none() {
-            return;
+            return Ok(());
         }
         let config = format!("{}{fluentd}", crate::fluentd::system(&self.dir));
         let key = logging_model::hash(&config);
+        if self.renders.lock().unwrap().dry_run.contains(&key) {
+            return Ok(());
+        }
+        // The Secret keys the outputs mount, as files (fluentd refuses a TLS path to a file
+        // that is not there): read for each new configuration only.
+        let secrets = self.dir.join("secret");
+        std::fs::create_dir_all(&secrets).unwrap();
+        for o in world.outputs.iter().chain(&world.cluster_outputs) {
+            let ns = o.namespace().unwrap_or_default();
+            let mounted = crate::pipeline::mounted_secrets(&self.client, &ns, &o.data["spec"])
+                .await
+                .map_err(|e| kube::Error::Service(e.into()))?;
+            for (secret, key, bytes) in mounted.into_iter().filter(|m| !m.2.is_empty()) {
+                self.count(1);
+                std::fs::write(secrets.join(format!("{ns}-{secret}-{key}")), bytes).unwrap();
+            }
+        }
         {
             let mut renders = self.renders.lock().unwrap();
             if !renders.dry_run.insert(key) {
-                return;
+                return Ok(());
             }
             renders.dry_runs_pending += 1;
         }
@@ -407,6 +413,7 @@ impl StandIn {
                     .push(format!("Logging {logging}: fluentd --dry-run: {e}")),
             }
         });
+        Ok(())
     }
 
     /// A new configuration is checked once, which takes `delay`; only the current one's result

@@ -487,24 +487,38 @@ mod tests {
         assert!(changed_nothing(&api.writes()), "{:?}", api.seen());
     }
 
+    /// Flow `shop/web` naming the tap's output, with `status` if given.
+    fn patched_flow(status: Option<serde_json::Value>) -> Answer {
+        let (code, mut body) = flow("web");
+        body["spec"]["localOutputRefs"] = json!(["app-logs", "logsocket-web-tap"]);
+        if let Some(status) = status {
+            body["status"] = status;
+        }
+        (code, body)
+    }
+
+    /// The one Logging, `all`, rendering namespace `shop`, with `status` if given.
+    fn logging_all(status: Option<serde_json::Value>) -> Answer {
+        let mut logging = json!({"apiVersion": "logging.banzaicloud.io/v1beta1", "kind": "Logging",
+                                 "metadata": {"name": "all"},
+                                 "spec": {"controlNamespace": "logging", "watchNamespaces": ["shop"]}});
+        if let Some(status) = status {
+            logging["status"] = status;
+        }
+        (
+            200,
+            json!({"apiVersion": "logging.banzaicloud.io/v1beta1", "kind": "LoggingList",
+                   "metadata": {"resourceVersion": "1"}, "items": [logging]}),
+        )
+    }
+
     /// The API server of a cluster where `shop/web` is rendered by Logging `all`, the tap's TLS
     /// Secret answers `secret`, and everything else is not there.
     fn with_tls_secret(secret: Answer) -> impl Fn(&str, &str) -> Answer + Send + 'static {
         move |method, path| match (method, path) {
             // Patched: the flow names the tap's output, so a teardown would edit it.
-            ("GET", "/apis/logging.banzaicloud.io/v1beta1/namespaces/shop/flows/web") => {
-                let (code, mut body) = flow("web");
-                body["spec"]["localOutputRefs"] = json!(["app-logs", "logsocket-web-tap"]);
-                (code, body)
-            }
-            ("GET", "/apis/logging.banzaicloud.io/v1beta1/loggings") => (
-                200,
-                json!({"apiVersion": "logging.banzaicloud.io/v1beta1", "kind": "LoggingList",
-                       "metadata": {"resourceVersion": "1"},
-                       "items": [{"apiVersion": "logging.banzaicloud.io/v1beta1", "kind": "Logging",
-                                  "metadata": {"name": "all"},
-                                  "spec": {"controlNamespace": "logging", "watchNamespaces": ["shop"]}}]}),
-            ),
+            ("GET", "/apis/logging.banzaicloud.io/v1beta1/namespaces/shop/flows/web") => patched_flow(None),
+            ("GET", "/apis/logging.banzaicloud.io/v1beta1/loggings") => logging_all(None),
             ("GET", "/api/v1/namespaces/shop/secrets/tap-tls") => secret.clone(),
             _ => not_found(),
         }
@@ -526,16 +540,7 @@ mod tests {
             let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
                                 "reason": "TooManyRequests", "message": "the server is busy"});
             let (ctx, api) = tls_context((code, status));
-            let patched = PatchedFlow {
-                flow_ref: tap("web").spec.flow_ref.clone(),
-                output: "logsocket-web-tap".into(),
-                mode: TapMode::Patch,
-                logging: Some("all".into()),
-                config_checks_before: vec![],
-                config_accepted: true,
-                since: None,
-            };
-            let result = ensure_children(&tap("web"), "logsocket-web-tap", Some(&patched), &ctx).await;
+            let result = ensure_children(&tap("web"), "logsocket-web-tap", Some(&accepted()), &ctx).await;
             assert!(result.is_err(), "{code}: an error to retry with backoff, not a refusal");
             assert!(
                 api.writes().is_empty(),
@@ -607,21 +612,12 @@ mod tests {
     fn patched_world(flow_status: serde_json::Value) -> impl Fn(&str, &str) -> Answer + Send + 'static {
         move |method, path| match (method, path) {
             ("GET", "/apis/logging.banzaicloud.io/v1beta1/namespaces/shop/flows/web") => {
-                let (code, mut body) = flow("web");
-                body["spec"]["localOutputRefs"] = json!(["app-logs", "logsocket-web-tap"]);
-                body["status"] = flow_status.clone();
-                (code, body)
+                patched_flow(Some(flow_status.clone()))
             }
             ("PUT", "/apis/logging.banzaicloud.io/v1beta1/namespaces/shop/flows/web") => flow("web"),
-            ("GET", "/apis/logging.banzaicloud.io/v1beta1/loggings") => (
-                200,
-                json!({"apiVersion": "logging.banzaicloud.io/v1beta1", "kind": "LoggingList",
-                       "metadata": {"resourceVersion": "1"},
-                       "items": [{"apiVersion": "logging.banzaicloud.io/v1beta1", "kind": "Logging",
-                                  "metadata": {"name": "all"},
-                                  "spec": {"controlNamespace": "logging", "watchNamespaces": ["shop"]},
-                                  "status": {"configCheckResults": {"abc": true}}}]}),
-            ),
+            ("GET", "/apis/logging.banzaicloud.io/v1beta1/loggings") => {
+                logging_all(Some(json!({"configCheckResults": {"abc": true}})))
+            }
             ("POST", "/apis/logging.banzaicloud.io/v1beta1/namespaces/shop/outputs") => (
                 409,
                 json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 409, "reason": "AlreadyExists"}),

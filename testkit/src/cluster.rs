@@ -187,6 +187,12 @@ pub fn logging_api(client: &kube::Client, ns: &str, kind: &str) -> Api<DynamicOb
     Api::namespaced_with(client.clone(), ns, &ApiResource::from_gvk_with_plural(&gvk, &plural))
 }
 
+/// The cluster's Loggings (cluster-scoped, unlike the other logging-operator kinds).
+pub fn loggings(client: &kube::Client) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("logging.banzaicloud.io", "v1beta1", "Logging");
+    Api::all_with(client.clone(), &ApiResource::from_gvk_with_plural(&gvk, "loggings"))
+}
+
 /// Create a logging-operator object from its JSON form (`apiVersion`, `kind`, `metadata`, `spec`).
 pub async fn create_logging(client: &kube::Client, ns: &str, obj: serde_json::Value) -> DynamicObject {
     let kind = obj["kind"].as_str().expect("object has a kind").to_owned();

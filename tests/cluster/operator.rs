@@ -406,6 +406,20 @@ pub(crate) async fn status_within(
     .await
 }
 
+/// Set `skipInvalidResources` on the harness's Logging: logging-operator then drops a flow it
+/// cannot render (and says why in its status) instead of failing the whole Logging.
+pub(crate) async fn skip_invalid_resources(h: &Harness) {
+    let skip = json!({"spec": {"skipInvalidResources": true}});
+    cluster::loggings(&h.client)
+        .patch(
+            &h.logging_operator.logging,
+            &Default::default(),
+            &kube::api::Patch::Merge(&skip),
+        )
+        .await
+        .unwrap();
+}
+
 /// Every render of the test's Loggings succeeded (every ref resolved, no flow dropped, the real
 /// fluentd accepted every rendered configuration), from the harness's start until now.
 pub(crate) async fn never_broke_the_render(h: &Harness) {
@@ -618,22 +632,7 @@ async fn a_tap_reports_arriving_records_and_the_problems_logging_operator_finds(
     // The flow's owner adds a ref to a ClusterOutput that does not exist; with
     // skipInvalidResources logging-operator drops the flow and says why in its status: the tap
     // says so and is Degraded (the problem is not its output's).
-    let loggings = Api::<DynamicObject>::all_with(
-        h.client.clone(),
-        &kube::api::ApiResource::from_gvk_with_plural(
-            &kube::api::GroupVersionKind::gvk("logging.banzaicloud.io", "v1beta1", "Logging"),
-            "loggings",
-        ),
-    );
-    let skip = json!({"spec": {"skipInvalidResources": true}});
-    loggings
-        .patch(
-            &h.logging_operator.logging,
-            &Default::default(),
-            &kube::api::Patch::Merge(&skip),
-        )
-        .await
-        .unwrap();
+    skip_invalid_resources(&h).await;
     let flows = cluster::logging_api(&h.client, &h.ns, "Flow");
     let dangling = json!({"spec": {"globalOutputRefs": ["nowhere"]}});
     flows

@@ -5,7 +5,7 @@
 //! its order (resourceVersion), not a sample taken after a sleep.
 
 use crate::operator::{flow_spec, never_broke_the_render, persistent_tap, raw, status_when, LINGER};
-use crate::watch::{api, names, no_output_went_while_named, now, poke, watch_all};
+use crate::watch::{api, names, no_output_went_while_named, poke, Watched};
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use log_socket::k8s::flowtap::{FlowTap, Phase};
 use serde_json::{json, Value};
@@ -34,12 +34,7 @@ async fn an_api_server_shedding_load_while_a_taps_secret_is_read_tears_nothing_d
     .await;
     status_when(&h, "web-tap", "Active", |s| s.phase == Some(Phase::Active)).await;
 
-    let flows = api(&admin, &ns, "logging.banzaicloud.io/v1beta1", "Flow");
-    let outputs = api(&admin, &ns, "logging.banzaicloud.io/v1beta1", "Output");
-    let taps = api(&admin, &ns, "logsocket.dev/v1alpha1", "FlowTap");
-    let (flow_seen, flow_watch) = watch_all(flows.clone(), now(&flows).await);
-    let (output_seen, output_watch) = watch_all(outputs.clone(), now(&outputs).await);
-    let (tap_seen, tap_watch) = watch_all(taps.clone(), now(&taps).await);
+    let mut watched = Watched::start(&admin, &ns).await;
 
     // Every read of a Secret is answered 503, then 429, while the flow's changes make the
     // controller look again (and its error policy retries).
@@ -68,32 +63,21 @@ async fn an_api_server_shedding_load_while_a_taps_secret_is_read_tears_nothing_d
             .then_some(())
     })
     .await;
-    // The watches saw the last poke: everything before it is in.
-    eventually("the flow watch caught up", || async {
-        flow_seen
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|(_, _, f)| f["metadata"]["annotations"]["poke"].as_str() == Some(pokes.to_string().as_str()))
-            .then_some(())
-    })
-    .await;
-    flow_watch.abort();
-    output_watch.abort();
-    tap_watch.abort();
-    for (rv, _, flow) in flow_seen.lock().unwrap().iter() {
+    // The watches saw everything up to now.
+    watched.caught_up(&[("Flow", "web"), ("FlowTap", "web-tap")]).await;
+    for (rv, _, flow) in &watched.events("Flow") {
         assert!(
             names(flow, "localOutputRefs").contains(&"logsocket-web-tap".to_owned()),
             "the flow lost the tap's ref at rv {rv}: {flow}"
         );
     }
-    for (rv, what, output) in output_seen.lock().unwrap().iter() {
+    for (rv, what, output) in &watched.events("Output") {
         assert!(
             *what != "DELETED" && output["metadata"]["deletionTimestamp"].is_null(),
             "the output went at rv {rv}: {output}"
         );
     }
-    for (rv, _, tap) in tap_seen.lock().unwrap().iter() {
+    for (rv, _, tap) in &watched.events("FlowTap") {
         assert_eq!(tap["status"]["phase"], "Active", "the tap changed at rv {rv}: {tap}");
     }
     never_broke_the_render(&h).await;
@@ -108,13 +92,7 @@ async fn cluster_flows_of_one_name_in_two_namespaces_each_feed_only_their_own_ta
     let hb = cluster::harness_with(admin.clone(), b.clone(), true, LINGER, Duration::from_secs(6)).await;
     // One Logging renders both namespaces and reads cluster resources from every namespace;
     // the stand-in of `a` plays it (its control namespace).
-    let loggings = Api::<DynamicObject>::all_with(
-        admin.clone(),
-        &kube::api::ApiResource::from_gvk_with_plural(
-            &kube::api::GroupVersionKind::gvk("logging.banzaicloud.io", "v1beta1", "Logging"),
-            "loggings",
-        ),
-    );
+    let loggings = cluster::loggings(&admin);
     let shared: DynamicObject = serde_json::from_value(cluster::logging_object(
         "Logging",
         &format!("shared-{a}"),
@@ -238,10 +216,7 @@ async fn a_leader_that_cannot_renew_stops_acting_before_another_may_lead_and_tap
     for i in 0..6 {
         cluster::create_flow(&admin, &ns, &format!("web-{i}"), flow_spec()).await;
     }
-    let flows = api(&admin, &ns, "logging.banzaicloud.io/v1beta1", "Flow");
-    let outputs = api(&admin, &ns, "logging.banzaicloud.io/v1beta1", "Output");
-    let (flow_seen, flow_watch) = watch_all(flows.clone(), now(&flows).await);
-    let (output_seen, output_watch) = watch_all(outputs.clone(), now(&outputs).await);
+    let mut watched = Watched::start(&admin, &ns).await;
     let (shed_a, shed_b) = (Shedding::default(), Shedding::default());
     let a = elected(&h, "replica-a", &shed_a).await;
     eventually("replica-a leads", || async {
@@ -351,41 +326,17 @@ async fn a_leader_that_cannot_renew_stops_acting_before_another_may_lead_and_tap
     );
     drop(a);
 
-    // Both watches caught up (a marker change after everything else), then: no output was
-    // deleted while a flow named it, in the API server's order.
-    poke(&admin, &ns, "Flow", "web-0", 1).await;
-    eventually("the flow watch caught up", || async {
-        flow_seen
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|(_, _, f)| f["metadata"]["annotations"]["poke"] == "1")
-            .then_some(())
-    })
-    .await;
+    // The watches caught up (a marker change of a flow and of a live output after everything
+    // else), then: no output was deleted while a flow named it, in the API server's order.
+    let outputs = api(&admin, &ns, "logging.banzaicloud.io/v1beta1", "Output");
     let marker = outputs.list(&ListParams::default()).await.unwrap().items[0]
         .metadata
         .name
         .clone()
         .unwrap();
-    let patch = json!({"metadata": {"annotations": {"poke": "1"}}});
-    outputs
-        .patch(&marker, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
-    eventually("the output watch caught up", || async {
-        output_seen
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|(_, _, o)| o["metadata"]["annotations"]["poke"] == "1")
-            .then_some(())
-    })
-    .await;
-    flow_watch.abort();
-    output_watch.abort();
-    let flow_events = flow_seen.lock().unwrap().clone();
-    let output_events = output_seen.lock().unwrap().clone();
+    watched.caught_up(&[("Flow", "web-0"), ("Output", &marker)]).await;
+    let flow_events = watched.events("Flow");
+    let output_events = watched.events("Output");
     assert!(
         output_events.iter().filter(|(_, what, _)| *what == "DELETED").count() >= 3,
         "outputs were deleted during the test: {}",
@@ -448,22 +399,7 @@ async fn a_flow_logging_operator_would_drop_for_the_taps_output_is_restored_at_o
     let ns = cluster::namespace(&admin, "fail-skip").await;
     let h = cluster::harness_with(admin.clone(), ns.clone(), true, LINGER, Duration::from_secs(6)).await;
     // skipInvalidResources: a flow that cannot be rendered is dropped, silently for the Logging.
-    let loggings = Api::<DynamicObject>::all_with(
-        admin.clone(),
-        &kube::api::ApiResource::from_gvk_with_plural(
-            &kube::api::GroupVersionKind::gvk("logging.banzaicloud.io", "v1beta1", "Logging"),
-            "loggings",
-        ),
-    );
-    let skip = json!({"spec": {"skipInvalidResources": true}});
-    loggings
-        .patch(
-            &h.logging_operator.logging,
-            &PatchParams::default(),
-            &Patch::Merge(&skip),
-        )
-        .await
-        .unwrap();
+    crate::operator::skip_invalid_resources(&h).await;
     cluster::create_flow(&admin, &ns, "web", flow_spec()).await;
     persistent_tap(
         &h,
@@ -503,7 +439,7 @@ async fn a_tap_asking_for_more_buffer_than_the_shared_fluentd_allows_is_refused_
     let ns = cluster::namespace(&admin, "fail-buffer").await;
     let h = cluster::harness_with(admin.clone(), ns.clone(), true, LINGER, Duration::from_secs(6)).await;
     cluster::create_flow(&admin, &ns, "web", flow_spec()).await;
-    let watched = crate::watch::Watched::start(&admin, &ns).await;
+    let watched = Watched::start(&admin, &ns).await;
     persistent_tap(
         &h,
         "greedy",

@@ -260,13 +260,7 @@ async fn a_configuration_check_that_fails_with_the_tap_restores_the_flow_and_rem
 async fn the_output_and_a_mirror_belong_to_the_flows_logging_and_a_mirror_has_no_custom_label() {
     let h = harness("safe-ref").await;
     // A second Logging, "blue", renders this namespace too, for flows with loggingRef blue.
-    let loggings = Api::<kube::api::DynamicObject>::all_with(
-        h.client.clone(),
-        &kube::api::ApiResource::from_gvk_with_plural(
-            &kube::api::GroupVersionKind::gvk("logging.banzaicloud.io", "v1beta1", "Logging"),
-            "loggings",
-        ),
-    );
+    let loggings = cluster::loggings(&h.client);
     let blue: kube::api::DynamicObject = serde_json::from_value(json!({
         "apiVersion": "logging.banzaicloud.io/v1beta1", "kind": "Logging",
         "metadata": {"name": format!("blue-{}", h.ns)},
@@ -506,8 +500,6 @@ async fn a_flow_whose_ref_keeps_being_removed_is_left_alone_as_contested() {
     assert_eq!(refs(&raw(&h, "Flow", "web").await.unwrap()), json!(["loki"]));
 }
 
-type Seen = std::sync::Arc<std::sync::Mutex<Vec<(u64, &'static str, serde_json::Value)>>>;
-
 /// Every event of the object `name` of `kind` in the namespace from resourceVersion `from`, as
 /// (resourceVersion, event type, the object), collected until the returned task is aborted.
 fn watch_events(
@@ -515,39 +507,11 @@ fn watch_events(
     kind: &str,
     name: &str,
     from: &str,
-) -> (Seen, tokio::task::JoinHandle<()>) {
-    use futures::StreamExt;
-    use kube::api::{WatchEvent, WatchParams};
-    let api = cluster::logging_api(&h.client, &h.ns, kind);
-    let params = WatchParams::default()
+) -> (crate::watch::Seen, tokio::task::JoinHandle<()>) {
+    let params = kube::api::WatchParams::default()
         .fields(&format!("metadata.name={name}"))
         .timeout(120);
-    let from = from.to_owned();
-    let seen: Seen = Default::default();
-    let into = seen.clone();
-    let task = tokio::spawn(async move {
-        let stream = api.watch(&params, &from).await.unwrap();
-        futures::pin_mut!(stream);
-        while let Some(event) = stream.next().await {
-            let (what, object) = match event.unwrap() {
-                WatchEvent::Added(o) => ("ADDED", o),
-                WatchEvent::Modified(o) => ("MODIFIED", o),
-                WatchEvent::Deleted(o) => ("DELETED", o),
-                _ => continue,
-            };
-            let rv = object
-                .metadata
-                .resource_version
-                .as_deref()
-                .unwrap_or("0")
-                .parse()
-                .unwrap();
-            into.lock()
-                .unwrap()
-                .push((rv, what, serde_json::to_value(object).unwrap()));
-        }
-    });
-    (seen, task)
+    crate::watch::watch_with(cluster::logging_api(&h.client, &h.ns, kind), params, from.to_owned())
 }
 
 #[tokio::test]
@@ -640,13 +604,7 @@ async fn another_flow_fails_the_check(h: &testkit::cluster::Harness) {
         .fail_config_with
         .insert("flow/bad".into());
     cluster::create_flow(&h.client, &h.ns, "bad", json!({"localOutputRefs": ["loki"]})).await;
-    let loggings = Api::<kube::api::DynamicObject>::all_with(
-        h.client.clone(),
-        &kube::api::ApiResource::from_gvk_with_plural(
-            &kube::api::GroupVersionKind::gvk("logging.banzaicloud.io", "v1beta1", "Logging"),
-            "loggings",
-        ),
-    );
+    let loggings = cluster::loggings(&h.client);
     eventually("the Logging's check failed", || async {
         let l = loggings.get(&h.logging_operator.logging).await.ok()?;
         let results = l.data["status"]["configCheckResults"].as_object()?.clone();

@@ -11,10 +11,19 @@ pub(crate) type Seen = Arc<Mutex<Vec<(u64, &'static str, Value)>>>;
 /// Every event of `api`'s objects from resourceVersion `from`, as (resourceVersion, type,
 /// object), collected until the returned task is aborted.
 pub(crate) fn watch_all(api: Api<DynamicObject>, from: String) -> (Seen, tokio::task::JoinHandle<()>) {
+    watch_with(api, WatchParams::default().timeout(290), from)
+}
+
+/// [`watch_all`] of the objects `params` selects.
+pub(crate) fn watch_with(
+    api: Api<DynamicObject>,
+    params: WatchParams,
+    from: String,
+) -> (Seen, tokio::task::JoinHandle<()>) {
     let seen: Seen = Default::default();
     let into = seen.clone();
     let task = tokio::spawn(async move {
-        let stream = api.watch(&WatchParams::default().timeout(290), &from).await.unwrap();
+        let stream = api.watch(&params, &from).await.unwrap();
         futures::pin_mut!(stream);
         while let Some(event) = stream.next().await {
             let (what, object) = match event.unwrap() {

@@ -14,6 +14,23 @@ use testkit::cluster::{self, Harness};
 use testkit::poll::{eventually, eventually_within};
 use testkit::shedding::Shedding;
 
+/// Flow `web` and a persistent FlowTap `web-tap` on it, in the harness's namespace.
+async fn web_tap(h: &Harness) {
+    cluster::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    persistent_tap(
+        h,
+        "web-tap",
+        json!({"flowRef": {"kind": "Flow", "name": "web"}, "persistent": true}),
+    )
+    .await;
+}
+
+/// [`web_tap`], once it is Active.
+async fn web_tap_active(h: &Harness) {
+    web_tap(h).await;
+    status_when(h, "web-tap", "Active", |s| s.phase == Some(Phase::Active)).await;
+}
+
 #[tokio::test]
 async fn an_api_server_shedding_load_while_a_taps_secret_is_read_tears_nothing_down() {
     let admin = cluster::client().await;
@@ -25,14 +42,7 @@ async fn an_api_server_shedding_load_while_a_taps_secret_is_read_tears_nothing_d
         c.tls_secret = Some("log-socket-ingest-tls".into())
     })
     .await;
-    cluster::create_flow(&admin, &ns, "web", flow_spec()).await;
-    persistent_tap(
-        &h,
-        "web-tap",
-        json!({"flowRef": {"kind": "Flow", "name": "web"}, "persistent": true}),
-    )
-    .await;
-    status_when(&h, "web-tap", "Active", |s| s.phase == Some(Phase::Active)).await;
+    web_tap_active(&h).await;
 
     let mut watched = Watched::start(&admin, &ns).await;
 
@@ -351,13 +361,7 @@ async fn an_output_rewritten_by_a_new_ingest_url_goes_on_trial_again_under_its_f
     let admin = cluster::client().await;
     let ns = cluster::namespace(&admin, "fail-rewrite").await;
     let mut h = cluster::harness_with(admin.clone(), ns.clone(), true, LINGER, Duration::from_secs(6)).await;
-    cluster::create_flow(&admin, &ns, "web", flow_spec()).await;
-    persistent_tap(
-        &h,
-        "web-tap",
-        json!({"flowRef": {"kind": "Flow", "name": "web"}, "persistent": true}),
-    )
-    .await;
+    web_tap(&h).await;
     // Accepted: its trial (30 s) over with the Logging's checks passing.
     crate::operator::status_within(&h, "web-tap", "accepted", Duration::from_secs(120), |s| {
         s.patched.as_ref().is_some_and(|p| p.config_accepted)
@@ -400,14 +404,7 @@ async fn a_flow_logging_operator_would_drop_for_the_taps_output_is_restored_at_o
     let h = cluster::harness_with(admin.clone(), ns.clone(), true, LINGER, Duration::from_secs(6)).await;
     // skipInvalidResources: a flow that cannot be rendered is dropped, silently for the Logging.
     crate::operator::skip_invalid_resources(&h).await;
-    cluster::create_flow(&admin, &ns, "web", flow_spec()).await;
-    persistent_tap(
-        &h,
-        "web-tap",
-        json!({"flowRef": {"kind": "Flow", "name": "web"}, "persistent": true}),
-    )
-    .await;
-    status_when(&h, "web-tap", "Active", |s| s.phase == Some(Phase::Active)).await;
+    web_tap_active(&h).await;
     // The output turns unusable after it was named (logging-operator reports problems for it,
     // as for a Secret gone): the user's flow is dropped until the tap's ref leaves it.
     h.logging_operator

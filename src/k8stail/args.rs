@@ -196,6 +196,13 @@ pub struct TailArgs {
     #[arg(long, value_name = "SGR,...")]
     pub pod_colors: Option<String>,
 
+    /// While the tap warms up, show the live container logs of the pods the flow's match
+    /// selects (your own `pods/log` access, as stern), each line marked `pre-flow` (in JSON,
+    /// `"preflow":true`): raw output from before the flow's filters, until the first flow
+    /// record. `auto`: when stdout is a terminal.
+    #[arg(long, value_enum, default_value_t = super::preflow::Mode::Auto, env = "K8STAIL_PREFLOW", value_name = "WHEN")]
+    pub preflow: super::preflow::Mode,
+
     /// Only records whose pod labels match this selector (`app=web`, `tier!=db`, `env in
     /// (a,b)`, `canary`, `!canary`; comma = and).
     #[arg(short = 'l', long, value_name = "SELECTOR")]

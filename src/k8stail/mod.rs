@@ -5,7 +5,8 @@
 //!   the config file's keys (`config`); stern's flags keep stern's meaning;
 //! - `target`: reading a flow's name; `select`: which records (relay options and local checks);
 //! - `connect`: the route to the relay (the API server's service proxy, or `--server`);
-//! - `stream`: following a flow, reconnecting and resuming, notes on stderr;
+//! - `stream`: following a flow, reconnecting and resuming (`resume`: `--resume-file`), notes
+//!   on stderr (`notes`); `preflow`: the pods' own logs while the tap warms up;
 //! - `render`, `template`, `clock`: the output formats, `--template`, timestamps;
 //! - `complete`: dynamic shell completion from the cluster; `taps`: `k8stail taps`;
 //! - `run`: the program itself (`main`, `run`), over the modules above; this file is its face.
@@ -19,7 +20,10 @@ pub mod complete;
 mod config;
 mod connect;
 mod escape;
+mod notes;
+mod preflow;
 pub mod render;
+mod resume;
 mod run;
 mod select;
 mod stream;

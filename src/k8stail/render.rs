@@ -179,6 +179,9 @@ impl Renderer {
                 ext.insert("pod".into(), k["pod_name"].clone());
                 ext.insert("container".into(), k["container_name"].clone());
                 ext.insert("message".into(), message);
+                if v["preflow"] == Value::Bool(true) {
+                    ext.insert("preflow".into(), true.into());
+                }
                 let ext = Value::Object(ext);
                 let text = match pretty {
                     true => serde_json::to_string_pretty(&ext),
@@ -225,6 +228,37 @@ impl Renderer {
         }
         line.push('\n');
         out.write_all(line.as_bytes())
+    }
+
+    /// Print one pre-flow line (a record built by `preflow::Line::record`, `"preflow":true`):
+    /// in the human formats after a dim `pre-flow` tag, in the JSON ones with the field (and
+    /// as a `preflow` frame in `-o frame`), so it is never taken for a flow record.
+    pub fn preflow(&self, out: &mut dyn Write, target: &TapKey, record: &RawValue) -> io::Result<()> {
+        match &self.format {
+            Format::Json | Format::ExtJson { .. } => self.record(out, target, "", 0, record),
+            Format::Frame => {
+                let frame = format!(r#"{{"type":"preflow","record":{}}}"#, record.get());
+                writeln!(out, "{}", self.json_text(&frame))
+            }
+            _ => {
+                let mut line = vec![];
+                self.record(&mut line, target, "", 0, record)?;
+                out.write_all(self.paint("2", "pre-flow").as_bytes())?;
+                out.write_all(b" ")?;
+                out.write_all(&line)
+            }
+        }
+    }
+
+    /// The line between pre-flow lines and flow records, in the human formats (JSON outputs
+    /// tell them apart by the `preflow` field, and a line of another shape would break them).
+    pub fn separator(&self, out: &mut dyn Write) -> io::Result<bool> {
+        if matches!(self.format, Format::Json | Format::ExtJson { .. } | Format::Frame) {
+            return Ok(false);
+        }
+        let text = "── flow records from here: fluentd sends the flow's output (pre-flow lines above were raw container logs) ──";
+        writeln!(out, "{}", self.paint("2", text))?;
+        Ok(true)
     }
 
     /// JSON text as printed: on a terminal with DEL and C1 controls escaped.

@@ -100,6 +100,7 @@ async fn follow(cli: &Cli, out: &mut dyn Write) -> Result<()> {
         }
     }
     let (route, token) = connect::route(&cli.kube, args).await?;
+    let preflow = preflow_client(cli, &route, stdout_tty).await;
     let out = std::cell::RefCell::new(out);
     let follow = stream::Follow {
         route: &route,
@@ -108,11 +109,40 @@ async fn follow(cli: &Cli, out: &mut dyn Write) -> Result<()> {
         selection: &selection,
         renderer: &renderer,
         out: &out,
+        preflow: preflow.as_ref(),
     };
     // One stream per flow, polled together on this task, writing whole lines to one stdout;
     // the first that cannot go on ends them all.
     futures::future::try_join_all(targets.iter().map(|t| stream::follow(&follow, t))).await?;
     Ok(())
+}
+
+/// The API client pre-flow lines are read with (the user's own kubeconfig), when they are
+/// wanted: `--preflow always`, or `auto` on a terminal; never with `--no-follow`.
+async fn preflow_client(cli: &Cli, route: &connect::Route, stdout_tty: bool) -> Option<kube::Client> {
+    use super::preflow::Mode;
+    let args = &cli.tail;
+    let wanted = match args.preflow {
+        Mode::Always => true,
+        Mode::Auto => stdout_tty,
+        Mode::Never => false,
+    };
+    if !wanted || args.no_follow {
+        return None;
+    }
+    if let connect::Route::Proxy { client, .. } = route {
+        return Some(client.clone());
+    }
+    match crate::k8s::client::client(cli.kube.kubeconfig.as_deref(), cli.kube.context.as_deref()).await {
+        Ok(client) => Some(client),
+        Err(e) => {
+            eprintln!(
+                "k8stail: no pre-flow lines: they are read with your kubeconfig, which could not be loaded ({})",
+                one_line(&e.to_string())
+            );
+            None
+        }
+    }
 }
 
 /// The kubeconfig context's namespace (`default` when it names none), as kubectl takes it.

@@ -89,7 +89,7 @@ impl Selection {
 
     /// The namespace filter for `target`: `-n` narrows ClusterFlows only (a Flow's records are
     /// all from its own namespace).
-    fn namespace_for(&self, target: &TapKey) -> Option<&String> {
+    pub fn namespace_for(&self, target: &TapKey) -> Option<&String> {
         self.namespace.as_ref().filter(|_| target.kind == FlowKind::ClusterFlow)
     }
 

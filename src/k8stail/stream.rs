@@ -2,7 +2,10 @@
 //! the last record, and remember the position in `--resume-file`.
 
 use super::connect::{Refusal, Route, Ws};
+use super::notes::Notes;
+use super::preflow::{self, Preflow};
 use super::render::Renderer;
+use super::resume::{read_resume, write_resume};
 use super::select::Selection;
 use super::{TailArgs, TapKey};
 use crate::backoff::Backoff;
@@ -24,43 +27,6 @@ use tokio_tungstenite::tungstenite::Message;
 pub struct Position {
     pub epoch: u64,
     pub seq: u64,
-}
-
-/// What `--resume-file` holds.
-#[derive(Debug, Serialize, Deserialize)]
-struct ResumeFile {
-    tap: String,
-    epoch: u64,
-    seq: u64,
-}
-
-/// One-line notes on stderr; the transient status line only on a terminal.
-struct Notes {
-    tty: bool,
-    status_shown: bool,
-}
-
-impl Notes {
-    /// Everything notes print may carry text from the network (status messages, pod names,
-    /// error reasons): escaped to one line, like records.
-    fn status(&mut self, text: &str) {
-        if self.tty {
-            eprint!("\r\x1b[2K{}", super::escape::one_line(text));
-            self.status_shown = true;
-        }
-    }
-
-    fn clear(&mut self) {
-        if self.status_shown {
-            eprint!("\r\x1b[2K");
-            self.status_shown = false;
-        }
-    }
-
-    fn note(&mut self, text: &str) {
-        self.clear();
-        eprintln!("k8stail: {}", super::escape::one_line(text));
-    }
 }
 
 /// How a connection ended.
@@ -88,6 +54,8 @@ pub struct Follow<'a> {
     pub renderer: &'a Renderer,
     /// stdout, shared by the flows (each writes whole lines).
     pub out: &'a RefCell<dyn Write + 'a>,
+    /// The user's own API client for pre-flow lines (`None`: no pre-flow view).
+    pub preflow: Option<&'a kube::Client>,
 }
 
 /// "Every buffered record" for a relay that takes only numbers (relays before `tail=all`): more
@@ -103,10 +71,7 @@ const FIRST_RECONNECT: Duration = Duration::from_millis(250);
 pub async fn follow(f: &Follow<'_>, target: &TapKey) -> Result<()> {
     let (args, renderer, route, token) = (f.args, f.renderer, f.route, f.token);
     let target = target.clone();
-    let mut notes = Notes {
-        tty: std::io::stderr().is_terminal(),
-        status_shown: false,
-    };
+    let mut notes = Notes::new(std::io::stderr().is_terminal());
     let mut filters = f.selection.filter_options(&target);
     // Set when the relay is older than the filter options: k8stail filters itself then.
     let mut filter_here = f.selection.local_only;
@@ -122,6 +87,10 @@ pub async fn follow(f: &Follow<'_>, target: &TapKey) -> Result<()> {
     // than any replay buffer, as k8stail did before.
     let mut all_as_number = false;
     let mut backoff = Backoff::new(FIRST_RECONNECT, args.max_backoff.0);
+    let mut preflow = match f.preflow {
+        Some(client) => Preflow::start(client.clone(), &target, f.selection.namespace_for(&target).cloned()),
+        None => Preflow::off(),
+    };
     loop {
         let start = match position {
             // Resume after the last record seen.
@@ -197,6 +166,7 @@ pub async fn follow(f: &Follow<'_>, target: &TapKey) -> Result<()> {
             &mut ctrl_c,
             resume,
             args.wait,
+            &mut preflow,
         )
         .await;
         if let (Some(path), Some(p)) = (&args.resume_file, position) {
@@ -257,6 +227,7 @@ async fn read(
     ctrl_c: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
     resume: Option<(&Path, &TapKey)>,
     wait: bool,
+    preflow: &mut Preflow,
 ) -> Result<End> {
     let mut save = tokio::time::interval(Duration::from_secs(1));
     let mut saved = *position;
@@ -291,6 +262,10 @@ async fn read(
                 let _ = ws.close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() })).await;
                 return Ok(End::Interrupted);
             }
+            event = preflow.next() => {
+                pre_flow(event, preflow, renderer, out, &keep, notes)?;
+                continue;
+            }
         };
         let text = match message {
             Some(Ok(Message::Text(text))) => text,
@@ -310,6 +285,12 @@ async fn read(
                     seq,
                 });
                 to_replay = to_replay.map(|n| n.saturating_sub(1));
+                if preflow.switch() && renderer.separator(&mut *out.borrow_mut()).map_err(Error::Output)? {
+                    notes.note("the flow's records arrive: pre-flow lines stopped");
+                }
+                if preflow.cutting() && preflow.already_shown(&serde_json::from_str(record.get()).unwrap_or_default()) {
+                    continue;
+                }
                 if keep.selection.wants(keep.target, &record, keep.filter_here) {
                     renderer
                         .record(&mut *out.borrow_mut(), keep.target, text.as_str(), seq, &record)
@@ -331,6 +312,42 @@ async fn read(
             )),
         }
     }
+}
+
+/// Show a pre-flow line (through the same local filters as records) or say a pre-flow note.
+fn pre_flow(
+    event: preflow::Event,
+    preflow: &mut Preflow,
+    renderer: &Renderer,
+    out: &RefCell<dyn Write + '_>,
+    keep: &Keep<'_>,
+    notes: &mut Notes,
+) -> Result<()> {
+    let line = match event {
+        preflow::Event::Note(text) => {
+            notes.note(&text);
+            return Ok(());
+        }
+        preflow::Event::Line(line) => line,
+    };
+    let Ok(record) = serde_json::value::RawValue::from_string(line.record()) else {
+        return Ok(());
+    };
+    if !keep.selection.wants(keep.target, &record, true) {
+        return Ok(());
+    }
+    if preflow.shown == 0 {
+        notes.note(&format!(
+            "pre-flow: live container logs of the pods {} matches, raw, before its filters; flow records follow once fluentd sends them",
+            keep.target
+        ));
+    }
+    notes.hide();
+    let printed = renderer.preflow(&mut *out.borrow_mut(), keep.target, &record);
+    notes.show();
+    printed.map_err(Error::Output)?;
+    preflow.shown(&line);
+    Ok(())
 }
 
 /// What one connection has said so far.
@@ -484,49 +501,6 @@ struct Keep<'a> {
     no_follow: bool,
 }
 
-fn read_resume(path: &Path, target: &TapKey, notes: &mut Notes) -> Result<Option<Position>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(Error::Usage(format!(
-                "cannot read --resume-file {}: {e}",
-                path.display()
-            )))
-        }
-    };
-    let file: ResumeFile = serde_json::from_str(&text).map_err(|e| {
-        Error::Usage(format!(
-            "--resume-file {} is not a k8stail resume file ({e}); delete it to start fresh",
-            path.display()
-        ))
-    })?;
-    if file.tap != target.to_string() {
-        notes.note(&format!(
-            "--resume-file {} is for {}, not {target}; starting fresh",
-            path.display(),
-            file.tap
-        ));
-        return Ok(None);
-    }
-    Ok(Some(Position {
-        epoch: file.epoch,
-        seq: file.seq,
-    }))
-}
-
-fn write_resume(path: &Path, target: &TapKey, p: Position) -> Result<(), String> {
-    let file = ResumeFile {
-        tap: target.to_string(),
-        epoch: p.epoch,
-        seq: p.seq,
-    };
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec(&file).expect("serialisable"))
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| format!("cannot write --resume-file {}: {e}", path.display()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -542,31 +516,5 @@ mod tests {
         }
         b.reset();
         assert!(b.next_wait() <= Duration::from_millis(250));
-    }
-
-    #[test]
-    fn a_resume_file_round_trips_and_one_for_another_tap_is_ignored() {
-        let dir = std::env::temp_dir().join(format!("k8stail-resume-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("pos");
-        let web = crate::k8stail::parse_target("shop/web", false).unwrap();
-        let mut notes = Notes {
-            tty: false,
-            status_shown: false,
-        };
-        assert_eq!(
-            read_resume(&path, &web, &mut notes).unwrap(),
-            None,
-            "no file: start fresh"
-        );
-        write_resume(&path, &web, Position { epoch: 9, seq: 41 }).unwrap();
-        assert_eq!(
-            read_resume(&path, &web, &mut notes).unwrap(),
-            Some(Position { epoch: 9, seq: 41 })
-        );
-        let other = crate::k8stail::parse_target("shop/api", false).unwrap();
-        assert_eq!(read_resume(&path, &other, &mut notes).unwrap(), None);
-        std::fs::write(&path, "garbage").unwrap();
-        assert!(matches!(read_resume(&path, &web, &mut notes), Err(Error::Usage(m)) if m.contains("delete it")));
     }
 }

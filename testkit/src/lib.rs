@@ -10,6 +10,8 @@
 //! - [`control_plane`]: etcd + kube-apiserver on loopback (also for `make demo` and `make bench`).
 //! - [`logging_operator`], [`render`], [`pipeline`]: logging-operator's part, played here.
 //! - [`fluentd`], [`nats`]: the real fluentd and nats-server as child processes.
+//! - [`kubelet`]: a kubelet's container-log endpoint on loopback, registered as a Node, so the
+//!   real API server serves `pods/log`.
 //! - [`netns`]: a network namespace for a non-loopback address.
 //! - [`poll`]: [`poll::eventually`] and [`poll::free_port`]; [`child`]: children that die with
 //!   the process that started them; [`skip`]: a test that cannot run here says so, and
@@ -19,6 +21,7 @@ pub mod child;
 pub mod cluster;
 pub mod control_plane;
 pub mod fluentd;
+pub mod kubelet;
 pub mod logging_model;
 pub mod logging_operator;
 pub mod nats;

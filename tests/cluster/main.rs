@@ -13,6 +13,7 @@ mod k8stail_taps;
 mod leader;
 mod logging_models;
 mod operator;
+mod preflow;
 mod service;
 mod tap_failures;
 mod tap_safety;

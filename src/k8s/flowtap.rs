@@ -31,6 +31,19 @@ pub const GROUP: &str = "logsocket.dev";
     printcolumn(name = "Listeners", type_ = "integer", json_path = ".status.listeners"),
     printcolumn(name = "Persistent", type_ = "boolean", json_path = ".spec.persistent"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Stage", type_ = "string", json_path = ".status.stage.name"),
+    printcolumn(
+        name = "Records/s",
+        type_ = "number",
+        json_path = ".status.cost.recordsPerSecond",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Bytes/s",
+        type_ = "integer",
+        json_path = ".status.cost.bytesPerSecond",
+        priority = 1
+    ),
     printcolumn(name = "Bus", type_ = "string", json_path = ".status.bus.kind", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
@@ -265,6 +278,71 @@ pub struct FlowTapStatus {
     /// Which bus serves the tap, as the relays with listeners last saw it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bus: Option<BusStatus>,
+
+    /// Where the tap stands on its way to records (or after its listeners left), since when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<StageStatus>,
+
+    /// What the tap costs fluentd and the relay, as the relay last measured it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<TapCost>,
+}
+
+/// A stage of a tap's life, with its start.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StageStatus {
+    pub name: Stage,
+    /// When the tap entered this stage.
+    pub since: Time,
+    /// What the stage waits for, in words.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// Where a tap stands, from its output's creation to records arriving.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Stage {
+    /// The generated output waits for logging-operator's validation.
+    OutputValidating,
+    /// Waiting for its turn to change the Logging's configuration (see `message`).
+    Queued,
+    /// The flow names the output; logging-operator has no check result for the configuration
+    /// with it yet (its check pod runs `fluentd --dry-run`).
+    ConfigCheck,
+    /// The check passed: fluentd loads the configuration when kubelet next syncs its pod
+    /// (often within 60-90 s) and the config-reloader reloads it.
+    ConfigApplied,
+    /// Records arrive.
+    Flowing,
+    /// No listener; kept because it costs little, so the next listener attaches at once.
+    Warm,
+}
+
+/// The rate of records fluentd sends the tap: what keeping it costs the shared fluentd and the
+/// relays. The sum over the relays that took records for it recently.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TapCost {
+    pub records_per_second: f64,
+    pub bytes_per_second: u64,
+    /// When it was last measured.
+    pub measured: Time,
+    /// Each relay's share (fluentd's requests go to any replica).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["relay"]))]
+    pub relays: Vec<RelayCost>,
+}
+
+/// What one relay measured for a tap.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RelayCost {
+    /// The relay instance (pod).
+    pub relay: String,
+    pub records_per_second: f64,
+    pub bytes_per_second: u64,
+    pub measured: Time,
 }
 
 /// The bus between ingest and listeners for a tap.

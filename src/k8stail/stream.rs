@@ -250,6 +250,11 @@ async fn read(
         let message = tokio::select! {
             m = ws.next() => m,
             _ = save.tick() => {
+                if stream.waiting {
+                    if let Some(line) = stream.stage_line(jiff::Timestamp::now()) {
+                        notes.status(&line);
+                    }
+                }
                 if let (Some((path, target)), Some(p)) = (resume, *position) {
                     if saved != Some(p) {
                         write_resume(path, target, p).map_err(Error::Stream)?;
@@ -363,6 +368,8 @@ struct Connection {
     waiting: bool,
     /// `--wait`: a failed tap is reported, not the end.
     wait: bool,
+    /// The tap's stage, since when, and what it waits for (from its status frames).
+    stage: Option<(String, jiff::Timestamp, String)>,
 }
 
 impl Default for Connection {
@@ -374,11 +381,34 @@ impl Default for Connection {
             failure: None,
             waiting: true,
             wait: false,
+            stage: None,
         }
     }
 }
 
+/// How long a stage may last before k8stail says where to look.
+fn stuck_after(stage: &str) -> Option<(u64, &'static str)> {
+    match stage {
+        "OutputValidating" => Some((30, "is logging-operator running? kubectl get outputs,clusteroutputs -A shows whether it validated the output")),
+        "ConfigCheck" => Some((60, "the check pod may be Pending or slow: kubectl get pods -A -l app.kubernetes.io/component=fluentd-configcheck")),
+        "ConfigApplied" => Some((120, "fluentd has not sent records yet: kubelet may not have synced its pod, or the flow is quiet (docs/troubleshooting.md)")),
+        _ => None,
+    }
+}
+
 impl Connection {
+    /// The status line while waiting: the tap's stage, how long it has lasted, what it waits for,
+    /// and where to look once it lasts too long.
+    fn stage_line(&self, now: jiff::Timestamp) -> Option<String> {
+        let (stage, since, message) = self.stage.as_ref()?;
+        let secs = now.duration_since(*since).as_secs().max(0) as u64;
+        let hint = match stuck_after(stage) {
+            Some((after, hint)) if secs >= after => format!(" — {hint}"),
+            _ => String::new(),
+        };
+        Some(format!("{}: {stage} {secs}s: {message}{hint}", self.tap_name))
+    }
+
     /// How the stream ended, from the relay's close frame.
     fn closed(&mut self, frame: Option<CloseFrame>) -> End {
         let (code, reason) = frame
@@ -412,6 +442,8 @@ impl Connection {
                 flow_tap,
                 phase,
                 message,
+                stage,
+                stage_since,
                 ..
             }) => match phase.as_deref() {
                 Some("Failed") if !self.wait => {
@@ -421,7 +453,13 @@ impl Connection {
                     notes.note(&format!("FlowTap {flow_tap} is {phase}: {message}"));
                     self.last_trouble = Some(message);
                 }
-                _ if self.waiting => notes.status(&format!("{}: {message}…", self.tap_name)),
+                _ if self.waiting => {
+                    self.stage = stage
+                        .zip(stage_since.and_then(|t| t.parse().ok()))
+                        .map(|(s, t)| (s, t, message.clone()));
+                    let line = self.stage_line(jiff::Timestamp::now());
+                    notes.status(&line.unwrap_or_else(|| format!("{}: {message}…", self.tap_name)));
+                }
                 _ => {}
             },
             Frame::Status(Status::Listening {

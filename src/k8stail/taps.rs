@@ -47,6 +47,12 @@ pub(super) async fn taps(kube: &KubeArgs, args: &TapsArgs, out: &mut dyn Write) 
             status.listeners.to_string(),
             tap.spec.persistent.to_string(),
             status.phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "-".into()),
+            status
+                .stage
+                .as_ref()
+                .map(|s| format!("{:?}({})", s.name, age(s.since.0, Timestamp::now())))
+                .unwrap_or_else(|| "-".into()),
+            cost_cell(status.cost.as_ref()),
             bus_cell(status.bus.as_ref()),
             tap.creation_timestamp()
                 .map(|t| age(t.0, Timestamp::now()))
@@ -66,10 +72,20 @@ pub(super) async fn taps(kube: &KubeArgs, args: &TapsArgs, out: &mut dyn Write) 
         "LISTENERS",
         "PERSISTENT",
         "PHASE",
+        "STAGE",
+        "COST",
         "BUS",
         "AGE",
     ];
     write_table(out, &header, &rows).map_err(Error::Output)
+}
+
+/// `2.5rec/s,800B/s`: what the relay last measured for the tap (`-` before any record).
+fn cost_cell(cost: Option<&crate::k8s::flowtap::TapCost>) -> String {
+    match cost {
+        None => "-".into(),
+        Some(c) => format!("{:.1}rec/s,{}B/s", c.records_per_second, c.bytes_per_second),
+    }
 }
 
 /// `embedded`, `nats 12..340` (the stream's first and last message), or `-` when no relay

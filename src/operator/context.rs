@@ -43,6 +43,8 @@ pub struct Context {
     pub unclear_checks: std::sync::Mutex<std::collections::HashSet<String>>,
     /// FlowTaps (by UID) retrying after an unclear check: they are tried one at a time.
     pub retrying: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Each Logging's reload budget: tap changes in batches, one per interval.
+    pub budget: std::sync::Mutex<super::budget::Budget>,
 }
 
 /// Record an Event on the FlowTap (a failure to record is logged, never fatal).
@@ -173,6 +175,7 @@ pub(crate) mod fixtures {
                 cleaned: Default::default(),
                 unclear_checks: Default::default(),
                 retrying: Default::default(),
+                budget: Default::default(),
             };
             (Arc::new(ctx), ApiServerVerifier { requests, task })
         }

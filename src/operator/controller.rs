@@ -84,6 +84,7 @@ pub async fn run(
         cleaned: Default::default(),
         unclear_checks: Default::default(),
         retrying: Default::default(),
+        budget: Default::default(),
     });
     sweep(&client, &ctx.config).await;
     let (store, store2, store3) = (controller.store(), controller.store(), controller.store());

@@ -27,10 +27,13 @@
 //!
 //! The operator never reads records: it only shapes the pipeline that delivers them.
 
+pub mod budget;
 pub mod buffer_bounds;
+pub mod check_pod;
 mod children;
 pub mod context;
 pub mod controller;
+pub mod cost;
 mod events;
 pub mod in_use;
 pub mod lease;
@@ -41,6 +44,7 @@ mod pass;
 pub mod preflight;
 mod reconcile;
 pub mod sessions;
+mod stage;
 pub mod status;
 pub mod track;
 pub mod trial;
@@ -69,6 +73,14 @@ pub struct OperatorConfig {
     pub ingest_url: String,
     /// How long an ephemeral tap without listeners stays before it is deleted.
     pub linger: Duration,
+    /// How long a cheap ephemeral tap stays after its last listener instead (warm), so the next
+    /// listener attaches with no change of the Logging.
+    pub warm_linger: Duration,
+    /// A tap whose measured cost is at most this many bytes/s is cheap (0: no warm taps).
+    pub warm_max_bytes_per_second: u64,
+    /// Tap-caused flow edits of one Logging come in batches at most this often (see
+    /// [`budget`]); zero: no budget.
+    pub config_change_interval: Duration,
     /// Sessions not renewed for this long are dropped (their relay is gone).
     pub session_ttl: Duration,
     /// Keys that sign each generated output's own ingest credential (see
@@ -127,6 +139,10 @@ impl OperatorConfig {
             instance: instance.to_owned(),
             ingest_url: ingest_url.to_owned(),
             linger: Duration::from_secs(60),
+            // Warm taps are the service's default (its flags); embedders and tests opt in.
+            warm_linger: Duration::from_secs(1800),
+            warm_max_bytes_per_second: 0,
+            config_change_interval: Duration::ZERO,
             session_ttl: Duration::from_secs(60),
             ingest_keys: None,
             tls_secret: None,

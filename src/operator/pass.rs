@@ -21,6 +21,8 @@ use std::time::Duration;
 /// A flow whose ref is removed this often, this fast, is contested (a GitOps tool keeps
 /// removing it): the operator stops putting it back.
 pub const CONTESTED_REPAIRS: usize = 3;
+/// A change waits for its Logging's next batch (see `budget`).
+pub const CHANGE_WINDOW: &str = "ChangeWindow";
 pub const CONTESTED_WINDOW: Duration = Duration::from_secs(300);
 
 /// What one pass did to the tap's children.
@@ -33,6 +35,11 @@ pub(super) struct Step {
     pub(super) recheck: Option<Duration>,
     /// Nothing worth a status write yet (an output created just now, validated in a moment).
     pub(super) quiet: bool,
+    /// A configuration with the tap passed logging-operator's check (or was accepted): fluentd
+    /// gets it next. `Some(false)`: patched, no result for it yet. `None`: not patched.
+    pub(super) checked: Option<bool>,
+    /// While the check has no result: its pod in words, when it may be read.
+    pub(super) check_pod: Option<String>,
 }
 
 /// Check first, then change: refuse before the flow would name anything logging-operator
@@ -52,6 +59,8 @@ pub(super) async fn ensure_children(
         patched: None,
         recheck: Some(Duration::from_secs(10)),
         quiet: false,
+        checked: None,
+        check_pod: None,
     };
     // A contested flow is final until the spec changes; a failed configuration check until
     // then or until it is tried again (see `trial`).
@@ -165,6 +174,8 @@ pub(super) async fn ensure_children(
                         .created
                         .as_ref()
                         .is_none_or(|t| status::age(t, status::now()) < Duration::from_secs(2)),
+                checked: None,
+                check_pod: None,
             });
         }
         Validation::Refused(r) => {
@@ -199,6 +210,23 @@ pub(super) async fn ensure_children(
                 recheck: Some(Duration::from_secs(wait)),
                 patched: patched.cloned(),
                 ..refuse(OutputState::Ready, FlowState::Waiting(r))
+            });
+        }
+        // The Logging's reload budget: this change goes with the current or next batch.
+        let gate = ctx.budget.lock().unwrap().ask(
+            &logging.name_any(),
+            &tap.uid().unwrap_or_default(),
+            std::time::Instant::now(),
+            ctx.config.config_change_interval,
+        );
+        if let super::budget::Gate::Wait(wait) = gate {
+            return Ok(Step {
+                recheck: Some(wait),
+                patched: patched.cloned(),
+                ..refuse(
+                    OutputState::Ready,
+                    FlowState::Waiting(change_window(&logging.name_any(), wait, ctx)),
+                )
             });
         }
     }
@@ -270,6 +298,8 @@ pub(super) async fn ensure_children(
             patched: None,
             recheck: None,
             quiet: false,
+            checked: None,
+            check_pod: None,
         });
     }
     let logging_name = logging.name_any();
@@ -293,6 +323,8 @@ pub(super) async fn ensure_children(
     };
     // Judged until a check with the tap passed; never after (see `trial`).
     let mut recheck = None;
+    let checked =
+        record.config_accepted || preflight::config_check_since(&logging, &record.config_checks_before) == Some(true);
     match trial::judge(ctx, tap, &record, &logging, trial::patched_for(&record)) {
         trial::Verdict::Accepted => {
             ctx.retrying.lock().unwrap().remove(&tap.uid().unwrap_or_default());
@@ -320,13 +352,33 @@ pub(super) async fn ensure_children(
             });
         }
     }
+    let checked = checked || record.config_accepted;
+    let check_pod = match (checked, logging.spec.control_namespace.as_deref()) {
+        (false, Some(control)) => super::check_pod::describe(&ctx.client, control).await,
+        _ => None,
+    };
     Ok(Step {
         output_state: OutputState::Ready,
         flow_state,
         patched: Some(record),
         recheck,
         quiet: false,
+        checked: Some(checked),
+        check_pod,
     })
+}
+
+/// Why a change waits for the Logging's next batch, and when that is.
+fn change_window(logging: &str, wait: Duration, ctx: &Context) -> Refusal {
+    let at = status::now() + wait.max(Duration::from_secs(1));
+    Refusal::new(
+        CHANGE_WINDOW,
+        format!(
+            "Logging {logging} takes tap changes at most once every {}s (each is a configuration check and a fluentd reload for everyone on it); this one goes with the next, at {} UTC",
+            ctx.config.config_change_interval.as_secs(),
+            at.strftime("%H:%M:%S")
+        ),
+    )
 }
 
 /// Several FlowTaps on one flow share its relay tap, and only one of them has an output: the

@@ -77,6 +77,16 @@ pub(super) async fn reconcile(tap: Arc<FlowTap>, ctx: Arc<Context>) -> Result<Ac
     if deleting && ctx.cleaned.lock().unwrap().contains(&uid) {
         return Ok(Action::await_change());
     }
+    // Removing a tap is a change of the Logging too: it goes with the current or next batch
+    // of its reload budget (never more than one interval away). Asked before the finalizer
+    // helper, which would drop the finalizer after any cleanup that returns.
+    if deleting && tap.finalizers().iter().any(|f| f == FINALIZER) {
+        if let Some(wait) = removal_waits(&tap, &ctx) {
+            tracing::info!(tap = %tap.name_any(), "removal waits {wait:?} for the Logging's next batch of tap changes");
+            mark_terminating(&tap, &ctx).await;
+            return Ok(Action::requeue(wait.max(Duration::from_secs(1))));
+        }
+    }
     let result = finalizer(&api, FINALIZER, tap, |event| async {
         match event {
             Event::Apply(tap) => apply(&tap, &ctx).await,
@@ -106,7 +116,14 @@ async fn apply(tap: &FlowTap, ctx: &Context) -> Result<Action> {
     let Some(tap) = expire_sessions(&api, tap, ctx).await? else {
         return Ok(Action::await_change());
     };
-    let linger = status::linger(&tap, ctx.config.linger, now);
+    // A cheap tap stays warm after its last listener (see `cost`); an expensive one lingers
+    // only as long as a reconnect needs.
+    let warm = super::cost::cheap(&tap, ctx.config.warm_max_bytes_per_second);
+    let linger_for = match warm {
+        true => ctx.config.warm_linger.max(ctx.config.linger),
+        false => ctx.config.linger,
+    };
+    let linger = status::linger(&tap, linger_for, now);
     if linger.left == Some(Duration::ZERO) {
         return delete_idle(&api, &tap, linger.idle).await;
     }
@@ -137,6 +154,8 @@ async fn apply(tap: &FlowTap, ctx: &Context) -> Result<Action> {
                 patched: None,
                 recheck: Some(Duration::from_secs(5)),
                 quiet: false,
+                checked: None,
+                check_pod: None,
             }
         }
         None => ensure_children(&tap, &output, patched.as_ref(), ctx).await?,
@@ -152,8 +171,24 @@ async fn apply(tap: &FlowTap, ctx: &Context) -> Result<Action> {
         never_listened: linger.never_listened,
     };
     let (conditions, phase) = status::derive(&tap, &seen, now);
+    let stage = super::stage::stage(
+        &super::stage::Seen {
+            output_state: &step.output_state,
+            flow_state: &step.flow_state,
+            checked: step.checked,
+            check_pod: step.check_pod.as_deref(),
+            receiving: status::condition(&conditions, "Receiving").is_some_and(|c| c.status == "True"),
+            warm_for: linger
+                .left
+                .filter(|_| warm && !linger.never_listened)
+                .filter(|_| tap.status.as_ref().is_none_or(|s| s.sessions.is_empty())),
+        },
+        current.stage.as_ref(),
+        now,
+    );
     let generation = tap.metadata.generation;
     let changed = current.phase != Some(phase)
+        || current.stage != stage
         || current.conditions != conditions
         || current.observed_generation != generation
         || current.output.as_ref().map(|o| &o.name) != Some(&output)
@@ -166,6 +201,7 @@ async fn apply(tap: &FlowTap, ctx: &Context) -> Result<Action> {
             "output": OutputRef { kind: output_kind, name: output.clone() },
             "observedGeneration": generation,
             "patched": step.patched,
+            "stage": stage,
         }});
         api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
@@ -215,8 +251,12 @@ async fn apply(tap: &FlowTap, ctx: &Context) -> Result<Action> {
     // very pass, and the controller's own write does not trigger another).
     let mut written = tap.clone();
     written.status.get_or_insert_with(Default::default).conditions = conditions.clone();
-    if let Some(left) = status::linger(&written, ctx.config.linger, now).left {
+    if let Some(left) = status::linger(&written, linger_for, now).left {
         next = next.min(left + Duration::from_secs(1));
+        // A warm tap whose cost rises over the budget ends soon after: look again each minute.
+        if warm {
+            next = next.min(Duration::from_secs(60));
+        }
     }
     if let Some(wait) = step.recheck {
         next = next.min(wait);
@@ -303,22 +343,49 @@ async fn cleanup(tap: &FlowTap, ctx: &Context) -> Result<Action> {
             }
         }
         Err(e) => {
-            // Only a cleanup that does not finish at once is worth a status write: the
-            // finalizer stays, and the phase says why the FlowTap is still there.
-            if tap.status.as_ref().and_then(|s| s.phase) != Some(Phase::Terminating) {
-                let api: Api<FlowTap> = Api::namespaced(ctx.client.clone(), &tap.namespace().unwrap_or_default());
-                let patch = json!({"status": {"phase": Phase::Terminating}});
-                if let Err(e) = api
-                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                {
-                    tracing::debug!(tap = %name, error = %e, "could not mark the tap Terminating");
-                }
-            }
+            mark_terminating(tap, ctx).await;
             return Err(e);
         }
     }
     Ok(Action::await_change())
+}
+
+/// How long the removal of `tap` waits for its Logging's next batch of tap changes, if it does.
+fn removal_waits(tap: &FlowTap, ctx: &Context) -> Option<Duration> {
+    let uid = tap.uid().unwrap_or_default();
+    let written = ctx.written.lock().unwrap().get(&uid).cloned();
+    let patched = match written {
+        Some(w) => w,
+        None => tap.status.as_ref().and_then(|s| s.patched.clone()),
+    }?;
+    let logging = patched.logging.as_deref()?;
+    let gate = ctx.budget.lock().unwrap().ask(
+        logging,
+        &uid,
+        std::time::Instant::now(),
+        ctx.config.config_change_interval,
+    );
+    match gate {
+        super::budget::Gate::Wait(wait) => Some(wait),
+        super::budget::Gate::Now => None,
+    }
+}
+
+/// Only a cleanup that does not finish at once is worth a status write: the finalizer stays,
+/// and the phase says why the FlowTap is still there.
+async fn mark_terminating(tap: &FlowTap, ctx: &Context) {
+    if tap.status.as_ref().and_then(|s| s.phase) == Some(Phase::Terminating) {
+        return;
+    }
+    let name = tap.name_any();
+    let api: Api<FlowTap> = Api::namespaced(ctx.client.clone(), &tap.namespace().unwrap_or_default());
+    let patch = json!({"status": {"phase": Phase::Terminating}});
+    if let Err(e) = api
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        tracing::debug!(tap = %name, error = %e, "could not mark the tap Terminating");
+    }
 }
 
 #[cfg(test)]

@@ -34,8 +34,8 @@ pub async fn track_taps(
     let stream = watcher::watcher(config.taps(&client), watcher::Config::default()).reflect(cache);
     tokio::pin!(stream);
     tokio::pin!(shutdown);
-    // (namespace, FlowTap name) -> its relay tap and the lastRecordTime it shows, in seconds.
-    let mut known: HashMap<(String, String), (TapKey, i64)> = HashMap::new();
+    // (namespace, FlowTap name) -> its relay tap, the lastRecordTime it shows, its cost meter.
+    let mut known: HashMap<(String, String), Known> = HashMap::new();
     let mut pins = Pins::default();
     let mut report = tokio::time::interval((config.session_ttl / 3).max(Duration::from_secs(1)));
     loop {
@@ -43,6 +43,7 @@ pub async fn track_taps(
             e = stream.next() => match e { Some(e) => e, None => break },
             _ = report.tick() => {
                 report_last_records(&client, &relay, &mut known).await;
+                report_costs(&client, &relay, &config.instance, &mut known).await;
                 continue;
             }
             _ = &mut shutdown => break,
@@ -71,7 +72,20 @@ pub async fn track_taps(
                         .as_ref()
                         .and_then(|s| s.last_record_time.as_ref())
                         .map_or(0, |t| t.0.as_second());
-                    known.insert((key.namespace.clone(), tap.name_any()), (key, shown));
+                    let id = (key.namespace.clone(), tap.name_any());
+                    let counts = relay.tap(&key).map(|t| t.ingested()).unwrap_or_default();
+                    let entry = known.entry(id).or_insert_with(|| Known {
+                        key: key.clone(),
+                        shown,
+                        meter: super::cost::Meter::new(std::time::Instant::now(), counts),
+                        cost: None,
+                    });
+                    if entry.key != key {
+                        entry.meter = super::cost::Meter::new(std::time::Instant::now(), counts);
+                    }
+                    entry.key = key;
+                    entry.shown = shown;
+                    entry.cost = tap.status.as_ref().and_then(|s| s.cost.clone());
                 }
             }
             Ok(W::Delete(tap)) => {
@@ -130,12 +144,52 @@ impl Pins {
     }
 }
 
+/// What the tracking knows of one FlowTap.
+struct Known {
+    key: TapKey,
+    /// The lastRecordTime its status shows, in seconds.
+    shown: i64,
+    meter: super::cost::Meter,
+    /// Its status's cost, as last seen.
+    cost: Option<crate::k8s::flowtap::TapCost>,
+}
+
+/// Write this relay's share of each tap's cost when it changed or is due (see `cost`).
+async fn report_costs(
+    client: &kube::Client,
+    relay: &Relay,
+    instance: &str,
+    known: &mut std::collections::HashMap<(String, String), Known>,
+) {
+    let now = std::time::Instant::now();
+    for ((ns, name), k) in known.iter_mut() {
+        let Some(tap) = relay.tap(&k.key) else { continue };
+        let Some(rate) = k.meter.measure(now, tap.ingested()) else {
+            continue;
+        };
+        let at = super::status::now();
+        if !super::cost::worth_writing(k.cost.as_ref(), instance, rate, at) {
+            continue;
+        }
+        let api: Api<FlowTap> = Api::namespaced(client.clone(), ns);
+        let result = super::update_status(&api, name, None, |status| {
+            status.cost = Some(super::cost::merged(status.cost.as_ref(), instance, rate, at));
+            true
+        })
+        .await;
+        match result {
+            Ok(tap) => k.cost = tap.and_then(|t| t.status.and_then(|s| s.cost)),
+            Err(e) => tracing::debug!(tap = %name, error = %e, "could not report the tap's cost"),
+        }
+    }
+}
+
 async fn report_last_records(
     client: &kube::Client,
     relay: &Relay,
-    known: &mut std::collections::HashMap<(String, String), (TapKey, i64)>,
+    known: &mut std::collections::HashMap<(String, String), Known>,
 ) {
-    for ((ns, name), (key, shown)) in known.iter_mut() {
+    for ((ns, name), Known { key, shown, .. }) in known.iter_mut() {
         let Some(last) = relay.tap(key).and_then(|t| t.last_record()) else {
             continue;
         };

@@ -4,7 +4,7 @@
 //! concatenation ([`record_frame`], so the record's bytes are never re-serialised) and read
 //! without copying the record ([`decode`]); a test holds it equal to the serde form.
 
-use crate::k8s::flowtap::FlowTapStatus;
+use crate::k8s::flowtap::{FlowTapStatus, Phase};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -67,6 +67,12 @@ pub enum Status {
         phase: Option<String>,
         conditions: BTreeMap<String, bool>,
         message: String,
+        /// The FlowTap's stage (`ConfigCheck`, `ConfigApplied`, `Flowing`...), when it has one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stage: Option<String>,
+        /// When the tap entered the stage (RFC 3339).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stage_since: Option<String>,
     },
     /// Whether the bus between relay replicas (`nats`) is reachable: while it is not, no
     /// record arrives and ingest answers 503 (fluentd retries).
@@ -201,12 +207,27 @@ pub fn tap_status(name: &str, status: Option<&FlowTapStatus>) -> Utf8Bytes {
         }
         Some(_) => "records arriving".to_owned(),
     };
+    let stage = status.and_then(|s| s.stage.as_ref());
+    // The stage says what the tap waits for more exactly, while it is on its way.
+    let message = match stage {
+        Some(s)
+            if !s.message.is_empty()
+                && !is("Receiving")
+                && phase.is_some_and(|p| matches!(p, Phase::Active | Phase::Pending)) =>
+        {
+            s.message.clone()
+        }
+        _ => message,
+    };
     Frame::Status(Status::Tap {
         flow_tap: name.to_owned(),
         // Phase's variant names are its serialised names.
         phase: phase.map(|p| format!("{p:?}")),
         conditions,
         message,
+        // Stage's variant names are its serialised names.
+        stage: stage.map(|s| format!("{:?}", s.name)),
+        stage_since: stage.map(|s| s.since.0.to_string()),
     })
     .encode()
 }

@@ -121,6 +121,9 @@ pub struct Tap {
     /// (with the nats bus: the stream's, the same on every replica).
     epoch: std::sync::atomic::AtomicU64,
     pinned: std::sync::atomic::AtomicBool,
+    /// Records and bytes this relay took in for the tap since it opened (its cost, measured
+    /// by the tap tracking for warm taps).
+    ingested: [std::sync::atomic::AtomicU64; 2],
     inner: Mutex<Inner>,
 }
 
@@ -146,6 +149,7 @@ impl Tap {
             key,
             epoch: epoch.into(),
             pinned: Default::default(),
+            ingested: Default::default(),
             inner: Mutex::new(Inner {
                 budget,
                 limits,
@@ -260,6 +264,19 @@ impl Tap {
             inner.marks.pop_front();
         }
         inner.marks.push_back((before, frame));
+    }
+
+    /// Count records this relay accepted at ingest for the tap (whichever bus carries them).
+    pub fn count_ingest(&self, records: u64, bytes: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.ingested[0].fetch_add(records, Relaxed);
+        self.ingested[1].fetch_add(bytes, Relaxed);
+    }
+
+    /// Records and bytes accepted at ingest so far.
+    pub fn ingested(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.ingested[0].load(Relaxed), self.ingested[1].load(Relaxed))
     }
 
     /// When the tap last received a record.

@@ -278,6 +278,29 @@ pub struct TapSettings {
     /// How long a tap without listeners is kept, so a reconnecting listener can resume.
     #[arg(long, env = "LOG_SOCKET_TAP_LINGER", default_value = "60s", value_name = "DURATION")]
     pub tap_linger: GoDuration,
+
+    /// How long a cheap tap (see --warm-max-bytes-per-second) is kept warm after its last
+    /// listener leaves, instead of --tap-linger: running k8stail again attaches at once, with no
+    /// configuration check or fluentd reload of the shared Logging.
+    #[arg(long, env = "LOG_SOCKET_WARM_LINGER", default_value = "30m", value_name = "DURATION")]
+    pub warm_linger: GoDuration,
+
+    /// A tap whose measured rate (the sum over the relays, FlowTap `status.cost`) is at most
+    /// this many bytes per second is cheap enough to keep warm; 0 keeps no tap warm.
+    #[arg(long, env = "LOG_SOCKET_WARM_MAX_BYTES_PER_SECOND", default_value_t = 64 << 10, value_name = "BYTES")]
+    pub warm_max_bytes_per_second: u64,
+
+    /// Tap changes (a flow edit when a tap starts or ends) reach one Logging in batches at
+    /// most this often: each is a configuration check and a fluentd reload for everyone on
+    /// it. Taps starting or ending together make one change; a later one waits (its FlowTap
+    /// shows `Queued` and when), never longer than this. 0s: no budget.
+    #[arg(
+        long,
+        env = "LOG_SOCKET_CONFIG_CHANGE_INTERVAL",
+        default_value = "30s",
+        value_name = "DURATION"
+    )]
+    pub config_change_interval: GoDuration,
 }
 
 /// Bus (between relay replicas).

@@ -44,6 +44,11 @@ pub struct Behaviour {
     pub fail_config_with: BTreeSet<String>,
     /// How long a configuration check takes.
     pub check_delay: Duration,
+    /// Run each delayed check in a check pod in the control namespace, as logging-operator
+    /// does (its label `app.kubernetes.io/component=fluentd-configcheck`), deleted when the
+    /// check ends; with [`CheckPods::Unschedulable`] the pod stays Pending, unschedulable, and
+    /// the check never ends (as logging-operator waits for it forever).
+    pub check_pods: CheckPods,
     /// Stop writing anything (logging-operator not running).
     pub paused: bool,
     /// Give every new rendered configuration to the real fluentd's `--dry-run` (when there is
@@ -58,10 +63,19 @@ impl Default for Behaviour {
             reject_outputs: Default::default(),
             fail_config_with: Default::default(),
             check_delay: Duration::ZERO,
+            check_pods: CheckPods::None,
             paused: false,
             dry_run: true,
         }
     }
+}
+
+/// Whether checks run in pods (see [`Behaviour::check_pods`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckPods {
+    None,
+    Schedulable,
+    Unschedulable,
 }
 
 /// A running stand-in; stops when dropped.
@@ -79,17 +93,32 @@ pub struct LoggingOperator {
 struct Renders {
     /// Renders that failed or dropped a flow, and configurations fluentd rejected.
     failures: Vec<String>,
-    /// Per Logging: the configuration being checked, its verdict, and when its check started.
-    checking: BTreeMap<String, (String, bool, Instant)>,
+    /// Per Logging: the configuration being checked, its verdict, when its check started, and
+    /// whether its pod cannot be scheduled (the check then never ends).
+    checking: BTreeMap<String, (String, bool, Instant, bool)>,
     /// Rendered configurations given to fluentd `--dry-run` (by hash), and how many are still
     /// under way.
     dry_run: BTreeSet<u64>,
     dry_runs_pending: usize,
     /// Passes finished.
     passes: u64,
+    /// New configurations that went to a check: the configuration changes of the Loggings
+    /// (each a check pod and a fluentd reload in a real cluster).
+    checks: u64,
 }
 
 impl LoggingOperator {
+    /// How many new configurations of its Loggings were checked so far: the configuration
+    /// changes (check pods, fluentd reloads) the Loggings went through.
+    pub fn config_changes(&self) -> u64 {
+        self.renders.lock().unwrap().checks
+    }
+
+    /// Whether a configuration check is under way.
+    pub fn checking(&self) -> bool {
+        !self.renders.lock().unwrap().checking.is_empty()
+    }
+
     /// Every render that failed so far (a flow that could not be rendered, a configuration
     /// fluentd rejected), with why.
     pub fn render_failures(&self) -> Vec<String> {
@@ -260,6 +289,7 @@ impl StandIn {
             };
             (judging, b.fail_config_with.clone(), b.check_delay, b.dry_run)
         };
+        let pods = self.behaviour.lock().unwrap().check_pods;
         // logging-operator copies the Secret keys outputs mount to /fluentd/secret/NS-SECRET-KEY;
         // the files are written for a dry run (below), the render needs their paths.
         let secrets = self.dir.join("secret");
@@ -288,7 +318,7 @@ impl StandIn {
         if dry_run {
             self.dry_run(&scope.logging, fluentd, &world).await?;
         }
-        self.check(logging, config, &fail, delay).await
+        self.check(logging, config, &fail, delay, pods).await
     }
 
     /// `active` and `problems` on every object of the scope, written when they change.
@@ -424,6 +454,7 @@ impl StandIn {
         config: &BTreeMap<String, Vec<String>>,
         fail: &BTreeSet<String>,
         delay: Duration,
+        pods: CheckPods,
     ) -> Result<(), kube::Error> {
         let name = logging.name_any();
         let hash = format!("{:016x}", logging_model::hash(config));
@@ -431,10 +462,11 @@ impl StandIn {
             .as_object()
             .cloned()
             .unwrap_or_default();
+        let mut started_now = false;
         let done = {
             let mut r = self.renders.lock().unwrap();
             match r.checking.get(&name) {
-                Some((h, ok, started)) if started.elapsed() >= delay => {
+                Some((h, ok, started, stuck)) if started.elapsed() >= delay && !stuck => {
                     let done = (h.clone(), *ok);
                     r.checking.remove(&name);
                     Some(done)
@@ -442,6 +474,7 @@ impl StandIn {
                 Some(_) => None,
                 None if results.contains_key(&hash) => None,
                 None => {
+                    r.checks += 1;
                     // The tests' flow names: `flow/NAME` for a Flow of any namespace.
                     let ok = !config.iter().any(|(flow, outputs)| {
                         let short = short_flow_name(flow);
@@ -453,13 +486,30 @@ impl StandIn {
                     if delay.is_zero() {
                         Some((hash.clone(), ok))
                     } else {
-                        r.checking.insert(name.clone(), (hash.clone(), ok, Instant::now()));
+                        let stuck = pods == CheckPods::Unschedulable;
+                        r.checking
+                            .insert(name.clone(), (hash.clone(), ok, Instant::now(), stuck));
+                        started_now = true;
                         None
                     }
                 }
             }
         };
+        let check_pod = |hash: &str| format!("{name}-fluentd-configcheck-{}", &hash[..8]);
+        if started_now && pods != CheckPods::None {
+            self.start_check_pod(&check_pod(&hash), pods).await?;
+        }
         if let Some((checked, ok)) = done {
+            if pods != CheckPods::None {
+                let deleted = pod_api(&self.client, &self.ns)
+                    .delete(&check_pod(&checked), &Default::default())
+                    .await;
+                if let Err(e) = deleted {
+                    if !matches!(&e, kube::Error::Api(s) if s.code == 404) {
+                        return Err(e);
+                    }
+                }
+            }
             let mut pruned: serde_json::Map<String, Value> = results.keys().map(|k| (k.clone(), Value::Null)).collect();
             pruned.insert(checked, json!(ok));
             self.count(1);
@@ -469,6 +519,42 @@ impl StandIn {
                 .await?;
         }
         Ok(())
+    }
+}
+
+fn pod_api(client: &kube::Client, ns: &str) -> Api<k8s_openapi::api::core::v1::Pod> {
+    Api::namespaced(client.clone(), ns)
+}
+
+impl StandIn {
+    /// A check pod as logging-operator makes one: Pending, then Running, or left unschedulable.
+    async fn start_check_pod(&self, name: &str, pods: CheckPods) -> Result<(), kube::Error> {
+        let api = pod_api(&self.client, &self.ns);
+        let sa: k8s_openapi::api::core::v1::ServiceAccount =
+            serde_json::from_value(json!({"metadata": {"name": "default"}})).expect("a ServiceAccount");
+        let _ = Api::namespaced(self.client.clone(), &self.ns)
+            .create(&PostParams::default(), &sa)
+            .await;
+        let pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"app.kubernetes.io/component": "fluentd-configcheck"}},
+            "spec": {"restartPolicy": "Never", "automountServiceAccountToken": false,
+                "containers": [{"name": "fluentd", "image": "fluentd", "args": ["--dry-run"]}]}
+        }))
+        .expect("a Pod");
+        match api.create(&PostParams::default(), &pod).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e),
+        }
+        let status = match pods {
+            CheckPods::Unschedulable => json!({"status": {"phase": "Pending", "conditions": [{
+                "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "message": "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector."}]}}),
+            _ => json!({"status": {"phase": "Running"}}),
+        };
+        api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .map(|_| ())
     }
 }
 

@@ -69,7 +69,9 @@ async fn kubectl_get_flowtaps_shows_the_printer_columns() {
     api.patch_status(
         "shop-tap",
         &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(json!({"status": {"listeners": 2, "phase": "Active"}})),
+        &kube::api::Patch::Merge(json!({"status": {"listeners": 2, "phase": "Active",
+            "stage": {"name": "Warm", "since": "2026-12-04T10:00:00Z"},
+            "cost": {"recordsPerSecond": 2.5, "bytesPerSecond": 800, "measured": "2026-12-04T10:00:00Z"}}})),
     )
     .await
     .expect("status patched");
@@ -88,17 +90,25 @@ async fn kubectl_get_flowtaps_shows_the_printer_columns() {
             "LISTENERS",
             "PERSISTENT",
             "PHASE",
+            "STAGE",
             "AGE"
         ],
         "{out}"
     );
     let row: Vec<&str> = lines.next().expect("one row").split_whitespace().collect();
     assert_eq!(
-        &row[..6],
-        ["shop-tap", "ClusterFlow", "all-logs", "2", "true", "Active"],
+        &row[..7],
+        ["shop-tap", "ClusterFlow", "all-logs", "2", "true", "Active", "Warm"],
         "{out}"
     );
-    assert!(row[6].ends_with('s'), "age in seconds: {out}");
+    assert!(row[7].ends_with('s'), "age in seconds: {out}");
+    // -o wide adds the cost the relay measured, and the bus.
+    let (ok, out, err) = cluster::kubectl(&["get", "flowtaps", "-n", &ns, "-o", "wide"]);
+    assert!(ok, "{err}");
+    let header: Vec<&str> = out.lines().next().unwrap().split_whitespace().collect();
+    assert!(header.ends_with(&["RECORDS/S", "BYTES/S", "BUS", "AGE"]), "{out}");
+    let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(&row[7..9], ["2.5", "800"], "{out}");
 
     // The short name works too.
     let (ok, out, err) = cluster::kubectl(&["get", "ftap", "-n", &ns, "-o", "name"]);

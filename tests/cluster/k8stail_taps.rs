@@ -40,6 +40,8 @@ async fn k8stail_taps_lists_the_flowtaps_of_a_namespace() {
             "LISTENERS",
             "PERSISTENT",
             "PHASE",
+            "STAGE",
+            "COST",
             "BUS",
             "AGE"
         ]

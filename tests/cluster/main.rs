@@ -5,6 +5,7 @@ mod auth;
 mod control_plane;
 mod demo;
 mod deploy;
+mod first_minute;
 mod flowtap_crd;
 mod fluentd;
 mod k8stail_proxy;

@@ -791,7 +791,7 @@ async fn an_output_name_taken_by_someone_else_is_left_alone_and_reported() {
 }
 
 /// Frames until a tap `status` frame for which `done` holds; returns the tap status frames.
-async fn tap_statuses(ws: &mut Ws, done: impl Fn(&Value) -> bool) -> Vec<Value> {
+pub(crate) async fn tap_statuses(ws: &mut Ws, done: impl Fn(&Value) -> bool) -> Vec<Value> {
     let mut seen = vec![];
     loop {
         let f = next_any(ws).await;
@@ -811,7 +811,7 @@ async fn a_listener_is_told_how_its_tap_warms_up() {
     let alice = listener(&h, "alice").await;
     let path = format!("/flow/{}/web", h.ns);
     let mut ws = connect(&h.relay, &path, &alice).await;
-    let seen = tap_statuses(&mut ws, |f| f["phase"] == "Active").await;
+    let seen = tap_statuses(&mut ws, |f| f["phase"] == "Active" && f["stage"] == "ConfigApplied").await;
     let last = seen.last().unwrap();
     assert_eq!(last["flowTap"], "flow-web");
     assert_eq!(last["conditions"]["OutputReady"], true);

@@ -259,7 +259,16 @@ async fn a_killed_service_restarts_and_k8stail_follows_it_saying_what_may_be_mis
     cluster::create_flow(&client, &s.ns, "web", serde_json::json!({"localOutputRefs": ["loki"]})).await;
     // A short session TTL, so the killed relay's session (never unregistered) expires quickly;
     // no linger, so the tap goes as soon as the last listener leaves.
-    let flags = ["--session-ttl", "3s", "--tap-linger", "0s"];
+    let flags = [
+        "--session-ttl",
+        "3s",
+        "--tap-linger",
+        "0s",
+        "--warm-max-bytes-per-second",
+        "0",
+        "--config-change-interval",
+        "0s",
+    ];
     let first = s.start(&flags).await;
 
     let server = format!("http://{}", s.api);

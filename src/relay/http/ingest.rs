@@ -153,6 +153,9 @@ where
         let bytes: u64 = records.iter().map(|r| r.raw.len() as u64).sum();
         return match nats.publish(&key, &records).await {
             Ok(Stored::Yes) => {
+                if let Some(tap) = state.relay.tap(&key) {
+                    tap.count_ingest(records.len() as u64, bytes);
+                }
                 metrics
                     .ingested_records
                     .get_or_create(&labels)
@@ -174,6 +177,7 @@ where
         return no_tap(records.len());
     };
     let published = tap.publish(records);
+    tap.count_ingest(published.records, published.bytes);
     metrics
         .ingested_records
         .get_or_create(&labels)

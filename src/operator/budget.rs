@@ -1,0 +1,178 @@
+//! The reload budget of a Logging: every tap-caused flow edit is a new configuration for the
+//! whole shared Logging (a check pod, then a fluentd reload that other tenants have lost logs
+//! to). Tap changes on one Logging are taken in batches, at most one batch per
+//! `--config-change-interval`: the first tap to ask opens a batch a moment later ([`COLLECT`]),
+//! every tap asking until it closes ([`GRACE`]) goes in it, and later ones wait for the next,
+//! one interval after. So taps that start or end together make one change, a script cycling
+//! taps makes one change per interval at most, and nothing waits longer than one interval.
+//! Restoring a flow because the tap broke something is never held back (those paths do not
+//! ask). No I/O: the controller asks, with the time.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// How long a batch waits for taps starting together before its changes are made.
+pub const COLLECT: Duration = Duration::from_secs(1);
+/// How long after its start a batch takes changes of taps that did not wait for it (their
+/// passes came a moment late); taps that waited for it go whenever their pass comes.
+pub const GRACE: Duration = Duration::from_secs(1);
+
+/// The batches of each Logging.
+#[derive(Default)]
+pub struct Budget {
+    by_logging: HashMap<String, Batch>,
+    /// Taps told to wait (by UID), and for which batch: one whose pass comes late (a busy
+    /// controller) still goes then, never pushed to a later batch.
+    booked: HashMap<String, Instant>,
+}
+
+/// The current (or next) batch of one Logging.
+#[derive(Debug, Clone, Copy)]
+struct Batch {
+    /// When its changes are made.
+    at: Instant,
+}
+
+/// Whether a change may be made now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Gate {
+    Now,
+    /// Wait this long, for the next batch.
+    Wait(Duration),
+}
+
+impl Budget {
+    /// May tap `tap` (its UID) change a flow of `logging` now, with one batch per `interval`
+    /// (zero: always)?
+    pub fn ask(&mut self, logging: &str, tap: &str, now: Instant, interval: Duration) -> Gate {
+        if interval.is_zero() {
+            return Gate::Now;
+        }
+        if let Some(at) = self.booked.get(tap).copied() {
+            if now >= at {
+                self.booked.remove(tap);
+                return Gate::Now;
+            }
+            return Gate::Wait(at - now);
+        }
+        let batch = match self.by_logging.get(logging).copied() {
+            // No change for an interval: a new batch, a moment from now.
+            None => self.open(logging, now + COLLECT),
+            Some(b) if now < b.at + GRACE => b,
+            Some(b) if now < b.at + interval => self.open(logging, b.at + interval),
+            Some(_) => self.open(logging, now + COLLECT),
+        };
+        match batch.at.checked_duration_since(now) {
+            Some(wait) if !wait.is_zero() => {
+                if self.booked.len() > 100_000 {
+                    self.booked.clear();
+                }
+                self.booked.insert(tap.to_owned(), batch.at);
+                Gate::Wait(wait)
+            }
+            _ => Gate::Now,
+        }
+    }
+
+    fn open(&mut self, logging: &str, at: Instant) -> Batch {
+        let batch = Batch { at };
+        self.by_logging.insert(logging.to_owned(), batch);
+        // Loggings without changes for long are forgotten (a fresh ask opens a batch anyway).
+        if self.by_logging.len() > 10_000 {
+            self.by_logging.clear();
+        }
+        batch
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INTERVAL: Duration = Duration::from_secs(30);
+
+    fn secs(s: f64) -> Duration {
+        Duration::from_secs_f64(s)
+    }
+
+    #[test]
+    fn taps_asking_together_make_one_batch_a_moment_later() {
+        let mut b = Budget::default();
+        let t0 = Instant::now();
+        assert_eq!(b.ask("l", "a", t0, INTERVAL), Gate::Wait(COLLECT));
+        assert_eq!(b.ask("l", "b", t0 + secs(0.4), INTERVAL), Gate::Wait(secs(0.6)));
+        assert_eq!(b.ask("l", "a", t0 + COLLECT, INTERVAL), Gate::Now, "the batch");
+        assert_eq!(b.ask("l", "c", t0 + secs(1.5), INTERVAL), Gate::Now, "within its grace");
+        assert_eq!(
+            b.ask("other", "d", t0 + secs(1.5), INTERVAL),
+            Gate::Wait(COLLECT),
+            "Loggings apart"
+        );
+        assert_eq!(
+            b.ask("l", "e", t0 + secs(2.5), INTERVAL),
+            Gate::Wait(secs(28.5)),
+            "after it: the next"
+        );
+        // b's pass comes late (a busy controller): it still goes, not a batch later.
+        assert_eq!(b.ask("l", "b", t0 + secs(9.0), INTERVAL), Gate::Now);
+    }
+
+    #[test]
+    fn later_changes_wait_for_the_next_batch_one_interval_after_the_last() {
+        let mut b = Budget::default();
+        let t0 = Instant::now();
+        b.ask("l", "a", t0, INTERVAL);
+        let first = t0 + COLLECT;
+        assert_eq!(b.ask("l", "a", first, INTERVAL), Gate::Now);
+        assert_eq!(b.ask("l", "b", first + secs(10.0), INTERVAL), Gate::Wait(secs(20.0)));
+        assert_eq!(b.ask("l", "c", first + secs(29.0), INTERVAL), Gate::Wait(secs(1.0)));
+        assert_eq!(b.ask("l", "b", first + INTERVAL, INTERVAL), Gate::Now);
+        assert_eq!(b.ask("l", "c", first + INTERVAL, INTERVAL), Gate::Now);
+        // Nothing for a long while: the next change opens a batch of its own.
+        assert_eq!(b.ask("l", "d", first + secs(200.0), INTERVAL), Gate::Wait(COLLECT));
+    }
+
+    #[test]
+    fn nothing_waits_longer_than_one_interval_and_batches_are_an_interval_apart() {
+        let mut b = Budget::default();
+        let t0 = Instant::now();
+        let mut made = vec![];
+        // A new tap asking every 700 ms for five minutes, each asking again every 100 ms.
+        let mut pending: Vec<(usize, Instant)> = vec![];
+        let mut t = t0;
+        let mut step = 0;
+        while t < t0 + secs(300.0) {
+            if step % 7 == 0 {
+                pending.push((step, t));
+            }
+            step += 1;
+            pending.retain(|(tap, asked)| match b.ask("l", &tap.to_string(), t, INTERVAL) {
+                Gate::Now => {
+                    made.push(t);
+                    assert!(t - *asked <= INTERVAL + COLLECT, "waited {:?}", t - *asked);
+                    false
+                }
+                Gate::Wait(_) => true,
+            });
+            t += secs(0.1);
+        }
+        let mut batches: Vec<Instant> = vec![];
+        for m in made {
+            if batches.last().is_none_or(|b| m > *b + GRACE) {
+                batches.push(m);
+            }
+        }
+        for pair in batches.windows(2) {
+            assert!(pair[1] - pair[0] >= INTERVAL, "{:?}", pair[1] - pair[0]);
+        }
+        assert!(batches.len() <= 11, "{} batches in 300 s", batches.len());
+    }
+
+    #[test]
+    fn no_interval_no_wait() {
+        assert_eq!(
+            Budget::default().ask("l", "a", Instant::now(), Duration::ZERO),
+            Gate::Now
+        );
+    }
+}

@@ -61,16 +61,22 @@ pub fn print_breakdown(what: &str, requests: &[String]) {
     }
 }
 
-/// Listener connect → FlowTap Active with its Output created and the Flow patched, and
-/// disconnect → Flow restored, `cycles` times; the API requests each cycle costs.
-pub async fn control_plane_bench(cycles: u32) -> Result<(), String> {
+/// A real control plane with the CRDs, the Flow `flow` in `default`, logging-operator's
+/// stand-in (no fluentd dry runs: the benches measure the API server's side), a client for
+/// log-socket that counts its requests, and the admin's token for listeners.
+pub struct Bench {
+    pub cp: control_plane::ControlPlane,
+    pub client: kube::Client,
+    pub flows: kube::api::Api<kube::api::DynamicObject>,
+    pub logging_operator: logging_operator::LoggingOperator,
+    pub log: RequestLog,
+    pub service_client: kube::Client,
+    pub admin_token: String,
+}
+
+pub async fn setup(flow_name: &str) -> Result<Bench, String> {
     use kube::api::{Api, DynamicObject, PostParams};
     use kube::core::{ApiResource, GroupVersionKind};
-    use log_socket::auth::tokens::TokenReviewAuthenticator;
-    use log_socket::k8s::flowtap::{FlowTap, Phase};
-    use log_socket::operator::OperatorConfig;
-    use log_socket::service::{Cluster, Controller};
-
     let dir = std::env::temp_dir().join(format!("log-socket-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let cp = control_plane::start(&dir)?;
@@ -85,7 +91,7 @@ pub async fn control_plane_bench(cycles: u32) -> Result<(), String> {
     );
     let flow: DynamicObject = serde_json::from_value(serde_json::json!({
         "apiVersion": "logging.banzaicloud.io/v1beta1", "kind": "Flow",
-        "metadata": {"name": "web"}, "spec": {"match": [{"select": {}}], "localOutputRefs": ["loki"]}
+        "metadata": {"name": flow_name}, "spec": {"match": [{"select": {}}], "localOutputRefs": ["loki"]}
     }))
     .unwrap();
     // A CRD is served a moment after it is Established.
@@ -103,9 +109,8 @@ pub async fn control_plane_bench(cycles: u32) -> Result<(), String> {
     }
     created?;
     // logging-operator's part: the Logging, output validation, configuration checks.
-    let _lo = logging_operator::start(&client, "default").await;
-    // No fluentd dry runs: the bench measures the API server's side.
-    _lo.behaviour.lock().unwrap().dry_run = false;
+    let logging_operator = logging_operator::start(&client, "default").await;
+    logging_operator.behaviour.lock().unwrap().dry_run = false;
     // log-socket gets a client of its own, so that only its requests are counted.
     let log = RequestLog::default();
     let service_client = log.client(cp.config().await);
@@ -116,11 +121,26 @@ pub async fn control_plane_bench(cycles: u32) -> Result<(), String> {
         .unwrap_or_default()
         .to_owned();
 
-    let config = Arc::new(OperatorConfig {
-        linger: Duration::ZERO,
-        namespace: Some("default".into()),
-        ..OperatorConfig::new("bench", "http://log-socket.bench.svc:10000")
-    });
+    Ok(Bench {
+        cp,
+        client,
+        flows,
+        logging_operator,
+        log,
+        service_client,
+        admin_token,
+    })
+}
+
+/// The service as the binary assembles it (relay, sessions, tap tracking, the controller),
+/// listeners authenticated by TokenReview and allowed every record, fluentd's ingest as
+/// `fluentd:s3cret`; its API and ingest addresses.
+pub async fn start_service(
+    service_client: kube::Client,
+    config: Arc<log_socket::operator::OperatorConfig>,
+) -> (std::net::SocketAddr, std::net::SocketAddr, Shutdown) {
+    use log_socket::auth::tokens::TokenReviewAuthenticator;
+    use log_socket::service::{Cluster, Controller};
     let parts = Parts {
         authenticator: Arc::new(TokenReviewAuthenticator::new(
             service_client.clone(),
@@ -136,6 +156,7 @@ pub async fn control_plane_bench(cycles: u32) -> Result<(), String> {
         TcpListener::bind("127.0.0.1:0").await.unwrap(),
     );
     let api = sockets.api.local_addr().unwrap();
+    let ingest = sockets.ingest.local_addr().unwrap();
     // The service as the binary assembles it: relay, sessions, tap tracking, the controller.
     let cluster = Cluster {
         client: service_client,
@@ -145,6 +166,31 @@ pub async fn control_plane_bench(cycles: u32) -> Result<(), String> {
     };
     let stop = Shutdown::new();
     tokio::spawn(Service::cluster(RelayConfig::default(), parts, cluster).run(sockets, stop.clone()));
+    (api, ingest, stop)
+}
+
+/// Listener connect → FlowTap Active with its Output created and the Flow patched, and
+/// disconnect → Flow restored, `cycles` times; the API requests each cycle costs.
+pub async fn control_plane_bench(cycles: u32) -> Result<(), String> {
+    use kube::api::{Api, DynamicObject, PostParams};
+    use log_socket::k8s::flowtap::{FlowTap, Phase};
+    use log_socket::operator::OperatorConfig;
+
+    let Bench {
+        cp: _cp,
+        client,
+        flows,
+        logging_operator: _lo,
+        log,
+        service_client,
+        admin_token,
+    } = setup("web").await?;
+    let config = Arc::new(OperatorConfig {
+        linger: Duration::ZERO,
+        namespace: Some("default".into()),
+        ..OperatorConfig::new("bench", "http://log-socket.bench.svc:10000")
+    });
+    let (api, _ingest, stop) = start_service(service_client, config).await;
     let taps: Api<FlowTap> = Api::namespaced(client.clone(), "default");
     let refs = |f: &DynamicObject| f.data["spec"]["localOutputRefs"].clone();
 

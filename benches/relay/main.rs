@@ -8,7 +8,7 @@
 //! HTTP/1.1 keep-alive connections, and reads WebSocket frames as k8stail does, checking the
 //! sequence numbers so that nothing is lost silently.
 //!
-//! Parts: `memory`, `control-plane`, `filters`, `fluentd`, `bus`, `bus-recovery`, `throughput`, `latency` (all
+//! Parts: `memory`, `control-plane`, `first-minute`, `filters`, `fluentd`, `bus`, `bus-recovery`, `throughput`, `latency` (all
 //! by default); `one` (only the single-listener throughput) and `parse` (only the record parser)
 //! are for profiling.
 //!
@@ -20,6 +20,7 @@
 
 mod bus;
 mod control_plane;
+mod first_minute;
 mod fluentd;
 mod harness;
 mod latency;
@@ -96,6 +97,14 @@ async fn run() {
         testkit::control_plane::teardown();
         if let Err(e) = result {
             println!("control plane: failed ({e})\n");
+        }
+    }
+    // A tap's first minute: pre-flow lines, stages, warm taps, the reload budget (#28).
+    if part("first-minute") {
+        let result = first_minute::first_minute_bench().await;
+        testkit::control_plane::teardown();
+        if let Err(e) = result {
+            println!("first minute: failed ({e})\n");
         }
     }
     // Listener filters never run on the ingest path: ingest with 100 listeners each holding a

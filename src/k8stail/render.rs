@@ -133,6 +133,20 @@ impl Renderer {
         seq: u64,
         record: &RawValue,
     ) -> io::Result<()> {
+        self.any_record(out, target, frame, seq, record, false)
+    }
+
+    /// A flow record, or a pre-flow line (`preflow`: marked by k8stail, never by what the
+    /// record says, so a pod cannot make its records look like pre-flow lines or hide them).
+    fn any_record(
+        &self,
+        out: &mut dyn Write,
+        target: &TapKey,
+        frame: &str,
+        seq: u64,
+        record: &RawValue,
+        preflow: bool,
+    ) -> io::Result<()> {
         let mut line = String::new();
         let parsed = || serde_json::from_str::<Value>(record.get()).unwrap_or(Value::Null);
         match &self.format {
@@ -179,7 +193,7 @@ impl Renderer {
                 ext.insert("pod".into(), k["pod_name"].clone());
                 ext.insert("container".into(), k["container_name"].clone());
                 ext.insert("message".into(), message);
-                if v["preflow"] == Value::Bool(true) {
+                if preflow {
                     ext.insert("preflow".into(), true.into());
                 }
                 let ext = Value::Object(ext);
@@ -235,14 +249,14 @@ impl Renderer {
     /// as a `preflow` frame in `-o frame`), so it is never taken for a flow record.
     pub fn preflow(&self, out: &mut dyn Write, target: &TapKey, record: &RawValue) -> io::Result<()> {
         match &self.format {
-            Format::Json | Format::ExtJson { .. } => self.record(out, target, "", 0, record),
+            Format::Json | Format::ExtJson { .. } => self.any_record(out, target, "", 0, record, true),
             Format::Frame => {
                 let frame = format!(r#"{{"type":"preflow","record":{}}}"#, record.get());
                 writeln!(out, "{}", self.json_text(&frame))
             }
             _ => {
                 let mut line = vec![];
-                self.record(&mut line, target, "", 0, record)?;
+                self.any_record(&mut line, target, "", 0, record, true)?;
                 out.write_all(self.paint("2", "pre-flow").as_bytes())?;
                 out.write_all(b" ")?;
                 out.write_all(&line)

@@ -306,6 +306,18 @@ async fn read(
                 if let Frame::Status(Status::Listening { replayed, .. }) = &frame {
                     to_replay.get_or_insert(*replayed);
                 }
+                // A tap that records flow through already (warm, persistent, or one that just
+                // started flowing) needs no pre-flow lines: its own records are coming.
+                if let Frame::Status(Status::Tap { stage, conditions, .. }) = &frame {
+                    let flowing = matches!(stage.as_deref(), Some("Flowing" | "Warm"))
+                        || conditions.get("Receiving") == Some(&true);
+                    if flowing
+                        && preflow.switch()
+                        && renderer.separator(&mut *out.borrow_mut()).map_err(Error::Output)?
+                    {
+                        notes.note("the tap's records flow: pre-flow lines stopped");
+                    }
+                }
                 if let Some(end) = stream.frame(frame, position, notes, backoff) {
                     let _ = ws.close(None).await;
                     return Ok(end);

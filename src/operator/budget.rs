@@ -14,8 +14,12 @@ use std::time::{Duration, Instant};
 /// How long a batch waits for taps starting together before its changes are made.
 pub const COLLECT: Duration = Duration::from_secs(1);
 /// How long after its start a batch takes changes of taps that did not wait for it (their
-/// passes came a moment late); taps that waited for it go whenever their pass comes.
+/// passes came a moment late).
 pub const GRACE: Duration = Duration::from_secs(1);
+/// How long after its start a batch still takes a tap that waited for it (a busy controller's
+/// pass comes late); later, the tap asks anew (a booking is not a pass to change the Logging
+/// whenever its owner likes).
+pub const BOOKED_GRACE: Duration = Duration::from_secs(5);
 
 /// The batches of each Logging.
 #[derive(Default)]
@@ -49,11 +53,13 @@ impl Budget {
             return Gate::Now;
         }
         if let Some(at) = self.booked.get(tap).copied() {
-            if now >= at {
-                self.booked.remove(tap);
+            if now < at {
+                return Gate::Wait(at - now);
+            }
+            self.booked.remove(tap);
+            if now < at + BOOKED_GRACE {
                 return Gate::Now;
             }
-            return Gate::Wait(at - now);
         }
         let batch = match self.by_logging.get(logging).copied() {
             // No change for an interval: a new batch, a moment from now.
@@ -114,7 +120,18 @@ mod tests {
             "after it: the next"
         );
         // b's pass comes late (a busy controller): it still goes, not a batch later.
-        assert_eq!(b.ask("l", "b", t0 + secs(9.0), INTERVAL), Gate::Now);
+        assert_eq!(b.ask("l", "b", t0 + secs(4.0), INTERVAL), Gate::Now);
+        // A booking is not kept for ever: a pass long after its batch asks anew.
+        assert_eq!(
+            b.ask("l", "g", t0 + secs(5.0), INTERVAL),
+            Gate::Wait(secs(26.0)),
+            "booked for e's batch"
+        );
+        assert_eq!(
+            b.ask("l", "g", t0 + secs(37.0), INTERVAL),
+            Gate::Wait(secs(24.0)),
+            "the one after"
+        );
     }
 
     #[test]

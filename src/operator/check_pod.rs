@@ -10,9 +10,33 @@ use kube::api::{Api, ListParams};
 /// logging-operator's label on its configuration check pods.
 pub const CHECK_POD_LABEL: &str = "app.kubernetes.io/component=fluentd-configcheck";
 
-/// The newest unfinished check pod of `namespace`, in words (`fluentd-configcheck-1a2b Pending:
-/// Unschedulable: 0/3 nodes are available...`); `None` when there is none or it may not be read.
-pub async fn describe(client: &kube::Client, namespace: &str) -> Option<String> {
+/// How long one look at the check pods serves every tap of a Logging waiting for its check.
+const FRESH: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The looks at check pods, by (namespace, Logging), with when they were taken.
+pub type Seen = std::sync::Mutex<std::collections::HashMap<(String, String), (std::time::Instant, Option<String>)>>;
+
+/// [`describe`], looked at once per [`FRESH`] per Logging whatever the number of taps waiting.
+pub async fn describe_cached(seen: &Seen, client: &kube::Client, namespace: &str, logging: &str) -> Option<String> {
+    let key = (namespace.to_owned(), logging.to_owned());
+    if let Some((at, words)) = seen.lock().unwrap().get(&key) {
+        if at.elapsed() < FRESH {
+            return words.clone();
+        }
+    }
+    let words = describe(client, namespace, logging).await;
+    let mut seen = seen.lock().unwrap();
+    seen.retain(|_, (at, _)| at.elapsed() < FRESH);
+    seen.insert(key, (std::time::Instant::now(), words.clone()));
+    words
+}
+
+/// The newest unfinished check pod of Logging `logging` in `namespace` (logging-operator names
+/// them `LOGGING-fluentd-configcheck-HASH`; another Logging's pods in the same namespace are
+/// not this tap's business), in words (`... Pending: Unschedulable: 0/3 nodes are
+/// available...`); `None` when there is none or it may not be read.
+pub async fn describe(client: &kube::Client, namespace: &str, logging: &str) -> Option<String> {
+    let prefix = format!("{logging}-fluentd-configcheck-");
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let list = match pods.list(&ListParams::default().labels(CHECK_POD_LABEL)).await {
         Ok(list) => list,
@@ -24,6 +48,7 @@ pub async fn describe(client: &kube::Client, namespace: &str) -> Option<String> 
     let newest = list
         .items
         .iter()
+        .filter(|p| p.metadata.name.as_deref().is_some_and(|n| n.starts_with(&prefix)))
         .filter(|p| !matches!(phase(p), "Succeeded" | "Failed"))
         .max_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0))?;
     Some(words(newest))

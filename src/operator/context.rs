@@ -45,6 +45,8 @@ pub struct Context {
     pub retrying: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Each Logging's reload budget: tap changes in batches, one per interval.
     pub budget: std::sync::Mutex<super::budget::Budget>,
+    /// Recent looks at configuration check pods (see `check_pod`).
+    pub check_pods: super::check_pod::Seen,
 }
 
 /// Record an Event on the FlowTap (a failure to record is logged, never fatal).
@@ -176,6 +178,7 @@ pub(crate) mod fixtures {
                 unclear_checks: Default::default(),
                 retrying: Default::default(),
                 budget: Default::default(),
+                check_pods: Default::default(),
             };
             (Arc::new(ctx), ApiServerVerifier { requests, task })
         }

@@ -85,6 +85,7 @@ pub async fn run(
         unclear_checks: Default::default(),
         retrying: Default::default(),
         budget: Default::default(),
+        check_pods: Default::default(),
     });
     sweep(&client, &ctx.config).await;
     let (store, store2, store3) = (controller.store(), controller.store(), controller.store());

@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 pub const MIN_WINDOW: Duration = Duration::from_secs(5);
 /// A relay's share is written again at least this often (so a stale one can be told apart).
 pub const REFRESH: Duration = Duration::from_secs(300);
+/// A relay's share is written again at most this often (each write is an API request and a
+/// status frame to the tap's listeners).
+pub const MIN_GAP: Duration = Duration::from_secs(20);
 /// A share older than this is from a relay that is gone: left out of the sum.
 pub const STALE: Duration = Duration::from_secs(900);
 
@@ -54,16 +57,22 @@ impl Meter {
     }
 }
 
-/// Whether `relay`'s new `rate` is worth a status write: no share of it yet, a change of more
-/// than a quarter (and 1 KiB/s or 1 record/s), or its share is due for a refresh.
+/// Whether `relay`'s new `rate` is worth a status write: no share of it yet, or, at most once
+/// per [`MIN_GAP`], a change of more than a quarter (and 1 KiB/s or 1 record/s) or a share of
+/// a flowing tap due for a refresh.
 pub fn worth_writing(cost: Option<&TapCost>, relay: &str, rate: Rate, now: Timestamp) -> bool {
     let Some(mine) = cost.and_then(|c| c.relays.iter().find(|r| r.relay == relay)) else {
         return true;
     };
     let far = |old: f64, new: f64, floor: f64| (new - old).abs() > floor.max(old * 0.25);
+    if age(&mine.measured, now) < MIN_GAP {
+        return false;
+    }
+    // A quiet tap's zero share needs no refresh: stale, it still adds nothing to the sum.
+    let flowing = rate.bytes > 0 || mine.bytes_per_second > 0;
     far(mine.bytes_per_second as f64, rate.bytes as f64, 1024.0)
         || far(mine.records_per_second, rate.records, 1.0)
-        || age(&mine.measured, now) >= REFRESH
+        || (flowing && age(&mine.measured, now) >= REFRESH)
 }
 
 /// `cost` with `relay`'s share replaced by `rate`, stale shares dropped, and the sum anew.
@@ -93,11 +102,13 @@ fn age(t: &Time, now: Timestamp) -> Duration {
     Duration::from_secs((now.as_second() - t.0.as_second()).max(0) as u64)
 }
 
-/// Whether `tap` may stay warm after its last listener: an ephemeral tap whose measured cost
-/// is at most `max_bytes_per_second` (0: no tap stays warm). A tap never measured is not.
+/// Whether `tap` may stay warm after its last listener: an ephemeral tap whose records have
+/// come (so its cost is known, not the quiet of a tap still waiting for its check) and whose
+/// measured cost is at most `max_bytes_per_second` (0: no tap stays warm).
 pub fn cheap(tap: &FlowTap, max_bytes_per_second: u64) -> bool {
     max_bytes_per_second > 0
         && !tap.spec.persistent
+        && tap.status.as_ref().is_some_and(|s| s.last_record_time.is_some())
         && tap
             .status
             .as_ref()
@@ -170,52 +181,25 @@ mod tests {
         assert_eq!(later.bytes_per_second, 0);
     }
 
+    fn r(records: f64, bytes: u64) -> Rate {
+        Rate { records, bytes }
+    }
+
     #[test]
-    fn only_a_real_change_or_a_due_refresh_is_written() {
-        let cost = merged(
-            None,
-            "r",
-            Rate {
-                records: 10.0,
-                bytes: 10_000,
-            },
-            at(0),
-        );
+    fn only_a_real_change_or_a_due_refresh_is_written_and_at_most_once_per_gap() {
+        let cost = merged(None, "r", r(10.0, 10_000), at(0));
         let w = |rate: Rate, t: i64| worth_writing(Some(&cost), "r", rate, at(t));
-        assert!(worth_writing(
-            Some(&cost),
-            "other",
-            Rate { records: 0.0, bytes: 0 },
-            at(1)
-        ));
-        assert!(!w(
-            Rate {
-                records: 11.0,
-                bytes: 11_000
-            },
-            10
-        ));
-        assert!(w(
-            Rate {
-                records: 10.0,
-                bytes: 20_000
-            },
-            10
-        ));
-        assert!(w(
-            Rate {
-                records: 20.0,
-                bytes: 10_000
-            },
-            10
-        ));
-        assert!(w(
-            Rate {
-                records: 10.0,
-                bytes: 10_000
-            },
-            300
-        ));
+        assert!(worth_writing(Some(&cost), "other", r(0.0, 0), at(1)), "a first share");
+        assert!(!w(r(11.0, 11_000), 30), "a small change");
+        assert!(w(r(10.0, 20_000), 30));
+        assert!(w(r(20.0, 10_000), 30));
+        assert!(!w(r(20.0, 10_000), 10), "at most one write per MIN_GAP");
+        assert!(w(r(10.0, 10_000), 300), "a flowing tap's share refreshed");
+        let quiet = merged(None, "r", r(0.0, 0), at(0));
+        assert!(
+            !worth_writing(Some(&quiet), "r", r(0.0, 0), at(3600)),
+            "idle taps cost no writes"
+        );
     }
 
     #[test]
@@ -235,6 +219,8 @@ mod tests {
             },
             at(0),
         ));
+        assert!(!cheap(&tap, 1000), "no record ever: still warming up, its cost unknown");
+        tap.status.as_mut().unwrap().last_record_time = Some(Time(at(0)));
         assert!(cheap(&tap, 1000));
         assert!(!cheap(&tap, 500), "over the budget");
         assert!(!cheap(&tap, 0), "warm taps off");

@@ -77,6 +77,15 @@ pub(super) async fn ensure_children(
         ctx.config.max_tap_buffer_bytes,
         ctx.config.max_request_bytes,
     ) {
+        // The tenant's own spec edit: the accepted patch (the old buffer) is safe to keep until
+        // the Logging's next batch of tap changes; a tap on trial goes at once.
+        if let Some(wait) = accepted_change_waits(tap, patched, ctx) {
+            return Ok(Step {
+                recheck: Some(wait),
+                patched: patched.cloned(),
+                ..refuse(OutputState::Refused(r), FlowState::Skipped)
+            });
+        }
         children::teardown(tap, patched, ctx).await?;
         return Ok(Step {
             recheck: None,
@@ -212,13 +221,18 @@ pub(super) async fn ensure_children(
                 ..refuse(OutputState::Ready, FlowState::Waiting(r))
             });
         }
-        // The Logging's reload budget: this change goes with the current or next batch.
-        let gate = ctx.budget.lock().unwrap().ask(
-            &logging.name_any(),
-            &tap.uid().unwrap_or_default(),
-            std::time::Instant::now(),
-            ctx.config.config_change_interval,
-        );
+        // The Logging's reload budget: this change goes with the current or next batch. A tap
+        // retrying after an unclear check takes its turn alone instead (`trial::admit`), never
+        // in a batch with others.
+        let gate = match trial::takes_turns(tap) {
+            true => super::budget::Gate::Now,
+            false => ctx.budget.lock().unwrap().ask(
+                &logging.name_any(),
+                &tap.uid().unwrap_or_default(),
+                std::time::Instant::now(),
+                ctx.config.config_change_interval,
+            ),
+        };
         if let super::budget::Gate::Wait(wait) = gate {
             return Ok(Step {
                 recheck: Some(wait),
@@ -354,7 +368,9 @@ pub(super) async fn ensure_children(
     }
     let checked = checked || record.config_accepted;
     let check_pod = match (checked, logging.spec.control_namespace.as_deref()) {
-        (false, Some(control)) => super::check_pod::describe(&ctx.client, control).await,
+        (false, Some(control)) => {
+            super::check_pod::describe_cached(&ctx.check_pods, &ctx.client, control, &logging.name_any()).await
+        }
         _ => None,
     };
     Ok(Step {
@@ -366,6 +382,56 @@ pub(super) async fn ensure_children(
         checked: Some(checked),
         check_pod,
     })
+}
+
+/// How long a change that undoes `patched` waits for its Logging's next batch of tap changes,
+/// when it may wait at all (see [`holdable`]).
+pub(super) fn accepted_change_waits(tap: &FlowTap, patched: Option<&PatchedFlow>, ctx: &Context) -> Option<Duration> {
+    let p = patched.filter(|p| holdable(tap, p, ctx))?;
+    let gate = ctx.budget.lock().unwrap().ask(
+        p.logging.as_deref()?,
+        &tap.uid().unwrap_or_default(),
+        std::time::Instant::now(),
+        ctx.config.config_change_interval,
+    );
+    match gate {
+        super::budget::Gate::Wait(wait) => Some(wait),
+        super::budget::Gate::Now => None,
+    }
+}
+
+/// Whether undoing `p` may wait for the Logging's next batch: nothing is wrong that the undo
+/// would fix. Not when the Logging's current configuration fails its check (the tap may be the
+/// cause), nor when logging-operator reports problems naming the tap's output on the flow
+/// (with `skipInvalidResources` it drops the whole flow). What the watch caches show; a miss
+/// is "something may be wrong": undone at once.
+fn holdable(tap: &FlowTap, p: &PatchedFlow, ctx: &Context) -> bool {
+    let Some(logging) = p.logging.as_deref() else {
+        return false;
+    };
+    let checks_pass = ctx
+        .loggings
+        .state()
+        .iter()
+        .find(|l| l.name_any() == logging)
+        .is_some_and(|l| l.config_checks().values().all(|ok| *ok));
+    let ns = tap.namespace().unwrap_or_default();
+    let problems: Option<Vec<String>> = match p.flow_ref.kind {
+        crate::k8s::flowtap::FlowKind::Flow => ctx
+            .flows
+            .state()
+            .iter()
+            .find(|f| f.name_any() == p.flow_ref.name && f.namespace().as_deref() == Some(&ns))
+            .map(|f| f.status.as_ref().and_then(|s| s.problems.clone()).unwrap_or_default()),
+        crate::k8s::flowtap::FlowKind::ClusterFlow => ctx
+            .cluster_flows
+            .state()
+            .iter()
+            .find(|f| f.name_any() == p.flow_ref.name && f.namespace().as_deref() == Some(&ns))
+            .map(|f| f.status.as_ref().and_then(|s| s.problems.clone()).unwrap_or_default()),
+    };
+    let flow_fine = problems.is_some_and(|ps| !ps.iter().any(|problem| names_output(problem, &p.output)));
+    checks_pass && flow_fine
 }
 
 /// Why a change waits for the Logging's next batch, and when that is.

@@ -140,6 +140,10 @@ async fn apply(tap: &FlowTap, ctx: &Context) -> Result<Action> {
         .as_ref()
         .filter(|p| p.flow_ref != tap.spec.flow_ref || p.output != output)
     {
+        // A flowRef a tenant changed: undoing the old flow is a change of its Logging too.
+        if let Some(wait) = super::pass::accepted_change_waits(&tap, Some(old), ctx) {
+            return Ok(Action::requeue(wait.max(Duration::from_secs(1))));
+        }
         children::retire(&tap, old, ctx).await?;
         tracing::info!(tap = %name, flow = %old.flow_ref.name, output = %old.output, "the old flow was restored and its output retired");
         patched = None;
@@ -178,10 +182,18 @@ async fn apply(tap: &FlowTap, ctx: &Context) -> Result<Action> {
             checked: step.checked,
             check_pod: step.check_pod.as_deref(),
             receiving: status::condition(&conditions, "Receiving").is_some_and(|c| c.status == "True"),
-            warm_for: linger
+            last_record: tap
+                .status
+                .as_ref()
+                .and_then(|s| s.last_record_time.as_ref())
+                .map(|t| t.0),
+            // Until a fixed time (idle since + the warm linger), so the message stays the same
+            // from pass to pass and costs no status write.
+            warm_until: linger
                 .left
                 .filter(|_| warm && !linger.never_listened)
-                .filter(|_| tap.status.as_ref().is_none_or(|s| s.sessions.is_empty())),
+                .filter(|_| tap.status.as_ref().is_none_or(|s| s.sessions.is_empty()))
+                .map(|_| now - linger.idle + linger_for),
         },
         current.stage.as_ref(),
         now,
@@ -358,17 +370,8 @@ fn removal_waits(tap: &FlowTap, ctx: &Context) -> Option<Duration> {
         Some(w) => w,
         None => tap.status.as_ref().and_then(|s| s.patched.clone()),
     }?;
-    let logging = patched.logging.as_deref()?;
-    let gate = ctx.budget.lock().unwrap().ask(
-        logging,
-        &uid,
-        std::time::Instant::now(),
-        ctx.config.config_change_interval,
-    );
-    match gate {
-        super::budget::Gate::Wait(wait) => Some(wait),
-        super::budget::Gate::Now => None,
-    }
+    // A tap still on trial goes at once: its configuration may be the one that fails.
+    super::pass::accepted_change_waits(tap, Some(&patched), ctx)
 }
 
 /// Only a cleanup that does not finish at once is worth a status write: the finalizer stays,

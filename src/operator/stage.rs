@@ -17,22 +17,37 @@ pub struct Seen<'a> {
     pub check_pod: Option<&'a str>,
     /// Records arrived recently (the `Receiving` condition).
     pub receiving: bool,
-    /// No listener, kept warm (its cost is low), for this long still.
-    pub warm_for: Option<std::time::Duration>,
+    /// When a record last arrived, if one ever did (`status.lastRecordTime`).
+    pub last_record: Option<Timestamp>,
+    /// No listener, kept warm (its cost is low) until then.
+    pub warm_until: Option<Timestamp>,
 }
 
 /// The stage after a pass; `previous` keeps its start time when the stage is the same.
 pub fn stage(seen: &Seen, previous: Option<&StageStatus>, now: Timestamp) -> Option<StageStatus> {
-    let (name, message) = if let Some(left) = seen.warm_for {
+    let in_place = matches!(
+        seen.flow_state,
+        FlowState::Patched | FlowState::Repaired | FlowState::Mirrored
+    ) && matches!(seen.output_state, OutputState::Ready);
+    let (name, message) = if let Some(until) = seen.warm_until.filter(|_| in_place) {
         (
             Stage::Warm,
             format!(
-                "no listener; kept {} more minutes because it costs little, so the next listener attaches at once",
-                left.as_secs().div_ceil(60)
+                "no listener; kept until {} UTC because it costs little, so the next listener attaches at once",
+                until.strftime("%H:%M:%S")
             ),
         )
     } else if seen.receiving {
         (Stage::Flowing, "records arriving".to_owned())
+    } else if let Some(last) = seen.last_record.filter(|_| in_place && seen.checked == Some(true)) {
+        // Records came through this configuration already: a quiet flow, not a reload.
+        (
+            Stage::Flowing,
+            format!(
+                "no record for a while (the flow is quiet); the last came at {} UTC",
+                last.strftime("%H:%M:%S")
+            ),
+        )
     } else {
         match (seen.output_state, seen.flow_state, seen.checked) {
             (OutputState::Validating(_), _, _) => (
@@ -78,7 +93,8 @@ mod tests {
             checked,
             check_pod: None,
             receiving: false,
-            warm_for: None,
+            last_record: None,
+            warm_until: None,
         }
     }
 
@@ -114,11 +130,20 @@ mod tests {
         let mut flowing = seen(&ready, &FlowState::Patched, Some(true));
         flowing.receiving = true;
         assert_eq!(name(&flowing), Some(Stage::Flowing));
-        flowing.warm_for = Some(Duration::from_secs(90));
+        flowing.warm_until = Some(Timestamp::from_second(1_700_000_090).unwrap());
         let warm = stage(&flowing, None, at(0)).unwrap();
         assert_eq!(warm.name, Stage::Warm);
-        assert!(warm.message.contains("2 more minutes"), "{}", warm.message);
+        assert!(warm.message.contains("until 22:14:50 UTC"), "{}", warm.message);
+        // Quiet after records came: still Flowing, not back to waiting for a reload.
+        let mut quiet = seen(&ready, &FlowState::Patched, Some(true));
+        quiet.last_record = Some(at(-600));
+        let q = stage(&quiet, None, at(0)).unwrap();
+        assert_eq!(q.name, Stage::Flowing);
+        assert!(q.message.contains("quiet"), "{}", q.message);
         let refused = FlowState::Refused(Refusal::new("X", "y"));
+        let mut warm_but_refused = seen(&ready, &refused, None);
+        warm_but_refused.warm_until = Some(at(600));
+        assert_eq!(stage(&warm_but_refused, None, at(0)), None, "Warm only while in place");
         assert_eq!(name(&seen(&ready, &refused, None)), None, "the phase says it");
     }
 

@@ -79,6 +79,7 @@ pub async fn track_taps(
                         shown,
                         meter: super::cost::Meter::new(std::time::Instant::now(), counts),
                         cost: None,
+                        persistent: tap.spec.persistent,
                     });
                     if entry.key != key {
                         entry.meter = super::cost::Meter::new(std::time::Instant::now(), counts);
@@ -86,6 +87,7 @@ pub async fn track_taps(
                     entry.key = key;
                     entry.shown = shown;
                     entry.cost = tap.status.as_ref().and_then(|s| s.cost.clone());
+                    entry.persistent = tap.spec.persistent;
                 }
             }
             Ok(W::Delete(tap)) => {
@@ -152,6 +154,9 @@ struct Known {
     meter: super::cost::Meter,
     /// Its status's cost, as last seen.
     cost: Option<crate::k8s::flowtap::TapCost>,
+    /// Persistent taps are never warm: their cost is not written (1 000 idle persistent taps
+    /// cost the API server nothing).
+    persistent: bool,
 }
 
 /// Write this relay's share of each tap's cost when it changed or is due (see `cost`).
@@ -164,6 +169,9 @@ async fn report_costs(
     let now = std::time::Instant::now();
     for ((ns, name), k) in known.iter_mut() {
         let Some(tap) = relay.tap(&k.key) else { continue };
+        if k.persistent {
+            continue;
+        }
         let Some(rate) = k.meter.measure(now, tap.ingested()) else {
             continue;
         };

@@ -4,7 +4,7 @@
 //! (tap changes in batches, one per window). Properties are checked over every version the API
 //! server served (watches from the test's start), not sampled after a sleep.
 
-use crate::operator::{flow_spec, harness, listener, never_broke_the_render, status_when, tap_statuses};
+use crate::operator::{flow_spec, harness, listener, never_broke_the_render, status_when, status_within, tap_statuses};
 use crate::watch;
 use futures::StreamExt;
 use kube::api::{Api, WatchEvent, WatchParams};
@@ -75,6 +75,14 @@ async fn a_listener_sees_each_stage_of_its_tap_in_order_and_a_stuck_check_pod_na
     })
     .await;
     tap_statuses(&mut ws, |f| f["stage"] == "Flowing").await;
+    // (The test's own watch may be a moment behind the relay's.)
+    eventually("the watch sees Flowing", || async {
+        stages_of(&seen.lock().unwrap(), "flow-web")
+            .iter()
+            .any(|s| s == "Flowing")
+            .then_some(())
+    })
+    .await;
     task.abort();
     let stages = stages_of(&seen.lock().unwrap(), "flow-web");
     let rank = |s: &String| ORDER.iter().position(|o| o == s).unwrap_or_else(|| panic!("{s}"));
@@ -152,11 +160,19 @@ async fn a_cheap_tap_stays_warm_and_the_next_listener_attaches_with_no_flow_edit
     // web: about 1 KB/s; busy: about 100 KB/s, over a 20 KB/s budget. Measured by the relay.
     let web_sender = fluentd_sends(&h, &web, 1000, 1);
     let busy_sender = fluentd_sends(&h, &busy, 1000, 100);
-    let cheap = status_when(&h, "flow-web", "web's cost", |s| s.cost.is_some()).await;
-    assert!(cheap.cost.unwrap().bytes_per_second < 20_000);
-    let dear = status_when(&h, "flow-busy", "busy's cost over the budget", |s| {
-        s.cost.as_ref().is_some_and(|c| c.bytes_per_second > 20_000)
+    // (A relay writes its share at most every 20 s: up to a minute before both are known.)
+    let cheap = status_within(&h, "flow-web", "web's cost", Duration::from_secs(90), |s| {
+        s.cost.is_some() && s.last_record_time.is_some()
     })
+    .await;
+    assert!(cheap.cost.unwrap().bytes_per_second < 20_000);
+    let dear = status_within(
+        &h,
+        "flow-busy",
+        "busy's cost over the budget",
+        Duration::from_secs(90),
+        |s| s.cost.as_ref().is_some_and(|c| c.bytes_per_second > 20_000),
+    )
     .await;
     assert!(dear.cost.unwrap().records_per_second > 20.0);
 

@@ -60,6 +60,10 @@ impl Line {
     }
 }
 
+/// How long after the first flow record the cut applies (fluentd's buffers send records from
+/// before the switch within seconds).
+pub const CUT_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// `--preflow`: whether to show pre-flow lines.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Mode {
@@ -74,8 +78,11 @@ pub enum Mode {
 pub struct Preflow {
     events: Option<mpsc::Receiver<Event>>,
     task: Option<tokio::task::AbortHandle>,
-    /// Per container (namespace, pod, container): the time of the last pre-flow line shown.
-    watermarks: HashMap<(String, String, String), jiff::Timestamp>,
+    /// Per container (namespace, pod, container): the times of the first and the last pre-flow
+    /// line shown; flow records between them were shown already.
+    watermarks: HashMap<(String, String, String), (jiff::Timestamp, jiff::Timestamp)>,
+    /// When the first flow record came: the cut applies for [`CUT_FOR`] after it only.
+    switched: Option<std::time::Instant>,
     /// Pre-flow lines shown.
     pub shown: u64,
     /// Flow records left out because they were shown as pre-flow lines already.
@@ -89,6 +96,7 @@ impl Preflow {
             events: None,
             task: None,
             watermarks: HashMap::new(),
+            switched: None,
             shown: 0,
             left_out: 0,
         }
@@ -130,8 +138,9 @@ impl Preflow {
         self.shown += 1;
         if let Some(t) = line.time {
             let key = (line.namespace.clone(), line.pod.clone(), line.container.clone());
-            let mark = self.watermarks.entry(key).or_insert(t);
-            *mark = (*mark).max(t);
+            let (first, last) = self.watermarks.entry(key).or_insert((t, t));
+            *first = (*first).min(t);
+            *last = (*last).max(t);
         }
     }
 
@@ -141,13 +150,19 @@ impl Preflow {
         if let Some(task) = self.task.take() {
             task.abort();
         }
+        self.switched.get_or_insert_with(std::time::Instant::now);
         let was_on = self.events.take().is_some();
         was_on && self.shown > 0
     }
 
-    /// Whether the flow record `record` was shown already as a pre-flow line: its container had
-    /// pre-flow lines up to a time not before the record's.
+    /// Whether the flow record `record` was shown already as a pre-flow line: its container
+    /// showed pre-flow lines from before to after the record's time. Only for [`CUT_FOR`] after
+    /// the switch: a record's time may be the application's own or rewritten by a filter, and
+    /// must not hide records for long.
     pub fn already_shown(&mut self, record: &Value) -> bool {
+        if self.switched.is_some_and(|at| at.elapsed() > CUT_FOR) {
+            self.watermarks.clear();
+        }
         if self.watermarks.is_empty() {
             return false;
         }
@@ -157,13 +172,16 @@ impl Preflow {
             k["pod_name"].as_str().unwrap_or_default().to_owned(),
             k["container_name"].as_str().unwrap_or_default().to_owned(),
         );
-        let Some(mark) = self.watermarks.get(&key) else {
+        let Some((first, last)) = self.watermarks.get(&key).copied() else {
             return false;
         };
         let Some(time) = super::clock::of_record(record) else {
             return false;
         };
-        if time > *mark {
+        if time < first {
+            return false;
+        }
+        if time > last {
             // Past the cut: this container's records need no more looking at.
             self.watermarks.remove(&key);
             return false;
@@ -219,9 +237,19 @@ mod tests {
         p.shown(&line("web-1", "2026-12-04T10:00:02Z", "b"));
         p.shown(&line("web-2", "2026-12-04T10:00:00Z", "c"));
         let rec = |pod: &str, time: &str| json!({"time": time, "kubernetes": {"namespace_name": "shop", "pod_name": pod, "container_name": "app"}});
+        assert!(
+            !p.already_shown(&rec("web-1", "2026-12-04T10:00:00Z")),
+            "before the first pre-flow line"
+        );
         assert!(p.already_shown(&rec("web-1", "2026-12-04T10:00:02Z")));
         assert!(!p.already_shown(&rec("web-1", "2026-12-04T10:00:02.000001Z")));
         assert!(!p.already_shown(&rec("web-2", "2026-12-04T10:00:01Z")));
+        p.shown(&line("web-4", "2026-12-04T10:00:05Z", "d"));
+        p.switched = Some(std::time::Instant::now() - CUT_FOR - std::time::Duration::from_secs(1));
+        assert!(
+            !p.already_shown(&rec("web-4", "2026-12-04T10:00:05Z")),
+            "the cut is over"
+        );
         assert!(
             !p.already_shown(&rec("web-3", "2026-12-04T09:00:00Z")),
             "no pre-flow line of it"

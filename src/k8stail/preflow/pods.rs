@@ -7,7 +7,7 @@ use super::matcher::{Container, Routed, Rules};
 use super::{Event, Line};
 use crate::k8s::flowtap::FlowKind;
 use crate::protocol::TapKey;
-use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, DynamicObject, LogParams};
 use kube::core::{ApiResource, GroupVersionKind};
@@ -108,6 +108,22 @@ pub async fn run(source: Source, tx: Sender<Event>) {
     }
 }
 
+/// Whether `container` of `pod` has ended (its log does not grow): not followed now, looked at
+/// again when the pod changes (a restart).
+fn terminated(pod: &Pod, container: &str) -> bool {
+    let Some(status) = pod.status.as_ref() else {
+        return false;
+    };
+    status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .chain(status.ephemeral_container_statuses.iter().flatten())
+        .filter(|c| c.name == container)
+        .any(|c| c.state.as_ref().is_some_and(|s| s.terminated.is_some()))
+}
+
 fn forbidden(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 403)
 }
@@ -164,7 +180,13 @@ impl Follower {
         let (Some(uid), Some(spec)) = (pod.metadata.uid.clone(), pod.spec.as_ref()) else {
             return;
         };
-        if pod.metadata.deletion_timestamp.is_some() {
+        // Not scheduled yet (no node: a `hosts` rule cannot be decided, no log to read), or
+        // finished (its log does not grow): looked at again when it changes.
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        if pod.metadata.deletion_timestamp.is_some()
+            || spec.node_name.is_none()
+            || matches!(phase, Some("Succeeded" | "Failed"))
+        {
             return;
         }
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
@@ -181,8 +203,10 @@ impl Follower {
             true => self.namespace_labels(&ns).await,
             false => None,
         };
+        // Finished streams leave the set, so the cap counts live ones.
+        while self.streams.try_join_next().is_some() {}
         for container in containers.collect::<Vec<_>>() {
-            if !self.started.insert((uid.clone(), container.clone())) {
+            if self.started.contains(&(uid.clone(), container.clone())) || terminated(pod, &container) {
                 continue;
             }
             let routed = self.rules.routes(&Container {
@@ -193,10 +217,17 @@ impl Follower {
                 container: &container,
                 namespace_labels: ns_labels.as_ref(),
             });
+            if routed == Routed::NeedsNamespaceLabels {
+                continue;
+            }
+            // The router decides once per log file: so does this, whether or not it routes.
+            self.started.insert((uid.clone(), container.clone()));
             if routed != Routed::Yes {
                 continue;
             }
             if self.streams.len() >= MAX_STREAMS {
+                // Not marked followed: a later change of the pod tries again once a slot is free.
+                self.started.remove(&(uid.clone(), container.clone()));
                 self.say_once(
                     "max-streams",
                     format!("the flow matches more than {MAX_STREAMS} containers: pre-flow lines come from the first {MAX_STREAMS}"),
@@ -222,8 +253,6 @@ impl Follower {
             let handle = self.streams.spawn(stream.follow());
             self.by_pod.entry(uid.clone()).or_default().push(handle);
         }
-        // Finished streams leave the set, so the cap counts live ones.
-        while self.streams.try_join_next().is_some() {}
     }
 
     fn gone(&mut self, pod: &Pod) {
@@ -277,17 +306,19 @@ impl Stream {
                     // Not started yet (400 "waiting to start"), or the kubelet unreachable.
                     tracing::debug!(pod = %self.line.pod, error = %e, "pre-flow log request");
                     waits += 1;
-                    if waits > 300 {
+                    if waits > 60 {
                         return;
                     }
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::time::sleep(Duration::from_millis(500) * waits.min(10)).await;
                     continue;
                 }
             };
             // sinceTime is whole seconds: lines asked for again are left out by their own time.
             let again = since;
-            let mut lines = reader.lines();
-            while let Ok(Some(text)) = lines.try_next().await {
+            let mut reader = Box::pin(reader);
+            let mut buf = Vec::new();
+            while let Ok(Some(text)) = next_line(&mut reader, &mut buf).await {
+                waits = 0;
                 let (time, text) = split_time(&text);
                 if let (Some(t), Some(last)) = (time, again) {
                     if t <= last {
@@ -306,14 +337,57 @@ impl Stream {
                     return;
                 }
             }
-            // The container ended (or the stream broke): look again shortly.
+            // The container ended (or the stream broke): look again, less and less often.
             waits += 1;
-            if waits > 300 {
+            if waits > 12 {
                 return;
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(Duration::from_millis(500) * waits.min(10)).await;
         }
     }
+}
+
+/// The longest line shown whole; the rest of a longer one is cut (said in the line).
+pub const MAX_LINE: usize = 64 << 10;
+
+/// The next line of a log stream, at most [`MAX_LINE`] bytes kept (a pod writing one endless
+/// line must not fill k8stail's memory), bytes that are not UTF-8 replaced (never the end of the
+/// stream). `None` at the end.
+async fn next_line<R: futures::AsyncBufRead + Unpin>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<String>> {
+    use futures::AsyncBufReadExt as _;
+    buf.clear();
+    let mut cut = false;
+    loop {
+        let chunk = reader.fill_buf().await?;
+        if chunk.is_empty() {
+            if buf.is_empty() && !cut {
+                return Ok(None);
+            }
+            break;
+        }
+        let (take, done) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        let room = MAX_LINE.saturating_sub(buf.len());
+        buf.extend_from_slice(&chunk[..take.min(room)]);
+        cut |= take > room;
+        reader.consume_unpin(take);
+        if done {
+            break;
+        }
+    }
+    while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        buf.pop();
+    }
+    let mut text = String::from_utf8_lossy(buf).into_owned();
+    if cut {
+        text.push_str(" [line cut at 64 KiB]");
+    }
+    Ok(Some(text))
 }
 
 /// `2026-12-04T19:45:16.123456789Z text` (kubelet's `timestamps=true`) → the time and the text.

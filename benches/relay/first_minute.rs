@@ -22,9 +22,10 @@ const CHECK: Duration = Duration::from_secs(3);
 /// The reload budget's interval here (30 s by default; shorter, so the run is short).
 const WINDOW: Duration = Duration::from_secs(5);
 
-fn operator(warm: bool, window: Duration) -> Arc<OperatorConfig> {
+/// The operator's settings: `linger` and `window` as given, warm taps on or off.
+fn operator(linger: Duration, warm: bool, window: Duration) -> Arc<OperatorConfig> {
     Arc::new(OperatorConfig {
-        linger: Duration::ZERO,
+        linger,
         session_ttl: Duration::from_secs(6),
         namespace: Some("default".into()),
         warm_max_bytes_per_second: if warm { 64 << 10 } else { 0 },
@@ -99,12 +100,12 @@ async fn k8stail(
 ) -> (Option<Duration>, Duration) {
     let start = Instant::now();
     let mut child = tokio::process::Command::new(testkit::cluster::bin("k8stail"))
-        .args(["--server", &format!("ws://{api}"), "--token", token, "--kubeconfig"])
+        .args(["--server", &format!("http://{api}"), "--token", token, "--kubeconfig"])
         .arg(kubeconfig)
         .args(["--preflow", preflow, "-o", "json", "--tail", "0", "default/web"])
         .env_remove("K8STAIL_TOKEN")
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("k8stail runs");
@@ -114,8 +115,12 @@ async fn k8stail(
         let line = tokio::time::timeout(Duration::from_secs(180), lines.next_line())
             .await
             .expect("k8stail printed in time")
-            .unwrap()
-            .expect("k8stail still runs");
+            .unwrap();
+        let Some(line) = line else {
+            let mut err = String::new();
+            let _ = tokio::io::AsyncReadExt::read_to_string(&mut child.stderr.take().unwrap(), &mut err).await;
+            panic!("k8stail ended: {err}");
+        };
         if line.contains("\"preflow\":true") {
             first_preflow.get_or_insert(start.elapsed());
         } else {
@@ -211,8 +216,13 @@ pub async fn first_minute_bench() -> Result<(), String> {
         behaviour.check_pods = CheckPods::Schedulable;
     }
 
-    // 1–3: pre-flow, first flow record, warm re-attach (warm taps and the budget on).
-    let (api, ingest, stop) = start_service(b.service_client.clone(), operator(true, WINDOW)).await;
+    // 1–3: pre-flow, first flow record, warm re-attach (warm taps and the budget on; a linger
+    // of 10 s, in which the tap's first records and cost are reported: the default is 60 s).
+    let (api, ingest, stop) = start_service(
+        b.service_client.clone(),
+        operator(Duration::from_secs(10), true, WINDOW),
+    )
+    .await;
     let sender = fluentd(b.flows.clone(), b.client.clone(), ingest);
     let (preflow, first_record) = k8stail(api, &b.admin_token, &b.cp.kubeconfig, "always").await;
     let taps: Api<FlowTap> = Api::namespaced(b.client.clone(), "default");
@@ -272,7 +282,7 @@ pub async fn first_minute_bench() -> Result<(), String> {
         ("budget, 5 s windows", WINDOW),
     ] {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let (api, _, stop) = start_service(b.service_client.clone(), operator(false, window)).await;
+        let (api, _, stop) = start_service(b.service_client.clone(), operator(Duration::ZERO, false, window)).await;
         let (edits, checks, spent) = cycles(&b, api, 100).await;
         stop.cancel();
         let windows = match window.is_zero() {

@@ -31,10 +31,13 @@ pub struct Budget {
 }
 
 /// The current (or next) batch of one Logging.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Batch {
     /// When its changes are made.
     at: Instant,
+    /// The flows it changed: a flow is changed once per batch (a tap ending and another
+    /// starting on one flow would be two configurations; the second waits for the next batch).
+    flows: std::collections::HashSet<String>,
 }
 
 /// Whether a change may be made now.
@@ -46,9 +49,9 @@ pub enum Gate {
 }
 
 impl Budget {
-    /// May tap `tap` (its UID) change a flow of `logging` now, with one batch per `interval`
+    /// May tap `tap` (its UID) change `flow` of `logging` now, with one batch per `interval`
     /// (zero: always)?
-    pub fn ask(&mut self, logging: &str, tap: &str, now: Instant, interval: Duration) -> Gate {
+    pub fn ask(&mut self, logging: &str, flow: &str, tap: &str, now: Instant, interval: Duration) -> Gate {
         if interval.is_zero() {
             return Gate::Now;
         }
@@ -58,13 +61,15 @@ impl Budget {
             }
             self.booked.remove(tap);
             if now < at + BOOKED_GRACE {
+                self.changed(logging, flow);
                 return Gate::Now;
             }
         }
-        let batch = match self.by_logging.get(logging).copied() {
+        let batch = match self.by_logging.get(logging).cloned() {
             // No change for an interval: a new batch, a moment from now.
             None => self.open(logging, now + COLLECT),
-            Some(b) if now < b.at + GRACE => b,
+            // Within the batch's grace, unless it changed this flow already.
+            Some(b) if now < b.at + GRACE && !(now >= b.at && b.flows.contains(flow)) => b,
             Some(b) if now < b.at + interval => self.open(logging, b.at + interval),
             Some(_) => self.open(logging, now + COLLECT),
         };
@@ -76,13 +81,31 @@ impl Budget {
                 self.booked.insert(tap.to_owned(), batch.at);
                 Gate::Wait(wait)
             }
-            _ => Gate::Now,
+            _ => {
+                self.changed(logging, flow);
+                Gate::Now
+            }
         }
     }
 
+    fn changed(&mut self, logging: &str, flow: &str) {
+        if let Some(b) = self.by_logging.get_mut(logging) {
+            b.flows.insert(flow.to_owned());
+        }
+    }
+
+    /// `tap` went with a batch just now: its next ask within [`BOOKED_GRACE`] goes too (the
+    /// cleanup that follows the decision to remove it).
+    pub fn keep(&mut self, tap: &str, now: Instant) {
+        self.booked.insert(tap.to_owned(), now);
+    }
+
     fn open(&mut self, logging: &str, at: Instant) -> Batch {
-        let batch = Batch { at };
-        self.by_logging.insert(logging.to_owned(), batch);
+        let batch = Batch {
+            at,
+            flows: Default::default(),
+        };
+        self.by_logging.insert(logging.to_owned(), batch.clone());
         // Loggings without changes for long are forgotten (a fresh ask opens a batch anyway).
         if self.by_logging.len() > 10_000 {
             self.by_logging.clear();
@@ -105,30 +128,34 @@ mod tests {
     fn taps_asking_together_make_one_batch_a_moment_later() {
         let mut b = Budget::default();
         let t0 = Instant::now();
-        assert_eq!(b.ask("l", "a", t0, INTERVAL), Gate::Wait(COLLECT));
-        assert_eq!(b.ask("l", "b", t0 + secs(0.4), INTERVAL), Gate::Wait(secs(0.6)));
-        assert_eq!(b.ask("l", "a", t0 + COLLECT, INTERVAL), Gate::Now, "the batch");
-        assert_eq!(b.ask("l", "c", t0 + secs(1.5), INTERVAL), Gate::Now, "within its grace");
+        assert_eq!(b.ask("l", "a", "a", t0, INTERVAL), Gate::Wait(COLLECT));
+        assert_eq!(b.ask("l", "b", "b", t0 + secs(0.4), INTERVAL), Gate::Wait(secs(0.6)));
+        assert_eq!(b.ask("l", "a", "a", t0 + COLLECT, INTERVAL), Gate::Now, "the batch");
         assert_eq!(
-            b.ask("other", "d", t0 + secs(1.5), INTERVAL),
+            b.ask("l", "c", "c", t0 + secs(1.5), INTERVAL),
+            Gate::Now,
+            "within its grace"
+        );
+        assert_eq!(
+            b.ask("other", "d", "d", t0 + secs(1.5), INTERVAL),
             Gate::Wait(COLLECT),
             "Loggings apart"
         );
         assert_eq!(
-            b.ask("l", "e", t0 + secs(2.5), INTERVAL),
+            b.ask("l", "e", "e", t0 + secs(2.5), INTERVAL),
             Gate::Wait(secs(28.5)),
             "after it: the next"
         );
         // b's pass comes late (a busy controller): it still goes, not a batch later.
-        assert_eq!(b.ask("l", "b", t0 + secs(4.0), INTERVAL), Gate::Now);
+        assert_eq!(b.ask("l", "b", "b", t0 + secs(4.0), INTERVAL), Gate::Now);
         // A booking is not kept for ever: a pass long after its batch asks anew.
         assert_eq!(
-            b.ask("l", "g", t0 + secs(5.0), INTERVAL),
+            b.ask("l", "g", "g", t0 + secs(5.0), INTERVAL),
             Gate::Wait(secs(26.0)),
             "booked for e's batch"
         );
         assert_eq!(
-            b.ask("l", "g", t0 + secs(37.0), INTERVAL),
+            b.ask("l", "g", "g", t0 + secs(37.0), INTERVAL),
             Gate::Wait(secs(24.0)),
             "the one after"
         );
@@ -138,15 +165,21 @@ mod tests {
     fn later_changes_wait_for_the_next_batch_one_interval_after_the_last() {
         let mut b = Budget::default();
         let t0 = Instant::now();
-        b.ask("l", "a", t0, INTERVAL);
+        b.ask("l", "a", "a", t0, INTERVAL);
         let first = t0 + COLLECT;
-        assert_eq!(b.ask("l", "a", first, INTERVAL), Gate::Now);
-        assert_eq!(b.ask("l", "b", first + secs(10.0), INTERVAL), Gate::Wait(secs(20.0)));
-        assert_eq!(b.ask("l", "c", first + secs(29.0), INTERVAL), Gate::Wait(secs(1.0)));
-        assert_eq!(b.ask("l", "b", first + INTERVAL, INTERVAL), Gate::Now);
-        assert_eq!(b.ask("l", "c", first + INTERVAL, INTERVAL), Gate::Now);
+        assert_eq!(b.ask("l", "a", "a", first, INTERVAL), Gate::Now);
+        assert_eq!(
+            b.ask("l", "b", "b", first + secs(10.0), INTERVAL),
+            Gate::Wait(secs(20.0))
+        );
+        assert_eq!(
+            b.ask("l", "c", "c", first + secs(29.0), INTERVAL),
+            Gate::Wait(secs(1.0))
+        );
+        assert_eq!(b.ask("l", "b", "b", first + INTERVAL, INTERVAL), Gate::Now);
+        assert_eq!(b.ask("l", "c", "c", first + INTERVAL, INTERVAL), Gate::Now);
         // Nothing for a long while: the next change opens a batch of its own.
-        assert_eq!(b.ask("l", "d", first + secs(200.0), INTERVAL), Gate::Wait(COLLECT));
+        assert_eq!(b.ask("l", "d", "d", first + secs(200.0), INTERVAL), Gate::Wait(COLLECT));
     }
 
     #[test]
@@ -163,13 +196,15 @@ mod tests {
                 pending.push((step, t));
             }
             step += 1;
-            pending.retain(|(tap, asked)| match b.ask("l", &tap.to_string(), t, INTERVAL) {
-                Gate::Now => {
-                    made.push(t);
-                    assert!(t - *asked <= INTERVAL + COLLECT, "waited {:?}", t - *asked);
-                    false
+            pending.retain(|(tap, asked)| {
+                match b.ask("l", &format!("flow-{}", tap % 3), &tap.to_string(), t, INTERVAL) {
+                    Gate::Now => {
+                        made.push(t);
+                        assert!(t - *asked <= INTERVAL + COLLECT, "waited {:?}", t - *asked);
+                        false
+                    }
+                    Gate::Wait(_) => true,
                 }
-                Gate::Wait(_) => true,
             });
             t += secs(0.1);
         }
@@ -186,9 +221,50 @@ mod tests {
     }
 
     #[test]
+    fn a_tap_kept_with_a_batch_goes_on_its_next_ask_too() {
+        let mut b = Budget::default();
+        let t0 = Instant::now();
+        b.ask("l", "flow", "a", t0, INTERVAL);
+        assert_eq!(b.ask("l", "flow", "a", t0 + COLLECT, INTERVAL), Gate::Now);
+        b.keep("a", t0 + COLLECT);
+        assert_eq!(
+            b.ask("l", "flow", "a", t0 + secs(3.0), INTERVAL),
+            Gate::Now,
+            "its cleanup"
+        );
+        assert_eq!(
+            b.ask("l", "flow", "a", t0 + secs(4.0), INTERVAL),
+            Gate::Wait(secs(27.0)),
+            "not for ever"
+        );
+    }
+
+    #[test]
+    fn a_flow_is_changed_once_per_batch() {
+        let mut b = Budget::default();
+        let t0 = Instant::now();
+        b.ask("l", "web", "a", t0, INTERVAL);
+        assert_eq!(
+            b.ask("l", "web", "a", t0 + COLLECT, INTERVAL),
+            Gate::Now,
+            "a's tap ends"
+        );
+        assert_eq!(
+            b.ask("l", "api", "c", t0 + secs(1.2), INTERVAL),
+            Gate::Now,
+            "another flow joins"
+        );
+        assert_eq!(
+            b.ask("l", "web", "b", t0 + secs(1.2), INTERVAL),
+            Gate::Wait(secs(29.8)),
+            "a new tap of the same flow: the next batch"
+        );
+    }
+
+    #[test]
     fn no_interval_no_wait() {
         assert_eq!(
-            Budget::default().ask("l", "a", Instant::now(), Duration::ZERO),
+            Budget::default().ask("l", "flow", "a", Instant::now(), Duration::ZERO),
             Gate::Now
         );
     }

@@ -228,6 +228,7 @@ pub(super) async fn ensure_children(
             true => super::budget::Gate::Now,
             false => ctx.budget.lock().unwrap().ask(
                 &logging.name_any(),
+                &flow_key(&ns, &tap.spec.flow_ref),
                 &tap.uid().unwrap_or_default(),
                 std::time::Instant::now(),
                 ctx.config.config_change_interval,
@@ -390,6 +391,7 @@ pub(super) fn accepted_change_waits(tap: &FlowTap, patched: Option<&PatchedFlow>
     let p = patched.filter(|p| holdable(tap, p, ctx))?;
     let gate = ctx.budget.lock().unwrap().ask(
         p.logging.as_deref()?,
+        &flow_key(&tap.namespace().unwrap_or_default(), &p.flow_ref),
         &tap.uid().unwrap_or_default(),
         std::time::Instant::now(),
         ctx.config.config_change_interval,
@@ -398,6 +400,11 @@ pub(super) fn accepted_change_waits(tap: &FlowTap, patched: Option<&PatchedFlow>
         super::budget::Gate::Wait(wait) => Some(wait),
         super::budget::Gate::Now => None,
     }
+}
+
+/// A flow, as the reload budget tells flows apart.
+fn flow_key(ns: &str, flow: &crate::k8s::flowtap::FlowRef) -> String {
+    format!("{}/{ns}/{}", flow.kind, flow.name)
 }
 
 /// Whether undoing `p` may wait for the Logging's next batch: nothing is wrong that the undo

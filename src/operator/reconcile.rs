@@ -125,6 +125,15 @@ async fn apply(tap: &FlowTap, ctx: &Context) -> Result<Action> {
     };
     let linger = status::linger(&tap, linger_for, now);
     if linger.left == Some(Duration::ZERO) {
+        // Its removal is a change of the Logging: decided at the Logging's next batch, and until
+        // then the tap stays, so a listener coming back meanwhile joins it with no change at all.
+        if let Some(wait) = removal_waits(&tap, ctx) {
+            return Ok(Action::requeue(wait.max(Duration::from_secs(1))));
+        }
+        ctx.budget
+            .lock()
+            .unwrap()
+            .keep(&tap.uid().unwrap_or_default(), std::time::Instant::now());
         return delete_idle(&api, &tap, linger.idle).await;
     }
 

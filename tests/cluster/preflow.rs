@@ -299,3 +299,41 @@ async fn a_user_who_may_not_read_pods_gets_one_line_saying_so_and_the_flow_recor
         kubelet.requests()
     );
 }
+
+#[tokio::test]
+async fn a_cluster_flows_pre_flow_lines_come_only_from_the_namespaces_its_match_selects() {
+    let Proxied {
+        client,
+        ns,
+        relay: _relay,
+        _netns,
+    } = proxied("preflow-cf").await;
+    let node = format!("node-{ns}");
+    let kubelet = Kubelet::start().await;
+    kubelet.register(&client, &node).await;
+    let team = cluster::namespace(&client, "preflow-team").await;
+    let other = cluster::namespace(&client, "preflow-other").await;
+    let spec = json!({"match": [{"select": {"namespaces": [team]}}], "globalOutputRefs": ["loki"]});
+    cluster::create_cluster_flow(&client, &ns, "all", spec).await;
+    kubelet::pod(&client, &team, &node, "api-1", json!({"app": "api"}), &["app"]).await;
+    kubelet::pod(&client, &other, &node, "db-1", json!({"app": "db"}), &["app"]).await;
+    kubelet.write(&other, "db-1", "app", "not in the flow's namespaces");
+    kubelet.write(&team, "api-1", "app", "selected line");
+    // The admin, who may list pods in every namespace (a ClusterFlow's pods are anywhere).
+    let admin = &cluster::env().kubeconfig;
+    let mut tail = k8stail(
+        admin,
+        &ns,
+        &format!("clusterflow/{ns}/all"),
+        &["--preflow", "always", "-A"],
+    );
+    let mut out = BufReader::new(tail.stdout.take().unwrap()).lines();
+    let lines = until(&mut out, "selected line").await;
+    assert_eq!(lines, vec![format!("pre-flow {team}/api-1 app selected line")]);
+    let asked = kubelet.requests();
+    assert!(
+        asked.iter().all(|r| r.contains(&format!("/{team}/api-1/app?"))),
+        "only the selected namespace's container: {asked:#?}"
+    );
+    drop(tail);
+}

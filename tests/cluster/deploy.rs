@@ -173,6 +173,39 @@ async fn the_helm_chart_lints_strictly_renders_and_the_api_server_accepts_it() {
     }
     dry_run(&rendered);
 
+    // values.schema.json: a value log-socket would not take, or a misspelt key, is refused at
+    // install with the field named (helm lint --strict passes the defaults above).
+    for (set, says) in [
+        ("api.tls=SelfSigned", "api.tls must be one of"),
+        ("bus.kind=NATS", "bus.kind must be one of"),
+        ("tapMode=Patch", "tapMode must be one of"),
+        ("recordPolicy=rbac", "recordPolicy must be one of"),
+        ("logFormat=yaml", "logFormat must be one of"),
+        ("replicaCount=0", "replicaCount"),
+        ("tapLinger=5", "tapLinger"),
+        ("tapLingr=5s", "tapLingr is not allowed"),
+    ] {
+        let (ok, _, err) = helm(&["template", "t", chart, "--set", set]);
+        assert!(!ok && err.contains(says), "{set}: {err}");
+    }
+    // One replica is replaced (two would briefly relay apart on the embedded bus); several roll.
+    let one = documents(&helm(&["template", "t", chart]).1);
+    let deployment = one.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
+    // The opt-in Role that lets log-socket name a stuck check pod: list pods, there only.
+    let (ok, rendered, err) = helm(&["template", "t", chart, "--set", "configCheckPods.namespaces={logging}"]);
+    assert!(ok, "{err}");
+    let docs = documents(&rendered);
+    let role = docs
+        .iter()
+        .find(|d| d["kind"] == "Role" && d["metadata"]["name"] == "t-log-socket-check-pods")
+        .expect("the check-pods Role");
+    assert_eq!(role["metadata"]["namespace"], "logging");
+    assert_eq!(
+        role["rules"],
+        serde_json::json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}])
+    );
+
     // Several replicas need the nats bus: refused with the embedded one, saying what to set ...
     let (ok, _, err) = helm(&["template", "t", chart, "--set", "replicaCount=2"]);
     assert!(!ok && err.contains("replicaCount > 1 needs bus.kind: nats"), "{err}");
@@ -229,6 +262,9 @@ async fn the_helm_chart_lints_strictly_renders_and_the_api_server_accepts_it() {
     assert!(docs.iter().any(|d| d["kind"] == "PodDisruptionBudget"), "{rendered}");
     let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
     assert_eq!(deployment["spec"]["replicas"], 3);
+    // An upgrade is no outage: one new pod at a time, none down before it is ready.
+    assert_eq!(deployment["spec"]["strategy"]["type"], "RollingUpdate");
+    assert_eq!(deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 0);
     // The bus's volumes are volumes, whatever scheduling settings come with them.
     let pod = &deployment["spec"]["template"]["spec"];
     let volumes: Vec<&str> = pod["volumes"]

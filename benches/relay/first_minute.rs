@@ -166,7 +166,18 @@ async fn cycles(b: &super::control_plane::Bench, api: std::net::SocketAddr, cycl
     }
     let spent = start.elapsed();
     // Until the last tap is gone and its flow restored.
-    let taps: Api<FlowTap> = Api::namespaced(b.client.clone(), "default");
+    no_taps_left(&Api::namespaced(b.client.clone(), "default")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    counter.abort();
+    (
+        edits.load(std::sync::atomic::Ordering::Relaxed),
+        b.logging_operator.config_changes() - checks,
+        spent,
+    )
+}
+
+/// Until every FlowTap is gone (each flow restored first).
+async fn no_taps_left(taps: &Api<FlowTap>) {
     while taps
         .list(&Default::default())
         .await
@@ -175,13 +186,6 @@ async fn cycles(b: &super::control_plane::Bench, api: std::net::SocketAddr, cycl
     {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    counter.abort();
-    (
-        edits.load(std::sync::atomic::Ordering::Relaxed),
-        b.logging_operator.config_changes() - checks,
-        spent,
-    )
 }
 
 pub async fn first_minute_bench() -> Result<(), String> {
@@ -262,14 +266,7 @@ pub async fn first_minute_bench() -> Result<(), String> {
     taps.delete_collection(&Default::default(), &Default::default())
         .await
         .map_err(|e| e.to_string())?;
-    while taps
-        .list(&Default::default())
-        .await
-        .map(|l| !l.items.is_empty())
-        .unwrap_or(true)
-    {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    no_taps_left(&taps).await;
     stop.cancel();
     writer.1.abort();
 

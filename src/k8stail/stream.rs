@@ -556,6 +556,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_waiting_line_says_the_stage_its_age_and_where_to_look_once_it_lasts() {
+        let since: jiff::Timestamp = "2026-12-04T10:00:00Z".parse().unwrap();
+        let c = Connection {
+            tap_name: "shop/web".into(),
+            stage: Some(("ConfigCheck".into(), since, "logging-operator checks".into())),
+            ..Connection::default()
+        };
+        let at = |s: i64| since + jiff::SignedDuration::from_secs(s);
+        assert_eq!(
+            c.stage_line(at(14)).unwrap(),
+            "shop/web: ConfigCheck 14s: logging-operator checks"
+        );
+        let stuck = c.stage_line(at(61)).unwrap();
+        assert!(stuck.contains("— the check pod may be Pending"), "{stuck}");
+        assert_eq!(
+            Connection::default().stage_line(at(0)),
+            None,
+            "no stage: the message alone"
+        );
+    }
+
+    #[test]
     fn backoff_doubles_up_to_the_cap_with_jitter_and_resets() {
         let mut b = Backoff::new(FIRST_RECONNECT, Duration::from_secs(2));
         let waits: Vec<Duration> = (0..6).map(|_| b.next_wait()).collect();

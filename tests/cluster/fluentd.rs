@@ -313,16 +313,7 @@ fn web(ns: &str) -> FlowId {
 
 #[tokio::test]
 async fn a_relay_killed_while_fluentd_sends_is_followed_by_k8stail_and_the_loss_is_counted() {
-    let flags = [
-        "--session-ttl",
-        "3s",
-        "--tap-linger",
-        "0s",
-        "--warm-max-bytes-per-second",
-        "0",
-        "--config-change-interval",
-        "0s",
-    ];
+    let flags = crate::service::TAP_GOES_AT_ONCE;
     let (client, s, token) = flow_setup("fd-kill").await;
     let first = start_plain(&s, &flags).await;
     let mut tail = Tail::start(&s, &token, &format!("{}/web", s.ns));

@@ -8,6 +8,19 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
+/// Flags of a relay whose tap goes as soon as its last listener leaves: a short session TTL
+/// (a killed relay's session expires quickly), no linger, no warm taps, no reload budget.
+pub(crate) const TAP_GOES_AT_ONCE: [&str; 8] = [
+    "--session-ttl",
+    "3s",
+    "--tap-linger",
+    "0s",
+    "--warm-max-bytes-per-second",
+    "0",
+    "--config-change-interval",
+    "0s",
+];
+
 #[tokio::test]
 async fn the_service_binary_refuses_to_start_without_permission_and_says_which() {
     let client = cluster::client().await;
@@ -259,16 +272,7 @@ async fn a_killed_service_restarts_and_k8stail_follows_it_saying_what_may_be_mis
     cluster::create_flow(&client, &s.ns, "web", serde_json::json!({"localOutputRefs": ["loki"]})).await;
     // A short session TTL, so the killed relay's session (never unregistered) expires quickly;
     // no linger, so the tap goes as soon as the last listener leaves.
-    let flags = [
-        "--session-ttl",
-        "3s",
-        "--tap-linger",
-        "0s",
-        "--warm-max-bytes-per-second",
-        "0",
-        "--config-change-interval",
-        "0s",
-    ];
+    let flags = TAP_GOES_AT_ONCE;
     let first = s.start(&flags).await;
 
     let server = format!("http://{}", s.api);

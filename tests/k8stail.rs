@@ -743,7 +743,27 @@ async fn text_from_the_relay_reaches_stderr_escaped_and_on_one_line() {
         assert!(!line.starts_with("k8stail: forged"), "{err}");
     }
     assert!(err.contains("withheld"), "the denied notice is there, escaped: {err}");
+    assert!(
+        !err.contains("kubectl auth can-i"),
+        "a name that is no namespace is never put in a command to paste: {err}"
+    );
     assert!(err.contains("\\u{1b}[2K"), "{err}");
+}
+
+#[tokio::test]
+async fn withheld_records_say_once_per_namespace_how_to_get_access() {
+    let frames = vec![
+        json!({"type": "status", "state": "listening", "tap": "shop/web", "epoch": 1, "firstSeq": 0, "lastSeq": 0, "replayed": 0}),
+        json!({"type": "denied", "namespace": "shop", "pod": "web-1", "count": 3}),
+        json!({"type": "denied", "namespace": "shop", "pod": "web-2", "count": 2}),
+    ];
+    let addr = scripted_relay(frames, true, false).await;
+    let server = format!("http://{addr}");
+    let (_, err) = run_to_exit(&["--server", &server, "--token", TOKEN, "shop/web", "--no-reconnect"]).await;
+    let withheld: Vec<&str> = err.lines().filter(|l| l.contains("withheld")).collect();
+    assert_eq!(withheld.len(), 2, "{err}");
+    assert!(withheld[0].contains("kubectl auth can-i get pods/log -n shop"), "{err}");
+    assert!(!withheld[1].contains("kubectl"), "said once: {err}");
 }
 
 #[tokio::test]

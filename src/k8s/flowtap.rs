@@ -23,6 +23,9 @@ pub const GROUP: &str = "logsocket.dev";
     kind = "FlowTap",
     plural = "flowtaps",
     shortname = "ftap",
+    // logging-operator's resources are in `logging-all`: `kubectl get logging-all` lists taps
+    // beside the flows and outputs they change.
+    category = "logging-all",
     namespaced,
     status = "FlowTapStatus",
     doc = "A live tap on a logging-operator Flow or ClusterFlow. log-socket turns it into an http Output (ClusterOutput) pointing at its relay and appends that output to the flow, so `k8stail` can stream exactly what the flow emits.",

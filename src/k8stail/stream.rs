@@ -382,6 +382,8 @@ struct Connection {
     wait: bool,
     /// The tap's stage, since when, and what it waits for (from its status frames).
     stage: Option<(String, jiff::Timestamp, String)>,
+    /// Namespaces whose withheld records were explained already.
+    hinted: std::collections::HashSet<String>,
 }
 
 impl Default for Connection {
@@ -394,6 +396,7 @@ impl Default for Connection {
             waiting: true,
             wait: false,
             stage: None,
+            hinted: Default::default(),
         }
     }
 }
@@ -510,9 +513,26 @@ impl Connection {
                 true => notes.note(&format!("the relay's bus ({bus}) is back")),
             },
             Frame::Dropped { count, reason } => notes.note(&dropped_note(&reason, count)),
-            Frame::Denied { namespace, pod, count } => notes.note(&format!(
-                "{count} records of pod {namespace}/{pod} withheld: you may not read them"
-            )),
+            Frame::Denied { namespace, pod, count } => {
+                // How to get access, said once per namespace (the notes repeat every second).
+                // The namespace goes into a command to paste only when it is a namespace name
+                // (it comes from the relay: never a shell metacharacter in a suggested command).
+                let valid = namespace.len() <= 63
+                    && !namespace.is_empty()
+                    && namespace
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+                let hint = match (self.hinted.insert(namespace.clone()), valid) {
+                    (true, true) => format!(
+                        " (the relay gives you a pod's records if you may read its logs: kubectl auth can-i get pods/log -n {namespace}; or by the pod's rbac/ labels, see docs/security.md)"
+                    ),
+                    (true, false) => " (see docs/security.md: who may read which records)".to_owned(),
+                    (false, _) => String::new(),
+                };
+                notes.note(&format!(
+                    "{count} records of pod {namespace}/{pod} withheld: you may not read them{hint}"
+                ))
+            }
             Frame::Error { code, message } => self.failure = Some(format!("{code}: {message}")),
             // Newer frame types and states are for newer clients.
             Frame::Record { .. } | Frame::Status(Status::Unknown) | Frame::Unknown => {}

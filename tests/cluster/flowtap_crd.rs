@@ -110,6 +110,11 @@ async fn kubectl_get_flowtaps_shows_the_printer_columns() {
     let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(&row[7..9], ["2.5", "800"], "{out}");
 
+    // So does logging-operator's category: taps beside the flows and outputs they change.
+    let (ok, out, err) = cluster::kubectl(&["get", "logging-all", "-n", &ns, "-o", "name"]);
+    assert!(ok, "{err}");
+    assert!(out.lines().any(|l| l == "flowtap.logsocket.dev/shop-tap"), "{out}");
+
     // The short name works too.
     let (ok, out, err) = cluster::kubectl(&["get", "ftap", "-n", &ns, "-o", "name"]);
     assert!(ok, "{err}");

@@ -62,7 +62,8 @@ impl Meter {
 /// a flowing tap due for a refresh.
 pub fn worth_writing(cost: Option<&TapCost>, relay: &str, rate: Rate, now: Timestamp) -> bool {
     let Some(mine) = cost.and_then(|c| c.relays.iter().find(|r| r.relay == relay)) else {
-        return true;
+        // Nothing to say before the first record (a tap is never warm before one anyway).
+        return rate.bytes > 0;
     };
     let far = |old: f64, new: f64, floor: f64| (new - old).abs() > floor.max(old * 0.25);
     if age(&mine.measured, now) < MIN_GAP {
@@ -189,7 +190,8 @@ mod tests {
     fn only_a_real_change_or_a_due_refresh_is_written_and_at_most_once_per_gap() {
         let cost = merged(None, "r", r(10.0, 10_000), at(0));
         let w = |rate: Rate, t: i64| worth_writing(Some(&cost), "r", rate, at(t));
-        assert!(worth_writing(Some(&cost), "other", r(0.0, 0), at(1)), "a first share");
+        assert!(worth_writing(Some(&cost), "other", r(1.0, 10), at(1)), "a first share");
+        assert!(!worth_writing(None, "r", r(0.0, 0), at(1)), "none before a record");
         assert!(!w(r(11.0, 11_000), 30), "a small change");
         assert!(w(r(10.0, 20_000), 30));
         assert!(w(r(20.0, 10_000), 30));

@@ -368,8 +368,10 @@ pub(super) async fn ensure_children(
         }
     }
     let checked = checked || record.config_accepted;
+    // A check that takes a while is worth naming its pod; a quick one, not a list request.
+    let checking_long = trial::patched_for(&record).is_some_and(|d| d >= Duration::from_secs(10));
     let check_pod = match (checked, logging.spec.control_namespace.as_deref()) {
-        (false, Some(control)) => {
+        (false, Some(control)) if checking_long => {
             super::check_pod::describe_cached(&ctx.check_pods, &ctx.client, control, &logging.name_any()).await
         }
         _ => None,

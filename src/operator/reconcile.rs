@@ -362,6 +362,9 @@ async fn cleanup(tap: &FlowTap, ctx: &Context) -> Result<Action> {
             if removed {
                 tracing::info!(tap = %name, "tap removed: flow restored, output deleted");
             }
+            if let Some(p) = patched {
+                super::events::on_flow(ctx, tap, p, "TapRemoved").await;
+            }
         }
         Err(e) => {
             mark_terminating(tap, ctx).await;

@@ -52,17 +52,10 @@ async fn a_listener_sees_each_stage_of_its_tap_in_order_and_a_stuck_check_pod_na
     let path = format!("/flow/{}/web", h.ns);
     let mut ws = connect(&h.relay, &path, &alice).await;
 
-    // While logging-operator checks, the listener is told so, with the check pod and its state.
+    // While logging-operator checks, the listener is told so (a quick check: its pod is named
+    // only when the check takes a while, below).
     let frames = tap_statuses(&mut ws, |f| f["stage"] == "ConfigApplied").await;
-    let checking = frames
-        .iter()
-        .find(|f| f["stage"] == "ConfigCheck")
-        .unwrap_or_else(|| panic!("a ConfigCheck frame: {frames:#?}"));
-    let message = checking["message"].as_str().unwrap();
-    assert!(
-        message.contains("-fluentd-configcheck-") && message.contains("Running"),
-        "{message}"
-    );
+    assert!(frames.iter().any(|f| f["stage"] == "ConfigCheck"), "{frames:#?}");
     let applied = frames.last().unwrap();
     assert!(
         applied["message"].as_str().unwrap().contains("waiting for fluentd"),
@@ -94,8 +87,8 @@ async fn a_listener_sees_each_stage_of_its_tap_in_order_and_a_stuck_check_pod_na
         assert!(stages.iter().any(|s| s == stage), "{stage} in {stages:?}");
     }
 
-    // A check pod that cannot be scheduled: logging-operator waits forever; the tap says which
-    // pod and why, instead of waiting silently.
+    // A check pod that cannot be scheduled: logging-operator waits forever; after 10 s the tap
+    // says which pod and why, instead of waiting silently.
     cluster::create_flow(&h.client, &h.ns, "api", flow_spec()).await;
     // (The new flow's own configuration checked first: a check under way when the tap's
     // patch lands would pass for it, as with logging-operator, whose results do not say which

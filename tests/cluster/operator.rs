@@ -167,6 +167,32 @@ async fn a_listener_taps_a_flow_and_the_flow_is_restored_exactly_after_the_last_
         before,
         "the flow is exactly as before"
     );
+    // The flow's owner sees both changes on the flow itself (kubectl describe flow web).
+    let events = Api::<DynamicObject>::namespaced_with(
+        h.client.clone(),
+        &h.ns,
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("events.k8s.io", "v1", "Event"),
+            "events",
+        ),
+    );
+    let on_flow = |reason: &'static str| {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items.into_iter().find(|e| {
+                e.data["reason"] == reason
+                    && e.data["regarding"]["kind"] == "Flow"
+                    && e.data["regarding"]["name"] == "web"
+            })
+        }
+    };
+    let added = eventually("a TapAdded Event on the flow", || on_flow("TapAdded")).await;
+    assert!(
+        added.data["note"].as_str().unwrap().contains("logsocket-flow-web"),
+        "{added:?}"
+    );
+    eventually("a TapRemoved Event on the flow", || on_flow("TapRemoved")).await;
 }
 
 #[tokio::test]

@@ -168,14 +168,7 @@ async fn a_listener_taps_a_flow_and_the_flow_is_restored_exactly_after_the_last_
         "the flow is exactly as before"
     );
     // The flow's owner sees both changes on the flow itself (kubectl describe flow web).
-    let events = Api::<DynamicObject>::namespaced_with(
-        h.client.clone(),
-        &h.ns,
-        &kube::api::ApiResource::from_gvk_with_plural(
-            &kube::api::GroupVersionKind::gvk("events.k8s.io", "v1", "Event"),
-            "events",
-        ),
-    );
+    let events = events_api(&h);
     let on_flow = |reason: &'static str| {
         let events = events.clone();
         async move {
@@ -378,16 +371,21 @@ async fn the_controller_repairs_a_removed_ref_and_keeps_concurrent_flow_edits() 
     event(&h, "FlowRepaired").await;
 }
 
-/// Wait for an Event with this reason in the test namespace.
-pub(crate) async fn event(h: &Harness, reason: &str) {
-    let events = Api::<DynamicObject>::namespaced_with(
+/// The test namespace's Events (events.k8s.io/v1).
+pub(crate) fn events_api(h: &Harness) -> Api<DynamicObject> {
+    Api::<DynamicObject>::namespaced_with(
         h.client.clone(),
         &h.ns,
         &kube::api::ApiResource::from_gvk_with_plural(
             &kube::api::GroupVersionKind::gvk("events.k8s.io", "v1", "Event"),
             "events",
         ),
-    );
+    )
+}
+
+/// Wait for an Event with this reason in the test namespace.
+pub(crate) async fn event(h: &Harness, reason: &str) {
+    let events = events_api(h);
     eventually(&format!("a {reason} event"), || async {
         let list = events.list(&ListParams::default()).await.ok()?;
         list.items.iter().any(|e| e.data["reason"] == reason).then_some(())

@@ -188,6 +188,9 @@ async fn the_helm_chart_lints_strictly_renders_and_the_api_server_accepts_it() {
         let (ok, _, err) = helm(&["template", "t", chart, "--set", set]);
         assert!(!ok && err.contains(says), "{set}: {err}");
     }
+    // Chart.yaml says which Kubernetes it takes.
+    let (ok, _, err) = helm(&["template", "t", chart, "--kube-version", "1.19.0"]);
+    assert!(!ok && err.contains("requires kubeVersion"), "{err}");
     // One replica is replaced (two would briefly relay apart on the embedded bus); several roll.
     let one = documents(&helm(&["template", "t", chart]).1);
     let deployment = one.iter().find(|d| d["kind"] == "Deployment").unwrap();

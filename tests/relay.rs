@@ -457,7 +457,7 @@ async fn metrics_count_ingest_and_delivery_without_naming_users() {
     let (code, body) = request(r.api, "GET", "/metrics", &[("Authorization", "Bearer tok-bob")], b"").await;
     assert_eq!(code, 200);
     assert!(
-        body.contains(r#"log_socket_ingested_records_total{kind="flow",namespace="shop",name="web"} 3"#),
+        body.contains(r#"log_socket_ingested_records_total{kind="flow",flow_namespace="shop",name="web"} 3"#),
         "{body}"
     );
     assert!(
@@ -465,6 +465,13 @@ async fn metrics_count_ingest_and_delivery_without_naming_users() {
         "{body}"
     );
     assert!(body.contains("log_socket_listeners 1"), "{body}");
+    assert!(
+        body.contains(&format!(
+            "log_socket_build_info{{version=\"{}\",commit=\"",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{body}"
+    );
     assert!(!body.contains("alice"), "no user names in metrics");
     assert!(
         !body.contains("tok-alice") && !body.contains("tok-bob") && !body.contains("Zmx1ZW50ZDpzM2NyZXQ"),
@@ -721,7 +728,7 @@ async fn the_metric_series_of_a_closed_tap_are_removed() {
         Arc::new(AllowAll),
     )
     .await;
-    let series = r#"log_socket_ingested_records_total{kind="flow",namespace="shop",name="gone"}"#;
+    let series = r#"log_socket_ingested_records_total{kind="flow",flow_namespace="shop",name="gone"}"#;
     {
         let mut ws = connect(&r, "/flow/shop/gone", "tok-alice").await;
         assert_eq!(

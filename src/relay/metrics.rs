@@ -1,7 +1,9 @@
 //! Prometheus metrics of the relay (`/metrics` on the API port, authenticated).
 //!
-//! Labels name taps (kind, namespace, name) and reasons, never users: usernames would leak who
-//! watches what and grow without bound.
+//! Labels name taps (kind, flow_namespace, name) and reasons, never users: usernames would leak
+//! who watches what and grow without bound. The tap's namespace is `flow_namespace`, not
+//! `namespace`: Prometheus gives a scraped series' `namespace` to the target (the relay's pod)
+//! and renames the series' own to `exported_namespace`.
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -14,7 +16,7 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TapLabels {
     pub kind: String,
-    pub namespace: String,
+    pub flow_namespace: String,
     pub name: String,
 }
 
@@ -22,7 +24,7 @@ impl From<&crate::protocol::TapKey> for TapLabels {
     fn from(key: &crate::protocol::TapKey) -> Self {
         TapLabels {
             kind: key.kind.path_segment().to_owned(),
-            namespace: key.namespace.clone(),
+            flow_namespace: key.namespace.clone(),
             name: key.name.clone(),
         }
     }
@@ -56,6 +58,13 @@ pub struct ErrorLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabels {
     pub code: u16,
+}
+
+/// `log_socket_build_info`'s labels: which build runs.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+    pub commit: String,
 }
 
 /// All metrics of one relay.
@@ -122,6 +131,15 @@ impl Default for Metrics {
         );
         registry.register("listeners", "Connected listeners", m.listeners.clone());
         registry.register("errors", "Errors by kind", m.errors.clone());
+        // Always 1: which version and commit run (join on it to break a series down by build).
+        let build: Family<BuildLabels, Gauge> = Family::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                commit: env!("LOG_SOCKET_GIT_COMMIT").to_owned(),
+            })
+            .set(1);
+        registry.register("build_info", "The running build: version and git commit", build);
         registry.register(
             "invalid_rbac_labels",
             "rbac/ labels with a value other than allow or deny, ignored",

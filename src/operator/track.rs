@@ -31,6 +31,7 @@ pub async fn track_taps(
     use kube::runtime::watcher::Event as W;
     use kube::runtime::WatchStreamExt;
     use std::collections::HashMap;
+    let taps = cache.as_reader();
     let stream = watcher::watcher(config.taps(&client), watcher::Config::default()).reflect(cache);
     tokio::pin!(stream);
     tokio::pin!(shutdown);
@@ -44,6 +45,7 @@ pub async fn track_taps(
             _ = report.tick() => {
                 report_last_records(&client, &relay, &mut known).await;
                 report_costs(&client, &relay, &config.instance, &mut known).await;
+                count_taps(&relay, &taps);
                 continue;
             }
             _ = &mut shutdown => break,
@@ -143,6 +145,31 @@ impl Pins {
             self.by_flowtap.insert(id, key);
         }
         changes
+    }
+}
+
+/// `log_socket_flowtaps{phase,stage}` from the watch cache: every phase and stage seen, so a
+/// count that drops to zero shows as 0, not as a series that vanished.
+fn count_taps(relay: &Relay, taps: &kube::runtime::reflector::Store<FlowTap>) {
+    use crate::relay::metrics::FlowTapLabels;
+    let mut counts: std::collections::HashMap<FlowTapLabels, i64> = Default::default();
+    for tap in taps.state() {
+        let status = tap.status.as_ref();
+        let labels = FlowTapLabels {
+            phase: status.and_then(|s| s.phase).map_or("-".into(), |p| format!("{p:?}")),
+            stage: status
+                .and_then(|s| s.stage.as_ref())
+                .map_or("-".into(), |s| format!("{:?}", s.name)),
+        };
+        *counts.entry(labels).or_default() += 1;
+    }
+    let family = &relay.metrics.flowtaps;
+    // Zero what is gone first (a Family cannot tell which series it holds).
+    for labels in relay.metrics.flowtap_series(&counts) {
+        family.get_or_create(&labels).set(0);
+    }
+    for (labels, n) in counts {
+        family.get_or_create(&labels).set(n);
     }
 }
 

@@ -60,6 +60,13 @@ pub struct CodeLabels {
     pub code: u16,
 }
 
+/// FlowTaps by phase and stage (`-` for none).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FlowTapLabels {
+    pub phase: String,
+    pub stage: String,
+}
+
 /// `log_socket_build_info`'s labels: which build runs.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
@@ -80,6 +87,9 @@ pub struct Metrics {
     pub listeners: Gauge,
     pub errors: Family<ErrorLabels, Counter>,
     pub invalid_rbac_labels: Counter,
+    /// FlowTaps by phase and stage, as this replica's tap tracking sees them (cluster mode).
+    pub flowtaps: Family<FlowTapLabels, Gauge>,
+    flowtap_seen: std::sync::Mutex<std::collections::HashSet<FlowTapLabels>>,
 }
 
 impl Default for Metrics {
@@ -96,6 +106,8 @@ impl Default for Metrics {
             listeners: Gauge::default(),
             errors: Family::default(),
             invalid_rbac_labels: Counter::default(),
+            flowtaps: Family::default(),
+            flowtap_seen: Default::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -139,6 +151,11 @@ impl Default for Metrics {
                 commit: env!("LOG_SOCKET_GIT_COMMIT").to_owned(),
             })
             .set(1);
+        registry.register(
+            "flowtaps",
+            "FlowTaps by phase and stage (cluster mode; every replica counts them all)",
+            m.flowtaps.clone(),
+        );
         registry.register("build_info", "The running build: version and git commit", build);
         registry.register(
             "invalid_rbac_labels",
@@ -150,6 +167,14 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The FlowTap series set before, remembered, and the ones in `now` added: those to zero.
+    pub fn flowtap_series(&self, now: &std::collections::HashMap<FlowTapLabels, i64>) -> Vec<FlowTapLabels> {
+        let mut seen = self.flowtap_seen.lock().unwrap();
+        let before: Vec<FlowTapLabels> = seen.iter().filter(|l| !now.contains_key(*l)).cloned().collect();
+        seen.extend(now.keys().cloned());
+        before
+    }
+
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();

@@ -77,6 +77,15 @@ async fn a_listener_sees_each_stage_of_its_tap_in_order_and_a_stuck_check_pod_na
     })
     .await;
     task.abort();
+    // Operators see taps by phase and stage in the relay's metrics.
+    let kubeconfig: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&cluster::env().kubeconfig).unwrap()).unwrap();
+    let admin = format!("Bearer {}", kubeconfig["users"][0]["user"]["token"].as_str().unwrap());
+    eventually("log_socket_flowtaps counts the flowing tap", || async {
+        let (code, body) = request(h.relay.api, "GET", "/metrics", &[("Authorization", &admin)], b"").await;
+        (code == 200 && body.contains(r#"log_socket_flowtaps{phase="Active",stage="Flowing"} 1"#)).then_some(())
+    })
+    .await;
     let stages = stages_of(&seen.lock().unwrap(), "flow-web");
     let rank = |s: &String| ORDER.iter().position(|o| o == s).unwrap_or_else(|| panic!("{s}"));
     assert!(

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Provides a real kube-apiserver + etcd (+ kubectl, helm, nats-server) for the tests, and prints the directory holding them.
+# Provides a real kube-apiserver + etcd (+ kubectl, helm, nats-server, promtool) for the tests, and prints the directory holding them.
 #
 # Order of sources:
 #   1. $KUBEBUILDER_ASSETS (the envtest convention), if it holds kube-apiserver and etcd;
@@ -61,6 +61,14 @@ ensure_nats() {
   deb_extract nats-server usr/sbin/nats-server "$CACHE/nats-server"
 }
 
+ensure_promtool() {
+  # promtool, to check the shipped PrometheusRule's rules and run their unit tests: Debian's
+  # prometheus package, only that one binary extracted into the cache.
+  if [ -x "$CACHE/promtool" ]; then return; fi
+  log "extracting promtool from Debian's prometheus"
+  deb_extract prometheus usr/bin/promtool "$CACHE/promtool"
+}
+
 # deb_extract PACKAGE PATH-IN-PACKAGE DEST: copy one file out of a Debian package without installing it.
 deb_extract() {
   local d; d=$(mktemp -d "${TMPDIR:-/tmp}/log-socket-deb.XXXXXX")
@@ -88,6 +96,7 @@ if complete "$CACHE"; then
   ensure_kubectl
   ensure_helm
   ensure_nats
+  ensure_promtool
   log "using cached binaries in $CACHE"
   echo "$CACHE"; exit 0
 fi
@@ -130,5 +139,6 @@ fi
 ensure_kubectl
 ensure_helm
 ensure_nats
+ensure_promtool
 "$CACHE/kube-apiserver" --version >&2
 echo "$CACHE"

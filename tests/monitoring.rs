@@ -72,18 +72,22 @@ fn every_metric_the_alerts_name_is_one_the_service_exports() {
         flow_namespace: "shop".into(),
         name: "web".into(),
     };
-    m.ingested_records.get_or_create(&tap);
-    m.ingested_bytes.get_or_create(&tap);
-    m.sent_records.get_or_create(&tap);
-    m.ingest_requests.get_or_create(&CodeLabels { code: 200 });
-    m.dropped_records.get_or_create(&DropLabels {
-        reason: DropReason::bus_invalid,
-    });
-    m.errors.get_or_create(&ErrorLabels { kind: "x".into() });
-    m.flowtaps.get_or_create(&FlowTapLabels {
-        phase: "Active".into(),
-        stage: "Flowing".into(),
-    });
+    m.ingested_records.get_or_create(&tap).inc();
+    m.ingested_bytes.get_or_create(&tap).inc();
+    m.sent_records.get_or_create(&tap).inc();
+    m.ingest_requests.get_or_create(&CodeLabels { code: 200 }).inc();
+    m.dropped_records
+        .get_or_create(&DropLabels {
+            reason: DropReason::bus_invalid,
+        })
+        .inc();
+    m.errors.get_or_create(&ErrorLabels { kind: "x".into() }).inc();
+    m.flowtaps
+        .get_or_create(&FlowTapLabels {
+            phase: "Active".into(),
+            stage: "Flowing".into(),
+        })
+        .set(1);
     let exported = m.encode();
     let families: Vec<&str> = exported
         .lines()

@@ -44,6 +44,21 @@ async fn main() -> ExitCode {
                 println!("rbac/{}", group_key(group));
             }
         }
+        Command::RemoveTaps(args) => {
+            let removed = async {
+                let client = log_socket::k8s::client::client(args.kubeconfig.as_deref(), None)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                log_socket::operator::remove_taps::remove_taps(client, args.namespace.as_deref(), args.timeout.0).await
+            };
+            match removed.await {
+                Ok(n) => println!("removed {n} FlowTaps; every flow is as it was"),
+                Err(e) => {
+                    eprintln!("log-socket remove-taps: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
         Command::Run(cfg) if cfg.print_config => print!("{}", cfg.to_yaml()),
         Command::Run(cfg) => {
             log_socket::telemetry::init_tracing(&cfg.log_level, cfg.log_format);

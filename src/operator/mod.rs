@@ -43,6 +43,7 @@ mod output_spec;
 mod pass;
 pub mod preflight;
 mod reconcile;
+pub mod remove_taps;
 pub mod sessions;
 mod stage;
 pub mod status;

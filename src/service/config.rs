@@ -39,9 +39,27 @@ pub enum Command {
     IngestCredential(IngestCredentialArgs),
     /// Print the label-policy keys (`rbac/KEY`) of users and groups, one per line.
     LabelKey(LabelKeyArgs),
+    /// Delete every FlowTap and wait until log-socket's controller has cleaned each up (flows
+    /// restored, outputs removed): run it before uninstalling (the chart's pre-delete hook does).
+    RemoveTaps(RemoveTapsArgs),
     /// Print docs/configuration.md: every setting of `run`, generated from these definitions.
     #[command(hide = true)]
     ConfigReference,
+}
+
+/// Arguments of `log-socket remove-taps`.
+#[derive(Args, Debug, Clone)]
+pub struct RemoveTapsArgs {
+    /// Only the FlowTaps of this namespace (a namespaced install); default: all namespaces.
+    #[arg(long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+    /// How long to wait for the cleanups (a tap removal may wait for its Logging's next batch
+    /// of tap changes, --config-change-interval).
+    #[arg(long, default_value = "5m", value_name = "DURATION")]
+    pub timeout: crate::duration::GoDuration,
+    /// kubeconfig file (default: in a pod, its service account; else KUBECONFIG, ~/.kube/config).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// Arguments of `log-socket certs`.

@@ -141,9 +141,23 @@ async fn the_helm_chart_lints_strictly_renders_and_the_api_server_accepts_it() {
         )),
         "{args}"
     );
+    // helm uninstall first removes every tap (flows restored) with a pre-delete hook, whose pod
+    // the Service does not select.
+    let hook = docs.iter().find(|d| d["kind"] == "Job").expect("the remove-taps hook");
+    assert_eq!(hook["metadata"]["annotations"]["helm.sh/hook"], "pre-delete");
+    let pod = &hook["spec"]["template"];
+    assert_eq!(pod["spec"]["containers"][0]["args"][0], "remove-taps");
+    let service = docs.iter().find(|d| d["kind"] == "Service").unwrap();
+    let selected = service["spec"]["selector"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .all(|(k, v)| pod["metadata"]["labels"][k] == *v);
+    assert!(!selected, "the Service must not select the hook's pod");
     install_namespace();
     let out = dry_run(&rendered);
     assert!(out.contains("deployment.apps/log-socket"), "{out}");
+    assert!(out.contains("job.batch/log-socket-remove-taps"), "{out}");
 
     // Options render to valid objects too.
     let (ok, rendered, err) = helm(&[

@@ -1061,3 +1061,73 @@ async fn listeners_create_only_so_many_flowtaps_in_a_namespace_and_may_still_joi
     // A flow tapped already is joined, whatever the count.
     let _web = connect(&h.relay, &path("web"), &alice).await;
 }
+
+#[tokio::test]
+async fn remove_taps_restores_every_flow_before_an_uninstall_and_names_what_it_cannot() {
+    let h = harness("op-remove").await;
+    cluster::create_flow(&h.client, &h.ns, "web", flow_spec()).await;
+    cluster::create_flow(&h.client, &h.ns, "api", flow_spec()).await;
+    for flow in ["web", "api"] {
+        persistent_tap(
+            &h,
+            flow,
+            json!({"flowRef": {"kind": "Flow", "name": flow}, "persistent": true}),
+        )
+        .await;
+        status_when(&h, flow, "Active", |s| {
+            s.phase == Some(log_socket::k8s::flowtap::Phase::Active)
+        })
+        .await;
+    }
+    let remove = |timeout: &str| {
+        tokio::process::Command::new(cluster::bin("log-socket"))
+            .args([
+                "remove-taps",
+                "--namespace",
+                &h.ns,
+                "--timeout",
+                timeout,
+                "--kubeconfig",
+            ])
+            .arg(&cluster::env().kubeconfig)
+            .output()
+    };
+    let out = remove("60s").await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "removed 2 FlowTaps; every flow is as it was"
+    );
+    for flow in ["web", "api"] {
+        assert_eq!(
+            raw(&h, "Flow", flow).await.unwrap()["spec"],
+            flow_spec(),
+            "{flow} restored"
+        );
+        assert!(
+            raw(&h, "Output", &format!("logsocket-{flow}")).await.is_none(),
+            "{flow}'s output gone"
+        );
+    }
+
+    // A FlowTap nobody cleans up (its finalizer, no controller for it): named, exit 1.
+    let stuck: FlowTap = serde_json::from_value(json!({
+        "apiVersion": "logsocket.dev/v1alpha1", "kind": "FlowTap",
+        "metadata": {"name": "stuck", "finalizers": ["example.com/held"]},
+        "spec": {"flowRef": {"kind": "Flow", "name": "nowhere"}, "persistent": true},
+    }))
+    .unwrap();
+    let taps = Api::<FlowTap>::namespaced(h.client.clone(), &h.ns);
+    taps.create(&PostParams::default(), &stuck).await.unwrap();
+    let out = remove("3s").await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("{}/stuck", h.ns)) && err.contains("keep log-socket installed"),
+        "{err}"
+    );
+    let release = json!({"metadata": {"finalizers": null}});
+    taps.patch("stuck", &Default::default(), &kube::api::Patch::Merge(&release))
+        .await
+        .unwrap();
+}

@@ -202,6 +202,54 @@ async fn the_helm_chart_lints_strictly_renders_and_the_api_server_accepts_it() {
         let (ok, _, err) = helm(&["template", "t", chart, "--set", set]);
         assert!(!ok && err.contains(says), "{set}: {err}");
     }
+    // The usual pod settings reach the pod, and the API server takes them.
+    let (ok, rendered, err) = helm(&[
+        "template",
+        "log-socket",
+        chart,
+        "--namespace",
+        "log-socket",
+        "--set",
+        "priorityClassName=system-cluster-critical,extraEnv[0].name=LOG_SOCKET_REPLAY_RECORDS",
+        "--set-string",
+        "extraEnv[0].value=5000",
+        "--set",
+        "extraVolumes[0].name=scratch,extraVolumes[0].emptyDir.medium=Memory,extraVolumeMounts[0].name=scratch,extraVolumeMounts[0].mountPath=/scratch",
+        "--set",
+        "topologySpreadConstraints[0].maxSkew=1,topologySpreadConstraints[0].topologyKey=topology.kubernetes.io/zone,topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway",
+    ]);
+    assert!(ok, "{err}");
+    let docs = documents(&rendered);
+    let pod = &docs.iter().find(|d| d["kind"] == "Deployment").unwrap()["spec"]["template"]["spec"];
+    assert_eq!(pod["priorityClassName"], "system-cluster-critical");
+    assert_eq!(pod["topologySpreadConstraints"][0]["maxSkew"], 1);
+    let container = &pod["containers"][0];
+    assert!(container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["name"] == "LOG_SOCKET_REPLAY_RECORDS"));
+    assert!(container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["mountPath"] == "/scratch"));
+    assert!(pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v["name"] == "scratch"));
+    dry_run(&rendered);
+    // An env value given as a number (`--set`, not `--set-string`) is refused at install,
+    // before the API server would refuse the Deployment.
+    let (ok, _, err) = helm(&[
+        "template",
+        "t",
+        chart,
+        "--set",
+        "extraEnv[0].name=X,extraEnv[0].value=5000",
+    ]);
+    assert!(!ok && err.contains("extraEnv.0.value"), "{err}");
     // Chart.yaml says which Kubernetes it takes.
     let (ok, _, err) = helm(&["template", "t", chart, "--kube-version", "1.19.0"]);
     assert!(!ok && err.contains("requires kubeVersion"), "{err}");

@@ -109,6 +109,11 @@ async fn the_helm_chart_lints_strictly_renders_and_the_api_server_accepts_it() {
     let chart = chart.to_str().unwrap();
     let (ok, out, err) = helm(&["lint", "--strict", chart]);
     assert!(ok, "helm lint --strict:\n{out}\n{err}");
+    // `helm template` with these arguments fails, saying `says`.
+    let refused = |args: &[&str], says: &str| {
+        let (ok, _, err) = helm(&[&["template", "t", chart][..], args].concat());
+        assert!(!ok && err.contains(says), "{args:?}: {err}");
+    };
 
     let (ok, rendered, err) = helm(&[
         "template",
@@ -199,8 +204,7 @@ async fn the_helm_chart_lints_strictly_renders_and_the_api_server_accepts_it() {
         ("tapLinger=5", "tapLinger"),
         ("tapLingr=5s", "tapLingr is not allowed"),
     ] {
-        let (ok, _, err) = helm(&["template", "t", chart, "--set", set]);
-        assert!(!ok && err.contains(says), "{set}: {err}");
+        refused(&["--set", set], says);
     }
     // The usual pod settings reach the pod, and the API server takes them.
     let (ok, rendered, err) = helm(&[
@@ -242,17 +246,12 @@ async fn the_helm_chart_lints_strictly_renders_and_the_api_server_accepts_it() {
     dry_run(&rendered);
     // An env value given as a number (`--set`, not `--set-string`) is refused at install,
     // before the API server would refuse the Deployment.
-    let (ok, _, err) = helm(&[
-        "template",
-        "t",
-        chart,
-        "--set",
-        "extraEnv[0].name=X,extraEnv[0].value=5000",
-    ]);
-    assert!(!ok && err.contains("extraEnv.0.value"), "{err}");
+    refused(
+        &["--set", "extraEnv[0].name=X,extraEnv[0].value=5000"],
+        "extraEnv.0.value",
+    );
     // Chart.yaml says which Kubernetes it takes.
-    let (ok, _, err) = helm(&["template", "t", chart, "--kube-version", "1.19.0"]);
-    assert!(!ok && err.contains("requires kubeVersion"), "{err}");
+    refused(&["--kube-version", "1.19.0"], "requires kubeVersion");
     // One replica is replaced (two would briefly relay apart on the embedded bus); several roll.
     let one = documents(&helm(&["template", "t", chart]).1);
     let deployment = one.iter().find(|d| d["kind"] == "Deployment").unwrap();
@@ -272,8 +271,7 @@ async fn the_helm_chart_lints_strictly_renders_and_the_api_server_accepts_it() {
     );
 
     // Several replicas need the nats bus: refused with the embedded one, saying what to set ...
-    let (ok, _, err) = helm(&["template", "t", chart, "--set", "replicaCount=2"]);
-    assert!(!ok && err.contains("replicaCount > 1 needs bus.kind: nats"), "{err}");
+    refused(&["--set", "replicaCount=2"], "replicaCount > 1 needs bus.kind: nats");
     // ... and with it: a bus key, NATS credentials and TLS are required, each refused with
     // what to set ...
     for (set, says) in [
@@ -294,8 +292,7 @@ async fn the_helm_chart_lints_strictly_renders_and_the_api_server_accepts_it() {
             "TLS to NATS",
         ),
     ] {
-        let (ok, _, err) = helm(&["template", "t", chart, "--set", set]);
-        assert!(!ok && err.contains(says), "{set}: {err}");
+        refused(&["--set", set], says);
     }
     // A tls:// URL kept in a Secret, said so: accepted, the URL from the Secret.
     let (ok, rendered, err) = helm(&[

@@ -5,7 +5,7 @@
 
 use crate::k8stail_proxy::{exec_kubeconfig_in, may_tail_through_proxy, proxied, Proxied};
 use serde_json::{json, Value};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use testkit::cluster;
 use testkit::kubelet::{self, Kubelet};
 use testkit::relay::*;
@@ -18,6 +18,25 @@ fn may_read_pod_logs() -> Value {
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch", "get"]},
         {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]}
     ])
+}
+
+/// A relay reached through the API server's service proxy (k8stail_proxy.rs), and a kubelet
+/// stand-in registered as the Node (`node-NS`) the test's pods run on.
+async fn with_kubelet(prefix: &str) -> (Proxied, Kubelet, String) {
+    let proxied = proxied(prefix).await;
+    let node = format!("node-{}", proxied.ns);
+    let kubelet = Kubelet::start().await;
+    kubelet.register(&proxied.client, &node).await;
+    (proxied, kubelet, node)
+}
+
+/// A kubeconfig (in a temporary directory named `dir`) for `user`, who may tail through the
+/// proxy and read the pods' logs of `ns`.
+async fn reader(client: &kube::Client, ns: &str, user: &str, dir: &str) -> PathBuf {
+    let token = cluster::service_account_token(client, ns, user).await;
+    cluster::grant(client, ns, user, may_tail_through_proxy()).await;
+    cluster::grant(client, ns, user, may_read_pod_logs()).await;
+    exec_kubeconfig_in(&token, &cluster::tempdir(dir), Some(ns))
 }
 
 fn k8stail(kubeconfig: &Path, ns: &str, target: &str, extra: &[&str]) -> Child {
@@ -71,15 +90,16 @@ async fn stderr_of(mut child: Child) -> String {
 
 #[tokio::test]
 async fn pre_flow_lines_come_only_from_matched_containers_marked_then_flow_records_follow_without_repeats() {
-    let Proxied {
-        client,
-        ns,
-        relay,
-        _netns,
-    } = proxied("preflow").await;
-    let node = format!("node-{ns}");
-    let kubelet = Kubelet::start().await;
-    kubelet.register(&client, &node).await;
+    let (
+        Proxied {
+            client,
+            ns,
+            relay,
+            _netns,
+        },
+        kubelet,
+        node,
+    ) = with_kubelet("preflow").await;
     // Excluded first, then selected: the first entry that holds decides, per container.
     let rules = json!({"match": [
         {"exclude": {"labels": {"tier": "debug"}}},
@@ -110,10 +130,7 @@ async fn pre_flow_lines_come_only_from_matched_containers_marked_then_flow_recor
         kubelet.write(&ns, pod, container, &format!("{pod} {container}: not routed"));
     }
 
-    let token = cluster::service_account_token(&client, &ns, "alice").await;
-    cluster::grant(&client, &ns, "alice", may_tail_through_proxy()).await;
-    cluster::grant(&client, &ns, "alice", may_read_pod_logs()).await;
-    let kubeconfig = exec_kubeconfig_in(&token, &cluster::tempdir("preflow"), Some(&ns));
+    let kubeconfig = reader(&client, &ns, "alice", "preflow").await;
     let mut tail = k8stail(&kubeconfig, &ns, "web", &["--preflow", "always"]);
     let mut out = BufReader::new(tail.stdout.take().unwrap()).lines();
 
@@ -190,22 +207,20 @@ async fn pre_flow_lines_come_only_from_matched_containers_marked_then_flow_recor
 
 #[tokio::test]
 async fn pre_flow_lines_are_off_on_a_pipe_by_default_and_marked_in_json_when_asked_for() {
-    let Proxied {
-        client,
-        ns,
-        relay,
-        _netns,
-    } = proxied("preflow-json").await;
-    let node = format!("node-{ns}");
-    let kubelet = Kubelet::start().await;
-    kubelet.register(&client, &node).await;
+    let (
+        Proxied {
+            client,
+            ns,
+            relay,
+            _netns,
+        },
+        kubelet,
+        node,
+    ) = with_kubelet("preflow-json").await;
     cluster::create_flow(&client, &ns, "web", json!({"localOutputRefs": ["loki"]})).await;
     kubelet::pod(&client, &ns, &node, "web-1", json!({"app": "web"}), &["app"]).await;
     kubelet.write(&ns, "web-1", "app", "raw line");
-    let token = cluster::service_account_token(&client, &ns, "alice").await;
-    cluster::grant(&client, &ns, "alice", may_tail_through_proxy()).await;
-    cluster::grant(&client, &ns, "alice", may_read_pod_logs()).await;
-    let kubeconfig = exec_kubeconfig_in(&token, &cluster::tempdir("preflow-json"), Some(&ns));
+    let kubeconfig = reader(&client, &ns, "alice", "preflow-json").await;
 
     // Piped, `auto`: the first line out is the flow's record, and no pod log was asked for.
     let mut piped = k8stail(&kubeconfig, &ns, "web", &["-o", "json"]);
@@ -241,15 +256,16 @@ async fn pre_flow_lines_are_off_on_a_pipe_by_default_and_marked_in_json_when_ask
 
 #[tokio::test]
 async fn a_user_who_may_not_read_pods_gets_one_line_saying_so_and_the_flow_records() {
-    let Proxied {
-        client,
-        ns,
-        relay,
-        _netns,
-    } = proxied("preflow-denied").await;
-    let node = format!("node-{ns}");
-    let kubelet = Kubelet::start().await;
-    kubelet.register(&client, &node).await;
+    let (
+        Proxied {
+            client,
+            ns,
+            relay,
+            _netns,
+        },
+        kubelet,
+        node,
+    ) = with_kubelet("preflow-denied").await;
     cluster::create_flow(&client, &ns, "web", json!({"localOutputRefs": ["loki"]})).await;
     kubelet::pod(&client, &ns, &node, "web-1", json!({"app": "web"}), &["app"]).await;
     kubelet.write(&ns, "web-1", "app", "secret line");
@@ -302,15 +318,16 @@ async fn a_user_who_may_not_read_pods_gets_one_line_saying_so_and_the_flow_recor
 
 #[tokio::test]
 async fn a_cluster_flows_pre_flow_lines_come_only_from_the_namespaces_its_match_selects() {
-    let Proxied {
-        client,
-        ns,
-        relay: _relay,
-        _netns,
-    } = proxied("preflow-cf").await;
-    let node = format!("node-{ns}");
-    let kubelet = Kubelet::start().await;
-    kubelet.register(&client, &node).await;
+    let (
+        Proxied {
+            client,
+            ns,
+            relay: _relay,
+            _netns,
+        },
+        kubelet,
+        node,
+    ) = with_kubelet("preflow-cf").await;
     let team = cluster::namespace(&client, "preflow-team").await;
     let other = cluster::namespace(&client, "preflow-other").await;
     let spec = json!({"match": [{"select": {"namespaces": [team]}}], "globalOutputRefs": ["loki"]});

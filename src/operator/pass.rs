@@ -338,8 +338,6 @@ pub(super) async fn ensure_children(
     };
     // Judged until a check with the tap passed; never after (see `trial`).
     let mut recheck = None;
-    let checked =
-        record.config_accepted || preflight::config_check_since(&logging, &record.config_checks_before) == Some(true);
     match trial::judge(ctx, tap, &record, &logging, trial::patched_for(&record)) {
         trial::Verdict::Accepted => {
             ctx.retrying.lock().unwrap().remove(&tap.uid().unwrap_or_default());
@@ -367,7 +365,9 @@ pub(super) async fn ensure_children(
             });
         }
     }
-    let checked = checked || record.config_accepted;
+    // A configuration with the tap passed its check (an accepted patch always has).
+    let checked =
+        record.config_accepted || preflight::config_check_since(&logging, &record.config_checks_before) == Some(true);
     // A check that takes a while is worth naming its pod; a quick one, not a list request.
     let checking_long = trial::patched_for(&record).is_some_and(|d| d >= Duration::from_secs(10));
     let check_pod = match (checked, logging.spec.control_namespace.as_deref()) {
@@ -420,24 +420,16 @@ fn holdable(tap: &FlowTap, p: &PatchedFlow, ctx: &Context) -> bool {
     };
     let checks_pass = ctx
         .loggings
-        .state()
-        .iter()
-        .find(|l| l.name_any() == logging)
+        .get(&kube::runtime::reflector::ObjectRef::new(logging))
         .is_some_and(|l| l.config_checks().values().all(|ok| *ok));
+    use crate::k8s::logging::HasStatus;
     let ns = tap.namespace().unwrap_or_default();
-    let problems: Option<Vec<String>> = match p.flow_ref.kind {
-        crate::k8s::flowtap::FlowKind::Flow => ctx
-            .flows
-            .state()
-            .iter()
-            .find(|f| f.name_any() == p.flow_ref.name && f.namespace().as_deref() == Some(&ns))
-            .map(|f| f.status.as_ref().and_then(|s| s.problems.clone()).unwrap_or_default()),
-        crate::k8s::flowtap::FlowKind::ClusterFlow => ctx
-            .cluster_flows
-            .state()
-            .iter()
-            .find(|f| f.name_any() == p.flow_ref.name && f.namespace().as_deref() == Some(&ns))
-            .map(|f| f.status.as_ref().and_then(|s| s.problems.clone()).unwrap_or_default()),
+    let name = &p.flow_ref.name;
+    let problems = match p.flow_ref.kind {
+        crate::k8s::flowtap::FlowKind::Flow => children::cached(&ctx.flows, &ns, name).map(|f| f.problems()),
+        crate::k8s::flowtap::FlowKind::ClusterFlow => {
+            children::cached(&ctx.cluster_flows, &ns, name).map(|f| f.problems())
+        }
     };
     let flow_fine = problems.is_some_and(|ps| !ps.iter().any(|problem| names_output(problem, &p.output)));
     checks_pass && flow_fine

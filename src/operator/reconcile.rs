@@ -7,7 +7,7 @@ use super::children::{self};
 use super::context::{publish, Context};
 use super::status::{self, FlowState, Observed, OutputState};
 use super::{output_name, update_status, FINALIZER};
-use crate::k8s::flowtap::{FlowTap, OutputRef, Phase};
+use crate::k8s::flowtap::{FlowTap, OutputRef, PatchedFlow, Phase};
 use crate::{Error, Result};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -139,9 +139,7 @@ async fn apply(tap: &FlowTap, ctx: &Context) -> Result<Action> {
 
     let output = output_name(&tap);
     let mut current = tap.status.clone().unwrap_or_default();
-    if let Some(written) = ctx.written.lock().unwrap().get(&tap.uid().unwrap_or_default()) {
-        current.patched = written.clone();
-    }
+    current.patched = last_patched(&tap, ctx);
     let mut patched = current.patched.clone();
     // A flowRef that changed (clusters without CEL do not stop it), or an output an earlier
     // version named otherwise: undo the old flow (or mirror) first, then retire that output.
@@ -351,18 +349,14 @@ async fn cleanup(tap: &FlowTap, ctx: &Context) -> Result<Action> {
     let uid = tap.uid().unwrap_or_default();
     // What status says was patched (as last written), and the spec's flow; flows first, then
     // the output.
-    let written = ctx.written.lock().unwrap().get(&uid).cloned();
-    let patched = match &written {
-        Some(w) => w.as_ref(),
-        None => tap.status.as_ref().and_then(|s| s.patched.as_ref()),
-    };
-    match children::teardown(tap, patched, ctx).await {
+    let patched = last_patched(tap, ctx);
+    match children::teardown(tap, patched.as_ref(), ctx).await {
         Ok(removed) => {
             ctx.written.lock().unwrap().remove(&uid);
             if removed {
                 tracing::info!(tap = %name, "tap removed: flow restored, output deleted");
             }
-            if let Some(p) = patched {
+            if let Some(p) = &patched {
                 super::events::on_flow(ctx, tap, p, "TapRemoved").await;
             }
         }
@@ -376,14 +370,18 @@ async fn cleanup(tap: &FlowTap, ctx: &Context) -> Result<Action> {
 
 /// How long the removal of `tap` waits for its Logging's next batch of tap changes, if it does.
 fn removal_waits(tap: &FlowTap, ctx: &Context) -> Option<Duration> {
-    let uid = tap.uid().unwrap_or_default();
-    let written = ctx.written.lock().unwrap().get(&uid).cloned();
-    let patched = match written {
-        Some(w) => w,
-        None => tap.status.as_ref().and_then(|s| s.patched.clone()),
-    }?;
+    let patched = last_patched(tap, ctx)?;
     // A tap still on trial goes at once: its configuration may be the one that fails.
     super::pass::accepted_change_waits(tap, Some(&patched), ctx)
+}
+
+/// What the tap has patched: as this controller last wrote it (the watch cache can still show
+/// an older status), else as its status says.
+fn last_patched(tap: &FlowTap, ctx: &Context) -> Option<PatchedFlow> {
+    match ctx.written.lock().unwrap().get(&tap.uid().unwrap_or_default()) {
+        Some(written) => written.clone(),
+        None => tap.status.as_ref().and_then(|s| s.patched.clone()),
+    }
 }
 
 /// Only a cleanup that does not finish at once is worth a status write: the finalizer stays,

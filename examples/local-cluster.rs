@@ -303,7 +303,8 @@ async fn wait_ready(addr: &str, timeout: Duration) -> Result<(), String> {
     Err(format!("log-socket did not become ready on {addr} within {timeout:?}"))
 }
 
-/// A ServiceAccount `viewer` allowed to tap flows in `ns`; returns a file with its token.
+/// A ServiceAccount `viewer` allowed to tap flows in `ns` and read its pods' logs; returns a
+/// file with its token.
 async fn viewer_token(client: &kube::Client, ns: &str) -> Result<PathBuf, String> {
     use k8s_openapi::api::authentication::v1::TokenRequest;
     use k8s_openapi::api::core::v1::ServiceAccount;
@@ -315,7 +316,11 @@ async fn viewer_token(client: &kube::Client, ns: &str) -> Result<PathBuf, String
     sas.create(&Default::default(), &sa).await.map_err(|e| e.to_string())?;
     let role: Role = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "flow-viewer"},
-        "rules": [{"apiGroups": ["logging.banzaicloud.io"], "resources": ["flows"], "verbs": ["get"]}],
+        // The flow, and (the default record policy) the logs of its namespace's pods.
+        "rules": [
+            {"apiGroups": ["logging.banzaicloud.io"], "resources": ["flows"], "verbs": ["get"]},
+            {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+        ],
     }))
     .map_err(|e| e.to_string())?;
     kube::Api::<Role>::namespaced(client.clone(), ns)

@@ -71,6 +71,16 @@ impl Sockets {
 
     /// Bind the addresses of `cfg` and load its TLS files; errors name the address or file.
     pub async fn bind(cfg: &ServiceConfig) -> Result<Sockets> {
+        let (ingest, api, health) = (
+            bind(cfg.ingest.ingest_addr).await?,
+            bind(cfg.api.api_addr).await?,
+            bind(cfg.health_addr).await?,
+        );
+        Sockets::bound(cfg, ingest, api, health)
+    }
+
+    /// Sockets bound elsewhere (a test's network namespace) with the TLS of `cfg`.
+    pub fn bound(cfg: &ServiceConfig, ingest: TcpListener, api: TcpListener, health: TcpListener) -> Result<Sockets> {
         let tls = |cert: &Option<PathBuf>, key: &Option<PathBuf>, ca: &Option<PathBuf>| match (cert, key) {
             (Some(cert), Some(key)) => ReloadingConfig::load(TlsFiles {
                 cert: cert.clone(),
@@ -82,9 +92,9 @@ impl Sockets {
             _ => Ok(None),
         };
         Ok(Sockets {
-            ingest: bind(cfg.ingest.ingest_addr).await?,
-            api: bind(cfg.api.api_addr).await?,
-            health: Some(bind(cfg.health_addr).await?),
+            ingest,
+            api,
+            health: Some(health),
             ingest_tls: tls(
                 &cfg.ingest.ingest_tls_cert,
                 &cfg.ingest.ingest_tls_key,

@@ -358,9 +358,10 @@ pub struct BusSettings {
 #[serde(rename_all = "kebab-case")]
 #[command(next_help_heading = "Record policy (who reads which record)")]
 pub struct PolicySettings {
-    /// Which records a listener may read: `labels` (pod labels rbac/...), `kubernetes` (may
-    /// `get pods/log` in the record's namespace), or `labels-or-kubernetes`.
-    #[arg(long, env = "LOG_SOCKET_RECORD_POLICY", value_enum, default_value_t = RecordPolicy::Labels)]
+    /// Which records a listener may read: `kubernetes` (may `get pods/log` in the record's
+    /// namespace: what `kubectl logs` already grants), `labels` (pod labels rbac/...), or
+    /// `labels-or-kubernetes`.
+    #[arg(long, env = "LOG_SOCKET_RECORD_POLICY", value_enum, default_value_t = RecordPolicy::Kubernetes)]
     pub record_policy: RecordPolicy,
 
     /// Label policy: also read keys as pipelines that flatten (`rbac_KEY`) or de-dot (`.`

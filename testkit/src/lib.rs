@@ -12,6 +12,9 @@
 //! - [`fluentd`], [`nats`]: the real fluentd and nats-server as child processes.
 //! - [`kubelet`]: a kubelet's container-log endpoint on loopback, registered as a Node, so the
 //!   real API server serves `pods/log`.
+//! - [`deployment`]: a Deployment's pod run in this process, as controllers and a kubelet
+//!   would (for tests of the shipped manifests); [`cluster_dns`]: a Service URL resolved to
+//!   its endpoint, as cluster DNS and kube-proxy would.
 //! - [`netns`]: a network namespace for a non-loopback address.
 //! - [`poll`]: [`poll::eventually`] and [`poll::free_port`]; [`child`]: children that die with
 //!   the process that started them; [`skip`]: a test that cannot run here says so, and
@@ -19,7 +22,9 @@
 
 pub mod child;
 pub mod cluster;
+pub mod cluster_dns;
 pub mod control_plane;
+pub mod deployment;
 pub mod fluentd;
 pub mod kubelet;
 pub mod logging_model;

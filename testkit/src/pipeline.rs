@@ -212,7 +212,12 @@ pub async fn render_flow(client: &kube::Client, dir: &Path, flow: &FlowId, sourc
             flow.namespace
         );
         let body = match output.filter(|o| o.data["spec"]["http"].is_object()) {
-            Some(o) => {
+            Some(mut o) => {
+                // fluentd in the cluster reaches a Service name through cluster DNS.
+                if let Some(endpoint) = o.data["spec"]["http"]["endpoint"].as_str() {
+                    let resolved = crate::cluster_dns::resolve(client, endpoint).await?;
+                    o.data["spec"]["http"]["endpoint"] = resolved.into();
+                }
                 let secrets = mounted_secrets(client, &flow.namespace, &o.data["spec"]).await?;
                 let secret_dir = dir.join("secret");
                 std::fs::create_dir_all(&secret_dir).map_err(|e| e.to_string())?;

@@ -2,6 +2,7 @@
 //! first use; see testkit/src/cluster.rs). Each test works in its own namespace.
 
 mod auth;
+mod chart;
 mod control_plane;
 mod demo;
 mod deploy;

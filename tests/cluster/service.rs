@@ -104,6 +104,9 @@ impl Setup {
                     "run",
                     "--log-level",
                     "debug",
+                    // These tests label their records for the label policy.
+                    "--record-policy",
+                    "labels",
                     "--watch-namespace",
                     &self.ns,
                     "--kubeconfig",

@@ -2,26 +2,7 @@
 //! (Debian's, extracted by tests/test-env.sh): the rules are valid, their unit tests
 //! (prometheusrule-test.yaml) pass, and every metric they name is one the service exports.
 
-use std::path::PathBuf;
 use testkit::cluster;
-
-/// promtool: `$LOG_SOCKET_PROMTOOL`, else the one tests/test-env.sh extracts next to the API
-/// server (`$KUBEBUILDER_ASSETS/promtool`), else on PATH.
-fn promtool() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("LOG_SOCKET_PROMTOOL").filter(|p| !p.is_empty()) {
-        return Some(p.into());
-    }
-    let cached = std::env::var_os("KUBEBUILDER_ASSETS").map(|d| PathBuf::from(d).join("promtool"));
-    if let Some(p) = cached.filter(|p| p.is_file()) {
-        return Some(p);
-    }
-    std::process::Command::new("promtool")
-        .arg("--version")
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|_| "promtool".into())
-}
 
 fn rules() -> serde_yaml::Value {
     let text = std::fs::read_to_string(cluster::repo().join("config/monitoring/prometheusrule.yaml")).unwrap();
@@ -36,7 +17,7 @@ fn rules() -> serde_yaml::Value {
 
 #[test]
 fn the_shipped_alerts_are_valid_rules_whose_unit_tests_pass() {
-    let Some(promtool) = promtool() else {
+    let Some(promtool) = testkit::prometheus::promtool() else {
         testkit::skip::skipped("no promtool: run tests/test-env.sh (make test does) or apt-get install prometheus");
         return;
     };

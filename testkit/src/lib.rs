@@ -15,6 +15,8 @@
 //! - [`deployment`]: a Deployment's pod run in this process, as controllers and a kubelet
 //!   would (for tests of the shipped manifests); [`cluster_dns`]: a Service URL resolved to
 //!   its endpoint, as cluster DNS and kube-proxy would.
+//! - [`prometheus`]: the ServiceMonitor resource, a Prometheus-style scrape of its targets, the
+//!   token controller for its token Secret, and promtool.
 //! - [`netns`]: a network namespace for a non-loopback address.
 //! - [`poll`]: [`poll::eventually`] and [`poll::free_port`]; [`child`]: children that die with
 //!   the process that started them; [`skip`]: a test that cannot run here says so, and
@@ -33,6 +35,7 @@ pub mod nats;
 pub mod netns;
 pub mod pipeline;
 pub mod poll;
+pub mod prometheus;
 pub mod relay;
 pub mod render;
 pub mod shedding;

@@ -17,6 +17,7 @@
 //!   its endpoint, as cluster DNS and kube-proxy would.
 //! - [`prometheus`]: the ServiceMonitor resource, a Prometheus-style scrape of its targets, the
 //!   token controller for its token Secret, and promtool.
+//! - [`pasted`]: a documentation block's commands run as a user pastes them.
 //! - [`netns`]: a network namespace for a non-loopback address.
 //! - [`poll`]: [`poll::eventually`] and [`poll::free_port`]; [`child`]: children that die with
 //!   the process that started them; [`skip`]: a test that cannot run here says so, and
@@ -33,6 +34,7 @@ pub mod logging_model;
 pub mod logging_operator;
 pub mod nats;
 pub mod netns;
+pub mod pasted;
 pub mod pipeline;
 pub mod poll;
 pub mod prometheus;

@@ -59,6 +59,13 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::Check(args) => {
+            let (lines, ok) = log_socket::service::check::check(&args.ready_url, args.kubeconfig.as_deref()).await;
+            lines.iter().for_each(|l| println!("{l}"));
+            if !ok {
+                return ExitCode::FAILURE;
+            }
+        }
         Command::Run(cfg) if cfg.print_config => print!("{}", cfg.to_yaml()),
         Command::Run(cfg) => {
             log_socket::telemetry::init_tracing(&cfg.log_level, cfg.log_format);

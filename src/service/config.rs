@@ -42,6 +42,9 @@ pub enum Command {
     /// Delete every FlowTap and wait until log-socket's controller has cleaned each up (flows
     /// restored, outputs removed): run it before uninstalling (the chart's pre-delete hook does).
     RemoveTaps(RemoveTapsArgs),
+    /// Check an installed log-socket from inside the cluster (the chart's `helm test` Pod):
+    /// its health URL answers ready, and the FlowTap resource is served to this ServiceAccount.
+    Check(CheckArgs),
     /// Print docs/configuration.md: every setting of `run`, generated from these definitions.
     #[command(hide = true)]
     ConfigReference,
@@ -57,6 +60,17 @@ pub struct RemoveTapsArgs {
     /// of tap changes, --config-change-interval).
     #[arg(long, default_value = "5m", value_name = "DURATION")]
     pub timeout: crate::duration::GoDuration,
+    /// kubeconfig file (default: in a pod, its service account; else KUBECONFIG, ~/.kube/config).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// Arguments of `log-socket check`.
+#[derive(Args, Debug, Clone)]
+pub struct CheckArgs {
+    /// The service's readiness URL, e.g. http://log-socket.log-socket.svc:10002/readyz.
+    #[arg(long, value_name = "URL")]
+    pub ready_url: String,
     /// kubeconfig file (default: in a pod, its service account; else KUBECONFIG, ~/.kube/config).
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,

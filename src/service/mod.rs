@@ -14,6 +14,7 @@
 //! - [`checks`]: what cluster mode verifies before it serves.
 
 pub mod certs;
+pub mod check;
 pub mod checks;
 pub mod config;
 pub mod health;

@@ -347,3 +347,57 @@ async fn write_endpoints(
             .unwrap_or_else(|e| panic!("Endpoints {ns}/{name}: {e}"));
     }
 }
+
+/// A kubelet's part for a Pod that runs to completion (a `helm test` hook): wait until Pod
+/// `ns/name` exists, run its container (`log-socket ARGS`, a child process, under the pod's
+/// ServiceAccount, Service URLs in its args resolved as cluster DNS would), and report the
+/// phase `Succeeded` or `Failed` as a kubelet does. Returns what the container printed.
+pub async fn run_to_completion(client: &kube::Client, ns: &str, name: &str) -> (bool, String) {
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    let pod = crate::poll::eventually_within(&format!("Pod {ns}/{name} created"), Duration::from_secs(60), || async {
+        pods.get_opt(name).await.ok().flatten()
+    })
+    .await;
+    let spec = pod.spec.clone().expect("a pod has a spec");
+    let container = spec.containers.first().expect("one container").clone();
+    assert!(container.command.is_none(), "the image's entrypoint runs the container");
+    let sa = spec.service_account_name.clone().unwrap_or_else(|| "default".into());
+    let dir = cluster::tempdir(&format!("pod-{name}"));
+    let kubeconfig = kubeconfig_in(&token_for(client, ns, &sa).await, ns, &dir.join("kubeconfig"));
+    let mut args = vec![];
+    for arg in container.args.clone().unwrap_or_default() {
+        args.push(match arg.split_once("=http") {
+            Some((flag, url)) => {
+                let resolved = crate::cluster_dns::resolve(client, &format!("http{url}"))
+                    .await
+                    .unwrap_or_else(|e| panic!("the pod's {flag}: {e}"));
+                format!("{flag}={resolved}")
+            }
+            None => arg,
+        });
+    }
+    let out = tokio::process::Command::new(cluster::bin("log-socket"))
+        .args(&args)
+        .arg(format!("--kubeconfig={}", kubeconfig.display()))
+        .output()
+        .await
+        .unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let code = out.status.code().unwrap_or(-1);
+    let phase = if out.status.success() { "Succeeded" } else { "Failed" };
+    let status = json!({"status": {
+        "phase": phase,
+        "containerStatuses": [{
+            "name": container.name, "image": container.image, "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" }}}
+        }]
+    }});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap_or_else(|e| panic!("status of Pod {ns}/{name}: {e}"));
+    (out.status.success(), printed)
+}

@@ -17,6 +17,7 @@
 //!   its endpoint, as cluster DNS and kube-proxy would.
 //! - [`prometheus`]: the ServiceMonitor resource, a Prometheus-style scrape of its targets, the
 //!   token controller for its token Secret, and promtool.
+//! - [`token_controller`]: ServiceAccount token Secrets, as kube-controller-manager makes them.
 //! - [`pasted`]: a documentation block's commands run as a user pastes them.
 //! - [`netns`]: a network namespace for a non-loopback address.
 //! - [`poll`]: [`poll::eventually`] and [`poll::free_port`]; [`child`]: children that die with
@@ -42,3 +43,4 @@ pub mod relay;
 pub mod render;
 pub mod shedding;
 pub mod skip;
+pub mod token_controller;

@@ -1,6 +1,6 @@
 //! Prometheus's part, played for the tests of the shipped monitoring (no Prometheus Operator
 //! runs here): the `ServiceMonitor` resource, a ServiceMonitor's targets scraped as Prometheus
-//! scrapes them, Kubernetes' token controller for the scrape's token Secret, and promtool.
+//! scrapes them, and promtool.
 //!
 //! The ServiceMonitor CRD here is a stand-in written from the Prometheus Operator's API
 //! reference, with a structural schema for the fields a scrape reads (the API server prunes
@@ -15,7 +15,7 @@
 //! format.
 
 use k8s_openapi::api::core::v1::{Endpoints, Secret, Service};
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
@@ -106,47 +106,6 @@ pub async fn install_crd(client: &kube::Client) {
             .map(|_| ())
     })
     .await;
-}
-
-/// Kubernetes' token controller: every `kubernetes.io/service-account-token` Secret in `ns`
-/// whose annotation names an existing ServiceAccount gets `token`, `ca.crt` and `namespace`.
-pub async fn fill_token_secrets(client: &kube::Client, ns: &str) {
-    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-    use k8s_openapi::api::core::v1::ServiceAccount;
-    let secrets = Api::<Secret>::namespaced(client.clone(), ns);
-    for secret in secrets.list(&Default::default()).await.unwrap() {
-        if secret.type_.as_deref() != Some("kubernetes.io/service-account-token") {
-            continue;
-        }
-        let name = secret.metadata.name.clone().unwrap();
-        let Some(sa) = secret
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get("kubernetes.io/service-account.name"))
-        else {
-            continue;
-        };
-        let request = TokenRequest {
-            spec: TokenRequestSpec {
-                expiration_seconds: Some(3600),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let Ok(answer) = Api::<ServiceAccount>::namespaced(client.clone(), ns)
-            .create_token_request(sa, &PostParams::default(), &request)
-            .await
-        else {
-            continue; // no such ServiceAccount: the controller leaves the Secret empty
-        };
-        let token = answer.status.unwrap().token;
-        let data = json!({"stringData": {"token": token, "namespace": ns}});
-        secrets
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&data))
-            .await
-            .unwrap();
-    }
 }
 
 /// How a scrape should authenticate: as the ServiceMonitor says, with no token, or with

@@ -16,7 +16,7 @@ mod leader;
 mod logging_models;
 mod operator;
 mod preflow;
-mod scrape;
+mod release;
 mod service;
 mod tap_failures;
 mod tap_safety;

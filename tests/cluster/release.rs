@@ -1,5 +1,5 @@
-//! The chart's ServiceMonitor, installed with helm on the real API server, scraped as
-//! Prometheus scrapes it: TLS verified against the listener certificate's CA for the Service's
+//! A release of the chart installed with helm on the real API server: `helm test` passes, and
+//! its ServiceMonitor is scraped as Prometheus scrapes it: TLS verified against the listener certificate's CA for the Service's
 //! name, the token from the Secret it names (the chart's metrics ServiceAccount), the
 //! exposition parsed by a strict OpenMetrics parser. The release's pod runs in-process
 //! (testkit/src/deployment.rs), the Prometheus Operator's part in testkit/src/prometheus.rs.
@@ -33,7 +33,7 @@ fn api_tls_secret(ns: &str, name: &str, dir: &std::path::Path) {
 }
 
 #[tokio::test]
-async fn the_service_monitor_scrapes_metrics_over_verified_tls_with_its_own_token() {
+async fn an_installed_release_passes_helm_test_and_its_service_monitor_scrapes_over_verified_tls() {
     let client = cluster::client().await;
     let ns = cluster::namespace(&client, "scrape").await;
     let dir = cluster::tempdir(&format!("scrape-{ns}"));
@@ -69,8 +69,53 @@ async fn the_service_monitor_scrapes_metrics_over_verified_tls_with_its_own_toke
         "no deprecated bearerTokenFile"
     );
 
-    prometheus::fill_token_secrets(&client, &ns).await;
+    testkit::token_controller::service_account_secrets(&client, &ns).await;
     let pod = testkit::deployment::run(&client, &ns, &fullname).await;
+
+    // `helm test`: its Pod (run here as a kubelet would) finds the service ready through the
+    // Service and the FlowTap resource served to the release's ServiceAccount.
+    let mut helm_test = tokio::process::Command::new("bash");
+    let helm_bin = testkit::control_plane::assets_dir().unwrap().join("helm");
+    let home = cluster::tempdir("helm-home");
+    helm_test
+        .arg("-c")
+        .arg(format!(
+            "{} test {release} --namespace {ns} --timeout 2m",
+            helm_bin.display()
+        ))
+        .env("KUBECONFIG", &cluster::env().kubeconfig)
+        .env("HELM_CACHE_HOME", &home)
+        .env("HELM_CONFIG_HOME", &home)
+        .env("HELM_DATA_HOME", &home)
+        .kill_on_drop(true);
+    let helm_test = helm_test
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let test_pod = format!("{fullname}-test");
+    let kubelet = testkit::deployment::run_to_completion(&client, &ns, &test_pod);
+    let finished = helm_test.wait_with_output();
+    tokio::pin!(finished);
+    let (passed, printed) = tokio::select! {
+        out = &mut finished => {
+            let out = out.unwrap();
+            panic!("helm test ended before its pod ran: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        }
+        ran = kubelet => ran,
+    };
+    let helm_test = finished.await.unwrap();
+    assert!(passed, "the test pod: {printed}");
+    assert!(
+        printed.contains("/readyz answers 200") && printed.contains("FlowTap resource is served"),
+        "{printed}"
+    );
+    assert!(
+        helm_test.status.success() && String::from_utf8_lossy(&helm_test.stdout).contains("Succeeded"),
+        "helm test: {}{}",
+        String::from_utf8_lossy(&helm_test.stdout),
+        String::from_utf8_lossy(&helm_test.stderr)
+    );
 
     let targets = prometheus::scrape(&client, &ns, &fullname, &dir, Credentials::AsConfigured).await;
     assert_eq!(targets.len(), 1, "one target: {targets:?}");

@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help demo test test-env lint deny-advisories fmt crds docs build bench fuzz soak clean-test-env install krew-archive
+.PHONY: help demo test test-env lint deny-advisories fmt crds docs chart-docs build bench fuzz soak clean-test-env install krew-archive
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ krew-archive: ## The release archive config/krew/flowtail.yaml points at: target
 
 docs: ## Regenerate docs/configuration.md from the clap definition (src/service/config.rs)
 	$(CARGO) run -q --bin log-socket -- config-reference > docs/configuration.md
+
+chart-docs: ## Regenerate config/helm/log-socket/README.md from the comments of its values.yaml
+	LOG_SOCKET_BLESS=1 $(CARGO) test --test chart_readme
 
 bench: test-env ## Relay, real-fluentd, nats and control-plane benchmarks, printed as tables (see BENCHMARKS.md)
 	@export KUBEBUILDER_ASSETS="$$(tests/test-env.sh)"; \

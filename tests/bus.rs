@@ -48,9 +48,12 @@ async fn relay_authorizing(
         keys: Some(testkit::nats::bus_keys()),
         ..Default::default()
     };
-    let bus = NatsBus::connect(&options, relay.config.replay, Default::default())
-        .await
-        .unwrap();
+    // The bus's timing into the relay's registry, as the service wires it.
+    let counters = log_socket::relay::bus::nats::BusCounters {
+        timing: relay.metrics.bus.clone(),
+        ..Default::default()
+    };
+    let bus = NatsBus::connect(&options, relay.config.replay, counters).await.unwrap();
     relay.bus = Bus::Nats(Arc::new(bus));
     let parts = Parts {
         authenticator: Arc::new(StaticTokens::parse("tok-alice,alice\ntok-bob,bob\n").unwrap()),
@@ -122,6 +125,18 @@ async fn a_listener_on_one_relay_gets_every_record_ingested_at_the_others_in_ord
     assert!(tokio::time::timeout(Duration::from_millis(500), next(&mut ws))
         .await
         .is_err());
+    // Timed in each relay's metrics: A's and C's publishes (10 batches each), B's follower.
+    let count = |r: &TestRelay, family: &str| -> u64 {
+        let exposition = r.relay.metrics.encode();
+        let line = exposition
+            .lines()
+            .find(|l| l.starts_with(&format!("{family}_count ")))
+            .unwrap_or_else(|| panic!("{family} in {exposition}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(count(&a, "log_socket_bus_publish_duration_seconds"), 10);
+    assert_eq!(count(&c, "log_socket_bus_publish_duration_seconds"), 10);
+    assert_eq!(count(&b, "log_socket_bus_follower_lag_seconds"), 20, "one per message");
 }
 
 #[tokio::test]

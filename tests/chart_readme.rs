@@ -33,7 +33,10 @@ fn documented(values_yaml: &str) -> Vec<Value> {
             c.push_str(more.trim());
             continue;
         }
-        let Some((key, _)) = text.split_once(':').filter(|_| !text.starts_with('-') && !text.is_empty()) else {
+        let Some((key, _)) = text
+            .split_once(':')
+            .filter(|_| !text.starts_with('-') && !text.is_empty())
+        else {
             comment = None;
             continue;
         };
@@ -98,7 +101,9 @@ fn the_chart_readme_is_generated_from_the_values_comments() {
     let defaults: serde_json::Value = serde_yaml::from_str(&values).unwrap();
     for key in defaults.as_object().unwrap().keys() {
         assert!(
-            documented.iter().any(|v| v.key == *key || v.key.starts_with(&format!("{key}."))),
+            documented
+                .iter()
+                .any(|v| v.key == *key || v.key.starts_with(&format!("{key}."))),
             "values.yaml: `{key}` has no `# --` comment"
         );
     }

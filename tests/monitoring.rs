@@ -43,10 +43,9 @@ fn the_shipped_alerts_are_valid_rules_whose_unit_tests_pass() {
     }
 }
 
-#[test]
-fn every_metric_the_alerts_name_is_one_the_service_exports() {
+/// The metric families the service exports (one series of each, so each shows).
+fn exported_families() -> Vec<String> {
     use log_socket::relay::metrics::*;
-    // A family shows in the exposition once it has a series: one of each.
     let m = Metrics::default();
     let tap = TapLabels {
         kind: "flow".into(),
@@ -69,23 +68,79 @@ fn every_metric_the_alerts_name_is_one_the_service_exports() {
             stage: "Flowing".into(),
         })
         .set(1);
-    let exported = m.encode();
-    let families: Vec<&str> = exported
+    m.controller.reconciled(true, std::time::Duration::from_millis(5));
+    m.encode()
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .filter_map(|l| l.split_whitespace().next())
-        .collect();
-    let text = serde_yaml::to_string(&rules()).unwrap();
-    let named = regex::Regex::new(r"log_socket_[a-z_]+").unwrap();
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every metric `text` names is exported (a histogram's `_bucket`, `_sum`, `_count` and a
+/// counter's `_total` are its family's); how many were named.
+fn names_only_exported(text: &str) -> usize {
+    let families = exported_families();
+    let named = regex::Regex::new(r"\b(log_socket|process)_[a-z_]+").unwrap();
     let mut checked = 0;
-    for m in named.find_iter(&text) {
+    for m in named.find_iter(text) {
         let name = m.as_str();
-        let family = name.strip_suffix("_total").unwrap_or(name);
+        let family = ["_bucket", "_sum", "_count", "_total"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
         assert!(
-            families.contains(&family),
+            families.iter().any(|f| f == family || f == name),
             "{name} is not exported; the service exports {families:?}"
         );
         checked += 1;
     }
-    assert!(checked >= 6, "the rules name the service's metrics");
+    checked
+}
+
+#[test]
+fn every_metric_the_alerts_name_is_one_the_service_exports() {
+    let text = serde_yaml::to_string(&rules()).unwrap();
+    assert!(names_only_exported(&text) >= 7, "the rules name the service's metrics");
+}
+
+#[test]
+fn the_grafana_dashboard_queries_only_exported_metrics_in_valid_promql() {
+    let text = std::fs::read_to_string(cluster::repo().join("config/monitoring/grafana-dashboard.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().expect("every target has a query").to_owned())
+        .collect();
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    assert!(names_only_exported(&exprs.join("\n")) >= exprs.len());
+    // Each query parses as PromQL: promtool checks them as recording rules (Grafana's
+    // $__rate_interval is a range there).
+    let Some(promtool) = testkit::prometheus::promtool() else {
+        testkit::skip::skipped("no promtool: run tests/test-env.sh (make test does) or apt-get install prometheus");
+        return;
+    };
+    let rules: Vec<serde_json::Value> = exprs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| serde_json::json!({"record": format!("dashboard:query_{i}"), "expr": e.replace("$__rate_interval", "5m")}))
+        .collect();
+    let dir = cluster::tempdir("dashboard-promql");
+    let file = dir.join("dashboard-rules.yaml");
+    let groups = serde_json::json!({"groups": [{"name": "dashboard", "rules": rules}]});
+    std::fs::write(&file, serde_yaml::to_string(&groups).unwrap()).unwrap();
+    let out = std::process::Command::new(&promtool)
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check rules:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

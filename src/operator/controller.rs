@@ -87,6 +87,16 @@ pub async fn run(
         budget: Default::default(),
         check_pods: Default::default(),
     });
+    // Leader (or the only controller) from here until this function returns.
+    let metrics = ctx.config.metrics.clone();
+    metrics.leader.set(1);
+    struct NotLeader(crate::relay::metrics::ControllerMetrics);
+    impl Drop for NotLeader {
+        fn drop(&mut self) {
+            self.0.leader.set(0);
+        }
+    }
+    let _not_leader = NotLeader(metrics);
     sweep(&client, &ctx.config).await;
     let (store, store2, store3) = (controller.store(), controller.store(), controller.store());
     // Generated outputs name their FlowTap in an annotation (not an ownerReference).

@@ -107,6 +107,8 @@ pub struct OperatorConfig {
     pub namespace: Option<String>,
     /// Caps on what listeners may hold (see [`Limits`]).
     pub limits: Limits,
+    /// Where the controller counts its reconciles (the relay's registry serves them).
+    pub metrics: crate::relay::metrics::ControllerMetrics,
 }
 
 /// Caps on what listeners may make the operator hold, each refused with 429 and the reason.
@@ -155,6 +157,7 @@ impl OperatorConfig {
             mode: crate::k8s::flowtap::TapMode::Patch,
             namespace: None,
             limits: Default::default(),
+            metrics: Default::default(),
         }
     }
 

@@ -74,6 +74,74 @@ pub struct BuildLabels {
     pub commit: String,
 }
 
+/// How a reconcile ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ReconcileResult {
+    ok,
+    error,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: ReconcileResult,
+}
+
+/// The FlowTap controller's series: only the replica running it (the leader) counts.
+#[derive(Clone, Debug)]
+pub struct ControllerMetrics {
+    pub reconciles: Family<ResultLabels, Counter>,
+    pub reconcile_duration: Histogram,
+    pub in_flight: Gauge,
+    /// 1 while this replica runs the controller (holds the Lease), else 0.
+    pub leader: Gauge,
+}
+
+impl Default for ControllerMetrics {
+    fn default() -> Self {
+        ControllerMetrics {
+            reconciles: Family::default(),
+            reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            in_flight: Gauge::default(),
+            leader: Gauge::default(),
+        }
+    }
+}
+
+impl ControllerMetrics {
+    /// Count one reconcile that took `took`.
+    pub fn reconciled(&self, ok: bool, took: std::time::Duration) {
+        let result = if ok {
+            ReconcileResult::ok
+        } else {
+            ReconcileResult::error
+        };
+        self.reconciles.get_or_create(&ResultLabels { result }).inc();
+        self.reconcile_duration.observe(took.as_secs_f64());
+    }
+}
+
+/// The nats bus's series (none with the embedded bus).
+#[derive(Clone, Debug)]
+pub struct BusMetrics {
+    /// From a batch's publish to NATS' acknowledgement of all its messages.
+    pub publish_duration: Histogram,
+    /// From NATS storing a message to this replica handing its records to listeners.
+    pub follower_lag: Histogram,
+    /// Messages JetStream's limits removed before this replica read them.
+    pub discarded: Counter,
+}
+
+impl Default for BusMetrics {
+    fn default() -> Self {
+        BusMetrics {
+            publish_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            follower_lag: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
+            discarded: Counter::default(),
+        }
+    }
+}
+
 /// All metrics of one relay.
 pub struct Metrics {
     registry: Registry,
@@ -89,12 +157,17 @@ pub struct Metrics {
     pub invalid_rbac_labels: Counter,
     /// FlowTaps by phase and stage, as this replica's tap tracking sees them (cluster mode).
     pub flowtaps: Family<FlowTapLabels, Gauge>,
+    pub controller: ControllerMetrics,
+    pub bus: BusMetrics,
     flowtap_seen: std::sync::Mutex<std::collections::HashSet<FlowTapLabels>>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("log_socket");
+        // log-socket's own series under its prefix; the standard process_* series without.
+        let mut root = Registry::default();
+        root.register_collector(Box::new(super::process_metrics::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("log_socket");
         let m = Metrics {
             ingested_records: Family::default(),
             ingested_bytes: Family::default(),
@@ -107,6 +180,8 @@ impl Default for Metrics {
             errors: Family::default(),
             invalid_rbac_labels: Counter::default(),
             flowtaps: Family::default(),
+            controller: ControllerMetrics::default(),
+            bus: BusMetrics::default(),
             flowtap_seen: Default::default(),
             registry: Registry::default(),
         };
@@ -162,7 +237,44 @@ impl Default for Metrics {
             "rbac/ labels with a value other than allow or deny, ignored",
             m.invalid_rbac_labels.clone(),
         );
-        Metrics { registry, ..m }
+        let c = &m.controller;
+        registry.register(
+            "reconciles",
+            "FlowTap reconciles by result (the leader's)",
+            c.reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time one FlowTap reconcile took",
+            c.reconcile_duration.clone(),
+        );
+        registry.register(
+            "reconciles_in_flight",
+            "FlowTap reconciles running now",
+            c.in_flight.clone(),
+        );
+        registry.register(
+            "controller_leader",
+            "1 while this replica runs the FlowTap controller (holds the Lease)",
+            c.leader.clone(),
+        );
+        let b = &m.bus;
+        registry.register(
+            "bus_publish_duration_seconds",
+            "From publishing a batch on the nats bus to its acknowledgement",
+            b.publish_duration.clone(),
+        );
+        registry.register(
+            "bus_follower_lag_seconds",
+            "From NATS storing a message to this replica handing it to listeners",
+            b.follower_lag.clone(),
+        );
+        registry.register(
+            "bus_discarded_messages",
+            "Bus messages JetStream's limits removed before this replica read them",
+            b.discarded.clone(),
+        );
+        Metrics { registry: root, ..m }
     }
 }
 

@@ -14,6 +14,7 @@ pub mod bus;
 pub mod http;
 pub mod listener;
 pub mod metrics;
+pub mod process_metrics;
 pub mod record;
 mod scan;
 pub mod tap;

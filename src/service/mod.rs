@@ -166,7 +166,11 @@ async fn bus(cfg: &ServiceConfig, relay: &Relay) -> Result<crate::relay::bus::Bu
                     reason: DropReason::bus_invalid,
                 })
                 .clone();
-            let counters = nats::BusCounters { slow_client, invalid };
+            let counters = nats::BusCounters {
+                slow_client,
+                invalid,
+                timing: relay.metrics.bus.clone(),
+            };
             let bus = nats::NatsBus::connect(&options, relay.config.replay, counters)
                 .await
                 .map_err(|e| Error::Config(format!("--bus nats: {e}")))?;
@@ -276,7 +280,12 @@ impl Service {
     }
 
     fn assemble(relay: Relay, mut parts: Parts, cluster: Option<Cluster>) -> Service {
-        let cluster = cluster.map(|cluster| {
+        let cluster = cluster.map(|mut cluster| {
+            // The controller counts into the registry this relay serves.
+            cluster.operator = Arc::new(OperatorConfig {
+                metrics: relay.metrics.controller.clone(),
+                ..(*cluster.operator).clone()
+            });
             let sessions = Arc::new(ClusterSessions::new(
                 cluster.client.clone(),
                 cluster.operator.clone(),
@@ -553,6 +562,8 @@ fn operator_config(cfg: &ServiceConfig) -> OperatorConfig {
             taps_per_namespace: cfg.taps.max_taps_per_namespace.max(1),
             sessions_per_tap: cfg.taps.max_sessions_per_tap.max(1),
         },
+        // Replaced by the relay's own when the service is assembled.
+        metrics: Default::default(),
     }
 }
 

@@ -14,6 +14,7 @@ mod k8stail_stern;
 mod k8stail_taps;
 mod leader;
 mod logging_models;
+mod observability;
 mod operator;
 mod preflow;
 mod release;

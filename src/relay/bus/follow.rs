@@ -135,6 +135,7 @@ impl Following {
                         // silent gap. How many records they held is unknown here.
                         tracing::warn!(tap = %self.key, messages = lost, "the bus discarded messages before this relay read them");
                         tap.notice_at(seq << BATCH_BITS, crate::protocol::dropped(None, "bus_discarded"));
+                        self.counters.timing.discarded.inc_by(lost);
                     }
                     // Opening, decompressing and parsing cost CPU in proportion to the message:
                     // off the async workers, so one large message does not stall other taps.
@@ -150,6 +151,13 @@ impl Following {
                     match opened {
                         Ok((id, records)) if self.recent.first_time(&id) => {
                             let published = tap.publish_numbered(seq << BATCH_BITS, records);
+                            let now_ms = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map(|d| d.as_millis() as i64)
+                                .unwrap_or(stored_ms);
+                            // Clocks of NATS and relays can differ a little: never negative.
+                            let lag = (now_ms - stored_ms).max(0) as f64 / 1000.0;
+                            self.counters.timing.follower_lag.observe(lag);
                             self.counters.slow_client.inc_by(published.dropped);
                             if published.behind {
                                 // Numbered before what the listeners already have: not shown

@@ -73,6 +73,8 @@ pub struct BusCounters {
     pub slow_client: prometheus_client::metrics::counter::Counter,
     /// Messages that did not open or were too large (`bus_invalid`).
     pub invalid: prometheus_client::metrics::counter::Counter,
+    /// Publish time, follower lag, messages JetStream discarded unread.
+    pub timing: crate::relay::metrics::BusMetrics,
 }
 
 /// What went wrong on the bus.
@@ -341,6 +343,18 @@ impl NatsBus {
     /// that saw the FlowTap go before this one saw it come back, or lost by NATS) gets it
     /// created again, and the batch is stored there: never discarded as "nobody listens".
     pub async fn publish(&self, key: &TapKey, records: &[Record]) -> Result<Stored, BusError> {
+        let started = std::time::Instant::now();
+        let stored = self.publish_retried(key, records).await;
+        if matches!(stored, Ok(Stored::Yes)) {
+            self.counters
+                .timing
+                .publish_duration
+                .observe(started.elapsed().as_secs_f64());
+        }
+        stored
+    }
+
+    async fn publish_retried(&self, key: &TapKey, records: &[Record]) -> Result<Stored, BusError> {
         match self.publish_once(key, records).await? {
             Stored::NoTap if self.is_pinned(key) => {
                 self.ensure_stream(key).await?;

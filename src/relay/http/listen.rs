@@ -130,7 +130,15 @@ pub(super) async fn listen(
     let start = options.start;
     // The task leaves when the listener is done.
     leave.session = None;
-    tokio::spawn(async move {
+    // Every line of this listener's life names its flow and connection.
+    let span = tracing::info_span!(
+        "listener",
+        flow_kind = tap.key.kind.path_segment(),
+        namespace = %tap.key.namespace,
+        flow = %tap.key.name,
+        listener = listener.id
+    );
+    let serve = async move {
         let _guard = task_guard;
         match on_upgrade.await {
             Ok(upgraded) => {
@@ -148,7 +156,8 @@ pub(super) async fn listen(
         // The slot counts open streams: free it before deregistering (an API call).
         drop(slot);
         state.sessions.left(&session).await;
-    });
+    };
+    tokio::spawn(tracing::Instrument::instrument(serve, span));
     let mut reply = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header("connection", "upgrade")

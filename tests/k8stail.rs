@@ -767,6 +767,25 @@ async fn withheld_records_say_once_per_namespace_how_to_get_access() {
 }
 
 #[tokio::test]
+async fn withheld_counts_of_todays_relays_say_once_how_to_get_access_and_name_no_pod() {
+    let frames = vec![
+        json!({"type": "status", "state": "listening", "tap": "shop/web", "epoch": 1, "firstSeq": 0, "lastSeq": 0, "replayed": 0}),
+        json!({"type": "denied", "count": 3}),
+        json!({"type": "denied", "count": 2}),
+    ];
+    let addr = scripted_relay(frames, true, false).await;
+    let server = format!("http://{addr}");
+    let (_, err) = run_to_exit(&["--server", &server, "--token", TOKEN, "shop/web", "--no-reconnect"]).await;
+    let withheld: Vec<&str> = err.lines().filter(|l| l.contains("withheld")).collect();
+    assert_eq!(withheld.len(), 2, "{err}");
+    assert!(withheld[0].starts_with("k8stail: 3 records withheld: you may not read them (the relay gives you a record if you may read its pod's logs: kubectl auth can-i get pods/log -n NAMESPACE"), "{err}");
+    assert_eq!(
+        withheld[1], "k8stail: 2 records withheld: you may not read them",
+        "said once: {err}"
+    );
+}
+
+#[tokio::test]
 async fn kubeconfig_flags_go_before_a_subcommand_and_tail_options_there_are_refused() {
     // `--kubeconfig` before `taps` reaches the taps command (which then cannot read the file).
     let (code, stderr) = run_to_exit(&["--kubeconfig", "/nonexistent/kubeconfig", "taps", "-A"]).await;

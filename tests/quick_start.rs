@@ -120,6 +120,39 @@ async fn the_readme_quick_start_pasted_into_a_fresh_cluster_ends_with_records_on
             pod = Some(running);
         }
     }
+    // bob may tap the flow but not read its pods' logs: counts, never a record, nor the pods.
+    for command in [
+        "kubectl create serviceaccount bob -n default",
+        "kubectl create role flow-getter -n default --verb=get --resource=flows.logging.banzaicloud.io",
+        "kubectl create rolebinding bob-flows -n default --role=flow-getter --serviceaccount=default:bob",
+        "kubectl create rolebinding bob-tailer -n log-socket --role=log-socket-tailer --serviceaccount=default:bob",
+    ] {
+        terminal.run(command).await;
+    }
+    let mut bob = terminal
+        .command("k8stail --token \"$(kubectl create token bob -n default)\" default/web")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut bob_err = BufReader::new(bob.stderr.take().unwrap()).lines();
+    let withheld = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Ok(Some(line)) = bob_err.next_line().await {
+            if line.contains("withheld") {
+                return Some(line);
+            }
+        }
+        None
+    })
+    .await;
+    let withheld = withheld.ok().flatten().expect("bob is told records are withheld");
+    assert!(withheld.contains("kubectl auth can-i get pods/log"), "{withheld}");
+    assert!(!withheld.contains("web-7d9f8b6c5"), "not which pod: {withheld}");
+    let mut bob_out = BufReader::new(bob.stdout.take().unwrap()).lines();
+    let printed = tokio::time::timeout(Duration::from_secs(3), bob_out.next_line()).await;
+    assert!(!matches!(printed, Ok(Ok(Some(_)))), "bob gets no record: {printed:?}");
+    let _ = bob.start_kill();
+
     let (mut child, stderr) = tail.expect("the quick start ran k8stail");
     let pod = pod.expect("the quick start installed log-socket");
 

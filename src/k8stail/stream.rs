@@ -512,9 +512,17 @@ impl Connection {
                 )),
                 true => notes.note(&format!("the relay's bus ({bus}) is back")),
             },
-            Frame::Dropped { count, reason } => notes.note(&dropped_note(&reason, count)),
+            Frame::Dropped { count, reason, .. } => notes.note(&dropped_note(&reason, count)),
+            // Today's relays: a count, naming no pod (said how to get access once).
+            Frame::Denied { pod, count, .. } if pod.is_empty() => {
+                let hint = match self.hinted.insert(String::new()) {
+                    true => " (the relay gives you a record if you may read its pod's logs: kubectl auth can-i get pods/log -n NAMESPACE; or by the pod's rbac/ labels, see docs/security.md)",
+                    false => "",
+                };
+                notes.note(&format!("{count} records withheld: you may not read them{hint}"))
+            }
+            // Earlier relays named the pod: how to get access, said once per namespace.
             Frame::Denied { namespace, pod, count } => {
-                // How to get access, said once per namespace (the notes repeat every second).
                 // The namespace goes into a command to paste only when it is a namespace name
                 // (it comes from the relay: never a shell metacharacter in a suggested command).
                 let valid = namespace.len() <= 63

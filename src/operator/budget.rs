@@ -3,8 +3,10 @@
 //! to). Tap changes on one Logging are taken in batches, at most one batch per
 //! `--config-change-interval`: the first tap to ask opens a batch a moment later ([`COLLECT`]),
 //! every tap asking until it closes ([`GRACE`]) goes in it, and later ones wait for the next,
-//! one interval after. So taps that start or end together make one change, a script cycling
-//! taps makes one change per interval at most, and nothing waits longer than one interval.
+//! one interval after the last change of this one (a booked tap's late pass moves it), so
+//! changes of two batches are always an interval apart. So taps that start or end together make one change, a script cycling
+//! taps makes one change per interval at most, and nothing waits longer than one interval
+//! (plus the [`BOOKED_GRACE`] a late change can add).
 //! Restoring a flow because the tap broke something is never held back (those paths do not
 //! ask). No I/O: the controller asks, with the time.
 
@@ -35,9 +37,19 @@ pub struct Budget {
 struct Batch {
     /// When its changes are made.
     at: Instant,
+    /// When its last change was made (a booked tap's pass can come up to [`BOOKED_GRACE`]
+    /// late): the next batch is one interval after that, not only after `at`.
+    last: Option<Instant>,
     /// The flows it changed: a flow is changed once per batch (a tap ending and another
     /// starting on one flow would be two configurations; the second waits for the next batch).
     flows: std::collections::HashSet<String>,
+}
+
+impl Batch {
+    /// When the next batch may start: one interval after this one's last change.
+    fn next(&self, interval: Duration) -> Instant {
+        self.last.unwrap_or(self.at).max(self.at) + interval
+    }
 }
 
 /// Whether a change may be made now.
@@ -61,7 +73,7 @@ impl Budget {
             }
             self.booked.remove(tap);
             if now < at + BOOKED_GRACE {
-                self.changed(logging, flow);
+                self.changed(logging, flow, now, interval);
                 return Gate::Now;
             }
         }
@@ -70,7 +82,7 @@ impl Budget {
             None => self.open(logging, now + COLLECT),
             // Within the batch's grace, unless it changed this flow already.
             Some(b) if now < b.at + GRACE && !(now >= b.at && b.flows.contains(flow)) => b,
-            Some(b) if now < b.at + interval => self.open(logging, b.at + interval),
+            Some(b) if now < b.next(interval) => self.open(logging, b.next(interval)),
             Some(_) => self.open(logging, now + COLLECT),
         };
         match batch.at.checked_duration_since(now) {
@@ -82,16 +94,31 @@ impl Budget {
                 Gate::Wait(wait)
             }
             _ => {
-                self.changed(logging, flow);
+                self.changed(logging, flow, now, interval);
                 Gate::Now
             }
         }
     }
 
-    fn changed(&mut self, logging: &str, flow: &str) {
-        if let Some(b) = self.by_logging.get_mut(logging) {
-            b.flows.insert(flow.to_owned());
+    fn changed(&mut self, logging: &str, flow: &str, now: Instant, interval: Duration) {
+        let Some(b) = self.by_logging.get_mut(logging) else {
+            return;
+        };
+        if b.at > now {
+            // A late pass of the previous batch, after the next one was set: that one (and the
+            // taps booked for it) moves to an interval after this change.
+            let moved = now + interval;
+            if moved > b.at {
+                let old = b.at;
+                b.at = moved;
+                for at in self.booked.values_mut().filter(|at| **at == old) {
+                    *at = moved;
+                }
+            }
+            return;
         }
+        b.flows.insert(flow.to_owned());
+        b.last = Some(b.last.map_or(now, |l| l.max(now)));
     }
 
     /// `tap` went with a batch just now: its next ask within [`BOOKED_GRACE`] goes too (the
@@ -103,6 +130,7 @@ impl Budget {
     fn open(&mut self, logging: &str, at: Instant) -> Batch {
         let batch = Batch {
             at,
+            last: None,
             flows: Default::default(),
         };
         self.by_logging.insert(logging.to_owned(), batch.clone());
@@ -125,6 +153,22 @@ mod tests {
     }
 
     #[test]
+    fn a_late_change_of_a_batch_moves_the_next_batch_so_changes_stay_an_interval_apart() {
+        let mut b = Budget::default();
+        let t0 = Instant::now();
+        assert_eq!(b.ask("l", "a", "a", t0, INTERVAL), Gate::Wait(COLLECT));
+        // The booked tap's pass comes 4 s late: still in its batch.
+        assert_eq!(b.ask("l", "a", "a", t0 + COLLECT + secs(4.0), INTERVAL), Gate::Now);
+        // The next batch is an interval after that change, not after the batch's start.
+        let next = t0 + COLLECT + secs(4.0) + INTERVAL;
+        assert_eq!(
+            b.ask("l", "b", "b", t0 + secs(10.0), INTERVAL),
+            Gate::Wait(next - (t0 + secs(10.0)))
+        );
+        assert_eq!(b.ask("l", "b", "b", next, INTERVAL), Gate::Now);
+    }
+
+    #[test]
     fn taps_asking_together_make_one_batch_a_moment_later() {
         let mut b = Budget::default();
         let t0 = Instant::now();
@@ -143,19 +187,20 @@ mod tests {
         );
         assert_eq!(
             b.ask("l", "e", "e", t0 + secs(2.5), INTERVAL),
-            Gate::Wait(secs(28.5)),
-            "after it: the next"
+            Gate::Wait(secs(29.0)),
+            "after it: the next, one interval after its last change"
         );
         // b's pass comes late (a busy controller): it still goes, not a batch later.
         assert_eq!(b.ask("l", "b", "b", t0 + secs(4.0), INTERVAL), Gate::Now);
         // A booking is not kept for ever: a pass long after its batch asks anew.
+        // b's late change moved e's batch to an interval after it.
         assert_eq!(
             b.ask("l", "g", "g", t0 + secs(5.0), INTERVAL),
-            Gate::Wait(secs(26.0)),
+            Gate::Wait(secs(29.0)),
             "booked for e's batch"
         );
         assert_eq!(
-            b.ask("l", "g", "g", t0 + secs(37.0), INTERVAL),
+            b.ask("l", "g", "g", t0 + secs(40.0), INTERVAL),
             Gate::Wait(secs(24.0)),
             "the one after"
         );
@@ -234,8 +279,8 @@ mod tests {
         );
         assert_eq!(
             b.ask("l", "flow", "a", t0 + secs(4.0), INTERVAL),
-            Gate::Wait(secs(27.0)),
-            "not for ever"
+            Gate::Wait(secs(29.0)),
+            "not for ever: one interval after the cleanup"
         );
     }
 
@@ -256,7 +301,7 @@ mod tests {
         );
         assert_eq!(
             b.ask("l", "web", "b", t0 + secs(1.2), INTERVAL),
-            Gate::Wait(secs(29.8)),
+            Gate::Wait(secs(30.0)),
             "a new tap of the same flow: the next batch"
         );
     }

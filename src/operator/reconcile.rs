@@ -76,11 +76,18 @@ pub(super) async fn reconcile(tap: Arc<FlowTap>, ctx: Arc<Context>) -> Result<Ac
     // `flowtap`, not `name`: a JSON log line's span already has a `name` (the span's).
     let span =
         tracing::info_span!("reconcile", namespace = %tap.namespace().unwrap_or_default(), flowtap = %tap.name_any());
+    // Counted out when the pass ends, also when it is cancelled (a lost Lease, shutdown).
+    struct InFlight(crate::relay::metrics::ControllerMetrics);
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            self.0.in_flight.dec();
+        }
+    }
     let metrics = ctx.config.metrics.clone();
     metrics.in_flight.inc();
+    let _in_flight = InFlight(metrics.clone());
     let started = std::time::Instant::now();
     let result = reconcile_tap(tap, ctx).instrument(span).await;
-    metrics.in_flight.dec();
     metrics.reconciled(result.is_ok(), started.elapsed());
     result
 }

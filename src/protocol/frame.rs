@@ -34,10 +34,24 @@ pub enum Frame {
     /// Where the stream stands ([`Status`]).
     Status(Status),
     /// Records the listener will not get, and why (`slow_client`, `out_of_replay`,
-    /// `tap_restarted`); `count` is unknown for `tap_restarted`.
-    Dropped { count: Option<u64>, reason: String },
-    /// Records of one pod withheld from this listener (their content is never sent).
-    Denied { namespace: String, pod: String, count: u64 },
+    /// `tap_restarted`, `sampled`); `count` is unknown for `tap_restarted`. With `sampled`,
+    /// `pods` says how many of each pod (`NAMESPACE/POD`) were left out.
+    Dropped {
+        count: Option<u64>,
+        reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pods: Option<BTreeMap<String, u64>>,
+    },
+    /// Records withheld from this listener (their content is never sent). The relay sends one
+    /// count a second with no namespace or pod (naming them would tell a listener about pods
+    /// it may not see); older relays named one pod per frame.
+    Denied {
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        namespace: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        pod: String,
+        count: u64,
+    },
     /// Sent before the relay closes the connection.
     Error { code: String, message: String },
     /// A frame type this version does not know (from a newer relay): ignored.
@@ -237,15 +251,28 @@ pub fn dropped(count: Option<u64>, reason: &str) -> Utf8Bytes {
     Frame::Dropped {
         count,
         reason: reason.to_owned(),
+        pods: None,
     }
     .encode()
 }
 
-/// `denied`: records of one pod withheld from this listener (content never sent).
-pub fn denied(namespace: &str, pod: &str, count: u64) -> Utf8Bytes {
+/// `dropped` with reason `sampled`: the records a listener's `rate` left out in one window,
+/// and how many of each pod.
+pub fn sampled(pods: &BTreeMap<String, u64>) -> Utf8Bytes {
+    Frame::Dropped {
+        count: Some(pods.values().sum()),
+        reason: "sampled".to_owned(),
+        pods: Some(pods.clone()),
+    }
+    .encode()
+}
+
+/// `denied`: how many records were withheld from this listener since the last one (never
+/// their content, nor their pods).
+pub fn denied(count: u64) -> Utf8Bytes {
     Frame::Denied {
-        namespace: namespace.to_owned(),
-        pod: pod.to_owned(),
+        namespace: String::new(),
+        pod: String::new(),
         count,
     }
     .encode()
@@ -314,7 +341,11 @@ mod tests {
             tap_status("flow-web", None),
             dropped(Some(4), "slow_client"),
             dropped(None, "tap_restarted"),
-            denied("shop", "web-1", 2),
+            denied(2),
+            sampled(&BTreeMap::from([
+                ("shop/web-1".to_owned(), 7),
+                ("shop/web-2".to_owned(), 1),
+            ])),
             error("idle", "no pong"),
         ];
         for text in &frames {
@@ -329,6 +360,13 @@ mod tests {
             v,
             json!({"type": "status", "state": "listening", "tap": "flow/shop/web", "epoch": 9,
                    "firstSeq": 1, "lastSeq": 5, "replayed": 3})
+        );
+        let denied: serde_json::Value = serde_json::from_str(frames[4].as_str()).unwrap();
+        assert_eq!(denied, json!({"type": "denied", "count": 2}), "no pod, no namespace");
+        let sampled: serde_json::Value = serde_json::from_str(frames[5].as_str()).unwrap();
+        assert_eq!(
+            sampled,
+            json!({"type": "dropped", "count": 8, "reason": "sampled", "pods": {"shop/web-1": 7, "shop/web-2": 1}})
         );
     }
 

@@ -20,7 +20,9 @@ pub async fn check(ready_url: &str, kubeconfig: Option<&std::path::Path>) -> (Ve
         }
     }
     match flowtaps(kubeconfig).await {
-        Ok(n) => lines.push(format!("ok: the FlowTap resource is served ({n} in this namespace)")),
+        Ok(n) => lines.push(format!(
+            "ok: the FlowTap resource is served ({n} in this namespace, 500 at most counted)"
+        )),
         Err(e) => {
             ok = false;
             lines.push(format!("FAILED: FlowTaps: {e}"));
@@ -75,9 +77,13 @@ async fn flowtaps(kubeconfig: Option<&std::path::Path>) -> Result<usize, String>
         .await
         .map_err(|e| e.to_string())?;
     let ns = client.default_namespace().to_owned();
-    Api::<FlowTap>::namespaced(client, &ns)
-        .list(&ListParams::default().limit(500))
+    let (api, params) = (
+        Api::<FlowTap>::namespaced(client, &ns),
+        ListParams::default().limit(500),
+    );
+    tokio::time::timeout(Duration::from_secs(10), api.list(&params))
         .await
+        .map_err(|_| "the API server did not answer within 10 s".to_owned())?
         .map(|l| l.items.len())
         .map_err(|e| match e {
             kube::Error::Api(s) if s.code == 404 => {

@@ -293,7 +293,7 @@ pub struct TapSettings {
     /// Tap changes (a flow edit when a tap starts or ends) reach one Logging in batches at
     /// most this often: each is a configuration check and a fluentd reload for everyone on
     /// it. Taps starting or ending together make one change; a later one waits (its FlowTap
-    /// shows `Queued` and when), never longer than this. 0s: no budget.
+    /// shows `Queued` and when), never much longer than this. 0s: no budget.
     #[arg(
         long,
         env = "LOG_SOCKET_CONFIG_CHANGE_INTERVAL",

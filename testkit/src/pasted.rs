@@ -75,6 +75,17 @@ impl Terminal {
                 .collect::<Vec<_>>()
                 .join(":")
         );
+        // A working copy of the repository's top level (links), so what the commands write
+        // (`> values.yaml`) lands here, not in the repository.
+        let work = dir.join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        for entry in std::fs::read_dir(cluster::repo()).unwrap().flatten() {
+            let name = entry.file_name();
+            if name == "target" || name == ".git" {
+                continue;
+            }
+            let _ = std::os::unix::fs::symlink(entry.path(), work.join(&name));
+        }
         Terminal {
             dir: dir.to_owned(),
             path,
@@ -82,8 +93,8 @@ impl Terminal {
         }
     }
 
-    /// `command` as `bash -c` in the repository, after the exports so far; an `export` line is
-    /// remembered for the next ones.
+    /// `command` as `bash -c` in a working copy of the repository (its files linked), after the
+    /// exports so far; an `export` line is remembered for the next ones.
     pub fn command(&mut self, command: &str) -> tokio::process::Command {
         let mut script = String::from("set -euo pipefail\n");
         for e in &self.exports {
@@ -98,7 +109,7 @@ impl Terminal {
         let mut cmd = tokio::process::Command::new("bash");
         cmd.arg("-c")
             .arg(script)
-            .current_dir(cluster::repo())
+            .current_dir(self.dir.join("work"))
             .env("PATH", &self.path)
             .env("KUBECONFIG", &cluster::env().kubeconfig)
             .env("HELM_CACHE_HOME", helm.join("cache"))

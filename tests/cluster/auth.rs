@@ -107,18 +107,22 @@ async fn label_policy_gives_each_service_account_exactly_its_records() {
         ]
     );
 
-    // Denials arrive aggregated within a second, naming pods, never content.
+    // Denials arrive aggregated within a second: a count, naming neither pods nor namespaces
+    // (alice may not learn which pods she cannot read), never content.
     let mut denied = denied;
-    while denied.len() < 2 {
+    while denied.iter().map(|d| d["count"].as_u64().unwrap()).sum::<u64>() < 2 {
         let f = next(&mut a).await;
         if f["type"] == "denied" {
             denied.push(f);
         }
     }
-    let mut pods: Vec<&str> = denied.iter().map(|d| d["pod"].as_str().unwrap()).collect();
-    pods.sort();
-    assert_eq!(pods, ["b-pod", "secret-pod"]);
-    assert!(denied.iter().all(|d| d["count"] == 1 && d.get("message").is_none()));
+    for d in &denied {
+        assert_eq!(
+            d.as_object().unwrap().keys().collect::<Vec<_>>(),
+            ["count", "type"],
+            "{d}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -126,8 +126,19 @@ async fn the_chart_ships_a_tailer_role_pair_and_lets_view_edit_and_admin_read_fl
     };
     assert!(grants("logging.banzaicloud.io", "flows", "get"));
     assert!(grants("", "pods/log", "get"), "the default record policy");
-    assert!(grants("", "pods", "watch"), "pre-flow lines");
     assert!(grants("logsocket.dev", "flowtaps", "list"));
+    // Not pods (specs hold env values), not clusterflows (bound in a control namespace it
+    // would come with fluentd's pods/log).
+    assert!(!grants("", "pods", "get") && !grants("", "pods", "list"));
+    assert!(!grants("logging.banzaicloud.io", "clusterflows", "get"));
+    let clusterflows = find(&docs, "ClusterRole", "log-socket-clusterflow-tailer").expect("the ClusterFlow tailer");
+    assert_eq!(
+        clusterflows["rules"],
+        json!([
+            {"apiGroups": ["logging.banzaicloud.io"], "resources": ["clusterflows"], "verbs": ["get", "list"]},
+            {"apiGroups": ["logsocket.dev"], "resources": ["flowtaps"], "verbs": ["get", "list", "watch"]}
+        ])
+    );
     for verb in ["create", "update", "patch", "delete"] {
         assert!(
             !rules

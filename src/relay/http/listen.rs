@@ -12,7 +12,6 @@ use crate::relay::{JoinError, SessionInfo};
 use futures::{SinkExt, StreamExt};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -240,7 +239,7 @@ where
     let (mut tx, mut rx) = ws.split();
     let stop = state.stop_listeners.clone();
 
-    let mut denied: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let mut denied: u64 = 0;
     let (first, replayed) = greeting(state, tap, &listener, start, &mut denied).await;
     let mut end = match send_all(&mut tx, first, cfg.write_timeout).await {
         Ok(()) => {
@@ -265,11 +264,12 @@ where
                 }
             }
             _ = tick.tick() => {
-                // Denials are aggregated: at most one notice per pod per second, never the content.
-                let mut out: Vec<Message> = std::mem::take(&mut denied)
-                    .into_iter()
-                    .map(|((ns, pod), n)| Message::Text(protocol::denied(&ns, &pod, n)))
-                    .collect();
+                // Denials are aggregated: at most one count per second, never the content, nor
+                // which pods or namespaces they came from.
+                let mut out: Vec<Message> = match std::mem::take(&mut denied) {
+                    0 => vec![],
+                    n => vec![Message::Text(protocol::denied(n))],
+                };
                 if last_heard.elapsed() > cfg.idle_timeout {
                     end = Some(End::Idle);
                 } else if last_ping.elapsed() >= cfg.ping_interval {
@@ -317,11 +317,7 @@ where
 
 /// What the listener's queue holds, as frames: the tap's latest status, a drop report when the
 /// listener fell behind, then the records it may see (and how many those are).
-async fn queued(
-    state: &State,
-    listener: &Listener,
-    denied: &mut BTreeMap<(String, String), u64>,
-) -> (Vec<Message>, u64) {
+async fn queued(state: &State, listener: &Listener, denied: &mut u64) -> (Vec<Message>, u64) {
     let batch = listener.take();
     let mut out = Vec::with_capacity(batch.records.len() + 2 + batch.notices.len());
     out.extend(batch.notices.into_iter().map(Message::Text));
@@ -348,7 +344,7 @@ async fn greeting(
     tap: &Tap,
     listener: &Arc<Listener>,
     start: Start,
-    denied: &mut BTreeMap<(String, String), u64>,
+    denied: &mut u64,
 ) -> (Vec<Message>, u64) {
     let attached = tap.attach(listener.clone(), start);
     let allowed = authorized(state, &listener.identity, attached.backlog, denied).await;
@@ -384,7 +380,7 @@ async fn goodbye(
     state: &State,
     listener: &Listener,
     end: &End,
-    denied: &mut BTreeMap<(String, String), u64>,
+    denied: &mut u64,
 ) -> Option<(Vec<Message>, u64, u16, &'static str)> {
     match end {
         End::ClientGone | End::WriteFailed => None,
@@ -417,12 +413,7 @@ async fn goodbye(
 
 /// The frames of the records the listener may see and wants: authorization first (the others
 /// counted in `denied`, whatever the filters), then its filters.
-async fn visible(
-    state: &State,
-    listener: &Listener,
-    entries: Vec<Arc<Entry>>,
-    denied: &mut BTreeMap<(String, String), u64>,
-) -> Vec<Message> {
+async fn visible(state: &State, listener: &Listener, entries: Vec<Arc<Entry>>, denied: &mut u64) -> Vec<Message> {
     let allowed = authorized(state, &listener.identity, entries, denied).await;
     filtered(listener, allowed)
 }
@@ -436,13 +427,8 @@ fn filtered(listener: &Listener, allowed: Vec<Arc<Entry>>) -> Vec<Message> {
         .collect()
 }
 
-/// The records `who` may see; the others are counted in `denied` by pod.
-async fn authorized(
-    state: &State,
-    who: &Identity,
-    entries: Vec<Arc<Entry>>,
-    denied: &mut BTreeMap<(String, String), u64>,
-) -> Vec<Arc<Entry>> {
+/// The records `who` may see; the others are counted in `denied`.
+async fn authorized(state: &State, who: &Identity, entries: Vec<Arc<Entry>>, denied: &mut u64) -> Vec<Arc<Entry>> {
     let mut out = Vec::with_capacity(entries.len());
     let mut n_denied = 0;
     for e in entries {
@@ -455,13 +441,9 @@ async fn authorized(
             out.push(e);
         } else {
             n_denied += 1;
-            let key = (
-                e.meta.namespace().unwrap_or_default().to_owned(),
-                e.meta.pod().unwrap_or_default().to_owned(),
-            );
-            *denied.entry(key).or_default() += 1;
         }
     }
+    *denied += n_denied;
     state.relay.metrics.denied_records.inc_by(n_denied);
     out
 }

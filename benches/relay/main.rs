@@ -8,7 +8,7 @@
 //! HTTP/1.1 keep-alive connections, and reads WebSocket frames as k8stail does, checking the
 //! sequence numbers so that nothing is lost silently.
 //!
-//! Parts: `memory`, `control-plane`, `first-minute`, `filters`, `fluentd`, `bus`, `bus-recovery`, `throughput`, `latency` (all
+//! Parts: `memory`, `control-plane`, `first-minute`, `filters`, `sampling`, `fluentd`, `bus`, `bus-recovery`, `throughput`, `latency` (all
 //! by default); `one` (only the single-listener throughput) and `parse` (only the record parser)
 //! are for profiling.
 //!
@@ -40,7 +40,7 @@ use measure::{cpu_counters, steal_since};
 use memory::{full_replay, idle_listeners};
 use reference::{json_parse, json_validate, raw_forward, raw_tcp, reference_parse};
 use std::sync::Arc;
-use throughput::{ingest_with_listeners, throughput, Throughput};
+use throughput::{ingest_with_listeners, throughput, Listeners, Throughput};
 
 fn main() {
     // RUST_LOG=log_socket=debug shows what the relay and the controller do during a run.
@@ -111,9 +111,9 @@ async fn run() {
     // 1000-character regex (matching nothing, so the listeners only filter), against one.
     if part("filters") {
         let total = 200_000;
-        let alone = ingest_with_listeners(1, false, total).await;
-        let plain = ingest_with_listeners(100, false, total).await;
-        let regex = ingest_with_listeners(100, true, total).await;
+        let alone = ingest_with_listeners(1, Listeners::All, total).await;
+        let plain = ingest_with_listeners(100, Listeners::All, total).await;
+        let regex = ingest_with_listeners(100, Listeners::Filtered, total).await;
         println!("| ingest, {total} records in batches of {BATCH} | records/s | vs one listener |\n|---|---|---|");
         println!("| one listener, no filter | {alone:.0} | 1.00 |");
         println!(
@@ -123,6 +123,19 @@ async fn run() {
         println!(
             "| 100 listeners, each `grep` a 1000-character regex | {regex:.0} | {:.2} |\n",
             regex / alone
+        );
+    }
+    // Sampling (`rate`) runs in each listener's task, after its queue: 100 listeners at
+    // `rate=100` must cost ingest less than 100 listeners taking every record, not more.
+    if part("sampling") {
+        let total = 200_000;
+        let plain = ingest_with_listeners(100, Listeners::All, total).await;
+        let sampled = ingest_with_listeners(100, Listeners::Sampled(100), total).await;
+        println!("| ingest, {total} records in batches of {BATCH} | records/s | vs unsampled |\n|---|---|---|");
+        println!("| 100 listeners, every record | {plain:.0} | 1.00 |");
+        println!(
+            "| 100 listeners, `rate=100` (sampled at the relay) | {sampled:.0} | {:.2} |\n",
+            sampled / plain
         );
     }
     // The real fluentd pushing through the generated Output, next to the relay alone.

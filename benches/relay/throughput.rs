@@ -115,16 +115,26 @@ pub async fn throughput_on(
     }
 }
 
-/// Ingest records/s into one flow with `listeners` listeners attached, each with a 1000-character
-/// `grep` when `filtered` (alternatives that match no record: the listeners only filter).
-pub async fn ingest_with_listeners(listeners: usize, filtered: bool, total: u64) -> f64 {
+/// How the listeners of [`ingest_with_listeners`] listen.
+pub enum Listeners {
+    /// Every record.
+    All,
+    /// With a 1000-character `grep` (alternatives that match no record: they only filter).
+    Filtered,
+    /// With `rate=N` (sampled at the relay).
+    Sampled(u32),
+}
+
+/// Ingest records/s into one flow with `listeners` listeners attached, listening as `how`.
+pub async fn ingest_with_listeners(listeners: usize, how: Listeners, total: u64) -> f64 {
     let b = relay(big_queues(), Arc::new(AllowAll)).await;
     let words: Vec<String> = (0..143).map(|i| format!("zq{i:04}")).collect();
     let regex = words.join("|");
     assert!(regex.len() >= 1000);
-    let path = match filtered {
-        true => format!("/flow/shop/web?grep={}", regex.replace('|', "%7C")),
-        false => "/flow/shop/web".to_owned(),
+    let path = match how {
+        Listeners::Filtered => format!("/flow/shop/web?grep={}", regex.replace('|', "%7C")),
+        Listeners::All => "/flow/shop/web".to_owned(),
+        Listeners::Sampled(rate) => format!("/flow/shop/web?rate={rate}"),
     };
     let origin = Instant::now();
     let ready = Arc::new(AtomicU64::new(0));

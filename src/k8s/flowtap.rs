@@ -77,6 +77,12 @@ pub struct FlowTapSpec {
     #[serde(default)]
     pub replay: ReplaySpec,
 
+    /// Records per second a listener of this tap gets at most, sampled at the relay (a listener
+    /// may ask for fewer with `rate`, never more); unset: as many as it asks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub listener_rate: Option<u32>,
+
     /// Buffering of the generated fluentd http output. The defaults favour latency: records
     /// are flushed about once a second from a small memory-bounded buffer, and a stuck tap
     /// drops its oldest chunk rather than slowing the flow's other outputs.
@@ -425,6 +431,10 @@ pub struct Session {
     pub since: Time,
     /// The relay instance (pod) holding the connection.
     pub relay: String,
+    /// Records per second the listener gets at most (its `rate`, or the tap's
+    /// `listenerRate`), sampled at the relay; unset: every record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<u32>,
     /// Last time the relay confirmed the session is alive; sessions of a relay that stopped
     /// renewing expire, so a crashed relay never pins a tap.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -25,6 +25,7 @@ mod preflow;
 pub mod render;
 mod resume;
 mod run;
+mod sampled;
 mod select;
 mod stream;
 mod taps;

@@ -49,6 +49,17 @@ impl Notes {
         }
     }
 
+    /// A note of less weight (what `--rate` left out): dim on a terminal that takes colour.
+    pub fn dim(&mut self, text: &str) {
+        let colour = self.tty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        self.hide();
+        match colour {
+            true => eprintln!("\x1b[2mk8stail: {}\x1b[0m", super::escape::one_line(text)),
+            false => eprintln!("k8stail: {}", super::escape::one_line(text)),
+        }
+        self.show();
+    }
+
     pub fn note(&mut self, text: &str) {
         self.hide();
         eprintln!("k8stail: {}", super::escape::one_line(text));

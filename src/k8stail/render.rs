@@ -264,6 +264,16 @@ impl Renderer {
         }
     }
 
+    /// `-o frame` prints the relay's `dropped` frames of `--rate` (reason `sampled`) among the
+    /// records, so a script counts what was left out; other formats say it on stderr. Whether
+    /// it printed.
+    pub fn sampled_frame(&self, out: &mut dyn Write, frame: &str) -> io::Result<bool> {
+        match self.format {
+            Format::Frame => writeln!(out, "{}", self.json_text(frame)).map(|()| true),
+            _ => Ok(false),
+        }
+    }
+
     /// The line between pre-flow lines and flow records, in the human formats (JSON outputs
     /// tell them apart by the `preflow` field, and a line of another shape would break them).
     pub fn separator(&self, out: &mut dyn Write) -> io::Result<bool> {

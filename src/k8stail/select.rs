@@ -12,6 +12,8 @@ use serde_json::Value;
 #[derive(Debug)]
 pub struct Selection {
     pub start: Start,
+    /// `--rate`: records per second, sampled at the relay.
+    pub rate: Option<u32>,
     pub since: Option<jiff::Timestamp>,
     pub no_follow: bool,
     /// Records of this namespace only, for ClusterFlows (`-n` without `-A`).
@@ -76,6 +78,7 @@ impl Selection {
         let local_only = args.no_follow || options.pairs().any(|(_, v)| v.len() > MAX_OPTION);
         Ok(Selection {
             start,
+            rate: args.rate,
             since,
             no_follow: args.no_follow,
             namespace: args.namespace.clone().filter(|_| !args.all_namespaces),
@@ -256,6 +259,7 @@ mod tests {
         let q = crate::protocol::ListenQuery {
             start: s.start,
             filter: s.filter_options(target),
+            rate: s.rate,
         };
         q.to_pairs()
     }

@@ -108,6 +108,7 @@ pub async fn follow(f: &Follow<'_>, target: &TapKey) -> Result<()> {
         let query = ListenQuery {
             start,
             filter: filters.clone(),
+            rate: f.selection.rate,
         }
         .encode();
         let path = match query.as_str() {
@@ -250,6 +251,9 @@ async fn read(
         let message = tokio::select! {
             m = ws.next() => m,
             _ = save.tick() => {
+                if let Some(note) = stream.sampled.due(std::time::Instant::now()) {
+                    notes.dim(&note);
+                }
                 if stream.waiting {
                     if let Some(line) = stream.stage_line(jiff::Timestamp::now()) {
                         notes.status(&line);
@@ -302,6 +306,11 @@ async fn read(
                         .map_err(Error::Output)?;
                 }
             }
+            Ok(Decoded::Other(Frame::Dropped { reason, .. }))
+                if reason == "sampled"
+                    && renderer
+                        .sampled_frame(&mut *out.borrow_mut(), text.as_str())
+                        .map_err(Error::Output)? => {}
             Ok(Decoded::Other(frame)) => {
                 if let Frame::Status(Status::Listening { replayed, .. }) = &frame {
                     to_replay.get_or_insert(*replayed);
@@ -384,6 +393,8 @@ struct Connection {
     stage: Option<(String, jiff::Timestamp, String)>,
     /// Namespaces whose withheld records were explained already.
     hinted: std::collections::HashSet<String>,
+    /// What `--rate` left out and was not said yet.
+    sampled: super::sampled::Tally,
 }
 
 impl Default for Connection {
@@ -397,6 +408,7 @@ impl Default for Connection {
             wait: false,
             stage: None,
             hinted: Default::default(),
+            sampled: Default::default(),
         }
     }
 }
@@ -512,6 +524,16 @@ impl Connection {
                 )),
                 true => notes.note(&format!("the relay's bus ({bus}) is back")),
             },
+            Frame::Dropped { count, reason, pods } if reason == "sampled" => {
+                let pods = pods.unwrap_or_default();
+                let namespace = self.tap_name.split('/').rev().nth(1).unwrap_or_default().to_owned();
+                if let Some(note) = self
+                    .sampled
+                    .add(count.unwrap_or(0), &pods, &namespace, std::time::Instant::now())
+                {
+                    notes.dim(&note);
+                }
+            }
             Frame::Dropped { count, reason, .. } => notes.note(&dropped_note(&reason, count)),
             // Today's relays: a count, naming no pod (said how to get access once).
             Frame::Denied { pod, count, .. } if pod.is_empty() => {

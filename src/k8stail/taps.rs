@@ -45,6 +45,7 @@ pub(super) async fn taps(kube: &KubeArgs, args: &TapsArgs, out: &mut dyn Write) 
             tap.spec.flow_ref.kind.to_string(),
             tap.spec.flow_ref.name.clone(),
             status.listeners.to_string(),
+            rates_cell(&status.sessions, tap.spec.listener_rate),
             tap.spec.persistent.to_string(),
             status.phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "-".into()),
             status
@@ -70,6 +71,7 @@ pub(super) async fn taps(kube: &KubeArgs, args: &TapsArgs, out: &mut dyn Write) 
         "FLOW KIND",
         "FLOW",
         "LISTENERS",
+        "RATES",
         "PERSISTENT",
         "PHASE",
         "STAGE",
@@ -78,6 +80,35 @@ pub(super) async fn taps(kube: &KubeArgs, args: &TapsArgs, out: &mut dyn Write) 
         "AGE",
     ];
     write_table(out, &header, &rows).map_err(Error::Output)
+}
+
+/// The listeners' rates (records per second, sampled at the relay; `all` without one), each
+/// once with how many listeners have it, e.g. `2×100/s,all`; `≤L/s` when the FlowTap limits
+/// its listeners and none listens; `-` otherwise.
+fn rates_cell(sessions: &[crate::k8s::flowtap::Session], tap_limit: Option<u32>) -> String {
+    if sessions.is_empty() {
+        return tap_limit.map_or("-".into(), |l| format!("≤{l}/s"));
+    }
+    let mut counts: std::collections::BTreeMap<Option<u32>, usize> = Default::default();
+    for s in sessions {
+        let rate = match (s.rate, tap_limit) {
+            (Some(a), Some(t)) => Some(a.min(t)),
+            (a, t) => a.or(t),
+        };
+        *counts.entry(rate).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .map(|(rate, n)| {
+            let r = rate.map_or("all".to_owned(), |r| format!("{r}/s"));
+            if n > 1 {
+                format!("{n}×{r}")
+            } else {
+                r
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// `2.5rec/s,800B/s`: what the relay last measured for the tap (`-` before any record).

@@ -221,6 +221,8 @@ impl ClusterSessions {
                 mode: self.config.mode,
                 replay: Default::default(),
                 buffer: Default::default(),
+                // A listener's own rate is its session's, not the tap's.
+                listener_rate: None,
             },
         );
         tap.metadata.labels = Some([(super::MANAGED_BY.0.to_owned(), super::MANAGED_BY.1.to_owned())].into());
@@ -249,6 +251,7 @@ impl ClusterSessions {
                 user: session.identity.username.clone(),
                 since: since.clone(),
                 relay: self.config.instance.clone(),
+                rate: session.rate,
                 renew_time: Some(now()),
             };
             let mut deleting = false;
@@ -356,6 +359,7 @@ impl ClusterSessions {
                         user: m.info.identity.username.clone(),
                         since: m.since.clone(),
                         relay: self.config.instance.clone(),
+                        rate: m.info.rate,
                         renew_time: Some(renewed.clone()),
                     })
                     .collect();
@@ -623,6 +627,7 @@ mod tests {
                     username: "alice".into(),
                     groups: vec![],
                 },
+                rate: None,
             };
             let joining = tokio::spawn({
                 let (sessions, info) = (sessions.clone(), info.clone());

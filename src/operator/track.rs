@@ -67,6 +67,7 @@ pub async fn track_taps(
                         .and_then(|s| super::status::condition(&s.conditions, "FlowPatched"))
                         .is_some_and(|c| c.reason == super::status::SHARED);
                     if !sharing {
+                        relay.set_listener_rate(&key, live.then_some(tap.spec.listener_rate).flatten());
                         relay.announce(&key, crate::protocol::tap_status(&tap.name_any(), tap.status.as_ref()));
                     }
                     let shown = tap
@@ -97,6 +98,10 @@ pub async fn track_taps(
                     let id = (key.namespace.clone(), tap.name_any());
                     for (k, pinned) in pins.set(id.clone(), None) {
                         relay.pin_tap(&k, pinned);
+                    }
+                    // The rate limit goes with the FlowTap that set it (not one sharing it).
+                    if tap.spec.listener_rate.is_some() && relay.listener_rate(&key) == tap.spec.listener_rate {
+                        relay.set_listener_rate(&key, None);
                     }
                     known.remove(&id);
                 }

@@ -15,7 +15,10 @@ pub const MAX_OPTION: usize = 1024;
 
 /// Every option, as a relay names them when it refuses an unknown one.
 pub const OPTION_NAMES: &str =
-    "tail, after, epoch, grep, exclude, pod, container, exclude-pod, exclude-container, namespace";
+    "tail, after, epoch, rate, grep, exclude, pod, container, exclude-pod, exclude-container, namespace";
+
+/// The highest `rate` a listener may ask for (records per second); more is "everything".
+pub const MAX_RATE: u32 = 1_000_000;
 
 /// Where a new listener starts reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -116,6 +119,9 @@ impl FilterOptions {
 pub struct ListenQuery {
     pub start: Start,
     pub filter: FilterOptions,
+    /// `rate`: at most this many records per second, sampled at the relay (the records left
+    /// out are counted per pod in `dropped` frames with reason `sampled`).
+    pub rate: Option<u32>,
 }
 
 impl ListenQuery {
@@ -123,7 +129,7 @@ impl ListenQuery {
     /// contradictions. Patterns are not compiled here ([`FilterOptions::compile`]).
     pub fn from_pairs(pairs: &[(String, String)]) -> Result<ListenQuery, String> {
         let mut filter = FilterOptions::default();
-        let (mut tail, mut after, mut epoch) = (None, None, None);
+        let (mut tail, mut after, mut epoch, mut rate) = (None, None, None, None);
         let number = |k: &str, v: &str| {
             v.parse::<u64>()
                 .map_err(|_| format!("{k} must be a whole number, not {v:?}"))
@@ -137,6 +143,10 @@ impl ListenQuery {
                 "tail" => tail = Some(Start::Tail(number(k, v)?)),
                 "after" => after = Some(number(k, v)?),
                 "epoch" => epoch = Some(number(k, v)?),
+                "rate" => match number(k, v)? {
+                    n @ 1..=1_000_000 => rate = Some(n as u32),
+                    _ => return Err(format!("rate is records per second, from 1 to {MAX_RATE}, not {v}")),
+                },
                 other => match filter.slot(other) {
                     Some(slot) => *slot = Some(v.clone()),
                     None => return Err(format!("unknown query option {other:?}; supported: {OPTION_NAMES}")),
@@ -150,12 +160,15 @@ impl ListenQuery {
             (None, None) if epoch.is_some() => return Err("epoch goes with after".into()),
             (None, None) => Start::Live,
         };
-        Ok(ListenQuery { start, filter })
+        Ok(ListenQuery { start, filter, rate })
     }
 
     /// The options as pairs: the filters, then where to start (nothing for [`Start::Live`]).
     pub fn to_pairs(&self) -> Vec<(String, String)> {
         let mut pairs: Vec<(String, String)> = self.filter.pairs().map(|(k, v)| (k.into(), v.clone())).collect();
+        if let Some(rate) = self.rate {
+            pairs.push(("rate".into(), rate.to_string()));
+        }
         match self.start {
             Start::Live => {}
             Start::Tail(n) => pairs.push(("tail".into(), n.to_string())),
@@ -209,9 +222,15 @@ mod tests {
                     namespace: Some("shop".into()),
                     ..Default::default()
                 },
+                rate: None,
             },
             ListenQuery {
                 start: Start::All,
+                ..Default::default()
+            },
+            ListenQuery {
+                start: Start::Tail(10),
+                rate: Some(100),
                 ..Default::default()
             },
             ListenQuery {
@@ -240,8 +259,9 @@ mod tests {
                 grep: Some("a b&c=d".into()),
                 ..Default::default()
             },
+            rate: Some(50),
         };
-        assert_eq!(q.encode(), "grep=a+b%26c%3Dd&tail=5");
+        assert_eq!(q.encode(), "grep=a+b%26c%3Dd&rate=50&tail=5");
         assert_eq!(ListenQuery::default().encode(), "");
     }
 
@@ -253,6 +273,9 @@ mod tests {
             ("tail=-1", "whole number"),
             ("tail=lots", "whole number"),
             ("follow=1", "unknown query option \"follow\""),
+            ("rate=0", "rate is records per second, from 1 to"),
+            ("rate=1000001", "from 1 to 1000000"),
+            ("rate=fast", "whole number"),
         ] {
             let err = ListenQuery::from_pairs(&pairs(text)).unwrap_err();
             assert!(err.contains(why), "{text}: {err}");

@@ -16,6 +16,7 @@ pub mod listener;
 pub mod metrics;
 pub mod process_metrics;
 pub mod record;
+pub mod sampler;
 mod scan;
 pub mod tap;
 
@@ -93,6 +94,8 @@ pub struct SessionInfo {
     pub id: u64,
     pub tap: TapKey,
     pub identity: crate::auth::Identity,
+    /// The `rate` the listener asked for (records per second), if any.
+    pub rate: Option<u32>,
 }
 
 /// Why a listener may not join.
@@ -139,6 +142,9 @@ pub struct Relay {
     next_id: AtomicU64,
     /// Replay memory of all taps (`replay_total_bytes`).
     pub replay_budget: Arc<tap::ReplayBudget>,
+    /// The most records per second a listener of each tap gets (its FlowTap's `listenerRate`),
+    /// whether or not the tap is open yet.
+    listener_rates: RwLock<HashMap<TapKey, u32>>,
 }
 
 impl Relay {
@@ -150,7 +156,26 @@ impl Relay {
             bus: bus::Bus::Embedded,
             taps: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            listener_rates: Default::default(),
         }
+    }
+
+    /// Set (or with `None` clear) the FlowTap's `listenerRate` of the tap of `key`.
+    pub fn set_listener_rate(&self, key: &TapKey, rate: Option<u32>) {
+        let mut rates = self.listener_rates.write().unwrap();
+        match rate {
+            Some(r) => {
+                rates.insert(key.clone(), r);
+            }
+            None => {
+                rates.remove(key);
+            }
+        }
+    }
+
+    /// The most records per second a listener of `key` gets, when its FlowTap says so.
+    pub fn listener_rate(&self, key: &TapKey) -> Option<u32> {
+        self.listener_rates.read().unwrap().get(key).copied()
     }
 
     /// The tap of `key`, if one is open.

@@ -26,6 +26,7 @@ async fn the_generated_crd_is_accepted_and_fills_in_defaults() {
             mode: Default::default(),
             replay: Default::default(),
             buffer: Default::default(),
+            listener_rate: Some(200),
         },
     );
     api.create(&PostParams::default(), &tap).await.expect("FlowTap created");
@@ -178,6 +179,7 @@ async fn status_is_a_subresource_with_list_maps_and_survives_a_spec_update() {
             user: "system:serviceaccount:default:alice".into(),
             since: now.clone(),
             relay: "log-socket-0".into(),
+            rate: Some(100),
             renew_time: Some(now),
         }],
         observed_generation: Some(1),

@@ -242,3 +242,52 @@ async fn k8stail_streams_through_the_api_server_service_proxy_with_exec_plugin_c
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("WARNING: --service-scheme http"), "{err}");
 }
+
+#[tokio::test]
+async fn k8stail_rate_reaches_the_relay_through_the_service_proxy_in_the_options_header() {
+    let Proxied {
+        client,
+        ns,
+        relay,
+        _netns,
+    } = proxied("proxy-rate").await;
+    let token = cluster::service_account_token(&client, &ns, "alice").await;
+    cluster::grant(&client, &ns, "alice", may_tail_through_proxy()).await;
+    let kubeconfig = exec_kubeconfig(&token, &cluster::tempdir("k8stail-proxy-rate"));
+    // The API server drops the query string of a WebSocket upgrade: `rate` arrives in
+    // X-Logsocket-Query, or not at all (then every record would arrive).
+    let mut child = tokio::process::Command::new(cluster::bin("k8stail"))
+        .args(["--kubeconfig", kubeconfig.to_str().unwrap()])
+        .arg(format!("{ns}/web"))
+        .args(["--service-namespace", &ns, "-o", "frame", "--tail", "0", "--rate", "5"])
+        .env_remove("K8STAIL_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let batch: Vec<serde_json::Value> = (0..200)
+        .map(|i| json!({"message": format!("m{i}"),
+            "kubernetes": {"namespace_name": ns, "pod_name": format!("web-{}", i % 4), "labels": {"rbac/policy": "allow"}}}))
+        .collect();
+    let body = serde_json::Value::from(batch).to_string();
+    post_once_attached(&relay, &mut child, &format!("/flow/{ns}/web"), &body).await;
+    // 200 records at once: this window keeps its share of 5/s, the rest is accounted.
+    let (mut records, mut left_out) = (0u64, 0u64);
+    while records + left_out < 200 {
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let frame: serde_json::Value = serde_json::from_str(&line).unwrap();
+        match (frame["type"].as_str(), frame["reason"].as_str()) {
+            (Some("record"), _) => records += 1,
+            (Some("dropped"), Some("sampled")) => left_out += frame["count"].as_u64().unwrap(),
+            _ => {}
+        }
+    }
+    assert_eq!(records + left_out, 200);
+    assert!(records <= 2, "one window's share of 5/s: {records}");
+}

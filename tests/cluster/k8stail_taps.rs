@@ -38,6 +38,7 @@ async fn k8stail_taps_lists_the_flowtaps_of_a_namespace() {
             "KIND",
             "FLOW",
             "LISTENERS",
+            "RATES",
             "PERSISTENT",
             "PHASE",
             "STAGE",
@@ -46,10 +47,10 @@ async fn k8stail_taps_lists_the_flowtaps_of_a_namespace() {
             "AGE"
         ]
     );
-    assert_eq!(&rows[1][..7], [ns.as_str(), "a", "Flow", "web", "0", "true", "-"]);
+    assert_eq!(&rows[1][..8], [ns.as_str(), "a", "Flow", "web", "0", "-", "true", "-"]);
     assert_eq!(
-        &rows[2][..7],
-        [ns.as_str(), "b", "ClusterFlow", "all", "0", "true", "-"]
+        &rows[2][..8],
+        [ns.as_str(), "b", "ClusterFlow", "all", "0", "-", "true", "-"]
     );
 }
 

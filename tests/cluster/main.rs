@@ -13,6 +13,7 @@ mod k8stail_proxy;
 mod k8stail_stern;
 mod k8stail_taps;
 mod leader;
+mod listener_rate;
 mod logging_models;
 mod observability;
 mod operator;

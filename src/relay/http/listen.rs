@@ -1,6 +1,7 @@
 //! The listener handler: authenticate, check the query, register the session, upgrade to
 //! WebSocket, then serve the tap's records (authorized per record) until either side ends.
 
+use super::sampling::{self, Sampling};
 use super::{authenticate, text, Reply, State, TOKEN_SUBPROTOCOL_PREFIX};
 use crate::auth::{Decision, Identity};
 use crate::protocol::{self, close, Filter as RecordFilter, ListenQuery, Start, TapKey, OPTIONS_HEADER, SUBPROTOCOL};
@@ -25,6 +26,8 @@ use warp::http::{HeaderMap, Response, StatusCode};
 pub(crate) struct Options {
     pub(crate) start: Start,
     pub(crate) filter: RecordFilter,
+    /// `rate`: records per second, sampled.
+    pub(crate) rate: Option<u32>,
 }
 
 /// The options of the URL's query string, else of [`OPTIONS_HEADER`] (URL-encoded the same way).
@@ -38,6 +41,7 @@ pub(crate) fn parse_options(query: &[(String, String)]) -> Result<Options, Strin
     Ok(Options {
         start: q.start,
         filter: q.filter.compile()?,
+        rate: q.rate,
     })
 }
 
@@ -90,6 +94,7 @@ pub(super) async fn listen(
         id: state.relay.next_id(),
         tap: key.clone(),
         identity: identity.clone(),
+        rate: options.rate,
     };
     // From here until the listener's task owns it, a dropped request (the client gone while
     // the session registers or the bus is joined: hyper drops this future) still leaves.
@@ -126,7 +131,7 @@ pub(super) async fn listen(
         state.relay.config.listener_queue,
     ));
     let task_guard = state.listener_tasks.clone();
-    let start = options.start;
+    let (start, rate) = (options.start, options.rate);
     // The task leaves when the listener is done.
     leave.session = None;
     // Every line of this listener's life names its flow and connection.
@@ -148,7 +153,7 @@ pub(super) async fn listen(
                     .max_message_size(Some(64 << 10))
                     .max_frame_size(Some(64 << 10));
                 let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-                serve_listener(&state, &tap, listener, start, ws).await;
+                serve_listener(&state, &tap, listener, start, rate, ws).await;
             }
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }
@@ -228,8 +233,14 @@ enum End {
     ProtocolViolation,
 }
 
-async fn serve_listener<S>(state: &State, tap: &Arc<Tap>, listener: Arc<Listener>, start: Start, ws: WebSocketStream<S>)
-where
+async fn serve_listener<S>(
+    state: &State,
+    tap: &Arc<Tap>,
+    listener: Arc<Listener>,
+    start: Start,
+    rate: Option<u32>,
+    ws: WebSocketStream<S>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let cfg = &state.relay.config;
@@ -251,11 +262,27 @@ where
 
     let mut last_heard = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // The records after the first ones (the tail is taken before sampling) go through the
+    // listener's rate, if it has one (or its FlowTap sets one).
+    let mut sampling = Sampling::new(rate, state.relay.listener_rate(&tap.key));
+    let mut window = tokio::time::interval(sampling::WINDOW);
+    window.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_ping = Instant::now();
     while end.is_none() {
         tokio::select! {
             _ = listener.ready() => {
-                let (out, n) = queued(state, &listener, &mut denied).await;
+                let (mut out, entries) = queued(state, &listener, &mut denied).await;
+                let n = sampling.pass(entries, &mut out);
+                match send_all(&mut tx, out, cfg.write_timeout).await {
+                    Ok(()) => {
+                        sent.inc_by(n);
+                    }
+                    Err(()) => end = Some(End::WriteFailed),
+                }
+            }
+            _ = window.tick(), if sampling.active() => {
+                let mut out = vec![];
+                let n = sampling.close(state.relay.listener_rate(&tap.key), &mut out);
                 match send_all(&mut tx, out, cfg.write_timeout).await {
                     Ok(()) => {
                         sent.inc_by(n);
@@ -264,6 +291,7 @@ where
                 }
             }
             _ = tick.tick() => {
+                sampling.follow(state.relay.listener_rate(&tap.key));
                 // Denials are aggregated: at most one count per second, never the content, nor
                 // which pods or namespaces they came from.
                 let mut out: Vec<Message> = match std::mem::take(&mut denied) {
@@ -296,7 +324,7 @@ where
     tap.detach(listener.id);
     metrics.listeners.dec();
     let end = end.unwrap_or(End::ClientGone);
-    if let Some((mut msgs, records, code, reason)) = goodbye(state, &listener, &end, &mut denied).await {
+    if let Some((mut msgs, records, code, reason)) = goodbye(state, &listener, &end, &mut denied, &mut sampling).await {
         sent.inc_by(records);
         msgs.push(Message::Close(Some(CloseFrame {
             code: CloseCode::from(code),
@@ -315,9 +343,9 @@ where
     tracing::info!(tap = %tap.key, listener = listener.id, "listener disconnected");
 }
 
-/// What the listener's queue holds, as frames: the tap's latest status, a drop report when the
-/// listener fell behind, then the records it may see (and how many those are).
-async fn queued(state: &State, listener: &Listener, denied: &mut u64) -> (Vec<Message>, u64) {
+/// What the listener's queue holds: as frames the tap's latest status and a drop report when
+/// the listener fell behind; then the records it may see and wants.
+async fn queued(state: &State, listener: &Listener, denied: &mut u64) -> (Vec<Message>, Vec<Arc<Entry>>) {
     let batch = listener.take();
     let mut out = Vec::with_capacity(batch.records.len() + 2 + batch.notices.len());
     out.extend(batch.notices.into_iter().map(Message::Text));
@@ -327,10 +355,9 @@ async fn queued(state: &State, listener: &Listener, denied: &mut u64) -> (Vec<Me
     if batch.dropped > 0 {
         out.push(Message::Text(protocol::dropped(Some(batch.dropped), "slow_client")));
     }
-    let records = visible(state, listener, batch.records, denied).await;
-    let n = records.len() as u64;
-    out.extend(records);
-    (out, n)
+    let allowed = authorized(state, &listener.identity, batch.records, denied).await;
+    let wanted = allowed.into_iter().filter(|e| listener.wants(&e.meta)).collect();
+    (out, wanted)
 }
 
 /// Attach the listener to its tap; the first frames it gets: the `listening` status, a gap
@@ -381,13 +408,15 @@ async fn goodbye(
     listener: &Listener,
     end: &End,
     denied: &mut u64,
+    sampling: &mut Sampling,
 ) -> Option<(Vec<Message>, u64, u16, &'static str)> {
     match end {
         End::ClientGone | End::WriteFailed => None,
         End::Shutdown => {
-            let batch = listener.take();
-            let msgs = visible(state, listener, batch.records, denied).await;
-            let records = msgs.len() as u64;
+            // What was accepted, through the listener's rate: the last window closed now.
+            let (mut msgs, wanted) = queued(state, listener, denied).await;
+            let mut records = sampling.pass(wanted, &mut msgs);
+            records += sampling.close(None, &mut msgs);
             Some((msgs, records, close::GOING_AWAY, "relay shutting down"))
         }
         End::Idle => Some((
@@ -409,13 +438,6 @@ async fn goodbye(
             "protocol violation",
         )),
     }
-}
-
-/// The frames of the records the listener may see and wants: authorization first (the others
-/// counted in `denied`, whatever the filters), then its filters.
-async fn visible(state: &State, listener: &Listener, entries: Vec<Arc<Entry>>, denied: &mut u64) -> Vec<Message> {
-    let allowed = authorized(state, &listener.identity, entries, denied).await;
-    filtered(listener, allowed)
 }
 
 /// The frames of the entries that pass the listener's filters.

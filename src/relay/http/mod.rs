@@ -11,6 +11,7 @@
 mod ingest;
 mod listen;
 mod routes;
+mod sampling;
 
 use super::{Relay, Sessions};
 use crate::auth::kubernetes::MetricsAccess;

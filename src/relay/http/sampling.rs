@@ -1,0 +1,106 @@
+//! A listener's `rate`, between its queue and its socket: the records it may read and asked
+//! for go out at once when it has no rate, or through a [`Sampler`] whose windows the
+//! listener's task closes every [`WINDOW`]. Its limit is the lower of the listener's `rate` and
+//! its FlowTap's `listenerRate` (a listener can lower the tap's, never raise it), read again at
+//! each window. Runs in the listener's task: never under the tap's lock, never slowing ingest
+//! or other listeners.
+
+use crate::protocol;
+use crate::relay::record::Entry;
+use crate::relay::sampler::Sampler;
+pub(super) use crate::relay::sampler::WINDOW;
+use std::sync::Arc;
+use tokio_tungstenite::tungstenite::Message;
+
+pub(super) struct Sampling {
+    asked: Option<u32>,
+    sampler: Option<Sampler>,
+    /// When the last window closed (a window's share is of the time since).
+    closed: std::time::Instant,
+}
+
+/// The lower of what the listener asked and what its tap allows.
+pub(super) fn limit(asked: Option<u32>, tap: Option<u32>) -> Option<u32> {
+    match (asked, tap) {
+        (Some(a), Some(t)) => Some(a.min(t)),
+        (a, t) => a.or(t),
+    }
+}
+
+impl Sampling {
+    pub(super) fn new(asked: Option<u32>, tap: Option<u32>) -> Sampling {
+        Sampling {
+            asked,
+            sampler: limit(asked, tap).map(Sampler::new),
+            closed: std::time::Instant::now(),
+        }
+    }
+
+    /// Whether records go through windows now.
+    pub(super) fn active(&self) -> bool {
+        self.sampler.is_some()
+    }
+
+    /// Records the listener may read and wants: as frames into `out` (how many), or into the
+    /// open window.
+    pub(super) fn pass(&mut self, entries: Vec<Arc<Entry>>, out: &mut Vec<Message>) -> u64 {
+        match &mut self.sampler {
+            Some(s) => {
+                entries.into_iter().for_each(|e| s.offer(e));
+                0
+            }
+            None => {
+                let n = entries.len() as u64;
+                out.extend(entries.into_iter().map(|e| Message::Text(e.frame.clone())));
+                n
+            }
+        }
+    }
+
+    /// Close the window: its kept records, then one `dropped` frame (reason `sampled`) when
+    /// something was left out; how many records. Then follow the tap's limit as it is now.
+    pub(super) fn close(&mut self, tap: Option<u32>, out: &mut Vec<Message>) -> u64 {
+        let mut n = 0;
+        let now = std::time::Instant::now();
+        let elapsed = now.duration_since(std::mem::replace(&mut self.closed, now));
+        if let Some(s) = &mut self.sampler {
+            let closed = s.close(elapsed);
+            n = closed.kept.len() as u64;
+            out.extend(closed.kept.iter().map(|e| Message::Text(e.frame.clone())));
+            if !closed.sampled.is_empty() {
+                out.push(Message::Text(protocol::sampled(&closed.sampled)));
+            }
+        }
+        self.follow(tap);
+        n
+    }
+
+    /// Start, change or stop sampling as the tap's limit now says (checked at least once a
+    /// second, so a FlowTap's `listenerRate` applies within a second of arriving). Stopping
+    /// happens at a window's close only, so no record is held back.
+    pub(super) fn follow(&mut self, tap: Option<u32>) {
+        match (limit(self.asked, tap), &mut self.sampler) {
+            (Some(rate), Some(s)) => s.set_rate(rate),
+            (Some(rate), None) => {
+                self.sampler = Some(Sampler::new(rate));
+                self.closed = std::time::Instant::now();
+            }
+            (None, Some(s)) if s.is_empty() => self.sampler = None,
+            (None, _) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listener_can_lower_its_taps_rate_never_raise_it() {
+        assert_eq!(limit(Some(10), Some(100)), Some(10));
+        assert_eq!(limit(Some(1000), Some(100)), Some(100));
+        assert_eq!(limit(None, Some(100)), Some(100));
+        assert_eq!(limit(Some(5), None), Some(5));
+        assert_eq!(limit(None, None), None);
+    }
+}

@@ -10,6 +10,24 @@ use std::time::Duration;
 use testkit::cluster;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+/// The first line containing `text` within `limit`.
+async fn line_containing<R: tokio::io::AsyncBufRead + Unpin>(
+    lines: &mut tokio::io::Lines<R>,
+    text: &str,
+    limit: Duration,
+) -> Option<String> {
+    let found = tokio::time::timeout(limit, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains(text) {
+                return Some(line);
+            }
+        }
+        None
+    })
+    .await;
+    found.ok().flatten()
+}
+
 /// What the Flow's pods write, as fluentd's `sample` source (logging-operator's fluentd gets
 /// them from fluent-bit, enriched with their pod's metadata).
 fn source() -> String {
@@ -64,22 +82,14 @@ async fn the_readme_quick_start_pasted_into_a_fresh_cluster_ends_with_records_on
             let stderr = child.stderr.take().unwrap();
             // A new tap: logging-operator's check and fluentd's reload first (the stand-ins'
             // delays here); the README says what to expect.
-            let first = tokio::time::timeout(Duration::from_secs(120), async {
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if line.contains("GET /cart/") {
-                        return Some(line);
-                    }
-                }
-                None
-            })
-            .await;
+            let first = line_containing(&mut lines, "GET /cart/", Duration::from_secs(120)).await;
             let mut err = String::new();
-            if !matches!(first, Ok(Some(_))) {
+            if first.is_none() {
                 let _ = child.start_kill();
                 let _ = tokio::io::AsyncReadExt::read_to_string(&mut BufReader::new(stderr), &mut err).await;
                 panic!("`{command}` showed no record within 120 s: {first:?}\nstderr: {err}");
             }
-            let line = first.unwrap().unwrap();
+            let line = first.unwrap();
             assert!(
                 line.starts_with("web-7d9f8b6c5-x2x9z nginx "),
                 "pod, container, message: {line}"
@@ -136,16 +146,9 @@ async fn the_readme_quick_start_pasted_into_a_fresh_cluster_ends_with_records_on
         .spawn()
         .unwrap();
     let mut bob_err = BufReader::new(bob.stderr.take().unwrap()).lines();
-    let withheld = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Ok(Some(line)) = bob_err.next_line().await {
-            if line.contains("withheld") {
-                return Some(line);
-            }
-        }
-        None
-    })
-    .await;
-    let withheld = withheld.ok().flatten().expect("bob is told records are withheld");
+    let withheld = line_containing(&mut bob_err, "withheld", Duration::from_secs(60))
+        .await
+        .expect("bob is told records are withheld");
     assert!(withheld.contains("kubectl auth can-i get pods/log"), "{withheld}");
     assert!(!withheld.contains("web-7d9f8b6c5"), "not which pod: {withheld}");
     let mut bob_out = BufReader::new(bob.stdout.take().unwrap()).lines();

@@ -786,6 +786,62 @@ async fn withheld_counts_of_todays_relays_say_once_how_to_get_access_and_name_no
 }
 
 #[tokio::test]
+async fn what_rate_left_out_is_said_on_stderr_at_most_once_a_second_and_as_frames_with_o_frame() {
+    let frames = vec![
+        json!({"type": "status", "state": "listening", "tap": "flow/shop/web", "epoch": 1, "firstSeq": 0, "lastSeq": 0, "replayed": 0}),
+        json!({"type": "dropped", "reason": "sampled", "count": 1100, "pods": {"shop/web-1": 1000, "shop/web-2": 100}}),
+        json!({"type": "dropped", "reason": "sampled", "count": 134, "pods": {"shop/web-2": 134}}),
+    ];
+    let addr = scripted_relay(frames.clone(), true, false).await;
+    let server = format!("http://{addr}");
+    let (_, err) = run_to_exit(&[
+        "--server",
+        &server,
+        "--token",
+        TOKEN,
+        "shop/web",
+        "--no-reconnect",
+        "--rate",
+        "100",
+    ])
+    .await;
+    let sampled: Vec<&str> = err.lines().filter(|l| l.contains("sampled out")).collect();
+    assert_eq!(
+        sampled,
+        [
+            "k8stail: 1 100 records sampled out (web-1: 1 000, web-2: 100)",
+            // Within the second: said when the stream ends, not lost.
+            "k8stail: 134 records sampled out (web-2: 134)"
+        ],
+        "{err}"
+    );
+    // -o frame: the frames themselves, on stdout among the records.
+    let addr = scripted_relay(frames, true, false).await;
+    let server = format!("http://{addr}");
+    let out = k8stail(&[
+        "--server",
+        &server,
+        "--token",
+        TOKEN,
+        "shop/web",
+        "--no-reconnect",
+        "-o",
+        "frame",
+    ])
+    .output()
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let counts: Vec<u64> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|f| f["reason"] == "sampled")
+        .map(|f| f["count"].as_u64().unwrap())
+        .collect();
+    assert_eq!(counts, [1100, 134], "{stdout}");
+}
+
+#[tokio::test]
 async fn kubeconfig_flags_go_before_a_subcommand_and_tail_options_there_are_refused() {
     // `--kubeconfig` before `taps` reaches the taps command (which then cannot read the file).
     let (code, stderr) = run_to_exit(&["--kubeconfig", "/nonexistent/kubeconfig", "taps", "-A"]).await;

@@ -45,6 +45,16 @@ enum End {
     Done,
 }
 
+impl End {
+    /// This end, after saying what `--rate` left out that was not said yet.
+    fn said(self, stream: &mut Connection, notes: &mut Notes) -> End {
+        if let Some(note) = stream.sampled.take() {
+            notes.dim(&note);
+        }
+        self
+    }
+}
+
 /// What every followed flow shares: the route to the relay, the flags, one output.
 pub struct Follow<'a> {
     pub route: &'a Route,
@@ -278,10 +288,10 @@ async fn read(
         };
         let text = match message {
             Some(Ok(Message::Text(text))) => text,
-            Some(Ok(Message::Close(frame))) => return Ok(stream.closed(frame)),
+            Some(Ok(Message::Close(frame))) => return Ok(stream.closed(frame).said(&mut stream, notes)),
             Some(Ok(_)) => continue,
-            Some(Err(e)) => return Ok(End::Broken(format!("connection lost: {e}"))),
-            None => return Ok(End::Broken("connection lost".into())),
+            Some(Err(e)) => return Ok(End::Broken(format!("connection lost: {e}")).said(&mut stream, notes)),
+            None => return Ok(End::Broken("connection lost".into()).said(&mut stream, notes)),
         };
         match protocol::decode(text.as_str()) {
             Ok(Decoded::Record { seq, record }) => {

@@ -37,8 +37,11 @@ import websockets
 async def main(url):
     per_second, delivered, sampled, pods_sampled, other = {}, 0, 0, {}, {}
     start = None
-    async with websockets.connect(url, subprotocols=["logsocket.v1"],
-                                  extra_headers={"X-Authorization": "tok-alice"}, max_size=1 << 20) as ws:
+    headers = {"X-Authorization": "tok-alice"}
+    # websockets 14 renamed the argument.
+    named = "additional_headers" if int(websockets.__version__.split(".")[0]) >= 14 else "extra_headers"
+    async with websockets.connect(url, subprotocols=["logsocket.v1"], max_size=1 << 20,
+                                  **{named: headers}) as ws:
         print(json.dumps({"connected": True}), flush=True)
         while True:
             try:
@@ -271,6 +274,66 @@ async fn authorization_and_filters_come_before_sampling_so_only_wanted_records_a
     assert!(tokio::time::timeout(Duration::from_millis(500), next(&mut ws))
         .await
         .is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_a_second_as_fluentd_posts_them_give_the_rate_paced_over_each_second() {
+    let r = relay_with(Arc::new(AllowAll)).await;
+    let mut ws = connect(&r, "/flow/shop/web?rate=100", "tok-alice").await;
+    // fluentd's generated output flushes once a second: 2 000 records arrive at once.
+    let body = batch(2000);
+    let poster = {
+        let (ingest, per_flow) = (r.ingest, r.per_flow);
+        tokio::spawn(async move {
+            let r = Api { ingest, per_flow };
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            for _ in 0..6 {
+                tick.tick().await;
+                assert_eq!(r.post(&body).await, 200);
+            }
+        })
+    };
+    let start = Instant::now();
+    let (mut per_second, mut left_out) = (BTreeMap::<u64, u64>::new(), 0u64);
+    while per_second.values().sum::<u64>() + left_out < 12_000 {
+        let f = next(&mut ws).await;
+        match (f["type"].as_str(), f["reason"].as_str()) {
+            (Some("record"), _) => *per_second.entry(start.elapsed().as_secs()).or_default() += 1,
+            (Some("dropped"), Some("sampled")) => left_out += f["count"].as_u64().unwrap(),
+            _ => {}
+        }
+    }
+    poster.await.unwrap();
+    // After the first second (the rate's credit builds from nothing): about 100 a second,
+    // although each second's records came in one batch.
+    for second in 2..6 {
+        let n = per_second.get(&second).copied().unwrap_or(0);
+        assert!((85..=115).contains(&n), "second {second}: {n}: {per_second:?}");
+    }
+}
+
+/// Posts to a relay's ingest from a task.
+struct Api {
+    ingest: std::net::SocketAddr,
+    per_flow: bool,
+}
+
+impl Api {
+    async fn post(&self, body: &str) -> u16 {
+        let auth = match self.per_flow {
+            true => flow_auth("/flow/shop/web"),
+            false => INGEST_AUTH.to_owned(),
+        };
+        request(
+            self.ingest,
+            "POST",
+            "/flow/shop/web",
+            &[("Authorization", &auth)],
+            body.as_bytes(),
+        )
+        .await
+        .0
+    }
 }
 
 #[tokio::test]

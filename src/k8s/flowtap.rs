@@ -77,8 +77,9 @@ pub struct FlowTapSpec {
     #[serde(default)]
     pub replay: ReplaySpec,
 
-    /// Records per second a listener of this tap gets at most, sampled at the relay (a listener
-    /// may ask for fewer with `rate`, never more); unset: as many as it asks for.
+    /// Records per second a listener of this flow gets at most, sampled at the relay (a listener
+    /// may ask for fewer with `rate`, never more; with several FlowTaps on one flow, the lowest
+    /// applies); unset: as many as it asks for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1_000_000))]
     pub listener_rate: Option<u32>,
@@ -431,8 +432,8 @@ pub struct Session {
     pub since: Time,
     /// The relay instance (pod) holding the connection.
     pub relay: String,
-    /// Records per second the listener gets at most (its `rate`, or the tap's
-    /// `listenerRate`), sampled at the relay; unset: every record.
+    /// The `rate` the listener asked for (records per second, sampled at the relay; a FlowTap's
+    /// `listenerRate` may lower what it gets); unset: it asked for every record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<u32>,
     /// Last time the relay confirmed the session is alive; sessions of a relay that stopped

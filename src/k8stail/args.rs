@@ -203,10 +203,10 @@ pub struct TailArgs {
     #[arg(long, value_enum, default_value_t = super::preflow::Mode::Auto, env = "K8STAIL_PREFLOW", value_name = "WHEN")]
     pub preflow: super::preflow::Mode,
 
-    /// At most N records a second, sampled at the relay (so what is left out never crosses the
-    /// network) in 50 ms windows, each pod getting a fair share; how many were left out, per
-    /// pod, is said on stderr once a second (with `-o frame`, the `dropped` frames). The first
-    /// records (--tail, --since, --no-follow) come whole.
+    /// At most N records a second per flow, sampled at the relay (so what is left out never
+    /// crosses the network), each pod getting a fair share, paced over each second; how many
+    /// were left out, per pod, is said on stderr once a second (with `-o frame`, the `dropped`
+    /// frames). The first records (--tail, --since) are taken, then sampled.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub rate: Option<u32>,
 

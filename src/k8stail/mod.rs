@@ -19,6 +19,7 @@ mod clock;
 pub mod complete;
 mod config;
 mod connect;
+mod connection;
 mod escape;
 mod notes;
 mod preflow;

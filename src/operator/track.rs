@@ -66,8 +66,9 @@ pub async fn track_taps(
                         .as_ref()
                         .and_then(|s| super::status::condition(&s.conditions, "FlowPatched"))
                         .is_some_and(|c| c.reason == super::status::SHARED);
+                    // Any FlowTap on the flow may cap its listeners (the lowest applies).
+                    relay.set_listener_rate(&key, &tap.name_any(), live.then_some(tap.spec.listener_rate).flatten());
                     if !sharing {
-                        relay.set_listener_rate(&key, live.then_some(tap.spec.listener_rate).flatten());
                         relay.announce(&key, crate::protocol::tap_status(&tap.name_any(), tap.status.as_ref()));
                     }
                     let shown = tap
@@ -99,10 +100,7 @@ pub async fn track_taps(
                     for (k, pinned) in pins.set(id.clone(), None) {
                         relay.pin_tap(&k, pinned);
                     }
-                    // The rate limit goes with the FlowTap that set it (not one sharing it).
-                    if tap.spec.listener_rate.is_some() && relay.listener_rate(&key) == tap.spec.listener_rate {
-                        relay.set_listener_rate(&key, None);
-                    }
+                    relay.set_listener_rate(&key, &tap.name_any(), None);
                     known.remove(&id);
                 }
             }

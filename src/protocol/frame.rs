@@ -41,6 +41,10 @@ pub enum Frame {
         reason: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pods: Option<BTreeMap<String, u64>>,
+        /// With `sampled`: the highest sequence number the count covers (a client resuming
+        /// after it gets none of them again).
+        #[serde(rename = "lastSeq", default, skip_serializing_if = "Option::is_none")]
+        last_seq: Option<u64>,
     },
     /// Records withheld from this listener (their content is never sent). The relay sends one
     /// count a second with no namespace or pod (naming them would tell a listener about pods
@@ -252,17 +256,20 @@ pub fn dropped(count: Option<u64>, reason: &str) -> Utf8Bytes {
         count,
         reason: reason.to_owned(),
         pods: None,
+        last_seq: None,
     }
     .encode()
 }
 
 /// `dropped` with reason `sampled`: the records a listener's `rate` left out in one window,
-/// and how many of each pod.
-pub fn sampled(pods: &BTreeMap<String, u64>) -> Utf8Bytes {
+/// how many of each pod (`""`: pods past the frame's or the window's limit), and the highest
+/// sequence number the count covers.
+pub fn sampled(pods: &BTreeMap<String, u64>, last_seq: u64) -> Utf8Bytes {
     Frame::Dropped {
         count: Some(pods.values().sum()),
         reason: "sampled".to_owned(),
         pods: Some(pods.clone()),
+        last_seq: Some(last_seq),
     }
     .encode()
 }
@@ -342,10 +349,10 @@ mod tests {
             dropped(Some(4), "slow_client"),
             dropped(None, "tap_restarted"),
             denied(2),
-            sampled(&BTreeMap::from([
-                ("shop/web-1".to_owned(), 7),
-                ("shop/web-2".to_owned(), 1),
-            ])),
+            sampled(
+                &BTreeMap::from([("shop/web-1".to_owned(), 7), ("shop/web-2".to_owned(), 1)]),
+                41,
+            ),
             error("idle", "no pong"),
         ];
         for text in &frames {
@@ -366,7 +373,7 @@ mod tests {
         let sampled: serde_json::Value = serde_json::from_str(frames[5].as_str()).unwrap();
         assert_eq!(
             sampled,
-            json!({"type": "dropped", "count": 8, "reason": "sampled", "pods": {"shop/web-1": 7, "shop/web-2": 1}})
+            json!({"type": "dropped", "count": 8, "reason": "sampled", "pods": {"shop/web-1": 7, "shop/web-2": 1}, "lastSeq": 41})
         );
     }
 

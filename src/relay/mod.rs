@@ -142,9 +142,9 @@ pub struct Relay {
     next_id: AtomicU64,
     /// Replay memory of all taps (`replay_total_bytes`).
     pub replay_budget: Arc<tap::ReplayBudget>,
-    /// The most records per second a listener of each tap gets (its FlowTap's `listenerRate`),
-    /// whether or not the tap is open yet.
-    listener_rates: RwLock<HashMap<TapKey, u32>>,
+    /// The `listenerRate` of each FlowTap (by name) on each tap, whether or not the tap is open
+    /// yet: a listener gets the lowest at most.
+    listener_rates: RwLock<HashMap<TapKey, std::collections::BTreeMap<String, u32>>>,
 }
 
 impl Relay {
@@ -160,22 +160,32 @@ impl Relay {
         }
     }
 
-    /// Set (or with `None` clear) the FlowTap's `listenerRate` of the tap of `key`.
-    pub fn set_listener_rate(&self, key: &TapKey, rate: Option<u32>) {
+    /// Set (or with `None` clear) the `listenerRate` of FlowTap `flowtap` on the tap of `key`.
+    pub fn set_listener_rate(&self, key: &TapKey, flowtap: &str, rate: Option<u32>) {
         let mut rates = self.listener_rates.write().unwrap();
         match rate {
             Some(r) => {
-                rates.insert(key.clone(), r);
+                rates.entry(key.clone()).or_default().insert(flowtap.to_owned(), r);
             }
             None => {
-                rates.remove(key);
+                if let Some(of_key) = rates.get_mut(key) {
+                    of_key.remove(flowtap);
+                    if of_key.is_empty() {
+                        rates.remove(key);
+                    }
+                }
             }
         }
     }
 
-    /// The most records per second a listener of `key` gets, when its FlowTap says so.
+    /// The most records per second a listener of `key` gets: the lowest `listenerRate` of the
+    /// FlowTaps on it, if any sets one.
     pub fn listener_rate(&self, key: &TapKey) -> Option<u32> {
-        self.listener_rates.read().unwrap().get(key).copied()
+        self.listener_rates
+            .read()
+            .unwrap()
+            .get(key)
+            .and_then(|r| r.values().min().copied())
     }
 
     /// The tap of `key`, if one is open.

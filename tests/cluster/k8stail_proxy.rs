@@ -273,7 +273,7 @@ async fn k8stail_rate_reaches_the_relay_through_the_service_proxy_in_the_options
         .collect();
     let body = serde_json::Value::from(batch).to_string();
     post_once_attached(&relay, &mut child, &format!("/flow/{ns}/web"), &body).await;
-    // 200 records at once: this window keeps its share of 5/s, the rest is accounted.
+    // 200 records at once: kept what the rate's credit allows (5/s), the rest accounted.
     let (mut records, mut left_out) = (0u64, 0u64);
     while records + left_out < 200 {
         let line = tokio::time::timeout(WAIT, lines.next_line())
@@ -289,5 +289,8 @@ async fn k8stail_rate_reaches_the_relay_through_the_service_proxy_in_the_options
         }
     }
     assert_eq!(records + left_out, 200);
-    assert!(records <= 2, "one window's share of 5/s: {records}");
+    assert!(
+        records <= 6,
+        "at most a second's worth of 5/s (the credit since connecting): {records}"
+    );
 }

@@ -251,7 +251,12 @@ async fn serve_listener<S>(
     let stop = state.stop_listeners.clone();
 
     let mut denied: u64 = 0;
-    let (first, replayed) = greeting(state, tap, &listener, start, &mut denied).await;
+    // Every record goes through the listener's rate, if it has one (or its FlowTap sets one):
+    // the first ones too, once taken (the tail is taken before sampling; a resume is sampled
+    // like the stream it resumes).
+    let mut sampling = Sampling::new(rate, state.relay.listener_rate(&tap.key));
+    let (mut first, backlog) = greeting(state, tap, &listener, start, &mut denied).await;
+    let replayed = sampling.pass(backlog, &mut first);
     let mut end = match send_all(&mut tx, first, cfg.write_timeout).await {
         Ok(()) => {
             sent.inc_by(replayed);
@@ -262,9 +267,6 @@ async fn serve_listener<S>(
 
     let mut last_heard = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    // The records after the first ones (the tail is taken before sampling) go through the
-    // listener's rate, if it has one (or its FlowTap sets one).
-    let mut sampling = Sampling::new(rate, state.relay.listener_rate(&tap.key));
     let mut window = tokio::time::interval(sampling::WINDOW);
     window.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_ping = Instant::now();
@@ -361,18 +363,18 @@ async fn queued(state: &State, listener: &Listener, denied: &mut u64) -> (Vec<Me
 }
 
 /// Attach the listener to its tap; the first frames it gets: the `listening` status, a gap
-/// report when its resume point is lost, the tap's latest status, then the replayed records it
-/// may see that pass its filters. `replayed` in the status counts the replayed records it may
-/// see, before its filters: a count its filters shaped could only tell it about records it may
-/// read anyway, but two listeners that differ only in filters get the same frames. Also returns
-/// how many records were sent.
+/// report when its resume point is lost, the tap's latest status; and the replayed records it
+/// may see that pass its filters (to go through its rate). `replayed` in the status counts the
+/// replayed records it may see, before its filters: a count its filters shaped could only tell
+/// it about records it may read anyway, but two listeners that differ only in filters get the
+/// same frames.
 async fn greeting(
     state: &State,
     tap: &Tap,
     listener: &Arc<Listener>,
     start: Start,
     denied: &mut u64,
-) -> (Vec<Message>, u64) {
+) -> (Vec<Message>, Vec<Arc<Entry>>) {
     let attached = tap.attach(listener.clone(), start);
     let allowed = authorized(state, &listener.identity, attached.backlog, denied).await;
     tracing::info!(tap = %tap.key, listener = listener.id, user = %listener.identity.username, replayed = allowed.len(), "listener connected");
@@ -394,10 +396,8 @@ async fn greeting(
         first.push(Message::Text(status));
     }
     first.extend(attached.notices.into_iter().map(Message::Text));
-    let backlog = filtered(listener, allowed);
-    let replayed = backlog.len() as u64;
-    first.extend(backlog);
-    (first, replayed)
+    let backlog = allowed.into_iter().filter(|e| listener.wants(&e.meta)).collect();
+    (first, backlog)
 }
 
 /// What the relay says before closing: on shutdown the records ingest accepted before it, on a
@@ -416,37 +416,29 @@ async fn goodbye(
             // What was accepted, through the listener's rate: the last window closed now.
             let (mut msgs, wanted) = queued(state, listener, denied).await;
             let mut records = sampling.pass(wanted, &mut msgs);
-            records += sampling.close(None, &mut msgs);
+            records += sampling.drain(&mut msgs);
             Some((msgs, records, close::GOING_AWAY, "relay shutting down"))
         }
-        End::Idle => Some((
-            vec![Message::Text(protocol::error(
+        // What the rate's windows hold goes first (nothing left unaccounted), then the error.
+        End::Idle => {
+            let mut msgs = vec![];
+            let records = sampling.drain(&mut msgs);
+            msgs.push(Message::Text(protocol::error(
                 "idle",
                 "no pong or message within the idle timeout",
-            ))],
-            0,
-            close::POLICY,
-            "idle timeout",
-        )),
-        End::ProtocolViolation => Some((
-            vec![Message::Text(protocol::error(
+            )));
+            Some((msgs, records, close::POLICY, "idle timeout"))
+        }
+        End::ProtocolViolation => {
+            let mut msgs = vec![];
+            let records = sampling.drain(&mut msgs);
+            msgs.push(Message::Text(protocol::error(
                 "protocol",
                 "listeners must not send binary frames",
-            ))],
-            0,
-            close::POLICY,
-            "protocol violation",
-        )),
+            )));
+            Some((msgs, records, close::POLICY, "protocol violation"))
+        }
     }
-}
-
-/// The frames of the entries that pass the listener's filters.
-fn filtered(listener: &Listener, allowed: Vec<Arc<Entry>>) -> Vec<Message> {
-    allowed
-        .into_iter()
-        .filter(|e| listener.wants(&e.meta))
-        .map(|e| Message::Text(e.frame.clone()))
-        .collect()
 }
 
 /// The records `who` may see; the others are counted in `denied`.

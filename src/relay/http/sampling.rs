@@ -1,14 +1,14 @@
 //! A listener's `rate`, between its queue and its socket: the records it may read and asked
 //! for go out at once when it has no rate, or through a [`Sampler`] whose windows the
-//! listener's task closes every [`WINDOW`]. Its limit is the lower of the listener's `rate` and
+//! listener's task closes every [`WINDOW`] (and which paces what leaves). Its limit is the lower of the listener's `rate` and
 //! its FlowTap's `listenerRate` (a listener can lower the tap's, never raise it), read again at
 //! each window. Runs in the listener's task: never under the tap's lock, never slowing ingest
 //! or other listeners.
 
 use crate::protocol;
 use crate::relay::record::Entry;
-use crate::relay::sampler::Sampler;
 pub(super) use crate::relay::sampler::WINDOW;
+use crate::relay::sampler::{Out, Sampler};
 use std::sync::Arc;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -57,22 +57,26 @@ impl Sampling {
         }
     }
 
-    /// Close the window: its kept records, then one `dropped` frame (reason `sampled`) when
-    /// something was left out; how many records. Then follow the tap's limit as it is now.
+    /// Close the window: what may leave now, as frames (records, and after a selection's
+    /// records the `dropped` frame of what it left out); how many records. Then follow the
+    /// tap's limit as it is now.
     pub(super) fn close(&mut self, tap: Option<u32>, out: &mut Vec<Message>) -> u64 {
-        let mut n = 0;
         let now = std::time::Instant::now();
         let elapsed = now.duration_since(std::mem::replace(&mut self.closed, now));
-        if let Some(s) = &mut self.sampler {
-            let closed = s.close(elapsed);
-            n = closed.kept.len() as u64;
-            out.extend(closed.kept.iter().map(|e| Message::Text(e.frame.clone())));
-            if !closed.sampled.is_empty() {
-                out.push(Message::Text(protocol::sampled(&closed.sampled)));
-            }
-        }
+        let n = match &mut self.sampler {
+            Some(s) => frames(s.close(elapsed), out),
+            None => 0,
+        };
         self.follow(tap);
         n
+    }
+
+    /// Everything the sampler holds, now (the listener is leaving); how many records.
+    pub(super) fn drain(&mut self, out: &mut Vec<Message>) -> u64 {
+        match &mut self.sampler {
+            Some(s) => frames(s.drain(), out),
+            None => 0,
+        }
     }
 
     /// Start, change or stop sampling as the tap's limit now says (checked at least once a
@@ -89,6 +93,21 @@ impl Sampling {
             (None, _) => {}
         }
     }
+}
+
+/// The frames of what left the sampler; how many records.
+fn frames(leaving: Vec<Out>, out: &mut Vec<Message>) -> u64 {
+    let mut n = 0;
+    for o in leaving {
+        match o {
+            Out::Record(e) => {
+                n += 1;
+                out.push(Message::Text(e.frame.clone()));
+            }
+            Out::Sampled { pods, last_seq } => out.push(Message::Text(protocol::sampled(&pods, last_seq))),
+        }
+    }
+    n
 }
 
 #[cfg(test)]

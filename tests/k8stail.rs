@@ -842,6 +842,21 @@ async fn what_rate_left_out_is_said_on_stderr_at_most_once_a_second_and_as_frame
 }
 
 #[tokio::test]
+async fn rate_against_a_relay_from_before_sampling_says_so_instead_of_streaming_everything() {
+    let addr = scripted_relay(vec![], true, true).await;
+    let server = format!("http://{addr}");
+    let (code, err) = run_to_exit(&[
+        "--server", &server, "--token", TOKEN, "shop/web", "--rate", "10", "-i", "x",
+    ])
+    .await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("this relay does not sample (--rate needs a newer log-socket)"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn kubeconfig_flags_go_before_a_subcommand_and_tail_options_there_are_refused() {
     // `--kubeconfig` before `taps` reaches the taps command (which then cannot read the file).
     let (code, stderr) = run_to_exit(&["--kubeconfig", "/nonexistent/kubeconfig", "taps", "-A"]).await;

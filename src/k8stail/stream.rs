@@ -137,6 +137,14 @@ pub async fn follow(f: &Follow<'_>, target: &TapKey) -> Result<()> {
                 all_as_number = true;
                 continue;
             }
+            // A relay from before sampling: `rate` cannot be done here (every record would
+            // cross the network first), so say so rather than drop the filters.
+            Err(Refusal::Final(reason)) if reason.contains("unknown query option \"rate\"") => {
+                notes.clear();
+                return Err(Error::Stream(format!(
+                    "{target}: this relay does not sample (--rate needs a newer log-socket); run without --rate"
+                )));
+            }
             Err(Refusal::Final(reason)) if reason.contains("unknown query option") && !filters.is_empty() => {
                 notes.note(
                     "this relay does not filter records; k8stail filters them itself (they all cross the network)",

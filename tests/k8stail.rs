@@ -750,6 +750,19 @@ async fn text_from_the_relay_reaches_stderr_escaped_and_on_one_line() {
     assert!(err.contains("\\u{1b}[2K"), "{err}");
 }
 
+/// The `withheld` notes k8stail prints for a relay sending `frames`, and all it printed.
+async fn withheld_notes(frames: Vec<Value>) -> (Vec<String>, String) {
+    let addr = scripted_relay(frames, true, false).await;
+    let server = format!("http://{addr}");
+    let (_, err) = run_to_exit(&["--server", &server, "--token", TOKEN, "shop/web", "--no-reconnect"]).await;
+    let withheld = err
+        .lines()
+        .filter(|l| l.contains("withheld"))
+        .map(str::to_owned)
+        .collect();
+    (withheld, err)
+}
+
 #[tokio::test]
 async fn withheld_records_say_once_per_namespace_how_to_get_access() {
     let frames = vec![
@@ -757,10 +770,7 @@ async fn withheld_records_say_once_per_namespace_how_to_get_access() {
         json!({"type": "denied", "namespace": "shop", "pod": "web-1", "count": 3}),
         json!({"type": "denied", "namespace": "shop", "pod": "web-2", "count": 2}),
     ];
-    let addr = scripted_relay(frames, true, false).await;
-    let server = format!("http://{addr}");
-    let (_, err) = run_to_exit(&["--server", &server, "--token", TOKEN, "shop/web", "--no-reconnect"]).await;
-    let withheld: Vec<&str> = err.lines().filter(|l| l.contains("withheld")).collect();
+    let (withheld, err) = withheld_notes(frames).await;
     assert_eq!(withheld.len(), 2, "{err}");
     assert!(withheld[0].contains("kubectl auth can-i get pods/log -n shop"), "{err}");
     assert!(!withheld[1].contains("kubectl"), "said once: {err}");
@@ -773,10 +783,7 @@ async fn withheld_counts_of_todays_relays_say_once_how_to_get_access_and_name_no
         json!({"type": "denied", "count": 3}),
         json!({"type": "denied", "count": 2}),
     ];
-    let addr = scripted_relay(frames, true, false).await;
-    let server = format!("http://{addr}");
-    let (_, err) = run_to_exit(&["--server", &server, "--token", TOKEN, "shop/web", "--no-reconnect"]).await;
-    let withheld: Vec<&str> = err.lines().filter(|l| l.contains("withheld")).collect();
+    let (withheld, err) = withheld_notes(frames).await;
     assert_eq!(withheld.len(), 2, "{err}");
     assert!(withheld[0].starts_with("k8stail: 3 records withheld: you may not read them (the relay gives you a record if you may read its pod's logs: kubectl auth can-i get pods/log -n NAMESPACE"), "{err}");
     assert_eq!(

@@ -1,9 +1,9 @@
 //! A listener's `rate`, between its queue and its socket: the records it may read and asked
 //! for go out at once when it has no rate, or through a [`Sampler`] whose windows the
-//! listener's task closes every [`WINDOW`] (and which paces what leaves). Its limit is the lower of the listener's `rate` and
-//! its FlowTap's `listenerRate` (a listener can lower the tap's, never raise it), read again at
-//! each window. Runs in the listener's task: never under the tap's lock, never slowing ingest
-//! or other listeners.
+//! listener's task closes every [`WINDOW`] (and which paces what leaves). Its limit is the
+//! lower of the listener's `rate` and its FlowTaps' `listenerRate` (a listener can lower the
+//! tap's, never raise it), read again every second. Runs in the listener's task: never under
+//! the tap's lock, never on the ingest path.
 
 use crate::protocol;
 use crate::relay::record::Entry;

@@ -1,6 +1,7 @@
 //! The relay against the real fluentd `out_http`, configured as the generated Output renders.
 //! Skipped (and says so) without a fluentd; see testkit/src/fluentd.rs for where it comes
-//! from. No timing assertions: waits are upper bounds on hangs.
+//! from. No timing assertions (waits are upper bounds on hangs) but the one that is the
+//! feature: how many records a second a listener with `rate` gets of fluentd's batches.
 
 use fluentd::Fluentd;
 use log_socket::auth::{AllowAll, StaticTokens};
@@ -429,6 +430,43 @@ async fn a_sub_second_flush_interval_reaches_fluentd_as_the_half_second_meant() 
     // fluentd's start (Ruby starts slowly on a busy machine: 30 s of room).
     let frame = next_record(&mut f, &mut ws, Instant::now() + Duration::from_secs(30)).await;
     assert_eq!(frame["record"]["message"], "hello from fluentd");
+    f.stop(Duration::from_secs(10)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_listener_at_rate_20_gets_about_20_a_second_of_the_batches_the_real_fluentd_posts_once_a_second() {
+    let r = start_relay(RelayConfig::default(), relay_parts()).await;
+    let dir = tempdir("fluentd-rate");
+    // 200 records a second, flushed once a second: one batch of about 200 a second.
+    let config = config(&dir, r.ingest, "/flow/shop/web").replace("  rate 20\n", "  rate 200\n");
+    assert!(config.contains("rate 200"), "{config}");
+    let Some(mut f) = Fluentd::start(&dir, &config) else {
+        return;
+    };
+    let mut ws = connect(&r, "/flow/shop/web?rate=20", "tok-alice").await;
+    let start = Instant::now();
+    let (mut per_second, mut left_out) = (std::collections::BTreeMap::<u64, u64>::new(), 0u64);
+    while start.elapsed() < Duration::from_secs(8) {
+        assert!(f.running(), "fluentd exited; its log:\n{}", f.log());
+        let frame = next(&mut ws).await;
+        match (frame["type"].as_str(), frame["reason"].as_str()) {
+            (Some("record"), _) => {
+                assert_eq!(frame["record"]["message"], "hello from fluentd");
+                *per_second.entry(start.elapsed().as_secs()).or_default() += 1;
+            }
+            (Some("dropped"), Some("sampled")) => {
+                left_out += frame["count"].as_u64().unwrap();
+                assert_eq!(frame["pods"]["shop/web-1"], frame["count"], "{frame}");
+            }
+            _ => {}
+        }
+    }
+    // After the first seconds (fluentd's first flush, the rate's credit building): about 20
+    // a second, although each second's records came in one batch, and the rest accounted.
+    let steady: u64 = (3..7).map(|s| per_second.get(&s).copied().unwrap_or(0)).sum();
+    assert!((64..=96).contains(&steady), "{steady} in 4 s: {per_second:?}");
+    assert!(left_out > 4 * steady, "{left_out} left out");
     f.stop(Duration::from_secs(10)).await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -38,6 +38,9 @@ pub async fn track_taps(
     // (namespace, FlowTap name) -> its relay tap, the lastRecordTime it shows, its cost meter.
     let mut known: HashMap<(String, String), Known> = HashMap::new();
     let mut pins = Pins::default();
+    // The FlowTaps a relist shows (Init … InitDone): a FlowTap deleted while the watch was down
+    // has no Delete event, so the listener rates of those not shown are dropped at InitDone.
+    let mut relisted: Option<std::collections::HashSet<(TapKey, String)>> = None;
     let mut report = tokio::time::interval((config.session_ttl / 3).max(Duration::from_secs(1)));
     loop {
         let event = tokio::select! {
@@ -52,6 +55,9 @@ pub async fn track_taps(
         };
         match event {
             Ok(W::Apply(tap)) | Ok(W::InitApply(tap)) => {
+                if let (Some(seen), Some(key)) = (relisted.as_mut(), super::tap_key(&tap)) {
+                    seen.insert((key, tap.name_any()));
+                }
                 if let Some(key) = super::tap_key(&tap) {
                     let live = tap.metadata.deletion_timestamp.is_none();
                     let id = (key.namespace.clone(), tap.name_any());
@@ -104,7 +110,12 @@ pub async fn track_taps(
                     known.remove(&id);
                 }
             }
-            Ok(W::Init) | Ok(W::InitDone) => {}
+            Ok(W::Init) => relisted = Some(Default::default()),
+            Ok(W::InitDone) => {
+                if let Some(seen) = relisted.take() {
+                    relay.retain_listener_rates(&seen);
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "watching FlowTaps failed; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;

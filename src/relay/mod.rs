@@ -178,6 +178,15 @@ impl Relay {
         }
     }
 
+    /// Keep the listener rates of these (tap, FlowTap) only (after a relist of the FlowTaps).
+    pub fn retain_listener_rates(&self, seen: &std::collections::HashSet<(TapKey, String)>) {
+        let mut rates = self.listener_rates.write().unwrap();
+        for (key, of_key) in rates.iter_mut() {
+            of_key.retain(|flowtap, _| seen.contains(&(key.clone(), flowtap.clone())));
+        }
+        rates.retain(|_, of_key| !of_key.is_empty());
+    }
+
     /// The most records per second a listener of `key` gets: the lowest `listenerRate` of the
     /// FlowTaps on it, if any sets one.
     pub fn listener_rate(&self, key: &TapKey) -> Option<u32> {
@@ -298,4 +307,27 @@ fn start_nonce() -> u64 {
         // Only the high bits: low bits stay a readable counter.
         (t.as_nanos() as u64 ^ u64::from(std::process::id())) << 20
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lowest_listener_rate_of_a_flows_flowtaps_applies_and_goes_with_its_flowtap() {
+        let relay = Relay::new(RelayConfig::default());
+        let key = TapKey::parse("flow", "shop", "web").unwrap();
+        assert_eq!(relay.listener_rate(&key), None);
+        relay.set_listener_rate(&key, "web", Some(50));
+        relay.set_listener_rate(&key, "flow-web", Some(20));
+        assert_eq!(relay.listener_rate(&key), Some(20), "the lowest");
+        relay.set_listener_rate(&key, "flow-web", None);
+        assert_eq!(relay.listener_rate(&key), Some(50), "the other's stays");
+        // A relist that no longer shows `web` (deleted while the watch was down) drops it.
+        relay.set_listener_rate(&key, "gone", Some(5));
+        relay.retain_listener_rates(&std::collections::HashSet::from([(key.clone(), "web".to_owned())]));
+        assert_eq!(relay.listener_rate(&key), Some(50));
+        relay.retain_listener_rates(&Default::default());
+        assert_eq!(relay.listener_rate(&key), None);
+    }
 }

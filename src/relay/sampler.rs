@@ -38,6 +38,8 @@ pub const PODS_PER_FRAME: usize = 100;
 #[derive(Debug)]
 pub enum Out {
     Record(Arc<Entry>),
+    /// A notice or status frame of the tap, in its place among the records.
+    Frame(tokio_tungstenite::tungstenite::Utf8Bytes),
     /// Records one selection left out, by `NAMESPACE/POD` (`""`: others), and the highest
     /// sequence number of the records it covered.
     Sampled {
@@ -70,6 +72,8 @@ pub struct Sampler {
     overflow: u64,
     queue: VecDeque<Out>,
     rng: SplitMix,
+    /// `NAMESPACE/POD` of the record offered, built here (no allocation per record).
+    key: String,
 }
 
 impl Sampler {
@@ -91,6 +95,7 @@ impl Sampler {
             overflow: 0,
             queue: VecDeque::new(),
             rng: SplitMix(seed),
+            key: String::new(),
         }
     }
 
@@ -108,14 +113,20 @@ impl Sampler {
     pub fn offer(&mut self, entry: Arc<Entry>) {
         self.arrivals += 1;
         self.last_seq = self.last_seq.max(entry.seq);
-        let key = pod_key(&entry);
+        self.key.clear();
+        self.key.push_str(entry.meta.namespace().unwrap_or("-"));
+        self.key.push('/');
+        self.key.push_str(entry.meta.pod().unwrap_or("-"));
         let capacity = self.capacity();
-        if !self.pods.contains_key(&key) && self.pods.len() >= MAX_PODS {
-            self.overflow += 1;
-            return;
+        if !self.pods.contains_key(self.key.as_str()) {
+            if self.pods.len() >= MAX_PODS {
+                self.overflow += 1;
+                return;
+            }
+            self.pods.insert(self.key.clone(), Pod::default());
         }
         let arrival = self.arrivals;
-        let pod = self.pods.entry(key).or_default();
+        let pod = self.pods.get_mut(self.key.as_str()).expect("inserted above");
         pod.seen += 1;
         // Algorithm R: after n records, each is in the reservoir with probability capacity/n.
         if pod.reservoir.len() < capacity {
@@ -126,6 +137,12 @@ impl Sampler {
                 pod.reservoir[j as usize] = (arrival, entry);
             }
         }
+    }
+
+    /// A notice or status frame of the tap: after the records already selected, before the
+    /// open window's (the order the tap gave them).
+    pub fn frame(&mut self, frame: tokio_tungstenite::tungstenite::Utf8Bytes) {
+        self.queue.push_back(Out::Frame(frame));
     }
 
     /// Whether nothing is in the open window nor waiting to leave.
@@ -148,7 +165,7 @@ impl Sampler {
             match next {
                 Out::Record(_) if self.release_credit < 1.0 => break,
                 Out::Record(_) => self.release_credit -= 1.0,
-                Out::Sampled { .. } => {}
+                Out::Sampled { .. } | Out::Frame(_) => {}
             }
             out.extend(self.queue.pop_front());
         }
@@ -221,7 +238,8 @@ fn capped(mut pods: BTreeMap<String, u64>) -> BTreeMap<String, u64> {
     out
 }
 
-/// `NAMESPACE/POD` of a record (`-` for what it lacks).
+/// `NAMESPACE/POD` of a record (`-` for what it lacks), as the sampler keys it.
+#[cfg(test)]
 fn pod_key(entry: &Entry) -> String {
     format!(
         "{}/{}",
@@ -328,6 +346,7 @@ mod tests {
                         *sampled.entry(p).or_default() += n;
                     }
                 }
+                Out::Frame(_) => {}
             }
         }
         (records, sampled)
@@ -432,6 +451,32 @@ mod tests {
         let last = out.last().unwrap();
         assert!(matches!(last, Out::Sampled { last_seq: 59, .. }), "{last:?}");
         assert!(out[..out.len() - 1].iter().all(|o| matches!(o, Out::Record(_))));
+    }
+
+    #[test]
+    fn a_notice_keeps_its_place_between_the_records_selected_before_and_after_it() {
+        let mut s = Sampler::seeded(100, 6);
+        for _ in 0..20 {
+            s.close(WINDOW);
+        }
+        (0..10).for_each(|seq| s.offer(entry(seq, "web")));
+        s.close(WINDOW);
+        s.frame("notice".into());
+        (10..20).for_each(|seq| s.offer(entry(seq, "web")));
+        let mut order = vec![];
+        for o in s.close(WINDOW).into_iter().chain(s.drain()) {
+            match o {
+                Out::Record(e) => order.push(e.seq.to_string()),
+                Out::Frame(f) => order.push(f.as_str().to_owned()),
+                Out::Sampled { .. } => {}
+            }
+        }
+        let at = order.iter().position(|o| o == "notice").unwrap();
+        assert!(order[..at].iter().all(|s| s.parse::<u64>().unwrap() < 10), "{order:?}");
+        assert!(
+            order[at + 1..].iter().all(|s| s.parse::<u64>().unwrap() >= 10),
+            "{order:?}"
+        );
     }
 
     #[test]

@@ -256,7 +256,10 @@ async fn serve_listener<S>(
     // like the stream it resumes).
     let mut sampling = Sampling::new(rate, state.relay.listener_rate(&tap.key));
     let (mut first, backlog) = greeting(state, tap, &listener, start, &mut denied).await;
-    let replayed = sampling.pass(backlog, &mut first);
+    // The status frames go at once; the replayed records through the rate.
+    let mut replay = vec![];
+    let replayed = sampling.pass(backlog, &mut replay);
+    first.extend(replay);
     let mut end = match send_all(&mut tx, first, cfg.write_timeout).await {
         Ok(()) => {
             sent.inc_by(replayed);

@@ -41,11 +41,18 @@ impl Sampling {
         self.sampler.is_some()
     }
 
-    /// Records the listener may read and wants: as frames into `out` (how many), or into the
-    /// open window.
+    /// Records the listener may read and wants, after the frames already in `out` (notices,
+    /// status): into `out` (how many records), or, sampling, all of them into the sampler in
+    /// that order (frames wait behind the records selected before them).
     pub(super) fn pass(&mut self, entries: Vec<Arc<Entry>>, out: &mut Vec<Message>) -> u64 {
         match &mut self.sampler {
             Some(s) => {
+                for frame in out.drain(..) {
+                    match frame {
+                        Message::Text(text) => s.frame(text),
+                        other => out_of_band(other),
+                    }
+                }
                 entries.into_iter().for_each(|e| s.offer(e));
                 0
             }
@@ -95,6 +102,11 @@ impl Sampling {
     }
 }
 
+/// Only text frames are queued (the tap's notices and status); nothing else comes here.
+fn out_of_band(frame: Message) {
+    debug_assert!(false, "a non-text frame among a listener's queued frames: {frame:?}");
+}
+
 /// The frames of what left the sampler; how many records.
 fn frames(leaving: Vec<Out>, out: &mut Vec<Message>) -> u64 {
     let mut n = 0;
@@ -105,6 +117,7 @@ fn frames(leaving: Vec<Out>, out: &mut Vec<Message>) -> u64 {
                 out.push(Message::Text(e.frame.clone()));
             }
             Out::Sampled { pods, last_seq } => out.push(Message::Text(protocol::sampled(&pods, last_seq))),
+            Out::Frame(text) => out.push(Message::Text(text)),
         }
     }
     n

@@ -52,13 +52,13 @@ async fn the_documented_upgrade_keeps_existing_taps_and_what_the_new_service_wri
     )
     .await;
     let taps = Api::<FlowTap>::namespaced(client.clone(), &ns);
-    let tap: FlowTap = serde_json::from_value(json!({
-        "apiVersion": "logsocket.dev/v1alpha1", "kind": "FlowTap",
-        "metadata": {"name": "web"},
-        "spec": {"flowRef": {"kind": "Flow", "name": "web"}, "persistent": true, "replay": {"records": 5000}},
-    }))
-    .unwrap();
-    taps.create(&PostParams::default(), &tap).await.unwrap();
+    cluster::create_flowtap(
+        &client,
+        &ns,
+        "web",
+        json!({"flowRef": {"kind": "Flow", "name": "web"}, "persistent": true, "replay": {"records": 5000}}),
+    )
+    .await;
     // The earlier CRD drops what the new service writes: why the CRD goes first.
     let status = json!({"status": {"stage": {"name": "Queued", "since": "2026-01-01T00:00:00Z"}}});
     taps.patch_status("web", &PatchParams::default(), &Patch::Merge(&status))

@@ -208,6 +208,25 @@ pub async fn create_flow(client: &kube::Client, ns: &str, name: &str, spec: serd
     create_logging(client, ns, logging_object("Flow", name, spec)).await
 }
 
+/// Create FlowTap `ns/name` with the given spec.
+pub async fn create_flowtap(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> log_socket::k8s::flowtap::FlowTap {
+    use log_socket::k8s::flowtap::FlowTap;
+    let tap: FlowTap = serde_json::from_value(serde_json::json!({
+        "apiVersion": "logsocket.dev/v1alpha1", "kind": "FlowTap",
+        "metadata": {"name": name}, "spec": spec,
+    }))
+    .expect("a FlowTap spec");
+    Api::<FlowTap>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &tap)
+        .await
+        .unwrap_or_else(|e| panic!("create FlowTap {ns}/{name}: {e}"))
+}
+
 /// Create a ClusterFlow with the given spec (in `ns`, the logging control namespace).
 pub async fn create_cluster_flow(
     client: &kube::Client,

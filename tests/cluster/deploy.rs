@@ -98,6 +98,13 @@ pub(crate) fn helm(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `helm template` of the chart with these arguments fails, saying `says`.
+pub(crate) fn refused(args: &[&str], says: &str) {
+    let chart = cluster::repo().join("config/helm/log-socket");
+    let (ok, _, err) = helm(&[&["template", "t", chart.to_str().unwrap()][..], args].concat());
+    assert!(!ok && err.contains(says), "{args:?}: {err}");
+}
+
 pub(crate) fn documents(rendered: &str) -> Vec<serde_json::Value> {
     rendered
         .split("\n---")
@@ -113,11 +120,6 @@ async fn the_helm_chart_lints_strictly_renders_and_the_api_server_accepts_it() {
     let chart = chart.to_str().unwrap();
     let (ok, out, err) = helm(&["lint", "--strict", chart]);
     assert!(ok, "helm lint --strict:\n{out}\n{err}");
-    // `helm template` with these arguments fails, saying `says`.
-    let refused = |args: &[&str], says: &str| {
-        let (ok, _, err) = helm(&[&["template", "t", chart][..], args].concat());
-        assert!(!ok && err.contains(says), "{args:?}: {err}");
-    };
 
     let (ok, rendered, err) = helm(&[
         "template",

@@ -3,8 +3,7 @@
 //! controller's series (reconciles, duration, leader) and the process's.
 
 use crate::service::Setup;
-use kube::api::{Api, PostParams};
-use log_socket::k8s::flowtap::{FlowTap, Phase};
+use log_socket::k8s::flowtap::Phase;
 use serde_json::json;
 use testkit::cluster;
 use testkit::poll::eventually;
@@ -22,16 +21,13 @@ async fn every_reconcile_log_line_names_its_flowtap_and_the_controller_shows_in_
         json!({"match": [{"select": {"labels": {"app": "web"}}}], "localOutputRefs": []}),
     )
     .await;
-    let tap: FlowTap = serde_json::from_value(json!({
-        "apiVersion": "logsocket.dev/v1alpha1", "kind": "FlowTap",
-        "metadata": {"name": "flow-web"},
-        "spec": {"flowRef": {"kind": "Flow", "name": "web"}, "persistent": true},
-    }))
-    .unwrap();
-    Api::<FlowTap>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &tap)
-        .await
-        .unwrap();
+    cluster::create_flowtap(
+        &client,
+        &ns,
+        "flow-web",
+        json!({"flowRef": {"kind": "Flow", "name": "web"}, "persistent": true}),
+    )
+    .await;
     let mut flags = crate::service::TAP_GOES_AT_ONCE.to_vec();
     flags.extend(["--log-format", "json"]);
     let service = setup.start(&flags).await;

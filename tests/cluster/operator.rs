@@ -395,15 +395,7 @@ pub(crate) async fn event(h: &Harness, reason: &str) {
 
 /// Create a persistent FlowTap from JSON `spec`.
 pub(crate) async fn persistent_tap(h: &Harness, name: &str, spec: Value) -> FlowTap {
-    let tap: FlowTap = serde_json::from_value(json!({
-        "apiVersion": "logsocket.dev/v1alpha1", "kind": "FlowTap",
-        "metadata": {"name": name}, "spec": spec,
-    }))
-    .unwrap();
-    Api::<FlowTap>::namespaced(h.client.clone(), &h.ns)
-        .create(&PostParams::default(), &tap)
-        .await
-        .unwrap()
+    cluster::create_flowtap(&h.client, &h.ns, name, spec).await
 }
 
 pub(crate) async fn status_when(

@@ -352,7 +352,8 @@ async fn serve_listener<S>(
 /// the listener fell behind; then the records it may see and wants.
 async fn queued(state: &State, listener: &Listener, denied: &mut u64) -> (Vec<Message>, Vec<Arc<Entry>>) {
     let batch = listener.take();
-    let mut out = Vec::with_capacity(batch.records.len() + 2 + batch.notices.len());
+    // Frames only: the records come back apart (through the listener's rate).
+    let mut out = Vec::with_capacity(2 + batch.notices.len());
     out.extend(batch.notices.into_iter().map(Message::Text));
     if let Some(status) = batch.status {
         out.push(Message::Text(status));

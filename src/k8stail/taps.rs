@@ -91,11 +91,9 @@ fn rates_cell(sessions: &[crate::k8s::flowtap::Session], tap_limit: Option<u32>)
     }
     let mut counts: std::collections::BTreeMap<Option<u32>, usize> = Default::default();
     for s in sessions {
-        let rate = match (s.rate, tap_limit) {
-            (Some(a), Some(t)) => Some(a.min(t)),
-            (a, t) => a.or(t),
-        };
-        *counts.entry(rate).or_default() += 1;
+        *counts
+            .entry(crate::protocol::query::effective_rate(s.rate, tap_limit))
+            .or_default() += 1;
     }
     counts
         .into_iter()

@@ -20,6 +20,16 @@ pub const OPTION_NAMES: &str =
 /// The highest `rate` a listener may ask for (records per second); more is "everything".
 pub const MAX_RATE: u32 = 1_000_000;
 
+/// The rate a listener gets: the lower of what it asked for (`rate`) and what its flow's
+/// FlowTaps allow (`listenerRate`); `None`: every record. The relay samples by it, and
+/// `k8stail taps` shows it.
+pub fn effective_rate(asked: Option<u32>, tap: Option<u32>) -> Option<u32> {
+    match (asked, tap) {
+        (Some(a), Some(t)) => Some(a.min(t)),
+        (a, t) => a.or(t),
+    }
+}
+
 /// Where a new listener starts reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Start {

@@ -6,6 +6,7 @@
 //! the tap's lock, never on the ingest path.
 
 use crate::protocol;
+use crate::protocol::query::effective_rate as limit;
 use crate::relay::record::Entry;
 pub(super) use crate::relay::sampler::WINDOW;
 use crate::relay::sampler::{Out, Sampler};
@@ -17,14 +18,6 @@ pub(super) struct Sampling {
     sampler: Option<Sampler>,
     /// When the last window closed (a window's share is of the time since).
     closed: std::time::Instant,
-}
-
-/// The lower of what the listener asked and what its tap allows.
-pub(super) fn limit(asked: Option<u32>, tap: Option<u32>) -> Option<u32> {
-    match (asked, tap) {
-        (Some(a), Some(t)) => Some(a.min(t)),
-        (a, t) => a.or(t),
-    }
 }
 
 impl Sampling {

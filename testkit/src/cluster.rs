@@ -122,6 +122,13 @@ pub async fn service_account_token(client: &kube::Client, ns: &str, name: &str) 
     api.create(&PostParams::default(), &sa)
         .await
         .unwrap_or_else(|e| panic!("create service account {ns}/{name}: {e}"));
+    token_request(client, ns, name)
+        .await
+        .unwrap_or_else(|e| panic!("token request for {ns}/{name}: {e}"))
+}
+
+/// A real token (an hour) for the existing ServiceAccount `ns/name` (TokenRequest).
+pub async fn token_request(client: &kube::Client, ns: &str, name: &str) -> Result<String, kube::Error> {
     let request = TokenRequest {
         spec: TokenRequestSpec {
             expiration_seconds: Some(3600),
@@ -129,11 +136,10 @@ pub async fn service_account_token(client: &kube::Client, ns: &str, name: &str) 
         },
         ..Default::default()
     };
-    let response = api
+    let response = Api::<ServiceAccount>::namespaced(client.clone(), ns)
         .create_token_request(name, &PostParams::default(), &request)
-        .await
-        .unwrap_or_else(|e| panic!("token request for {ns}/{name}: {e}"));
-    response.status.expect("token request answered with a status").token
+        .await?;
+    Ok(response.status.expect("token request answered with a status").token)
 }
 
 /// A kubeconfig for the shared cluster that authenticates with `token` instead of the admin's.

@@ -78,7 +78,9 @@ pub async fn run(client: &kube::Client, ns: &str, name: &str) -> RunningPod {
 
     // The pod's ServiceAccount, with a real token (a kubelet mounts one; here a kubeconfig).
     let sa = spec.service_account_name.clone().unwrap_or_else(|| "default".into());
-    let token = token_for(client, ns, &sa).await;
+    let token = cluster::token_request(client, ns, &sa)
+        .await
+        .unwrap_or_else(|e| panic!("the pod's ServiceAccount {ns}/{sa}: {e}"));
     let kubeconfig = kubeconfig_in(&token, ns, &dir.join("kubeconfig"));
 
     // Volumes: Secrets written to files, under DIR + mountPath.
@@ -195,26 +197,6 @@ pub async fn run(client: &kube::Client, ns: &str, name: &str) -> RunningPod {
         stop,
         task: Some(task),
     }
-}
-
-/// A token for `ns/sa`, which must exist (a pod naming a missing ServiceAccount is refused).
-async fn token_for(client: &kube::Client, ns: &str, sa: &str) -> String {
-    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-    use k8s_openapi::api::core::v1::ServiceAccount;
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            expiration_seconds: Some(3600),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    Api::<ServiceAccount>::namespaced(client.clone(), ns)
-        .create_token_request(sa, &PostParams::default(), &request)
-        .await
-        .unwrap_or_else(|e| panic!("the pod's ServiceAccount {ns}/{sa}: {e}"))
-        .status
-        .expect("a token")
-        .token
 }
 
 /// The cluster's kubeconfig with `token` and the pod's namespace, as in-cluster config has.
@@ -363,7 +345,13 @@ pub async fn run_to_completion(client: &kube::Client, ns: &str, name: &str) -> (
     assert!(container.command.is_none(), "the image's entrypoint runs the container");
     let sa = spec.service_account_name.clone().unwrap_or_else(|| "default".into());
     let dir = cluster::tempdir(&format!("pod-{name}"));
-    let kubeconfig = kubeconfig_in(&token_for(client, ns, &sa).await, ns, &dir.join("kubeconfig"));
+    let kubeconfig = kubeconfig_in(
+        &cluster::token_request(client, ns, &sa)
+            .await
+            .unwrap_or_else(|e| panic!("the pod's ServiceAccount {ns}/{sa}: {e}")),
+        ns,
+        &dir.join("kubeconfig"),
+    );
     let mut args = vec![];
     for arg in container.args.clone().unwrap_or_default() {
         args.push(match arg.split_once("=http") {

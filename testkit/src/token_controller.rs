@@ -4,7 +4,6 @@
 //! of a ServiceAccount without it), and a Secret of type `kubernetes.io/service-account-token`
 //! naming a ServiceAccount is filled with its token.
 
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -26,20 +25,9 @@ pub async fn fill_token_secrets(client: &kube::Client, ns: &str) {
         else {
             continue;
         };
-        let request = TokenRequest {
-            spec: TokenRequestSpec {
-                expiration_seconds: Some(3600),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let Ok(answer) = Api::<ServiceAccount>::namespaced(client.clone(), ns)
-            .create_token_request(sa, &PostParams::default(), &request)
-            .await
-        else {
+        let Ok(token) = crate::cluster::token_request(client, ns, sa).await else {
             continue; // no such ServiceAccount: the controller leaves the Secret empty
         };
-        let token = answer.status.unwrap().token;
         let data = json!({"stringData": {"token": token, "namespace": ns}});
         secrets
             .patch(&name, &PatchParams::default(), &Patch::Merge(&data))
